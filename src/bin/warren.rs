@@ -1,0 +1,112 @@
+//! The warren broker.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use warren::config::{Config, Overrides};
+
+/// warren: an AMQP 0-9-1 message broker that speaks to RabbitMQ's clients.
+///
+/// Settings come from the config file (default: <data-dir>/warren.toml,
+/// created on first run); flags win over environment variables, which win
+/// over the file.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Config file to read instead of <data-dir>/warren.toml.
+    #[arg(long, env = "WARREN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "WARREN_BIND", value_name = "ADDR")]
+    bind: Option<IpAddr>,
+    /// AMQP port [default: 5672].
+    #[arg(long, env = "WARREN_PORT", value_name = "N")]
+    port: Option<u16>,
+    /// Data directory [default: ~/.local/share/warren].
+    #[arg(long, env = "WARREN_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log level or filter: error, warn, info, debug, trace [default: info].
+    #[arg(long, env = "WARREN_LOG", value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let overrides = Overrides {
+        config: args.config,
+        bind: args.bind,
+        port: args.port,
+        data_dir: args.data_dir,
+        log_level: args.log_level,
+    };
+    let config = match Config::load(&overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let broker = warren::Broker::new(config);
+        let listener = match warren::server::bind(&broker).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(
+                    "cannot listen on {}:{}: {e}",
+                    broker.config.bind,
+                    broker.config.port
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(
+                "warren {} listening for AMQP on {addr} (data dir {})",
+                env!("CARGO_PKG_VERSION"),
+                broker.config.data_dir.display()
+            );
+        }
+        tokio::select! {
+            _ = warren::server::serve(broker, listener) => ExitCode::SUCCESS,
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

@@ -1,0 +1,433 @@
+//! A channel's connection-local state: content assembly, publishing,
+//! publisher confirms, transactions, and its consumers.
+//!
+//! The method handlers for the exchange, queue, basic, tx and confirm classes
+//! live in `handlers`; this file owns the message path from basic.publish to
+//! the queues, and the channel's shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m};
+use bytes::{Bytes, BytesMut};
+
+use crate::connection::ConnCtx;
+use crate::delivery::{ChannelShared, Consumer, Unacked};
+use crate::error::{AmqpError, AmqpResult, code};
+use crate::exchange::Exchange;
+use crate::message::{Message, header_class_and_size, parse_properties};
+use crate::methods::{Method, Publish, write_method};
+use crate::outbound::ConnectionHandle;
+use crate::queue::Queue;
+
+/// Where the channel is in receiving a message's content.
+#[derive(Debug, Default)]
+enum Content {
+    /// Not inside a content-bearing method.
+    #[default]
+    Idle,
+    /// basic.publish received; the content header comes next.
+    Header(Publish),
+    /// Header received; body frames come next.
+    Body {
+        publish: Publish,
+        header: Bytes,
+        size: usize,
+        first: Option<Bytes>,
+        rest: BytesMut,
+    },
+}
+
+/// What a settled delivery becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// basic.ack: done with it.
+    Ack,
+    /// nack/reject with requeue.
+    Requeue,
+    /// nack/reject without requeue: dropped.
+    Discard,
+}
+
+/// Work a transaction holds until commit.
+#[derive(Debug, Default)]
+pub struct Tx {
+    publishes: Vec<(Arc<Exchange>, Arc<Message>, bool)>,
+    settles: Vec<(Unacked, Outcome)>,
+}
+
+/// A consumer as its channel knows it.
+#[derive(Debug, Clone)]
+pub struct ChannelConsumer {
+    /// The consumer.
+    pub consumer: Arc<Consumer>,
+    /// Its queue.
+    pub queue: Arc<Queue>,
+}
+
+/// One open channel.
+#[derive(Debug)]
+pub struct Channel {
+    /// Channel number.
+    pub id: u16,
+    /// State shared with queues.
+    pub shared: Arc<ChannelShared>,
+    /// channel.close was sent; waiting for close-ok.
+    pub closing: bool,
+    content: Content,
+    /// Consumers by tag.
+    pub consumers: HashMap<Bytes, ChannelConsumer>,
+    /// basic.qos global=false: prefetch for consumers created from now on.
+    pub consumer_prefetch: u16,
+    /// The last queue declared on this channel (for empty queue names).
+    pub last_queue: Option<String>,
+    /// confirm.select was received.
+    pub confirm: bool,
+    publish_seq: u64,
+    confirmed: u64,
+    /// tx.select was received.
+    pub tx: Option<Tx>,
+    exchange_cache: Option<(Bytes, Arc<Exchange>)>,
+    route_buf: Vec<Arc<Queue>>,
+}
+
+/// channel.close for an error.
+pub fn close_method(e: &AmqpError) -> AMQPClass {
+    AMQPClass::Channel(chan_m::AMQPMethod::Close(chan_m::Close {
+        reply_code: e.code,
+        reply_text: e.text.as_str().into(),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    }))
+}
+
+/// channel.close-ok.
+pub fn close_ok() -> AMQPClass {
+    AMQPClass::Channel(chan_m::AMQPMethod::CloseOk(chan_m::CloseOk {}))
+}
+
+fn unexpected(what: &str, channel: u16) -> AmqpError {
+    AmqpError::connection(
+        code::UNEXPECTED_FRAME,
+        format!(
+            "{what} on channel {channel} while a message's content was expected or not expected"
+        ),
+    )
+}
+
+impl Channel {
+    /// A newly opened channel.
+    pub fn new(id: u16, conn: Arc<ConnectionHandle>) -> Channel {
+        Channel {
+            id,
+            shared: ChannelShared::new(id, conn),
+            closing: false,
+            content: Content::Idle,
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            last_queue: None,
+            confirm: false,
+            publish_seq: 0,
+            confirmed: 0,
+            tx: None,
+            exchange_cache: None,
+            route_buf: Vec::new(),
+        }
+    }
+
+    /// Handles a method frame on this (open) channel.
+    pub fn handle_method(&mut self, ctx: &mut ConnCtx, method: Method) -> AmqpResult<()> {
+        if !matches!(self.content, Content::Idle) {
+            return Err(unexpected("method frame", self.id));
+        }
+        match method {
+            Method::Publish(p) => {
+                if p.immediate {
+                    return Err(AmqpError::connection(
+                        code::NOT_IMPLEMENTED,
+                        "immediate=true",
+                    ));
+                }
+                self.content = Content::Header(p);
+                Ok(())
+            }
+            Method::Ack {
+                delivery_tag,
+                multiple,
+            } => self.settle(delivery_tag, multiple, Outcome::Ack),
+            Method::Other(class) => crate::handlers::handle(self, ctx, class),
+        }
+    }
+
+    /// Handles a content header frame.
+    pub fn handle_header(&mut self, ctx: &mut ConnCtx, payload: Bytes) -> AmqpResult<()> {
+        let Content::Header(publish) = std::mem::take(&mut self.content) else {
+            return Err(unexpected("content header frame", self.id));
+        };
+        let Some((class_id, size)) = header_class_and_size(&payload) else {
+            return Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                "content header frame too short",
+            ));
+        };
+        if class_id != 60 {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!("content header for class {class_id} after basic.publish (class 60)"),
+            ));
+        }
+        if parse_properties(&payload).is_none() {
+            return Err(AmqpError::connection(
+                code::SYNTAX_ERROR,
+                "malformed message properties in content header",
+            ));
+        }
+        let max = ctx.broker.config.amqp.max_message_size;
+        if size > max {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!("message size {size} is larger than configured max size {max}"),
+            )
+            .with_method(60, 40));
+        }
+        if size == 0 {
+            return self.publish(ctx, publish, payload, Bytes::new());
+        }
+        self.content = Content::Body {
+            publish,
+            header: payload,
+            size: size as usize,
+            first: None,
+            rest: BytesMut::new(),
+        };
+        Ok(())
+    }
+
+    /// Handles a content body frame.
+    pub fn handle_body(&mut self, ctx: &mut ConnCtx, payload: Bytes) -> AmqpResult<()> {
+        let Content::Body {
+            size, first, rest, ..
+        } = &mut self.content
+        else {
+            return Err(unexpected("content body frame", self.id));
+        };
+        let have = first.as_ref().map_or(0, Bytes::len) + rest.len() + payload.len();
+        if have > *size {
+            return Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                format!("content body exceeds the size announced in its header ({size} bytes)"),
+            ));
+        }
+        if first.is_none() && rest.is_empty() {
+            *first = Some(payload);
+        } else {
+            if let Some(f) = first.take() {
+                rest.reserve(*size);
+                rest.extend_from_slice(&f);
+            }
+            rest.extend_from_slice(&payload);
+        }
+        if have < *size {
+            return Ok(());
+        }
+        let Content::Body {
+            publish,
+            header,
+            first,
+            rest,
+            ..
+        } = std::mem::take(&mut self.content)
+        else {
+            return Ok(());
+        };
+        let body = first.unwrap_or_else(|| rest.freeze());
+        self.publish(ctx, publish, header, body)
+    }
+
+    fn resolve_exchange(&mut self, ctx: &ConnCtx, name: &Bytes) -> AmqpResult<Arc<Exchange>> {
+        if let Some((n, x)) = &self.exchange_cache {
+            if n == name && !x.is_deleted() {
+                return Ok(x.clone());
+            }
+        }
+        let s = String::from_utf8_lossy(name);
+        let x = ctx.vhost.exchange_or_404(&s)?;
+        self.exchange_cache = Some((name.clone(), x.clone()));
+        Ok(x)
+    }
+
+    fn publish(
+        &mut self,
+        ctx: &mut ConnCtx,
+        p: Publish,
+        header: Bytes,
+        body: Bytes,
+    ) -> AmqpResult<()> {
+        let x = self.resolve_exchange(ctx, &p.exchange)?;
+        if x.internal {
+            return Err(AmqpError::channel(
+                code::ACCESS_REFUSED,
+                format!(
+                    "cannot publish to internal exchange '{}' in vhost '{}'",
+                    x.name, ctx.vhost.name
+                ),
+            ));
+        }
+        let msg = Arc::new(Message::new(&p.exchange, &p.routing_key, &header, body));
+        if let Some(tx) = &mut self.tx {
+            tx.publishes.push((x, msg, p.mandatory));
+            return Ok(());
+        }
+        self.route_and_enqueue(ctx, &x, msg, p.mandatory);
+        if self.confirm {
+            self.publish_seq += 1;
+            if !ctx.confirms_due.contains(&self.id) {
+                ctx.confirms_due.push(self.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn route_and_enqueue(
+        &mut self,
+        ctx: &ConnCtx,
+        x: &Arc<Exchange>,
+        msg: Arc<Message>,
+        mandatory: bool,
+    ) {
+        let mut queues = std::mem::take(&mut self.route_buf);
+        queues.clear();
+        let rk = String::from_utf8_lossy(msg.routing_key());
+        let mut headers = || msg.properties().and_then(|p| p.headers().clone());
+        ctx.vhost.route(x, &rk, &mut headers, &mut queues);
+        if queues.is_empty() {
+            if mandatory {
+                let frame_max = ctx
+                    .handle
+                    .frame_max
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: code::NO_ROUTE,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: String::from_utf8_lossy(msg.exchange()).as_ref().into(),
+                    routing_key: rk.as_ref().into(),
+                }));
+                ctx.handle.write(|out| {
+                    write_method(out, self.id, &ret);
+                    msg.write_content(out, self.id, frame_max);
+                });
+            }
+        } else {
+            let last = queues.len() - 1;
+            for (i, q) in queues.drain(..).enumerate() {
+                if i == last {
+                    q.publish(msg);
+                    break;
+                }
+                q.publish(msg.clone());
+            }
+        }
+        self.route_buf = queues;
+    }
+
+    /// Sends basic.ack for everything published since the last flush.
+    pub fn flush_confirms(&mut self, ctx: &ConnCtx) {
+        if self.confirm && self.publish_seq > self.confirmed {
+            let multiple = self.publish_seq - self.confirmed > 1;
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: self.publish_seq,
+                    multiple,
+                })),
+            );
+            self.confirmed = self.publish_seq;
+        }
+    }
+
+    /// ack / nack / reject.
+    pub fn settle(&mut self, tag: u64, multiple: bool, outcome: Outcome) -> AmqpResult<()> {
+        let settled = self.shared.settle(tag, multiple)?;
+        if let Some(tx) = &mut self.tx {
+            tx.settles.extend(settled.into_iter().map(|u| (u, outcome)));
+            return Ok(());
+        }
+        self.apply_settles(settled, outcome);
+        Ok(())
+    }
+
+    fn apply_settles(&self, settled: Vec<Unacked>, outcome: Outcome) {
+        let mut wake: Vec<Arc<Queue>> = Vec::new();
+        for u in &settled {
+            if u.consumer.is_some() && !wake.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
+                wake.push(u.queue.clone());
+            }
+        }
+        if outcome == Outcome::Requeue {
+            requeue(settled);
+        }
+        if self.shared.state.lock().global_prefetch != 0 {
+            self.redispatch();
+        } else {
+            for q in wake {
+                q.dispatch();
+            }
+        }
+    }
+
+    /// Runs dispatch on the queue of every consumer of this channel.
+    pub fn redispatch(&self) {
+        for c in self.consumers.values() {
+            c.queue.dispatch();
+        }
+    }
+
+    /// tx.commit: publishes and settles what the transaction held.
+    pub fn commit(&mut self, ctx: &mut ConnCtx) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        let publishes = std::mem::take(&mut tx.publishes);
+        let settles = std::mem::take(&mut tx.settles);
+        for (x, msg, mandatory) in publishes {
+            self.route_and_enqueue(ctx, &x, msg, mandatory);
+        }
+        for (u, outcome) in settles {
+            self.apply_settles(vec![u], outcome);
+        }
+    }
+
+    /// tx.rollback: drops held publishes; held settles go back to unacked.
+    pub fn rollback(&mut self) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        tx.publishes.clear();
+        let back: Vec<Unacked> = tx.settles.drain(..).map(|(u, _)| u).collect();
+        self.shared.restore(back);
+    }
+
+    /// Closes the channel's deliveries: cancels its consumers (auto-deleting
+    /// queues that lose their last one) and requeues everything unacked.
+    pub fn shutdown(&mut self, ctx: &mut ConnCtx) {
+        self.content = Content::Idle;
+        let mut unacked = self.shared.close_deliveries();
+        if let Some(tx) = self.tx.take() {
+            unacked.extend(tx.settles.into_iter().map(|(u, _)| u));
+        }
+        for (_, c) in self.consumers.drain() {
+            crate::handlers::detach_consumer(ctx, &c);
+        }
+        requeue(unacked);
+    }
+}
+
+/// Requeues deliveries to their queues, each at its original position.
+pub fn requeue(items: Vec<Unacked>) {
+    let mut by_queue: Vec<(Arc<Queue>, Vec<(u64, Arc<Message>)>)> = Vec::new();
+    for u in items {
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, v)) => v.push((u.seq, u.msg)),
+            None => by_queue.push((u.queue, vec![(u.seq, u.msg)])),
+        }
+    }
+    for (q, items) in by_queue {
+        q.requeue(items);
+    }
+}

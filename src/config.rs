@@ -1,0 +1,209 @@
+//! Configuration: defaults, the TOML file, and the overrides the command line
+//! and environment give (flags win over env, env over the file).
+//!
+//! `config/warren.toml` is the documented default; it is embedded in the
+//! binary and written to the data directory on first run when no config file
+//! is named, so a user has one file to edit.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default configuration file, every key commented.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/warren.toml");
+
+/// The broker's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the AMQP listener binds to.
+    pub bind: IpAddr,
+    /// AMQP port.
+    pub port: u16,
+    /// Data directory (definitions, messages, the generated config).
+    pub data_dir: PathBuf,
+    /// Log filter (tracing's env-filter syntax: "info", "warren=debug", ...).
+    pub log_level: String,
+    /// Protocol limits and timers.
+    pub amqp: AmqpConfig,
+    /// The user and vhost that exist from the start.
+    pub defaults: Defaults,
+}
+
+/// Connection negotiation limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Highest channel number a client may use.
+    pub channel_max: u16,
+    /// Largest frame, in bytes, including the frame header and end octet.
+    pub frame_max: u32,
+    /// Heartbeat interval the server proposes, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Seconds a client has to finish the handshake.
+    pub handshake_timeout: u64,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
+}
+
+/// The default user and vhost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Defaults {
+    /// Default user name.
+    pub user: String,
+    /// Default user's password.
+    pub password: String,
+    /// Default virtual host.
+    pub vhost: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 5672,
+            data_dir: default_data_dir(),
+            log_level: "info".into(),
+            amqp: AmqpConfig::default(),
+            defaults: Defaults::default(),
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            channel_max: 2047,
+            frame_max: 131072,
+            heartbeat: 60,
+            handshake_timeout: 10,
+            max_message_size: 128 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            user: "guest".into(),
+            password: "guest".into(),
+            vhost: "/".into(),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/warren`, else `~/.local/share/warren`, else `./warren-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("warren");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/warren");
+    }
+    PathBuf::from("warren-data")
+}
+
+/// Overrides from the command line or environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Config file to read instead of `<data_dir>/warren.toml`.
+    pub config: Option<PathBuf>,
+    /// Listener address.
+    pub bind: Option<IpAddr>,
+    /// Listener port.
+    pub port: Option<u16>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Log filter.
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Parses a config file's text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Loads the configuration: the named file, or `<data_dir>/warren.toml`
+    /// (created from the embedded default on first run), then the overrides.
+    pub fn load(o: &Overrides) -> Result<Config, String> {
+        let mut cfg = match &o.config {
+            Some(path) => read(path)?,
+            None => {
+                let dir = o.data_dir.clone().unwrap_or_else(default_data_dir);
+                let path = dir.join("warren.toml");
+                if !path.exists() {
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        format!("cannot create data directory {}: {e}", dir.display())
+                    })?;
+                    std::fs::write(&path, DEFAULT_CONFIG_TOML)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                }
+                let mut cfg = read(&path)?;
+                // The config found in a data directory describes that directory.
+                if o.data_dir.is_some() || cfg.data_dir == Config::default().data_dir {
+                    cfg.data_dir = dir;
+                }
+                cfg
+            }
+        };
+        if let Some(v) = o.bind {
+            cfg.bind = v;
+        }
+        if let Some(v) = o.port {
+            cfg.port = v;
+        }
+        if let Some(v) = &o.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = &o.log_level {
+            cfg.log_level = v.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values a typo could make nonsensical.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.amqp.frame_max != 0 && self.amqp.frame_max < crate::codec::FRAME_MIN_SIZE {
+            return Err(format!(
+                "amqp.frame_max must be at least {}",
+                crate::codec::FRAME_MIN_SIZE
+            ));
+        }
+        if self.amqp.handshake_timeout == 0 {
+            return Err("amqp.handshake_timeout must be at least 1 second".into());
+        }
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    Config::from_toml(&text).map_err(|e| format!("invalid config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses_to_the_defaults() {
+        let c = Config::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+        let d = Config::default();
+        assert_eq!(c.port, d.port);
+        assert_eq!(c.bind, d.bind);
+        assert_eq!(c.amqp.channel_max, 2047);
+        assert_eq!(c.amqp.frame_max, 131072);
+        assert_eq!(c.amqp.heartbeat, 60);
+        assert_eq!(c.defaults.user, "guest");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error() {
+        assert!(Config::from_toml("prot = 5").is_err());
+    }
+}

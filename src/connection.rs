@@ -1,0 +1,736 @@
+//! One client connection: the handshake, the frame loop, heartbeats, and
+//! closing (in both directions).
+//!
+//! The connection's task reads frames, keeps per-channel state (`Channel`)
+//! and runs the method handlers in `channel` and `handlers`. Outbound frames
+//! go through the shared `ConnectionHandle`, whose writer task batches them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::{AMQPClass, connection as conn_m};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+
+use crate::broker::Broker;
+use crate::channel::Channel;
+use crate::codec::{FRAME_MIN_SIZE, Frame, HEARTBEAT, PROTOCOL_HEADER, parse_frame};
+use crate::error::{AmqpError, AmqpResult, Scope, code};
+use crate::methods::{Method, decode, ids, write_method};
+use crate::outbound::{ConnEvent, ConnectionHandle};
+use crate::queue::Queue;
+use crate::vhost::VHost;
+
+/// How long warren waits for connection.close-ok after sending connection.close.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Per-connection state the method handlers need.
+pub struct ConnCtx {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// The outbound side.
+    pub handle: Arc<ConnectionHandle>,
+    /// The vhost opened by connection.open.
+    pub vhost: Arc<VHost>,
+    /// The authenticated user.
+    pub user: String,
+    /// Exclusive queues declared by this connection, deleted when it closes.
+    pub exclusive_queues: Vec<Arc<Queue>>,
+    /// Channels with publisher confirms waiting to be sent.
+    pub confirms_due: Vec<u16>,
+}
+
+impl ConnCtx {
+    /// The connection id.
+    pub fn id(&self) -> u64 {
+        self.handle.id
+    }
+
+    /// Appends a method frame to the outbound buffer.
+    pub fn send(&self, channel: u16, class: AMQPClass) {
+        self.handle.write(|out| write_method(out, channel, &class));
+    }
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let id = broker.next_connection_id();
+    let (mut rd, mut wr) = stream.into_split();
+    let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
+
+    // The protocol header comes before anything else.
+    let mut header = [0u8; 8];
+    match tokio::time::timeout(timeout, rd.read_exact(&mut header)).await {
+        Ok(Ok(_)) if &header == PROTOCOL_HEADER => {}
+        Ok(Ok(_)) => {
+            tracing::info!(%peer, "bad protocol header {:?}; closing", String::from_utf8_lossy(&header));
+            let _ = wr.write_all(PROTOCOL_HEADER).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+        _ => return,
+    }
+
+    let (handle, events) = ConnectionHandle::new(id, FRAME_MIN_SIZE);
+    let writer = tokio::spawn(handle.clone().run_writer(wr));
+    let mut reader = Reader {
+        rd,
+        buf: BytesMut::with_capacity(64 * 1024),
+        frame_max: FRAME_MIN_SIZE,
+    };
+    let hs = tokio::time::timeout(timeout, handshake(&broker, &handle, &mut reader, peer)).await;
+    match hs {
+        Ok(Ok(Some(hs))) => {
+            broker.register(handle.clone());
+            tracing::info!(%peer, id, user = %hs.user, vhost = %hs.vhost.name, "connection opened");
+            let mut conn = Connection {
+                ctx: ConnCtx {
+                    broker: broker.clone(),
+                    handle: handle.clone(),
+                    vhost: hs.vhost,
+                    user: hs.user,
+                    exclusive_queues: Vec::new(),
+                    confirms_due: Vec::new(),
+                },
+                channels: HashMap::new(),
+                channel_max: hs.channel_max,
+                heartbeat: hs.heartbeat,
+                reader,
+                peer,
+            };
+            conn.run(events).await;
+            conn.cleanup();
+            broker.unregister(id);
+            tracing::info!(%peer, id, "connection closed");
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "handshake failed: {e}");
+            handle.write(|out| write_method(out, 0, &close_method(&e)));
+        }
+        Err(_) => tracing::info!(%peer, "handshake timed out"),
+    }
+    handle.close_writer();
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+/// Buffered frame reader.
+struct Reader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    frame_max: u32,
+}
+
+impl Reader {
+    /// Reads more bytes; returns false on end of stream or error.
+    async fn fill(&mut self) -> bool {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(64 * 1024);
+        }
+        matches!(self.rd.read_buf(&mut self.buf).await, Ok(n) if n > 0)
+    }
+
+    fn next_buffered(&mut self) -> AmqpResult<Option<Frame>> {
+        parse_frame(&mut self.buf, self.frame_max)
+    }
+
+    /// Reads the next frame, waiting for bytes as needed.
+    async fn next(&mut self) -> AmqpResult<Option<Frame>> {
+        loop {
+            if let Some(f) = self.next_buffered()? {
+                return Ok(Some(f));
+            }
+            if !self.fill().await {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads the next method on channel 0 during the handshake.
+    async fn expect_method(&mut self) -> AmqpResult<Option<AMQPClass>> {
+        loop {
+            match self.next().await? {
+                None => return Ok(None),
+                Some(Frame::Heartbeat { .. }) => continue,
+                Some(Frame::Method {
+                    channel: 0,
+                    payload,
+                }) => {
+                    return match decode(payload)? {
+                        Method::Other(c) => Ok(Some(c)),
+                        _ => Err(AmqpError::connection(
+                            code::COMMAND_INVALID,
+                            "expected a connection method during the handshake",
+                        )),
+                    };
+                }
+                Some(_) => {
+                    return Err(AmqpError::connection(
+                        code::UNEXPECTED_FRAME,
+                        "expected a connection method on channel 0 during the handshake",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+struct Handshake {
+    vhost: Arc<VHost>,
+    user: String,
+    channel_max: u16,
+    heartbeat: u16,
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for c in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        caps.insert(c.into(), AMQPValue::Boolean(true));
+    }
+    let mut p = FieldTable::default();
+    let s = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
+    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    p.insert("product".into(), s("warren"));
+    p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+    p.insert(
+        "platform".into(),
+        s(&format!(
+            "Rust ({} {})",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )),
+    );
+    p.insert("information".into(), s("AMQP 0-9-1 message broker; see https://www.rabbitmq.com/amqp-0-9-1-reference.html for the protocol"));
+    p.insert("copyright".into(), s("The warren authors"));
+    p.insert("cluster_name".into(), s("warren"));
+    p
+}
+
+fn capability(props: &FieldTable, name: &str) -> bool {
+    match props.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => {
+            matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
+        _ => false,
+    }
+}
+
+/// Extracts (user, password) from a SASL response.
+fn sasl_credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(String, String)> {
+    let refused = || {
+        AmqpError::connection(
+            code::ACCESS_REFUSED,
+            format!("malformed {mechanism} response"),
+        )
+    };
+    match mechanism {
+        "PLAIN" => {
+            let mut parts = response.split(|b| *b == 0);
+            let (_authz, user, pass) = (parts.next(), parts.next(), parts.next());
+            match (user, pass, parts.next()) {
+                (Some(u), Some(p), None) => Ok((
+                    String::from_utf8_lossy(u).into_owned(),
+                    String::from_utf8_lossy(p).into_owned(),
+                )),
+                _ => Err(refused()),
+            }
+        }
+        "AMQPLAIN" => {
+            // A field table without its length prefix.
+            let mut framed = (response.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(response);
+            let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..])
+                .map_err(|_| refused())?;
+            let get = |k: &str| match table.inner().get(k) {
+                Some(AMQPValue::LongString(s)) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+                _ => None,
+            };
+            match (get("LOGIN"), get("PASSWORD")) {
+                (Some(u), Some(p)) => Ok((u, p)),
+                _ => Err(refused()),
+            }
+        }
+        other => Err(AmqpError::connection(
+            code::COMMAND_INVALID,
+            format!("unknown authentication mechanism '{other}'"),
+        )),
+    }
+}
+
+/// Runs connection.start .. connection.open-ok. `Ok(None)`: the peer left
+/// (or was refused without a close frame, as RabbitMQ does).
+async fn handshake(
+    broker: &Broker,
+    handle: &Arc<ConnectionHandle>,
+    reader: &mut Reader,
+    peer: SocketAddr,
+) -> AmqpResult<Option<Handshake>> {
+    let limits = &broker.config.amqp;
+    handle.write(|out| {
+        write_method(
+            out,
+            0,
+            &AMQPClass::Connection(conn_m::AMQPMethod::Start(conn_m::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(),
+                mechanisms: "PLAIN AMQPLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        )
+    });
+    let Some(AMQPClass::Connection(conn_m::AMQPMethod::StartOk(start_ok))) =
+        reader.expect_method().await?
+    else {
+        return Err(AmqpError::connection(
+            code::COMMAND_INVALID,
+            "expected connection.start-ok",
+        ));
+    };
+    let mechanism = start_ok.mechanism.as_str().to_owned();
+    let (user, password) = sasl_credentials(&mechanism, start_ok.response.as_bytes())?;
+    if !broker.authenticate(&user, &password) {
+        tracing::warn!(%peer, %user, "authentication failed ({mechanism})");
+        if capability(&start_ok.client_properties, "authentication_failure_close") {
+            return Err(AmqpError::connection(
+                code::ACCESS_REFUSED,
+                format!(
+                    "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    handle.cancel_notify.store(
+        capability(&start_ok.client_properties, "consumer_cancel_notify"),
+        Ordering::Relaxed,
+    );
+
+    handle.write(|out| {
+        write_method(
+            out,
+            0,
+            &AMQPClass::Connection(conn_m::AMQPMethod::Tune(conn_m::Tune {
+                channel_max: limits.channel_max,
+                frame_max: limits.frame_max,
+                heartbeat: limits.heartbeat,
+            })),
+        )
+    });
+    let Some(AMQPClass::Connection(conn_m::AMQPMethod::TuneOk(tune))) =
+        reader.expect_method().await?
+    else {
+        return Err(AmqpError::connection(
+            code::COMMAND_INVALID,
+            "expected connection.tune-ok",
+        ));
+    };
+    // As RabbitMQ: a client may lower the server's limits but not raise them.
+    if limits.frame_max != 0 && tune.frame_max > limits.frame_max {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!(
+                "frame_max={} > {} max size",
+                tune.frame_max, limits.frame_max
+            ),
+        ));
+    }
+    if tune.frame_max != 0 && tune.frame_max < FRAME_MIN_SIZE {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("frame_max={} < {} min size", tune.frame_max, FRAME_MIN_SIZE),
+        ));
+    }
+    if limits.channel_max != 0 && tune.channel_max > limits.channel_max {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!(
+                "channel_max={} > {} max allowed",
+                tune.channel_max, limits.channel_max
+            ),
+        ));
+    }
+    let frame_max = if tune.frame_max == 0 {
+        limits.frame_max
+    } else {
+        tune.frame_max
+    };
+    let channel_max = if tune.channel_max == 0 {
+        limits.channel_max
+    } else {
+        tune.channel_max
+    };
+    let channel_max = if channel_max == 0 {
+        u16::MAX
+    } else {
+        channel_max
+    };
+    reader.frame_max = frame_max;
+    handle.frame_max.store(
+        if frame_max == 0 { u32::MAX } else { frame_max },
+        Ordering::Relaxed,
+    );
+
+    let Some(AMQPClass::Connection(conn_m::AMQPMethod::Open(open))) =
+        reader.expect_method().await?
+    else {
+        return Err(AmqpError::connection(
+            code::COMMAND_INVALID,
+            "expected connection.open",
+        ));
+    };
+    let vhost_name = open.virtual_host.as_str();
+    let Some(vhost) = broker.vhost(vhost_name) else {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("vhost '{vhost_name}' not found"),
+        )
+        .with_method(10, 40));
+    };
+    handle.write(|out| {
+        write_method(
+            out,
+            0,
+            &AMQPClass::Connection(conn_m::AMQPMethod::OpenOk(conn_m::OpenOk {})),
+        )
+    });
+    Ok(Some(Handshake {
+        vhost,
+        user,
+        channel_max,
+        heartbeat: tune.heartbeat,
+    }))
+}
+
+/// connection.close for an error.
+pub fn close_method(e: &AmqpError) -> AMQPClass {
+    AMQPClass::Connection(conn_m::AMQPMethod::Close(conn_m::Close {
+        reply_code: e.code,
+        reply_text: e.text.as_str().into(),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    }))
+}
+
+struct Connection {
+    ctx: ConnCtx,
+    channels: HashMap<u16, Channel>,
+    channel_max: u16,
+    heartbeat: u16,
+    reader: Reader,
+    peer: SocketAddr,
+}
+
+/// How the frame loop ended.
+enum End {
+    /// The peer went away or asked to close (close-ok already sent).
+    Gone,
+    /// Warren closes the connection with this error.
+    Error(AmqpError),
+}
+
+impl Connection {
+    async fn run(&mut self, mut events: mpsc::UnboundedReceiver<ConnEvent>) {
+        let end = self.frame_loop(&mut events).await;
+        if let End::Error(e) = end {
+            tracing::info!(peer = %self.peer, "closing connection: {}", e.text);
+            self.ctx.send(0, close_method(&e));
+            // Wait for close-ok, discarding everything else (spec 4.2.2).
+            let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, async {
+                loop {
+                    match self.reader.next().await {
+                        Ok(Some(Frame::Method {
+                            channel: 0,
+                            payload,
+                        })) if ids(&payload) == (10, 51) => return,
+                        Ok(Some(Frame::Method {
+                            channel: 0,
+                            payload,
+                        })) if ids(&payload) == (10, 50) => {
+                            self.ctx.send(
+                                0,
+                                AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(
+                                    conn_m::CloseOk {},
+                                )),
+                            );
+                            return;
+                        }
+                        Ok(Some(_)) => continue,
+                        _ => return,
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    async fn frame_loop(&mut self, events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> End {
+        let hb = self.heartbeat as u64;
+        let tick = if hb == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(hb * 500)
+        };
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_recv = Instant::now();
+        let mut written_at_tick = 0u64;
+        loop {
+            // Handle every complete frame already buffered, then flush confirms.
+            loop {
+                match self.reader.next_buffered() {
+                    Ok(Some(frame)) => match self.handle_frame(frame) {
+                        Ok(true) => {}
+                        Ok(false) => return End::Gone,
+                        Err(e) => return End::Error(e),
+                    },
+                    Ok(None) => break,
+                    Err(e) => return End::Error(e),
+                }
+            }
+            self.flush_confirms();
+            tokio::select! {
+                biased;
+                ev = events.recv() => match ev {
+                    Some(ConnEvent::Writable) => self.redispatch_all(),
+                    Some(ConnEvent::WriteFailed) | None => return End::Gone,
+                    Some(ConnEvent::Close(code, text)) => return End::Error(AmqpError::connection(code, text)),
+                },
+                ok = self.reader.fill() => {
+                    if !ok {
+                        return End::Gone;
+                    }
+                    last_recv = Instant::now();
+                }
+                _ = ticker.tick() => {
+                    if hb > 0 {
+                        if last_recv.elapsed() > Duration::from_secs(hb * 2) {
+                            tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {hb}s");
+                            return End::Gone;
+                        }
+                        let written = self.ctx.handle.bytes_written();
+                        if written == written_at_tick && self.ctx.handle.pending_bytes() == 0 {
+                            self.ctx.handle.write(|out| out.extend_from_slice(&HEARTBEAT));
+                        }
+                        written_at_tick = self.ctx.handle.bytes_written();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one frame. `Ok(false)`: the connection is closed.
+    fn handle_frame(&mut self, frame: Frame) -> AmqpResult<bool> {
+        match frame {
+            Frame::Heartbeat { channel: 0 } => Ok(true),
+            Frame::Heartbeat { channel } => Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                format!("heartbeat frame on channel {channel}; heartbeats belong on channel 0"),
+            )),
+            Frame::Method {
+                channel: 0,
+                payload,
+            } => self.connection_method(payload),
+            Frame::Method { channel, payload } => {
+                self.check_channel_number(channel)?;
+                let (class_id, method_id) = ids(&payload);
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    if ch.closing {
+                        // Only close and close-ok matter on a closing channel (spec 4.2.2).
+                        match (class_id, method_id) {
+                            (20, 41) => {
+                                self.channels.remove(&channel);
+                            }
+                            (20, 40) => {
+                                self.ctx.send(channel, crate::channel::close_ok());
+                            }
+                            _ => {}
+                        }
+                        return Ok(true);
+                    }
+                }
+                let method = decode(payload)?;
+                if (class_id, method_id) == (20, 40) {
+                    if let Some(mut ch) = self.channels.remove(&channel) {
+                        ch.flush_confirms(&self.ctx);
+                        ch.shutdown(&mut self.ctx);
+                        self.ctx.send(channel, crate::channel::close_ok());
+                        return Ok(true);
+                    }
+                }
+                if !self.channels.contains_key(&channel) {
+                    return self.open_channel(channel, method);
+                }
+                let result = match self.channels.get_mut(&channel) {
+                    Some(ch) => ch.handle_method(&mut self.ctx, method),
+                    None => Ok(()),
+                };
+                self.after_channel_result(
+                    channel,
+                    result.map_err(|e| e.with_method(class_id, method_id)),
+                )
+            }
+            Frame::Header { channel, payload } => {
+                self.check_channel_number(channel)?;
+                match self.channels.get_mut(&channel) {
+                    Some(ch) if ch.closing => Ok(true),
+                    Some(ch) => {
+                        let r = ch.handle_header(&mut self.ctx, payload);
+                        self.after_channel_result(channel, r)
+                    }
+                    None => Err(unexpected_frame("content header", channel)),
+                }
+            }
+            Frame::Body { channel, payload } => {
+                self.check_channel_number(channel)?;
+                match self.channels.get_mut(&channel) {
+                    Some(ch) if ch.closing => Ok(true),
+                    Some(ch) => {
+                        let r = ch.handle_body(&mut self.ctx, payload);
+                        self.after_channel_result(channel, r)
+                    }
+                    None => Err(unexpected_frame("content body", channel)),
+                }
+            }
+        }
+    }
+
+    fn check_channel_number(&self, channel: u16) -> AmqpResult<()> {
+        if channel > self.channel_max {
+            return Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                format!(
+                    "channel number {channel} is greater than the negotiated channel_max {}",
+                    self.channel_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Turns a channel error into channel.close; passes connection errors up.
+    fn after_channel_result(&mut self, channel: u16, r: AmqpResult<()>) -> AmqpResult<bool> {
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.scope == Scope::Connection => Err(e),
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, channel, "channel error: {}", e.text);
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.flush_confirms(&self.ctx);
+                    ch.shutdown(&mut self.ctx);
+                    ch.closing = true;
+                }
+                self.ctx.send(channel, crate::channel::close_method(&e));
+                Ok(true)
+            }
+        }
+    }
+
+    fn open_channel(&mut self, channel: u16, method: Method) -> AmqpResult<bool> {
+        match method {
+            Method::Other(AMQPClass::Channel(
+                amq_protocol::protocol::channel::AMQPMethod::Open(_),
+            )) => {
+                self.channels
+                    .insert(channel, Channel::new(channel, self.ctx.handle.clone()));
+                self.ctx.send(
+                    channel,
+                    AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::OpenOk(
+                        amq_protocol::protocol::channel::OpenOk {},
+                    )),
+                );
+                Ok(true)
+            }
+            _ => Err(AmqpError::connection(
+                code::CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {channel}, which is not open"),
+            )),
+        }
+    }
+
+    fn connection_method(&mut self, payload: bytes::Bytes) -> AmqpResult<bool> {
+        let (class_id, method_id) = ids(&payload);
+        match decode(payload)? {
+            Method::Other(AMQPClass::Connection(conn_m::AMQPMethod::Close(c))) => {
+                tracing::debug!(peer = %self.peer, "client closed the connection: {} {}", c.reply_code, c.reply_text);
+                self.flush_confirms();
+                self.cleanup();
+                self.ctx.send(
+                    0,
+                    AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {})),
+                );
+                Ok(false)
+            }
+            Method::Other(AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(_))) => Ok(false),
+            Method::Other(AMQPClass::Connection(conn_m::AMQPMethod::UpdateSecret(_))) => {
+                self.ctx.send(
+                    0,
+                    AMQPClass::Connection(conn_m::AMQPMethod::UpdateSecretOk(
+                        conn_m::UpdateSecretOk {},
+                    )),
+                );
+                Ok(true)
+            }
+            _ => Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                format!(
+                    "method (class {class_id}, method {method_id}) is not allowed on channel 0"
+                ),
+            )
+            .with_method(class_id, method_id)),
+        }
+    }
+
+    fn flush_confirms(&mut self) {
+        for id in std::mem::take(&mut self.ctx.confirms_due) {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.flush_confirms(&self.ctx);
+            }
+        }
+    }
+
+    fn redispatch_all(&mut self) {
+        for ch in self.channels.values() {
+            ch.redispatch();
+        }
+    }
+
+    /// Releases everything the connection holds: channels (requeueing unacked
+    /// messages) and exclusive queues. Idempotent.
+    fn cleanup(&mut self) {
+        for (_, mut ch) in self.channels.drain() {
+            ch.shutdown(&mut self.ctx);
+        }
+        for q in std::mem::take(&mut self.ctx.exclusive_queues) {
+            if let Some(deleted) = self.ctx.vhost.remove_queue(&q) {
+                crate::handlers::notify_deleted_consumers(&deleted.consumers);
+            }
+        }
+    }
+}
+
+fn unexpected_frame(what: &str, channel: u16) -> AmqpError {
+    AmqpError::connection(
+        code::UNEXPECTED_FRAME,
+        format!("{what} frame on channel {channel}, which is not open"),
+    )
+}

@@ -1,0 +1,395 @@
+//! What a channel shares with the queues that deliver to it: delivery tags,
+//! the unacknowledged messages, prefetch counters and the consumers.
+//!
+//! Queues deliver from whichever task changed them (usually a publisher's):
+//! they lock the consumer's channel state, assign the delivery tag, record the
+//! message as unacked and append the frames to the connection's outbound
+//! buffer, all under that lock, so delivery tags reach the client in order.
+//! Lock order: queue, then channel state, then outbound buffer. The
+//! connection's own task never takes a queue lock while holding a channel's.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+
+use crate::codec::{FRAME_END, FRAME_METHOD, put_frame_header, put_short_str};
+use crate::error::{AmqpError, AmqpResult, code};
+use crate::message::MessageRef;
+use crate::outbound::ConnectionHandle;
+use crate::queue::Queue;
+
+/// A delivery tag, unique and increasing within a channel.
+pub type DeliveryTag = u64;
+
+/// The part of a channel that queues and the connection task share.
+#[derive(Debug)]
+pub struct ChannelShared {
+    /// Channel number.
+    pub id: u16,
+    /// The connection the channel belongs to.
+    pub conn: Arc<ConnectionHandle>,
+    /// Delivery bookkeeping.
+    pub state: Mutex<DeliveryState>,
+}
+
+/// Mutable delivery bookkeeping of one channel.
+#[derive(Debug)]
+pub struct DeliveryState {
+    /// False once the channel is closing: queues deliver nothing more to it.
+    pub open: bool,
+    /// channel.flow: false pauses deliveries.
+    pub flow: bool,
+    next_tag: DeliveryTag,
+    /// Unacked deliveries in tag order.
+    pub unacked: VecDeque<Unacked>,
+    /// Channel-wide prefetch (basic.qos global=true); 0 means none.
+    pub global_prefetch: u16,
+    /// Unacked deliveries to consumers (what the channel-wide prefetch counts).
+    consumer_unacked: u32,
+}
+
+/// A delivered message awaiting ack, nack or reject.
+#[derive(Debug)]
+pub struct Unacked {
+    /// Its delivery tag.
+    pub tag: DeliveryTag,
+    /// The queue it came from.
+    pub queue: Arc<Queue>,
+    /// The message.
+    pub msg: MessageRef,
+    /// Its position in the queue, to requeue it where it was.
+    pub seq: u64,
+    /// The consumer it went to; `None` for basic.get.
+    pub consumer: Option<Arc<Consumer>>,
+}
+
+/// A consumer attached to a queue.
+#[derive(Debug)]
+pub struct Consumer {
+    /// Consumer tag, as raw short-string bytes.
+    pub tag: Bytes,
+    /// The channel it delivers to.
+    pub channel: Arc<ChannelShared>,
+    /// Deliveries need no ack.
+    pub no_ack: bool,
+    /// basic.consume exclusive flag.
+    pub exclusive: bool,
+    /// Per-consumer prefetch (basic.qos global=false at consume time); 0: none.
+    pub prefetch: u16,
+    unacked: AtomicU32,
+    active: AtomicBool,
+}
+
+impl Consumer {
+    /// Creates an active consumer.
+    pub fn new(
+        tag: Bytes,
+        channel: Arc<ChannelShared>,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: u16,
+    ) -> Arc<Self> {
+        Arc::new(Consumer {
+            tag,
+            channel,
+            no_ack,
+            exclusive,
+            prefetch,
+            unacked: AtomicU32::new(0),
+            active: AtomicBool::new(true),
+        })
+    }
+
+    /// The tag as text, for logs and errors.
+    pub fn tag_str(&self) -> String {
+        String::from_utf8_lossy(&self.tag).into_owned()
+    }
+
+    /// Stops deliveries to this consumer.
+    pub fn deactivate(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+
+    /// Lets deliveries to this consumer begin.
+    pub fn activate(&self) {
+        self.active.store(true, Ordering::Release);
+    }
+
+    /// Whether the consumer still takes deliveries.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Delivers `msg` if the consumer's prefetch, its channel and its socket
+    /// allow; the queue calls this with its own lock held. `take` is called
+    /// only when the delivery goes ahead.
+    pub fn try_deliver(
+        self: &Arc<Self>,
+        queue: &Arc<Queue>,
+        take: impl FnOnce() -> (MessageRef, u64, bool),
+    ) -> bool {
+        let ch = &self.channel;
+        let mut st = ch.state.lock();
+        if !st.open || !st.flow || !self.is_active() {
+            return false;
+        }
+        if !self.no_ack {
+            if self.prefetch != 0 && self.unacked.load(Ordering::Relaxed) >= self.prefetch as u32 {
+                return false;
+            }
+            if st.global_prefetch != 0 && st.consumer_unacked >= st.global_prefetch as u32 {
+                return false;
+            }
+        }
+        if !ch.conn.can_accept_deliveries() {
+            return false;
+        }
+        let (msg, seq, redelivered) = take();
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        let frame_max = ch.conn.frame_max.load(Ordering::Relaxed);
+        ch.conn.write(|out| {
+            write_deliver(
+                out,
+                ch.id,
+                &self.tag,
+                tag,
+                redelivered,
+                msg.exchange(),
+                msg.routing_key(),
+            );
+            msg.write_content(out, ch.id, frame_max);
+        });
+        if !self.no_ack {
+            self.unacked.fetch_add(1, Ordering::Relaxed);
+            st.consumer_unacked += 1;
+            st.unacked.push_back(Unacked {
+                tag,
+                queue: queue.clone(),
+                msg,
+                seq,
+                consumer: Some(self.clone()),
+            });
+        }
+        true
+    }
+}
+
+/// Writes a basic.deliver method frame (hand-encoded: it is the hot path).
+pub fn write_deliver(
+    out: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &[u8],
+    tag: DeliveryTag,
+    redelivered: bool,
+    exchange: &[u8],
+    routing_key: &[u8],
+) {
+    let size = 4 + 1 + consumer_tag.len() + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len();
+    out.reserve(size + 8);
+    put_frame_header(out, FRAME_METHOD, channel, size);
+    out.put_u16(60);
+    out.put_u16(60);
+    put_short_str(out, consumer_tag);
+    out.put_u64(tag);
+    out.put_u8(redelivered as u8);
+    put_short_str(out, exchange);
+    put_short_str(out, routing_key);
+    out.put_u8(FRAME_END);
+}
+
+/// Writes a basic.get-ok method frame.
+pub fn write_get_ok(
+    out: &mut BytesMut,
+    channel: u16,
+    tag: DeliveryTag,
+    redelivered: bool,
+    exchange: &[u8],
+    routing_key: &[u8],
+    message_count: u32,
+) {
+    let size = 4 + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len() + 4;
+    put_frame_header(out, FRAME_METHOD, channel, size);
+    out.put_u16(60);
+    out.put_u16(71);
+    out.put_u64(tag);
+    out.put_u8(redelivered as u8);
+    put_short_str(out, exchange);
+    put_short_str(out, routing_key);
+    out.put_u32(message_count);
+    out.put_u8(FRAME_END);
+}
+
+impl ChannelShared {
+    /// A new, open channel.
+    pub fn new(id: u16, conn: Arc<ConnectionHandle>) -> Arc<Self> {
+        Arc::new(ChannelShared {
+            id,
+            conn,
+            state: Mutex::new(DeliveryState {
+                open: true,
+                flow: true,
+                next_tag: 1,
+                unacked: VecDeque::new(),
+                global_prefetch: 0,
+                consumer_unacked: 0,
+            }),
+        })
+    }
+
+    /// Hands a message fetched by basic.get to the client; the queue calls
+    /// this with its lock held. Returns false if the channel is closing.
+    pub fn deliver_get(
+        &self,
+        queue: &Arc<Queue>,
+        msg: MessageRef,
+        seq: u64,
+        redelivered: bool,
+        no_ack: bool,
+        remaining: u32,
+    ) -> bool {
+        let mut st = self.state.lock();
+        if !st.open {
+            return false;
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        let frame_max = self.conn.frame_max.load(Ordering::Relaxed);
+        self.conn.write(|out| {
+            write_get_ok(
+                out,
+                self.id,
+                tag,
+                redelivered,
+                msg.exchange(),
+                msg.routing_key(),
+                remaining,
+            );
+            msg.write_content(out, self.id, frame_max);
+        });
+        if !no_ack {
+            st.unacked.push_back(Unacked {
+                tag,
+                queue: queue.clone(),
+                msg,
+                seq,
+                consumer: None,
+            });
+        }
+        true
+    }
+
+    /// Removes and returns the deliveries settled by an ack, nack or reject of
+    /// `tag` (`multiple`: every tag up to it; tag 0 with multiple: all).
+    pub fn settle(&self, tag: DeliveryTag, multiple: bool) -> AmqpResult<Vec<Unacked>> {
+        let mut st = self.state.lock();
+        let mut out = Vec::new();
+        if multiple {
+            let upto = if tag == 0 { u64::MAX } else { tag };
+            // As RabbitMQ: the tag itself must be unacked (tag 0 means "all").
+            if tag != 0 && st.unacked.binary_search_by_key(&tag, |u| u.tag).is_err() {
+                return Err(unknown_tag(tag));
+            }
+            while st.unacked.front().is_some_and(|u| u.tag <= upto) {
+                if let Some(u) = st.unacked.pop_front() {
+                    out.push(u);
+                }
+            }
+        } else {
+            let idx = st
+                .unacked
+                .binary_search_by_key(&tag, |u| u.tag)
+                .map_err(|_| unknown_tag(tag))?;
+            if let Some(u) = st.unacked.remove(idx) {
+                out.push(u);
+            }
+        }
+        for u in &out {
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_sub(1, Ordering::Relaxed);
+                st.consumer_unacked -= 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closes the channel to deliveries and returns everything unacked.
+    pub fn close_deliveries(&self) -> Vec<Unacked> {
+        let mut st = self.state.lock();
+        st.open = false;
+        st.consumer_unacked = 0;
+        let out: Vec<Unacked> = st.unacked.drain(..).collect();
+        for u in &out {
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        out
+    }
+
+    /// Takes every unacked delivery (basic.recover).
+    pub fn take_all_unacked(&self) -> Vec<Unacked> {
+        self.settle(0, true).unwrap_or_default()
+    }
+
+    /// Sets channel.flow.
+    pub fn set_flow(&self, active: bool) {
+        self.state.lock().flow = active;
+    }
+
+    /// Sets the channel-wide prefetch (basic.qos global=true).
+    pub fn set_global_prefetch(&self, count: u16) {
+        self.state.lock().global_prefetch = count;
+    }
+
+    /// Number of unacked deliveries on the channel.
+    pub fn unacked_count(&self) -> usize {
+        self.state.lock().unacked.len()
+    }
+}
+
+fn unknown_tag(tag: DeliveryTag) -> AmqpError {
+    AmqpError::channel(
+        code::PRECONDITION_FAILED,
+        format!("unknown delivery tag {tag}"),
+    )
+}
+
+impl ChannelShared {
+    /// Puts settled deliveries back as unacked (tx.rollback).
+    pub fn restore(&self, items: Vec<Unacked>) {
+        let mut st = self.state.lock();
+        for u in items {
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_add(1, Ordering::Relaxed);
+                st.consumer_unacked += 1;
+            }
+            let pos = st.unacked.partition_point(|x| x.tag < u.tag);
+            st.unacked.insert(pos, u);
+        }
+    }
+
+    /// Tells the client its consumer was cancelled by the broker (the queue
+    /// was deleted), if the client asked for such notifications.
+    pub fn notify_cancel(&self, consumer_tag: &[u8]) {
+        if !self.conn.cancel_notify.load(Ordering::Relaxed) {
+            return;
+        }
+        let st = self.state.lock();
+        if !st.open {
+            return;
+        }
+        self.conn.write(|out| {
+            let size = 4 + 1 + consumer_tag.len() + 1;
+            put_frame_header(out, FRAME_METHOD, self.id, size);
+            out.put_u16(60);
+            out.put_u16(30);
+            put_short_str(out, consumer_tag);
+            out.put_u8(1); // nowait: the client sends no cancel-ok
+            out.put_u8(FRAME_END);
+        });
+    }
+}

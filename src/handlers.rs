@@ -1,0 +1,494 @@
+//! Method handlers for the exchange, queue, basic, channel, tx and confirm
+//! classes, in the order the spec lists them. Each checks its arguments the
+//! way RabbitMQ does and replies with the matching -ok method.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, confirm, exchange, queue, tx};
+use bytes::Bytes;
+
+use crate::channel::{Channel, ChannelConsumer, Outcome, requeue};
+use crate::connection::ConnCtx;
+use crate::delivery::Consumer;
+use crate::error::{AmqpError, AmqpResult, code};
+use crate::queue::QueueConfig;
+use crate::vhost::{DestName, ExchangeDeclare};
+
+/// Dispatches a decoded method to its handler.
+pub fn handle(ch: &mut Channel, ctx: &mut ConnCtx, class: AMQPClass) -> AmqpResult<()> {
+    match class {
+        AMQPClass::Exchange(m) => exchange_method(ch, ctx, m),
+        AMQPClass::Queue(m) => queue_method(ch, ctx, m),
+        AMQPClass::Basic(m) => basic_method(ch, ctx, m),
+        AMQPClass::Channel(m) => channel_method(ch, ctx, m),
+        AMQPClass::Tx(m) => tx_method(ch, ctx, m),
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+            if ch.tx.is_some() {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    "cannot switch from tx to confirm mode",
+                ));
+            }
+            ch.confirm = true;
+            if !s.nowait {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                );
+            }
+            Ok(())
+        }
+        AMQPClass::Access(_) => {
+            // access.request is obsolete; RabbitMQ answers it with a dummy ticket.
+            ctx.send(
+                ch.id,
+                AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                    amq_protocol::protocol::access::RequestOk {},
+                )),
+            );
+            Ok(())
+        }
+        other => Err(AmqpError::connection(
+            code::COMMAND_INVALID,
+            format!(
+                "method (class {}, method {}) is not valid from a client on a channel",
+                other.get_amqp_class_id(),
+                other.get_amqp_method_id()
+            ),
+        )),
+    }
+}
+
+/// Server-generated names: `prefix` + 22 characters of URL-safe base64, like RabbitMQ's.
+pub fn generated_name(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let state = std::collections::hash_map::RandomState::new();
+    let mut words = [0u64; 2];
+    for (i, w) in words.iter_mut().enumerate() {
+        let mut h = state.build_hasher();
+        h.write_u64(n);
+        h.write_usize(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        *w = h.finish();
+    }
+    let bits = ((words[0] as u128) << 64) | words[1] as u128;
+    let mut s = String::with_capacity(prefix.len() + 22);
+    s.push_str(prefix);
+    for i in 0..22 {
+        s.push(ALPHABET[((bits >> (i * 6)) & 63) as usize] as char);
+    }
+    s
+}
+
+/// The queue a method names; "" means the last queue declared on the channel.
+fn queue_name(ch: &Channel, name: &str) -> AmqpResult<String> {
+    if !name.is_empty() {
+        return Ok(name.to_owned());
+    }
+    ch.last_queue
+        .clone()
+        .ok_or_else(|| AmqpError::channel(code::NOT_FOUND, "no previously declared queue"))
+}
+
+fn exchange_method(ch: &mut Channel, ctx: &mut ConnCtx, m: exchange::AMQPMethod) -> AmqpResult<()> {
+    let reply = |ctx: &ConnCtx, nowait: bool, m: exchange::AMQPMethod| {
+        if !nowait {
+            ctx.send(ch.id, AMQPClass::Exchange(m));
+        }
+    };
+    match m {
+        exchange::AMQPMethod::Declare(d) => {
+            ctx.vhost.declare_exchange(&ExchangeDeclare {
+                name: d.exchange.as_str().to_owned(),
+                kind: d.kind.as_str().to_owned(),
+                passive: d.passive,
+                durable: d.durable,
+                auto_delete: d.auto_delete,
+                internal: d.internal,
+                arguments: d.arguments,
+            })?;
+            reply(
+                ctx,
+                d.nowait,
+                exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}),
+            );
+        }
+        exchange::AMQPMethod::Delete(d) => {
+            ctx.vhost
+                .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+            reply(
+                ctx,
+                d.nowait,
+                exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}),
+            );
+        }
+        exchange::AMQPMethod::Bind(b) => {
+            ctx.vhost.bind(
+                b.source.as_str(),
+                DestName::Exchange(b.destination.as_str()),
+                b.routing_key.as_str(),
+                &b.arguments,
+                ctx.id(),
+            )?;
+            reply(
+                ctx,
+                b.nowait,
+                exchange::AMQPMethod::BindOk(exchange::BindOk {}),
+            );
+        }
+        exchange::AMQPMethod::Unbind(b) => {
+            ctx.vhost.unbind(
+                b.source.as_str(),
+                DestName::Exchange(b.destination.as_str()),
+                b.routing_key.as_str(),
+                &b.arguments,
+                ctx.id(),
+            )?;
+            reply(
+                ctx,
+                b.nowait,
+                exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}),
+            );
+        }
+        _ => return Err(not_from_client()),
+    }
+    Ok(())
+}
+
+fn not_from_client() -> AmqpError {
+    AmqpError::connection(
+        code::COMMAND_INVALID,
+        "this method is sent by the server, not by clients",
+    )
+}
+
+fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> AmqpResult<()> {
+    match m {
+        queue::AMQPMethod::Declare(d) => {
+            let name = match d.queue.as_str() {
+                "" if d.passive => queue_name(ch, "")?,
+                "" => generated_name("amq.gen-"),
+                n => n.to_owned(),
+            };
+            let config = QueueConfig {
+                durable: d.durable,
+                exclusive_owner: d.exclusive.then_some(ctx.id()),
+                auto_delete: d.auto_delete,
+                arguments: d.arguments,
+            };
+            let (q, created) = ctx
+                .vhost
+                .declare_queue(&name, d.passive, config, ctx.id())?;
+            if created && q.config.exclusive_owner.is_some() {
+                ctx.exclusive_queues.push(q.clone());
+            }
+            ch.last_queue = Some(name.clone());
+            if !d.nowait {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: name.into(),
+                        message_count: q.message_count(),
+                        consumer_count: q.consumer_count(),
+                    })),
+                );
+            }
+        }
+        queue::AMQPMethod::Bind(b) => {
+            let name = queue_name(ch, b.queue.as_str())?;
+            let rk = if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() {
+                name.clone()
+            } else {
+                b.routing_key.as_str().to_owned()
+            };
+            ctx.vhost.bind(
+                b.exchange.as_str(),
+                DestName::Queue(&name),
+                &rk,
+                &b.arguments,
+                ctx.id(),
+            )?;
+            if !b.nowait {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                );
+            }
+        }
+        queue::AMQPMethod::Unbind(b) => {
+            let name = queue_name(ch, b.queue.as_str())?;
+            ctx.vhost.unbind(
+                b.exchange.as_str(),
+                DestName::Queue(&name),
+                b.routing_key.as_str(),
+                &b.arguments,
+                ctx.id(),
+            )?;
+            ctx.send(
+                ch.id,
+                AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+            );
+        }
+        queue::AMQPMethod::Purge(p) => {
+            let name = queue_name(ch, p.queue.as_str())?;
+            let q = ctx.vhost.queue_or_404(&name)?;
+            q.check_exclusive(ctx.id())?;
+            let message_count = q.purge();
+            if !p.nowait {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count })),
+                );
+            }
+        }
+        queue::AMQPMethod::Delete(d) => {
+            let name = queue_name(ch, d.queue.as_str())?;
+            let deleted = ctx
+                .vhost
+                .delete_queue(&name, d.if_unused, d.if_empty, ctx.id())?;
+            let message_count = deleted.as_ref().map_or(0, |d| d.message_count);
+            if let Some(d) = deleted {
+                notify_deleted_consumers(&d.consumers);
+            }
+            ctx.exclusive_queues.retain(|q| !q.is_deleted());
+            if !d.nowait {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count,
+                    })),
+                );
+            }
+        }
+        _ => return Err(not_from_client()),
+    }
+    Ok(())
+}
+
+/// Cancels consumers of a deleted queue, telling clients that asked to know.
+pub fn notify_deleted_consumers(consumers: &[Arc<Consumer>]) {
+    for c in consumers {
+        c.deactivate();
+        c.channel.notify_cancel(&c.tag);
+    }
+}
+
+/// Removes a consumer from its queue, deleting an auto-delete queue that has
+/// just lost its last consumer.
+pub fn detach_consumer(ctx: &mut ConnCtx, c: &ChannelConsumer) {
+    c.consumer.deactivate();
+    if c.queue.remove_consumer(&c.consumer) {
+        if let Some(vhost) = ctx.broker.vhost(&c.queue.vhost) {
+            if let Some(d) = vhost.remove_queue(&c.queue) {
+                notify_deleted_consumers(&d.consumers);
+            }
+        }
+    }
+}
+
+fn basic_method(ch: &mut Channel, ctx: &mut ConnCtx, m: basic::AMQPMethod) -> AmqpResult<()> {
+    match m {
+        basic::AMQPMethod::Qos(q) => {
+            if q.global {
+                ch.shared.set_global_prefetch(q.prefetch_count);
+                ch.redispatch();
+            } else {
+                ch.consumer_prefetch = q.prefetch_count;
+            }
+            ctx.send(
+                ch.id,
+                AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+            );
+        }
+        basic::AMQPMethod::Consume(c) => consume(ch, ctx, c)?,
+        basic::AMQPMethod::Cancel(c) => {
+            let tag = Bytes::copy_from_slice(c.consumer_tag.as_str().as_bytes());
+            if let Some(cc) = ch.consumers.remove(&tag) {
+                detach_consumer(ctx, &cc);
+            }
+            if !c.nowait {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: c.consumer_tag,
+                    })),
+                );
+            }
+        }
+        basic::AMQPMethod::Get(g) => {
+            let name = queue_name(ch, g.queue.as_str())?;
+            let q = ctx.vhost.queue_or_404(&name)?;
+            q.check_exclusive(ctx.id())?;
+            if !q.get(&ch.shared, g.no_ack) {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                );
+            }
+        }
+        basic::AMQPMethod::Ack(a) => ch.settle(a.delivery_tag, a.multiple, Outcome::Ack)?,
+        basic::AMQPMethod::Reject(r) => {
+            ch.settle(r.delivery_tag, false, requeue_outcome(r.requeue))?
+        }
+        basic::AMQPMethod::Nack(n) => {
+            ch.settle(n.delivery_tag, n.multiple, requeue_outcome(n.requeue))?
+        }
+        basic::AMQPMethod::Recover(r) => {
+            recover(ch, r.requeue);
+            ctx.send(
+                ch.id,
+                AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+            );
+        }
+        basic::AMQPMethod::RecoverAsync(r) => recover(ch, r.requeue),
+        basic::AMQPMethod::Publish(_) => {
+            // Decoded by hand in `methods`; never reaches here.
+        }
+        _ => return Err(not_from_client()),
+    }
+    Ok(())
+}
+
+fn requeue_outcome(requeue: bool) -> Outcome {
+    if requeue {
+        Outcome::Requeue
+    } else {
+        Outcome::Discard
+    }
+}
+
+/// basic.recover: every unacked message goes back to its queue, redelivered.
+/// As in RabbitMQ, requeue=false is treated like requeue=true.
+fn recover(ch: &mut Channel, _requeue: bool) {
+    let unacked = ch.shared.take_all_unacked();
+    requeue(unacked);
+}
+
+fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult<()> {
+    let name = queue_name(ch, c.queue.as_str())?;
+    let q = ctx.vhost.queue_or_404(&name)?;
+    q.check_exclusive(ctx.id())?;
+    let tag_str = match c.consumer_tag.as_str() {
+        "" => generated_name("amq.ctag-"),
+        t => t.to_owned(),
+    };
+    let tag = Bytes::from(tag_str.clone().into_bytes());
+    // Consumers cancelled by the broker (queue deleted) free their tag.
+    ch.consumers.retain(|_, cc| cc.consumer.is_active());
+    if ch.consumers.contains_key(&tag) {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("attempt to reuse consumer tag '{tag_str}'"),
+        ));
+    }
+    let consumer = Consumer::new(
+        tag.clone(),
+        ch.shared.clone(),
+        c.no_ack,
+        c.exclusive,
+        ch.consumer_prefetch,
+    );
+    // consume-ok must reach the client before the first delivery: attach the
+    // consumer paused, reply, then let the queue deliver.
+    consumer.deactivate();
+    q.add_consumer(consumer.clone())?;
+    ch.consumers.insert(
+        tag,
+        ChannelConsumer {
+            consumer: consumer.clone(),
+            queue: q.clone(),
+        },
+    );
+    if !c.nowait {
+        ctx.send(
+            ch.id,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag_str.into(),
+            })),
+        );
+    }
+    consumer.activate();
+    q.dispatch();
+    Ok(())
+}
+
+fn channel_method(ch: &mut Channel, ctx: &mut ConnCtx, m: chan_m::AMQPMethod) -> AmqpResult<()> {
+    match m {
+        chan_m::AMQPMethod::Open(_) => Err(AmqpError::connection(
+            code::CHANNEL_ERROR,
+            format!(
+                "second 'channel.open' seen on channel {}, which is already open",
+                ch.id
+            ),
+        )),
+        chan_m::AMQPMethod::Flow(f) => {
+            ch.shared.set_flow(f.active);
+            ctx.send(
+                ch.id,
+                AMQPClass::Channel(chan_m::AMQPMethod::FlowOk(chan_m::FlowOk {
+                    active: f.active,
+                })),
+            );
+            if f.active {
+                ch.redispatch();
+            }
+            Ok(())
+        }
+        chan_m::AMQPMethod::FlowOk(_) => Ok(()),
+        // channel.close is handled by the connection, which owns the channel table.
+        chan_m::AMQPMethod::Close(_) => Ok(()),
+        chan_m::AMQPMethod::CloseOk(_) => Ok(()),
+        _ => Err(not_from_client()),
+    }
+}
+
+fn tx_method(ch: &mut Channel, ctx: &mut ConnCtx, m: tx::AMQPMethod) -> AmqpResult<()> {
+    let not_tx = || AmqpError::channel(code::PRECONDITION_FAILED, "channel is not transactional");
+    match m {
+        tx::AMQPMethod::Select(_) => {
+            if ch.confirm {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    "cannot switch from confirm to tx mode",
+                ));
+            }
+            if ch.tx.is_none() {
+                ch.tx = Some(Default::default());
+            }
+            ctx.send(
+                ch.id,
+                AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+            );
+        }
+        tx::AMQPMethod::Commit(_) => {
+            if ch.tx.is_none() {
+                return Err(not_tx());
+            }
+            ch.commit(ctx);
+            ctx.send(
+                ch.id,
+                AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+            );
+        }
+        tx::AMQPMethod::Rollback(_) => {
+            if ch.tx.is_none() {
+                return Err(not_tx());
+            }
+            ch.rollback();
+            ctx.send(
+                ch.id,
+                AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+            );
+        }
+        _ => return Err(not_from_client()),
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! warren: an AMQP 0-9-1 message broker.
+//!
+//! The path of a message: `connection` reads frames (`codec`), `channel`
+//! assembles content and publishes through the `vhost`'s exchanges
+//! (`exchange`, `topic`, `headers_match`) into `queue`s, which deliver to
+//! consumers through `delivery` and the connection's `outbound` writer.
+//! See docs/architecture.md.
+
+#![warn(missing_docs)]
+
+pub mod broker;
+pub mod channel;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod delivery;
+pub mod error;
+pub mod exchange;
+pub mod handlers;
+pub mod headers_match;
+pub mod message;
+pub mod methods;
+pub mod outbound;
+pub mod queue;
+pub mod server;
+pub mod topic;
+pub mod vhost;
+
+pub use broker::Broker;
+pub use config::Config;

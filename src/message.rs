@@ -1,0 +1,173 @@
+//! A published message, shared by every queue it was routed to.
+//!
+//! The content header is kept as the raw bytes the publisher sent (class,
+//! weight, body size, property flags and properties) and re-sent verbatim on
+//! delivery: properties are decoded only where a feature needs them, and the
+//! client's header table order is preserved. Small messages live in a single
+//! allocation; bodies above `INLINE_BODY_MAX` stay zero-copy slices of the
+//! read buffer.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::BasicProperties;
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_OVERHEAD, put_frame_header};
+
+/// Bodies up to this size are copied next to the message's metadata in one
+/// allocation, so a queue of small messages does not pin whole read buffers.
+pub const INLINE_BODY_MAX: usize = 4096;
+
+/// An immutable message.
+#[derive(Debug)]
+pub struct Message {
+    /// exchange | routing key | content header (| body when inline).
+    data: Bytes,
+    rk_at: u16,
+    hdr_at: u16,
+    body_at: u32,
+    /// A large body, kept as the slice the publisher's frames arrived in.
+    big_body: Option<Bytes>,
+}
+
+/// A message shared between queues.
+pub type MessageRef = Arc<Message>;
+
+impl Message {
+    /// Builds a message from its parts; `header` is the content header payload.
+    pub fn new(exchange: &[u8], routing_key: &[u8], header: &[u8], body: Bytes) -> Message {
+        let inline = body.len() <= INLINE_BODY_MAX;
+        let cap =
+            exchange.len() + routing_key.len() + header.len() + if inline { body.len() } else { 0 };
+        let mut data = Vec::with_capacity(cap);
+        data.extend_from_slice(exchange);
+        let rk_at = data.len() as u16;
+        data.extend_from_slice(routing_key);
+        let hdr_at = data.len() as u16;
+        data.extend_from_slice(header);
+        let body_at = data.len() as u32;
+        let big_body = if inline {
+            data.extend_from_slice(&body);
+            None
+        } else {
+            Some(body)
+        };
+        Message {
+            data: Bytes::from(data),
+            rk_at,
+            hdr_at,
+            body_at,
+            big_body,
+        }
+    }
+
+    /// The exchange the message was published to.
+    pub fn exchange(&self) -> &[u8] {
+        &self.data[..self.rk_at as usize]
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &[u8] {
+        &self.data[self.rk_at as usize..self.hdr_at as usize]
+    }
+
+    /// The raw content header payload.
+    pub fn header(&self) -> &[u8] {
+        &self.data[self.hdr_at as usize..self.body_at as usize]
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        match &self.big_body {
+            Some(b) => b,
+            None => &self.data[self.body_at as usize..],
+        }
+    }
+
+    /// Body size in bytes.
+    pub fn body_len(&self) -> usize {
+        self.body().len()
+    }
+
+    /// Decodes the properties (for the features that need them).
+    pub fn properties(&self) -> Option<BasicProperties> {
+        parse_properties(self.header())
+    }
+
+    /// Writes the content header and body frames for a delivery on `channel`,
+    /// splitting the body to fit `frame_max`.
+    pub fn write_content(&self, out: &mut BytesMut, channel: u16, frame_max: u32) {
+        let header = self.header();
+        let body = self.body();
+        let max_payload = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
+        let frames = body.len().div_ceil(max_payload);
+        out.reserve(header.len() + body.len() + FRAME_OVERHEAD * (1 + frames));
+        put_frame_header(out, FRAME_HEADER, channel, header.len());
+        out.put_slice(header);
+        out.put_u8(FRAME_END);
+        for chunk in body.chunks(max_payload) {
+            put_frame_header(out, FRAME_BODY, channel, chunk.len());
+            out.put_slice(chunk);
+            out.put_u8(FRAME_END);
+        }
+    }
+}
+
+/// Parses a content header payload's properties; `None` if malformed.
+pub fn parse_properties(header: &[u8]) -> Option<BasicProperties> {
+    use amq_protocol::frame::parsing::parse_content_header;
+    parse_content_header(header).ok().map(|(_, h)| h.properties)
+}
+
+/// Reads the class id and body size from a content header payload.
+pub fn header_class_and_size(header: &[u8]) -> Option<(u16, u64)> {
+    if header.len() < 14 {
+        return None;
+    }
+    let class = u16::from_be_bytes([header[0], header[1]]);
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&header[4..12]);
+    Some((class, u64::from_be_bytes(size)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(size: u64) -> Vec<u8> {
+        let mut h = vec![0, 60, 0, 0];
+        h.extend_from_slice(&size.to_be_bytes());
+        h.extend_from_slice(&[0, 0]);
+        h
+    }
+
+    #[test]
+    fn parts_come_back_as_they_went_in() {
+        let m = Message::new(b"ex", b"rk.a", &header(3), Bytes::from_static(b"abc"));
+        assert_eq!(m.exchange(), b"ex");
+        assert_eq!(m.routing_key(), b"rk.a");
+        assert_eq!(m.header(), &header(3)[..]);
+        assert_eq!(m.body(), b"abc");
+        assert_eq!(header_class_and_size(m.header()), Some((60, 3)));
+    }
+
+    #[test]
+    fn a_large_body_is_split_into_frames_of_frame_max() {
+        let body = Bytes::from(vec![7u8; 10_000]);
+        let m = Message::new(b"", b"q", &header(10_000), body);
+        let mut out = BytesMut::new();
+        m.write_content(&mut out, 1, 4096);
+        let mut buf = out;
+        let mut total = 0;
+        let mut frames = 0;
+        while let Some(f) = crate::codec::parse_frame(&mut buf, 4096).unwrap() {
+            if let crate::codec::Frame::Body { payload, .. } = f {
+                assert!(payload.len() <= 4088);
+                total += payload.len();
+                frames += 1;
+            }
+        }
+        assert_eq!(total, 10_000);
+        assert_eq!(frames, 3);
+    }
+}

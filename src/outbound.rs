@@ -1,0 +1,166 @@
+//! The outbound side of a connection: a shared buffer that any task may append
+//! encoded frames to, and a writer task that flushes it to the socket.
+//!
+//! Frames from many sources (the connection's own replies, deliveries made by
+//! publishers' tasks) accumulate in one buffer; the writer swaps it out and
+//! writes it with one syscall, so many frames cost one write. The writer is
+//! woken only when the buffer goes from empty to non-empty.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+
+/// Above this many unwritten bytes, queues stop delivering to the connection
+/// until the writer catches up, so a slow socket cannot grow memory unboundedly.
+pub const HIGH_WATER: usize = 1 << 20;
+/// The writer wakes the connection again when the backlog drops below this.
+pub const LOW_WATER: usize = HIGH_WATER / 4;
+
+/// Events other tasks send to a connection's task.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// The socket backlog drained: queues may deliver to this connection again.
+    Writable,
+    /// Writing to the socket failed: the connection is gone.
+    WriteFailed,
+    /// An administrator or the broker closes the connection.
+    Close(u16, String),
+}
+
+/// What every part of the broker may hold to reach one client connection.
+#[derive(Debug)]
+pub struct ConnectionHandle {
+    /// Broker-unique connection id.
+    pub id: u64,
+    buf: Mutex<BytesMut>,
+    notify: Notify,
+    pending: AtomicUsize,
+    written: AtomicU64,
+    closing: AtomicBool,
+    throttled: AtomicBool,
+    /// Negotiated frame_max (bytes, including frame overhead).
+    pub frame_max: AtomicU32,
+    /// The client advertised `consumer_cancel_notify`.
+    pub cancel_notify: AtomicBool,
+    events: mpsc::UnboundedSender<ConnEvent>,
+}
+
+impl ConnectionHandle {
+    /// Creates a handle and the receiver for its events.
+    pub fn new(id: u64, frame_max: u32) -> (Arc<Self>, mpsc::UnboundedReceiver<ConnEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let h = ConnectionHandle {
+            id,
+            buf: Mutex::new(BytesMut::with_capacity(16 * 1024)),
+            notify: Notify::new(),
+            pending: AtomicUsize::new(0),
+            written: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            throttled: AtomicBool::new(false),
+            frame_max: AtomicU32::new(frame_max),
+            cancel_notify: AtomicBool::new(false),
+            events: tx,
+        };
+        (Arc::new(h), rx)
+    }
+
+    /// Appends frames to the outbound buffer and wakes the writer if needed.
+    #[inline]
+    pub fn write<R>(&self, f: impl FnOnce(&mut BytesMut) -> R) -> R {
+        let (r, was_empty, added) = {
+            let mut buf = self.buf.lock();
+            let before = buf.len();
+            let r = f(&mut buf);
+            (r, before == 0, buf.len() - before)
+        };
+        if added > 0 {
+            self.pending.fetch_add(added, Ordering::Relaxed);
+            if was_empty {
+                self.notify.notify_one();
+            }
+        }
+        r
+    }
+
+    /// Whether queues may hand this connection more deliveries now. When not,
+    /// the connection is marked so that the writer wakes it once drained.
+    #[inline]
+    pub fn can_accept_deliveries(&self) -> bool {
+        if self.pending.load(Ordering::Relaxed) < HIGH_WATER {
+            return true;
+        }
+        self.throttled.store(true, Ordering::Relaxed);
+        false
+    }
+
+    /// Total bytes written to the socket so far (for heartbeat decisions).
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Unwritten bytes.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Sends an event to the connection's task (ignored if it is gone).
+    pub fn send_event(&self, ev: ConnEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Asks the writer to flush what is buffered and then shut the socket.
+    pub fn close_writer(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether the connection is closing or closed.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Runs the writer until the connection closes or the socket fails.
+    pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut socket: W) {
+        let mut spare = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let swapped = {
+                let mut buf = self.buf.lock();
+                if buf.is_empty() {
+                    false
+                } else {
+                    std::mem::swap(&mut *buf, &mut spare);
+                    true
+                }
+            };
+            if !swapped {
+                if self.closing.load(Ordering::Acquire) {
+                    break;
+                }
+                self.notify.notified().await;
+                continue;
+            }
+            if socket.write_all(&spare).await.is_err() {
+                self.closing.store(true, Ordering::Release);
+                self.send_event(ConnEvent::WriteFailed);
+                return;
+            }
+            let n = spare.len();
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+            let left = self.pending.fetch_sub(n, Ordering::Relaxed) - n;
+            if left < LOW_WATER && self.throttled.swap(false, Ordering::Relaxed) {
+                self.send_event(ConnEvent::Writable);
+            }
+            spare.clear();
+            // Don't keep a huge buffer around after a burst.
+            if spare.capacity() > 4 * HIGH_WATER {
+                spare = BytesMut::with_capacity(16 * 1024);
+            }
+        }
+        let _ = socket.flush().await;
+        let _ = socket.shutdown().await;
+    }
+}

@@ -1,0 +1,261 @@
+//! A queue: its ready messages, its consumers, and round-robin dispatch.
+//!
+//! The queue's state sits behind a mutex held for microseconds. Whoever
+//! changes the queue (a publisher's task enqueueing, a connection acking and
+//! freeing prefetch, a consumer arriving) runs `dispatch`, which hands ready
+//! messages to consumers in turn, within their prefetch limits.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use amq_protocol::types::FieldTable;
+use parking_lot::Mutex;
+
+use crate::delivery::{ChannelShared, Consumer};
+use crate::error::{AmqpError, AmqpResult, code};
+use crate::message::MessageRef;
+
+/// A message waiting in a queue.
+#[derive(Debug)]
+struct Ready {
+    msg: MessageRef,
+    /// Enqueue order; requeued messages go back to their place by it.
+    seq: u64,
+    redelivered: bool,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    ready: VecDeque<Ready>,
+    consumers: Vec<Arc<Consumer>>,
+    next_consumer: usize,
+    next_seq: u64,
+    had_consumers: bool,
+}
+
+/// A queue's declared properties.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Survives a restart.
+    pub durable: bool,
+    /// Owned by one connection (its id).
+    pub exclusive_owner: Option<u64>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// x-arguments as declared.
+    pub arguments: FieldTable,
+}
+
+/// A queue.
+#[derive(Debug)]
+pub struct Queue {
+    /// Queue name.
+    pub name: String,
+    /// Its virtual host's name.
+    pub vhost: Arc<str>,
+    /// Declared properties.
+    pub config: QueueConfig,
+    state: Mutex<QueueState>,
+    deleted: AtomicBool,
+}
+
+/// What was left of a queue when it was deleted.
+#[derive(Debug)]
+pub struct Deleted {
+    /// Ready messages dropped.
+    pub message_count: u32,
+    /// Consumers that were attached.
+    pub consumers: Vec<Arc<Consumer>>,
+}
+
+impl Queue {
+    /// A new, empty queue.
+    pub fn new(name: String, vhost: Arc<str>, config: QueueConfig) -> Arc<Queue> {
+        Arc::new(Queue {
+            name,
+            vhost,
+            config,
+            state: Mutex::new(QueueState::default()),
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the queue has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Enqueues a message and delivers what consumers can take.
+    pub fn publish(self: &Arc<Self>, msg: MessageRef) {
+        let mut st = self.state.lock();
+        if self.is_deleted() {
+            return;
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.ready.push_back(Ready {
+            msg,
+            seq,
+            redelivered: false,
+        });
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Delivers ready messages to consumers that can take them.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        self.dispatch_locked(&mut st);
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
+        let n = st.consumers.len();
+        if n == 0 {
+            return;
+        }
+        let mut misses = 0;
+        while !st.ready.is_empty() && misses < n {
+            if st.next_consumer >= n {
+                st.next_consumer = 0;
+            }
+            let i = st.next_consumer;
+            st.next_consumer += 1;
+            let QueueState {
+                ready, consumers, ..
+            } = &mut *st;
+            let delivered = consumers[i].try_deliver(self, || {
+                // `ready` is non-empty: checked by the loop condition.
+                let r = ready.pop_front().expect("ready is non-empty");
+                (r.msg, r.seq, r.redelivered)
+            });
+            if delivered {
+                misses = 0;
+            } else {
+                misses += 1;
+            }
+        }
+    }
+
+    /// basic.get: hands the next message to `channel`. Returns false if the
+    /// queue is empty.
+    pub fn get(self: &Arc<Self>, channel: &ChannelShared, no_ack: bool) -> bool {
+        let mut st = self.state.lock();
+        let Some(r) = st.ready.pop_front() else {
+            return false;
+        };
+        let remaining = st.ready.len() as u32;
+        let (seq, redelivered) = (r.seq, r.redelivered);
+        if !channel.deliver_get(self, r.msg.clone(), seq, redelivered, no_ack, remaining) {
+            st.ready.push_front(r);
+            return false;
+        }
+        true
+    }
+
+    /// Puts messages back at their original positions, flagged redelivered,
+    /// and delivers again.
+    pub fn requeue(self: &Arc<Self>, mut items: Vec<(u64, MessageRef)>) {
+        if items.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock();
+        if self.is_deleted() {
+            return;
+        }
+        // Highest seq first, so the common case (all older than what is ready)
+        // is a run of push_front.
+        items.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        for (seq, msg) in items {
+            let r = Ready {
+                msg,
+                seq,
+                redelivered: true,
+            };
+            if st.ready.front().is_none_or(|f| f.seq > seq) {
+                st.ready.push_front(r);
+            } else {
+                let pos = st.ready.partition_point(|x| x.seq < seq);
+                st.ready.insert(pos, r);
+            }
+        }
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Attaches a consumer, enforcing exclusive consumers as RabbitMQ does.
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<()> {
+        let mut st = self.state.lock();
+        if self.is_deleted() {
+            return Err(AmqpError::no_queue(&self.name, &self.vhost));
+        }
+        if st.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !st.consumers.is_empty())
+        {
+            return Err(AmqpError::channel(
+                code::ACCESS_REFUSED,
+                format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.vhost
+                ),
+            ));
+        }
+        st.consumers.push(consumer);
+        st.had_consumers = true;
+        self.dispatch_locked(&mut st);
+        Ok(())
+    }
+
+    /// Detaches a consumer. Returns true if the queue is auto-delete and has
+    /// just lost its last consumer, so the caller should delete it.
+    pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+        let mut st = self.state.lock();
+        let before = st.consumers.len();
+        st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+        let removed = st.consumers.len() != before;
+        removed && self.config.auto_delete && st.consumers.is_empty() && st.had_consumers
+    }
+
+    /// Drops all ready messages; returns how many.
+    pub fn purge(&self) -> u32 {
+        let mut st = self.state.lock();
+        let n = st.ready.len() as u32;
+        st.ready.clear();
+        n
+    }
+
+    /// Ready messages (what queue.declare-ok reports).
+    pub fn message_count(&self) -> u32 {
+        self.state.lock().ready.len() as u32
+    }
+
+    /// Attached consumers.
+    pub fn consumer_count(&self) -> u32 {
+        self.state.lock().consumers.len() as u32
+    }
+
+    /// Marks the queue deleted and empties it.
+    pub fn mark_deleted(&self) -> Deleted {
+        let mut st = self.state.lock();
+        self.deleted.store(true, Ordering::Release);
+        let message_count = st.ready.len() as u32;
+        st.ready.clear();
+        let consumers = std::mem::take(&mut st.consumers);
+        Deleted {
+            message_count,
+            consumers,
+        }
+    }
+
+    /// Whether `conn` may use this queue (exclusive queues belong to one connection).
+    pub fn check_exclusive(&self, conn: u64) -> AmqpResult<()> {
+        match self.config.exclusive_owner {
+            Some(owner) if owner != conn => Err(AmqpError::channel(
+                code::RESOURCE_LOCKED,
+                format!(
+                    "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                    self.name, self.vhost
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}

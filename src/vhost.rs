@@ -1,0 +1,577 @@
+//! A virtual host: a namespace of exchanges, queues and bindings, and the
+//! operations that change it (declare, delete, bind, unbind) with RabbitMQ's
+//! checks and reply texts.
+//!
+//! Definition changes are serialised by one mutex per vhost; publishing only
+//! reads the exchange and queue maps and the exchange's routing table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{AmqpError, AmqpResult, code};
+use crate::exchange::{Dest, Exchange, ExchangeKind};
+use crate::queue::{Deleted, Queue, QueueConfig};
+
+/// exchange.declare arguments.
+#[derive(Debug, Clone)]
+pub struct ExchangeDeclare {
+    /// Name.
+    pub name: String,
+    /// Type name as sent.
+    pub kind: String,
+    /// Only check that it exists.
+    pub passive: bool,
+    /// Durable flag.
+    pub durable: bool,
+    /// Auto-delete flag.
+    pub auto_delete: bool,
+    /// Internal flag.
+    pub internal: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// A virtual host.
+#[derive(Debug)]
+pub struct VHost {
+    /// Its name.
+    pub name: Arc<str>,
+    exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
+    definitions: Mutex<()>,
+}
+
+/// Arguments whose values must match when a queue is redeclared (as RabbitMQ).
+const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-message-ttl",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+fn describe(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".to_owned(),
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        Some(AMQPValue::Boolean(b)) => b.to_string(),
+        Some(AMQPValue::ShortShortInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortShortUInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortUInt(n)) => n.to_string(),
+        Some(AMQPValue::LongInt(n)) => n.to_string(),
+        Some(AMQPValue::LongUInt(n)) => n.to_string(),
+        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+        Some(AMQPValue::Timestamp(n)) => n.to_string(),
+        Some(other) => format!("{other:?}"),
+    }
+}
+
+/// Integer-valued arguments compare by value whatever their wire width.
+fn as_i128(v: &AMQPValue) -> Option<i128> {
+    Some(match v {
+        AMQPValue::ShortShortInt(n) => *n as i128,
+        AMQPValue::ShortShortUInt(n) => *n as i128,
+        AMQPValue::ShortInt(n) => *n as i128,
+        AMQPValue::ShortUInt(n) => *n as i128,
+        AMQPValue::LongInt(n) => *n as i128,
+        AMQPValue::LongUInt(n) => *n as i128,
+        AMQPValue::LongLongInt(n) => *n as i128,
+        AMQPValue::Timestamp(n) => *n as i128,
+        _ => return None,
+    })
+}
+
+fn same_value(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => match (as_i128(a), as_i128(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => describe(Some(a)) == describe(Some(b)) || a == b,
+        },
+        _ => false,
+    }
+}
+
+fn inequivalent(
+    what: &str,
+    arg: &str,
+    name: &str,
+    vhost: &str,
+    got: String,
+    cur: String,
+) -> AmqpError {
+    AmqpError::channel(
+        code::PRECONDITION_FAILED,
+        format!(
+            "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received '{got}' but current is '{cur}'"
+        ),
+    )
+}
+
+fn default_exchange_refused() -> AmqpError {
+    AmqpError::channel(
+        code::ACCESS_REFUSED,
+        "operation not permitted on the default exchange",
+    )
+}
+
+impl VHost {
+    /// A vhost with the default exchange and the `amq.*` exchanges.
+    pub fn new(name: &str) -> Arc<VHost> {
+        let mut exchanges = HashMap::new();
+        for (xname, kind) in [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            exchanges.insert(
+                xname.to_owned(),
+                Exchange::new(
+                    xname.to_owned(),
+                    kind,
+                    true,
+                    false,
+                    false,
+                    FieldTable::default(),
+                ),
+            );
+        }
+        Arc::new(VHost {
+            name: name.into(),
+            exchanges: RwLock::new(exchanges),
+            queues: RwLock::new(HashMap::new()),
+            definitions: Mutex::new(()),
+        })
+    }
+
+    /// Looks up an exchange.
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.read().get(name).cloned()
+    }
+
+    /// Looks up a queue.
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.read().get(name).cloned()
+    }
+
+    /// Looks up a queue or fails with 404.
+    pub fn queue_or_404(&self, name: &str) -> AmqpResult<Arc<Queue>> {
+        self.queue(name)
+            .ok_or_else(|| AmqpError::no_queue(name, &self.name))
+    }
+
+    /// Looks up an exchange or fails with 404.
+    pub fn exchange_or_404(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        self.exchange(name)
+            .ok_or_else(|| AmqpError::no_exchange(name, &self.name))
+    }
+
+    /// All queues (for listings and connection cleanup).
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    /// All exchanges.
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    /// exchange.declare.
+    pub fn declare_exchange(&self, d: &ExchangeDeclare) -> AmqpResult<Arc<Exchange>> {
+        if d.passive {
+            return self.exchange_or_404(&d.name);
+        }
+        let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
+            AmqpError::connection(
+                code::COMMAND_INVALID,
+                format!("unknown exchange type '{}'", d.kind),
+            )
+        })?;
+        if d.name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let _defs = self.definitions.lock();
+        let x = match self.exchange(&d.name) {
+            Some(x) => x,
+            None => {
+                if d.name.starts_with("amq.") {
+                    return Err(AmqpError::channel(
+                        code::ACCESS_REFUSED,
+                        format!(
+                            "exchange name '{}' contains reserved prefix 'amq.*'",
+                            d.name
+                        ),
+                    ));
+                }
+                let x = Exchange::new(
+                    d.name.clone(),
+                    kind,
+                    d.durable,
+                    d.auto_delete,
+                    d.internal,
+                    d.arguments.clone(),
+                );
+                self.exchanges.write().insert(d.name.clone(), x.clone());
+                return Ok(x);
+            }
+        };
+        let what = "exchange";
+        let (n, v) = (&d.name, &*self.name);
+        if x.kind != kind {
+            return Err(inequivalent(
+                what,
+                "type",
+                n,
+                v,
+                d.kind.clone(),
+                x.kind.as_str().into(),
+            ));
+        }
+        if x.durable != d.durable {
+            return Err(inequivalent(
+                what,
+                "durable",
+                n,
+                v,
+                d.durable.to_string(),
+                x.durable.to_string(),
+            ));
+        }
+        if x.auto_delete != d.auto_delete {
+            return Err(inequivalent(
+                what,
+                "auto_delete",
+                n,
+                v,
+                d.auto_delete.to_string(),
+                x.auto_delete.to_string(),
+            ));
+        }
+        if x.internal != d.internal {
+            return Err(inequivalent(
+                what,
+                "internal",
+                n,
+                v,
+                d.internal.to_string(),
+                x.internal.to_string(),
+            ));
+        }
+        let (got, cur) = (
+            d.arguments.inner().get("alternate-exchange"),
+            x.arguments.inner().get("alternate-exchange"),
+        );
+        if !same_value(got, cur) {
+            return Err(inequivalent(
+                what,
+                "alternate-exchange",
+                n,
+                v,
+                describe(got),
+                describe(cur),
+            ));
+        }
+        Ok(x)
+    }
+
+    /// exchange.delete.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::channel(
+                code::ACCESS_REFUSED,
+                format!(
+                    "deletion of system exchange '{name}' in vhost '{}' refused",
+                    self.name
+                ),
+            ));
+        }
+        let _defs = self.definitions.lock();
+        let Some(x) = self.exchange(name) else {
+            // RabbitMQ treats deleting a missing exchange as success.
+            return Ok(());
+        };
+        if if_unused && x.binding_count() > 0 {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!("exchange '{name}' in vhost '{}' in use", self.name),
+            ));
+        }
+        self.remove_exchange_locked(&x);
+        Ok(())
+    }
+
+    fn remove_exchange_locked(&self, x: &Arc<Exchange>) {
+        self.exchanges.write().remove(&x.name);
+        x.mark_deleted();
+        let dest = Dest::Exchange(x.clone());
+        for other in self.exchanges() {
+            if other.unbind_all(&dest) > 0 {
+                self.auto_delete_exchange_locked(&other);
+            }
+        }
+    }
+
+    fn auto_delete_exchange_locked(&self, x: &Arc<Exchange>) {
+        if x.auto_delete && !x.is_deleted() && x.binding_count() == 0 {
+            self.remove_exchange_locked(x);
+        }
+    }
+
+    /// queue.declare. Returns the queue and whether it was created now.
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        passive: bool,
+        config: QueueConfig,
+        conn_id: u64,
+    ) -> AmqpResult<(Arc<Queue>, bool)> {
+        if passive {
+            let q = self.queue_or_404(name)?;
+            q.check_exclusive(conn_id)?;
+            return Ok((q, false));
+        }
+        let _defs = self.definitions.lock();
+        if let Some(q) = self.queue(name) {
+            q.check_exclusive(conn_id)?;
+            let (what, v) = ("queue", &*self.name);
+            let c = &q.config;
+            if c.durable != config.durable {
+                return Err(inequivalent(
+                    what,
+                    "durable",
+                    name,
+                    v,
+                    config.durable.to_string(),
+                    c.durable.to_string(),
+                ));
+            }
+            let (got_ex, cur_ex) = (
+                config.exclusive_owner.is_some(),
+                c.exclusive_owner.is_some(),
+            );
+            if got_ex != cur_ex {
+                return Err(inequivalent(
+                    what,
+                    "exclusive",
+                    name,
+                    v,
+                    got_ex.to_string(),
+                    cur_ex.to_string(),
+                ));
+            }
+            if c.auto_delete != config.auto_delete {
+                return Err(inequivalent(
+                    what,
+                    "auto_delete",
+                    name,
+                    v,
+                    config.auto_delete.to_string(),
+                    c.auto_delete.to_string(),
+                ));
+            }
+            for arg in QUEUE_EQUIVALENCE_ARGS {
+                let (got, cur) = (
+                    config.arguments.inner().get(*arg),
+                    c.arguments.inner().get(*arg),
+                );
+                if !same_value(got, cur) {
+                    return Err(inequivalent(
+                        what,
+                        arg,
+                        name,
+                        v,
+                        describe(got),
+                        describe(cur),
+                    ));
+                }
+            }
+            return Ok((q, false));
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::channel(
+                code::ACCESS_REFUSED,
+                format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+            ));
+        }
+        let q = Queue::new(name.to_owned(), self.name.clone(), config);
+        self.queues.write().insert(name.to_owned(), q.clone());
+        Ok((q, true))
+    }
+
+    /// queue.delete with RabbitMQ's if-unused / if-empty checks. Returns what
+    /// the queue held (None if there was no such queue).
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn_id: u64,
+    ) -> AmqpResult<Option<Deleted>> {
+        let _defs = self.definitions.lock();
+        let Some(q) = self.queue(name) else {
+            return Ok(None);
+        };
+        q.check_exclusive(conn_id)?;
+        if if_unused && q.consumer_count() > 0 {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!("queue '{name}' in vhost '{}' in use", self.name),
+            ));
+        }
+        if if_empty && q.message_count() > 0 {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!("queue '{name}' in vhost '{}' is not empty", self.name),
+            ));
+        }
+        Ok(Some(self.remove_queue_locked(&q)))
+    }
+
+    /// Deletes a queue unconditionally if it is still the one registered
+    /// under its name (auto-delete, exclusive cleanup).
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> Option<Deleted> {
+        let _defs = self.definitions.lock();
+        match self.queue(&q.name) {
+            Some(cur) if Arc::ptr_eq(&cur, q) => Some(self.remove_queue_locked(q)),
+            _ => None,
+        }
+    }
+
+    fn remove_queue_locked(&self, q: &Arc<Queue>) -> Deleted {
+        self.queues.write().remove(&q.name);
+        let dest = Dest::Queue(q.clone());
+        for x in self.exchanges() {
+            if x.unbind_all(&dest) > 0 {
+                self.auto_delete_exchange_locked(&x);
+            }
+        }
+        q.mark_deleted()
+    }
+
+    /// queue.bind / exchange.bind.
+    pub fn bind(
+        &self,
+        source: &str,
+        dest: DestName<'_>,
+        routing_key: &str,
+        args: &FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
+        if source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let _defs = self.definitions.lock();
+        let d = self.resolve_dest(dest, conn_id)?;
+        let x = self.exchange_or_404(source)?;
+        x.bind(d, routing_key, args)?;
+        Ok(())
+    }
+
+    /// queue.unbind / exchange.unbind. Unbinding what is not bound succeeds.
+    pub fn unbind(
+        &self,
+        source: &str,
+        dest: DestName<'_>,
+        routing_key: &str,
+        args: &FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
+        if source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let _defs = self.definitions.lock();
+        let d = self.resolve_dest(dest, conn_id)?;
+        let x = self.exchange_or_404(source)?;
+        if x.unbind(&d, routing_key, args) {
+            self.auto_delete_exchange_locked(&x);
+        }
+        Ok(())
+    }
+
+    fn resolve_dest(&self, dest: DestName<'_>, conn_id: u64) -> AmqpResult<Dest> {
+        Ok(match dest {
+            DestName::Queue(n) => {
+                let q = self.queue_or_404(n)?;
+                q.check_exclusive(conn_id)?;
+                Dest::Queue(q)
+            }
+            DestName::Exchange(n) => {
+                if n.is_empty() {
+                    return Err(default_exchange_refused());
+                }
+                Dest::Exchange(self.exchange_or_404(n)?)
+            }
+        })
+    }
+
+    /// Routes a message from `x` to queues, following exchange-to-exchange
+    /// bindings and alternate exchanges. `out` receives each queue once.
+    pub fn route(
+        &self,
+        x: &Arc<Exchange>,
+        routing_key: &str,
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        if x.name.is_empty() {
+            if let Some(q) = self.queues.read().get(routing_key) {
+                out.push(q.clone());
+            }
+            return;
+        }
+        let mut pending: Vec<Arc<Exchange>> = vec![x.clone()];
+        let mut visited: Vec<usize> = Vec::new();
+        let mut dests = Vec::new();
+        while let Some(x) = pending.pop() {
+            let addr = Arc::as_ptr(&x) as usize;
+            if visited.contains(&addr) {
+                continue;
+            }
+            visited.push(addr);
+            dests.clear();
+            x.route(routing_key, headers, &mut dests);
+            if dests.is_empty() {
+                if let Some(ae) = x.alternate_exchange().and_then(|n| self.exchange(n)) {
+                    pending.push(ae);
+                }
+                continue;
+            }
+            for d in dests.drain(..) {
+                match d {
+                    Dest::Queue(q) => out.push(q),
+                    Dest::Exchange(x2) => pending.push(x2),
+                }
+            }
+        }
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+    }
+}
+
+/// The destination of a bind or unbind, by name.
+#[derive(Debug, Clone, Copy)]
+pub enum DestName<'a> {
+    /// A queue.
+    Queue(&'a str),
+    /// An exchange.
+    Exchange(&'a str),
+}
