@@ -184,9 +184,10 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
                 auto_delete: d.auto_delete,
                 arguments: d.arguments,
             };
-            let (q, created) = ctx
-                .vhost
-                .declare_queue(&name, d.passive, config, ctx.id())?;
+            let server_named = d.queue.as_str().is_empty() && !d.passive;
+            let (q, created) =
+                ctx.vhost
+                    .declare_queue(&name, server_named, d.passive, config, ctx.id())?;
             if created && q.config.exclusive_owner.is_some() {
                 ctx.exclusive_queues.push(q.clone());
             }

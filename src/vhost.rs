@@ -335,9 +335,11 @@ impl VHost {
     }
 
     /// queue.declare. Returns the queue and whether it was created now.
+    /// `server_named` queues may use the reserved `amq.` prefix.
     pub fn declare_queue(
         &self,
         name: &str,
+        server_named: bool,
         passive: bool,
         config: QueueConfig,
         conn_id: u64,
@@ -404,7 +406,7 @@ impl VHost {
             }
             return Ok((q, false));
         }
-        if name.starts_with("amq.") {
+        if name.starts_with("amq.") && !server_named {
             return Err(AmqpError::channel(
                 code::ACCESS_REFUSED,
                 format!("queue name '{name}' contains reserved prefix 'amq.*'"),

@@ -1,0 +1,145 @@
+//! Test support: a real warren process on a free loopback port, and lapin
+//! helpers. Each test gets its own broker and data directory.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lapin::{Channel, Connection, ConnectionProperties};
+
+/// A running warren, killed when dropped.
+pub struct Warren {
+    child: Child,
+    /// Its AMQP port.
+    pub port: u16,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Warren {
+    /// Starts warren with its defaults plus `extra_config` (TOML appended to
+    /// the shipped config file).
+    pub fn start_with(extra_config: &str) -> Warren {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("test.toml");
+        let base =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/warren.toml"))
+                .expect("read config/warren.toml");
+        std::fs::write(&config_path, merge_toml(&base, extra_config)).expect("write test config");
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+                .arg("--config")
+                .arg(&config_path)
+                .arg("--port")
+                .arg(port.to_string())
+                .arg("--data-dir")
+                .arg(dir.path())
+                .env(
+                    "WARREN_LOG",
+                    std::env::var("WARREN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn warren");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken between our probe and its bind: retry
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Warren { child, port, dir };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("warren did not start");
+    }
+
+    /// Starts warren with its default configuration.
+    pub fn start() -> Warren {
+        Self::start_with("")
+    }
+
+    /// The AMQP URI for guest.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// A new lapin connection.
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url(), ConnectionProperties::default())
+            .await
+            .expect("connect to warren")
+    }
+
+    /// A new connection and a channel on it.
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let c = self.connect().await;
+        let ch = c.create_channel().await.expect("open channel");
+        (c, ch)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Warren {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Appends `extra` to `base`, replacing keys `extra` sets in the same table.
+fn merge_toml(base: &str, extra: &str) -> String {
+    let mut doc: toml::Table = base.parse().expect("base config parses");
+    let add: toml::Table = extra.parse().expect("extra config parses");
+    for (k, v) in add {
+        match (doc.get_mut(&k), v) {
+            (Some(toml::Value::Table(t)), toml::Value::Table(a)) => t.extend(a),
+            (_, v) => {
+                doc.insert(k, v);
+            }
+        }
+    }
+    toml::to_string(&doc).expect("serialise config")
+}
+
+/// The AMQP reply code carried by a lapin error, if it is a protocol error.
+pub fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
+        _ => None,
+    }
+}
+
+/// The reply text carried by a lapin error.
+pub fn reply_text(e: &lapin::Error) -> String {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => p.get_message().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A unique name for this test run.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
