@@ -109,10 +109,24 @@ pub fn close_ok() -> AMQPClass {
 fn unexpected(what: &str, channel: u16) -> AmqpError {
     AmqpError::connection(
         code::UNEXPECTED_FRAME,
-        format!(
-            "{what} on channel {channel} while a message's content was expected or not expected"
-        ),
+        format!("{what} on channel {channel} without a preceding basic.publish"),
     )
+}
+
+fn expected_header(got: &str) -> AmqpError {
+    AmqpError::connection(
+        code::UNEXPECTED_FRAME,
+        format!("expected content header for class 60, {got}"),
+    )
+    .with_method(60, 40)
+}
+
+fn unexpected_in_body() -> AmqpError {
+    AmqpError::connection(
+        code::UNEXPECTED_FRAME,
+        "expected content body, got non content body frame instead",
+    )
+    .with_method(60, 40)
 }
 
 impl Channel {
@@ -137,8 +151,12 @@ impl Channel {
 
     /// Handles a method frame on this (open) channel.
     pub fn handle_method(&mut self, ctx: &mut ConnCtx, method: Method) -> AmqpResult<()> {
-        if !matches!(self.content, Content::Idle) {
-            return Err(unexpected("method frame", self.id));
+        match self.content {
+            Content::Idle => {}
+            Content::Header(_) => {
+                return Err(expected_header("got non content header frame instead"));
+            }
+            Content::Body { .. } => return Err(unexpected_in_body()),
         }
         match method {
             Method::Publish(p) => {
@@ -161,8 +179,10 @@ impl Channel {
 
     /// Handles a content header frame.
     pub fn handle_header(&mut self, ctx: &mut ConnCtx, payload: Bytes) -> AmqpResult<()> {
-        let Content::Header(publish) = std::mem::take(&mut self.content) else {
-            return Err(unexpected("content header frame", self.id));
+        let publish = match std::mem::take(&mut self.content) {
+            Content::Header(p) => p,
+            Content::Idle => return Err(unexpected("content header frame", self.id)),
+            Content::Body { .. } => return Err(unexpected_in_body()),
         };
         let Some((class_id, size)) = header_class_and_size(&payload) else {
             return Err(AmqpError::connection(
@@ -171,10 +191,9 @@ impl Channel {
             ));
         };
         if class_id != 60 {
-            return Err(AmqpError::connection(
-                code::UNEXPECTED_FRAME,
-                format!("content header for class {class_id} after basic.publish (class 60)"),
-            ));
+            return Err(expected_header(&format!(
+                "got one for class {class_id} instead"
+            )));
         }
         if parse_properties(&payload).is_none() {
             return Err(AmqpError::connection(
@@ -209,6 +228,9 @@ impl Channel {
             size, first, rest, ..
         } = &mut self.content
         else {
+            if matches!(self.content, Content::Header(_)) {
+                return Err(expected_header("got non content header frame instead"));
+            }
             return Err(unexpected("content body frame", self.id));
         };
         let have = first.as_ref().map_or(0, Bytes::len) + rest.len() + payload.len();

@@ -69,7 +69,8 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     // The protocol header comes before anything else.
     let mut header = [0u8; 8];
     match tokio::time::timeout(timeout, rd.read_exact(&mut header)).await {
-        Ok(Ok(_)) if &header == PROTOCOL_HEADER => {}
+        // The second form is the 0-9 header some old clients send; RabbitMQ accepts it.
+        Ok(Ok(_)) if &header == PROTOCOL_HEADER || &header == b"AMQP\x01\x01\x00\x09" => {}
         Ok(Ok(_)) => {
             tracing::info!(%peer, "bad protocol header {:?}; closing", String::from_utf8_lossy(&header));
             let _ = wr.write_all(PROTOCOL_HEADER).await;
@@ -369,20 +370,27 @@ async fn handshake(
             ),
         ));
     }
-    let frame_max = if tune.frame_max == 0 {
-        limits.frame_max
-    } else {
-        tune.frame_max
-    };
+    // 0 means "no limit", which is more than a limited server allows.
+    if tune.frame_max == 0 && limits.frame_max != 0 {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("frame_max=0 (unlimited) > {} max size", limits.frame_max),
+        ));
+    }
+    if tune.channel_max == 0 && limits.channel_max != 0 {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!(
+                "channel_max=0 (unlimited) > {} max allowed",
+                limits.channel_max
+            ),
+        ));
+    }
+    let frame_max = tune.frame_max;
     let channel_max = if tune.channel_max == 0 {
-        limits.channel_max
-    } else {
-        tune.channel_max
-    };
-    let channel_max = if channel_max == 0 {
         u16::MAX
     } else {
-        channel_max
+        tune.channel_max
     };
     reader.frame_max = frame_max;
     handle.frame_max.store(
@@ -402,7 +410,7 @@ async fn handshake(
     let Some(vhost) = broker.vhost(vhost_name) else {
         return Err(AmqpError::connection(
             code::NOT_ALLOWED,
-            format!("vhost '{vhost_name}' not found"),
+            format!("vhost {vhost_name} not found"),
         )
         .with_method(10, 40));
     };
@@ -543,7 +551,7 @@ impl Connection {
         match frame {
             Frame::Heartbeat { channel: 0 } => Ok(true),
             Frame::Heartbeat { channel } => Err(AmqpError::connection(
-                code::FRAME_ERROR,
+                code::UNEXPECTED_FRAME,
                 format!("heartbeat frame on channel {channel}; heartbeats belong on channel 0"),
             )),
             Frame::Method {
@@ -594,7 +602,9 @@ impl Connection {
                 match self.channels.get_mut(&channel) {
                     Some(ch) if ch.closing => Ok(true),
                     Some(ch) => {
-                        let r = ch.handle_header(&mut self.ctx, payload);
+                        let r = ch
+                            .handle_header(&mut self.ctx, payload)
+                            .map_err(|e| e.with_method(60, 40));
                         self.after_channel_result(channel, r)
                     }
                     None => Err(unexpected_frame("content header", channel)),
@@ -605,7 +615,9 @@ impl Connection {
                 match self.channels.get_mut(&channel) {
                     Some(ch) if ch.closing => Ok(true),
                     Some(ch) => {
-                        let r = ch.handle_body(&mut self.ctx, payload);
+                        let r = ch
+                            .handle_body(&mut self.ctx, payload)
+                            .map_err(|e| e.with_method(60, 40));
                         self.after_channel_result(channel, r)
                     }
                     None => Err(unexpected_frame("content body", channel)),
@@ -662,7 +674,7 @@ impl Connection {
             }
             _ => Err(AmqpError::connection(
                 code::CHANNEL_ERROR,
-                format!("expected 'channel.open' on channel {channel}, which is not open"),
+                "expected 'channel.open'",
             )),
         }
     }
@@ -691,10 +703,8 @@ impl Connection {
                 Ok(true)
             }
             _ => Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                format!(
-                    "method (class {class_id}, method {method_id}) is not allowed on channel 0"
-                ),
+                code::CHANNEL_ERROR,
+                "unexpected method in connection state running",
             )
             .with_method(class_id, method_id)),
         }

@@ -48,13 +48,9 @@ pub fn handle(ch: &mut Channel, ctx: &mut ConnCtx, class: AMQPClass) -> AmqpResu
             );
             Ok(())
         }
-        other => Err(AmqpError::connection(
+        _ => Err(AmqpError::connection(
             code::COMMAND_INVALID,
-            format!(
-                "method (class {}, method {}) is not valid from a client on a channel",
-                other.get_amqp_class_id(),
-                other.get_amqp_method_id()
-            ),
+            "unimplemented method",
         )),
     }
 }
@@ -174,7 +170,7 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
     match m {
         queue::AMQPMethod::Declare(d) => {
             let name = match d.queue.as_str() {
-                "" if d.passive => queue_name(ch, "")?,
+                "" if d.passive => ch.last_queue.clone().unwrap_or_default(),
                 "" => generated_name("amq.gen-"),
                 n => n.to_owned(),
             };
@@ -343,13 +339,13 @@ fn basic_method(ch: &mut Channel, ctx: &mut ConnCtx, m: basic::AMQPMethod) -> Am
             ch.settle(n.delivery_tag, n.multiple, requeue_outcome(n.requeue))?
         }
         basic::AMQPMethod::Recover(r) => {
-            recover(ch, r.requeue);
+            recover(ch, r.requeue)?;
             ctx.send(
                 ch.id,
                 AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
             );
         }
-        basic::AMQPMethod::RecoverAsync(r) => recover(ch, r.requeue),
+        basic::AMQPMethod::RecoverAsync(r) => recover(ch, r.requeue)?,
         basic::AMQPMethod::Publish(_) => {
             // Decoded by hand in `methods`; never reaches here.
         }
@@ -367,10 +363,18 @@ fn requeue_outcome(requeue: bool) -> Outcome {
 }
 
 /// basic.recover: every unacked message goes back to its queue, redelivered.
-/// As in RabbitMQ, requeue=false is treated like requeue=true.
-fn recover(ch: &mut Channel, _requeue: bool) {
+/// Like RabbitMQ, warren does not implement requeue=false (redelivery to the
+/// same consumer).
+fn recover(ch: &mut Channel, requeue_flag: bool) -> AmqpResult<()> {
+    if !requeue_flag {
+        return Err(AmqpError::connection(
+            code::NOT_IMPLEMENTED,
+            "requeue=false",
+        ));
+    }
     let unacked = ch.shared.take_all_unacked();
     requeue(unacked);
+    Ok(())
 }
 
 fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult<()> {
@@ -425,22 +429,18 @@ fn channel_method(ch: &mut Channel, ctx: &mut ConnCtx, m: chan_m::AMQPMethod) ->
     match m {
         chan_m::AMQPMethod::Open(_) => Err(AmqpError::connection(
             code::CHANNEL_ERROR,
-            format!(
-                "second 'channel.open' seen on channel {}, which is already open",
-                ch.id
-            ),
+            "second 'channel.open' seen",
         )),
         chan_m::AMQPMethod::Flow(f) => {
-            ch.shared.set_flow(f.active);
+            // As RabbitMQ: clients may not pause deliveries with channel.flow
+            // (prefetch is the way to limit them).
+            if !f.active {
+                return Err(AmqpError::connection(code::NOT_IMPLEMENTED, "active=false"));
+            }
             ctx.send(
                 ch.id,
-                AMQPClass::Channel(chan_m::AMQPMethod::FlowOk(chan_m::FlowOk {
-                    active: f.active,
-                })),
+                AMQPClass::Channel(chan_m::AMQPMethod::FlowOk(chan_m::FlowOk { active: true })),
             );
-            if f.active {
-                ch.redispatch();
-            }
             Ok(())
         }
         chan_m::AMQPMethod::FlowOk(_) => Ok(()),

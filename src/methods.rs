@@ -113,6 +113,14 @@ pub fn decode(payload: Bytes) -> Result<Method, AmqpError> {
                 multiple,
             })
         }
+        (60, 10) if payload.len() >= 8 && payload[4..8] != [0, 0, 0, 0] => {
+            // amq-protocol drops basic.qos prefetch_size; RabbitMQ refuses non-zero.
+            let size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+            Err(
+                AmqpError::connection(code::NOT_IMPLEMENTED, format!("prefetch_size!=0 ({size})"))
+                    .with_method(60, 10),
+            )
+        }
         _ if !is_known(class_id, method_id) => Err(AmqpError::connection(
             code::NOT_IMPLEMENTED,
             format!("unknown method (class {class_id}, method {method_id})"),

@@ -248,14 +248,18 @@ impl Queue {
     /// Whether `conn` may use this queue (exclusive queues belong to one connection).
     pub fn check_exclusive(&self, conn: u64) -> AmqpResult<()> {
         match self.config.exclusive_owner {
-            Some(owner) if owner != conn => Err(AmqpError::channel(
-                code::RESOURCE_LOCKED,
-                format!(
-                    "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-                    self.name, self.vhost
-                ),
-            )),
+            Some(owner) if owner != conn => Err(Self::locked_error(&self.name, &self.vhost)),
             _ => Ok(()),
         }
+    }
+
+    /// 405 RESOURCE_LOCKED for an exclusive queue, in RabbitMQ's words.
+    pub fn locked_error(name: &str, vhost: &str) -> AmqpError {
+        AmqpError::channel(
+            code::RESOURCE_LOCKED,
+            format!(
+                "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+            ),
+        )
     }
 }

@@ -59,6 +59,50 @@ const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
     "x-single-active-consumer",
 ];
 
+/// RabbitMQ's name for a field-table value type.
+fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// The received/current parts of an argument inequivalence, as RabbitMQ
+/// words them: plain values when both exist, typed ones when one is missing.
+fn describe_args(got: Option<&AMQPValue>, cur: Option<&AMQPValue>) -> (String, String) {
+    let typed = |v: Option<&AMQPValue>| match v {
+        None => "none".to_owned(),
+        Some(v) => format!(
+            "the value '{}' of type '{}'",
+            describe(Some(v)),
+            type_name(v)
+        ),
+    };
+    match (got, cur) {
+        (Some(_), Some(_)) => (
+            format!("'{}'", describe(got)),
+            format!("'{}'", describe(cur)),
+        ),
+        _ => (typed(got), typed(cur)),
+    }
+}
+
 fn describe(v: Option<&AMQPValue>) -> String {
     match v {
         None => "none".to_owned(),
@@ -111,10 +155,28 @@ fn inequivalent(
     got: String,
     cur: String,
 ) -> AmqpError {
+    inequivalent_raw(
+        what,
+        arg,
+        name,
+        vhost,
+        format!("'{got}'"),
+        format!("'{cur}'"),
+    )
+}
+
+fn inequivalent_raw(
+    what: &str,
+    arg: &str,
+    name: &str,
+    vhost: &str,
+    got: String,
+    cur: String,
+) -> AmqpError {
     AmqpError::channel(
         code::PRECONDITION_FAILED,
         format!(
-            "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received '{got}' but current is '{cur}'"
+            "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received {got} but current is {cur}"
         ),
     )
 }
@@ -192,18 +254,18 @@ impl VHost {
 
     /// exchange.declare.
     pub fn declare_exchange(&self, d: &ExchangeDeclare) -> AmqpResult<Arc<Exchange>> {
+        if d.name.is_empty() {
+            return Err(default_exchange_refused());
+        }
         if d.passive {
             return self.exchange_or_404(&d.name);
         }
         let kind = ExchangeKind::parse(&d.kind).ok_or_else(|| {
             AmqpError::connection(
                 code::COMMAND_INVALID,
-                format!("unknown exchange type '{}'", d.kind),
+                format!("invalid exchange type '{}'", d.kind),
             )
         })?;
-        if d.name.is_empty() {
-            return Err(default_exchange_refused());
-        }
         let _defs = self.definitions.lock();
         let x = match self.exchange(&d.name) {
             Some(x) => x,
@@ -276,14 +338,8 @@ impl VHost {
             x.arguments.inner().get("alternate-exchange"),
         );
         if !same_value(got, cur) {
-            return Err(inequivalent(
-                what,
-                "alternate-exchange",
-                n,
-                v,
-                describe(got),
-                describe(cur),
-            ));
+            let a = describe_args(got, cur);
+            return Err(inequivalent_raw(what, "alternate-exchange", n, v, a.0, a.1));
         }
         Ok(x)
     }
@@ -297,7 +353,7 @@ impl VHost {
             return Err(AmqpError::channel(
                 code::ACCESS_REFUSED,
                 format!(
-                    "deletion of system exchange '{name}' in vhost '{}' refused",
+                    "deletion of system exchange '{name}' in vhost '{}' not allowed",
                     self.name
                 ),
             ));
@@ -364,19 +420,9 @@ impl VHost {
                     c.durable.to_string(),
                 ));
             }
-            let (got_ex, cur_ex) = (
-                config.exclusive_owner.is_some(),
-                c.exclusive_owner.is_some(),
-            );
-            if got_ex != cur_ex {
-                return Err(inequivalent(
-                    what,
-                    "exclusive",
-                    name,
-                    v,
-                    got_ex.to_string(),
-                    cur_ex.to_string(),
-                ));
+            if config.exclusive_owner.is_some() != c.exclusive_owner.is_some() {
+                // RabbitMQ reports an exclusive mismatch as a lock, not an inequivalence.
+                return Err(Queue::locked_error(name, v));
             }
             if c.auto_delete != config.auto_delete {
                 return Err(inequivalent(
@@ -394,14 +440,8 @@ impl VHost {
                     c.arguments.inner().get(*arg),
                 );
                 if !same_value(got, cur) {
-                    return Err(inequivalent(
-                        what,
-                        arg,
-                        name,
-                        v,
-                        describe(got),
-                        describe(cur),
-                    ));
+                    let a = describe_args(got, cur);
+                    return Err(inequivalent_raw(what, arg, name, v, a.0, a.1));
                 }
             }
             return Ok((q, false));
@@ -440,7 +480,7 @@ impl VHost {
         if if_empty && q.message_count() > 0 {
             return Err(AmqpError::channel(
                 code::PRECONDITION_FAILED,
-                format!("queue '{name}' in vhost '{}' is not empty", self.name),
+                format!("queue '{name}' in vhost '{}' not empty", self.name),
             ));
         }
         Ok(Some(self.remove_queue_locked(&q)))
@@ -480,8 +520,8 @@ impl VHost {
             return Err(default_exchange_refused());
         }
         let _defs = self.definitions.lock();
-        let d = self.resolve_dest(dest, conn_id)?;
         let x = self.exchange_or_404(source)?;
+        let d = self.resolve_dest(dest, conn_id)?;
         x.bind(d, routing_key, args)?;
         Ok(())
     }
@@ -499,8 +539,15 @@ impl VHost {
             return Err(default_exchange_refused());
         }
         let _defs = self.definitions.lock();
+        // As RabbitMQ: unbinding from or to something missing succeeds.
+        let exists = match dest {
+            DestName::Queue(n) => self.queue(n).is_some(),
+            DestName::Exchange(n) => !n.is_empty() && self.exchange(n).is_some(),
+        };
+        let Some(x) = self.exchange(source).filter(|_| exists) else {
+            return Ok(());
+        };
         let d = self.resolve_dest(dest, conn_id)?;
-        let x = self.exchange_or_404(source)?;
         if x.unbind(&d, routing_key, args) {
             self.auto_delete_exchange_locked(&x);
         }
