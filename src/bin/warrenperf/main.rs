@@ -10,12 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use futures_lite::StreamExt;
 use hdrhistogram::Histogram;
-use lapin::options::*;
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use parking_lot::Mutex;
+
+mod client;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,7 +54,7 @@ struct Throughput {
     /// Consumer prefetch (basic.qos).
     #[arg(long, default_value_t = 1000)]
     prefetch: u16,
-    /// Ack with multiple=true every N messages (1: ack each).
+    /// Ack with multiple=true every N messages (1: ack each); keep it below the prefetch.
     #[arg(long, default_value_t = 100)]
     multi_ack: u64,
     /// Consumers use no-ack (auto-ack) mode.
@@ -101,12 +99,6 @@ async fn main() {
     }
 }
 
-async fn connect(uri: &str) -> Result<Connection, String> {
-    Connection::connect(uri, ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("cannot connect to {uri}: {e}"))
-}
-
 async fn throughput(t: Throughput) -> Result<(), String> {
     let size = t.size.max(8);
     let stats = Arc::new(Stats {
@@ -118,44 +110,27 @@ async fn throughput(t: Throughput) -> Result<(), String> {
         origin: Instant::now(),
     });
 
-    let setup = connect(&t.uri).await?;
-    let ch = setup.create_channel().await.map_err(|e| e.to_string())?;
-    let _ = ch
-        .queue_delete(t.queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let ch = setup.create_channel().await.map_err(|e| e.to_string())?;
-    ch.queue_declare(
-        t.queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: t.persistent,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .map_err(|e| format!("queue.declare: {e}"))?;
+    let (mut sr, mut sw) = client::connect(&t.uri).await?;
+    // A leftover queue from an earlier run would skew the figures.
+    client::delete_queue(&mut sr, &mut sw, &t.queue).await?;
+    client::declare_queue(&mut sr, &mut sw, &t.queue, t.persistent).await?;
 
     let mut tasks = Vec::new();
     for _ in 0..t.consumers {
-        let conn = connect(&t.uri).await?;
-        tasks.push(tokio::spawn(consume(conn, t.clone(), stats.clone())));
+        let (mut r, mut w) = client::connect(&t.uri).await?;
+        client::consume(&mut r, &mut w, &t.queue, t.prefetch, t.auto_ack).await?;
+        tasks.push(tokio::spawn(consume(r, w, t.clone(), stats.clone())));
     }
-    // Let consumers attach before publishing starts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for i in 0..t.publishers {
-        let conn = connect(&t.uri).await?;
-        tasks.push(tokio::spawn(publish(
-            conn,
-            t.clone(),
-            stats.clone(),
-            i,
-            size,
-        )));
+    for _ in 0..t.publishers {
+        let (mut r, mut w) = client::connect(&t.uri).await?;
+        if t.confirm > 0 {
+            client::confirm_select(&mut r, &mut w).await?;
+        }
+        tasks.push(tokio::spawn(publish(r, w, t.clone(), stats.clone(), size)));
     }
 
     let start = Instant::now();
     let (mut last_p, mut last_c) = (0, 0);
-    let mut rows = Vec::new();
     for sec in 1..=t.duration {
         tokio::time::sleep_until((start + Duration::from_secs(sec)).into()).await;
         let p = stats.published.load(Ordering::Relaxed);
@@ -176,16 +151,33 @@ async fn throughput(t: Throughput) -> Result<(), String> {
                 p99 as f64 / 1000.0
             );
         }
-        rows.push((p - last_p, c - last_c));
         last_p = p;
         last_c = c;
+        for task in &tasks {
+            if task.is_finished() {
+                stats.stop.store(true, Ordering::Relaxed);
+            }
+        }
+        if stats.stop.load(Ordering::Relaxed) {
+            break;
+        }
     }
     stats.stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
     let published = stats.published.load(Ordering::Relaxed);
     let consumed = stats.consumed.load(Ordering::Relaxed);
+    let mut failure = None;
     for task in tasks {
-        task.abort();
+        if task.is_finished() {
+            if let Ok(Err(e)) = task.await {
+                failure = Some(e);
+            }
+        } else {
+            task.abort();
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     let h = stats.total_latency.lock().clone();
     let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
@@ -216,34 +208,45 @@ async fn throughput(t: Throughput) -> Result<(), String> {
             q(0.999)
         );
     }
-    if let Ok(ch) = setup.create_channel().await {
-        let _ = ch
-            .queue_delete(t.queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
+    let _ = client::delete_queue(&mut sr, &mut sw, &t.queue).await;
     Ok(())
 }
 
 async fn publish(
-    conn: Connection,
+    mut r: client::Reader,
+    mut w: client::Writer,
     t: Throughput,
     stats: Arc<Stats>,
-    _id: usize,
     size: usize,
 ) -> Result<(), String> {
-    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-    if t.confirm > 0 {
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let props = if t.persistent {
-        BasicProperties::default().with_delivery_mode(2)
-    } else {
-        BasicProperties::default()
+    // Confirms (and any close) arrive on the reader, counted by its own task.
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let reader = {
+        let (confirmed, wake) = (confirmed.clone(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                match r.method().await? {
+                    amq_protocol::protocol::AMQPClass::Basic(
+                        amq_protocol::protocol::basic::AMQPMethod::Ack(a),
+                    ) => {
+                        confirmed.fetch_max(a.delivery_tag, Ordering::Relaxed);
+                        wake.notify_one();
+                    }
+                    amq_protocol::protocol::AMQPClass::Basic(
+                        amq_protocol::protocol::basic::AMQPMethod::Nack(n),
+                    ) => {
+                        return Err::<(), String>(format!(
+                            "broker nacked publish {}",
+                            n.delivery_tag
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        })
     };
     let mut body = vec![0u8; size];
-    let mut window = std::collections::VecDeque::new();
     let per_pub_rate = if t.rate == 0 {
         0
     } else {
@@ -251,77 +254,74 @@ async fn publish(
     };
     let started = Instant::now();
     let mut sent: u64 = 0;
+    let rk = t.queue.as_bytes().to_vec();
+    const BATCH: u64 = 64;
     while !stats.stop.load(Ordering::Relaxed) {
+        if reader.is_finished() {
+            return match reader.await {
+                Ok(Err(e)) => Err(e),
+                _ => Err("publisher connection closed".into()),
+            };
+        }
+        let mut n = BATCH;
         if per_pub_rate > 0 {
-            let due = started + Duration::from_nanos(sent * 1_000_000_000 / per_pub_rate);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due.into()).await;
+            let due_total = started.elapsed().as_nanos() as u64 * per_pub_rate / 1_000_000_000 + 1;
+            if due_total <= sent {
+                let next = started + Duration::from_nanos(sent * 1_000_000_000 / per_pub_rate);
+                tokio::time::sleep_until(next.into()).await;
+                continue;
             }
+            n = n.min(due_total - sent);
         }
-        body[..8].copy_from_slice(&now_ns(stats.origin).to_le_bytes());
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                t.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                props.clone(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        sent += 1;
         if t.confirm > 0 {
-            window.push_back(confirm);
-            if window.len() >= t.confirm {
-                if let Some(c) = window.pop_front() {
-                    c.await.map_err(|e| e.to_string())?;
+            let window = t.confirm as u64;
+            while sent - confirmed.load(Ordering::Relaxed) + n > window.max(n) {
+                if reader.is_finished() || stats.stop.load(Ordering::Relaxed) {
+                    break;
                 }
+                let _ = tokio::time::timeout(Duration::from_millis(100), wake.notified()).await;
             }
         }
-        stats.published.fetch_add(1, Ordering::Relaxed);
+        let ts = now_ns(stats.origin).to_le_bytes();
+        body[..8].copy_from_slice(&ts);
+        for _ in 0..n {
+            w.publish(&rk, t.persistent, &body);
+        }
+        w.flush().await?;
+        sent += n;
+        stats.published.fetch_add(n, Ordering::Relaxed);
     }
+    reader.abort();
     Ok(())
 }
 
-async fn consume(conn: Connection, t: Throughput, stats: Arc<Stats>) -> Result<(), String> {
-    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-    ch.basic_qos(t.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut consumer = ch
-        .basic_consume(
-            t.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: t.auto_ack,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+async fn consume(
+    mut r: client::Reader,
+    mut w: client::Writer,
+    t: Throughput,
+    stats: Arc<Stats>,
+) -> Result<(), String> {
     let mut n: u64 = 0;
     let mut local = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    while let Some(d) = consumer.next().await {
-        let d = d.map_err(|e| e.to_string())?;
-        if d.data.len() >= 8 {
+    let every = t.multi_ack.max(1);
+    loop {
+        let client::Incoming::Delivery { tag, body } = client::next_delivery(&mut r).await? else {
+            continue;
+        };
+        if body.len() >= 8 {
             let mut ts = [0u8; 8];
-            ts.copy_from_slice(&d.data[..8]);
-            let sent = u64::from_le_bytes(ts);
-            let _ = local.record(now_ns(stats.origin).saturating_sub(sent));
+            ts.copy_from_slice(&body[..8]);
+            let _ = local.record(now_ns(stats.origin).saturating_sub(u64::from_le_bytes(ts)));
         }
         n += 1;
         stats.consumed.fetch_add(1, Ordering::Relaxed);
-        if !t.auto_ack && n % t.multi_ack.max(1) == 0 {
-            d.acker
-                .ack(BasicAckOptions { multiple: true })
-                .await
-                .map_err(|e| e.to_string())?;
+        if !t.auto_ack && n % every == 0 {
+            w.ack(tag, every > 1);
+            w.flush().await?;
         }
-        if n % 256 == 0 {
+        if n % 128 == 0 {
             stats.latency.lock().add(&local).ok();
             local.reset();
         }
     }
-    Ok(())
 }
