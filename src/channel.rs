@@ -267,10 +267,11 @@ impl Channel {
     }
 
     fn resolve_exchange(&mut self, ctx: &ConnCtx, name: &Bytes) -> AmqpResult<Arc<Exchange>> {
-        if let Some((n, x)) = &self.exchange_cache {
-            if n == name && !x.is_deleted() {
-                return Ok(x.clone());
-            }
+        if let Some((n, x)) = &self.exchange_cache
+            && n == name
+            && !x.is_deleted()
+        {
+            return Ok(x.clone());
         }
         let s = String::from_utf8_lossy(name);
         let x = ctx.vhost.exchange_or_404(&s)?;
@@ -442,7 +443,8 @@ impl Channel {
 
 /// Requeues deliveries to their queues, each at its original position.
 pub fn requeue(items: Vec<Unacked>) {
-    let mut by_queue: Vec<(Arc<Queue>, Vec<(u64, Arc<Message>)>)> = Vec::new();
+    type Requeues = Vec<(u64, Arc<Message>)>;
+    let mut by_queue: Vec<(Arc<Queue>, Requeues)> = Vec::new();
     for u in items {
         match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
             Some((_, v)) => v.push((u.seq, u.msg)),

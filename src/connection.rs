@@ -561,32 +561,34 @@ impl Connection {
             Frame::Method { channel, payload } => {
                 self.check_channel_number(channel)?;
                 let (class_id, method_id) = ids(&payload);
-                if let Some(ch) = self.channels.get_mut(&channel) {
-                    if ch.closing {
-                        // Only close and close-ok matter on a closing channel (spec 4.2.2).
-                        match (class_id, method_id) {
-                            (20, 41) => {
-                                self.channels.remove(&channel);
-                            }
-                            (20, 40) => {
-                                self.ctx.send(channel, crate::channel::close_ok());
-                            }
-                            _ => {}
+                if let Some(ch) = self.channels.get_mut(&channel)
+                    && ch.closing
+                {
+                    // Only close and close-ok matter on a closing channel (spec 4.2.2).
+                    match (class_id, method_id) {
+                        (20, 41) => {
+                            self.channels.remove(&channel);
                         }
-                        return Ok(true);
+                        (20, 40) => {
+                            self.ctx.send(channel, crate::channel::close_ok());
+                        }
+                        _ => {}
                     }
+                    return Ok(true);
                 }
                 let method = decode(payload)?;
-                if (class_id, method_id) == (20, 40) {
-                    if let Some(mut ch) = self.channels.remove(&channel) {
-                        ch.flush_confirms(&self.ctx);
-                        ch.shutdown(&mut self.ctx);
-                        self.ctx.send(channel, crate::channel::close_ok());
-                        return Ok(true);
-                    }
+                if (class_id, method_id) == (20, 40)
+                    && let Some(mut ch) = self.channels.remove(&channel)
+                {
+                    ch.flush_confirms(&self.ctx);
+                    ch.shutdown(&mut self.ctx);
+                    self.ctx.send(channel, crate::channel::close_ok());
+                    return Ok(true);
                 }
                 if !self.channels.contains_key(&channel) {
-                    return self.open_channel(channel, method);
+                    return self
+                        .open_channel(channel, method)
+                        .map_err(|e| e.with_method(class_id, method_id));
                 }
                 let result = match self.channels.get_mut(&channel) {
                     Some(ch) => ch.handle_method(&mut self.ctx, method),

@@ -337,12 +337,10 @@ fn remove_from_table(
 ) {
     match table {
         Table::Direct(map) => {
-            if !key_still_bound {
-                if let Some(v) = map.get_mut(routing_key) {
-                    v.retain(|d| d != dest);
-                    if v.is_empty() {
-                        map.remove(routing_key);
-                    }
+            if !key_still_bound && let Some(v) = map.get_mut(routing_key) {
+                v.retain(|d| d != dest);
+                if v.is_empty() {
+                    map.remove(routing_key);
                 }
             }
         }

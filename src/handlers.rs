@@ -282,12 +282,11 @@ pub fn notify_deleted_consumers(consumers: &[Arc<Consumer>]) {
 /// just lost its last consumer.
 pub fn detach_consumer(ctx: &mut ConnCtx, c: &ChannelConsumer) {
     c.consumer.deactivate();
-    if c.queue.remove_consumer(&c.consumer) {
-        if let Some(vhost) = ctx.broker.vhost(&c.queue.vhost) {
-            if let Some(d) = vhost.remove_queue(&c.queue) {
-                notify_deleted_consumers(&d.consumers);
-            }
-        }
+    if c.queue.remove_consumer(&c.consumer)
+        && let Some(vhost) = ctx.broker.vhost(&c.queue.vhost)
+        && let Some(d) = vhost.remove_queue(&c.queue)
+    {
+        notify_deleted_consumers(&d.consumers);
     }
 }
 
@@ -339,11 +338,19 @@ fn basic_method(ch: &mut Channel, ctx: &mut ConnCtx, m: basic::AMQPMethod) -> Am
             ch.settle(n.delivery_tag, n.multiple, requeue_outcome(n.requeue))?
         }
         basic::AMQPMethod::Recover(r) => {
-            recover(ch, r.requeue)?;
+            if !r.requeue {
+                return Err(AmqpError::connection(
+                    code::NOT_IMPLEMENTED,
+                    "requeue=false",
+                ));
+            }
+            // recover-ok first: clients drop prefetched deliveries when it
+            // arrives, so redeliveries must come after it (as in RabbitMQ).
             ctx.send(
                 ch.id,
                 AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
             );
+            recover(ch, true)?;
         }
         basic::AMQPMethod::RecoverAsync(r) => recover(ch, r.requeue)?,
         basic::AMQPMethod::Publish(_) => {

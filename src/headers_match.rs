@@ -147,7 +147,7 @@ impl<'a> UntypedRef<'a> {
         }
     }
 
-    fn to_owned(&self) -> Untyped {
+    fn to_untyped(&self) -> Untyped {
         match *self {
             UntypedRef::Int(n) => Untyped::Int(n),
             UntypedRef::Float(x) => Untyped::Float(x),
@@ -210,7 +210,7 @@ impl HeadersBinding {
             .map(|(key, value)| {
                 let expected = match value {
                     AMQPValue::Void => Expected::Present,
-                    other => Expected::Equal(UntypedRef::of(other).to_owned()),
+                    other => Expected::Equal(UntypedRef::of(other).to_untyped()),
                 };
                 (key.as_str().to_owned(), expected)
             })

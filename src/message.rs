@@ -116,6 +116,7 @@ impl Message {
 /// Parses a content header payload's properties; `None` if malformed.
 pub fn parse_properties(header: &[u8]) -> Option<BasicProperties> {
     use amq_protocol::frame::parsing::parse_content_header;
+    crate::table_guard::check_content_header(header).ok()?;
     parse_content_header(header).ok().map(|(_, h)| h.properties)
 }
 

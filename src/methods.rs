@@ -126,9 +126,12 @@ pub fn decode(payload: Bytes) -> Result<Method, AmqpError> {
             format!("unknown method (class {class_id}, method {method_id})"),
         )
         .with_method(class_id, method_id)),
-        _ => match parse_class(&payload[..]) {
-            Ok((rest, class)) if rest.is_empty() => Ok(Method::Other(class)),
-            _ => Err(syntax_error(class_id, method_id)),
+        _ => match crate::table_guard::check_method(&payload)
+            .and_then(|_| parse_class(&payload[..]).map_err(|_| syntax_error(class_id, method_id)))
+        {
+            Ok(([], class)) => Ok(Method::Other(class)),
+            Ok(_) => Err(syntax_error(class_id, method_id)),
+            Err(e) => Err(e.with_method(class_id, method_id)),
         },
     }
 }

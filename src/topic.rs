@@ -259,7 +259,7 @@ impl<D: Eq + Hash> Node<D> {
                     continue;
                 };
                 let mut next = empty_like(here);
-                for q in positions(bits).skip_while(|&q| q < p).take(1) {
+                for q in positions(bits).skip_while(|&q| q < p) {
                     if q < end && key[q] == word {
                         set_bit(done.as_mut(), q);
                         set_bit(next.as_mut(), q + 1);
@@ -490,7 +490,9 @@ mod tests {
         trie.insert("a.#", 1);
         trie.insert("b.#", 1);
         trie.insert("#.#.#", 2);
-        assert_eq!(matches_of(&trie, "a.a.a"), vec![1, 1, 1, 2]);
+        // Reachable along many paths, but one binding: one report.
+        trie.insert("#.a.#", 3);
+        assert_eq!(matches_of(&trie, "a.a.a"), vec![1, 1, 1, 2, 3]);
         assert_eq!(matches_of(&trie, ""), vec![1, 1, 2]);
     }
 

@@ -315,11 +315,11 @@ async fn consume(
         }
         n += 1;
         stats.consumed.fetch_add(1, Ordering::Relaxed);
-        if !t.auto_ack && n % every == 0 {
+        if !t.auto_ack && n.is_multiple_of(every) {
             w.ack(tag, every > 1);
             w.flush().await?;
         }
-        if n % 128 == 0 {
+        if n.is_multiple_of(128) {
             stats.latency.lock().add(&local).ok();
             local.reset();
         }

@@ -1,0 +1,328 @@
+//! Connection-level behaviour: protocol header, connection.start properties,
+//! authentication, tuning, vhosts, heartbeats, handshake timeout and close.
+
+mod common;
+mod raw;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::AMQPValue;
+use common::*;
+use lapin::{Connection, ConnectionProperties};
+use raw::*;
+
+/// Reads everything the server sends until it closes the socket.
+fn read_until_closed(s: &mut std::net::TcpStream) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (got, false);
+            }
+            Err(_) => return (got, true),
+        }
+    }
+}
+
+#[test]
+fn a_wrong_protocol_header_is_answered_with_the_supported_one_and_the_socket_closed() {
+    let w = Warren::start();
+    for header in [
+        &b"AMQP\x00\x00\x09\x02"[..],
+        b"HTTP/1.1",
+        b"AMQP\x01\x01\x00\x0a",
+    ] {
+        let mut s = tcp(w.port);
+        send_raw(&mut s, header);
+        let (got, closed) = read_until_closed(&mut s);
+        assert_eq!(
+            got,
+            b"AMQP\x00\x00\x09\x01",
+            "reply to header {:?}",
+            String::from_utf8_lossy(header)
+        );
+        assert!(
+            closed,
+            "socket left open after header {:?}",
+            String::from_utf8_lossy(header)
+        );
+    }
+}
+
+#[test]
+fn connection_start_advertises_product_version_platform_and_capabilities() {
+    let w = Warren::start();
+    let (_s, start) = start(w.port);
+    assert_eq!((start.version_major, start.version_minor), (0, 9));
+    let mechs = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
+    let mechs: Vec<&str> = mechs.split(' ').collect();
+    assert!(mechs.contains(&"PLAIN"), "mechanisms {mechs:?}");
+    assert!(mechs.contains(&"AMQPLAIN"), "mechanisms {mechs:?}");
+    assert!(
+        String::from_utf8_lossy(start.locales.as_bytes()).contains("en_US"),
+        "locales {:?}",
+        start.locales
+    );
+
+    let props = start.server_properties.inner();
+    let text = |k: &str| match props.get(k) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        other => panic!("server property {k} is {other:?}, expected a string"),
+    };
+    assert_eq!(text("product"), "warren");
+    assert!(!text("version").is_empty(), "empty version");
+    assert!(!text("platform").is_empty(), "empty platform");
+
+    let Some(AMQPValue::FieldTable(caps)) = props.get("capabilities") else {
+        panic!("no capabilities table in {props:?}");
+    };
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        assert_eq!(
+            caps.inner().get(cap),
+            Some(&AMQPValue::Boolean(true)),
+            "capability {cap}"
+        );
+    }
+}
+
+#[test]
+fn plain_authentication_opens_the_connection() {
+    let w = Warren::start();
+    let mut s = handshake(w.port, &Handshake::default());
+    open_channel(&mut s, 1);
+    close_connection(&mut s);
+}
+
+#[test]
+fn amqplain_authentication_opens_the_connection() {
+    let w = Warren::start();
+    let mut s = handshake(
+        w.port,
+        &Handshake {
+            mechanism: "AMQPLAIN".into(),
+            response: amqplain("guest", "guest"),
+            ..Handshake::default()
+        },
+    );
+    open_channel(&mut s, 1);
+    close_connection(&mut s);
+}
+
+#[test]
+fn amqplain_with_a_wrong_password_is_refused_with_403() {
+    let w = Warren::start();
+    let (mut s, _) = start(w.port);
+    start_ok(&mut s, "AMQPLAIN", &amqplain("guest", "nope"));
+    let (code, _, _) = expect_close(&mut s);
+    assert_eq!(code, 403);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused() {
+    let w = Warren::start();
+    let url = format!("amqp://guest:wrong@127.0.0.1:{}/%2f", w.port);
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(&url, ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect with a wrong password did not finish");
+    let err = r.expect_err("a wrong password must not open a connection");
+    // lapin announces authentication_failure_close, so RabbitMQ (and warren)
+    // answer with connection.close 403 ACCESS_REFUSED.
+    assert_eq!(reply_code(&err), Some(403), "{err:?}");
+}
+
+#[test]
+fn a_wrong_password_with_plain_gets_connection_close_403_and_no_tune() {
+    let w = Warren::start();
+    let (mut s, _) = start(w.port);
+    start_ok(&mut s, "PLAIN", &plain("guest", "wrong"));
+    let c = expect_close_full(&mut s);
+    assert_eq!(c.reply_code, 403);
+    assert!(
+        c.reply_text.as_str().starts_with("ACCESS_REFUSED - "),
+        "{:?}",
+        c.reply_text
+    );
+    assert!(closed_within(&mut s, Duration::from_secs(3)));
+}
+
+#[test]
+fn connection_tune_proposes_rabbitmqs_defaults() {
+    let w = Warren::start();
+    let (mut s, _) = start(w.port);
+    start_ok(&mut s, "PLAIN", &plain("guest", "guest"));
+    let t = expect_tune(&mut s);
+    assert_eq!(t.channel_max, 2047);
+    assert_eq!(t.frame_max, 131072);
+    assert_eq!(t.heartbeat, 60);
+}
+
+#[test]
+fn tune_ok_with_frame_max_above_the_servers_gets_connection_close_530() {
+    let w = Warren::start();
+    let (mut s, _) = start(w.port);
+    start_ok(&mut s, "PLAIN", &plain("guest", "guest"));
+    let t = expect_tune(&mut s);
+    tune_ok(&mut s, t.channel_max, 131072 + 1, 0);
+    open(&mut s, "/");
+    let (code, _, _) = expect_close(&mut s);
+    assert_eq!(code, 530);
+    assert!(closed_within(&mut s, Duration::from_secs(3)));
+}
+
+#[test]
+fn tune_ok_with_smaller_limits_is_accepted() {
+    let w = Warren::start();
+    let mut s = handshake(
+        w.port,
+        &Handshake {
+            channel_max: Some(10),
+            frame_max: Some(4096),
+            ..Handshake::default()
+        },
+    );
+    open_channel(&mut s, 10);
+    close_connection(&mut s);
+}
+
+#[test]
+fn opening_a_missing_vhost_gets_connection_close_530() {
+    let w = Warren::start();
+    let (mut s, _) = start(w.port);
+    start_ok(&mut s, "PLAIN", &plain("guest", "guest"));
+    let t = expect_tune(&mut s);
+    tune_ok(&mut s, t.channel_max, t.frame_max, 0);
+    open(&mut s, "no-such-vhost");
+    let c = expect_close_full(&mut s);
+    assert_eq!(c.reply_code, 530);
+    assert!(
+        c.reply_text.as_str().starts_with("NOT_ALLOWED - "),
+        "{:?}",
+        c.reply_text
+    );
+    assert_eq!((c.class_id, c.method_id), (10, 40));
+}
+
+#[test]
+fn the_server_sends_heartbeats_and_drops_a_silent_peer() {
+    let w = Warren::start();
+    let mut s = handshake(
+        w.port,
+        &Handshake {
+            heartbeat: 1,
+            ..Handshake::default()
+        },
+    );
+    let silent_since = Instant::now();
+    // With heartbeat=1 the server must send heartbeats (at least once a second).
+    let mut heartbeats = 0;
+    while heartbeats < 1 && silent_since.elapsed() < Duration::from_millis(1800) {
+        match try_read_frame(&mut s) {
+            Ok(AMQPFrame::Heartbeat) => heartbeats += 1,
+            Ok(other) => panic!("unexpected frame {other:?}"),
+            Err(e) => panic!("connection failed before any heartbeat: {e}"),
+        }
+    }
+    assert!(heartbeats >= 1, "no heartbeat from the server");
+    // We stay silent: after two missed intervals the server hangs up.
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "a peer silent for >2 heartbeat intervals was not disconnected"
+    );
+    let t = silent_since.elapsed();
+    assert!(
+        t >= Duration::from_millis(1500),
+        "disconnected after only {t:?} of silence"
+    );
+}
+
+#[test]
+fn a_peer_that_sends_heartbeats_is_kept() {
+    let w = Warren::start();
+    let mut s = handshake(
+        w.port,
+        &Handshake {
+            heartbeat: 1,
+            ..Handshake::default()
+        },
+    );
+    let begin = Instant::now();
+    while begin.elapsed() < Duration::from_millis(3500) {
+        send_frame(&mut s, &AMQPFrame::Heartbeat);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // Still alive: a channel opens.
+    open_channel(&mut s, 1);
+    close_connection(&mut s);
+}
+
+#[test]
+fn a_handshake_that_never_completes_is_dropped() {
+    let w = Warren::start_with("[amqp]\nhandshake_timeout = 1");
+    // Stalls after the protocol header (connection.start unanswered).
+    let (mut stalled, _) = start(w.port);
+    // Stalls before even sending the protocol header.
+    let mut silent = tcp(w.port);
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(3)),
+        "a connection stalled after connection.start was not dropped"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(3)),
+        "a connection that never sent the protocol header was not dropped"
+    );
+}
+
+#[test]
+fn client_initiated_connection_close_gets_close_ok_and_the_socket_closes() {
+    let w = Warren::start();
+    let mut s = connect(w.port);
+    open_channel(&mut s, 1);
+    send_method(
+        &mut s,
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    );
+    match read_method(&mut s) {
+        (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {}
+        other => panic!("expected connection.close-ok, got {other:?}"),
+    }
+    assert!(closed_within(&mut s, Duration::from_secs(3)));
+}
+
+#[tokio::test]
+async fn lapin_connection_close_completes() {
+    let w = Warren::start();
+    let (c, _ch) = w.channel().await;
+    tokio::time::timeout(Duration::from_secs(5), c.close(200, "bye".into()))
+        .await
+        .expect("connection.close-ok never came")
+        .expect("close");
+}
