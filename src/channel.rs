@@ -313,7 +313,7 @@ impl Channel {
 
     fn route_and_enqueue(
         &mut self,
-        ctx: &ConnCtx,
+        ctx: &mut ConnCtx,
         x: &Arc<Exchange>,
         msg: Arc<Message>,
         mandatory: bool,
@@ -341,13 +341,10 @@ impl Channel {
                 });
             }
         } else {
-            let last = queues.len() - 1;
-            for (i, q) in queues.drain(..).enumerate() {
-                if i == last {
-                    q.publish(msg);
-                    break;
+            for q in queues.drain(..) {
+                if q.publish(msg.clone()) {
+                    ctx.flow_wait = Some(q);
                 }
-                q.publish(msg.clone());
             }
         }
         self.route_buf = queues;

@@ -28,6 +28,9 @@ use crate::outbound::{ConnEvent, ConnectionHandle};
 use crate::queue::Queue;
 use crate::vhost::VHost;
 
+/// Longest a publishing connection pauses for one flow-control wait.
+const FLOW_PAUSE_MAX: Duration = Duration::from_millis(20);
+
 /// How long warren waits for connection.close-ok after sending connection.close.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -45,6 +48,8 @@ pub struct ConnCtx {
     pub exclusive_queues: Vec<Arc<Queue>>,
     /// Channels with publisher confirms waiting to be sent.
     pub confirms_due: Vec<u16>,
+    /// A queue that asked this connection's publishers to slow down.
+    pub flow_wait: Option<Arc<Queue>>,
 }
 
 impl ConnCtx {
@@ -100,6 +105,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     user: hs.user,
                     exclusive_queues: Vec::new(),
                     confirms_due: Vec::new(),
+                    flow_wait: None,
                 },
                 channels: HashMap::new(),
                 channel_max: hs.channel_max,
@@ -516,6 +522,17 @@ impl Connection {
                 }
             }
             self.flush_confirms();
+            if let Some(q) = self.ctx.flow_wait.take() {
+                // Flow control: don't read more publishes until the queue's
+                // consumers catch up. Bounded, so a connection that also
+                // consumes from that queue still gets to read its acks.
+                let drained = q.drained();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if q.is_pressured() {
+                    let _ = tokio::time::timeout(FLOW_PAUSE_MAX, drained).await;
+                }
+            }
             tokio::select! {
                 biased;
                 ev = events.recv() => match ev {

@@ -25,8 +25,19 @@ struct Ready {
     redelivered: bool,
 }
 
+/// A queue with consumers and at least this many ready messages asks its
+/// publishers to slow down: their connections stop reading until the backlog
+/// drops below `FLOW_LOW`. A publisher faster than its consumers thus turns
+/// into TCP back-pressure instead of an ever-growing queue. Queues without
+/// consumers are not throttled here (memory alarms cover them).
+pub const FLOW_HIGH: usize = 32 * 1024;
+/// See `FLOW_HIGH`.
+pub const FLOW_LOW: usize = FLOW_HIGH / 2;
+
 #[derive(Debug, Default)]
 struct QueueState {
+    /// A publisher is waiting for the backlog to drain.
+    flow_waiting: bool,
     ready: VecDeque<Ready>,
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
@@ -58,6 +69,7 @@ pub struct Queue {
     pub config: QueueConfig,
     state: Mutex<QueueState>,
     deleted: AtomicBool,
+    drained: tokio::sync::Notify,
 }
 
 /// What was left of a queue when it was deleted.
@@ -78,6 +90,7 @@ impl Queue {
             config,
             state: Mutex::new(QueueState::default()),
             deleted: AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
         })
     }
 
@@ -87,10 +100,13 @@ impl Queue {
     }
 
     /// Enqueues a message and delivers what consumers can take.
-    pub fn publish(self: &Arc<Self>, msg: MessageRef) {
+    ///
+    /// Returns true when the publisher should slow down: the queue has
+    /// consumers but they are not keeping up (see `FLOW_HIGH`).
+    pub fn publish(self: &Arc<Self>, msg: MessageRef) -> bool {
         let mut st = self.state.lock();
         if self.is_deleted() {
-            return;
+            return false;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -100,6 +116,23 @@ impl Queue {
             redelivered: false,
         });
         self.dispatch_locked(&mut st);
+        let pressured = st.ready.len() >= FLOW_HIGH && !st.consumers.is_empty();
+        if pressured {
+            st.flow_waiting = true;
+        }
+        pressured
+    }
+
+    /// Whether publishers to this queue should still hold back.
+    pub fn is_pressured(&self) -> bool {
+        let st = self.state.lock();
+        st.ready.len() >= FLOW_LOW && !st.consumers.is_empty() && !self.is_deleted()
+    }
+
+    /// Completes when the queue's backlog has drained below `FLOW_LOW`
+    /// (register with `Notified::enable` before checking `is_pressured`).
+    pub fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
     }
 
     /// Delivers ready messages to consumers that can take them.
@@ -133,6 +166,10 @@ impl Queue {
             } else {
                 misses += 1;
             }
+        }
+        if st.flow_waiting && st.ready.len() < FLOW_LOW {
+            st.flow_waiting = false;
+            self.drained.notify_waiters();
         }
     }
 
@@ -219,6 +256,7 @@ impl Queue {
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
         st.ready.clear();
+        self.drained.notify_waiters();
         n
     }
 
@@ -236,6 +274,7 @@ impl Queue {
     pub fn mark_deleted(&self) -> Deleted {
         let mut st = self.state.lock();
         self.deleted.store(true, Ordering::Release);
+        self.drained.notify_waiters();
         let message_count = st.ready.len() as u32;
         st.ready.clear();
         let consumers = std::mem::take(&mut st.consumers);
