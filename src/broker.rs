@@ -1,4 +1,5 @@
-//! The broker: configuration, virtual hosts, users and live connections.
+//! The broker: configuration, virtual hosts, users, permissions and live
+//! connections.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::auth::{Permissions, User, hash_password, verify_password};
 use crate::config::Config;
-use crate::outbound::ConnectionHandle;
+use crate::outbound::{ConnEvent, ConnectionHandle};
 use crate::vhost::VHost;
 
 /// Shared broker state.
@@ -16,22 +18,37 @@ pub struct Broker {
     /// Effective configuration.
     pub config: Config,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    users: RwLock<HashMap<String, User>>,
+    /// user -> vhost -> permissions.
+    permissions: RwLock<HashMap<String, HashMap<String, Arc<Permissions>>>>,
+    /// Bumped on every user or permission change, so connections can cache.
+    auth_generation: AtomicU64,
     next_connection_id: AtomicU64,
     connections: Mutex<HashMap<u64, Arc<ConnectionHandle>>>,
 }
 
 impl Broker {
-    /// A broker with the default vhost.
+    /// A broker with the default vhost and the default user (tagged
+    /// administrator, with full permissions on the default vhost).
     pub fn new(config: Config) -> Arc<Broker> {
-        let mut vhosts = HashMap::new();
-        let name = config.defaults.vhost.clone();
-        vhosts.insert(name.clone(), VHost::new(&name));
-        Arc::new(Broker {
+        let d = config.defaults.clone();
+        let broker = Broker {
             config,
-            vhosts: RwLock::new(vhosts),
+            vhosts: RwLock::new(HashMap::new()),
+            users: RwLock::new(HashMap::new()),
+            permissions: RwLock::new(HashMap::new()),
+            auth_generation: AtomicU64::new(1),
             next_connection_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
-        })
+        };
+        broker.add_vhost(&d.vhost);
+        broker.put_user(User {
+            name: d.user.clone(),
+            password_hash: hash_password(&d.password),
+            tags: vec!["administrator".into()],
+        });
+        broker.set_permissions(&d.user, &d.vhost, Permissions::all());
+        Arc::new(broker)
     }
 
     /// Looks up a vhost.
@@ -39,10 +56,119 @@ impl Broker {
         self.vhosts.read().get(name).cloned()
     }
 
-    /// Checks a user's password.
-    pub fn authenticate(&self, user: &str, password: &str) -> bool {
-        let d = &self.config.defaults;
-        user == d.user && password == d.password
+    /// All vhosts.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts.read().values().cloned().collect()
+    }
+
+    /// Creates a vhost; returns false if it existed.
+    pub fn add_vhost(&self, name: &str) -> bool {
+        let mut v = self.vhosts.write();
+        if v.contains_key(name) {
+            return false;
+        }
+        v.insert(name.to_owned(), VHost::new(name));
+        true
+    }
+
+    /// Deletes a vhost and closes its connections; returns false if missing.
+    pub fn delete_vhost(&self, name: &str) -> bool {
+        let Some(vh) = self.vhosts.write().remove(name) else {
+            return false;
+        };
+        for perms in self.permissions.write().values_mut() {
+            perms.remove(name);
+        }
+        self.bump_auth();
+        for c in self.connections() {
+            if c.vhost_name().as_deref() == Some(name) {
+                c.send_event(ConnEvent::Close(
+                    crate::error::code::CONNECTION_FORCED,
+                    format!("vhost '{name}' is deleted"),
+                ));
+            }
+        }
+        drop(vh);
+        true
+    }
+
+    /// Checks credentials; returns the user on success.
+    pub fn authenticate(&self, user: &str, password: &str) -> Option<User> {
+        let users = self.users.read();
+        let u = users.get(user)?;
+        (!u.password_hash.is_empty() && verify_password(&u.password_hash, password))
+            .then(|| u.clone())
+    }
+
+    /// Looks up a user.
+    pub fn user(&self, name: &str) -> Option<User> {
+        self.users.read().get(name).cloned()
+    }
+
+    /// All users.
+    pub fn users(&self) -> Vec<User> {
+        self.users.read().values().cloned().collect()
+    }
+
+    /// Creates or replaces a user.
+    pub fn put_user(&self, user: User) {
+        self.users.write().insert(user.name.clone(), user);
+        self.bump_auth();
+    }
+
+    /// Deletes a user and their permissions; returns false if missing.
+    pub fn delete_user(&self, name: &str) -> bool {
+        let existed = self.users.write().remove(name).is_some();
+        self.permissions.write().remove(name);
+        self.bump_auth();
+        existed
+    }
+
+    /// A user's permissions in a vhost.
+    pub fn permissions(&self, user: &str, vhost: &str) -> Option<Arc<Permissions>> {
+        self.permissions.read().get(user)?.get(vhost).cloned()
+    }
+
+    /// Every (user, vhost, permissions).
+    pub fn all_permissions(&self) -> Vec<(String, String, Arc<Permissions>)> {
+        let p = self.permissions.read();
+        let mut out = Vec::new();
+        for (u, m) in p.iter() {
+            for (v, perms) in m {
+                out.push((u.clone(), v.clone(), perms.clone()));
+            }
+        }
+        out
+    }
+
+    /// Sets a user's permissions in a vhost.
+    pub fn set_permissions(&self, user: &str, vhost: &str, perms: Permissions) {
+        self.permissions
+            .write()
+            .entry(user.to_owned())
+            .or_default()
+            .insert(vhost.to_owned(), Arc::new(perms));
+        self.bump_auth();
+    }
+
+    /// Removes a user's permissions in a vhost; returns false if none.
+    pub fn clear_permissions(&self, user: &str, vhost: &str) -> bool {
+        let removed = self
+            .permissions
+            .write()
+            .get_mut(user)
+            .is_some_and(|m| m.remove(vhost).is_some());
+        self.bump_auth();
+        removed
+    }
+
+    fn bump_auth(&self) {
+        self.auth_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever users or permissions change.
+    pub fn auth_generation(&self) -> u64 {
+        self.auth_generation.load(Ordering::Acquire)
     }
 
     /// A fresh connection id.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m};
 use bytes::{Bytes, BytesMut};
 
+use crate::auth::{Access, Resource};
 use crate::connection::ConnCtx;
 use crate::delivery::{ChannelShared, Consumer, Unacked};
 use crate::error::{AmqpError, AmqpResult, code};
@@ -87,7 +88,7 @@ pub struct Channel {
     confirmed: u64,
     /// tx.select was received.
     pub tx: Option<Tx>,
-    exchange_cache: Option<(Bytes, Arc<Exchange>)>,
+    exchange_cache: Option<(Bytes, Arc<Exchange>, u64)>,
     route_buf: Vec<Arc<Queue>>,
 }
 
@@ -266,16 +267,21 @@ impl Channel {
         self.publish(ctx, publish, header, body)
     }
 
-    fn resolve_exchange(&mut self, ctx: &ConnCtx, name: &Bytes) -> AmqpResult<Arc<Exchange>> {
-        if let Some((n, x)) = &self.exchange_cache
+    /// The exchange a publish names, with the user's write permission
+    /// checked; cached until the exchange or the permissions change.
+    fn resolve_exchange(&mut self, ctx: &mut ConnCtx, name: &Bytes) -> AmqpResult<Arc<Exchange>> {
+        let generation = ctx.refresh_permissions();
+        if let Some((n, x, g)) = &self.exchange_cache
             && n == name
+            && *g == generation
             && !x.is_deleted()
         {
             return Ok(x.clone());
         }
         let s = String::from_utf8_lossy(name);
+        ctx.check(Access::Write, Resource::Exchange(&s))?;
         let x = ctx.vhost.exchange_or_404(&s)?;
-        self.exchange_cache = Some((name.clone(), x.clone()));
+        self.exchange_cache = Some((name.clone(), x.clone(), generation));
         Ok(x)
     }
 

@@ -29,6 +29,25 @@ pub struct Config {
     pub amqp: AmqpConfig,
     /// The user and vhost that exist from the start.
     pub defaults: Defaults,
+    /// Authentication rules.
+    pub auth: AuthConfig,
+}
+
+/// Authentication rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Users that may only connect from loopback addresses (RabbitMQ's
+    /// `loopback_users`; by default the well-known guest user).
+    pub loopback_users: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            loopback_users: vec!["guest".into()],
+        }
+    }
 }
 
 /// Connection negotiation limits.
@@ -68,6 +87,7 @@ impl Default for Config {
             log_level: "info".into(),
             amqp: AmqpConfig::default(),
             defaults: Defaults::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

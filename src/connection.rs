@@ -50,12 +50,41 @@ pub struct ConnCtx {
     pub confirms_due: Vec<u16>,
     /// A queue that asked this connection's publishers to slow down.
     pub flow_wait: Option<Arc<Queue>>,
+    perms: Option<Arc<crate::auth::Permissions>>,
+    perms_generation: u64,
 }
 
 impl ConnCtx {
     /// The connection id.
     pub fn id(&self) -> u64 {
         self.handle.id
+    }
+
+    /// Checks the user's permission for an operation (RabbitMQ's rules).
+    pub fn check(
+        &mut self,
+        access: crate::auth::Access,
+        resource: crate::auth::Resource<'_>,
+    ) -> AmqpResult<()> {
+        self.refresh_permissions();
+        crate::auth::check(
+            self.perms.as_deref(),
+            &self.user,
+            &self.vhost.name,
+            access,
+            resource,
+        )
+    }
+
+    /// Reloads the cached permissions if users or permissions changed;
+    /// returns the generation they are current for.
+    pub fn refresh_permissions(&mut self) -> u64 {
+        let generation = self.broker.auth_generation();
+        if generation != self.perms_generation {
+            self.perms = self.broker.permissions(&self.user, &self.vhost.name);
+            self.perms_generation = generation;
+        }
+        generation
     }
 
     /// Appends a method frame to the outbound buffer.
@@ -106,6 +135,8 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     exclusive_queues: Vec::new(),
                     confirms_due: Vec::new(),
                     flow_wait: None,
+                    perms: None,
+                    perms_generation: 0,
                 },
                 channels: HashMap::new(),
                 channel_max: hs.channel_max,
@@ -315,8 +346,14 @@ async fn handshake(
     };
     let mechanism = start_ok.mechanism.as_str().to_owned();
     let (user, password) = sasl_credentials(&mechanism, start_ok.response.as_bytes())?;
-    if !broker.authenticate(&user, &password) {
-        tracing::warn!(%peer, %user, "authentication failed ({mechanism})");
+    let loopback_only = broker.config.auth.loopback_users.contains(&user);
+    let authenticated = broker.authenticate(&user, &password).is_some();
+    if !authenticated || (loopback_only && !peer.ip().is_loopback()) {
+        if authenticated {
+            tracing::warn!(%peer, %user, "login refused: user '{user}' can only connect via localhost");
+        } else {
+            tracing::warn!(%peer, %user, "authentication failed ({mechanism})");
+        }
         if capability(&start_ok.client_properties, "authentication_failure_close") {
             return Err(AmqpError::connection(
                 code::ACCESS_REFUSED,
@@ -420,6 +457,22 @@ async fn handshake(
         )
         .with_method(10, 40));
     };
+    if broker.permissions(&user, vhost_name).is_none() {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("access to vhost '{vhost_name}' refused for user '{user}'"),
+        )
+        .with_method(10, 40));
+    }
+    let _ = handle.info.set(crate::outbound::ConnInfo {
+        peer,
+        user: user.clone(),
+        vhost: vhost_name.to_owned(),
+        client_properties: start_ok.client_properties.clone(),
+        connected_at: std::time::SystemTime::now(),
+        channel_max,
+        heartbeat: tune.heartbeat,
+    });
     handle.write(|out| {
         write_method(
             out,
@@ -522,6 +575,10 @@ impl Connection {
                 }
             }
             self.flush_confirms();
+            self.ctx
+                .handle
+                .channel_count
+                .store(self.channels.len() as u32, Ordering::Relaxed);
             if let Some(q) = self.ctx.flow_wait.take() {
                 // Flow control: don't read more publishes until the queue's
                 // consumers catch up. Bounded, so a connection that also

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, confirm, exchange, queue, tx};
 use bytes::Bytes;
 
+use crate::auth::{Access, Resource};
 use crate::channel::{Channel, ChannelConsumer, Outcome, requeue};
 use crate::connection::ConnCtx;
 use crate::delivery::Consumer;
@@ -102,6 +103,9 @@ fn exchange_method(ch: &mut Channel, ctx: &mut ConnCtx, m: exchange::AMQPMethod)
     };
     match m {
         exchange::AMQPMethod::Declare(d) => {
+            if !d.passive && !d.exchange.as_str().is_empty() {
+                ctx.check(Access::Configure, Resource::Exchange(d.exchange.as_str()))?;
+            }
             ctx.vhost.declare_exchange(&ExchangeDeclare {
                 name: d.exchange.as_str().to_owned(),
                 kind: d.kind.as_str().to_owned(),
@@ -118,6 +122,9 @@ fn exchange_method(ch: &mut Channel, ctx: &mut ConnCtx, m: exchange::AMQPMethod)
             );
         }
         exchange::AMQPMethod::Delete(d) => {
+            if !d.exchange.as_str().is_empty() {
+                ctx.check(Access::Configure, Resource::Exchange(d.exchange.as_str()))?;
+            }
             ctx.vhost
                 .delete_exchange(d.exchange.as_str(), d.if_unused)?;
             reply(
@@ -127,6 +134,7 @@ fn exchange_method(ch: &mut Channel, ctx: &mut ConnCtx, m: exchange::AMQPMethod)
             );
         }
         exchange::AMQPMethod::Bind(b) => {
+            check_bind_exchanges(ctx, b.source.as_str(), b.destination.as_str())?;
             ctx.vhost.bind(
                 b.source.as_str(),
                 DestName::Exchange(b.destination.as_str()),
@@ -141,6 +149,7 @@ fn exchange_method(ch: &mut Channel, ctx: &mut ConnCtx, m: exchange::AMQPMethod)
             );
         }
         exchange::AMQPMethod::Unbind(b) => {
+            check_bind_exchanges(ctx, b.source.as_str(), b.destination.as_str())?;
             ctx.vhost.unbind(
                 b.source.as_str(),
                 DestName::Exchange(b.destination.as_str()),
@@ -159,6 +168,18 @@ fn exchange_method(ch: &mut Channel, ctx: &mut ConnCtx, m: exchange::AMQPMethod)
     Ok(())
 }
 
+/// exchange.bind/unbind: write on the destination, read on the source.
+fn check_bind_exchanges(ctx: &mut ConnCtx, source: &str, destination: &str) -> AmqpResult<()> {
+    ctx.check(Access::Write, Resource::Exchange(destination))?;
+    ctx.check(Access::Read, Resource::Exchange(source))
+}
+
+/// queue.bind/unbind: write on the queue, read on the exchange.
+fn check_bind_queue(ctx: &mut ConnCtx, exchange: &str, queue: &str) -> AmqpResult<()> {
+    ctx.check(Access::Write, Resource::Queue(queue))?;
+    ctx.check(Access::Read, Resource::Exchange(exchange))
+}
+
 fn not_from_client() -> AmqpError {
     AmqpError::connection(
         code::COMMAND_INVALID,
@@ -174,6 +195,9 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
                 "" => generated_name("amq.gen-"),
                 n => n.to_owned(),
             };
+            if !d.passive {
+                ctx.check(Access::Configure, Resource::Queue(&name))?;
+            }
             let config = QueueConfig {
                 durable: d.durable,
                 exclusive_owner: d.exclusive.then_some(ctx.id()),
@@ -201,6 +225,7 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
         }
         queue::AMQPMethod::Bind(b) => {
             let name = queue_name(ch, b.queue.as_str())?;
+            check_bind_queue(ctx, b.exchange.as_str(), &name)?;
             let rk = if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() {
                 name.clone()
             } else {
@@ -222,6 +247,7 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
         }
         queue::AMQPMethod::Unbind(b) => {
             let name = queue_name(ch, b.queue.as_str())?;
+            check_bind_queue(ctx, b.exchange.as_str(), &name)?;
             ctx.vhost.unbind(
                 b.exchange.as_str(),
                 DestName::Queue(&name),
@@ -236,6 +262,7 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
         }
         queue::AMQPMethod::Purge(p) => {
             let name = queue_name(ch, p.queue.as_str())?;
+            ctx.check(Access::Read, Resource::Queue(&name))?;
             let q = ctx.vhost.queue_or_404(&name)?;
             q.check_exclusive(ctx.id())?;
             let message_count = q.purge();
@@ -248,6 +275,7 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
         }
         queue::AMQPMethod::Delete(d) => {
             let name = queue_name(ch, d.queue.as_str())?;
+            ctx.check(Access::Configure, Resource::Queue(&name))?;
             let deleted = ctx
                 .vhost
                 .delete_queue(&name, d.if_unused, d.if_empty, ctx.id())?;
@@ -321,6 +349,7 @@ fn basic_method(ch: &mut Channel, ctx: &mut ConnCtx, m: basic::AMQPMethod) -> Am
         }
         basic::AMQPMethod::Get(g) => {
             let name = queue_name(ch, g.queue.as_str())?;
+            ctx.check(Access::Read, Resource::Queue(&name))?;
             let q = ctx.vhost.queue_or_404(&name)?;
             q.check_exclusive(ctx.id())?;
             if !q.get(&ch.shared, g.no_ack) {
@@ -386,6 +415,7 @@ fn recover(ch: &mut Channel, requeue_flag: bool) -> AmqpResult<()> {
 
 fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult<()> {
     let name = queue_name(ch, c.queue.as_str())?;
+    ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
     let tag_str = match c.consumer_tag.as_str() {

@@ -31,6 +31,25 @@ pub enum ConnEvent {
     Close(u16, String),
 }
 
+/// What a connection is, once its handshake is done (for listings).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Client address.
+    pub peer: std::net::SocketAddr,
+    /// Authenticated user.
+    pub user: String,
+    /// Opened vhost.
+    pub vhost: String,
+    /// The client's connection.start-ok properties.
+    pub client_properties: amq_protocol::types::FieldTable,
+    /// When the connection was opened.
+    pub connected_at: std::time::SystemTime,
+    /// Negotiated channel_max.
+    pub channel_max: u16,
+    /// Negotiated heartbeat (seconds).
+    pub heartbeat: u16,
+}
+
 /// What every part of the broker may hold to reach one client connection.
 #[derive(Debug)]
 pub struct ConnectionHandle {
@@ -46,6 +65,10 @@ pub struct ConnectionHandle {
     pub frame_max: AtomicU32,
     /// The client advertised `consumer_cancel_notify`.
     pub cancel_notify: AtomicBool,
+    /// Set once the handshake completes.
+    pub info: std::sync::OnceLock<ConnInfo>,
+    /// Open channels.
+    pub channel_count: AtomicU32,
     events: mpsc::UnboundedSender<ConnEvent>,
 }
 
@@ -63,6 +86,8 @@ impl ConnectionHandle {
             throttled: AtomicBool::new(false),
             frame_max: AtomicU32::new(frame_max),
             cancel_notify: AtomicBool::new(false),
+            info: std::sync::OnceLock::new(),
+            channel_count: AtomicU32::new(0),
             events: tx,
         };
         (Arc::new(h), rx)
@@ -105,6 +130,11 @@ impl ConnectionHandle {
     /// Unwritten bytes.
     pub fn pending_bytes(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The vhost the connection opened, once open.
+    pub fn vhost_name(&self) -> Option<String> {
+        self.info.get().map(|i| i.vhost.clone())
     }
 
     /// Sends an event to the connection's task (ignored if it is gone).
