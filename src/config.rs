@@ -25,6 +25,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log filter (tracing's env-filter syntax: "info", "warren=debug", ...).
     pub log_level: String,
+    /// A definitions file (RabbitMQ's JSON format) imported at start.
+    pub load_definitions: Option<PathBuf>,
     /// Protocol limits and timers.
     pub amqp: AmqpConfig,
     /// The user and vhost that exist from the start.
@@ -85,6 +87,7 @@ impl Default for Config {
             port: 5672,
             data_dir: default_data_dir(),
             log_level: "info".into(),
+            load_definitions: None,
             amqp: AmqpConfig::default(),
             defaults: Defaults::default(),
             auth: AuthConfig::default(),

@@ -14,6 +14,7 @@ pub mod channel;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod definitions;
 pub mod delivery;
 pub mod error;
 pub mod exchange;

@@ -41,7 +41,23 @@ pub struct VHost {
     pub name: Arc<str>,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    policies: RwLock<std::collections::BTreeMap<String, Policy>>,
     definitions: Mutex<()>,
+}
+
+/// A policy (stored and listed; its keys take effect as features land).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Name.
+    pub name: String,
+    /// Regex over queue/exchange names.
+    pub pattern: String,
+    /// "queues", "exchanges" or "all".
+    pub apply_to: String,
+    /// Keys and values.
+    pub definition: serde_json::Map<String, serde_json::Value>,
+    /// Priority.
+    pub priority: i64,
 }
 
 /// Arguments whose values must match when a queue is redeclared (as RabbitMQ).
@@ -216,6 +232,7 @@ impl VHost {
             name: name.into(),
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
+            policies: RwLock::new(Default::default()),
             definitions: Mutex::new(()),
         })
     }
@@ -245,6 +262,30 @@ impl VHost {
     /// All queues (for listings and connection cleanup).
     pub fn queues(&self) -> Vec<Arc<Queue>> {
         self.queues.read().values().cloned().collect()
+    }
+
+    /// All policies, by name.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.policies.read().values().cloned().collect()
+    }
+
+    /// Creates or replaces a policy (its pattern must be a valid regex).
+    pub fn put_policy(&self, p: Policy) -> Result<(), String> {
+        regex::Regex::new(&p.pattern)
+            .map_err(|e| format!("invalid pattern '{}': {e}", p.pattern))?;
+        if !matches!(p.apply_to.as_str(), "queues" | "exchanges" | "all") {
+            return Err(format!(
+                "invalid apply-to '{}': expected queues, exchanges or all",
+                p.apply_to
+            ));
+        }
+        self.policies.write().insert(p.name.clone(), p);
+        Ok(())
+    }
+
+    /// Deletes a policy; returns false if missing.
+    pub fn delete_policy(&self, name: &str) -> bool {
+        self.policies.write().remove(name).is_some()
     }
 
     /// All exchanges.

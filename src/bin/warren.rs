@@ -68,6 +68,20 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let broker = warren::Broker::new(config);
+        if let Some(path) = broker.config.load_definitions.clone() {
+            match warren::definitions::load_file(&broker, &path) {
+                Ok(problems) => {
+                    for p in &problems {
+                        tracing::warn!("definitions {}: {p}", path.display());
+                    }
+                    tracing::info!("imported definitions from {}", path.display());
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         let listener = match warren::server::bind(&broker).await {
             Ok(l) => l,
             Err(e) => {
