@@ -9,7 +9,10 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::auth::{Permissions, User, hash_password, verify_password};
 use crate::config::Config;
+use crate::definitions::{PermissionDef, Tags, UserDef};
 use crate::outbound::{ConnEvent, ConnectionHandle};
+use crate::store::Durability;
+use crate::store::meta::MetaOp;
 use crate::vhost::VHost;
 
 /// Shared broker state.
@@ -25,6 +28,8 @@ pub struct Broker {
     auth_generation: AtomicU64,
     next_connection_id: AtomicU64,
     connections: Mutex<HashMap<u64, Arc<ConnectionHandle>>>,
+    /// Durable state: definitions log and message store (see `store`).
+    pub durability: Arc<Durability>,
 }
 
 impl Broker {
@@ -32,15 +37,7 @@ impl Broker {
     /// administrator, with full permissions on the default vhost).
     pub fn new(config: Config) -> Arc<Broker> {
         let d = config.defaults.clone();
-        let broker = Broker {
-            config,
-            vhosts: RwLock::new(HashMap::new()),
-            users: RwLock::new(HashMap::new()),
-            permissions: RwLock::new(HashMap::new()),
-            auth_generation: AtomicU64::new(1),
-            next_connection_id: AtomicU64::new(1),
-            connections: Mutex::new(HashMap::new()),
-        };
+        let broker = Self::empty(config);
         broker.add_vhost(&d.vhost);
         broker.put_user(User {
             name: d.user.clone(),
@@ -49,6 +46,96 @@ impl Broker {
         });
         broker.set_permissions(&d.user, &d.vhost, Permissions::all());
         Arc::new(broker)
+    }
+
+    /// Opens the broker on its data directory: recovers durable definitions
+    /// (or creates the defaults on first run) and the message store, and
+    /// puts recovered messages back in their queues.
+    pub fn open(config: Config) -> Result<Arc<Broker>, String> {
+        use crate::store::{MessageStore, meta};
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        let fsync = config.storage.fsync;
+        let existing = meta::exists(&dir);
+        let broker = if existing {
+            Arc::new(Self::empty(config))
+        } else {
+            Self::new(config)
+        };
+        let started = std::time::Instant::now();
+        let (store, recovered) = MessageStore::open(&dir.join("messages"), fsync)
+            .map_err(|e| format!("cannot open the message store in {}: {e}", dir.display()))?;
+        let _ = broker.durability.store.set(store.clone());
+        if existing {
+            meta::recover(&broker, &dir)
+                .map_err(|e| format!("cannot recover definitions from {}: {e}", dir.display()))?;
+        }
+        let mut count = 0usize;
+        for (key, msgs) in recovered {
+            match broker
+                .vhost(&key.vhost)
+                .and_then(|v| v.queue(&key.queue))
+                .filter(|q| q.is_persistent())
+            {
+                Some(q) => {
+                    count += msgs.len();
+                    q.restore(msgs);
+                }
+                None => {
+                    tracing::warn!(
+                        "{} stored message(s) for queue '{}' in vhost '{}', which no longer exists, dropped",
+                        msgs.len(),
+                        key.queue,
+                        key.vhost
+                    );
+                    let ids: Vec<u64> = msgs.iter().map(|m| m.id).collect();
+                    store.ack(&key.vhost, &key.queue, &ids);
+                }
+            }
+        }
+        let log = meta::compact_and_open(&broker, &dir)
+            .map_err(|e| format!("cannot write definitions to {}: {e}", dir.display()))?;
+        let _ = broker.durability.meta.set(log);
+        if existing {
+            tracing::info!(
+                "recovered {count} persistent message(s) in {:.2} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(broker)
+    }
+
+    /// Closes every client connection with 320 CONNECTION_FORCED and syncs
+    /// the message store (clean shutdown). Waits at most `grace`.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        for c in self.connections() {
+            c.send_event(ConnEvent::Close(
+                crate::error::code::CONNECTION_FORCED,
+                "broker forced connection closure with reason 'shutdown'".into(),
+            ));
+        }
+        let deadline = std::time::Instant::now() + grace;
+        while !self.connections.lock().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if let Some(store) = self.durability.store() {
+            store.close();
+        }
+    }
+
+    /// A broker with no vhosts and no users (recovery fills it).
+    pub fn empty(config: Config) -> Broker {
+        Broker {
+            config,
+            vhosts: RwLock::new(HashMap::new()),
+            users: RwLock::new(HashMap::new()),
+            permissions: RwLock::new(HashMap::new()),
+            auth_generation: AtomicU64::new(1),
+            next_connection_id: AtomicU64::new(1),
+            connections: Mutex::new(HashMap::new()),
+            durability: Arc::new(Durability::default()),
+        }
     }
 
     /// Looks up a vhost.
@@ -67,7 +154,11 @@ impl Broker {
         if v.contains_key(name) {
             return false;
         }
-        v.insert(name.to_owned(), VHost::new(name));
+        v.insert(
+            name.to_owned(),
+            VHost::with_durability(name, self.durability.clone()),
+        );
+        self.durability.record(MetaOp::PutVhost(name.to_owned()));
         true
     }
 
@@ -76,6 +167,7 @@ impl Broker {
         let Some(vh) = self.vhosts.write().remove(name) else {
             return false;
         };
+        self.durability.record(MetaOp::DeleteVhost(name.to_owned()));
         for perms in self.permissions.write().values_mut() {
             perms.remove(name);
         }
@@ -112,6 +204,13 @@ impl Broker {
 
     /// Creates or replaces a user.
     pub fn put_user(&self, user: User) {
+        self.durability.record(MetaOp::PutUser(UserDef {
+            name: user.name.clone(),
+            password_hash: user.password_hash.clone(),
+            hashing_algorithm: crate::auth::HASHING_ALGORITHM.into(),
+            password: None,
+            tags: Tags::List(user.tags.clone()),
+        }));
         self.users.write().insert(user.name.clone(), user);
         self.bump_auth();
     }
@@ -119,6 +218,7 @@ impl Broker {
     /// Deletes a user and their permissions; returns false if missing.
     pub fn delete_user(&self, name: &str) -> bool {
         let existed = self.users.write().remove(name).is_some();
+        self.durability.record(MetaOp::DeleteUser(name.to_owned()));
         self.permissions.write().remove(name);
         self.bump_auth();
         existed
@@ -143,6 +243,14 @@ impl Broker {
 
     /// Sets a user's permissions in a vhost.
     pub fn set_permissions(&self, user: &str, vhost: &str, perms: Permissions) {
+        self.durability
+            .record(MetaOp::SetPermissions(PermissionDef {
+                user: user.to_owned(),
+                vhost: vhost.to_owned(),
+                configure: perms.configure.clone(),
+                write: perms.write.clone(),
+                read: perms.read.clone(),
+            }));
         self.permissions
             .write()
             .entry(user.to_owned())
@@ -153,6 +261,8 @@ impl Broker {
 
     /// Removes a user's permissions in a vhost; returns false if none.
     pub fn clear_permissions(&self, user: &str, vhost: &str) -> bool {
+        self.durability
+            .record(MetaOp::ClearPermissions(user.to_owned(), vhost.to_owned()));
         let removed = self
             .permissions
             .write()

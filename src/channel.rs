@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m};
+use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, tx};
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{Access, Resource};
@@ -86,6 +86,10 @@ pub struct Channel {
     pub confirm: bool,
     publish_seq: u64,
     confirmed: u64,
+    /// (publish seq, store seq) of stored messages not yet synced.
+    unsynced: std::collections::VecDeque<(u64, u64)>,
+    /// tx.commit-ok waits for this store seq.
+    commit_ok_at: Option<u64>,
     /// tx.select was received.
     pub tx: Option<Tx>,
     exchange_cache: Option<(Bytes, Arc<Exchange>, u64)>,
@@ -144,6 +148,8 @@ impl Channel {
             confirm: false,
             publish_seq: 0,
             confirmed: 0,
+            unsynced: Default::default(),
+            commit_ok_at: None,
             tx: None,
             exchange_cache: None,
             route_buf: Vec::new(),
@@ -307,9 +313,13 @@ impl Channel {
             tx.publishes.push((x, msg, p.mandatory));
             return Ok(());
         }
-        self.route_and_enqueue(ctx, &x, msg, p.mandatory);
+        let stored = self.route_and_enqueue(ctx, &x, msg, p.mandatory);
         if self.confirm {
             self.publish_seq += 1;
+            if let Some(seq) = stored {
+                // Confirmed only once the store has synced it.
+                self.unsynced.push_back((self.publish_seq, seq));
+            }
             if !ctx.confirms_due.contains(&self.id) {
                 ctx.confirms_due.push(self.id);
             }
@@ -317,13 +327,17 @@ impl Channel {
         Ok(())
     }
 
+    /// Routes a message and enqueues it; persistent messages for durable
+    /// queues go to the message store first. Returns the store sequence
+    /// number a confirm must wait for, if the message was stored.
     fn route_and_enqueue(
         &mut self,
         ctx: &mut ConnCtx,
         x: &Arc<Exchange>,
         msg: Arc<Message>,
         mandatory: bool,
-    ) {
+    ) -> Option<u64> {
+        let mut sync_seq = None;
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         let rk = String::from_utf8_lossy(msg.routing_key());
@@ -347,28 +361,76 @@ impl Channel {
                 });
             }
         } else {
+            let mut stored = None;
+            if let Some(store) = ctx.broker.durability.store()
+                && msg.is_persistent()
+            {
+                let durable: Vec<(&str, &str)> = queues
+                    .iter()
+                    .filter(|q| q.is_persistent())
+                    .map(|q| (&*q.vhost, q.name.as_str()))
+                    .collect();
+                if !durable.is_empty() {
+                    let (id, seq) = store.enqueue(&durable, &msg);
+                    stored = Some(id);
+                    sync_seq = Some(seq);
+                }
+            }
             for q in queues.drain(..) {
-                if q.publish(msg.clone()) {
+                let id = if q.is_persistent() { stored } else { None };
+                if q.publish(msg.clone(), id) {
                     ctx.flow_wait = Some(q);
                 }
             }
         }
         self.route_buf = queues;
+        sync_seq
     }
 
     /// Sends basic.ack for everything published since the last flush.
-    pub fn flush_confirms(&mut self, ctx: &ConnCtx) {
-        if self.confirm && self.publish_seq > self.confirmed {
-            let multiple = self.publish_seq - self.confirmed > 1;
+    ///
+    /// Persistent messages stored for durable queues are confirmed only once
+    /// the store reports them synced; confirms go out in order, so one
+    /// unsynced message holds back the ones after it. Returns true while
+    /// something is still waiting for the store.
+    pub fn flush_confirms(&mut self, ctx: &ConnCtx) -> bool {
+        let durable = ctx
+            .broker
+            .durability
+            .store()
+            .map_or(u64::MAX, |s| s.durable_seq());
+        while self
+            .unsynced
+            .front()
+            .is_some_and(|(_, seq)| *seq <= durable)
+        {
+            self.unsynced.pop_front();
+        }
+        if let Some(at) = self.commit_ok_at
+            && at <= durable
+        {
+            self.commit_ok_at = None;
+            ctx.send(
+                self.id,
+                AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+            );
+        }
+        let upto = self
+            .unsynced
+            .front()
+            .map_or(self.publish_seq, |(p, _)| p - 1);
+        if self.confirm && upto > self.confirmed {
+            let multiple = upto - self.confirmed > 1;
             ctx.send(
                 self.id,
                 AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-                    delivery_tag: self.publish_seq,
+                    delivery_tag: upto,
                     multiple,
                 })),
             );
-            self.confirmed = self.publish_seq;
+            self.confirmed = upto;
         }
+        !self.unsynced.is_empty() || self.commit_ok_at.is_some()
     }
 
     /// ack / nack / reject.
@@ -391,6 +453,8 @@ impl Channel {
         }
         if outcome == Outcome::Requeue {
             requeue(settled);
+        } else {
+            store_ack(&settled);
         }
         if self.shared.state.lock().global_prefetch != 0 {
             self.redispatch();
@@ -409,15 +473,33 @@ impl Channel {
     }
 
     /// tx.commit: publishes and settles what the transaction held.
+    ///
+    /// commit-ok is sent once everything the transaction stored is synced:
+    /// right away, or by `flush_confirms` when the store catches up.
     pub fn commit(&mut self, ctx: &mut ConnCtx) {
         let Some(tx) = self.tx.as_mut() else { return };
         let publishes = std::mem::take(&mut tx.publishes);
         let settles = std::mem::take(&mut tx.settles);
+        let mut last_stored = None;
         for (x, msg, mandatory) in publishes {
-            self.route_and_enqueue(ctx, &x, msg, mandatory);
+            if let Some(seq) = self.route_and_enqueue(ctx, &x, msg, mandatory) {
+                last_stored = Some(seq);
+            }
         }
         for (u, outcome) in settles {
             self.apply_settles(vec![u], outcome);
+        }
+        match last_stored {
+            Some(seq) => {
+                self.commit_ok_at = Some(seq);
+                if !ctx.confirms_due.contains(&self.id) {
+                    ctx.confirms_due.push(self.id);
+                }
+            }
+            None => ctx.send(
+                self.id,
+                AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+            ),
         }
     }
 
@@ -446,15 +528,30 @@ impl Channel {
 
 /// Requeues deliveries to their queues, each at its original position.
 pub fn requeue(items: Vec<Unacked>) {
-    type Requeues = Vec<(u64, Arc<Message>)>;
+    type Requeues = Vec<(u64, Arc<Message>, Option<u64>)>;
     let mut by_queue: Vec<(Arc<Queue>, Requeues)> = Vec::new();
     for u in items {
         match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, v)) => v.push((u.seq, u.msg)),
-            None => by_queue.push((u.queue, vec![(u.seq, u.msg)])),
+            Some((_, v)) => v.push((u.seq, u.msg, u.stored)),
+            None => by_queue.push((u.queue, vec![(u.seq, u.msg, u.stored)])),
         }
     }
     for (q, items) in by_queue {
         q.requeue(items);
+    }
+}
+
+/// Tells the message store that settled deliveries are done with.
+fn store_ack(settled: &[Unacked]) {
+    let mut by_queue: Vec<(&Arc<Queue>, Vec<u64>)> = Vec::new();
+    for u in settled {
+        let Some(id) = u.stored else { continue };
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, v)) => v.push(id),
+            None => by_queue.push((&u.queue, vec![id])),
+        }
+    }
+    for (q, ids) in by_queue {
+        q.store_ack(&ids);
     }
 }

@@ -33,6 +33,24 @@ pub struct Config {
     pub defaults: Defaults,
     /// Authentication rules.
     pub auth: AuthConfig,
+    /// Message store.
+    pub storage: StorageConfig,
+}
+
+/// Message store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// fsync before confirming persistent messages (power-loss safe). With
+    /// false, confirms follow the write to the OS: safe against a crash of
+    /// warren, not against losing power.
+    pub fsync: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { fsync: true }
+    }
 }
 
 /// Authentication rules.
@@ -91,6 +109,7 @@ impl Default for Config {
             amqp: AmqpConfig::default(),
             defaults: Defaults::default(),
             auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }

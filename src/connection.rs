@@ -561,6 +561,7 @@ impl Connection {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_recv = Instant::now();
         let mut written_at_tick = 0u64;
+        let mut durable_rx = self.ctx.broker.durability.store().map(|s| s.subscribe());
         loop {
             // Handle every complete frame already buffered, then flush confirms.
             loop {
@@ -590,8 +591,19 @@ impl Connection {
                     let _ = tokio::time::timeout(FLOW_PAUSE_MAX, drained).await;
                 }
             }
+            let waiting_for_store = !self.ctx.confirms_due.is_empty() && durable_rx.is_some();
             tokio::select! {
                 biased;
+                synced = async {
+                    match durable_rx.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                }, if waiting_for_store => {
+                    if !synced {
+                        durable_rx = None;
+                    }
+                }
                 ev = events.recv() => match ev {
                     Some(ConnEvent::Writable) => self.redispatch_all(),
                     Some(ConnEvent::WriteFailed) | None => return End::Gone,
@@ -786,12 +798,18 @@ impl Connection {
         }
     }
 
+    /// Sends due confirms; channels still waiting for the message store
+    /// stay in `confirms_due`.
     fn flush_confirms(&mut self) {
+        let mut waiting = Vec::new();
         for id in std::mem::take(&mut self.ctx.confirms_due) {
-            if let Some(ch) = self.channels.get_mut(&id) {
-                ch.flush_confirms(&self.ctx);
+            if let Some(ch) = self.channels.get_mut(&id)
+                && ch.flush_confirms(&self.ctx)
+            {
+                waiting.push(id);
             }
         }
+        self.ctx.confirms_due = waiting;
     }
 
     fn redispatch_all(&mut self) {

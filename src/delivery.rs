@@ -51,6 +51,19 @@ pub struct DeliveryState {
     consumer_unacked: u32,
 }
 
+/// A message in a queue, or on its way out of one.
+#[derive(Debug)]
+pub struct QueuedMessage {
+    /// The message.
+    pub msg: MessageRef,
+    /// Enqueue order; requeued messages go back to their place by it.
+    pub seq: u64,
+    /// Delivered before (requeued, or recovered after being delivered).
+    pub redelivered: bool,
+    /// Message store id, for persistent messages in a durable queue.
+    pub stored: Option<u64>,
+}
+
 /// A delivered message awaiting ack, nack or reject.
 #[derive(Debug)]
 pub struct Unacked {
@@ -64,6 +77,8 @@ pub struct Unacked {
     pub seq: u64,
     /// The consumer it went to; `None` for basic.get.
     pub consumer: Option<Arc<Consumer>>,
+    /// Message store id (persistent message in a durable queue).
+    pub stored: Option<u64>,
 }
 
 /// A consumer attached to a queue.
@@ -129,7 +144,7 @@ impl Consumer {
     pub fn try_deliver(
         self: &Arc<Self>,
         queue: &Arc<Queue>,
-        take: impl FnOnce() -> (MessageRef, u64, bool),
+        take: impl FnOnce() -> QueuedMessage,
     ) -> bool {
         let ch = &self.channel;
         let mut st = ch.state.lock();
@@ -147,7 +162,15 @@ impl Consumer {
         if !ch.conn.can_accept_deliveries() {
             return false;
         }
-        let (msg, seq, redelivered) = take();
+        let QueuedMessage {
+            msg,
+            seq,
+            redelivered,
+            stored,
+        } = take();
+        if let Some(id) = stored {
+            queue.store_delivered(id, self.no_ack, redelivered);
+        }
         let tag = st.next_tag;
         st.next_tag += 1;
         let frame_max = ch.conn.frame_max.load(Ordering::Relaxed);
@@ -172,6 +195,7 @@ impl Consumer {
                 msg,
                 seq,
                 consumer: Some(self.clone()),
+                stored,
             });
         }
         true
@@ -245,15 +269,17 @@ impl ChannelShared {
     pub fn deliver_get(
         &self,
         queue: &Arc<Queue>,
-        msg: MessageRef,
-        seq: u64,
-        redelivered: bool,
+        m: &QueuedMessage,
         no_ack: bool,
         remaining: u32,
     ) -> bool {
         let mut st = self.state.lock();
         if !st.open {
             return false;
+        }
+        let (msg, seq, redelivered, stored) = (m.msg.clone(), m.seq, m.redelivered, m.stored);
+        if let Some(id) = stored {
+            queue.store_delivered(id, no_ack, redelivered);
         }
         let tag = st.next_tag;
         st.next_tag += 1;
@@ -277,6 +303,7 @@ impl ChannelShared {
                 msg,
                 seq,
                 consumer: None,
+                stored,
             });
         }
         true

@@ -511,10 +511,6 @@ fn tx_method(ch: &mut Channel, ctx: &mut ConnCtx, m: tx::AMQPMethod) -> AmqpResu
                 return Err(not_tx());
             }
             ch.commit(ctx);
-            ctx.send(
-                ch.id,
-                AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-            );
         }
         tx::AMQPMethod::Rollback(_) => {
             if ch.tx.is_none() {

@@ -89,6 +89,32 @@ impl Message {
         self.body().len()
     }
 
+    /// Whether delivery-mode is 2 (persistent), read straight from the raw
+    /// header: content-type, content-encoding and headers come before it.
+    pub fn is_persistent(&self) -> bool {
+        let h = self.header();
+        if h.len() < 14 {
+            return false;
+        }
+        let flags = u16::from_be_bytes([h[12], h[13]]);
+        if flags & 0x1000 == 0 {
+            return false;
+        }
+        let mut at = 14;
+        for bit in [0x8000u16, 0x4000] {
+            if flags & bit != 0 {
+                at += 1 + *h.get(at).unwrap_or(&0) as usize;
+            }
+        }
+        if flags & 0x2000 != 0 {
+            let Some(len) = h.get(at..at + 4) else {
+                return false;
+            };
+            at += 4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        }
+        h.get(at) == Some(&2)
+    }
+
     /// Decodes the properties (for the features that need them).
     pub fn properties(&self) -> Option<BasicProperties> {
         parse_properties(self.header())

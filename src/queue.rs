@@ -15,15 +15,9 @@ use parking_lot::Mutex;
 use crate::delivery::{ChannelShared, Consumer};
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::message::MessageRef;
+use crate::store::{MessageStore, RecoveredMessage};
 
-/// A message waiting in a queue.
-#[derive(Debug)]
-struct Ready {
-    msg: MessageRef,
-    /// Enqueue order; requeued messages go back to their place by it.
-    seq: u64,
-    redelivered: bool,
-}
+use crate::delivery::QueuedMessage as Ready;
 
 /// A queue with consumers and at least this many ready messages asks its
 /// publishers to slow down: their connections stop reading until the backlog
@@ -70,6 +64,7 @@ pub struct Queue {
     state: Mutex<QueueState>,
     deleted: AtomicBool,
     drained: tokio::sync::Notify,
+    store: Option<Arc<MessageStore>>,
 }
 
 /// What was left of a queue when it was deleted.
@@ -83,7 +78,13 @@ pub struct Deleted {
 
 impl Queue {
     /// A new, empty queue.
-    pub fn new(name: String, vhost: Arc<str>, config: QueueConfig) -> Arc<Queue> {
+    /// A new, empty queue; `store` keeps its persistent messages (durable queues).
+    pub fn new(
+        name: String,
+        vhost: Arc<str>,
+        config: QueueConfig,
+        store: Option<Arc<MessageStore>>,
+    ) -> Arc<Queue> {
         Arc::new(Queue {
             name,
             vhost,
@@ -91,6 +92,7 @@ impl Queue {
             state: Mutex::new(QueueState::default()),
             deleted: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
+            store,
         })
     }
 
@@ -103,7 +105,7 @@ impl Queue {
     ///
     /// Returns true when the publisher should slow down: the queue has
     /// consumers but they are not keeping up (see `FLOW_HIGH`).
-    pub fn publish(self: &Arc<Self>, msg: MessageRef) -> bool {
+    pub fn publish(self: &Arc<Self>, msg: MessageRef, stored: Option<u64>) -> bool {
         let mut st = self.state.lock();
         if self.is_deleted() {
             return false;
@@ -114,6 +116,7 @@ impl Queue {
             msg,
             seq,
             redelivered: false,
+            stored,
         });
         self.dispatch_locked(&mut st);
         let pressured = st.ready.len() >= FLOW_HIGH && !st.consumers.is_empty();
@@ -158,8 +161,7 @@ impl Queue {
             } = &mut *st;
             let delivered = consumers[i].try_deliver(self, || {
                 // `ready` is non-empty: checked by the loop condition.
-                let r = ready.pop_front().expect("ready is non-empty");
-                (r.msg, r.seq, r.redelivered)
+                ready.pop_front().expect("ready is non-empty")
             });
             if delivered {
                 misses = 0;
@@ -181,8 +183,7 @@ impl Queue {
             return false;
         };
         let remaining = st.ready.len() as u32;
-        let (seq, redelivered) = (r.seq, r.redelivered);
-        if !channel.deliver_get(self, r.msg.clone(), seq, redelivered, no_ack, remaining) {
+        if !channel.deliver_get(self, &r, no_ack, remaining) {
             st.ready.push_front(r);
             return false;
         }
@@ -191,22 +192,26 @@ impl Queue {
 
     /// Puts messages back at their original positions, flagged redelivered,
     /// and delivers again.
-    pub fn requeue(self: &Arc<Self>, mut items: Vec<(u64, MessageRef)>) {
+    pub fn requeue(self: &Arc<Self>, mut items: Vec<(u64, MessageRef, Option<u64>)>) {
         if items.is_empty() {
             return;
         }
         let mut st = self.state.lock();
         if self.is_deleted() {
+            drop(st);
+            let ids: Vec<u64> = items.iter().filter_map(|i| i.2).collect();
+            self.store_ack(&ids);
             return;
         }
         // Highest seq first, so the common case (all older than what is ready)
         // is a run of push_front.
-        items.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-        for (seq, msg) in items {
+        items.sort_unstable_by_key(|(seq, _, _)| std::cmp::Reverse(*seq));
+        for (seq, msg, stored) in items {
             let r = Ready {
                 msg,
                 seq,
                 redelivered: true,
+                stored,
             };
             if st.ready.front().is_none_or(|f| f.seq > seq) {
                 st.ready.push_front(r);
@@ -255,7 +260,9 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
+        let ids: Vec<u64> = st.ready.iter().filter_map(|r| r.stored).collect();
         st.ready.clear();
+        self.store_ack(&ids);
         self.drained.notify_waiters();
         n
     }
@@ -276,11 +283,58 @@ impl Queue {
         self.deleted.store(true, Ordering::Release);
         self.drained.notify_waiters();
         let message_count = st.ready.len() as u32;
+        if let Some(store) = &self.store {
+            let ids: Vec<u64> = st.ready.iter().filter_map(|r| r.stored).collect();
+            store.drop_queue(&self.vhost, &self.name, &ids);
+        }
         st.ready.clear();
         let consumers = std::mem::take(&mut st.consumers);
         Deleted {
             message_count,
             consumers,
+        }
+    }
+
+    /// Whether the queue keeps persistent messages on disk (durable, not exclusive).
+    pub fn is_persistent(&self) -> bool {
+        self.config.durable && self.config.exclusive_owner.is_none()
+    }
+
+    /// The message store of a durable queue.
+    pub fn store(&self) -> Option<&Arc<MessageStore>> {
+        self.store.as_ref()
+    }
+
+    /// Records that this queue is done with stored messages.
+    pub fn store_ack(&self, ids: &[u64]) {
+        if let (Some(store), false) = (&self.store, ids.is_empty()) {
+            store.ack(&self.vhost, &self.name, ids);
+        }
+    }
+
+    /// Records a delivery of a stored message (an ack right away for no-ack).
+    pub fn store_delivered(&self, id: u64, no_ack: bool, redelivered: bool) {
+        if let Some(store) = &self.store {
+            if no_ack {
+                store.ack(&self.vhost, &self.name, &[id]);
+            } else if !redelivered {
+                store.delivered(&self.vhost, &self.name, &[id]);
+            }
+        }
+    }
+
+    /// Puts messages recovered from the store into the queue, in order.
+    pub fn restore(&self, msgs: Vec<RecoveredMessage>) {
+        let mut st = self.state.lock();
+        for m in msgs {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.ready.push_back(Ready {
+                msg: m.msg,
+                seq,
+                redelivered: m.delivered,
+                stored: Some(m.id),
+            });
         }
     }
 

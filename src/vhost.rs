@@ -11,9 +11,12 @@ use std::sync::Arc;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::{Mutex, RwLock};
 
+use crate::definitions::{BindingDef, ExchangeDef, PolicyDef, QueueDef, table_to_json};
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::exchange::{Dest, Exchange, ExchangeKind};
 use crate::queue::{Deleted, Queue, QueueConfig};
+use crate::store::Durability;
+use crate::store::meta::MetaOp;
 
 /// exchange.declare arguments.
 #[derive(Debug, Clone)]
@@ -43,6 +46,7 @@ pub struct VHost {
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     policies: RwLock<std::collections::BTreeMap<String, Policy>>,
     definitions: Mutex<()>,
+    durability: Arc<Durability>,
 }
 
 /// A policy (stored and listed; its keys take effect as features land).
@@ -207,6 +211,11 @@ fn default_exchange_refused() -> AmqpError {
 impl VHost {
     /// A vhost with the default exchange and the `amq.*` exchanges.
     pub fn new(name: &str) -> Arc<VHost> {
+        Self::with_durability(name, Arc::new(Durability::default()))
+    }
+
+    /// A vhost whose durable changes go to `durability`.
+    pub fn with_durability(name: &str, durability: Arc<Durability>) -> Arc<VHost> {
         let mut exchanges = HashMap::new();
         for (xname, kind) in [
             ("", ExchangeKind::Direct),
@@ -234,6 +243,7 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             policies: RwLock::new(Default::default()),
             definitions: Mutex::new(()),
+            durability,
         })
     }
 
@@ -279,13 +289,26 @@ impl VHost {
                 p.apply_to
             ));
         }
+        self.durability.record(MetaOp::PutPolicy(PolicyDef {
+            vhost: self.name.to_string(),
+            name: p.name.clone(),
+            pattern: p.pattern.clone(),
+            apply_to: p.apply_to.clone(),
+            definition: p.definition.clone(),
+            priority: p.priority,
+        }));
         self.policies.write().insert(p.name.clone(), p);
         Ok(())
     }
 
     /// Deletes a policy; returns false if missing.
     pub fn delete_policy(&self, name: &str) -> bool {
-        self.policies.write().remove(name).is_some()
+        let existed = self.policies.write().remove(name).is_some();
+        if existed {
+            self.durability
+                .record(MetaOp::DeletePolicy(self.name.to_string(), name.to_owned()));
+        }
+        existed
     }
 
     /// All exchanges.
@@ -329,6 +352,17 @@ impl VHost {
                     d.arguments.clone(),
                 );
                 self.exchanges.write().insert(d.name.clone(), x.clone());
+                if x.durable {
+                    self.durability.record(MetaOp::DeclareExchange(ExchangeDef {
+                        name: x.name.clone(),
+                        vhost: self.name.to_string(),
+                        kind: x.kind.as_str().into(),
+                        durable: true,
+                        auto_delete: x.auto_delete,
+                        internal: x.internal,
+                        arguments: table_to_json(&x.arguments),
+                    }));
+                }
                 return Ok(x);
             }
         };
@@ -417,6 +451,12 @@ impl VHost {
     fn remove_exchange_locked(&self, x: &Arc<Exchange>) {
         self.exchanges.write().remove(&x.name);
         x.mark_deleted();
+        if x.durable {
+            self.durability.record(MetaOp::DeleteExchange(
+                self.name.to_string(),
+                x.name.clone(),
+            ));
+        }
         let dest = Dest::Exchange(x.clone());
         for other in self.exchanges() {
             if other.unbind_all(&dest) > 0 {
@@ -493,7 +533,18 @@ impl VHost {
                 format!("queue name '{name}' contains reserved prefix 'amq.*'"),
             ));
         }
-        let q = Queue::new(name.to_owned(), self.name.clone(), config);
+        let persistent = config.durable && config.exclusive_owner.is_none();
+        let store = self.durability.store().filter(|_| persistent).cloned();
+        if persistent {
+            self.durability.record(MetaOp::DeclareQueue(QueueDef {
+                name: name.to_owned(),
+                vhost: self.name.to_string(),
+                durable: true,
+                auto_delete: config.auto_delete,
+                arguments: table_to_json(&config.arguments),
+            }));
+        }
+        let q = Queue::new(name.to_owned(), self.name.clone(), config, store);
         self.queues.write().insert(name.to_owned(), q.clone());
         Ok((q, true))
     }
@@ -539,6 +590,10 @@ impl VHost {
 
     fn remove_queue_locked(&self, q: &Arc<Queue>) -> Deleted {
         self.queues.write().remove(&q.name);
+        if q.is_persistent() {
+            self.durability
+                .record(MetaOp::DeleteQueue(self.name.to_string(), q.name.clone()));
+        }
         let dest = Dest::Queue(q.clone());
         for x in self.exchanges() {
             if x.unbind_all(&dest) > 0 {
@@ -563,7 +618,13 @@ impl VHost {
         let _defs = self.definitions.lock();
         let x = self.exchange_or_404(source)?;
         let d = self.resolve_dest(dest, conn_id)?;
-        x.bind(d, routing_key, args)?;
+        let durable = x.durable && dest_durable(&d);
+        let def = durable.then(|| binding_def(&self.name, &x, &d, routing_key, args));
+        if x.bind(d, routing_key, args)?
+            && let Some(def) = def
+        {
+            self.durability.record(MetaOp::Bind(def));
+        }
         Ok(())
     }
 
@@ -590,6 +651,15 @@ impl VHost {
         };
         let d = self.resolve_dest(dest, conn_id)?;
         if x.unbind(&d, routing_key, args) {
+            if x.durable && dest_durable(&d) {
+                self.durability.record(MetaOp::Unbind(binding_def(
+                    &self.name,
+                    &x,
+                    &d,
+                    routing_key,
+                    args,
+                )));
+            }
             self.auto_delete_exchange_locked(&x);
         }
         Ok(())
@@ -664,4 +734,32 @@ pub enum DestName<'a> {
     Queue(&'a str),
     /// An exchange.
     Exchange(&'a str),
+}
+
+fn dest_durable(d: &Dest) -> bool {
+    match d {
+        Dest::Queue(q) => q.is_persistent(),
+        Dest::Exchange(x) => x.durable,
+    }
+}
+
+fn binding_def(
+    vhost: &str,
+    x: &Exchange,
+    d: &Dest,
+    routing_key: &str,
+    args: &FieldTable,
+) -> BindingDef {
+    let (destination, destination_type) = match d {
+        Dest::Queue(q) => (q.name.clone(), "queue"),
+        Dest::Exchange(x2) => (x2.name.clone(), "exchange"),
+    };
+    BindingDef {
+        source: x.name.clone(),
+        vhost: vhost.to_owned(),
+        destination,
+        destination_type: destination_type.into(),
+        routing_key: routing_key.to_owned(),
+        arguments: table_to_json(args),
+    }
 }

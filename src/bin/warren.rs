@@ -67,7 +67,13 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let broker = warren::Broker::new(config);
+        let broker = match warren::Broker::open(config) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         if let Some(path) = broker.config.load_definitions.clone() {
             match warren::definitions::load_file(&broker, &path) {
                 Ok(problems) => {
@@ -101,12 +107,14 @@ fn main() -> ExitCode {
             );
         }
         tokio::select! {
-            _ = warren::server::serve(broker, listener) => ExitCode::SUCCESS,
-            _ = shutdown_signal() => {
-                tracing::info!("shutting down");
-                ExitCode::SUCCESS
-            }
+            _ = warren::server::serve(broker.clone(), listener) => {}
+            _ = shutdown_signal() => {}
         }
+        // The listener is closed now: no new connections.
+        tracing::info!("shutting down: closing client connections and syncing the message store");
+        broker.shutdown(std::time::Duration::from_secs(5)).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
     })
 }
 

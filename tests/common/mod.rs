@@ -15,6 +15,7 @@ pub struct Warren {
     pub port: u16,
     /// Its data directory.
     pub dir: tempfile::TempDir,
+    config_path: std::path::PathBuf,
 }
 
 /// A port nobody listens on right now.
@@ -33,38 +34,52 @@ impl Warren {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/warren.toml"))
                 .expect("read config/warren.toml");
         std::fs::write(&config_path, merge_toml(&base, extra_config)).expect("write test config");
-        for _attempt in 0..5 {
-            let port = free_port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-                .arg("--config")
-                .arg(&config_path)
-                .arg("--port")
-                .arg(port.to_string())
-                .arg("--data-dir")
-                .arg(dir.path())
-                .env(
-                    "WARREN_LOG",
-                    std::env::var("WARREN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("spawn warren");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken between our probe and its bind: retry
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Warren { child, port, dir };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        let (child, port) = spawn(&config_path, dir.path(), None);
+        Warren {
+            child,
+            port,
+            dir,
+            config_path,
         }
-        panic!("warren did not start");
     }
 
+    /// Kills warren with SIGKILL (a crash) and waits for it to go.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops warren with SIGTERM and returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait for warren");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts warren again on the same data directory and port (after
+    /// `kill` or `terminate`).
+    pub fn restart(&mut self) {
+        let (child, port) = spawn(&self.config_path, self.dir.path(), Some(self.port));
+        self.child = child;
+        self.port = port;
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
     /// Starts warren with its default configuration.
     pub fn start() -> Warren {
         Self::start_with("")
@@ -100,6 +115,45 @@ impl Drop for Warren {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns warren and waits until it accepts connections; tries other ports
+/// if one is taken (unless `port` is given).
+fn spawn(
+    config_path: &std::path::Path,
+    data_dir: &std::path::Path,
+    port: Option<u16>,
+) -> (Child, u16) {
+    for _attempt in 0..5 {
+        let port = port.unwrap_or_else(free_port);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("--config")
+            .arg(config_path)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env(
+                "WARREN_LOG",
+                std::env::var("WARREN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn warren");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break; // port taken between our probe and its bind: retry
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (child, port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("warren did not start");
 }
 
 /// Appends `extra` to `base`, replacing keys `extra` sets in the same table.

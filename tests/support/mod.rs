@@ -259,3 +259,17 @@ pub async fn exchange_exists(conn: &lapin::Connection, name: &str) -> bool {
         Err(e) => panic!("passive declare of exchange {name}: {e:?}"),
     }
 }
+
+impl Watch {
+    /// The next protocol error the connection reports (e.g. the broker's
+    /// connection.close).
+    pub async fn next_error(&mut self) -> lapin::Error {
+        loop {
+            match self.0.next().await {
+                Some(lapin::Event::Error(e)) if is_protocol_error(&e) => return e,
+                Some(_) => continue,
+                None => panic!("connection events ended without a protocol error"),
+            }
+        }
+    }
+}

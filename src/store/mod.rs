@@ -1,0 +1,537 @@
+//! The message store: persistent messages of durable queues, on disk.
+//!
+//! One append-only log for the whole broker, cut into segment files of at
+//! most `SEGMENT_MAX` bytes under `<data_dir>/messages/`. Publishers and
+//! ackers append encoded records to an in-memory buffer; one writer thread
+//! writes the buffer, fsyncs once for everything it holds (group commit) and
+//! then advances the durable sequence number that publisher confirms wait
+//! for. A segment is deleted once it and every older segment hold no live
+//! message, so disk use returns to near zero when queues drain. See
+//! docs/architecture.md ("Durability").
+
+pub mod meta;
+pub mod record;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+use crate::message::Message;
+use record::{ACK, DELIVERED, DROP_QUEUE, Next, QueueKey, Record};
+
+/// A segment file is closed and a new one started beyond this size.
+pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Default)]
+struct Pending {
+    buf: BytesMut,
+    /// Sequence number of the last record appended.
+    seq: u64,
+    /// Messages enqueued in `buf`, to be placed in a segment once written.
+    new_ids: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    /// Live message -> (segment, if written yet; queues still holding it).
+    msgs: HashMap<u64, (Option<u64>, u32)>,
+    /// Live messages per segment, oldest segment first.
+    segments: BTreeMap<u64, u64>,
+    current: u64,
+}
+
+/// A message recovered from disk for one queue.
+#[derive(Debug)]
+pub struct RecoveredMessage {
+    /// Store id.
+    pub id: u64,
+    /// The message.
+    pub msg: Arc<Message>,
+    /// It had been delivered (and not acked) before the stop.
+    pub delivered: bool,
+}
+
+/// What recovery found: each durable queue's messages, in order.
+pub type Recovered = HashMap<QueueKey, Vec<RecoveredMessage>>;
+
+/// The message store.
+#[derive(Debug)]
+pub struct MessageStore {
+    dir: PathBuf,
+    fsync: bool,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    durable: watch::Sender<u64>,
+    next_id: AtomicU64,
+    live: Mutex<Live>,
+    stopping: AtomicBool,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:010}.seg"))
+}
+
+fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            v.push(n);
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// id -> delivered
+    msgs: BTreeMap<u64, bool>,
+}
+
+impl MessageStore {
+    /// Opens the store in `dir` (created if missing), recovering what the
+    /// segments hold. Torn tails are truncated; corrupt records are skipped
+    /// and reported. `fsync`: sync before advancing the durable sequence.
+    pub fn open(dir: &Path, fsync: bool) -> std::io::Result<(Arc<MessageStore>, Recovered)> {
+        fs::create_dir_all(dir)?;
+        let segments = list_segments(dir)?;
+        let mut queues: HashMap<QueueKey, QueueState> = HashMap::new();
+        // id -> (segment, message, refs)
+        let mut msgs: HashMap<u64, (u64, Arc<Message>, u32)> = HashMap::new();
+        let mut max_id = 0u64;
+        let last = segments.last().copied();
+        for &seg in &segments {
+            let path = segment_path(dir, seg);
+            let data = Bytes::from(fs::read(&path)?);
+            let mut at = 0usize;
+            let mut corrupt = 0usize;
+            loop {
+                match record::next(&data.slice(at..)) {
+                    Next::End => break,
+                    Next::Torn if resync(&data, at).is_some() => {
+                        // A damaged length field, not the end: skip to the
+                        // next record whose checksum holds.
+                        let to = resync(&data, at).unwrap_or(data.len());
+                        corrupt += 1;
+                        tracing::error!(
+                            "message store: {} has {} unreadable bytes at {at}; skipped to the next good record",
+                            path.display(),
+                            to - at
+                        );
+                        at = to;
+                    }
+                    Next::Torn => {
+                        let dropped = data.len() - at;
+                        if Some(seg) == last {
+                            tracing::warn!(
+                                "message store: {} ends with an incomplete record ({dropped} bytes, a write cut short by a crash); truncating it at byte {at}",
+                                path.display()
+                            );
+                            OpenOptions::new()
+                                .write(true)
+                                .open(&path)?
+                                .set_len(at as u64)?;
+                        } else {
+                            tracing::error!(
+                                "message store: {} is damaged from byte {at} on ({dropped} bytes unreadable); keeping the {at} bytes before",
+                                path.display()
+                            );
+                        }
+                        break;
+                    }
+                    Next::Corrupt(n) => {
+                        corrupt += 1;
+                        // The length may be damaged too: continue at the next
+                        // good record, which is normally exactly `n` ahead.
+                        at = match record::next(&data.slice(at + n..)) {
+                            Next::Record(..) | Next::End => at + n,
+                            _ => resync(&data, at).unwrap_or(at + n),
+                        };
+                    }
+                    Next::Record(r, n) => {
+                        at += n;
+                        apply(r, seg, &mut queues, &mut msgs, &mut max_id);
+                    }
+                }
+            }
+            if corrupt > 0 {
+                tracing::error!(
+                    "message store: {corrupt} corrupt record(s) in {} skipped (checksum mismatch); the other records were recovered",
+                    path.display()
+                );
+            }
+        }
+
+        let mut live = Live::default();
+        let mut recovered: Recovered = HashMap::new();
+        for (key, q) in queues {
+            let mut list = Vec::with_capacity(q.msgs.len());
+            for (id, delivered) in q.msgs {
+                if let Some((_, m, _)) = msgs.get(&id) {
+                    list.push(RecoveredMessage {
+                        id,
+                        msg: m.clone(),
+                        delivered,
+                    });
+                }
+            }
+            if !list.is_empty() {
+                recovered.insert(key, list);
+            }
+        }
+        for (id, (seg, _, refs)) in &msgs {
+            if *refs > 0 {
+                live.msgs.insert(*id, (Some(*seg), *refs));
+                *live.segments.entry(*seg).or_default() += 1;
+            }
+        }
+        // Segments before the first live one hold nothing needed any more.
+        for &seg in &segments {
+            if live.segments.get(&seg).copied().unwrap_or(0) == 0
+                && live.segments.range(..seg).next().is_none()
+            {
+                let _ = fs::remove_file(segment_path(dir, seg));
+                live.segments.remove(&seg);
+            } else {
+                live.segments.entry(seg).or_default();
+            }
+        }
+        live.current = last.map_or(1, |l| l + 1);
+        live.segments.insert(live.current, 0);
+        let (durable, _) = watch::channel(0);
+        let store = Arc::new(MessageStore {
+            dir: dir.to_owned(),
+            fsync,
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            durable,
+            next_id: AtomicU64::new(max_id + 1),
+            live: Mutex::new(live),
+            stopping: AtomicBool::new(false),
+            writer: Mutex::new(None),
+        });
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(dir, store.live.lock().current))?;
+        let s = store.clone();
+        let handle = std::thread::Builder::new()
+            .name("warren-store".into())
+            .spawn(move || s.run_writer(file))?;
+        *store.writer.lock() = Some(handle);
+        Ok((store, recovered))
+    }
+
+    /// Appends a message for the given durable queues; returns its id and
+    /// the sequence number a confirm must wait for.
+    pub fn enqueue(&self, queues: &[(&str, &str)], msg: &Message) -> (u64, u64) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.live
+            .lock()
+            .msgs
+            .insert(id, (None, queues.len() as u32));
+        let mut p = self.pending.lock();
+        record::encode_enqueue(
+            &mut p.buf,
+            id,
+            queues,
+            msg.exchange(),
+            msg.routing_key(),
+            msg.header(),
+            msg.body(),
+        );
+        p.seq += 1;
+        p.new_ids.push(id);
+        let seq = p.seq;
+        drop(p);
+        self.wake.notify_one();
+        (id, seq)
+    }
+
+    /// Records that a queue is done with messages (acked, dropped, purged).
+    pub fn ack(&self, vhost: &str, queue: &str, ids: &[u64]) -> u64 {
+        self.release(ids);
+        self.append_op(ACK, vhost, queue, ids)
+    }
+
+    /// Records that messages were delivered (for redelivered=true after a restart).
+    pub fn delivered(&self, vhost: &str, queue: &str, ids: &[u64]) -> u64 {
+        self.append_op(DELIVERED, vhost, queue, ids)
+    }
+
+    /// Records that a queue was deleted: all its stored messages up to now
+    /// are gone. `held` are the ids it still held (their references are released).
+    pub fn drop_queue(&self, vhost: &str, queue: &str, held: &[u64]) -> u64 {
+        self.release(held);
+        let upto = self.next_id.load(Ordering::Relaxed);
+        self.append_op(DROP_QUEUE, vhost, queue, &[upto])
+    }
+
+    fn append_op(&self, kind: u8, vhost: &str, queue: &str, ids: &[u64]) -> u64 {
+        if ids.is_empty() {
+            return self.pending.lock().seq;
+        }
+        let mut p = self.pending.lock();
+        record::encode_queue_op(&mut p.buf, kind, vhost, queue, ids);
+        p.seq += 1;
+        let seq = p.seq;
+        drop(p);
+        self.wake.notify_one();
+        seq
+    }
+
+    fn release(&self, ids: &[u64]) {
+        let mut live = self.live.lock();
+        for id in ids {
+            let gone = match live.msgs.get_mut(id) {
+                Some((_, refs)) => {
+                    *refs = refs.saturating_sub(1);
+                    *refs == 0
+                }
+                None => false,
+            };
+            if gone
+                && let Some((Some(seg), _)) = live.msgs.remove(id)
+                && let Some(n) = live.segments.get_mut(&seg)
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The highest sequence number that is on disk (and synced, if fsync is on).
+    pub fn durable_seq(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Notified whenever the durable sequence advances.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    /// Bytes in segment files.
+    pub fn disk_bytes(&self) -> u64 {
+        list_segments(&self.dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| fs::metadata(segment_path(&self.dir, *n)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Writes and syncs everything appended so far, then stops the writer.
+    pub fn close(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake.notify_one();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    fn run_writer(self: Arc<Self>, mut file: File) {
+        let mut written = file.metadata().map_or(0, |m| m.len());
+        loop {
+            let (buf, seq, ids) = {
+                let mut p = self.pending.lock();
+                if p.buf.is_empty() {
+                    if self.stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                    self.wake.wait_for(&mut p, Duration::from_millis(100));
+                    if p.buf.is_empty() {
+                        drop(p);
+                        self.reclaim();
+                        continue;
+                    }
+                }
+                (
+                    std::mem::take(&mut p.buf),
+                    p.seq,
+                    std::mem::take(&mut p.new_ids),
+                )
+            };
+            // Retry until the data is on disk: confirms wait meanwhile.
+            loop {
+                let r = file
+                    .write_all(&buf)
+                    .and_then(|_| if self.fsync { file.sync_data() } else { Ok(()) });
+                match r {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(
+                            "message store: cannot write to {}: {e}; retrying",
+                            self.dir.display()
+                        );
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            }
+            written += buf.len() as u64;
+            {
+                let mut live = self.live.lock();
+                let cur = live.current;
+                let mut placed = 0;
+                for id in ids {
+                    if let Some(entry) = live.msgs.get_mut(&id) {
+                        entry.0 = Some(cur);
+                        placed += 1;
+                    }
+                }
+                *live.segments.entry(cur).or_default() += placed;
+            }
+            self.durable.send_replace(seq);
+            if written >= SEGMENT_MAX {
+                let next = {
+                    let mut live = self.live.lock();
+                    live.current += 1;
+                    let n = live.current;
+                    live.segments.insert(n, 0);
+                    n
+                };
+                match OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(segment_path(&self.dir, next))
+                {
+                    Ok(f) => {
+                        let _ = file.sync_all();
+                        file = f;
+                        written = 0;
+                    }
+                    Err(e) => tracing::error!("message store: cannot start segment {next}: {e}"),
+                }
+            }
+            self.reclaim();
+        }
+        let _ = file.sync_all();
+    }
+
+    /// Deletes segments from the oldest while they hold no live message.
+    fn reclaim(&self) {
+        let doomed: Vec<u64> = {
+            let mut live = self.live.lock();
+            let mut out = Vec::new();
+            while let Some((&seg, &n)) = live.segments.iter().next() {
+                if n != 0 || seg == live.current {
+                    break;
+                }
+                live.segments.remove(&seg);
+                out.push(seg);
+            }
+            out
+        };
+        for seg in doomed {
+            if let Err(e) = fs::remove_file(segment_path(&self.dir, seg))
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("message store: cannot delete segment {seg}: {e}");
+            }
+        }
+    }
+}
+
+/// The offset of the next intact record after a damaged one at `at`, if any.
+fn resync(data: &Bytes, at: usize) -> Option<usize> {
+    (at + 1..data.len().saturating_sub(record::HEADER_LEN))
+        .find(|&off| matches!(record::next(&data.slice(off..)), Next::Record(..)))
+}
+
+fn apply(
+    r: Record,
+    seg: u64,
+    queues: &mut HashMap<QueueKey, QueueState>,
+    msgs: &mut HashMap<u64, (u64, Arc<Message>, u32)>,
+    max_id: &mut u64,
+) {
+    match r {
+        Record::Enqueue {
+            id,
+            queues: qs,
+            exchange,
+            routing_key,
+            header,
+            body,
+        } => {
+            *max_id = (*max_id).max(id);
+            // Copy: a recovered message must not pin the whole segment buffer.
+            let body = Bytes::copy_from_slice(&body);
+            let msg = Arc::new(Message::new(&exchange, &routing_key, &header, body));
+            msgs.insert(id, (seg, msg, qs.len() as u32));
+            for k in qs {
+                queues.entry(k).or_default().msgs.insert(id, false);
+            }
+        }
+        Record::QueueOp { kind, queue, ids } => {
+            let Some(q) = queues.get_mut(&queue) else {
+                return;
+            };
+            let mut drop_ids = Vec::new();
+            match kind {
+                ACK => {
+                    for id in ids {
+                        if q.msgs.remove(&id).is_some() {
+                            drop_ids.push(id);
+                        }
+                    }
+                }
+                DELIVERED => {
+                    for id in ids {
+                        if let Some(d) = q.msgs.get_mut(&id) {
+                            *d = true;
+                        }
+                    }
+                }
+                _ => {
+                    let upto = ids.first().copied().unwrap_or(0);
+                    let keep = q.msgs.split_off(&upto);
+                    drop_ids.extend(q.msgs.keys().copied());
+                    q.msgs = keep;
+                }
+            }
+            for id in drop_ids {
+                if let Some(m) = msgs.get_mut(&id) {
+                    m.2 = m.2.saturating_sub(1);
+                }
+            }
+        }
+    }
+}
+
+/// Where durable state goes: the definitions log and the message store. Both
+/// are unset while warren recovers (so replaying does not log again) and in
+/// brokers built without a data directory (unit tests).
+#[derive(Debug, Default)]
+pub struct Durability {
+    /// Definitions change log.
+    pub meta: std::sync::OnceLock<meta::MetaLog>,
+    /// Message store.
+    pub store: std::sync::OnceLock<Arc<MessageStore>>,
+}
+
+impl Durability {
+    /// Logs a definitions change, if logging is on.
+    pub fn record(&self, op: meta::MetaOp) {
+        if let Some(m) = self.meta.get() {
+            m.record(&op);
+        }
+    }
+
+    /// The message store, if any.
+    pub fn store(&self) -> Option<&Arc<MessageStore>> {
+        self.store.get()
+    }
+}
