@@ -30,6 +30,8 @@ pub struct Broker {
     connections: Mutex<HashMap<u64, Arc<ConnectionHandle>>>,
     /// Durable state: definitions log and message store (see `store`).
     pub durability: Arc<Durability>,
+    /// Memory and disk alarms (see `alarms`).
+    pub alarms: Arc<tokio::sync::watch::Sender<crate::alarms::Alarms>>,
 }
 
 impl Broker {
@@ -135,6 +137,7 @@ impl Broker {
             next_connection_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
             durability: Arc::new(Durability::default()),
+            alarms: Arc::new(tokio::sync::watch::Sender::new(Default::default())),
         }
     }
 

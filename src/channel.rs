@@ -167,6 +167,7 @@ impl Channel {
         }
         match method {
             Method::Publish(p) => {
+                ctx.published = true;
                 if p.immediate {
                     return Err(AmqpError::connection(
                         code::NOT_IMPLEMENTED,

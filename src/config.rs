@@ -35,6 +35,34 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Message store.
     pub storage: StorageConfig,
+    /// Memory and disk alarms.
+    pub alarms: AlarmsConfig,
+}
+
+/// Memory and disk alarm thresholds (RabbitMQ's vm_memory_high_watermark
+/// and disk_free_limit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlarmsConfig {
+    /// Fraction of physical memory above which publishers are blocked.
+    pub memory_high_watermark: f64,
+    /// Absolute limit in bytes; overrides the fraction when set.
+    pub memory_high_watermark_bytes: Option<u64>,
+    /// Free bytes on the data directory's disk below which publishers are blocked.
+    pub disk_free_limit: u64,
+    /// How often to check, in milliseconds.
+    pub check_interval_ms: u64,
+}
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        AlarmsConfig {
+            memory_high_watermark: 0.4,
+            memory_high_watermark_bytes: None,
+            disk_free_limit: 50_000_000,
+            check_interval_ms: 500,
+        }
+    }
 }
 
 /// Message store settings.
@@ -110,6 +138,7 @@ impl Default for Config {
             defaults: Defaults::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
+            alarms: AlarmsConfig::default(),
         }
     }
 }

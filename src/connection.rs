@@ -50,6 +50,8 @@ pub struct ConnCtx {
     pub confirms_due: Vec<u16>,
     /// A queue that asked this connection's publishers to slow down.
     pub flow_wait: Option<Arc<Queue>>,
+    /// The connection has published (alarms block only publishers).
+    pub published: bool,
     perms: Option<Arc<crate::auth::Permissions>>,
     perms_generation: u64,
 }
@@ -135,6 +137,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     exclusive_queues: Vec::new(),
                     confirms_due: Vec::new(),
                     flow_wait: None,
+                    published: false,
                     perms: None,
                     perms_generation: 0,
                 },
@@ -368,6 +371,10 @@ async fn handshake(
         capability(&start_ok.client_properties, "consumer_cancel_notify"),
         Ordering::Relaxed,
     );
+    handle.blocked_notify.store(
+        capability(&start_ok.client_properties, "connection.blocked"),
+        Ordering::Relaxed,
+    );
 
     handle.write(|out| {
         write_method(
@@ -562,6 +569,8 @@ impl Connection {
         let mut last_recv = Instant::now();
         let mut written_at_tick = 0u64;
         let mut durable_rx = self.ctx.broker.durability.store().map(|s| s.subscribe());
+        let mut alarms = self.ctx.broker.alarms.subscribe();
+        let mut blocked = false;
         loop {
             // Handle every complete frame already buffered, then flush confirms.
             loop {
@@ -592,6 +601,28 @@ impl Connection {
                 }
             }
             let waiting_for_store = !self.ctx.confirms_due.is_empty() && durable_rx.is_some();
+            // Alarms: a connection that publishes is not read from while an
+            // alarm is on (RabbitMQ's connection.blocked); consumers go on.
+            let alarm = *alarms.borrow_and_update();
+            let should_block = alarm.any() && self.ctx.published;
+            if should_block != blocked {
+                blocked = should_block;
+                if self.ctx.handle.blocked_notify.load(Ordering::Relaxed) {
+                    let m = if blocked {
+                        conn_m::AMQPMethod::Blocked(conn_m::Blocked {
+                            reason: alarm.reason().into(),
+                        })
+                    } else {
+                        conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})
+                    };
+                    self.ctx.send(0, AMQPClass::Connection(m));
+                }
+                tracing::info!(peer = %self.peer, "connection {}", if blocked { "blocked" } else { "unblocked" });
+            }
+            if blocked {
+                // Not reading: the peer's heartbeats wait in the socket.
+                last_recv = Instant::now();
+            }
             tokio::select! {
                 biased;
                 synced = async {
@@ -609,11 +640,16 @@ impl Connection {
                     Some(ConnEvent::WriteFailed) | None => return End::Gone,
                     Some(ConnEvent::Close(code, text)) => return End::Error(AmqpError::connection(code, text)),
                 },
-                ok = self.reader.fill() => {
+                                ok = self.reader.fill(), if !blocked => {
                     if !ok {
                         return End::Gone;
                     }
                     last_recv = Instant::now();
+                }
+                changed = alarms.changed() => {
+                    if changed.is_err() {
+                        return End::Gone;
+                    }
                 }
                 _ = ticker.tick() => {
                     if hb > 0 {

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alarms;
 pub mod auth;
 pub mod broker;
 pub mod channel;

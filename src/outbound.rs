@@ -65,6 +65,8 @@ pub struct ConnectionHandle {
     pub frame_max: AtomicU32,
     /// The client advertised `consumer_cancel_notify`.
     pub cancel_notify: AtomicBool,
+    /// The client advertised `connection.blocked`.
+    pub blocked_notify: AtomicBool,
     /// Set once the handshake completes.
     pub info: std::sync::OnceLock<ConnInfo>,
     /// Open channels.
@@ -87,6 +89,7 @@ impl ConnectionHandle {
             frame_max: AtomicU32::new(frame_max),
             cancel_notify: AtomicBool::new(false),
             info: std::sync::OnceLock::new(),
+            blocked_notify: AtomicBool::new(false),
             channel_count: AtomicU32::new(0),
             events: tx,
         };

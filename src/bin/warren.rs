@@ -88,6 +88,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        warren::alarms::spawn_monitor(
+            broker.config.alarms.clone(),
+            broker.config.data_dir.clone(),
+            broker.alarms.clone(),
+        );
         let listener = match warren::server::bind(&broker).await {
             Ok(l) => l,
             Err(e) => {
