@@ -10,6 +10,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::auth::{Permissions, User, hash_password, verify_password};
 use crate::config::Config;
 use crate::outbound::{ConnEvent, ConnectionHandle};
+use crate::stats::Stats;
 use crate::vhost::VHost;
 
 /// Shared broker state.
@@ -25,6 +26,10 @@ pub struct Broker {
     auth_generation: AtomicU64,
     next_connection_id: AtomicU64,
     connections: Mutex<HashMap<u64, Arc<ConnectionHandle>>>,
+    /// Broker-wide counters (see `stats`).
+    pub stats: Stats,
+    /// When the broker started.
+    pub started_at: std::time::SystemTime,
 }
 
 impl Broker {
@@ -40,6 +45,8 @@ impl Broker {
             auth_generation: AtomicU64::new(1),
             next_connection_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            started_at: std::time::SystemTime::now(),
         };
         broker.add_vhost(&d.vhost);
         broker.put_user(User {
@@ -88,6 +95,7 @@ impl Broker {
                 ));
             }
         }
+        self.stats.retired_vhosts.add(&vh.queue_totals());
         drop(vh);
         true
     }
@@ -178,12 +186,25 @@ impl Broker {
 
     /// Records a live connection.
     pub fn register(&self, h: Arc<ConnectionHandle>) {
+        self.stats
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
         self.connections.lock().insert(h.id, h);
     }
 
-    /// Forgets a closed connection.
+    /// Forgets a closed connection (keeping its counts in the totals).
     pub fn unregister(&self, id: u64) {
-        self.connections.lock().remove(&id);
+        let h = self.connections.lock().remove(&id);
+        if let Some(h) = h {
+            let r = &self.stats.retired_connections;
+            r.add(&h.stats.snapshot());
+            r.add_channels(h.stats.channels_opened.load(Ordering::Relaxed));
+        }
+    }
+
+    /// A live connection by id.
+    pub fn connection(&self, id: u64) -> Option<Arc<ConnectionHandle>> {
+        self.connections.lock().get(&id).cloned()
     }
 
     /// Live connections.

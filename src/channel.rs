@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m};
 use bytes::{Bytes, BytesMut};
@@ -303,6 +304,7 @@ impl Channel {
             ));
         }
         let msg = Arc::new(Message::new(&p.exchange, &p.routing_key, &header, body));
+        ctx.handle.stats.publish.fetch_add(1, Relaxed); // stats
         if let Some(tx) = &mut self.tx {
             tx.publishes.push((x, msg, p.mandatory));
             return Ok(());
@@ -330,6 +332,13 @@ impl Channel {
         let mut headers = || msg.properties().and_then(|p| p.headers().clone());
         ctx.vhost.route(x, &rk, &mut headers, &mut queues);
         if queues.is_empty() {
+            let s = &ctx.handle.stats; // stats
+            (if mandatory {
+                &s.return_unroutable
+            } else {
+                &s.drop_unroutable
+            })
+            .fetch_add(1, Relaxed);
             if mandatory {
                 let frame_max = ctx
                     .handle
@@ -385,6 +394,9 @@ impl Channel {
     fn apply_settles(&self, settled: Vec<Unacked>, outcome: Outcome) {
         let mut wake: Vec<Arc<Queue>> = Vec::new();
         for u in &settled {
+            if outcome == Outcome::Ack {
+                u.queue.stats.ack.fetch_add(1, Relaxed); // stats
+            }
             if u.consumer.is_some() && !wake.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
                 wake.push(u.queue.clone());
             }

@@ -163,6 +163,7 @@ impl Consumer {
             );
             msg.write_content(out, ch.id, frame_max);
         });
+        queue.stats.delivered(false, self.no_ack, redelivered);
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
             st.consumer_unacked += 1;
@@ -226,9 +227,9 @@ pub fn write_get_ok(
 impl ChannelShared {
     /// A new, open channel.
     pub fn new(id: u16, conn: Arc<ConnectionHandle>) -> Arc<Self> {
-        Arc::new(ChannelShared {
+        let ch = Arc::new(ChannelShared {
             id,
-            conn,
+            conn: conn.clone(),
             state: Mutex::new(DeliveryState {
                 open: true,
                 flow: true,
@@ -237,7 +238,9 @@ impl ChannelShared {
                 global_prefetch: 0,
                 consumer_unacked: 0,
             }),
-        })
+        });
+        conn.add_channel(&ch);
+        ch
     }
 
     /// Hands a message fetched by basic.get to the client; the queue calls
@@ -270,6 +273,7 @@ impl ChannelShared {
             );
             msg.write_content(out, self.id, frame_max);
         });
+        queue.stats.delivered(true, no_ack, redelivered);
         if !no_ack {
             st.unacked.push_back(Unacked {
                 tag,
@@ -308,6 +312,7 @@ impl ChannelShared {
             }
         }
         for u in &out {
+            u.queue.stats.settled();
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_sub(1, Ordering::Relaxed);
                 st.consumer_unacked -= 1;
@@ -323,6 +328,7 @@ impl ChannelShared {
         st.consumer_unacked = 0;
         let out: Vec<Unacked> = st.unacked.drain(..).collect();
         for u in &out {
+            u.queue.stats.settled();
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_sub(1, Ordering::Relaxed);
             }
@@ -363,6 +369,7 @@ impl ChannelShared {
     pub fn restore(&self, items: Vec<Unacked>) {
         let mut st = self.state.lock();
         for u in items {
+            u.queue.stats.unacked.fetch_add(1, Ordering::Relaxed);
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
                 st.consumer_unacked += 1;

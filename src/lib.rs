@@ -25,6 +25,7 @@ pub mod methods;
 pub mod outbound;
 pub mod queue;
 pub mod server;
+pub mod stats;
 pub mod table_guard;
 pub mod topic;
 pub mod vhost;

@@ -70,6 +70,8 @@ pub struct Queue {
     state: Mutex<QueueState>,
     deleted: AtomicBool,
     drained: tokio::sync::Notify,
+    /// Message counters (management API, metrics).
+    pub stats: crate::stats::QueueStats,
 }
 
 /// What was left of a queue when it was deleted.
@@ -91,6 +93,7 @@ impl Queue {
             state: Mutex::new(QueueState::default()),
             deleted: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
+            stats: Default::default(),
         })
     }
 
@@ -115,6 +118,7 @@ impl Queue {
             seq,
             redelivered: false,
         });
+        self.stats.publish.fetch_add(1, Ordering::Relaxed);
         self.dispatch_locked(&mut st);
         let pressured = st.ready.len() >= FLOW_HIGH && !st.consumers.is_empty();
         if pressured {
@@ -178,6 +182,7 @@ impl Queue {
     pub fn get(self: &Arc<Self>, channel: &ChannelShared, no_ack: bool) -> bool {
         let mut st = self.state.lock();
         let Some(r) = st.ready.pop_front() else {
+            self.stats.get_empty.fetch_add(1, Ordering::Relaxed);
             return false;
         };
         let remaining = st.ready.len() as u32;
@@ -268,6 +273,29 @@ impl Queue {
     /// Attached consumers.
     pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32
+    }
+
+    /// Attached consumers (for listings).
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.state.lock().consumers.clone()
+    }
+
+    /// Removes up to `n` messages from the head of the queue, with their
+    /// positions and redelivered flags (the management API's "get"; put them
+    /// back with `requeue`).
+    pub fn take(&self, n: usize) -> Vec<(u64, MessageRef, bool)> {
+        let mut st = self.state.lock();
+        let n = n.min(st.ready.len());
+        let out: Vec<_> = st
+            .ready
+            .drain(..n)
+            .map(|r| (r.seq, r.msg, r.redelivered))
+            .collect();
+        if st.flow_waiting && st.ready.len() < FLOW_LOW {
+            st.flow_waiting = false;
+            self.drained.notify_waiters();
+        }
+        out
     }
 
     /// Marks the queue deleted and empties it.

@@ -43,6 +43,8 @@ pub struct VHost {
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     policies: RwLock<std::collections::BTreeMap<String, Policy>>,
     definitions: Mutex<()>,
+    /// Message counts of the vhost's deleted queues.
+    pub retired: crate::stats::Retired,
 }
 
 /// A policy (stored and listed; its keys take effect as features land).
@@ -234,6 +236,7 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             policies: RwLock::new(Default::default()),
             definitions: Mutex::new(()),
+            retired: Default::default(),
         })
     }
 
@@ -262,6 +265,15 @@ impl VHost {
     /// All queues (for listings and connection cleanup).
     pub fn queues(&self) -> Vec<Arc<Queue>> {
         self.queues.read().values().cloned().collect()
+    }
+
+    /// Message counts of all the vhost's queues, deleted ones included.
+    pub fn queue_totals(&self) -> crate::stats::MsgTotals {
+        let mut t = self.retired.totals();
+        for q in self.queues.read().values() {
+            t.add(&q.stats.snapshot());
+        }
+        t
     }
 
     /// All policies, by name.
@@ -539,6 +551,7 @@ impl VHost {
 
     fn remove_queue_locked(&self, q: &Arc<Queue>) -> Deleted {
         self.queues.write().remove(&q.name);
+        self.retired.add(&q.stats.snapshot());
         let dest = Dest::Queue(q.clone());
         for x in self.exchanges() {
             if x.unbind_all(&dest) > 0 {
