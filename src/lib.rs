@@ -20,6 +20,7 @@ pub mod error;
 pub mod exchange;
 pub mod handlers;
 pub mod headers_match;
+pub mod http;
 pub mod message;
 pub mod methods;
 pub mod outbound;
