@@ -62,10 +62,15 @@ pub fn total_memory_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Free bytes on the file system holding `path` (for unprivileged users).
+/// Free bytes (for unprivileged users) on the file system holding `path`,
+/// or its nearest existing ancestor.
 pub fn disk_free_bytes(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
     let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };

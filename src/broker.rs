@@ -11,6 +11,7 @@ use crate::auth::{Permissions, User, hash_password, verify_password};
 use crate::config::Config;
 use crate::definitions::{PermissionDef, Tags, UserDef};
 use crate::outbound::{ConnEvent, ConnectionHandle};
+use crate::stats::Stats;
 use crate::store::Durability;
 use crate::store::meta::MetaOp;
 use crate::vhost::VHost;
@@ -32,6 +33,10 @@ pub struct Broker {
     pub durability: Arc<Durability>,
     /// Memory and disk alarms (see `alarms`).
     pub alarms: Arc<tokio::sync::watch::Sender<crate::alarms::Alarms>>,
+    /// Broker-wide counters (see `stats`).
+    pub stats: Stats,
+    /// When the broker started.
+    pub started_at: std::time::SystemTime,
 }
 
 impl Broker {
@@ -137,6 +142,8 @@ impl Broker {
             next_connection_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
             durability: Arc::new(Durability::default()),
+            stats: Stats::default(),
+            started_at: std::time::SystemTime::now(),
             alarms: Arc::new(tokio::sync::watch::Sender::new(Default::default())),
         }
     }
@@ -183,6 +190,7 @@ impl Broker {
                 ));
             }
         }
+        self.stats.retired_vhosts.add(&vh.queue_totals());
         drop(vh);
         true
     }
@@ -291,12 +299,25 @@ impl Broker {
 
     /// Records a live connection.
     pub fn register(&self, h: Arc<ConnectionHandle>) {
+        self.stats
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
         self.connections.lock().insert(h.id, h);
     }
 
-    /// Forgets a closed connection.
+    /// Forgets a closed connection (keeping its counts in the totals).
     pub fn unregister(&self, id: u64) {
-        self.connections.lock().remove(&id);
+        let h = self.connections.lock().remove(&id);
+        if let Some(h) = h {
+            let r = &self.stats.retired_connections;
+            r.add(&h.stats.snapshot());
+            r.add_channels(h.stats.channels_opened.load(Ordering::Relaxed));
+        }
+    }
+
+    /// A live connection by id.
+    pub fn connection(&self, id: u64) -> Option<Arc<ConnectionHandle>> {
+        self.connections.lock().get(&id).cloned()
     }
 
     /// Live connections.

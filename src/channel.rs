@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, tx};
 use bytes::{Bytes, BytesMut};
@@ -310,6 +311,7 @@ impl Channel {
             ));
         }
         let msg = Arc::new(Message::new(&p.exchange, &p.routing_key, &header, body));
+        ctx.handle.stats.publish.fetch_add(1, Relaxed); // stats
         if let Some(tx) = &mut self.tx {
             tx.publishes.push((x, msg, p.mandatory));
             return Ok(());
@@ -345,6 +347,13 @@ impl Channel {
         let mut headers = || msg.properties().and_then(|p| p.headers().clone());
         ctx.vhost.route(x, &rk, &mut headers, &mut queues);
         if queues.is_empty() {
+            let s = &ctx.handle.stats; // stats
+            (if mandatory {
+                &s.return_unroutable
+            } else {
+                &s.drop_unroutable
+            })
+            .fetch_add(1, Relaxed);
             if mandatory {
                 let frame_max = ctx
                     .handle
@@ -362,27 +371,13 @@ impl Channel {
                 });
             }
         } else {
-            let mut stored = None;
-            if let Some(store) = ctx.broker.durability.store()
-                && msg.is_persistent()
-            {
-                let durable: Vec<(&str, &str)> = queues
-                    .iter()
-                    .filter(|q| q.is_persistent())
-                    .map(|q| (&*q.vhost, q.name.as_str()))
-                    .collect();
-                if !durable.is_empty() {
-                    let (id, seq) = store.enqueue(&durable, &msg);
-                    stored = Some(id);
-                    sync_seq = Some(seq);
-                }
+            let (seq, pressured) =
+                crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store());
+            sync_seq = seq;
+            if pressured.is_some() {
+                ctx.flow_wait = pressured;
             }
-            for q in queues.drain(..) {
-                let id = if q.is_persistent() { stored } else { None };
-                if q.publish(msg.clone(), id) {
-                    ctx.flow_wait = Some(q);
-                }
-            }
+            queues.clear();
         }
         self.route_buf = queues;
         sync_seq
@@ -448,6 +443,9 @@ impl Channel {
     fn apply_settles(&self, settled: Vec<Unacked>, outcome: Outcome) {
         let mut wake: Vec<Arc<Queue>> = Vec::new();
         for u in &settled {
+            if outcome == Outcome::Ack {
+                u.queue.stats.ack.fetch_add(1, Relaxed); // stats
+            }
             if u.consumer.is_some() && !wake.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
                 wake.push(u.queue.clone());
             }

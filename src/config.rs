@@ -21,6 +21,10 @@ pub struct Config {
     pub bind: IpAddr,
     /// AMQP port.
     pub port: u16,
+    /// Management HTTP API (and /metrics) port.
+    pub http_port: u16,
+    /// Address the HTTP listener binds to (default: the same as `bind`).
+    pub http_bind: Option<IpAddr>,
     /// Data directory (definitions, messages, the generated config).
     pub data_dir: PathBuf,
     /// Log filter (tracing's env-filter syntax: "info", "warren=debug", ...).
@@ -131,6 +135,8 @@ impl Default for Config {
         Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             port: 5672,
+            http_port: 15672,
+            http_bind: None,
             data_dir: default_data_dir(),
             log_level: "info".into(),
             load_definitions: None,
@@ -185,6 +191,8 @@ pub struct Overrides {
     pub bind: Option<IpAddr>,
     /// Listener port.
     pub port: Option<u16>,
+    /// HTTP API port.
+    pub http_port: Option<u16>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
     /// Log filter.
@@ -226,6 +234,9 @@ impl Config {
         if let Some(v) = o.port {
             cfg.port = v;
         }
+        if let Some(v) = o.http_port {
+            cfg.http_port = v;
+        }
         if let Some(v) = &o.data_dir {
             cfg.data_dir = v.clone();
         }
@@ -234,6 +245,11 @@ impl Config {
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The address the HTTP API listens on.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.http_bind.unwrap_or(self.bind), self.http_port)
     }
 
     /// Checks values a typo could make nonsensical.
@@ -266,6 +282,8 @@ mod tests {
         let c = Config::from_toml(DEFAULT_CONFIG_TOML).unwrap();
         let d = Config::default();
         assert_eq!(c.port, d.port);
+        assert_eq!(c.http_port, 15672);
+        assert_eq!(c.http_bind, None);
         assert_eq!(c.bind, d.bind);
         assert_eq!(c.amqp.channel_max, 2047);
         assert_eq!(c.amqp.frame_max, 131072);

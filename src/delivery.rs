@@ -186,6 +186,7 @@ impl Consumer {
             );
             msg.write_content(out, ch.id, frame_max);
         });
+        queue.stats.delivered(false, self.no_ack, redelivered);
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
             st.consumer_unacked += 1;
@@ -250,9 +251,9 @@ pub fn write_get_ok(
 impl ChannelShared {
     /// A new, open channel.
     pub fn new(id: u16, conn: Arc<ConnectionHandle>) -> Arc<Self> {
-        Arc::new(ChannelShared {
+        let ch = Arc::new(ChannelShared {
             id,
-            conn,
+            conn: conn.clone(),
             state: Mutex::new(DeliveryState {
                 open: true,
                 flow: true,
@@ -261,7 +262,9 @@ impl ChannelShared {
                 global_prefetch: 0,
                 consumer_unacked: 0,
             }),
-        })
+        });
+        conn.add_channel(&ch);
+        ch
     }
 
     /// Hands a message fetched by basic.get to the client; the queue calls
@@ -296,6 +299,7 @@ impl ChannelShared {
             );
             msg.write_content(out, self.id, frame_max);
         });
+        queue.stats.delivered(true, no_ack, redelivered);
         if !no_ack {
             st.unacked.push_back(Unacked {
                 tag,
@@ -335,6 +339,7 @@ impl ChannelShared {
             }
         }
         for u in &out {
+            u.queue.stats.settled();
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_sub(1, Ordering::Relaxed);
                 st.consumer_unacked -= 1;
@@ -350,6 +355,7 @@ impl ChannelShared {
         st.consumer_unacked = 0;
         let out: Vec<Unacked> = st.unacked.drain(..).collect();
         for u in &out {
+            u.queue.stats.settled();
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_sub(1, Ordering::Relaxed);
             }
@@ -390,6 +396,7 @@ impl ChannelShared {
     pub fn restore(&self, items: Vec<Unacked>) {
         let mut st = self.state.lock();
         for u in items {
+            u.queue.stats.unacked.fetch_add(1, Ordering::Relaxed);
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
                 st.consumer_unacked += 1;

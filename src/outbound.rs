@@ -72,6 +72,10 @@ pub struct ConnectionHandle {
     /// Open channels.
     pub channel_count: AtomicU32,
     events: mpsc::UnboundedSender<ConnEvent>,
+    /// Message counters (management API, metrics).
+    pub stats: crate::stats::ConnStats,
+    /// The connection's channels, for listings (dead ones pruned on open).
+    channels: Mutex<Vec<std::sync::Weak<crate::delivery::ChannelShared>>>,
 }
 
 impl ConnectionHandle {
@@ -92,6 +96,8 @@ impl ConnectionHandle {
             blocked_notify: AtomicBool::new(false),
             channel_count: AtomicU32::new(0),
             events: tx,
+            stats: Default::default(),
+            channels: Mutex::new(Vec::new()),
         };
         (Arc::new(h), rx)
     }
@@ -143,6 +149,27 @@ impl ConnectionHandle {
     /// Sends an event to the connection's task (ignored if it is gone).
     pub fn send_event(&self, ev: ConnEvent) {
         let _ = self.events.send(ev);
+    }
+
+    /// Records a newly opened channel (for listings).
+    pub fn add_channel(&self, ch: &Arc<crate::delivery::ChannelShared>) {
+        self.stats.channels_opened.fetch_add(1, Ordering::Relaxed);
+        let mut list = self.channels.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(ch));
+    }
+
+    /// The connection's open channels, by number.
+    pub fn channels(&self) -> Vec<Arc<crate::delivery::ChannelShared>> {
+        let mut out: Vec<_> = self
+            .channels
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|c| c.state.lock().open)
+            .collect();
+        out.sort_by_key(|c| c.id);
+        out
     }
 
     /// Asks the writer to flush what is buffered and then shut the socket.

@@ -65,6 +65,8 @@ pub struct Queue {
     deleted: AtomicBool,
     drained: tokio::sync::Notify,
     store: Option<Arc<MessageStore>>,
+    /// Message counters (management API, metrics).
+    pub stats: crate::stats::QueueStats,
 }
 
 /// What was left of a queue when it was deleted.
@@ -93,6 +95,7 @@ impl Queue {
             deleted: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             store,
+            stats: Default::default(),
         })
     }
 
@@ -118,6 +121,7 @@ impl Queue {
             redelivered: false,
             stored,
         });
+        self.stats.publish.fetch_add(1, Ordering::Relaxed);
         self.dispatch_locked(&mut st);
         let pressured = st.ready.len() >= FLOW_HIGH && !st.consumers.is_empty();
         if pressured {
@@ -180,6 +184,7 @@ impl Queue {
     pub fn get(self: &Arc<Self>, channel: &ChannelShared, no_ack: bool) -> bool {
         let mut st = self.state.lock();
         let Some(r) = st.ready.pop_front() else {
+            self.stats.get_empty.fetch_add(1, Ordering::Relaxed);
             return false;
         };
         let remaining = st.ready.len() as u32;
@@ -277,6 +282,25 @@ impl Queue {
         self.state.lock().consumers.len() as u32
     }
 
+    /// Attached consumers (for listings).
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.state.lock().consumers.clone()
+    }
+
+    /// Removes up to `n` messages from the head of the queue, with their
+    /// positions and redelivered flags (the management API's "get"; put them
+    /// back with `requeue`).
+    pub fn take(&self, n: usize) -> Vec<Ready> {
+        let mut st = self.state.lock();
+        let n = n.min(st.ready.len());
+        let out: Vec<_> = st.ready.drain(..n).collect();
+        if st.flow_waiting && st.ready.len() < FLOW_LOW {
+            st.flow_waiting = false;
+            self.drained.notify_waiters();
+        }
+        out
+    }
+
     /// Marks the queue deleted and empties it.
     pub fn mark_deleted(&self) -> Deleted {
         let mut st = self.state.lock();
@@ -355,4 +379,39 @@ impl Queue {
             ),
         )
     }
+}
+
+/// Enqueues a routed message in its queues. A persistent message for durable
+/// queues is first appended to the message store. Returns the store sequence
+/// a confirm must wait for (if stored) and a queue asking its publishers to
+/// slow down (if any).
+pub fn enqueue_routed(
+    queues: &[Arc<Queue>],
+    msg: &MessageRef,
+    store: Option<&Arc<MessageStore>>,
+) -> (Option<u64>, Option<Arc<Queue>>) {
+    let mut stored = None;
+    let mut sync_seq = None;
+    if let Some(store) = store
+        && msg.is_persistent()
+    {
+        let durable: Vec<(&str, &str)> = queues
+            .iter()
+            .filter(|q| q.is_persistent())
+            .map(|q| (&*q.vhost, q.name.as_str()))
+            .collect();
+        if !durable.is_empty() {
+            let (id, seq) = store.enqueue(&durable, msg);
+            stored = Some(id);
+            sync_seq = Some(seq);
+        }
+    }
+    let mut pressured = None;
+    for q in queues {
+        let id = if q.is_persistent() { stored } else { None };
+        if q.publish(msg.clone(), id) {
+            pressured = Some(q.clone());
+        }
+    }
+    (sync_seq, pressured)
 }

@@ -47,6 +47,8 @@ pub struct VHost {
     policies: RwLock<std::collections::BTreeMap<String, Policy>>,
     definitions: Mutex<()>,
     durability: Arc<Durability>,
+    /// Message counts of the vhost's deleted queues.
+    pub retired: crate::stats::Retired,
 }
 
 /// A policy (stored and listed; its keys take effect as features land).
@@ -244,6 +246,7 @@ impl VHost {
             policies: RwLock::new(Default::default()),
             definitions: Mutex::new(()),
             durability,
+            retired: Default::default(),
         })
     }
 
@@ -272,6 +275,15 @@ impl VHost {
     /// All queues (for listings and connection cleanup).
     pub fn queues(&self) -> Vec<Arc<Queue>> {
         self.queues.read().values().cloned().collect()
+    }
+
+    /// Message counts of all the vhost's queues, deleted ones included.
+    pub fn queue_totals(&self) -> crate::stats::MsgTotals {
+        let mut t = self.retired.totals();
+        for q in self.queues.read().values() {
+            t.add(&q.stats.snapshot());
+        }
+        t
     }
 
     /// All policies, by name.
@@ -594,6 +606,7 @@ impl VHost {
             self.durability
                 .record(MetaOp::DeleteQueue(self.name.to_string(), q.name.clone()));
         }
+        self.retired.add(&q.stats.snapshot());
         let dest = Dest::Queue(q.clone());
         for x in self.exchanges() {
             if x.unbind_all(&dest) > 0 {

@@ -25,6 +25,9 @@ struct Args {
     /// AMQP port [default: 5672].
     #[arg(long, env = "WARREN_PORT", value_name = "N")]
     port: Option<u16>,
+    /// Management HTTP API and /metrics port [default: 15672].
+    #[arg(long, env = "WARREN_HTTP_PORT", value_name = "N")]
+    http_port: Option<u16>,
     /// Data directory [default: ~/.local/share/warren].
     #[arg(long, env = "WARREN_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         config: args.config,
         bind: args.bind,
         port: args.port,
+        http_port: args.http_port,
         data_dir: args.data_dir,
         log_level: args.log_level,
     };
@@ -111,6 +115,18 @@ fn main() -> ExitCode {
                 broker.config.data_dir.display()
             );
         }
+        let http_addr = broker.config.http_addr();
+        let http = match tokio::net::TcpListener::bind(http_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot listen for HTTP on {http_addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = http.local_addr() {
+            tracing::info!("management API and metrics on http://{addr}/");
+        }
+        tokio::spawn(warren::http::serve(broker.clone(), http));
         tokio::select! {
             _ = warren::server::serve(broker.clone(), listener) => {}
             _ = shutdown_signal() => {}

@@ -13,6 +13,8 @@ pub struct Warren {
     child: Child,
     /// Its AMQP port.
     pub port: u16,
+    /// Its management HTTP API port.
+    pub http_port: u16,
     /// Its data directory.
     pub dir: tempfile::TempDir,
     config_path: std::path::PathBuf,
@@ -34,10 +36,11 @@ impl Warren {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/warren.toml"))
                 .expect("read config/warren.toml");
         std::fs::write(&config_path, merge_toml(&base, extra_config)).expect("write test config");
-        let (child, port) = spawn(&config_path, dir.path(), None);
+        let (child, port, http_port) = spawn(&config_path, dir.path(), None);
         Warren {
             child,
             port,
+            http_port,
             dir,
             config_path,
         }
@@ -71,9 +74,14 @@ impl Warren {
     /// Starts warren again on the same data directory and port (after
     /// `kill` or `terminate`).
     pub fn restart(&mut self) {
-        let (child, port) = spawn(&self.config_path, self.dir.path(), Some(self.port));
+        let (child, port, http_port) = spawn(
+            &self.config_path,
+            self.dir.path(),
+            Some((self.port, self.http_port)),
+        );
         self.child = child;
         self.port = port;
+        self.http_port = http_port;
     }
 
     /// The process id.
@@ -104,6 +112,41 @@ impl Warren {
         (c, ch)
     }
 
+    /// The base URL of the HTTP API.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Calls the HTTP API as guest; returns the status and the JSON body
+    /// (`Null` when empty).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.api_as("guest", "guest", method, path, body)
+    }
+
+    /// Calls the HTTP API as `user`.
+    pub fn api_as(
+        &self,
+        user: &str,
+        password: &str,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let (status, _, text) = http(&self.http_url(), Some((user, password)), method, path, body);
+        let v = if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+        };
+        (status, v)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -122,15 +165,17 @@ impl Drop for Warren {
 fn spawn(
     config_path: &std::path::Path,
     data_dir: &std::path::Path,
-    port: Option<u16>,
-) -> (Child, u16) {
+    ports: Option<(u16, u16)>,
+) -> (Child, u16, u16) {
     for _attempt in 0..5 {
-        let port = port.unwrap_or_else(free_port);
+        let (port, http_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .arg("--config")
             .arg(config_path)
             .arg("--port")
             .arg(port.to_string())
+            .arg("--http-port")
+            .arg(http_port.to_string())
             .arg("--data-dir")
             .arg(data_dir)
             .env(
@@ -145,8 +190,10 @@ fn spawn(
             if let Ok(Some(_)) = child.try_wait() {
                 break; // port taken between our probe and its bind: retry
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (child, port);
+            if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", http_port)).is_ok()
+            {
+                return (child, port, http_port);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -196,4 +243,68 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// One HTTP request with an optional basic-auth login; returns the status,
+/// the headers and the body text.
+pub fn http(
+    base: &str,
+    login: Option<(&str, &str)>,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, Vec<(String, String)>, String) {
+    use base64::Engine;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("{base}{path}");
+    let auth = login.map(|(u, p)| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    });
+    let resp = match method {
+        "GET" | "DELETE" => {
+            let mut r = if method == "GET" {
+                agent.get(&url)
+            } else {
+                agent.delete(&url)
+            };
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = if method == "PUT" {
+                agent.put(&url)
+            } else {
+                agent.post(&url)
+            };
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            let text = body.map_or_else(String::new, |b| b.to_string());
+            r.header("Content-Type", "application/json")
+                .send(text.as_str())
+        }
+    };
+    let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .unwrap_or_default();
+    (status, headers, text)
 }

@@ -1,0 +1,813 @@
+//! What each warrenctl command asks the API and prints.
+
+use std::io::Read;
+
+use clap::Subcommand;
+use serde_json::{Map, Value, json};
+
+use crate::client::{Failure, seg};
+use crate::table::{self, cell, pick};
+use crate::{Command, Format, HealthCheck, ListWhat, Settings};
+
+#[derive(Subcommand, Debug)]
+pub enum Declare {
+    /// An exchange.
+    Exchange {
+        name: String,
+        /// direct, fanout, topic or headers.
+        #[arg(long, short = 't', default_value = "direct")]
+        r#type: String,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        durable: bool,
+        #[arg(long)]
+        auto_delete: bool,
+        #[arg(long)]
+        internal: bool,
+        /// An argument, e.g. alternate-exchange=ae (values that parse as JSON are typed).
+        #[arg(long = "argument", value_name = "KEY=VALUE")]
+        arguments: Vec<String>,
+    },
+    /// A queue.
+    Queue {
+        name: String,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        durable: bool,
+        #[arg(long)]
+        auto_delete: bool,
+        /// An argument, e.g. x-max-length=1000.
+        #[arg(long = "argument", value_name = "KEY=VALUE")]
+        arguments: Vec<String>,
+    },
+    /// A binding from an exchange to a queue or exchange.
+    Binding {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        destination: String,
+        /// queue or exchange.
+        #[arg(long, default_value = "queue")]
+        destination_type: String,
+        #[arg(long, short = 'k', default_value = "")]
+        routing_key: String,
+        #[arg(long = "argument", value_name = "KEY=VALUE")]
+        arguments: Vec<String>,
+    },
+    /// A virtual host.
+    Vhost { name: String },
+    /// A user (created or replaced).
+    User {
+        name: String,
+        /// The user's password (--password is the login's).
+        #[arg(long, value_name = "PASSWORD")]
+        new_password: Option<String>,
+        /// A password hash (rabbit_password_hashing_sha256), instead of --password.
+        #[arg(long)]
+        password_hash: Option<String>,
+        /// Comma-separated tags: administrator, monitoring, management, policymaker.
+        #[arg(long, default_value = "")]
+        tags: String,
+    },
+    /// A user's permissions in the vhost (--vhost).
+    Permission {
+        #[arg(value_name = "USER")]
+        username: String,
+        #[arg(long, default_value = ".*")]
+        configure: String,
+        #[arg(long, default_value = ".*")]
+        write: String,
+        #[arg(long, default_value = ".*")]
+        read: String,
+    },
+    /// A policy in the vhost (--vhost).
+    Policy {
+        name: String,
+        #[arg(long)]
+        pattern: String,
+        /// The definition, a JSON object, e.g. '{"max-length": 1000}'.
+        #[arg(long)]
+        definition: String,
+        /// queues, exchanges or all.
+        #[arg(long, default_value = "all")]
+        apply_to: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Delete {
+    /// An exchange.
+    Exchange {
+        name: String,
+        #[arg(long)]
+        if_unused: bool,
+    },
+    /// A queue.
+    Queue {
+        name: String,
+        #[arg(long)]
+        if_unused: bool,
+        #[arg(long)]
+        if_empty: bool,
+    },
+    /// A binding (by routing key and arguments, or by --properties-key as listed).
+    Binding {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        destination: String,
+        #[arg(long, default_value = "queue")]
+        destination_type: String,
+        #[arg(long, short = 'k', default_value = "")]
+        routing_key: String,
+        #[arg(long)]
+        properties_key: Option<String>,
+    },
+    /// A virtual host and everything in it.
+    Vhost { name: String },
+    /// A user.
+    User { name: String },
+    /// A user's permissions in the vhost (--vhost).
+    Permission {
+        #[arg(value_name = "USER")]
+        username: String,
+    },
+    /// A policy in the vhost (--vhost).
+    Policy { name: String },
+}
+
+/// `key=value` pairs as a JSON object; values that parse as JSON keep their
+/// type (numbers, booleans), anything else is a string.
+fn pairs(items: &[String]) -> Result<Map<String, Value>, Failure> {
+    let mut m = Map::new();
+    for it in items {
+        let (k, v) = it
+            .split_once('=')
+            .ok_or_else(|| Failure::new(format!("expected KEY=VALUE, got '{it}'")))?;
+        let val = serde_json::from_str::<Value>(v)
+            .ok()
+            .filter(|j| !j.is_string())
+            .unwrap_or_else(|| Value::String(v.to_owned()));
+        m.insert(k.to_owned(), val);
+    }
+    Ok(m)
+}
+
+fn print(s: &Settings, v: &Value, table: impl FnOnce(&Value) -> String) {
+    match s.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::Table => print!("{}", table(v)),
+    }
+}
+
+/// Prints what a change did (nothing in JSON mode but `{}`-free silence).
+fn done(s: &Settings, what: String) {
+    if s.format == Format::Table {
+        println!("{what}");
+    }
+}
+
+pub fn run(s: &Settings, cmd: Command) -> Result<(), Failure> {
+    let c = &s.client;
+    let vh = seg(&s.vhost);
+    match cmd {
+        Command::Status => status(s),
+        Command::Health { check } => health(s, check),
+        Command::List { what, all_vhosts } => list(s, what, all_vhosts),
+        Command::Declare { what } => declare(s, what),
+        Command::Delete { what } => delete(s, what),
+        Command::Close { name, reason } => {
+            let path = format!("/api/connections/{}", seg(&name));
+            c.call("GET", &path, None)?;
+            c.delete_with_reason(&path, &reason)?;
+            done(s, format!("closed connection {name}"));
+            Ok(())
+        }
+        Command::Purge { queue } => {
+            c.call(
+                "DELETE",
+                &format!("/api/queues/{vh}/{}/contents", seg(&queue)),
+                None,
+            )?;
+            done(s, format!("purged queue {queue}"));
+            Ok(())
+        }
+        Command::Publish {
+            exchange,
+            routing_key,
+            payload,
+            properties,
+            headers,
+        } => {
+            let payload = match payload {
+                Some(p) => p,
+                None => {
+                    let mut buf = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut buf)
+                        .map_err(|e| Failure::new(format!("cannot read standard input: {e}")))?;
+                    buf
+                }
+            };
+            let mut props = pairs(&properties)?;
+            if !headers.is_empty() {
+                props.insert("headers".into(), Value::Object(pairs(&headers)?));
+            }
+            let x = if exchange.is_empty() {
+                "amq.default"
+            } else {
+                &exchange
+            };
+            let body = json!({
+                "routing_key": routing_key,
+                "payload": payload,
+                "payload_encoding": "string",
+                "properties": props,
+            });
+            let v = c.call(
+                "POST",
+                &format!("/api/exchanges/{vh}/{}/publish", seg(x)),
+                Some(&body),
+            )?;
+            print(s, &v, |v| {
+                if v["routed"] == true {
+                    "routed\n".into()
+                } else {
+                    "not routed (no queue matched)\n".into()
+                }
+            });
+            Ok(())
+        }
+        Command::Get {
+            queue,
+            count,
+            requeue,
+        } => {
+            let body = json!({
+                "count": count,
+                "ackmode": if requeue { "ack_requeue_true" } else { "ack_requeue_false" },
+                "encoding": "auto",
+            });
+            let v = c.call(
+                "POST",
+                &format!("/api/queues/{vh}/{}/get", seg(&queue)),
+                Some(&body),
+            )?;
+            print(s, &v, |v| {
+                table::of(
+                    v,
+                    &[
+                        ("routing_key", "routing_key"),
+                        ("exchange", "exchange"),
+                        ("redelivered", "redelivered"),
+                        ("message_count", "message_count"),
+                        ("payload_bytes", "payload_bytes"),
+                        ("payload", "payload"),
+                    ],
+                )
+            });
+            Ok(())
+        }
+        Command::Export { file, vhost_only } => {
+            let path = if vhost_only {
+                format!("/api/definitions/{vh}")
+            } else {
+                "/api/definitions".into()
+            };
+            let v = c.call("GET", &path, None)?;
+            let text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+            match file.filter(|f| f.as_os_str() != "-") {
+                Some(f) => {
+                    std::fs::write(&f, text)
+                        .map_err(|e| Failure::new(format!("cannot write {}: {e}", f.display())))?;
+                    if s.format == Format::Table {
+                        eprintln!("exported definitions to {}", f.display());
+                    }
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Import { file, vhost_only } => {
+            let text = if file.as_os_str() == "-" {
+                let mut buf = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut buf)
+                    .map_err(|e| Failure::new(format!("cannot read standard input: {e}")))?;
+                buf
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?
+            };
+            let doc: Value = serde_json::from_str(&text)
+                .map_err(|e| Failure::new(format!("{} is not valid JSON: {e}", file.display())))?;
+            let path = if vhost_only {
+                format!("/api/definitions/{vh}")
+            } else {
+                "/api/definitions".into()
+            };
+            c.call("POST", &path, Some(&doc))?;
+            done(s, format!("imported definitions from {}", file.display()));
+            Ok(())
+        }
+    }
+}
+
+fn status(s: &Settings) -> Result<(), Failure> {
+    let c = &s.client;
+    let o = c.call("GET", "/api/overview", None)?;
+    let node = c.call("GET", "/api/nodes", None).ok();
+    if s.format == Format::Json {
+        let v = json!({"overview": o, "node": node.as_ref().and_then(|n| n.get(0).cloned())});
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    let t = &o["object_totals"];
+    let q = &o["queue_totals"];
+    let m = &o["message_stats"];
+    let rate = |k: &str| m[format!("{k}_details")]["rate"].as_f64().unwrap_or(0.0);
+    println!(
+        "{} {} (RabbitMQ {} compatible) on {}",
+        cell(&o["product_name"]),
+        cell(&o["product_version"]),
+        cell(&o["rabbitmq_version"]),
+        cell(&o["node"])
+    );
+    let listeners: Vec<String> = o["listeners"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|l| {
+                    format!(
+                        "{} {}:{}",
+                        cell(&l["protocol"]),
+                        cell(&l["ip_address"]),
+                        cell(&l["port"])
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("listeners:   {}", listeners.join(", "));
+    println!(
+        "objects:     {} connections, {} channels, {} consumers, {} exchanges, {} queues",
+        cell(&t["connections"]),
+        cell(&t["channels"]),
+        cell(&t["consumers"]),
+        cell(&t["exchanges"]),
+        cell(&t["queues"])
+    );
+    println!(
+        "messages:    {} ({} ready, {} unacked)",
+        cell(&q["messages"]),
+        cell(&q["messages_ready"]),
+        cell(&q["messages_unacknowledged"])
+    );
+    println!(
+        "rates:       publish {:.1}/s, deliver {:.1}/s, ack {:.1}/s",
+        rate("publish"),
+        rate("deliver_get"),
+        rate("ack")
+    );
+    if let Some(n) = node.as_ref().and_then(|n| n.get(0)) {
+        let mib = |k: &str| n[k].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
+        let secs = n["uptime"].as_u64().unwrap_or(0) / 1000;
+        println!(
+            "uptime:      {}h {}m {}s",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
+        println!(
+            "memory:      {:.1} MiB used, alarm above {:.1} MiB",
+            mib("mem_used"),
+            mib("mem_limit")
+        );
+        println!(
+            "disk:        {:.1} MiB free, alarm below {:.1} MiB",
+            mib("disk_free"),
+            mib("disk_free_limit")
+        );
+        let mut alarms = Vec::new();
+        if n["mem_alarm"] == true {
+            alarms.push("memory");
+        }
+        if n["disk_free_alarm"] == true {
+            alarms.push("disk");
+        }
+        println!(
+            "alarms:      {}",
+            if alarms.is_empty() {
+                "none".into()
+            } else {
+                alarms.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+fn health(s: &Settings, check: HealthCheck) -> Result<(), Failure> {
+    let c = &s.client;
+    let port = c
+        .call("GET", "/api/overview", None)?
+        .get("listeners")
+        .and_then(|l| l.as_array().cloned())
+        .and_then(|l| l.into_iter().find(|x| x["protocol"] == "amqp"))
+        .and_then(|l| l["port"].as_u64())
+        .unwrap_or(5672);
+    let mut checks = Vec::new();
+    if matches!(check, HealthCheck::All | HealthCheck::Alarms) {
+        checks.push(("alarms", "/api/health/checks/alarms".to_owned()));
+    }
+    if matches!(check, HealthCheck::All | HealthCheck::Listener) {
+        checks.push((
+            "listener",
+            format!("/api/health/checks/port-listener/{port}"),
+        ));
+    }
+    if matches!(check, HealthCheck::All | HealthCheck::Vhosts) {
+        checks.push(("vhosts", "/api/health/checks/virtual-hosts".to_owned()));
+    }
+    let mut results = Vec::new();
+    let mut failed = None;
+    for (name, path) in checks {
+        let (status, v) = c.call_status("GET", &path, None)?;
+        if status == 401 {
+            return Err(Failure::new(format!(
+                "access refused: {} (HTTP 401)",
+                v["reason"].as_str().unwrap_or("")
+            )));
+        }
+        let ok = status == 200 && v["status"] == "ok";
+        if !ok && failed.is_none() {
+            let mut reason = v["reason"].as_str().unwrap_or("failed").to_owned();
+            if let Some(a) = v["alarms"].as_array() {
+                let names: Vec<String> = a.iter().map(|x| cell(&x["resource"])).collect();
+                reason = format!("{reason}: {}", names.join(", "));
+            }
+            failed = Some(format!("health check '{name}' failed: {reason}"));
+        }
+        results
+            .push(json!({"check": name, "status": if ok { "ok" } else { "failed" }, "details": v}));
+    }
+    let all = Value::Array(results);
+    print(s, &all, |v| {
+        table::of(v, &[("check", "check"), ("status", "status")])
+    });
+    match failed {
+        Some(f) => Err(Failure::new(f)),
+        None => Ok(()),
+    }
+}
+
+fn list(s: &Settings, what: ListWhat, all_vhosts: bool) -> Result<(), Failure> {
+    let vh = seg(&s.vhost);
+    let scoped = |base: &str| {
+        if all_vhosts {
+            format!("/api/{base}")
+        } else {
+            format!("/api/{base}/{vh}")
+        }
+    };
+    let (path, cols): (String, Vec<(&str, &str)>) = match what {
+        ListWhat::Exchanges => (
+            scoped("exchanges"),
+            vec![
+                ("name", "name"),
+                ("type", "type"),
+                ("durable", "durable"),
+                ("auto_delete", "auto_delete"),
+                ("internal", "internal"),
+                ("arguments", "arguments"),
+            ],
+        ),
+        ListWhat::Queues => (
+            scoped("queues"),
+            vec![
+                ("name", "name"),
+                ("messages", "messages"),
+                ("ready", "messages_ready"),
+                ("unacked", "messages_unacknowledged"),
+                ("consumers", "consumers"),
+                ("durable", "durable"),
+                ("auto_delete", "auto_delete"),
+                ("exclusive", "exclusive"),
+                ("arguments", "arguments"),
+            ],
+        ),
+        ListWhat::Bindings => (
+            scoped("bindings"),
+            vec![
+                ("source", "source"),
+                ("destination", "destination"),
+                ("destination_type", "destination_type"),
+                ("routing_key", "routing_key"),
+                ("arguments", "arguments"),
+                ("properties_key", "properties_key"),
+            ],
+        ),
+        ListWhat::Vhosts => (
+            "/api/vhosts".into(),
+            vec![
+                ("name", "name"),
+                ("messages", "messages"),
+                ("ready", "messages_ready"),
+                ("unacked", "messages_unacknowledged"),
+            ],
+        ),
+        ListWhat::Users => (
+            "/api/users".into(),
+            vec![("name", "name"), ("tags", "tags")],
+        ),
+        ListWhat::Permissions => (
+            if all_vhosts {
+                "/api/permissions".into()
+            } else {
+                format!("/api/vhosts/{vh}/permissions")
+            },
+            vec![
+                ("user", "user"),
+                ("vhost", "vhost"),
+                ("configure", "configure"),
+                ("write", "write"),
+                ("read", "read"),
+            ],
+        ),
+        ListWhat::Policies => (
+            scoped("policies"),
+            vec![
+                ("name", "name"),
+                ("pattern", "pattern"),
+                ("apply-to", "apply-to"),
+                ("definition", "definition"),
+                ("priority", "priority"),
+            ],
+        ),
+        ListWhat::Connections => (
+            if all_vhosts {
+                "/api/connections".into()
+            } else {
+                format!("/api/vhosts/{vh}/connections")
+            },
+            vec![
+                ("name", "name"),
+                ("user", "user"),
+                ("vhost", "vhost"),
+                ("channels", "channels"),
+                ("state", "state"),
+                ("client", "client_properties.product"),
+            ],
+        ),
+        ListWhat::Channels => (
+            if all_vhosts {
+                "/api/channels".into()
+            } else {
+                format!("/api/vhosts/{vh}/channels")
+            },
+            vec![
+                ("name", "name"),
+                ("user", "user"),
+                ("consumers", "consumer_count"),
+                ("unacked", "messages_unacknowledged"),
+                ("global_prefetch", "global_prefetch_count"),
+            ],
+        ),
+        ListWhat::Consumers => (
+            scoped("consumers"),
+            vec![
+                ("queue", "queue.name"),
+                ("consumer_tag", "consumer_tag"),
+                ("channel", "channel_details.name"),
+                ("ack_required", "ack_required"),
+                ("prefetch", "prefetch_count"),
+                ("exclusive", "exclusive"),
+            ],
+        ),
+    };
+    let mut cols = cols;
+    if all_vhosts
+        && !matches!(
+            what,
+            ListWhat::Vhosts | ListWhat::Users | ListWhat::Permissions
+        )
+    {
+        cols.insert(0, ("vhost", "vhost"));
+        if what == ListWhat::Consumers {
+            cols[0] = ("vhost", "queue.vhost");
+        }
+    }
+    let v = s.client.call("GET", &path, None)?;
+    print(s, &v, |v| table::of(v, &cols));
+    Ok(())
+}
+
+fn declare(s: &Settings, what: Declare) -> Result<(), Failure> {
+    let c = &s.client;
+    let vh = seg(&s.vhost);
+    match what {
+        Declare::Exchange {
+            name,
+            r#type,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+        } => {
+            let body = json!({"type": r#type, "durable": durable, "auto_delete": auto_delete, "internal": internal, "arguments": pairs(&arguments)?});
+            c.call(
+                "PUT",
+                &format!("/api/exchanges/{vh}/{}", seg(&name)),
+                Some(&body),
+            )?;
+            done(s, format!("declared exchange {name}"));
+        }
+        Declare::Queue {
+            name,
+            durable,
+            auto_delete,
+            arguments,
+        } => {
+            let body = json!({"durable": durable, "auto_delete": auto_delete, "arguments": pairs(&arguments)?});
+            c.call(
+                "PUT",
+                &format!("/api/queues/{vh}/{}", seg(&name)),
+                Some(&body),
+            )?;
+            done(s, format!("declared queue {name}"));
+        }
+        Declare::Binding {
+            source,
+            destination,
+            destination_type,
+            routing_key,
+            arguments,
+        } => {
+            let k = dest_kind(&destination_type)?;
+            let body = json!({"routing_key": routing_key, "arguments": pairs(&arguments)?});
+            c.call(
+                "POST",
+                &format!(
+                    "/api/bindings/{vh}/e/{}/{k}/{}",
+                    seg(&source),
+                    seg(&destination)
+                ),
+                Some(&body),
+            )?;
+            done(
+                s,
+                format!("bound {destination_type} {destination} to exchange {source}"),
+            );
+        }
+        Declare::Vhost { name } => {
+            c.call(
+                "PUT",
+                &format!("/api/vhosts/{}", seg(&name)),
+                Some(&json!({})),
+            )?;
+            done(s, format!("declared vhost {name}"));
+        }
+        Declare::User {
+            name,
+            new_password,
+            password_hash,
+            tags,
+        } => {
+            let mut body = json!({"tags": tags});
+            if let Some(p) = new_password {
+                body["password"] = p.into();
+            } else if let Some(h) = password_hash {
+                body["password_hash"] = h.into();
+            }
+            c.call("PUT", &format!("/api/users/{}", seg(&name)), Some(&body))?;
+            done(s, format!("declared user {name}"));
+        }
+        Declare::Permission {
+            username: user,
+            configure,
+            write,
+            read,
+        } => {
+            let body = json!({"configure": configure, "write": write, "read": read});
+            c.call(
+                "PUT",
+                &format!("/api/permissions/{vh}/{}", seg(&user)),
+                Some(&body),
+            )?;
+            done(s, format!("set permissions of {user} in vhost {}", s.vhost));
+        }
+        Declare::Policy {
+            name,
+            pattern,
+            definition,
+            apply_to,
+            priority,
+        } => {
+            let def: Value = serde_json::from_str(&definition)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| Failure::new("--definition must be a JSON object"))?;
+            let body = json!({"pattern": pattern, "definition": def, "apply-to": apply_to, "priority": priority});
+            c.call(
+                "PUT",
+                &format!("/api/policies/{vh}/{}", seg(&name)),
+                Some(&body),
+            )?;
+            done(s, format!("declared policy {name}"));
+        }
+    }
+    Ok(())
+}
+
+fn dest_kind(t: &str) -> Result<&'static str, Failure> {
+    match t {
+        "queue" | "q" => Ok("q"),
+        "exchange" | "e" => Ok("e"),
+        other => Err(Failure::new(format!(
+            "--destination-type must be queue or exchange, not '{other}'"
+        ))),
+    }
+}
+
+fn delete(s: &Settings, what: Delete) -> Result<(), Failure> {
+    let c = &s.client;
+    let vh = seg(&s.vhost);
+    let (path, what) = match what {
+        Delete::Exchange { name, if_unused } => (
+            format!(
+                "/api/exchanges/{vh}/{}{}",
+                seg(&name),
+                if if_unused { "?if-unused=true" } else { "" }
+            ),
+            format!("exchange {name}"),
+        ),
+        Delete::Queue {
+            name,
+            if_unused,
+            if_empty,
+        } => {
+            let mut q = Vec::new();
+            if if_unused {
+                q.push("if-unused=true");
+            }
+            if if_empty {
+                q.push("if-empty=true");
+            }
+            let qs = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
+            (
+                format!("/api/queues/{vh}/{}{qs}", seg(&name)),
+                format!("queue {name}"),
+            )
+        }
+        Delete::Binding {
+            source,
+            destination,
+            destination_type,
+            routing_key,
+            properties_key,
+        } => {
+            let k = dest_kind(&destination_type)?;
+            let base = format!(
+                "/api/bindings/{vh}/e/{}/{k}/{}",
+                seg(&source),
+                seg(&destination)
+            );
+            let key = match properties_key {
+                Some(p) => p,
+                None => {
+                    let list = c.call("GET", &base, None)?;
+                    list.as_array()
+                        .and_then(|a| a.iter().find(|b| b["routing_key"] == routing_key.as_str()))
+                        .map(|b| cell(pick(b, "properties_key")))
+                        .ok_or_else(|| Failure::new(format!(
+                            "not found: no binding from {source} to {destination} with routing key '{routing_key}'"
+                        )))?
+                }
+            };
+            (
+                format!("{base}/{}", seg(&key)),
+                format!("binding {source} -> {destination}"),
+            )
+        }
+        Delete::Vhost { name } => (
+            format!("/api/vhosts/{}", seg(&name)),
+            format!("vhost {name}"),
+        ),
+        Delete::User { name } => (format!("/api/users/{}", seg(&name)), format!("user {name}")),
+        Delete::Permission { username: user } => (
+            format!("/api/permissions/{vh}/{}", seg(&user)),
+            format!("permissions of {user} in vhost {}", s.vhost),
+        ),
+        Delete::Policy { name } => (
+            format!("/api/policies/{vh}/{}", seg(&name)),
+            format!("policy {name}"),
+        ),
+    };
+    c.call("DELETE", &path, None)?;
+    done(s, format!("deleted {what}"));
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! `/api/overview`, `/api/whoami`, `/api/nodes`, `/api/cluster-name`,
+//! `/api/extensions`, the health checks (`/api/health/checks/...`) and
+//! `/api/aliveness-test/{vhost}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+
+use super::rates::{self, ALL_FIELDS};
+use super::system::{self, Resources};
+use super::{ApiError, ApiResult, AppState, Auth, RABBITMQ_COMPAT_VERSION, St, ok};
+use crate::queue::QueueConfig;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/whoami", get(whoami))
+        .route("/api/cluster-name", get(cluster_name))
+        .route("/api/extensions", get(extensions))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{node}", get(node))
+        .route("/api/health/checks/alarms", get(alarms))
+        .route("/api/health/checks/local-alarms", get(alarms))
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(port_listener),
+        )
+        .route(
+            "/api/health/checks/protocol-listener/{protocol}",
+            get(protocol_listener),
+        )
+        .route("/api/health/checks/virtual-hosts", get(health_ok))
+        .route(
+            "/api/health/checks/node-is-mirror-sync-critical",
+            get(health_ok),
+        )
+        .route("/api/health/checks/node-is-quorum-critical", get(health_ok))
+        .route(
+            "/api/health/checks/certificate-expiration/{within}/{unit}",
+            get(health_ok),
+        )
+        .route("/api/aliveness-test/{vhost}", get(aliveness))
+}
+
+fn exchange_types() -> Value {
+    let d = |n: &str, what: &str| json!({"name": n, "description": format!("AMQP {what} exchange, as per the AMQP specification"), "enabled": true});
+    json!([
+        d("direct", "direct"),
+        d("fanout", "fanout"),
+        d("headers", "headers"),
+        d("topic", "topic")
+    ])
+}
+
+fn listeners(s: &AppState) -> Value {
+    let c = &s.broker.config;
+    let http = c.http_addr();
+    json!([
+        {"node": s.node, "protocol": "amqp", "ip_address": c.bind.to_string(), "port": c.port},
+        {"node": s.node, "protocol": "http", "ip_address": http.ip().to_string(), "port": http.port()},
+        {"node": s.node, "protocol": "http/prometheus", "ip_address": http.ip().to_string(), "port": http.port()},
+    ])
+}
+
+async fn overview(axum::extract::State(s): St, auth: Auth) -> ApiResult {
+    let b = &s.broker;
+    let visible: Vec<_> = b
+        .vhosts()
+        .into_iter()
+        .filter(|v| auth.can_see_vhost(b, &v.name))
+        .collect();
+    let (mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0u64);
+    let mut depth = [0u64; 3];
+    for vh in &visible {
+        exchanges += vh.exchanges().len() as u64;
+        for q in vh.queues() {
+            queues += 1;
+            consumers += q.consumer_count() as u64;
+            let d = rates::queue_depth(&q);
+            rates::add_depth(&mut depth, d);
+        }
+    }
+    let conns: Vec<_> = b
+        .connections()
+        .into_iter()
+        .filter(|c| {
+            c.info
+                .get()
+                .is_some_and(|i| auth.sees_connection_of(&i.user))
+        })
+        .collect();
+    let channels: u64 = conns
+        .iter()
+        .map(|c| c.channel_count.load(std::sync::atomic::Ordering::Relaxed) as u64)
+        .sum();
+    let r = s.rates.global();
+    let mut queue_totals = Map::new();
+    rates::put_depth(&mut queue_totals, depth, &r);
+    let started = b
+        .stats
+        .connections_opened
+        .load(std::sync::atomic::Ordering::Relaxed);
+    ok(json!({
+        "management_version": RABBITMQ_COMPAT_VERSION,
+        "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
+        "product_name": "warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "rates_mode": "basic",
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "exchange_types": exchange_types(),
+        "cluster_name": s.node,
+        "node": s.node,
+        "message_stats": rates::message_stats(&rates::global_totals(b), &r, ALL_FIELDS),
+        "churn_rates": {"connection_created": started},
+        "queue_totals": queue_totals,
+        "object_totals": {
+            "connections": conns.len(),
+            "channels": channels,
+            "exchanges": exchanges,
+            "queues": queues,
+            "consumers": consumers,
+        },
+        "statistics_db_event_queue": 0,
+        "listeners": listeners(&s),
+        "contexts": [],
+    }))
+}
+
+async fn whoami(auth: Auth) -> ApiResult {
+    ok(json!({"name": auth.user.name, "tags": auth.user.tags}))
+}
+
+async fn cluster_name(axum::extract::State(s): St, _auth: Auth) -> ApiResult {
+    ok(json!({"name": s.node}))
+}
+
+async fn extensions(_auth: Auth) -> ApiResult {
+    ok(json!([]))
+}
+
+fn node_json(s: &AppState) -> Value {
+    let b = &s.broker;
+    let r = Resources::now(b);
+    let uptime = b.started_at.elapsed().map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "name": s.node,
+        "type": "disc",
+        "running": true,
+        "os_pid": std::process::id().to_string(),
+        "mem_used": r.mem_used,
+        "mem_limit": r.mem_limit,
+        "mem_alarm": r.mem_alarm,
+        "disk_free": r.disk_free,
+        "disk_free_limit": r.disk_free_limit,
+        "disk_free_alarm": r.disk_free_alarm,
+        "fd_used": r.fd_used,
+        "fd_total": r.fd_total,
+        "sockets_used": b.connections().len(),
+        "uptime": uptime,
+        "processors": system::processors(),
+        "rates_mode": "basic",
+        "exchange_types": exchange_types(),
+        "auth_mechanisms": [
+            {"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true},
+            {"name": "AMQPLAIN", "description": "QPid AMQPLAIN mechanism", "enabled": true},
+        ],
+        "partitions": [],
+        "being_drained": false,
+    })
+}
+
+async fn nodes(axum::extract::State(s): St, auth: Auth) -> ApiResult {
+    if !auth.sees_all() {
+        return Err(ApiError::unauthorised("Not monitor user"));
+    }
+    ok(json!([node_json(&s)]))
+}
+
+async fn node(axum::extract::State(s): St, auth: Auth, Path(name): Path<String>) -> ApiResult {
+    if !auth.sees_all() {
+        return Err(ApiError::unauthorised("Not monitor user"));
+    }
+    if name != s.node {
+        return Err(ApiError::not_found());
+    }
+    ok(node_json(&s))
+}
+
+fn failed(reason: &str, mut extra: Map<String, Value>) -> ApiResult {
+    extra.insert("status".into(), "failed".into());
+    extra.insert("reason".into(), reason.into());
+    Ok(super::json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &Value::Object(extra),
+    ))
+}
+
+async fn alarms(axum::extract::State(s): St, _auth: Auth) -> ApiResult {
+    let r = Resources::now(&s.broker);
+    let alarms = r.alarms();
+    if alarms.is_empty() {
+        return ok(json!({"status": "ok"}));
+    }
+    let list: Vec<Value> = alarms
+        .iter()
+        .map(|a| json!({"node": s.node, "resource": a}))
+        .collect();
+    let mut m = Map::new();
+    m.insert("alarms".into(), Value::Array(list));
+    failed("There are alarms in effect in the cluster", m)
+}
+
+async fn port_listener(
+    axum::extract::State(s): St,
+    _auth: Auth,
+    Path(port): Path<String>,
+) -> ApiResult {
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(ApiError::bad_request(format!("invalid port '{port}'")));
+    };
+    let c = &s.broker.config;
+    let ports = [c.port, c.http_port];
+    if ports.contains(&port) {
+        return ok(json!({"status": "ok", "port": port}));
+    }
+    let mut m = Map::new();
+    m.insert("missing".into(), port.into());
+    m.insert("ports".into(), json!(ports));
+    failed("No active listener", m)
+}
+
+async fn protocol_listener(
+    axum::extract::State(_s): St,
+    _auth: Auth,
+    Path(protocol): Path<String>,
+) -> ApiResult {
+    let p = protocol.to_ascii_lowercase();
+    if matches!(
+        p.as_str(),
+        "amqp" | "amqp091" | "amqp0-9-1" | "amqp0.9.1" | "http" | "prometheus"
+    ) {
+        return ok(json!({"status": "ok", "protocol": protocol}));
+    }
+    let mut m = Map::new();
+    m.insert("missing".into(), protocol.into());
+    m.insert("protocols".into(), json!(["amqp", "http", "prometheus"]));
+    failed("No active listener", m)
+}
+
+async fn health_ok(_auth: Auth) -> ApiResult {
+    ok(json!({"status": "ok"}))
+}
+
+/// Declares the queue `aliveness-test`, publishes a message to it and gets
+/// it back, as RabbitMQ's aliveness test does.
+async fn aliveness(
+    axum::extract::State(s): St,
+    auth: Auth,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    let b = &s.broker;
+    let vh = super::vhost_or_404(b, &vhost)?;
+    auth.vhost_permissions(b, &vhost)?;
+    let config = QueueConfig {
+        durable: false,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments: Default::default(),
+    };
+    let (q, _) = vh.declare_queue("aliveness-test", false, false, config, 0)?;
+    q.purge();
+    let header = super::exchanges::content_header(&Map::new(), 4)?;
+    let msg = Arc::new(crate::message::Message::new(
+        b"",
+        b"aliveness-test",
+        &header,
+        bytes::Bytes::from_static(b"test"),
+    ));
+    q.publish(msg, None);
+    let got = q.take(1);
+    if got.first().is_some_and(|r| r.msg.body() == b"test") {
+        ok(json!({"status": "ok"}))
+    } else {
+        failed("aliveness test failed", Map::new())
+    }
+}
