@@ -74,6 +74,13 @@ impl Broker {
         let (store, recovered) = MessageStore::open(&dir.join("messages"), fsync)
             .map_err(|e| format!("cannot open the message store in {}: {e}", dir.display()))?;
         let _ = broker.durability.store.set(store.clone());
+        // Page files are scratch space from an earlier run.
+        let paging_dir = dir.join("paging");
+        let _ = std::fs::remove_dir_all(&paging_dir);
+        let _ = broker.durability.paging.set(crate::paging::PagingConfig {
+            dir: paging_dir,
+            limit: broker.config.storage.queue_memory_limit,
+        });
         if existing {
             meta::recover(&broker, &dir)
                 .map_err(|e| format!("cannot recover definitions from {}: {e}", dir.display()))?;

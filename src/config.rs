@@ -77,11 +77,17 @@ pub struct StorageConfig {
     /// false, confirms follow the write to the OS: safe against a crash of
     /// warren, not against losing power.
     pub fsync: bool,
+    /// Bytes of message data one queue keeps in memory; beyond it, the
+    /// queue pages its newest messages to disk.
+    pub queue_memory_limit: usize,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { fsync: true }
+        StorageConfig {
+            fsync: true,
+            queue_memory_limit: 64 * 1024 * 1024,
+        }
     }
 }
 

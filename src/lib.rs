@@ -25,6 +25,7 @@ pub mod http;
 pub mod message;
 pub mod methods;
 pub mod outbound;
+pub mod paging;
 pub mod queue;
 pub mod server;
 pub mod stats;

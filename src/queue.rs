@@ -5,7 +5,6 @@
 //! freeing prefetch, a consumer arriving) runs `dispatch`, which hands ready
 //! messages to consumers in turn, within their prefetch limits.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,6 +17,7 @@ use crate::message::MessageRef;
 use crate::store::{MessageStore, RecoveredMessage};
 
 use crate::delivery::QueuedMessage as Ready;
+use crate::paging::{PagingConfig, ReadyList};
 
 /// A queue with consumers and at least this many ready messages asks its
 /// publishers to slow down: their connections stop reading until the backlog
@@ -32,7 +32,7 @@ pub const FLOW_LOW: usize = FLOW_HIGH / 2;
 struct QueueState {
     /// A publisher is waiting for the backlog to drain.
     flow_waiting: bool,
-    ready: VecDeque<Ready>,
+    ready: ReadyList,
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
     next_seq: u64,
@@ -86,12 +86,16 @@ impl Queue {
         vhost: Arc<str>,
         config: QueueConfig,
         store: Option<Arc<MessageStore>>,
+        paging: Option<PagingConfig>,
     ) -> Arc<Queue> {
         Arc::new(Queue {
             name,
             vhost,
             config,
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState {
+                ready: ReadyList::new(paging),
+                ..Default::default()
+            }),
             deleted: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             store,
@@ -218,11 +222,10 @@ impl Queue {
                 redelivered: true,
                 stored,
             };
-            if st.ready.front().is_none_or(|f| f.seq > seq) {
+            if st.ready.front_seq().is_none_or(|s| s > seq) {
                 st.ready.push_front(r);
             } else {
-                let pos = st.ready.partition_point(|x| x.seq < seq);
-                st.ready.insert(pos, r);
+                st.ready.insert_by_seq(r);
             }
         }
         self.dispatch_locked(&mut st);
@@ -265,7 +268,7 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
-        let ids: Vec<u64> = st.ready.iter().filter_map(|r| r.stored).collect();
+        let ids = st.ready.stored_ids();
         st.ready.clear();
         self.store_ack(&ids);
         self.drained.notify_waiters();
@@ -275,6 +278,11 @@ impl Queue {
     /// Ready messages (what queue.declare-ok reports).
     pub fn message_count(&self) -> u32 {
         self.state.lock().ready.len() as u32
+    }
+
+    /// Ready messages currently paged out to disk.
+    pub fn paged_count(&self) -> usize {
+        self.state.lock().ready.paged()
     }
 
     /// Attached consumers.
@@ -293,7 +301,7 @@ impl Queue {
     pub fn take(&self, n: usize) -> Vec<Ready> {
         let mut st = self.state.lock();
         let n = n.min(st.ready.len());
-        let out: Vec<_> = st.ready.drain(..n).collect();
+        let out: Vec<_> = (0..n).filter_map(|_| st.ready.pop_front()).collect();
         if st.flow_waiting && st.ready.len() < FLOW_LOW {
             st.flow_waiting = false;
             self.drained.notify_waiters();
@@ -308,7 +316,7 @@ impl Queue {
         self.drained.notify_waiters();
         let message_count = st.ready.len() as u32;
         if let Some(store) = &self.store {
-            let ids: Vec<u64> = st.ready.iter().filter_map(|r| r.stored).collect();
+            let ids = st.ready.stored_ids();
             store.drop_queue(&self.vhost, &self.name, &ids);
         }
         st.ready.clear();

@@ -556,7 +556,8 @@ impl VHost {
                 arguments: table_to_json(&config.arguments),
             }));
         }
-        let q = Queue::new(name.to_owned(), self.name.clone(), config, store);
+        let paging = self.durability.paging.get().cloned();
+        let q = Queue::new(name.to_owned(), self.name.clone(), config, store, paging);
         self.queues.write().insert(name.to_owned(), q.clone());
         Ok((q, true))
     }

@@ -520,6 +520,8 @@ pub struct Durability {
     pub meta: std::sync::OnceLock<meta::MetaLog>,
     /// Message store.
     pub store: std::sync::OnceLock<Arc<MessageStore>>,
+    /// Where and when long queues page messages to disk.
+    pub paging: std::sync::OnceLock<crate::paging::PagingConfig>,
 }
 
 impl Durability {

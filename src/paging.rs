@@ -1,0 +1,402 @@
+//! A queue's ready messages, paged to disk when the queue grows long.
+//!
+//! `ReadyList` keeps messages in order. While the bodies held in memory stay
+//! under the queue's limit it is a plain deque; beyond it the newest
+//! in-memory messages are written to the queue's page file (one write for a
+//! batch) and only their position in the file stays in memory, about 40 bytes
+//! a message. When the head of the queue reaches paged messages, a batch of
+//! them is read back with one read. Transient and persistent messages are
+//! paged alike; the page file is scratch space, emptied when the queue
+//! drains and deleted with the queue (persistent messages are recovered
+//! from the message store, not from page files).
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::delivery::QueuedMessage;
+use crate::message::{Message, MessageRef};
+use crate::store::record::{self, Next, Record};
+
+/// Bytes read back per page-in.
+const PAGE_IN_BYTES: usize = 1 << 20;
+
+#[derive(Debug)]
+enum Slot {
+    Mem(MessageRef),
+    Paged { offset: u64, len: u32 },
+}
+
+#[derive(Debug)]
+struct Entry {
+    slot: Slot,
+    seq: u64,
+    /// Message store id; 0 for none (ids start at 1).
+    stored: u64,
+    redelivered: bool,
+}
+
+/// Where and when a queue pages.
+#[derive(Debug, Clone)]
+pub struct PagingConfig {
+    /// Directory for page files.
+    pub dir: PathBuf,
+    /// Bytes of message data a queue keeps in memory before paging.
+    pub limit: usize,
+}
+
+#[derive(Debug)]
+struct Pager {
+    cfg: PagingConfig,
+    path: PathBuf,
+    file: Option<File>,
+    write_at: u64,
+    paged: usize,
+    failed: bool,
+}
+
+/// A queue's ready messages in order, some of them possibly on disk.
+#[derive(Debug, Default)]
+pub struct ReadyList {
+    entries: VecDeque<Entry>,
+    mem_bytes: usize,
+    pager: Option<Pager>,
+}
+
+/// Memory a message accounts for (data plus bookkeeping).
+fn cost(m: &Message) -> usize {
+    m.exchange().len() + m.routing_key().len() + m.header().len() + m.body_len() + 96
+}
+
+fn to_entry(m: QueuedMessage) -> Entry {
+    Entry {
+        slot: Slot::Mem(m.msg),
+        seq: m.seq,
+        stored: m.stored.unwrap_or(0),
+        redelivered: m.redelivered,
+    }
+}
+
+static PAGE_FILE_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl ReadyList {
+    /// A list that pages beyond `paging`'s limit (never, if None).
+    pub fn new(paging: Option<PagingConfig>) -> ReadyList {
+        ReadyList {
+            entries: VecDeque::new(),
+            mem_bytes: 0,
+            pager: paging.map(|cfg| {
+                let path = cfg.dir.join(format!(
+                    "{}.page",
+                    PAGE_FILE_IDS.fetch_add(1, Ordering::Relaxed)
+                ));
+                Pager {
+                    cfg,
+                    path,
+                    file: None,
+                    write_at: 0,
+                    paged: 0,
+                    failed: false,
+                }
+            }),
+        }
+    }
+
+    /// Number of ready messages.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Messages currently paged out.
+    pub fn paged(&self) -> usize {
+        self.pager.as_ref().map_or(0, |p| p.paged)
+    }
+
+    /// Appends a message (paging out the newest ones if over the limit).
+    pub fn push_back(&mut self, m: QueuedMessage) {
+        self.mem_bytes += cost(&m.msg);
+        self.entries.push_back(to_entry(m));
+        if let Some(p) = &self.pager
+            && self.mem_bytes > p.cfg.limit
+            && !p.failed
+        {
+            self.page_out();
+        }
+    }
+
+    /// Puts a message at the head.
+    pub fn push_front(&mut self, m: QueuedMessage) {
+        self.mem_bytes += cost(&m.msg);
+        self.entries.push_front(to_entry(m));
+    }
+
+    /// Sequence number of the head.
+    pub fn front_seq(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.seq)
+    }
+
+    /// Inserts a message before the first one with a higher sequence number.
+    pub fn insert_by_seq(&mut self, m: QueuedMessage) {
+        let pos = self.entries.partition_point(|x| x.seq < m.seq);
+        self.mem_bytes += cost(&m.msg);
+        self.entries.insert(pos, to_entry(m));
+    }
+
+    /// Takes the head message, reading it (and the paged ones after it) back
+    /// from disk if needed.
+    pub fn pop_front(&mut self) -> Option<QueuedMessage> {
+        if matches!(self.entries.front()?.slot, Slot::Paged { .. }) {
+            self.page_in();
+        }
+        let e = self.entries.pop_front()?;
+        let msg = match e.slot {
+            Slot::Mem(m) => m,
+            // page_in failed: the message is lost to an I/O error (logged).
+            Slot::Paged { .. } => return self.pop_front(),
+        };
+        self.mem_bytes = self.mem_bytes.saturating_sub(cost(&msg));
+        Some(QueuedMessage {
+            msg,
+            seq: e.seq,
+            redelivered: e.redelivered,
+            stored: (e.stored != 0).then_some(e.stored),
+        })
+    }
+
+    /// Store ids of all ready messages.
+    pub fn stored_ids(&self) -> Vec<u64> {
+        self.entries
+            .iter()
+            .filter(|e| e.stored != 0)
+            .map(|e| e.stored)
+            .collect()
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.mem_bytes = 0;
+        if let Some(p) = &mut self.pager {
+            p.paged = 0;
+            p.reset();
+        }
+    }
+
+    fn page_out(&mut self) {
+        let Some(p) = &mut self.pager else { return };
+        let target = p.cfg.limit / 2;
+        // The newest in-memory messages, back to front, until enough is freed.
+        let mut start = self.entries.len();
+        let mut freed = 0;
+        while start > 1 && self.mem_bytes - freed > target {
+            match &self.entries[start - 1].slot {
+                Slot::Mem(m) => freed += cost(m),
+                Slot::Paged { .. } => break,
+            }
+            start -= 1;
+        }
+        if start == self.entries.len() {
+            return;
+        }
+        let mut buf = BytesMut::new();
+        let mut spans = Vec::with_capacity(self.entries.len() - start);
+        for e in self.entries.range(start..) {
+            if let Slot::Mem(m) = &e.slot {
+                let before = buf.len();
+                record::encode_enqueue(
+                    &mut buf,
+                    0,
+                    &[],
+                    m.exchange(),
+                    m.routing_key(),
+                    m.header(),
+                    m.body(),
+                );
+                spans.push((p.write_at + before as u64, (buf.len() - before) as u32));
+            }
+        }
+        if let Err(e) = p.write(&buf) {
+            tracing::error!(
+                "cannot page queue messages to {}: {e}; keeping them in memory",
+                p.path.display()
+            );
+            p.failed = true;
+            return;
+        }
+        for (e, (offset, len)) in self.entries.range_mut(start..).zip(spans) {
+            e.slot = Slot::Paged { offset, len };
+        }
+        p.paged += self.entries.len() - start;
+        self.mem_bytes -= freed;
+    }
+
+    fn page_in(&mut self) {
+        let Some(p) = &mut self.pager else { return };
+        // The run of paged entries at the head that are contiguous on disk.
+        let mut n = 0;
+        let (mut first, mut end) = (0u64, 0u64);
+        for e in &self.entries {
+            let Slot::Paged { offset, len } = e.slot else {
+                break;
+            };
+            if n == 0 {
+                first = offset;
+                end = offset;
+            }
+            if offset != end || (end - first) as usize >= PAGE_IN_BYTES {
+                break;
+            }
+            end = offset + len as u64;
+            n += 1;
+        }
+        let mut data = vec![0u8; (end - first) as usize];
+        let read = p.file.as_ref().map(|f| f.read_exact_at(&mut data, first));
+        let data = Bytes::from(data);
+        let mut loaded = 0;
+        for e in self.entries.range_mut(..n) {
+            let Slot::Paged { offset, len } = e.slot else {
+                break;
+            };
+            let at = (offset - first) as usize;
+            let m = match (&read, record::next(&data.slice(at..at + len as usize))) {
+                (
+                    Some(Ok(())),
+                    Next::Record(
+                        Record::Enqueue {
+                            exchange,
+                            routing_key,
+                            header,
+                            body,
+                            ..
+                        },
+                        _,
+                    ),
+                ) => Arc::new(Message::new(
+                    &exchange,
+                    &routing_key,
+                    &header,
+                    Bytes::copy_from_slice(&body),
+                )),
+                _ => {
+                    tracing::error!("cannot read a paged message back from {}", p.path.display());
+                    continue;
+                }
+            };
+            self.mem_bytes += cost(&m);
+            e.slot = Slot::Mem(m);
+            loaded += 1;
+        }
+        p.paged -= n;
+        if loaded < n {
+            // Drop entries that could not be read rather than loop on them.
+            let mut i = 0;
+            self.entries.retain(|e| {
+                i += 1;
+                i > n || matches!(e.slot, Slot::Mem(_))
+            });
+        }
+        if p.paged == 0 {
+            p.reset();
+        }
+    }
+}
+
+impl Pager {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.file.is_none() {
+            std::fs::create_dir_all(&self.cfg.dir)?;
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(&self.path)?,
+            );
+        }
+        let f = self.file.as_ref().expect("opened above");
+        f.write_all_at(buf, self.write_at)?;
+        self.write_at += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Empties the page file (nothing paged any more).
+    fn reset(&mut self) {
+        if let Some(f) = &self.file {
+            let _ = f.set_len(0);
+        }
+        self.write_at = 0;
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u32) -> QueuedMessage {
+        let mut h = vec![0, 60, 0, 0];
+        let body = format!("message-{i:06}-{}", "x".repeat(200));
+        h.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        h.extend_from_slice(&[0, 0]);
+        QueuedMessage {
+            msg: Arc::new(Message::new(b"", b"q", &h, Bytes::from(body))),
+            seq: i as u64,
+            redelivered: false,
+            stored: i.is_multiple_of(2).then_some(i as u64 + 1),
+        }
+    }
+
+    #[test]
+    fn a_long_list_pages_out_and_comes_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = ReadyList::new(Some(PagingConfig {
+            dir: dir.path().to_owned(),
+            limit: 64 * 1024,
+        }));
+        for i in 0..5000 {
+            r.push_back(msg(i));
+        }
+        assert!(r.paged() > 4000, "paged {}", r.paged());
+        assert!(r.mem_bytes <= 64 * 1024 + 400);
+        for i in 0..5000u32 {
+            let m = r.pop_front().unwrap();
+            assert_eq!(m.seq, i as u64);
+            assert!(
+                m.msg
+                    .body()
+                    .starts_with(format!("message-{i:06}").as_bytes())
+            );
+            assert_eq!(m.stored, i.is_multiple_of(2).then_some(i as u64 + 1));
+        }
+        assert!(r.pop_front().is_none());
+        assert_eq!(r.paged(), 0);
+    }
+
+    #[test]
+    fn without_paging_everything_stays_in_memory() {
+        let mut r = ReadyList::new(None);
+        for i in 0..100 {
+            r.push_back(msg(i));
+        }
+        assert_eq!(r.paged(), 0);
+        assert_eq!(r.len(), 100);
+    }
+}
