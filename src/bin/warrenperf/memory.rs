@@ -278,7 +278,12 @@ pub async fn connections(o: Connections) -> Result<(), String> {
     while open.len() < o.count {
         while started < o.count && set.len() < o.concurrency.max(1) {
             let uri = c.uri.clone();
-            set.spawn(async move { client::connect_with(&uri, 4096).await });
+            set.spawn(async move {
+                // A broker out of descriptors stops accepting: fail, don't hang.
+                tokio::time::timeout(Duration::from_secs(15), client::connect_with(&uri, 4096))
+                    .await
+                    .unwrap_or_else(|_| Err("connection handshake timed out after 15 s".into()))
+            });
             started += 1;
         }
         let Some(res) = set.join_next().await else {
