@@ -398,6 +398,18 @@ pub fn export(broker: &Broker) -> Definitions {
 /// updated (users, permissions, policies) or must be equivalent (exchanges,
 /// queues). Returns the problems found; everything else is applied.
 pub fn import(broker: &Broker, d: &Definitions) -> Vec<String> {
+    let meta = broker.durability.meta.get();
+    if let Some(m) = meta {
+        m.defer_sync(true);
+    }
+    let errors = import_all(broker, d);
+    if let Some(m) = meta {
+        m.defer_sync(false);
+    }
+    errors
+}
+
+fn import_all(broker: &Broker, d: &Definitions) -> Vec<String> {
     let mut errors = Vec::new();
     for v in &d.vhosts {
         broker.add_vhost(&v.name);

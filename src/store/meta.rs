@@ -56,6 +56,8 @@ pub enum MetaOp {
 pub struct MetaLog {
     file: Mutex<File>,
     path: PathBuf,
+    /// While set (bulk imports), changes are written but synced only by `sync`.
+    deferred: std::sync::atomic::AtomicBool,
 }
 
 impl MetaLog {
@@ -70,8 +72,24 @@ impl MetaLog {
         };
         line.push(b'\n');
         let mut f = self.file.lock();
-        if let Err(e) = f.write_all(&line).and_then(|_| f.sync_data()) {
+        let deferred = self.deferred.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = f
+            .write_all(&line)
+            .and_then(|_| if deferred { Ok(()) } else { f.sync_data() })
+        {
             tracing::error!("cannot write {}: {e}", self.path.display());
+        }
+    }
+}
+
+impl MetaLog {
+    /// Defers per-change syncs (on) or syncs what was deferred (off): a bulk
+    /// import costs one sync instead of one per definition.
+    pub fn defer_sync(&self, on: bool) {
+        self.deferred
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        if !on && let Err(e) = self.file.lock().sync_data() {
+            tracing::error!("cannot sync {}: {e}", self.path.display());
         }
     }
 }
@@ -206,5 +224,6 @@ pub fn compact_and_open(broker: &Broker, dir: &Path) -> std::io::Result<MetaLog>
     Ok(MetaLog {
         file: Mutex::new(file),
         path,
+        deferred: Default::default(),
     })
 }

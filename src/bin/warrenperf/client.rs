@@ -8,8 +8,8 @@
 
 use std::str::FromStr;
 
-use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, queue};
-use amq_protocol::types::FieldTable;
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::types::{AMQPValue, FieldTable};
 use amq_protocol::uri::AMQPUri;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,6 +36,8 @@ pub struct Reader {
     rd: OwnedReadHalf,
     buf: BytesMut,
     frame_max: u32,
+    /// How much to grow the read buffer by.
+    chunk: usize,
 }
 
 /// The writing half of a connection.
@@ -48,14 +50,19 @@ pub struct Writer {
 }
 
 impl Reader {
+    /// Whether bytes are already buffered (more frames may follow without a read).
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Next frame from the socket.
     pub async fn next(&mut self) -> Result<Frame> {
         loop {
             if let Some(f) = parse_frame(&mut self.buf, self.frame_max).map_err(|e| e.text)? {
                 return Ok(f);
             }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(256 * 1024);
+            if self.buf.capacity() - self.buf.len() < 4 * 1024 {
+                self.buf.reserve(self.chunk);
             }
             let n = self
                 .rd
@@ -110,14 +117,14 @@ impl Writer {
     }
 
     /// Queues basic.publish + header + body on channel 1 (body split to frame_max).
-    pub fn publish(&mut self, routing_key: &[u8], persistent: bool, body: &[u8]) {
+    pub fn publish(&mut self, exchange: &[u8], routing_key: &[u8], persistent: bool, body: &[u8]) {
         let out = &mut self.out;
-        let size = 4 + 2 + 1 + 1 + routing_key.len() + 1;
+        let size = 4 + 2 + 1 + exchange.len() + 1 + routing_key.len() + 1;
         put_frame_header(out, FRAME_METHOD, 1, size);
         out.put_u16(60);
         out.put_u16(40);
         out.put_u16(0);
-        put_short_str(out, b"");
+        put_short_str(out, exchange);
         put_short_str(out, routing_key);
         out.put_u8(0);
         out.put_u8(FRAME_END);
@@ -152,8 +159,14 @@ impl Writer {
     }
 }
 
-/// Opens a connection and channel 1.
+/// Opens a connection and channel 1 with 256 KiB read and write buffers.
 pub async fn connect(uri: &str) -> Result<(Reader, Writer)> {
+    connect_with(uri, 256 * 1024).await
+}
+
+/// Opens a connection and channel 1 with `buf` bytes of buffer each way
+/// (small for the thousands of idle connections `connections` opens).
+pub async fn connect_with(uri: &str, buf: usize) -> Result<(Reader, Writer)> {
     let parsed = AMQPUri::from_str(uri).map_err(|e| format!("bad URI {uri}: {e}"))?;
     let auth = &parsed.authority;
     let stream = TcpStream::connect((auth.host.as_str(), auth.port))
@@ -163,12 +176,13 @@ pub async fn connect(uri: &str) -> Result<(Reader, Writer)> {
     let (rd, wr) = stream.into_split();
     let mut r = Reader {
         rd,
-        buf: BytesMut::with_capacity(256 * 1024),
+        buf: BytesMut::with_capacity(buf),
         frame_max: 4096,
+        chunk: buf.max(4096),
     };
     let mut w = Writer {
         wr,
-        out: BytesMut::with_capacity(256 * 1024),
+        out: BytesMut::with_capacity(buf),
         frame_max: 4096,
     };
     w.out.extend_from_slice(PROTOCOL_HEADER);
@@ -228,48 +242,155 @@ pub async fn connect(uri: &str) -> Result<(Reader, Writer)> {
     Ok((r, w))
 }
 
+/// queue.declare (`passive`: only look it up); `queue_type` sets x-queue-type.
+pub fn queue_declare(
+    name: &str,
+    durable: bool,
+    passive: bool,
+    queue_type: Option<&str>,
+) -> AMQPClass {
+    let mut arguments = FieldTable::default();
+    if let Some(t) = queue_type {
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString(t.into()));
+    }
+    AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        queue: name.into(),
+        passive,
+        durable,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments,
+    }))
+}
+
+/// queue.delete.
+pub fn queue_delete(name: &str) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+        queue: name.into(),
+        if_unused: false,
+        if_empty: false,
+        nowait: false,
+    }))
+}
+
+/// Waits for the reply to a pipelined queue.declare; returns its message count.
+pub async fn expect_declare_ok(r: &mut Reader) -> Result<u32> {
+    match r.method().await? {
+        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
+        other => Err(format!("expected queue.declare-ok, got {other:?}")),
+    }
+}
+
+/// Waits for the reply to a pipelined queue.delete.
+pub async fn expect_delete_ok(r: &mut Reader) -> Result<()> {
+    match r.method().await? {
+        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_)) => Ok(()),
+        other => Err(format!("expected queue.delete-ok, got {other:?}")),
+    }
+}
+
 /// Declares a queue on channel 1 and waits for declare-ok.
 pub async fn declare_queue(
     r: &mut Reader,
     w: &mut Writer,
     name: &str,
     durable: bool,
+    queue_type: Option<&str>,
+) -> Result<()> {
+    w.method(1, queue_declare(name, durable, false, queue_type));
+    w.flush().await?;
+    expect_declare_ok(r).await.map(|_| ())
+}
+
+/// The number of ready messages in a queue (a passive declare).
+pub async fn message_count(r: &mut Reader, w: &mut Writer, name: &str) -> Result<u32> {
+    w.method(1, queue_declare(name, false, true, None));
+    w.flush().await?;
+    expect_declare_ok(r).await
+}
+
+/// Deletes a queue on channel 1 and waits for delete-ok.
+pub async fn delete_queue(r: &mut Reader, w: &mut Writer, name: &str) -> Result<()> {
+    w.method(1, queue_delete(name));
+    w.flush().await?;
+    expect_delete_ok(r).await
+}
+
+/// Declares an exchange of `kind` (direct, fanout, topic, headers).
+pub async fn declare_exchange(
+    r: &mut Reader,
+    w: &mut Writer,
+    name: &str,
+    kind: &str,
+    durable: bool,
 ) -> Result<()> {
     w.method(
         1,
-        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-            queue: name.into(),
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+            exchange: name.into(),
+            kind: kind.into(),
             passive: false,
             durable,
-            exclusive: false,
             auto_delete: false,
+            internal: false,
             nowait: false,
             arguments: FieldTable::default(),
         })),
     );
     w.flush().await?;
     match r.method().await? {
-        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)) => Ok(()),
-        other => Err(format!("expected queue.declare-ok, got {other:?}")),
+        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_)) => Ok(()),
+        other => Err(format!("expected exchange.declare-ok, got {other:?}")),
     }
 }
 
-/// Deletes a queue on channel 1 and waits for delete-ok.
-pub async fn delete_queue(r: &mut Reader, w: &mut Writer, name: &str) -> Result<()> {
+/// Deletes an exchange.
+pub async fn delete_exchange(r: &mut Reader, w: &mut Writer, name: &str) -> Result<()> {
     w.method(
         1,
-        AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
-            queue: name.into(),
+        AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
+            exchange: name.into(),
             if_unused: false,
-            if_empty: false,
             nowait: false,
         })),
     );
     w.flush().await?;
     match r.method().await? {
-        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_)) => Ok(()),
-        other => Err(format!("expected queue.delete-ok, got {other:?}")),
+        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(_)) => Ok(()),
+        other => Err(format!("expected exchange.delete-ok, got {other:?}")),
     }
+}
+
+/// Binds queues to an exchange, pipelined in batches: `(queue, routing key)`.
+pub async fn bind_all(
+    r: &mut Reader,
+    w: &mut Writer,
+    exchange: &str,
+    bindings: &[(String, String)],
+) -> Result<()> {
+    for batch in bindings.chunks(256) {
+        for (q, key) in batch {
+            w.method(
+                1,
+                AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+                    queue: q.as_str().into(),
+                    exchange: exchange.into(),
+                    routing_key: key.as_str().into(),
+                    nowait: false,
+                    arguments: FieldTable::default(),
+                })),
+            );
+        }
+        w.flush().await?;
+        for _ in batch {
+            match r.method().await? {
+                AMQPClass::Queue(queue::AMQPMethod::BindOk(_)) => {}
+                other => return Err(format!("expected queue.bind-ok, got {other:?}")),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Enables publisher confirms on channel 1.
@@ -374,4 +495,31 @@ pub async fn next_delivery(r: &mut Reader) -> Result<Incoming> {
         }
     }
     Ok(Incoming::Delivery { tag, body: first })
+}
+
+/// Closes the connection politely (connection.close, then close-ok or EOF).
+pub async fn close(mut r: Reader, mut w: Writer) {
+    w.method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    );
+    if w.flush().await.is_err() {
+        return;
+    }
+    let wait = async {
+        while let Ok(f) = r.next().await {
+            if let Frame::Method { payload, .. } = f
+                && payload.len() >= 4
+                && payload[..4] == [0, 10, 0, 51]
+            {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), wait).await;
 }
