@@ -57,6 +57,9 @@ pub enum Frame {
     },
 }
 
+/// The most `parse_frame` reserves ahead of bytes that have arrived.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 /// Cuts the next complete frame off `buf`, if there is one.
 ///
 /// The 7-byte frame header is checked against `frame_max` before any payload
@@ -86,7 +89,10 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     }
     let total = 7 + size as usize + 1;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Reserve for what is announced, but never more than RESERVE_AHEAD
+        // at once: with frame_max = 0 (unlimited) a 7-byte header could
+        // otherwise make warren allocate 4 GiB before any payload arrives.
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     if buf[total - 1] != FRAME_END {
@@ -186,6 +192,16 @@ mod tests {
         put_frame_header(&mut buf, FRAME_BODY, 1, 1 << 30);
         let err = parse_frame(&mut buf, 131072).unwrap_err();
         assert_eq!(err.code, code::FRAME_ERROR);
+    }
+
+    #[test]
+    fn an_unlimited_frame_max_does_not_reserve_what_a_header_announces() {
+        // Found by the `frames` fuzzer: with frame_max = 0 a header
+        // announcing u32::MAX bytes made parse_frame reserve 4 GiB.
+        let mut buf = BytesMut::new();
+        put_frame_header(&mut buf, FRAME_BODY, 1, u32::MAX as usize);
+        assert_eq!(parse_frame(&mut buf, 0).unwrap(), None);
+        assert!(buf.capacity() <= 2 * RESERVE_AHEAD, "{}", buf.capacity());
     }
 
     #[test]

@@ -41,6 +41,22 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Memory and disk alarms.
     pub alarms: AlarmsConfig,
+    /// Resource limits (0 = unlimited).
+    pub limits: LimitsConfig,
+}
+
+/// Resource limits; 0 means unlimited. Refusals use RabbitMQ's codes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections on this node (connection.open beyond: 530).
+    pub max_connections: u32,
+    /// Open connections per vhost (connection.open beyond: 530).
+    pub max_connections_per_vhost: u32,
+    /// Queues per vhost (queue.declare beyond: 406).
+    pub max_queues_per_vhost: u32,
+    /// Consumers per channel (basic.consume beyond: 530).
+    pub max_consumers_per_channel: u32,
 }
 
 /// Memory and disk alarm thresholds (RabbitMQ's vm_memory_high_watermark
@@ -151,6 +167,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             alarms: AlarmsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -295,6 +312,10 @@ mod tests {
         assert_eq!(c.amqp.frame_max, 131072);
         assert_eq!(c.amqp.heartbeat, 60);
         assert_eq!(c.defaults.user, "guest");
+        assert_eq!(c.limits.max_connections, 0);
+        assert_eq!(c.limits.max_connections_per_vhost, 0);
+        assert_eq!(c.limits.max_queues_per_vhost, 0);
+        assert_eq!(c.limits.max_consumers_per_channel, 0);
     }
 
     #[test]

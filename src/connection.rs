@@ -126,7 +126,6 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let hs = tokio::time::timeout(timeout, handshake(&broker, &handle, &mut reader, peer)).await;
     match hs {
         Ok(Ok(Some(hs))) => {
-            broker.register(handle.clone());
             tracing::info!(%peer, id, user = %hs.user, vhost = %hs.vhost.name, "connection opened");
             let mut conn = Connection {
                 ctx: ConnCtx {
@@ -471,6 +470,10 @@ async fn handshake(
         )
         .with_method(10, 40));
     }
+    // The limit check and the registration happen under one lock, so two
+    // connections opening at once cannot both take the last slot.
+    let admission = ADMISSION.lock().unwrap_or_else(|e| e.into_inner());
+    check_connection_limits(broker, vhost_name)?;
     let _ = handle.info.set(crate::outbound::ConnInfo {
         peer,
         user: user.clone(),
@@ -480,6 +483,8 @@ async fn handshake(
         channel_max,
         heartbeat: tune.heartbeat,
     });
+    broker.register(handle.clone());
+    drop(admission);
     handle.write(|out| {
         write_method(
             out,
@@ -493,6 +498,42 @@ async fn handshake(
         channel_max,
         heartbeat: tune.heartbeat,
     }))
+}
+
+/// Serialises connection-limit checks with registration.
+static ADMISSION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `[limits]` max_connections and max_connections_per_vhost, checked at
+/// connection.open (530 NOT_ALLOWED, as RabbitMQ's vhost connection limit).
+fn check_connection_limits(broker: &Broker, vhost: &str) -> AmqpResult<()> {
+    let limits = &broker.config.limits;
+    if limits.max_connections == 0 && limits.max_connections_per_vhost == 0 {
+        return Ok(());
+    }
+    let open = broker.connections();
+    let max = limits.max_connections as usize;
+    if max != 0 && open.len() >= max {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("connection limit ({max}) is reached"),
+        )
+        .with_method(10, 40));
+    }
+    let max = limits.max_connections_per_vhost as usize;
+    if max != 0
+        && open
+            .iter()
+            .filter(|c| c.info.get().is_some_and(|i| i.vhost == vhost))
+            .count()
+            >= max
+    {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("access to vhost '{vhost}' refused: connection limit ({max}) is reached"),
+        )
+        .with_method(10, 40));
+    }
+    Ok(())
 }
 
 /// connection.close for an error.

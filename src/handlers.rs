@@ -205,6 +205,20 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
                 arguments: d.arguments,
             };
             let server_named = d.queue.as_str().is_empty() && !d.passive;
+            let max = ctx.broker.config.limits.max_queues_per_vhost as usize;
+            if max != 0
+                && !d.passive
+                && ctx.vhost.queue(&name).is_none()
+                && ctx.vhost.queue_count() >= max
+            {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    format!(
+                        "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                        ctx.vhost.name
+                    ),
+                ));
+            }
             let (q, created) =
                 ctx.vhost
                     .declare_queue(&name, server_named, d.passive, config, ctx.id())?;
@@ -429,6 +443,13 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
         return Err(AmqpError::connection(
             code::NOT_ALLOWED,
             format!("attempt to reuse consumer tag '{tag_str}'"),
+        ));
+    }
+    let max = ctx.broker.config.limits.max_consumers_per_channel as usize;
+    if max != 0 && ch.consumers.len() >= max {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("reached maximum ({max}) of consumers per channel"),
         ));
     }
     let consumer = Consumer::new(

@@ -272,6 +272,11 @@ impl VHost {
             .ok_or_else(|| AmqpError::no_exchange(name, &self.name))
     }
 
+    /// How many queues the vhost has.
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
     /// All queues (for listings and connection cleanup).
     pub fn queues(&self) -> Vec<Arc<Queue>> {
         self.queues.read().values().cloned().collect()

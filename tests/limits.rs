@@ -1,0 +1,251 @@
+//! `[limits]`: connections per node and per vhost, queues per vhost,
+//! consumers per channel; each refused with RabbitMQ's code and a clear
+//! text, without disturbing what is already open.
+
+mod common;
+mod raw;
+
+use std::time::Duration;
+
+use common::*;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+
+/// Publishes one message to `queue` and reads it back with basic.consume.
+async fn round_trip(ch: &Channel, queue: &str) {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        b"hello",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.data, b"hello");
+    ch.basic_cancel(
+        consumer.tag().as_str().into(),
+        BasicCancelOptions::default(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Runs the raw handshake up to connection.open and returns the close the
+/// broker answers open with.
+fn refused_open(port: u16, vhost: &str) -> (u16, String, u16, u16) {
+    let (mut s, _) = raw::start(port);
+    raw::start_ok(&mut s, "PLAIN", &raw::plain("guest", "guest"));
+    let t = raw::expect_tune(&mut s);
+    raw::tune_ok(&mut s, t.channel_max, t.frame_max, 0);
+    raw::open(&mut s, vhost);
+    let c = raw::expect_close_full(&mut s);
+    (
+        c.reply_code,
+        c.reply_text.as_str().to_owned(),
+        c.class_id,
+        c.method_id,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_refused_with_530() {
+    let w = Warren::start_with("[limits]\nmax_connections = 3\n");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(w.channel().await);
+    }
+    let port = w.port;
+    let (code, text, class, method) = tokio::task::spawn_blocking(move || refused_open(port, "/"))
+        .await
+        .unwrap();
+    assert_eq!(code, 530);
+    assert_eq!(text, "NOT_ALLOWED - connection limit (3) is reached");
+    assert_eq!((class, method), (10, 40));
+    // lapin sees the same refusal.
+    let Err(e) = lapin::Connection::connect(&w.url(), lapin::ConnectionProperties::default()).await
+    else {
+        panic!("the fourth connection is accepted");
+    };
+    assert_eq!(reply_code(&e), Some(530), "{e}");
+    // The first three keep working.
+    for (i, (_c, ch)) in open.iter().enumerate() {
+        round_trip(ch, &unique(&format!("limit-conn-{i}"))).await;
+    }
+    // Closing one frees a slot.
+    let (c, ch) = open.pop().unwrap();
+    drop(ch);
+    let _ = c.close(200, "bye".into()).await;
+    // The broker forgets the connection just after close-ok.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let conn = loop {
+        match lapin::Connection::connect(&w.url(), lapin::ConnectionProperties::default()).await {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(reply_code(&e), Some(530), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no slot after closing a connection: {e}"),
+        }
+    };
+    let ch = conn.create_channel().await.unwrap();
+    round_trip(&ch, &unique("limit-conn-again")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_per_vhost_are_refused_with_530() {
+    let w = Warren::start_with("[limits]\nmax_connections_per_vhost = 2\n");
+    let (s, _) = w.api("PUT", "/api/vhosts/other", None);
+    assert!(s == 201 || s == 204, "create vhost: {s}");
+    let (s, _) = w.api(
+        "PUT",
+        "/api/permissions/other/guest",
+        Some(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
+    );
+    assert!(s == 201 || s == 204, "set permissions: {s}");
+    let a = w.channel().await;
+    let b = w.channel().await;
+    let port = w.port;
+    let (code, text, _, _) = tokio::task::spawn_blocking(move || refused_open(port, "/"))
+        .await
+        .unwrap();
+    assert_eq!(code, 530);
+    assert_eq!(
+        text,
+        "NOT_ALLOWED - access to vhost '/' refused: connection limit (2) is reached"
+    );
+    // Another vhost has its own count.
+    let other = lapin::Connection::connect(
+        &format!("amqp://guest:guest@127.0.0.1:{}/other", w.port),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("a connection to another vhost");
+    let och = other.create_channel().await.unwrap();
+    round_trip(&och, "in-other").await;
+    round_trip(&a.1, &unique("vh-a")).await;
+    round_trip(&b.1, &unique("vh-b")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_beyond_max_queues_per_vhost_are_refused_with_406() {
+    let w = Warren::start_with("[limits]\nmax_queues_per_vhost = 2\n");
+    let (_c, ch) = w.channel().await;
+    for q in ["lq1", "lq2"] {
+        ch.queue_declare(
+            q.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    // Redeclaring an existing queue is fine at the limit.
+    ch.queue_declare(
+        "lq1".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .queue_declare(
+            "lq3".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&e), Some(406), "{e}");
+    assert_eq!(
+        reply_text(&e),
+        "PRECONDITION_FAILED - cannot declare queue 'lq3': queue limit in vhost '/' (2) is reached"
+    );
+    // Only the channel closed; deleting a queue frees a slot.
+    let ch = _c.create_channel().await.unwrap();
+    ch.queue_delete("lq2".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare(
+        "lq3".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_beyond_max_consumers_per_channel_are_refused_with_530() {
+    let w = Warren::start_with("[limits]\nmax_consumers_per_channel = 2\n");
+    let (other_conn, other) = w.channel().await;
+    let (c, ch) = w.channel().await;
+    ch.queue_declare(
+        "cq".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        consumers.push(
+            ch.basic_consume(
+                "cq".into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let e = ch
+        .basic_consume(
+            "cq".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&e), Some(530), "{e}");
+    assert_eq!(
+        reply_text(&e),
+        "NOT_ALLOWED - reached maximum (2) of consumers per channel"
+    );
+    drop(c);
+    // Other connections are unaffected, and a channel's limit is its own.
+    round_trip(&other, &unique("cons-other")).await;
+    let ch2 = other_conn.create_channel().await.unwrap();
+    round_trip(&ch2, &unique("cons-other-2")).await;
+}
