@@ -258,8 +258,9 @@ fn parse_mode(value: &[u8]) -> Result<XMatch, String> {
 // RabbitMQ formats the offending value with `~tp`; these approximate that
 // closely enough for a client to recognise the text.
 
-/// The type atom RabbitMQ's parser gives each field type.
-fn erlang_type(value: &AMQPValue) -> &'static str {
+/// The type atom RabbitMQ's parser gives each field type (also used in
+/// inequivalent-argument texts).
+pub fn erlang_type(value: &AMQPValue) -> &'static str {
     match value {
         AMQPValue::Boolean(_) => "bool",
         AMQPValue::ShortShortInt(_) => "byte",

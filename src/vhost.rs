@@ -81,30 +81,6 @@ const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
     "x-single-active-consumer",
 ];
 
-/// RabbitMQ's name for a field-table value type.
-fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) => "shortstr",
-        AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    }
-}
-
 /// The received/current parts of an argument inequivalence, as RabbitMQ
 /// words them: plain values when both exist, typed ones when one is missing.
 fn describe_args(got: Option<&AMQPValue>, cur: Option<&AMQPValue>) -> (String, String) {
@@ -113,7 +89,7 @@ fn describe_args(got: Option<&AMQPValue>, cur: Option<&AMQPValue>) -> (String, S
         Some(v) => format!(
             "the value '{}' of type '{}'",
             describe(Some(v)),
-            type_name(v)
+            crate::headers_match::erlang_type(v)
         ),
     };
     match (got, cur) {
