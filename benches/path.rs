@@ -142,7 +142,7 @@ impl Setup {
         let key = String::from_utf8_lossy(msg.routing_key());
         self.vhost.route(&self.exchange, &key, &mut || None, route);
         for q in route.drain(..) {
-            q.publish(msg.clone(), None);
+            q.publish(msg.clone(), None, None);
             self.delivered += 1;
         }
         if !self.no_ack && self.delivered >= 100 {

@@ -14,7 +14,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::auth::{Access, Resource};
 use crate::connection::ConnCtx;
-use crate::delivery::{ChannelShared, Consumer, Unacked};
+use crate::deadletter::Reason;
+use crate::delivery::{ChannelShared, Consumer, QueuedMessage, Unacked};
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::exchange::Exchange;
 use crate::message::{Message, header_class_and_size, parse_properties};
@@ -89,6 +90,8 @@ pub struct Channel {
     confirmed: u64,
     /// (publish seq, store seq) of stored messages not yet synced.
     unsynced: std::collections::VecDeque<(u64, u64)>,
+    /// Publish seqs a queue refused (x-overflow reject-publish): nacked.
+    refused: std::collections::VecDeque<u64>,
     /// tx.commit-ok waits for this store seq.
     commit_ok_at: Option<u64>,
     /// tx.select was received.
@@ -150,6 +153,7 @@ impl Channel {
             publish_seq: 0,
             confirmed: 0,
             unsynced: Default::default(),
+            refused: Default::default(),
             commit_ok_at: None,
             tx: None,
             exchange_cache: None,
@@ -311,17 +315,23 @@ impl Channel {
             ));
         }
         let msg = Arc::new(Message::new(&p.exchange, &p.routing_key, &header, body));
+        if let Some(Err(why)) = msg.expiration() {
+            return Err(AmqpError::channel(code::PRECONDITION_FAILED, why));
+        }
         ctx.handle.stats.publish.fetch_add(1, Relaxed); // stats
         if let Some(tx) = &mut self.tx {
             tx.publishes.push((x, msg, p.mandatory));
             return Ok(());
         }
-        let stored = self.route_and_enqueue(ctx, &x, msg, p.mandatory);
+        let (stored, refused) = self.route_and_enqueue(ctx, &x, msg, p.mandatory);
         if self.confirm {
             self.publish_seq += 1;
             if let Some(seq) = stored {
                 // Confirmed only once the store has synced it.
                 self.unsynced.push_back((self.publish_seq, seq));
+            }
+            if refused {
+                self.refused.push_back(self.publish_seq);
             }
             if !ctx.confirms_due.contains(&self.id) {
                 ctx.confirms_due.push(self.id);
@@ -332,15 +342,17 @@ impl Channel {
 
     /// Routes a message and enqueues it; persistent messages for durable
     /// queues go to the message store first. Returns the store sequence
-    /// number a confirm must wait for, if the message was stored.
+    /// number a confirm must wait for, if the message was stored, and
+    /// whether a queue refused it (x-overflow reject-publish).
     fn route_and_enqueue(
         &mut self,
         ctx: &mut ConnCtx,
         x: &Arc<Exchange>,
         msg: Arc<Message>,
         mandatory: bool,
-    ) -> Option<u64> {
+    ) -> (Option<u64>, bool) {
         let mut sync_seq = None;
+        let mut refused = false;
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         let rk = String::from_utf8_lossy(msg.routing_key());
@@ -371,16 +383,17 @@ impl Channel {
                 });
             }
         } else {
-            let (seq, pressured) =
-                crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store());
-            sync_seq = seq;
-            if pressured.is_some() {
-                ctx.flow_wait = pressured;
+            let ttl = msg.expiration().and_then(Result::ok);
+            let e = crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store(), ttl);
+            sync_seq = e.sync_seq;
+            refused = e.rejected;
+            if e.pressured.is_some() {
+                ctx.flow_wait = e.pressured;
             }
             queues.clear();
         }
         self.route_buf = queues;
-        sync_seq
+        (sync_seq, refused)
     }
 
     /// Sends basic.ack for everything published since the last flush.
@@ -415,6 +428,35 @@ impl Channel {
             .unsynced
             .front()
             .map_or(self.publish_seq, |(p, _)| p - 1);
+        // Refused messages are nacked in their turn: acks up to one, the
+        // nack, then on.
+        while let Some(&r) = self.refused.front()
+            && r <= upto + 1
+        {
+            self.refused.pop_front();
+            if r <= self.confirmed {
+                continue;
+            }
+            if r - 1 > self.confirmed {
+                let multiple = r - 1 - self.confirmed > 1;
+                ctx.send(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag: r - 1,
+                        multiple,
+                    })),
+                );
+            }
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: r,
+                    multiple: false,
+                    requeue: false,
+                })),
+            );
+            self.confirmed = r;
+        }
         if self.confirm && upto > self.confirmed {
             let multiple = upto - self.confirmed > 1;
             ctx.send(
@@ -454,6 +496,9 @@ impl Channel {
             requeue(settled);
         } else {
             store_ack(&settled);
+            if outcome == Outcome::Discard {
+                dead_letter_rejected(settled);
+            }
         }
         if self.shared.state.lock().global_prefetch != 0 {
             self.redispatch();
@@ -481,7 +526,7 @@ impl Channel {
         let settles = std::mem::take(&mut tx.settles);
         let mut last_stored = None;
         for (x, msg, mandatory) in publishes {
-            if let Some(seq) = self.route_and_enqueue(ctx, &x, msg, mandatory) {
+            if let (Some(seq), _) = self.route_and_enqueue(ctx, &x, msg, mandatory) {
                 last_stored = Some(seq);
             }
         }
@@ -527,30 +572,54 @@ impl Channel {
 
 /// Requeues deliveries to their queues, each at its original position.
 pub fn requeue(items: Vec<Unacked>) {
-    type Requeues = Vec<(u64, Arc<Message>, Option<u64>)>;
-    let mut by_queue: Vec<(Arc<Queue>, Requeues)> = Vec::new();
-    for u in items {
-        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, v)) => v.push((u.seq, u.msg, u.stored)),
-            None => by_queue.push((u.queue, vec![(u.seq, u.msg, u.stored)])),
-        }
-    }
-    for (q, items) in by_queue {
+    for (q, items) in by_queue(items, |u| {
+        Some(QueuedMessage {
+            msg: u.msg,
+            seq: u.seq,
+            redelivered: true,
+            stored: u.stored,
+            deadline: u.deadline,
+        })
+    }) {
         q.requeue(items);
     }
 }
 
-/// Tells the message store that settled deliveries are done with.
-fn store_ack(settled: &[Unacked]) {
-    let mut by_queue: Vec<(&Arc<Queue>, Vec<u64>)> = Vec::new();
-    for u in settled {
-        let Some(id) = u.stored else { continue };
-        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, v)) => v.push(id),
-            None => by_queue.push((&u.queue, vec![id])),
+/// Dead-letters rejected deliveries (nack/reject with requeue=false).
+fn dead_letter_rejected(items: Vec<Unacked>) {
+    for (q, msgs) in by_queue(items, |u| Some((u.msg, Reason::Rejected))) {
+        q.dead_letter(msgs);
+    }
+}
+
+/// Groups deliveries by their queue, mapping each (None: skipped).
+fn by_queue<T>(
+    items: impl IntoIterator<Item = Unacked>,
+    mut f: impl FnMut(Unacked) -> Option<T>,
+) -> Vec<(Arc<Queue>, Vec<T>)> {
+    let mut out: Vec<(Arc<Queue>, Vec<T>)> = Vec::new();
+    for u in items {
+        let q = u.queue.clone();
+        let Some(t) = f(u) else { continue };
+        match out.iter_mut().find(|(x, _)| Arc::ptr_eq(x, &q)) {
+            Some((_, v)) => v.push(t),
+            None => out.push((q, vec![t])),
         }
     }
-    for (q, ids) in by_queue {
+    out
+}
+
+/// Tells the message store that settled deliveries are done with.
+fn store_ack(settled: &[Unacked]) {
+    let mut groups: Vec<(&Arc<Queue>, Vec<u64>)> = Vec::new();
+    for u in settled {
+        let Some(id) = u.stored else { continue };
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, v)) => v.push(id),
+            None => groups.push((&u.queue, vec![id])),
+        }
+    }
+    for (q, ids) in groups {
         q.store_ack(&ids);
     }
 }

@@ -62,6 +62,9 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// Message store id, for persistent messages in a durable queue.
     pub stored: Option<u64>,
+    /// When it expires (`queue::now_ms` clock, per-queue or per-message
+    /// TTL); 0 for never.
+    pub deadline: u64,
 }
 
 /// A delivered message awaiting ack, nack or reject.
@@ -79,6 +82,8 @@ pub struct Unacked {
     pub consumer: Option<Arc<Consumer>>,
     /// Message store id (persistent message in a durable queue).
     pub stored: Option<u64>,
+    /// Its expiry, kept should it be requeued.
+    pub deadline: u64,
 }
 
 /// A consumer attached to a queue.
@@ -167,6 +172,7 @@ impl Consumer {
             seq,
             redelivered,
             stored,
+            deadline,
         } = take();
         if let Some(id) = stored {
             queue.store_delivered(id, self.no_ack, redelivered);
@@ -197,6 +203,7 @@ impl Consumer {
                 seq,
                 consumer: Some(self.clone()),
                 stored,
+                deadline,
             });
         }
         true
@@ -308,6 +315,7 @@ impl ChannelShared {
                 seq,
                 consumer: None,
                 stored,
+                deadline: m.deadline,
             });
         }
         true

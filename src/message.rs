@@ -84,6 +84,14 @@ impl Message {
         }
     }
 
+    /// The body as shared bytes (a copy only for small, inline bodies).
+    pub fn body_bytes(&self) -> Bytes {
+        match &self.big_body {
+            Some(b) => b.clone(),
+            None => self.data.slice(self.body_at as usize..),
+        }
+    }
+
     /// Body size in bytes.
     pub fn body_len(&self) -> usize {
         self.body().len()
@@ -113,6 +121,19 @@ impl Message {
             at += 4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
         }
         h.get(at) == Some(&2)
+    }
+
+    /// The expiration property as a TTL in milliseconds: None when absent
+    /// (read from the property flags, no decoding), else parsed.
+    pub fn expiration(&self) -> Option<Result<u64, String>> {
+        let h = self.header();
+        if h.len() < 14 || u16::from_be_bytes([h[12], h[13]]) & 0x0100 == 0 {
+            return None;
+        }
+        let p = self.properties()?;
+        p.expiration()
+            .as_ref()
+            .map(|e| crate::queue_args::parse_expiration(e.as_str()))
     }
 
     /// Decodes the properties (for the features that need them).

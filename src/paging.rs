@@ -35,10 +35,21 @@ enum Slot {
 #[derive(Debug)]
 struct Entry {
     slot: Slot,
+    /// Enqueue order, with `REDELIVERED` as its top bit.
     seq: u64,
     /// Message store id; 0 for none (ids start at 1).
     stored: u64,
-    redelivered: bool,
+    /// Expiry (see `QueuedMessage::deadline`); 0 for none.
+    deadline: u64,
+}
+
+/// The bit of `Entry::seq` that holds the redelivered flag.
+const REDELIVERED: u64 = 1 << 63;
+
+impl Entry {
+    fn seq(&self) -> u64 {
+        self.seq & !REDELIVERED
+    }
 }
 
 /// Where and when a queue pages.
@@ -65,6 +76,8 @@ struct Pager {
 pub struct ReadyList {
     entries: VecDeque<Entry>,
     mem_bytes: usize,
+    /// Body bytes of all ready messages (x-max-length-bytes).
+    body_bytes: usize,
     pager: Option<Pager>,
 }
 
@@ -76,9 +89,9 @@ fn cost(m: &Message) -> usize {
 fn to_entry(m: QueuedMessage) -> Entry {
     Entry {
         slot: Slot::Mem(m.msg),
-        seq: m.seq,
+        seq: m.seq | if m.redelivered { REDELIVERED } else { 0 },
         stored: m.stored.unwrap_or(0),
-        redelivered: m.redelivered,
+        deadline: m.deadline,
     }
 }
 
@@ -90,6 +103,7 @@ impl ReadyList {
         ReadyList {
             entries: VecDeque::new(),
             mem_bytes: 0,
+            body_bytes: 0,
             pager: paging.map(|cfg| {
                 let path = cfg.dir.join(format!(
                     "{}.page",
@@ -125,6 +139,7 @@ impl ReadyList {
     /// Appends a message (paging out the newest ones if over the limit).
     pub fn push_back(&mut self, m: QueuedMessage) {
         self.mem_bytes += cost(&m.msg);
+        self.body_bytes += m.msg.body_len();
         self.entries.push_back(to_entry(m));
         if let Some(p) = &self.pager
             && self.mem_bytes > p.cfg.limit
@@ -137,18 +152,30 @@ impl ReadyList {
     /// Puts a message at the head.
     pub fn push_front(&mut self, m: QueuedMessage) {
         self.mem_bytes += cost(&m.msg);
+        self.body_bytes += m.msg.body_len();
         self.entries.push_front(to_entry(m));
     }
 
     /// Sequence number of the head.
     pub fn front_seq(&self) -> Option<u64> {
-        self.entries.front().map(|e| e.seq)
+        self.entries.front().map(Entry::seq)
+    }
+
+    /// Expiry of the head message (0: none, or no message).
+    pub fn front_deadline(&self) -> u64 {
+        self.entries.front().map_or(0, |e| e.deadline)
+    }
+
+    /// Body bytes of the ready messages.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes
     }
 
     /// Inserts a message before the first one with a higher sequence number.
     pub fn insert_by_seq(&mut self, m: QueuedMessage) {
-        let pos = self.entries.partition_point(|x| x.seq < m.seq);
+        let pos = self.entries.partition_point(|x| x.seq() < m.seq);
         self.mem_bytes += cost(&m.msg);
+        self.body_bytes += m.msg.body_len();
         self.entries.insert(pos, to_entry(m));
     }
 
@@ -159,17 +186,20 @@ impl ReadyList {
             self.page_in();
         }
         let e = self.entries.pop_front()?;
+        let (seq, redelivered) = (e.seq(), e.seq & REDELIVERED != 0);
         let msg = match e.slot {
             Slot::Mem(m) => m,
             // page_in failed: the message is lost to an I/O error (logged).
             Slot::Paged { .. } => return self.pop_front(),
         };
         self.mem_bytes = self.mem_bytes.saturating_sub(cost(&msg));
+        self.body_bytes = self.body_bytes.saturating_sub(msg.body_len());
         Some(QueuedMessage {
             msg,
-            seq: e.seq,
-            redelivered: e.redelivered,
+            seq,
+            redelivered,
             stored: (e.stored != 0).then_some(e.stored),
+            deadline: e.deadline,
         })
     }
 
@@ -186,6 +216,7 @@ impl ReadyList {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.mem_bytes = 0;
+        self.body_bytes = 0;
         if let Some(p) = &mut self.pager {
             p.paged = 0;
             p.reset();
@@ -359,8 +390,9 @@ mod tests {
         QueuedMessage {
             msg: Arc::new(Message::new(b"", b"q", &h, Bytes::from(body))),
             seq: i as u64,
-            redelivered: false,
+            redelivered: i.is_multiple_of(3),
             stored: i.is_multiple_of(2).then_some(i as u64 + 1),
+            deadline: i as u64,
         }
     }
 
@@ -385,8 +417,11 @@ mod tests {
                     .starts_with(format!("message-{i:06}").as_bytes())
             );
             assert_eq!(m.stored, i.is_multiple_of(2).then_some(i as u64 + 1));
+            assert_eq!(m.redelivered, i.is_multiple_of(3));
+            assert_eq!(m.deadline, i as u64);
         }
         assert!(r.pop_front().is_none());
+        assert_eq!(r.body_bytes(), 0);
         assert_eq!(r.paged(), 0);
     }
 

@@ -5,12 +5,13 @@
 //! freeing prefetch, a consumer arriving) runs `dispatch`, which hands ready
 //! messages to consumers in turn, within their prefetch limits.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
 
+use crate::deadletter::Reason;
 use crate::delivery::{ChannelShared, Consumer};
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::message::MessageRef;
@@ -18,6 +19,9 @@ use crate::store::{MessageStore, RecoveredMessage};
 
 use crate::delivery::QueuedMessage as Ready;
 use crate::paging::{PagingConfig, ReadyList};
+use crate::queue_args::{Overflow, QueueArgs};
+use crate::timers::{self, Kind, now_ms};
+use crate::vhost::VHost;
 
 /// A queue with consumers and at least this many ready messages asks its
 /// publishers to slow down: their connections stop reading until the backlog
@@ -37,6 +41,13 @@ struct QueueState {
     next_consumer: usize,
     next_seq: u64,
     had_consumers: bool,
+    /// Effective TTL, limits and dead-lettering (arguments and policy).
+    args: QueueArgs,
+    /// Messages that left by expiry or a length limit, to dead-letter once
+    /// the lock is released.
+    dead: Vec<(Ready, Reason)>,
+    /// When the armed message timer fires (0: none armed).
+    timer_at: u64,
 }
 
 /// A queue's declared properties.
@@ -67,6 +78,21 @@ pub struct Queue {
     store: Option<Arc<MessageStore>>,
     /// Message counters (management API, metrics).
     pub stats: crate::stats::QueueStats,
+    /// Its virtual host (dead-lettering, expiry).
+    vhost_ref: Weak<VHost>,
+    /// When it was last used (`timers::now_ms`), for x-expires.
+    last_used: AtomicU64,
+}
+
+/// What enqueueing a message did.
+#[derive(Debug, Default)]
+pub struct Enqueued {
+    /// The store sequence a confirm must wait for, if the message was stored.
+    pub sync_seq: Option<u64>,
+    /// A queue asking its publishers to slow down.
+    pub pressured: Option<Arc<Queue>>,
+    /// A queue refused it (x-overflow reject-publish): confirm with a nack.
+    pub rejected: bool,
 }
 
 /// What was left of a queue when it was deleted.
@@ -79,28 +105,178 @@ pub struct Deleted {
 }
 
 impl Queue {
-    /// A new, empty queue.
-    /// A new, empty queue; `store` keeps its persistent messages (durable queues).
+    /// A new, empty queue; `store` keeps its persistent messages (durable
+    /// queues), `args` are its effective TTL, limits and dead-lettering.
     pub fn new(
         name: String,
-        vhost: Arc<str>,
+        vhost: &Arc<VHost>,
         config: QueueConfig,
         store: Option<Arc<MessageStore>>,
         paging: Option<PagingConfig>,
+        args: QueueArgs,
     ) -> Arc<Queue> {
-        Arc::new(Queue {
+        let q = Arc::new(Queue {
             name,
-            vhost,
+            vhost: vhost.name.clone(),
             config,
             state: Mutex::new(QueueState {
                 ready: ReadyList::new(paging),
+                args,
                 ..Default::default()
             }),
             deleted: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             store,
             stats: Default::default(),
-        })
+            vhost_ref: Arc::downgrade(vhost),
+            last_used: AtomicU64::new(now_ms()),
+        });
+        q.arm_expiry();
+        q
+    }
+
+    /// The queue's effective arguments.
+    pub fn args(&self) -> QueueArgs {
+        self.state.lock().args.clone()
+    }
+
+    /// Applies new effective arguments (a policy changed).
+    pub fn set_args(self: &Arc<Self>, args: QueueArgs) {
+        let mut st = self.state.lock();
+        let expiry_changed = st.args.expires != args.expires;
+        st.args = args;
+        self.enforce_limits(&mut st, now_ms());
+        self.finish(st);
+        if expiry_changed {
+            self.arm_expiry();
+        }
+    }
+
+    /// Dead-letter exchange and routing key, if the queue has one.
+    pub fn dead_letter_target(&self) -> Option<(String, Option<String>)> {
+        let st = self.state.lock();
+        Some((st.args.dlx.clone()?, st.args.dlrk.clone()))
+    }
+
+    /// Marks the queue used (x-expires counts from the last use).
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn arm_expiry(self: &Arc<Self>) {
+        let expires = self.state.lock().args.expires;
+        if let Some(ms) = expires {
+            let at = self.last_used.load(Ordering::Relaxed) + ms;
+            timers::schedule(at, Kind::QueueExpiry, Arc::downgrade(self));
+        }
+    }
+
+    /// A timer set by this queue fell due.
+    pub fn on_timer(self: &Arc<Self>, kind: Kind) {
+        if self.is_deleted() {
+            return;
+        }
+        match kind {
+            Kind::MessageTtl => {
+                let mut st = self.state.lock();
+                st.timer_at = 0;
+                self.expire_head(&mut st, now_ms(), true);
+                self.finish(st);
+            }
+            Kind::QueueExpiry => {
+                let (expires, busy) = {
+                    let st = self.state.lock();
+                    (st.args.expires, !st.consumers.is_empty())
+                };
+                let Some(ms) = expires else { return };
+                let now = now_ms();
+                if busy {
+                    self.last_used.store(now, Ordering::Relaxed);
+                }
+                let due = self.last_used.load(Ordering::Relaxed) + ms;
+                if due > now {
+                    timers::schedule(due, Kind::QueueExpiry, Arc::downgrade(self));
+                    return;
+                }
+                if let Some(vh) = self.vhost_ref.upgrade()
+                    && vh.remove_queue(self).is_some()
+                {
+                    tracing::info!(queue = %self.name, vhost = %self.vhost, "queue expired (x-expires {ms} ms unused); deleted");
+                }
+            }
+        }
+    }
+
+    /// Moves expired messages at the head to the dead list. `inclusive`:
+    /// a message due exactly now counts as expired (not so while
+    /// dispatching, so a TTL of 0 still reaches a waiting consumer).
+    fn expire_head(&self, st: &mut QueueState, now: u64, inclusive: bool) {
+        loop {
+            let d = st.ready.front_deadline();
+            if d == 0 || d > now || (d == now && !inclusive) {
+                return;
+            }
+            let Some(r) = st.ready.pop_front() else {
+                return;
+            };
+            st.dead.push((r, Reason::Expired));
+        }
+    }
+
+    /// Drops (or dead-letters) head messages beyond x-max-length and
+    /// x-max-length-bytes, then expired ones.
+    fn enforce_limits(&self, st: &mut QueueState, now: u64) {
+        if let Some(max) = st.args.max_length {
+            while st.ready.len() as u64 > max {
+                let Some(r) = st.ready.pop_front() else { break };
+                st.dead.push((r, Reason::Maxlen));
+            }
+        }
+        if let Some(max) = st.args.max_length_bytes {
+            while st.ready.body_bytes() as u64 > max {
+                let Some(r) = st.ready.pop_front() else { break };
+                st.dead.push((r, Reason::Maxlen));
+            }
+        }
+        self.expire_head(st, now, true);
+    }
+
+    /// Ends an operation: arms the message timer for the head, releases
+    /// the lock, then settles what left the queue (store records and
+    /// dead-lettering run without the lock: they may enqueue here again).
+    fn finish(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>) {
+        let d = st.ready.front_deadline();
+        if d != 0 && (st.timer_at == 0 || d < st.timer_at) {
+            st.timer_at = d;
+            timers::schedule(d, Kind::MessageTtl, Arc::downgrade(self));
+        }
+        if st.dead.is_empty() {
+            return;
+        }
+        let dead = std::mem::take(&mut st.dead);
+        if st.flow_waiting && st.ready.len() < FLOW_LOW {
+            st.flow_waiting = false;
+            self.drained.notify_waiters();
+        }
+        drop(st);
+        let ids: Vec<u64> = dead.iter().filter_map(|(r, _)| r.stored).collect();
+        self.store_ack(&ids);
+        let expired = dead.iter().filter(|(_, w)| *w == Reason::Expired).count();
+        self.stats
+            .expired
+            .fetch_add(expired as u64, Ordering::Relaxed);
+        self.dead_letter(dead.into_iter().map(|(r, why)| (r.msg, why)).collect());
+    }
+
+    /// Dead-letters messages that left this queue (their store records
+    /// already settled).
+    pub fn dead_letter(self: &Arc<Self>, items: Vec<(MessageRef, Reason)>) {
+        if items.is_empty() {
+            return;
+        }
+        if let Some(vh) = self.vhost_ref.upgrade() {
+            crate::deadletter::dead_letter(&vh, self, items);
+        }
     }
 
     /// Whether the queue has been deleted.
@@ -112,10 +288,41 @@ impl Queue {
     ///
     /// Returns true when the publisher should slow down: the queue has
     /// consumers but they are not keeping up (see `FLOW_HIGH`).
-    pub fn publish(self: &Arc<Self>, msg: MessageRef, stored: Option<u64>) -> bool {
+    /// `ttl` is the message's own expiration, if it has one. With
+    /// x-overflow reject-publish a full queue refuses the message: the
+    /// result's `rejected` is set.
+    pub fn publish(
+        self: &Arc<Self>,
+        msg: MessageRef,
+        stored: Option<u64>,
+        ttl: Option<u64>,
+    ) -> Enqueued {
         let mut st = self.state.lock();
         if self.is_deleted() {
-            return false;
+            return Enqueued::default();
+        }
+        let ttl = match (st.args.message_ttl, ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let now = if ttl.is_some() || st.args.expires.is_some() {
+            now_ms()
+        } else {
+            0
+        };
+        if st.args.overflow != Overflow::DropHead && self.is_full(&st, &msg) {
+            let dlx = st.args.overflow == Overflow::RejectPublishDlx;
+            drop(st);
+            if let Some(id) = stored {
+                self.store_ack(&[id]);
+            }
+            if dlx {
+                self.dead_letter(vec![(msg, Reason::Maxlen)]);
+            }
+            return Enqueued {
+                rejected: true,
+                ..Enqueued::default()
+            };
         }
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -124,14 +331,33 @@ impl Queue {
             seq,
             redelivered: false,
             stored,
+            deadline: ttl.map_or(0, |t| now.saturating_add(t)),
         });
         self.stats.publish.fetch_add(1, Ordering::Relaxed);
         self.dispatch_locked(&mut st);
+        if st.args.max_length.is_some() || st.args.max_length_bytes.is_some() || ttl.is_some() {
+            self.enforce_limits(&mut st, now);
+        }
         let pressured = st.ready.len() >= FLOW_HIGH && !st.consumers.is_empty();
         if pressured {
             st.flow_waiting = true;
         }
-        pressured
+        self.finish(st);
+        Enqueued {
+            pressured: pressured.then(|| self.clone()),
+            ..Enqueued::default()
+        }
+    }
+
+    /// Whether one more message would exceed the queue's length limits.
+    fn is_full(&self, st: &QueueState, msg: &MessageRef) -> bool {
+        st.args
+            .max_length
+            .is_some_and(|m| st.ready.len() as u64 >= m)
+            || st
+                .args
+                .max_length_bytes
+                .is_some_and(|m| (st.ready.body_bytes() + msg.body_len()) as u64 > m)
     }
 
     /// Whether publishers to this queue should still hold back.
@@ -150,6 +376,7 @@ impl Queue {
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
         self.dispatch_locked(&mut st);
+        self.finish(st);
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
@@ -158,7 +385,17 @@ impl Queue {
             return;
         }
         let mut misses = 0;
+        let mut now = 0;
         while !st.ready.is_empty() && misses < n {
+            if st.ready.front_deadline() != 0 {
+                if now == 0 {
+                    now = now_ms();
+                }
+                self.expire_head(st, now, false);
+                if st.ready.is_empty() {
+                    break;
+                }
+            }
             if st.next_consumer >= n {
                 st.next_consumer = 0;
             }
@@ -186,49 +423,56 @@ impl Queue {
     /// basic.get: hands the next message to `channel`. Returns false if the
     /// queue is empty.
     pub fn get(self: &Arc<Self>, channel: &ChannelShared, no_ack: bool) -> bool {
+        self.touch();
         let mut st = self.state.lock();
+        if st.ready.front_deadline() != 0 {
+            self.expire_head(&mut st, now_ms(), true);
+        }
         let Some(r) = st.ready.pop_front() else {
             self.stats.get_empty.fetch_add(1, Ordering::Relaxed);
+            self.finish(st);
             return false;
         };
         let remaining = st.ready.len() as u32;
         if !channel.deliver_get(self, &r, no_ack, remaining) {
             st.ready.push_front(r);
+            self.finish(st);
             return false;
         }
+        self.finish(st);
         true
     }
 
     /// Puts messages back at their original positions, flagged redelivered,
     /// and delivers again.
-    pub fn requeue(self: &Arc<Self>, mut items: Vec<(u64, MessageRef, Option<u64>)>) {
+    pub fn requeue(self: &Arc<Self>, mut items: Vec<Ready>) {
         if items.is_empty() {
             return;
         }
         let mut st = self.state.lock();
         if self.is_deleted() {
             drop(st);
-            let ids: Vec<u64> = items.iter().filter_map(|i| i.2).collect();
+            let ids: Vec<u64> = items.iter().filter_map(|i| i.stored).collect();
             self.store_ack(&ids);
             return;
         }
         // Highest seq first, so the common case (all older than what is ready)
         // is a run of push_front.
-        items.sort_unstable_by_key(|(seq, _, _)| std::cmp::Reverse(*seq));
-        for (seq, msg, stored) in items {
-            let r = Ready {
-                msg,
-                seq,
-                redelivered: true,
-                stored,
-            };
-            if st.ready.front_seq().is_none_or(|s| s > seq) {
+        items.sort_unstable_by_key(|r| std::cmp::Reverse(r.seq));
+        for mut r in items {
+            r.redelivered = true;
+            if st.ready.front_seq().is_none_or(|s| s > r.seq) {
                 st.ready.push_front(r);
             } else {
                 st.ready.insert_by_seq(r);
             }
         }
+        if st.ready.front_deadline() != 0 {
+            // A message whose TTL ran out while it was unacked dies now.
+            self.expire_head(&mut st, now_ms(), true);
+        }
         self.dispatch_locked(&mut st);
+        self.finish(st);
     }
 
     /// Attaches a consumer, enforcing exclusive consumers as RabbitMQ does.
@@ -251,6 +495,8 @@ impl Queue {
         st.consumers.push(consumer);
         st.had_consumers = true;
         self.dispatch_locked(&mut st);
+        self.finish(st);
+        self.touch();
         Ok(())
     }
 
@@ -261,6 +507,9 @@ impl Queue {
         let before = st.consumers.len();
         st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
         let removed = st.consumers.len() != before;
+        if removed && st.consumers.is_empty() {
+            self.touch();
+        }
         removed && self.config.auto_delete && st.consumers.is_empty() && st.had_consumers
     }
 
@@ -356,8 +605,14 @@ impl Queue {
     }
 
     /// Puts messages recovered from the store into the queue, in order.
-    pub fn restore(&self, msgs: Vec<RecoveredMessage>) {
+    /// Recovered messages get the queue's TTL afresh (the store does not
+    /// keep enqueue times).
+    pub fn restore(self: &Arc<Self>, msgs: Vec<RecoveredMessage>) {
         let mut st = self.state.lock();
+        let deadline = st
+            .args
+            .message_ttl
+            .map_or(0, |t| now_ms().saturating_add(t));
         for m in msgs {
             let seq = st.next_seq;
             st.next_seq += 1;
@@ -366,8 +621,11 @@ impl Queue {
                 seq,
                 redelivered: m.delivered,
                 stored: Some(m.id),
+                deadline,
             });
         }
+        self.enforce_limits(&mut st, now_ms());
+        self.finish(st);
     }
 
     /// Whether `conn` may use this queue (exclusive queues belong to one connection).
@@ -397,7 +655,8 @@ pub fn enqueue_routed(
     queues: &[Arc<Queue>],
     msg: &MessageRef,
     store: Option<&Arc<MessageStore>>,
-) -> (Option<u64>, Option<Arc<Queue>>) {
+    ttl: Option<u64>,
+) -> Enqueued {
     let mut stored = None;
     let mut sync_seq = None;
     if let Some(store) = store
@@ -414,12 +673,17 @@ pub fn enqueue_routed(
             sync_seq = Some(seq);
         }
     }
-    let mut pressured = None;
+    let mut out = Enqueued {
+        sync_seq,
+        ..Enqueued::default()
+    };
     for q in queues {
         let id = if q.is_persistent() { stored } else { None };
-        if q.publish(msg.clone(), id) {
-            pressured = Some(q.clone());
+        let e = q.publish(msg.clone(), id, ttl);
+        out.rejected |= e.rejected;
+        if e.pressured.is_some() {
+            out.pressured = e.pressured;
         }
     }
-    (sync_seq, pressured)
+    out
 }

@@ -89,6 +89,11 @@ pub struct QueueStats {
     pub ack: AtomicU64,
     /// Delivered, not yet acked, nacked, rejected or requeued (a gauge).
     pub unacked: AtomicU64,
+    /// Messages dead-lettered (rejected, expired or over a length limit,
+    /// with a dead-letter exchange set).
+    pub dead_lettered: AtomicU64,
+    /// Messages dropped on expiry without a dead-letter exchange.
+    pub expired: AtomicU64,
 }
 
 impl QueueStats {
@@ -134,6 +139,7 @@ impl QueueStats {
             get_empty: self.get_empty.load(R),
             redeliver: self.redeliver.load(R),
             ack: self.ack.load(R),
+            dead_lettered: self.dead_lettered.load(R),
             ..MsgTotals::default()
         }
     }

@@ -15,6 +15,7 @@ use crate::definitions::{BindingDef, ExchangeDef, PolicyDef, QueueDef, table_to_
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::exchange::{Dest, Exchange, ExchangeKind};
 use crate::queue::{Deleted, Queue, QueueConfig};
+use crate::queue_args::QueueArgs;
 use crate::store::Durability;
 use crate::store::meta::MetaOp;
 
@@ -47,6 +48,8 @@ pub struct VHost {
     policies: RwLock<std::collections::BTreeMap<String, Policy>>,
     definitions: Mutex<()>,
     durability: Arc<Durability>,
+    /// Itself, for the queues it creates.
+    me: std::sync::Weak<VHost>,
     /// Message counts of the vhost's deleted queues.
     pub retired: crate::stats::Retired,
 }
@@ -215,13 +218,14 @@ impl VHost {
                 ),
             );
         }
-        Arc::new(VHost {
+        Arc::new_cyclic(|me| VHost {
             name: name.into(),
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
             policies: RwLock::new(Default::default()),
             definitions: Mutex::new(()),
             durability,
+            me: me.clone(),
             retired: Default::default(),
         })
     }
@@ -267,6 +271,46 @@ impl VHost {
         t
     }
 
+    /// The message store, when durability is on.
+    pub fn store(&self) -> Option<Arc<crate::store::MessageStore>> {
+        self.durability.store().cloned()
+    }
+
+    /// The policy that applies to queue `name`: the matching one of highest
+    /// priority (ties: the first by name), as RabbitMQ picks.
+    pub fn queue_policy(&self, name: &str) -> Option<Policy> {
+        let policies = self.policies.read();
+        let mut best: Option<&Policy> = None;
+        for p in policies.values() {
+            if p.apply_to == "exchanges" {
+                continue;
+            }
+            let Ok(re) = regex::Regex::new(&p.pattern) else {
+                continue;
+            };
+            if re.is_match(name) && best.is_none_or(|b| p.priority > b.priority) {
+                best = Some(p);
+            }
+        }
+        best.cloned()
+    }
+
+    /// A queue's effective arguments: its own, completed by its policy.
+    fn effective_args(&self, name: &str, args: QueueArgs) -> QueueArgs {
+        match self.queue_policy(name) {
+            Some(p) => args.with_policy(&p.definition),
+            None => args,
+        }
+    }
+
+    /// Re-applies policies to every queue (after a policy change).
+    fn reapply_policies(&self) {
+        for q in self.queues() {
+            let own = QueueArgs::lenient(&q.config.arguments);
+            q.set_args(self.effective_args(&q.name, own));
+        }
+    }
+
     /// All policies, by name.
     pub fn policies(&self) -> Vec<Policy> {
         self.policies.read().values().cloned().collect()
@@ -291,6 +335,7 @@ impl VHost {
             priority: p.priority,
         }));
         self.policies.write().insert(p.name.clone(), p);
+        self.reapply_policies();
         Ok(())
     }
 
@@ -300,6 +345,7 @@ impl VHost {
         if existed {
             self.durability
                 .record(MetaOp::DeletePolicy(self.name.to_string(), name.to_owned()));
+            self.reapply_policies();
         }
         existed
     }
@@ -479,6 +525,7 @@ impl VHost {
             q.check_exclusive(conn_id)?;
             return Ok((q, false));
         }
+        let args = QueueArgs::parse(&config.arguments, name, &self.name)?;
         let _defs = self.definitions.lock();
         if let Some(q) = self.queue(name) {
             q.check_exclusive(conn_id)?;
@@ -518,6 +565,7 @@ impl VHost {
                     return Err(inequivalent_raw(what, arg, name, v, a.0, a.1));
                 }
             }
+            q.touch();
             return Ok((q, false));
         }
         if name.starts_with("amq.") && !server_named {
@@ -538,7 +586,9 @@ impl VHost {
             }));
         }
         let paging = self.durability.paging.get().cloned();
-        let q = Queue::new(name.to_owned(), self.name.clone(), config, store, paging);
+        let me = self.me.upgrade().expect("a vhost in use is alive");
+        let args = self.effective_args(name, args);
+        let q = Queue::new(name.to_owned(), &me, config, store, paging, args);
         self.queues.write().insert(name.to_owned(), q.clone());
         Ok((q, true))
     }

@@ -320,6 +320,11 @@ async fn publish(
     b.stats
         .http_published
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    crate::queue::enqueue_routed(&queues, &msg, b.durability.store());
+    let ttl = match msg.expiration() {
+        Some(Err(why)) => return Err(ApiError::bad_request(why)),
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    crate::queue::enqueue_routed(&queues, &msg, b.durability.store(), ttl);
     ok(json!({"routed": !queues.is_empty()}))
 }

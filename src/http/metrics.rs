@@ -216,7 +216,7 @@ pub fn render(s: &AppState) -> String {
         ),
         (
             "dead_lettered_total",
-            "Total number of messages dead-lettered (no dead-lettering yet: 0)",
+            "Total number of messages dead-lettered (rejected, expired or over a length limit)",
             t.dead_lettered,
         ),
     ] {

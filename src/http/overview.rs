@@ -281,7 +281,7 @@ async fn aliveness(
         &header,
         bytes::Bytes::from_static(b"test"),
     ));
-    q.publish(msg, None);
+    q.publish(msg, None, None);
     let got = q.take(1);
     if got.first().is_some_and(|r| r.msg.body() == b"test") {
         ok(json!({"status": "ok"}))

@@ -255,15 +255,18 @@ async fn get_messages(
         }));
     }
     if requeue {
-        q.requeue(
-            taken
-                .into_iter()
-                .map(|r| (r.seq, r.msg, r.stored))
-                .collect(),
-        );
+        q.requeue(taken);
     } else {
         let ids: Vec<u64> = taken.iter().filter_map(|r| r.stored).collect();
         q.store_ack(&ids);
+        if ackmode == "reject_requeue_false" {
+            q.dead_letter(
+                taken
+                    .into_iter()
+                    .map(|r| (r.msg, crate::deadletter::Reason::Rejected))
+                    .collect(),
+            );
+        }
     }
     ok(Value::Array(out))
 }

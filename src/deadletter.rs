@@ -1,0 +1,276 @@
+//! Dead-lettering: messages rejected without requeue, expired by TTL or
+//! pushed out by a length limit are republished to the queue's
+//! dead-letter exchange, with RabbitMQ's `x-death` history in their headers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
+
+use crate::message::{Message, MessageRef};
+use crate::queue::Queue;
+use crate::vhost::VHost;
+
+/// Why a message was dead-lettered (the `reason` of its x-death entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// basic.reject or basic.nack with requeue=false.
+    Rejected,
+    /// Its TTL ran out.
+    Expired,
+    /// A length limit pushed it out (or refused it).
+    Maxlen,
+}
+
+impl Reason {
+    /// RabbitMQ's name for the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::Expired => "expired",
+            Reason::Maxlen => "maxlen",
+        }
+    }
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn text(v: Option<&AMQPValue>) -> Option<String> {
+    match v? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The properties without `expiration` (a dead-lettered copy does not
+/// expire again for the same reason; x-death keeps the original).
+fn without_expiration(p: &BasicProperties) -> BasicProperties {
+    let mut n = BasicProperties::default();
+    macro_rules! copy {
+        ($get:ident, $set:ident) => {
+            if let Some(v) = p.$get() {
+                n = n.$set(v.clone());
+            }
+        };
+    }
+    copy!(content_type, with_content_type);
+    copy!(content_encoding, with_content_encoding);
+    copy!(headers, with_headers);
+    copy!(delivery_mode, with_delivery_mode);
+    copy!(priority, with_priority);
+    copy!(correlation_id, with_correlation_id);
+    copy!(reply_to, with_reply_to);
+    copy!(message_id, with_message_id);
+    copy!(timestamp, with_timestamp);
+    copy!(kind, with_type);
+    copy!(user_id, with_user_id);
+    copy!(app_id, with_app_id);
+    copy!(cluster_id, with_cluster_id);
+    n
+}
+
+/// A dead-lettered copy of a message.
+pub struct DeadCopy {
+    /// The message to publish to the dead-letter exchange.
+    pub msg: Message,
+    /// (queue, reason) of its x-death entries, newest first.
+    pub deaths: Vec<(String, String)>,
+}
+
+/// Builds the copy of `msg` that `queue` dead-letters to exchange `dlx`
+/// with routing key `dlrk` (or the message's own). `None` if the message's
+/// properties cannot be decoded.
+pub fn copy(
+    msg: &Message,
+    queue: &str,
+    reason: Reason,
+    dlx: &str,
+    dlrk: Option<&str>,
+) -> Option<DeadCopy> {
+    let props = msg.properties()?;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let exchange = String::from_utf8_lossy(msg.exchange()).into_owned();
+    let rk = String::from_utf8_lossy(msg.routing_key()).into_owned();
+    let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
+        _ => Vec::new(),
+    };
+    let same = |v: &AMQPValue| match v {
+        AMQPValue::FieldTable(t) => {
+            text(t.inner().get("queue")).as_deref() == Some(queue)
+                && text(t.inner().get("reason")).as_deref() == Some(reason.as_str())
+        }
+        _ => false,
+    };
+    let entry = match deaths.iter().position(same) {
+        Some(i) => {
+            let AMQPValue::FieldTable(mut t) = deaths.remove(i) else {
+                unreachable!("matched a table")
+            };
+            let count = match t.inner().get("count") {
+                Some(AMQPValue::LongLongInt(n)) => *n,
+                Some(AMQPValue::LongInt(n)) => *n as i64,
+                _ => 0,
+            };
+            t.insert("count".into(), AMQPValue::LongLongInt(count + 1));
+            t
+        }
+        None => {
+            let mut t = FieldTable::default();
+            t.insert("count".into(), AMQPValue::LongLongInt(1));
+            t.insert("reason".into(), long(reason.as_str()));
+            t.insert("queue".into(), long(queue));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            t.insert("time".into(), AMQPValue::Timestamp(now));
+            t.insert("exchange".into(), long(&exchange));
+            t.insert(
+                "routing-keys".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![long(&rk)])),
+            );
+            if let Some(e) = props.expiration() {
+                t.insert("original-expiration".into(), long(e.as_str()));
+            }
+            t
+        }
+    };
+    deaths.insert(0, AMQPValue::FieldTable(entry));
+    let history: Vec<(String, String)> = deaths
+        .iter()
+        .filter_map(|v| match v {
+            AMQPValue::FieldTable(t) => Some((
+                text(t.inner().get("queue")).unwrap_or_default(),
+                text(t.inner().get("reason")).unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect();
+    headers.insert("x-death".into(), AMQPValue::FieldArray(deaths.into()));
+    for (k, v) in [
+        ("x-first-death-exchange", exchange.as_str()),
+        ("x-first-death-queue", queue),
+        ("x-first-death-reason", reason.as_str()),
+    ] {
+        if !headers.contains_key(k) {
+            headers.insert(k.into(), long(v));
+        }
+    }
+    let props = without_expiration(&props).with_headers(headers);
+    let body = msg.body();
+    let mut header = Vec::with_capacity(64);
+    header.extend_from_slice(&60u16.to_be_bytes());
+    header.extend_from_slice(&0u16.to_be_bytes());
+    header.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    let ctx = amq_protocol::frame::WriteContext::from(Vec::new());
+    let ctx = amq_protocol::protocol::basic::gen_properties(&props)(ctx).ok()?;
+    header.extend_from_slice(&ctx.write);
+    let routing_key = dlrk.unwrap_or(&rk);
+    Some(DeadCopy {
+        msg: Message::new(
+            dlx.as_bytes(),
+            routing_key.as_bytes(),
+            &header,
+            msg.body_bytes(),
+        ),
+        deaths: history,
+    })
+}
+
+/// RabbitMQ's cycle rule: a copy is not delivered back to a queue it
+/// already died in unless a rejection happened somewhere along the way
+/// (a fully automatic cycle, of TTLs or length limits, would never end).
+fn is_cycle(queue: &str, deaths: &[(String, String)]) -> bool {
+    match deaths.iter().position(|(q, _)| q == queue) {
+        None => false,
+        Some(i) => deaths[..=i].iter().all(|(_, r)| r != "rejected"),
+    }
+}
+
+/// Dead-letters messages that left `from`: republishes each to the queue's
+/// dead-letter exchange, if it has one that exists. Messages without one
+/// are dropped (their store records are the caller's business).
+pub fn dead_letter(vhost: &VHost, from: &Arc<Queue>, items: Vec<(MessageRef, Reason)>) {
+    let Some((dlx, dlrk)) = from.dead_letter_target() else {
+        return;
+    };
+    let Some(x) = vhost.exchange(&dlx) else {
+        return;
+    };
+    let store = from.store().cloned().or_else(|| vhost.store());
+    let mut queues = Vec::new();
+    for (msg, reason) in items {
+        let Some(c) = copy(&msg, &from.name, reason, &dlx, dlrk.as_deref()) else {
+            continue;
+        };
+        from.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        queues.clear();
+        let rk = String::from_utf8_lossy(c.msg.routing_key()).into_owned();
+        let mut headers = || c.msg.properties().and_then(|p| p.headers().clone());
+        vhost.route(&x, &rk, &mut headers, &mut queues);
+        if reason != Reason::Rejected {
+            queues.retain(|q| !is_cycle(&q.name, &c.deaths));
+        }
+        if queues.is_empty() {
+            continue;
+        }
+        let msg = Arc::new(c.msg);
+        crate::queue::enqueue_routed(&queues, &msg, store.as_ref(), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(q: &str, r: &str) -> (String, String) {
+        (q.to_owned(), r.to_owned())
+    }
+
+    #[test]
+    fn cycles_without_a_rejection_are_cut() {
+        assert!(is_cycle("a", &[d("a", "expired")]));
+        assert!(is_cycle("a", &[d("b", "expired"), d("a", "maxlen")]));
+        assert!(!is_cycle("a", &[d("b", "rejected"), d("a", "expired")]));
+        assert!(!is_cycle("c", &[d("b", "expired"), d("a", "expired")]));
+    }
+
+    #[test]
+    fn a_copy_carries_its_history() {
+        let mut h = vec![0, 60, 0, 0];
+        h.extend_from_slice(&3u64.to_be_bytes());
+        let p = BasicProperties::default()
+            .with_expiration("100".into())
+            .with_delivery_mode(2);
+        let ctx = amq_protocol::frame::WriteContext::from(Vec::new());
+        let ctx = amq_protocol::protocol::basic::gen_properties(&p)(ctx).unwrap();
+        h.extend_from_slice(&ctx.write);
+        let m = Message::new(b"ex", b"rk", &h, bytes::Bytes::from_static(b"abc"));
+        let c = copy(&m, "q1", Reason::Expired, "dlx", None).unwrap();
+        assert_eq!(c.msg.exchange(), b"dlx");
+        assert_eq!(c.msg.routing_key(), b"rk");
+        assert_eq!(c.msg.body(), b"abc");
+        let p = c.msg.properties().unwrap();
+        assert_eq!(p.expiration(), &None);
+        assert_eq!(p.delivery_mode(), &Some(2));
+        let again = copy(&c.msg, "q1", Reason::Expired, "dlx", Some("k")).unwrap();
+        assert_eq!(again.msg.routing_key(), b"k");
+        assert_eq!(again.deaths, vec![d("q1", "expired")]);
+        let h = again.msg.properties().unwrap().headers().clone().unwrap();
+        let Some(AMQPValue::FieldArray(a)) = h.inner().get("x-death") else {
+            panic!("no x-death")
+        };
+        let AMQPValue::FieldTable(t) = &a.as_slice()[0] else {
+            panic!()
+        };
+        assert_eq!(t.inner().get("count"), Some(&AMQPValue::LongLongInt(2)));
+        assert_eq!(
+            text(t.inner().get("original-expiration")).as_deref(),
+            Some("100")
+        );
+    }
+}
