@@ -47,6 +47,8 @@ pub struct DeliveryState {
     pub unacked: VecDeque<Unacked>,
     /// Channel-wide prefetch (basic.qos global=true); 0 means none.
     pub global_prefetch: u16,
+    /// Prefetch for new consumers (basic.qos global=false), for listings.
+    pub consumer_prefetch: u16,
     /// Unacked deliveries to consumers (what the channel-wide prefetch counts).
     consumer_unacked: u32,
 }
@@ -267,6 +269,7 @@ impl ChannelShared {
                 next_tag: 1,
                 unacked: VecDeque::new(),
                 global_prefetch: 0,
+                consumer_prefetch: 0,
                 consumer_unacked: 0,
             }),
         });

@@ -340,6 +340,7 @@ fn basic_method(ch: &mut Channel, ctx: &mut ConnCtx, m: basic::AMQPMethod) -> Am
                 ch.redispatch();
             } else {
                 ch.consumer_prefetch = q.prefetch_count;
+                ch.shared.state.lock().consumer_prefetch = q.prefetch_count;
             }
             ctx.send(
                 ch.id,

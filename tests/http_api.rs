@@ -425,6 +425,20 @@ async fn queue_figures_are_live() {
         assert!(Instant::now() < deadline, "unacked never reached 2: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let (s, v) = w.api("GET", "/api/channels", None);
+    assert_eq!(s, 200);
+    let with_consumer: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["consumer_count"] == 1)
+        .collect();
+    assert_eq!(with_consumer.len(), 1, "{v}");
+    assert_eq!(
+        with_consumer[0]["prefetch_count"], 2,
+        "basic.qos global=false"
+    );
+    assert_eq!(with_consumer[0]["global_prefetch_count"], 0);
     let (s, v) = w.api("GET", "/api/consumers/%2F", None);
     assert_eq!(s, 200);
     let c = &v[0];

@@ -205,7 +205,10 @@ fn channel_json(
     counts: &HashMap<usize, u32>,
 ) -> Value {
     let b = &s.broker;
-    let global_prefetch = ch.state.lock().global_prefetch;
+    let (global_prefetch, prefetch) = {
+        let st = ch.state.lock();
+        (st.global_prefetch, st.consumer_prefetch)
+    };
     json!({
         "name": channel_name(b, i, ch.id),
         "number": ch.id,
@@ -220,7 +223,7 @@ fn channel_json(
         },
         "consumer_count": counts.get(&(Arc::as_ptr(ch) as usize)).copied().unwrap_or(0),
         "messages_unacknowledged": ch.unacked_count(),
-        "prefetch_count": 0,
+        "prefetch_count": prefetch,
         "global_prefetch_count": global_prefetch,
     })
 }
