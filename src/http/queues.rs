@@ -80,17 +80,17 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>) -> Value {
 
 fn queues(s: &AppState, auth: &Auth, only: Option<&str>) -> Vec<Value> {
     let b = &s.broker;
-    let mut out = Vec::new();
+    let mut all = Vec::new();
     for vh in b.vhosts() {
         if only.is_some_and(|o| o != &*vh.name) || !auth.can_see_vhost(b, &vh.name) {
             continue;
         }
-        for q in vh.queues() {
-            out.push(queue_json(s, &q));
-        }
+        all.extend(vh.queues());
     }
-    super::sort_by_vhost_name(&mut out);
-    out
+    // Sorted before they become JSON: comparing names is cheap, looking
+    // them up in 10,000 JSON objects is not.
+    all.sort_unstable_by(|a, b| (&*a.vhost, &a.name).cmp(&(&*b.vhost, &b.name)));
+    all.iter().map(|q| queue_json(s, q)).collect()
 }
 
 async fn all(State(s): St, auth: Auth, Query(q): Q) -> ApiResult {
