@@ -641,6 +641,18 @@ impl Connection {
                     let _ = tokio::time::timeout(FLOW_PAUSE_MAX, drained).await;
                 }
             }
+            if self.ctx.published
+                && let Some(store) = self.ctx.broker.durability.store()
+                && store.is_backlogged()
+            {
+                // The message store's writer is behind: read no more
+                // publishes until it catches up (bounded, like flow control).
+                let mut rx = store.subscribe();
+                let until = tokio::time::Instant::now() + FLOW_PAUSE_MAX;
+                while store.is_backlogged() && tokio::time::Instant::now() < until {
+                    let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+                }
+            }
             let waiting_for_store = !self.ctx.confirms_due.is_empty() && durable_rx.is_some();
             // Alarms: a connection that publishes is not read from while an
             // alarm is on (RabbitMQ's connection.blocked); consumers go on.

@@ -194,6 +194,11 @@ impl ReadyList {
         };
         self.mem_bytes = self.mem_bytes.saturating_sub(cost(&msg));
         self.body_bytes = self.body_bytes.saturating_sub(msg.body_len());
+        let cap = self.entries.capacity();
+        if cap > 4096 && self.entries.len() < cap / 8 {
+            // A drained queue gives back the memory its backlog needed.
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
         Some(QueuedMessage {
             msg,
             seq,

@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +27,9 @@ use tokio::sync::watch;
 use crate::message::Message;
 use record::{ACK, DELIVERED, DROP_QUEUE, Next, QueueKey, Record};
 
+/// Bytes waiting for the writer beyond which publishers pause.
+const BACKLOG_MAX: usize = 32 * 1024 * 1024;
+
 /// A segment file is closed and a new one started beyond this size.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
 
@@ -35,17 +38,154 @@ struct Pending {
     buf: BytesMut,
     /// Sequence number of the last record appended.
     seq: u64,
-    /// Messages enqueued in `buf`, to be placed in a segment once written.
-    new_ids: Vec<u64>,
+    /// The next message id. Ids are taken under this lock, so they increase
+    /// in log order and every segment holds one contiguous range of them.
+    next_id: u64,
 }
 
+/// A segment's share of the live messages.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    /// The first message id written to it (`u64::MAX` until one is).
+    first_id: u64,
+    /// Messages in it that some queue still holds.
+    live: u64,
+}
+
+/// Which stored messages are still held, and by how many queues: one byte a
+/// message from the oldest one that may be live, so a store of millions of
+/// messages costs megabytes, not hundreds of them.
 #[derive(Debug, Default)]
 struct Live {
-    /// Live message -> (segment, if written yet; queues still holding it).
-    msgs: HashMap<u64, (Option<u64>, u32)>,
-    /// Live messages per segment, oldest segment first.
-    segments: BTreeMap<u64, u64>,
+    /// Id of `refs[0]`.
+    base: u64,
+    /// Queues holding each message; `OTHER` means "see `other`".
+    refs: std::collections::VecDeque<u8>,
+    /// Reference counts of 255 and more, and of live messages older than
+    /// `base` (moved out when a few old messages would pin a long run).
+    other: HashMap<u64, u32>,
+    /// Ids from recovery whose segment is not the one their id range says
+    /// (written by an older warren that took ids outside the append lock).
+    strays: HashMap<u64, u64>,
+    /// Segments, oldest first.
+    segments: BTreeMap<u64, Seg>,
     current: u64,
+    /// Messages below this id are written to a segment.
+    placed: u64,
+}
+
+const OTHER: u8 = u8::MAX;
+/// `refs` longer than this with a live head moves its older half's live
+/// entries into `other`.
+const REFS_COMPACT: usize = 1 << 22;
+
+impl Live {
+    /// A new message held by `n` queues; ids arrive in increasing order.
+    fn add(&mut self, id: u64, n: u32) {
+        if self.refs.is_empty() {
+            self.base = id;
+        }
+        debug_assert_eq!(id, self.base + self.refs.len() as u64);
+        if n >= OTHER as u32 {
+            self.other.insert(id, n);
+            self.refs.push_back(OTHER);
+        } else {
+            self.refs.push_back(n as u8);
+        }
+        if self.refs.len() > REFS_COMPACT {
+            let half = self.refs.len() / 2;
+            for (i, r) in self.refs.drain(..half).enumerate() {
+                let id = self.base + i as u64;
+                if r != 0 && r != OTHER {
+                    self.other.insert(id, r as u32);
+                }
+            }
+            self.base += half as u64;
+        }
+    }
+
+    /// Drops one queue's hold on `id`; true when no queue holds it any more.
+    fn release(&mut self, id: u64) -> bool {
+        let idx = id.wrapping_sub(self.base) as usize;
+        let gone = if id < self.base || idx >= self.refs.len() || self.refs[idx] == OTHER {
+            match self.other.get_mut(&id) {
+                Some(n) => {
+                    *n -= 1;
+                    *n == 0
+                }
+                None => false,
+            }
+        } else if self.refs[idx] == 0 {
+            false
+        } else {
+            self.refs[idx] -= 1;
+            self.refs[idx] == 0
+        };
+        if !gone {
+            return false;
+        }
+        self.other.remove(&id);
+        if id >= self.base && idx < self.refs.len() {
+            self.refs[idx] = 0;
+        }
+        while self.refs.front() == Some(&0) {
+            self.refs.pop_front();
+            self.base += 1;
+        }
+        if id < self.placed {
+            let seg = match self.strays.remove(&id) {
+                Some(seg) => Some(seg),
+                None => self.segment_of(id),
+            };
+            if let Some(s) = seg.and_then(|seg| self.segments.get_mut(&seg)) {
+                s.live = s.live.saturating_sub(1);
+            }
+        }
+        true
+    }
+
+    /// Whether `id` is still held.
+    fn is_live(&self, id: u64) -> bool {
+        let idx = id.wrapping_sub(self.base) as usize;
+        if id >= self.base && idx < self.refs.len() && self.refs[idx] != OTHER {
+            self.refs[idx] != 0
+        } else {
+            self.other.contains_key(&id)
+        }
+    }
+
+    /// The segment whose id range holds `id`.
+    fn segment_of(&self, id: u64) -> Option<u64> {
+        let mut found = None;
+        for (&seg, s) in &self.segments {
+            if s.first_id == u64::MAX {
+                continue; // no messages in it (yet)
+            }
+            if s.first_id > id {
+                break;
+            }
+            found = Some(seg);
+        }
+        found
+    }
+
+    /// Ids `lo..hi` were written to the current segment.
+    fn place(&mut self, lo: u64, hi: u64) {
+        if lo >= hi {
+            return;
+        }
+        let live = (lo..hi).filter(|&id| self.is_live(id)).count() as u64;
+        let cur = self.current;
+        let s = self.segments.entry(cur).or_insert(Seg {
+            first_id: u64::MAX,
+            live: 0,
+        });
+        if s.first_id == u64::MAX {
+            s.first_id = lo;
+        }
+        s.live += live;
+        self.placed = hi;
+    }
 }
 
 /// A message recovered from disk for one queue.
@@ -70,7 +210,8 @@ pub struct MessageStore {
     pending: Mutex<Pending>,
     wake: Condvar,
     durable: watch::Sender<u64>,
-    next_id: AtomicU64,
+    /// Bytes appended and not yet taken by the writer.
+    backlog: std::sync::atomic::AtomicUsize,
     live: Mutex<Live>,
     stopping: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -113,6 +254,7 @@ impl MessageStore {
         // id -> (segment, message, refs)
         let mut msgs: HashMap<u64, (u64, Arc<Message>, u32)> = HashMap::new();
         let mut max_id = 0u64;
+        let mut first_ids: HashMap<u64, u64> = HashMap::new();
         let last = segments.last().copied();
         for &seg in &segments {
             let path = segment_path(dir, seg);
@@ -164,6 +306,10 @@ impl MessageStore {
                     }
                     Next::Record(r, n) => {
                         at += n;
+                        if let Record::Enqueue { id, .. } = &r {
+                            let f = first_ids.entry(seg).or_insert(*id);
+                            *f = (*f).min(*id);
+                        }
                         apply(r, seg, &mut queues, &mut msgs, &mut max_id);
                     }
                 }
@@ -193,33 +339,64 @@ impl MessageStore {
                 recovered.insert(key, list);
             }
         }
-        for (id, (seg, _, refs)) in &msgs {
-            if *refs > 0 {
-                live.msgs.insert(*id, (Some(*seg), *refs));
-                *live.segments.entry(*seg).or_default() += 1;
+        let mut held: Vec<(u64, u64, u32)> = msgs
+            .iter()
+            .filter(|(_, m)| m.2 > 0)
+            .map(|(id, m)| (*id, m.0, m.2))
+            .collect();
+        held.sort_unstable();
+        for &seg in &segments {
+            live.segments.insert(
+                seg,
+                Seg {
+                    first_id: first_ids.get(&seg).copied().unwrap_or(u64::MAX),
+                    live: 0,
+                },
+            );
+        }
+        let mut next = held.first().map_or(0, |h| h.0);
+        for &(id, seg, refs) in &held {
+            while next < id {
+                live.add(next, 0);
+                next += 1;
+            }
+            live.add(id, refs);
+            next = id + 1;
+            if live.segment_of(id) != Some(seg) {
+                live.strays.insert(id, seg);
+            }
+            if let Some(s) = live.segments.get_mut(&seg) {
+                s.live += 1;
             }
         }
+        live.placed = max_id + 1;
         // Segments before the first live one hold nothing needed any more.
-        for &seg in &segments {
-            if live.segments.get(&seg).copied().unwrap_or(0) == 0
-                && live.segments.range(..seg).next().is_none()
-            {
-                let _ = fs::remove_file(segment_path(dir, seg));
-                live.segments.remove(&seg);
-            } else {
-                live.segments.entry(seg).or_default();
+        while let Some((&seg, s)) = live.segments.iter().next() {
+            if s.live != 0 {
+                break;
             }
+            let _ = fs::remove_file(segment_path(dir, seg));
+            live.segments.remove(&seg);
         }
         live.current = last.map_or(1, |l| l + 1);
-        live.segments.insert(live.current, 0);
+        live.segments.insert(
+            live.current,
+            Seg {
+                first_id: u64::MAX,
+                live: 0,
+            },
+        );
         let (durable, _) = watch::channel(0);
         let store = Arc::new(MessageStore {
             dir: dir.to_owned(),
             fsync,
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(Pending {
+                next_id: max_id + 1,
+                ..Pending::default()
+            }),
             wake: Condvar::new(),
             durable,
-            next_id: AtomicU64::new(max_id + 1),
+            backlog: Default::default(),
             live: Mutex::new(live),
             stopping: AtomicBool::new(false),
             writer: Mutex::new(None),
@@ -239,12 +416,10 @@ impl MessageStore {
     /// Appends a message for the given durable queues; returns its id and
     /// the sequence number a confirm must wait for.
     pub fn enqueue(&self, queues: &[(&str, &str)], msg: &Message) -> (u64, u64) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.live
-            .lock()
-            .msgs
-            .insert(id, (None, queues.len() as u32));
         let mut p = self.pending.lock();
+        let id = p.next_id;
+        p.next_id += 1;
+        self.live.lock().add(id, queues.len() as u32);
         record::encode_enqueue(
             &mut p.buf,
             id,
@@ -255,8 +430,8 @@ impl MessageStore {
             msg.body(),
         );
         p.seq += 1;
-        p.new_ids.push(id);
         let seq = p.seq;
+        self.backlog.store(p.buf.len(), Ordering::Relaxed);
         drop(p);
         self.wake.notify_one();
         (id, seq)
@@ -277,7 +452,7 @@ impl MessageStore {
     /// are gone. `held` are the ids it still held (their references are released).
     pub fn drop_queue(&self, vhost: &str, queue: &str, held: &[u64]) -> u64 {
         self.release(held);
-        let upto = self.next_id.load(Ordering::Relaxed);
+        let upto = self.pending.lock().next_id;
         self.append_op(DROP_QUEUE, vhost, queue, &[upto])
     }
 
@@ -296,21 +471,16 @@ impl MessageStore {
 
     fn release(&self, ids: &[u64]) {
         let mut live = self.live.lock();
-        for id in ids {
-            let gone = match live.msgs.get_mut(id) {
-                Some((_, refs)) => {
-                    *refs = refs.saturating_sub(1);
-                    *refs == 0
-                }
-                None => false,
-            };
-            if gone
-                && let Some((Some(seg), _)) = live.msgs.remove(id)
-                && let Some(n) = live.segments.get_mut(&seg)
-            {
-                *n = n.saturating_sub(1);
-            }
+        for &id in ids {
+            live.release(id);
         }
+    }
+
+    /// Whether more is waiting for the writer than it should: publishers
+    /// then pause until it catches up, so a disk slower than the publishers
+    /// turns into back-pressure instead of a growing buffer.
+    pub fn is_backlogged(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) > BACKLOG_MAX
     }
 
     /// The highest sequence number that is on disk (and synced, if fsync is on).
@@ -345,7 +515,7 @@ impl MessageStore {
     fn run_writer(self: Arc<Self>, mut file: File) {
         let mut written = file.metadata().map_or(0, |m| m.len());
         loop {
-            let (buf, seq, ids) = {
+            let (buf, seq, next_id) = {
                 let mut p = self.pending.lock();
                 if p.buf.is_empty() {
                     if self.stopping.load(Ordering::Acquire) {
@@ -358,11 +528,8 @@ impl MessageStore {
                         continue;
                     }
                 }
-                (
-                    std::mem::take(&mut p.buf),
-                    p.seq,
-                    std::mem::take(&mut p.new_ids),
-                )
+                self.backlog.store(0, Ordering::Relaxed);
+                (std::mem::take(&mut p.buf), p.seq, p.next_id)
             };
             // Retry until the data is on disk: confirms wait meanwhile.
             loop {
@@ -383,15 +550,8 @@ impl MessageStore {
             written += buf.len() as u64;
             {
                 let mut live = self.live.lock();
-                let cur = live.current;
-                let mut placed = 0;
-                for id in ids {
-                    if let Some(entry) = live.msgs.get_mut(&id) {
-                        entry.0 = Some(cur);
-                        placed += 1;
-                    }
-                }
-                *live.segments.entry(cur).or_default() += placed;
+                let lo = live.placed;
+                live.place(lo, next_id);
             }
             self.durable.send_replace(seq);
             if written >= SEGMENT_MAX {
@@ -399,7 +559,13 @@ impl MessageStore {
                     let mut live = self.live.lock();
                     live.current += 1;
                     let n = live.current;
-                    live.segments.insert(n, 0);
+                    live.segments.insert(
+                        n,
+                        Seg {
+                            first_id: u64::MAX,
+                            live: 0,
+                        },
+                    );
                     n
                 };
                 match OpenOptions::new()
@@ -425,8 +591,8 @@ impl MessageStore {
         let doomed: Vec<u64> = {
             let mut live = self.live.lock();
             let mut out = Vec::new();
-            while let Some((&seg, &n)) = live.segments.iter().next() {
-                if n != 0 || seg == live.current {
+            while let Some((&seg, s)) = live.segments.iter().next() {
+                if s.live != 0 || seg == live.current {
                     break;
                 }
                 live.segments.remove(&seg);
@@ -535,5 +701,87 @@ impl Durability {
     /// The message store, if any.
     pub fn store(&self) -> Option<&Arc<MessageStore>> {
         self.store.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live_with_segments() -> Live {
+        let mut l = Live::default();
+        l.segments.insert(
+            1,
+            Seg {
+                first_id: u64::MAX,
+                live: 0,
+            },
+        );
+        l.current = 1;
+        l
+    }
+
+    #[test]
+    fn segments_count_their_live_messages_down_to_zero() {
+        let mut l = live_with_segments();
+        for id in 1..=10 {
+            l.add(id, if id == 5 { 2 } else { 1 });
+        }
+        l.place(1, 6);
+        l.current = 2;
+        l.segments.insert(
+            2,
+            Seg {
+                first_id: u64::MAX,
+                live: 0,
+            },
+        );
+        // 7 is acked before it is written: segment 2 never counts it.
+        assert!(l.release(7));
+        l.place(6, 11);
+        assert_eq!(l.segments[&1].live, 5);
+        assert_eq!(l.segments[&2].live, 4);
+        for id in 1..=4 {
+            assert!(l.release(id));
+        }
+        assert!(!l.release(5), "still held by a second queue");
+        assert!(l.release(5));
+        assert!(!l.release(5), "released twice");
+        assert_eq!(l.segments[&1].live, 0);
+        assert_eq!(l.base, 6, "the released head is dropped");
+        for id in [6, 8, 9, 10] {
+            assert!(l.release(id));
+        }
+        assert_eq!(l.segments[&2].live, 0);
+        assert!(l.refs.is_empty());
+    }
+
+    #[test]
+    fn a_long_run_behind_an_old_live_message_is_compacted() {
+        let mut l = live_with_segments();
+        let n = REFS_COMPACT as u64 + 10;
+        for id in 1..=n {
+            l.add(id, 1);
+            if id > 1 && id % 2 == 0 {
+                l.release(id);
+            }
+        }
+        assert!(l.refs.len() <= REFS_COMPACT);
+        assert!(l.is_live(1), "the old message is kept in `other`");
+        assert!(l.is_live(3));
+        assert!(!l.is_live(2));
+        assert!(l.release(1));
+        assert!(!l.is_live(1));
+    }
+
+    #[test]
+    fn heavy_fanout_counts_beyond_a_byte() {
+        let mut l = live_with_segments();
+        l.add(1, 300);
+        for _ in 0..299 {
+            assert!(!l.release(1));
+        }
+        assert!(l.release(1));
+        assert!(l.refs.is_empty());
     }
 }
