@@ -34,6 +34,7 @@ pub mod stats;
 pub mod store;
 pub mod table_guard;
 pub mod timers;
+pub mod tls;
 pub mod topic;
 pub mod vhost;
 
