@@ -375,6 +375,12 @@ async fn handshake<R: AsyncRead + Unpin>(
     tls: Option<&TlsSession>,
 ) -> AmqpResult<Option<Handshake>> {
     let limits = &broker.config.amqp;
+    // EXTERNAL only where a verified client certificate names the user.
+    let mechanisms = if tls.is_some_and(TlsSession::has_peer_cert) {
+        "PLAIN AMQPLAIN EXTERNAL"
+    } else {
+        "PLAIN AMQPLAIN"
+    };
     handle.write(|out| {
         write_method(
             out,
@@ -383,7 +389,7 @@ async fn handshake<R: AsyncRead + Unpin>(
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: "PLAIN AMQPLAIN".into(),
+                mechanisms: mechanisms.into(),
                 locales: "en_US".into(),
             })),
         )
@@ -399,11 +405,38 @@ async fn handshake<R: AsyncRead + Unpin>(
     let failure_close = capability(&start_ok.client_properties, "authentication_failure_close");
     let ip = peer.ip().to_canonical();
     let mechanism = start_ok.mechanism.as_str().to_owned();
-    let (user, password) = sasl_credentials(&mechanism, start_ok.response.as_bytes())?;
-    let authenticated = broker.authenticate(&user, &password).is_some();
-    if !authenticated {
-        tracing::warn!(%peer, %user, "authentication failed ({mechanism})");
-    }
+    let (user, authenticated) = if mechanism == "EXTERNAL" {
+        // The user is the verified client certificate's CN; it must exist,
+        // its password is not checked (RabbitMQ's rabbit_auth_mechanism_ssl).
+        let Some(session) = tls.filter(|t| t.has_peer_cert()) else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "invalid authentication mechanism 'EXTERNAL'",
+            ));
+        };
+        match &session.peer_cn {
+            Some(cn) => {
+                let exists = broker.user(cn).is_some();
+                if !exists {
+                    tracing::warn!(%peer, user = %cn,
+                        "authentication failed (EXTERNAL): no user '{cn}' (the client certificate's CN)");
+                }
+                (cn.clone(), exists)
+            }
+            None => {
+                tracing::warn!(%peer, subject = ?session.peer_cert_subject,
+                    "authentication failed (EXTERNAL): the client certificate's subject has no CN");
+                (String::new(), false)
+            }
+        }
+    } else {
+        let (user, password) = sasl_credentials(&mechanism, start_ok.response.as_bytes())?;
+        let ok = broker.authenticate(&user, &password).is_some();
+        if !ok {
+            tracing::warn!(%peer, %user, "authentication failed ({mechanism})");
+        }
+        (user, ok)
+    };
     let loopback_only = broker.config.auth.loopback_users.contains(&user);
     if !authenticated || (loopback_only && !ip.is_loopback()) {
         if authenticated {

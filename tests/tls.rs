@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use amq_protocol::protocol::{AMQPClass, connection};
 use lapin::options::BasicAckOptions;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
@@ -25,8 +26,8 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use common::{Warren, unique};
-use raw::PROTOCOL_HEADER;
+use common::{Warren, reply_code, reply_text, unique};
+use raw::{PROTOCOL_HEADER, plain, read_method, send_raw, start_ok};
 use support::*;
 
 /// A certificate and its key, PEM.
@@ -177,6 +178,21 @@ fn wait_for_connection(w: &Warren, f: impl Fn(&serde_json::Value) -> bool) -> se
     }
 }
 
+fn create_user(w: &Warren, user: &str) {
+    let (s, v) = w.api(
+        "PUT",
+        &format!("/api/users/{user}"),
+        Some(&serde_json::json!({"password": "not-used-with-external", "tags": ""})),
+    );
+    assert!(s == 201 || s == 204, "create user {user}: {s} {v}");
+    let (s, v) = w.api(
+        "PUT",
+        &format!("/api/permissions/%2f/{user}"),
+        Some(&serde_json::json!({"configure": "^ext-.*", "write": ".*", "read": ".*"})),
+    );
+    assert!(s == 201 || s == 204, "permissions for {user}: {s} {v}");
+}
+
 #[tokio::test]
 async fn amqps_carries_messages_with_the_test_ca_trusted() {
     let pki = Pki::new();
@@ -259,6 +275,73 @@ async fn the_plain_tcp_listener_works_alongside_tls() {
     let _ = plain_conn.close(200, "".into()).await;
 }
 
+#[tokio::test]
+async fn external_logs_in_as_the_client_certificate_cn() {
+    let pki = Pki::new();
+    let w = Warren::start_tls(&pki.config("verify_peer = true"));
+    let user = "ext-app";
+    create_user(&w, user);
+    let id = pki.ca.client(user);
+    let uri = format!(
+        "amqps://127.0.0.1:{}/%2f?auth_mechanism=external",
+        tls_port(&w)
+    );
+    let conn = connect_tls(&uri, pki.lapin_tls(Some(&id)))
+        .await
+        .expect("EXTERNAL login with a client certificate");
+    let c = wait_for_connection(&w, |c| c["ssl"] == true);
+    assert_eq!(c["user"], user, "{c}");
+    assert_eq!(c["auth_mechanism"], "EXTERNAL");
+    let subject = c["peer_cert_subject"].as_str().unwrap_or_default();
+    assert!(subject.contains("CN=ext-app"), "{c}");
+    assert!(
+        c["peer_cert_issuer"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("warren test CA"),
+        "{c}"
+    );
+
+    // The user's own permissions apply: configure only on ^ext-.*
+    let ch = within("channel.open-ok", conn.create_channel())
+        .await
+        .expect("channel");
+    declare(&ch, "ext-mine").await;
+    let err = within(
+        "queue.declare reply",
+        ch.queue_declare(
+            "other".into(),
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        ),
+    )
+    .await
+    .expect_err("configure outside ^ext-.* must be refused");
+    assert_eq!(reply_code(&err), Some(403), "{err:?}");
+    assert!(reply_text(&err).contains("user 'ext-app'"), "{err:?}");
+    let _ = conn.close(200, "".into()).await;
+}
+
+#[tokio::test]
+async fn external_with_a_cn_that_is_no_user_is_refused_with_403() {
+    let pki = Pki::new();
+    let w = Warren::start_tls(&pki.config("verify_peer = true"));
+    let id = pki.ca.client("nobody-here");
+    let uri = format!(
+        "amqps://127.0.0.1:{}/%2f?auth_mechanism=external",
+        tls_port(&w)
+    );
+    let err = connect_tls(&uri, pki.lapin_tls(Some(&id)))
+        .await
+        .expect_err("an unknown CN must not log in");
+    assert_eq!(reply_code(&err), Some(403), "{err:?}");
+    assert!(
+        reply_text(&err).contains("authentication mechanism EXTERNAL"),
+        "{err:?}"
+    );
+    assert!(api_connections(&w).is_empty());
+}
+
 /// A blocking TLS client socket to warren's TLS port.
 type TlsSocket = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
@@ -293,6 +376,53 @@ fn tls_socket(port: u16, pki: &Pki, id: Option<&Identity>) -> std::io::Result<Tl
         s.conn.complete_io(&mut s.sock)?;
     }
     Ok(s)
+}
+
+/// Sends the protocol header and returns connection.start's mechanisms.
+fn mechanisms(s: &mut (impl Read + Write)) -> String {
+    send_raw(s, PROTOCOL_HEADER);
+    match read_method(s) {
+        (0, AMQPClass::Connection(connection::AMQPMethod::Start(st))) => {
+            String::from_utf8_lossy(st.mechanisms.as_bytes()).into_owned()
+        }
+        other => panic!("expected connection.start, got {other:?}"),
+    }
+}
+
+#[test]
+fn external_is_offered_only_to_clients_with_a_verified_certificate() {
+    let pki = Pki::new();
+    let w = Warren::start_tls(&pki.config("verify_peer = true"));
+    let port = tls_port(&w);
+    let id = pki.ca.client("guest");
+
+    let mut s = tls_socket(port, &pki, Some(&id)).expect("TLS with a certificate");
+    assert_eq!(mechanisms(&mut s), "PLAIN AMQPLAIN EXTERNAL");
+
+    let mut s = tls_socket(port, &pki, None).expect("TLS without a certificate");
+    assert_eq!(mechanisms(&mut s), "PLAIN AMQPLAIN");
+    // Asking for it anyway is refused like RabbitMQ: 503 COMMAND_INVALID.
+    start_ok(&mut s, "EXTERNAL", b"");
+    let c = raw::expect_close_full(&mut s);
+    assert_eq!(c.reply_code, 503, "{c:?}");
+    assert!(
+        c.reply_text
+            .as_str()
+            .contains("invalid authentication mechanism 'EXTERNAL'"),
+        "{c:?}"
+    );
+
+    let (_s, st) = raw::start(w.port);
+    assert_eq!(st.mechanisms.to_string(), "PLAIN AMQPLAIN", "plain TCP");
+
+    // A client with a certificate may still log in with PLAIN.
+    let mut s = tls_socket(port, &pki, Some(&id)).unwrap();
+    mechanisms(&mut s);
+    start_ok(&mut s, "PLAIN", &plain("guest", "guest"));
+    match read_method(&mut s) {
+        (0, AMQPClass::Connection(connection::AMQPMethod::Tune(_))) => {}
+        other => panic!("expected connection.tune, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -172,6 +172,7 @@ fn node_json(s: &AppState) -> Value {
         "auth_mechanisms": [
             {"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true},
             {"name": "AMQPLAIN", "description": "QPid AMQPLAIN mechanism", "enabled": true},
+            {"name": "EXTERNAL", "description": "SASL EXTERNAL authentication mechanism using TLS client certificates", "enabled": b.config.tls.enabled() && b.config.tls.verify_peer},
         ],
         "partitions": [],
         "being_drained": false,
