@@ -155,12 +155,20 @@ pub struct AuthConfig {
     /// Users that may only connect from loopback addresses (RabbitMQ's
     /// `loopback_users`; by default the well-known guest user).
     pub loopback_users: Vec<String>,
+    /// Failed logins from one IP address within `failed_login_window`
+    /// after which further logins from it are refused until the window
+    /// ends (0 disables the limit).
+    pub max_failed_logins: u32,
+    /// Length of the failed-login window, in seconds (0 disables the limit).
+    pub failed_login_window: u64,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             loopback_users: vec!["guest".into()],
+            max_failed_logins: 5,
+            failed_login_window: 60,
         }
     }
 }
@@ -377,6 +385,8 @@ mod tests {
         assert_eq!(c.limits.max_connections_per_vhost, 0);
         assert_eq!(c.limits.max_queues_per_vhost, 0);
         assert_eq!(c.limits.max_consumers_per_channel, 0);
+        assert_eq!(c.auth.max_failed_logins, d.auth.max_failed_logins);
+        assert_eq!(c.auth.failed_login_window, d.auth.failed_login_window);
         assert_eq!(c.tls.port, 5671);
         assert!(!c.tls.enabled());
         assert!(!c.tls.verify_peer);

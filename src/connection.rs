@@ -404,6 +404,22 @@ async fn handshake<R: AsyncRead + Unpin>(
     };
     let failure_close = capability(&start_ok.client_properties, "authentication_failure_close");
     let ip = peer.ip().to_canonical();
+    if let Some(b) = broker.failed_logins.check(ip) {
+        let secs = b.retry_secs();
+        if b.first {
+            tracing::warn!(%peer, "refusing logins from {ip} for {secs} s: {} failed logins within {} s",
+                b.failures, broker.config.auth.failed_login_window);
+        } else {
+            tracing::debug!(%peer, "login refused: too many failed logins from {ip}");
+        }
+        if failure_close {
+            return Err(AmqpError::connection(
+                code::ACCESS_REFUSED,
+                format!("too many failed logins from {ip}; try again in {secs} s"),
+            ));
+        }
+        return Ok(None);
+    }
     let mechanism = start_ok.mechanism.as_str().to_owned();
     let (user, authenticated) = if mechanism == "EXTERNAL" {
         // The user is the verified client certificate's CN; it must exist,
@@ -441,6 +457,8 @@ async fn handshake<R: AsyncRead + Unpin>(
     if !authenticated || (loopback_only && !ip.is_loopback()) {
         if authenticated {
             tracing::warn!(%peer, %user, "login refused: user '{user}' can only connect via localhost");
+        } else {
+            broker.failed_logins.record_failure(ip);
         }
         if failure_close {
             return Err(AmqpError::connection(

@@ -23,6 +23,7 @@ pub mod exchange;
 pub mod handlers;
 pub mod headers_match;
 pub mod http;
+pub mod login_limit;
 pub mod message;
 pub mod methods;
 pub mod outbound;
