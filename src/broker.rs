@@ -37,6 +37,8 @@ pub struct Broker {
     pub stats: Stats,
     /// When the broker started.
     pub started_at: std::time::SystemTime,
+    /// Failed logins per client address (`[auth] max_failed_logins`).
+    pub failed_logins: crate::login_limit::FailedLogins,
 }
 
 impl Broker {
@@ -140,7 +142,12 @@ impl Broker {
 
     /// A broker with no vhosts and no users (recovery fills it).
     pub fn empty(config: Config) -> Broker {
+        let failed_logins = crate::login_limit::FailedLogins::new(
+            config.auth.max_failed_logins,
+            config.auth.failed_login_window,
+        );
         Broker {
+            failed_logins,
             config,
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),

@@ -43,6 +43,47 @@ pub struct Config {
     pub alarms: AlarmsConfig,
     /// Resource limits (0 = unlimited).
     pub limits: LimitsConfig,
+    /// The TLS ("amqps") listener.
+    pub tls: TlsConfig,
+}
+
+/// The TLS listener (RabbitMQ's `listeners.ssl` and `ssl_options`). It is
+/// enabled when both `cert` and `key` are set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Port of the TLS listener (RabbitMQ's default: 5671).
+    pub port: u16,
+    /// The server's certificate chain (PEM, leaf first).
+    pub cert: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against.
+    pub ca: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against `ca`.
+    pub verify_peer: bool,
+    /// With `verify_peer`, refuse clients that present no certificate.
+    pub fail_if_no_peer_cert: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            port: 5671,
+            cert: None,
+            key: None,
+            ca: None,
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the TLS listener is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
 }
 
 /// Resource limits; 0 means unlimited. Refusals use RabbitMQ's codes.
@@ -114,12 +155,20 @@ pub struct AuthConfig {
     /// Users that may only connect from loopback addresses (RabbitMQ's
     /// `loopback_users`; by default the well-known guest user).
     pub loopback_users: Vec<String>,
+    /// Failed logins from one IP address within `failed_login_window`
+    /// after which further logins from it are refused until the window
+    /// ends (0 disables the limit).
+    pub max_failed_logins: u32,
+    /// Length of the failed-login window, in seconds (0 disables the limit).
+    pub failed_login_window: u64,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             loopback_users: vec!["guest".into()],
+            max_failed_logins: 5,
+            failed_login_window: 60,
         }
     }
 }
@@ -168,6 +217,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             alarms: AlarmsConfig::default(),
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -216,6 +266,8 @@ pub struct Overrides {
     pub port: Option<u16>,
     /// HTTP API port.
     pub http_port: Option<u16>,
+    /// TLS listener port.
+    pub tls_port: Option<u16>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
     /// Log filter.
@@ -260,6 +312,9 @@ impl Config {
         if let Some(v) = o.http_port {
             cfg.http_port = v;
         }
+        if let Some(v) = o.tls_port {
+            cfg.tls.port = v;
+        }
         if let Some(v) = &o.data_dir {
             cfg.data_dir = v.clone();
         }
@@ -285,6 +340,20 @@ impl Config {
         }
         if self.amqp.handshake_timeout == 0 {
             return Err("amqp.handshake_timeout must be at least 1 second".into());
+        }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            return Err("tls.cert and tls.key must be set together".into());
+        }
+        if t.enabled() {
+            if t.verify_peer && t.ca.is_none() {
+                return Err(
+                    "tls.verify_peer needs tls.ca (the CA that signs client certificates)".into(),
+                );
+            }
+            if t.fail_if_no_peer_cert && !t.verify_peer {
+                return Err("tls.fail_if_no_peer_cert needs tls.verify_peer = true".into());
+            }
         }
         Ok(())
     }
@@ -316,6 +385,28 @@ mod tests {
         assert_eq!(c.limits.max_connections_per_vhost, 0);
         assert_eq!(c.limits.max_queues_per_vhost, 0);
         assert_eq!(c.limits.max_consumers_per_channel, 0);
+        assert_eq!(c.auth.max_failed_logins, d.auth.max_failed_logins);
+        assert_eq!(c.auth.failed_login_window, d.auth.failed_login_window);
+        assert_eq!(c.tls.port, 5671);
+        assert!(!c.tls.enabled());
+        assert!(!c.tls.verify_peer);
+        assert!(!c.tls.fail_if_no_peer_cert);
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let c = Config::from_toml("[tls]\ncert = \"/c.pem\"").unwrap();
+        assert!(c.validate().unwrap_err().contains("tls.key"));
+        let c =
+            Config::from_toml("[tls]\ncert = \"/c\"\nkey = \"/k\"\nverify_peer = true").unwrap();
+        assert!(c.validate().unwrap_err().contains("tls.ca"));
+        let c =
+            Config::from_toml("[tls]\ncert = \"/c\"\nkey = \"/k\"\nfail_if_no_peer_cert = true")
+                .unwrap();
+        assert!(c.validate().unwrap_err().contains("verify_peer"));
+        let c = Config::from_toml("[tls]\ncert = \"/c\"\nkey = \"/k\"").unwrap();
+        assert!(c.validate().is_ok());
+        assert!(c.tls.enabled());
     }
 
     #[test]

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use amq_protocol::protocol::{AMQPClass, connection as conn_m};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
 use crate::channel::Channel;
@@ -26,6 +26,7 @@ use crate::error::{AmqpError, AmqpResult, Scope, code};
 use crate::methods::{Method, decode, ids, write_method};
 use crate::outbound::{ConnEvent, ConnectionHandle};
 use crate::queue::Queue;
+use crate::tls::TlsSession;
 use crate::vhost::VHost;
 
 /// Longest a publishing connection pauses for one flow-control wait.
@@ -95,11 +96,55 @@ impl ConnCtx {
     }
 }
 
-/// Serves one client connection until it closes.
+/// Serves one plain TCP client connection until it closes.
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // The socket's own halves: no lock between the reader and the writer task.
+    let (rd, wr) = stream.into_split();
+    serve_stream(broker, rd, wr, peer, None).await;
+}
+
+/// Serves one TLS client connection: the TLS handshake (within the AMQP
+/// handshake timeout), then the same as `serve`.
+pub async fn serve_tls(
+    broker: Arc<Broker>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let session = crate::tls::session(tls.get_ref().1);
+    tracing::debug!(%peer, protocol = %session.protocol, cipher = %session.cipher,
+        peer_cert = ?session.peer_cert_subject, "TLS established");
+    let (rd, wr) = tokio::io::split(tls);
+    serve_stream(broker, rd, wr, peer, Some(session)).await;
+}
+
+/// Runs the AMQP connection over any byte stream (a TCP socket's halves, or
+/// a TLS stream's); generic, so the plain TCP path has no indirection.
+async fn serve_stream<R, W>(
+    broker: Arc<Broker>,
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    tls: Option<TlsSession>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let id = broker.next_connection_id();
-    let (mut rd, mut wr) = stream.into_split();
     let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
 
     // The protocol header comes before anything else.
@@ -123,7 +168,11 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         buf: BytesMut::with_capacity(64 * 1024),
         frame_max: FRAME_MIN_SIZE,
     };
-    let hs = tokio::time::timeout(timeout, handshake(&broker, &handle, &mut reader, peer)).await;
+    let hs = tokio::time::timeout(
+        timeout,
+        handshake(&broker, &handle, &mut reader, peer, tls.as_ref()),
+    )
+    .await;
     match hs {
         Ok(Ok(Some(hs))) => {
             tracing::info!(%peer, id, user = %hs.user, vhost = %hs.vhost.name, "connection opened");
@@ -163,13 +212,13 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Buffered frame reader.
-struct Reader {
-    rd: OwnedReadHalf,
+struct Reader<R> {
+    rd: R,
     buf: BytesMut,
     frame_max: u32,
 }
 
-impl Reader {
+impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads more bytes; returns false on end of stream or error.
     async fn fill(&mut self) -> bool {
         if self.buf.capacity() - self.buf.len() < 4096 {
@@ -318,13 +367,20 @@ fn sasl_credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(String, Str
 
 /// Runs connection.start .. connection.open-ok. `Ok(None)`: the peer left
 /// (or was refused without a close frame, as RabbitMQ does).
-async fn handshake(
+async fn handshake<R: AsyncRead + Unpin>(
     broker: &Broker,
     handle: &Arc<ConnectionHandle>,
-    reader: &mut Reader,
+    reader: &mut Reader<R>,
     peer: SocketAddr,
+    tls: Option<&TlsSession>,
 ) -> AmqpResult<Option<Handshake>> {
     let limits = &broker.config.amqp;
+    // EXTERNAL only where a verified client certificate names the user.
+    let mechanisms = if tls.is_some_and(TlsSession::has_peer_cert) {
+        "PLAIN AMQPLAIN EXTERNAL"
+    } else {
+        "PLAIN AMQPLAIN"
+    };
     handle.write(|out| {
         write_method(
             out,
@@ -333,7 +389,7 @@ async fn handshake(
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: "PLAIN AMQPLAIN".into(),
+                mechanisms: mechanisms.into(),
                 locales: "en_US".into(),
             })),
         )
@@ -346,17 +402,65 @@ async fn handshake(
             "expected connection.start-ok",
         ));
     };
+    let failure_close = capability(&start_ok.client_properties, "authentication_failure_close");
+    let ip = peer.ip().to_canonical();
+    if let Some(b) = broker.failed_logins.check(ip) {
+        let secs = b.retry_secs();
+        if b.first {
+            tracing::warn!(%peer, "refusing logins from {ip} for {secs} s: {} failed logins within {} s",
+                b.failures, broker.config.auth.failed_login_window);
+        } else {
+            tracing::debug!(%peer, "login refused: too many failed logins from {ip}");
+        }
+        if failure_close {
+            return Err(AmqpError::connection(
+                code::ACCESS_REFUSED,
+                format!("too many failed logins from {ip}; try again in {secs} s"),
+            ));
+        }
+        return Ok(None);
+    }
     let mechanism = start_ok.mechanism.as_str().to_owned();
-    let (user, password) = sasl_credentials(&mechanism, start_ok.response.as_bytes())?;
+    let (user, authenticated) = if mechanism == "EXTERNAL" {
+        // The user is the verified client certificate's CN; it must exist,
+        // its password is not checked (RabbitMQ's rabbit_auth_mechanism_ssl).
+        let Some(session) = tls.filter(|t| t.has_peer_cert()) else {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "invalid authentication mechanism 'EXTERNAL'",
+            ));
+        };
+        match &session.peer_cn {
+            Some(cn) => {
+                let exists = broker.user(cn).is_some();
+                if !exists {
+                    tracing::warn!(%peer, user = %cn,
+                        "authentication failed (EXTERNAL): no user '{cn}' (the client certificate's CN)");
+                }
+                (cn.clone(), exists)
+            }
+            None => {
+                tracing::warn!(%peer, subject = ?session.peer_cert_subject,
+                    "authentication failed (EXTERNAL): the client certificate's subject has no CN");
+                (String::new(), false)
+            }
+        }
+    } else {
+        let (user, password) = sasl_credentials(&mechanism, start_ok.response.as_bytes())?;
+        let ok = broker.authenticate(&user, &password).is_some();
+        if !ok {
+            tracing::warn!(%peer, %user, "authentication failed ({mechanism})");
+        }
+        (user, ok)
+    };
     let loopback_only = broker.config.auth.loopback_users.contains(&user);
-    let authenticated = broker.authenticate(&user, &password).is_some();
-    if !authenticated || (loopback_only && !peer.ip().is_loopback()) {
+    if !authenticated || (loopback_only && !ip.is_loopback()) {
         if authenticated {
             tracing::warn!(%peer, %user, "login refused: user '{user}' can only connect via localhost");
         } else {
-            tracing::warn!(%peer, %user, "authentication failed ({mechanism})");
+            broker.failed_logins.record_failure(ip);
         }
-        if capability(&start_ok.client_properties, "authentication_failure_close") {
+        if failure_close {
             return Err(AmqpError::connection(
                 code::ACCESS_REFUSED,
                 format!(
@@ -482,6 +586,8 @@ async fn handshake(
         connected_at: std::time::SystemTime::now(),
         channel_max,
         heartbeat: tune.heartbeat,
+        auth_mechanism: mechanism,
+        tls: tls.cloned(),
     });
     broker.register(handle.clone());
     drop(admission);
@@ -546,12 +652,12 @@ pub fn close_method(e: &AmqpError) -> AMQPClass {
     }))
 }
 
-struct Connection {
+struct Connection<R> {
     ctx: ConnCtx,
     channels: HashMap<u16, Channel>,
     channel_max: u16,
     heartbeat: u16,
-    reader: Reader,
+    reader: Reader<R>,
     peer: SocketAddr,
 }
 
@@ -563,7 +669,7 @@ enum End {
     Error(AmqpError),
 }
 
-impl Connection {
+impl<R: AsyncRead + Unpin> Connection<R> {
     async fn run(&mut self, mut events: mpsc::UnboundedReceiver<ConnEvent>) {
         let end = self.frame_loop(&mut events).await;
         if let End::Error(e) = end {

@@ -23,6 +23,7 @@ pub mod exchange;
 pub mod handlers;
 pub mod headers_match;
 pub mod http;
+pub mod login_limit;
 pub mod message;
 pub mod methods;
 pub mod outbound;
@@ -34,6 +35,7 @@ pub mod stats;
 pub mod store;
 pub mod table_guard;
 pub mod timers;
+pub mod tls;
 pub mod topic;
 pub mod vhost;
 

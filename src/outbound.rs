@@ -48,6 +48,10 @@ pub struct ConnInfo {
     pub channel_max: u16,
     /// Negotiated heartbeat (seconds).
     pub heartbeat: u16,
+    /// The SASL mechanism the client logged in with.
+    pub auth_mechanism: String,
+    /// TLS details, for connections to the TLS listener.
+    pub tls: Option<crate::tls::TlsSession>,
 }
 
 /// What every part of the broker may hold to reach one client connection.
@@ -186,6 +190,10 @@ impl ConnectionHandle {
     /// Runs the writer until the connection closes or the socket fails.
     pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut socket: W) {
         let mut spare = BytesMut::with_capacity(16 * 1024);
+        // Written since the last flush. A TCP socket's flush does nothing;
+        // a TLS stream may hold the last record until flushed, so the writer
+        // flushes whenever it is about to wait.
+        let mut unflushed = false;
         loop {
             let swapped = {
                 let mut buf = self.buf.lock();
@@ -197,7 +205,21 @@ impl ConnectionHandle {
                 }
             };
             if !swapped {
+                if unflushed {
+                    unflushed = false;
+                    if socket.flush().await.is_err() {
+                        self.closing.store(true, Ordering::Release);
+                        self.send_event(ConnEvent::WriteFailed);
+                        return;
+                    }
+                    // More may have been queued meanwhile.
+                    continue;
+                }
                 if self.closing.load(Ordering::Acquire) {
+                    // Frames written just before closing still go out.
+                    if !self.buf.lock().is_empty() {
+                        continue;
+                    }
                     break;
                 }
                 self.notify.notified().await;
@@ -208,6 +230,7 @@ impl ConnectionHandle {
                 self.send_event(ConnEvent::WriteFailed);
                 return;
             }
+            unflushed = true;
             let n = spare.len();
             self.written.fetch_add(n as u64, Ordering::Relaxed);
             let left = self.pending.fetch_sub(n, Ordering::Relaxed) - n;

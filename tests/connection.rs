@@ -168,6 +168,129 @@ fn a_wrong_password_with_plain_gets_connection_close_403_and_no_tune() {
     assert!(closed_within(&mut s, Duration::from_secs(3)));
 }
 
+/// A PLAIN login over a raw socket: `Ok` on connection.tune, else the
+/// connection.close the server sent.
+fn try_login(port: u16, user: &str, pass: &str) -> Result<(), connection::Close> {
+    let (mut s, _) = start(port);
+    start_ok(&mut s, "PLAIN", &plain(user, pass));
+    match read_method(&mut s) {
+        (0, AMQPClass::Connection(connection::AMQPMethod::Tune(_))) => Ok(()),
+        (0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => Err(c),
+        other => panic!("expected connection.tune or close, got {other:?}"),
+    }
+}
+
+const RATE_LIMIT: &str = "[auth]\nmax_failed_logins = 3\nfailed_login_window = 2";
+
+#[test]
+fn after_max_failed_logins_even_the_right_password_is_refused_until_the_window_ends() {
+    let w = Warren::start_with(RATE_LIMIT);
+    for i in 0..3 {
+        let c = try_login(w.port, "guest", "wrong").expect_err("a wrong password");
+        assert_eq!(c.reply_code, 403, "attempt {i}: {c:?}");
+        assert!(c.reply_text.as_str().contains("Login was refused"), "{c:?}");
+    }
+    let c = try_login(w.port, "guest", "guest").expect_err("rate-limited");
+    assert_eq!(c.reply_code, 403, "{c:?}");
+    let text = c.reply_text.as_str();
+    assert!(
+        text.starts_with("ACCESS_REFUSED - too many failed logins from 127.0.0.1; try again in "),
+        "{text}"
+    );
+    // Whatever the mechanism.
+    let (mut s, _) = start(w.port);
+    start_ok(&mut s, "AMQPLAIN", &amqplain("guest", "guest"));
+    assert_eq!(expect_close(&mut s).0, 403);
+    // Once the window is over, the right password works again (polled, so
+    // that a slow machine does not fail the test).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match try_login(w.port, "guest", "guest") {
+            Ok(()) => break,
+            Err(c) => {
+                assert!(
+                    c.reply_text.as_str().contains("too many failed logins"),
+                    "{c:?}"
+                );
+                assert!(Instant::now() < deadline, "still refused after 20 s: {c:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_rate_limited_client_without_authentication_failure_close_is_disconnected() {
+    let w = Warren::start_with(RATE_LIMIT);
+    for _ in 0..3 {
+        assert!(try_login(w.port, "guest", "wrong").is_err());
+    }
+    let (mut s, _) = start(w.port);
+    send_method(
+        &mut s,
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+            client_properties: Default::default(),
+            mechanism: "PLAIN".into(),
+            response: plain("guest", "guest").into(),
+            locale: "en_US".into(),
+        })),
+    );
+    let (got, closed) = read_until_closed(&mut s);
+    assert!(closed, "the socket stayed open");
+    assert!(got.is_empty(), "expected no reply, got {got:?}");
+}
+
+#[test]
+fn failed_http_api_logins_count_toward_the_same_limit() {
+    let w = Warren::start_with(RATE_LIMIT);
+    for _ in 0..3 {
+        assert_eq!(
+            w.api_as("guest", "wrong", "GET", "/api/overview", None).0,
+            401
+        );
+    }
+    let (status, body) = w.api("GET", "/api/overview", None);
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("too many failed logins from 127.0.0.1"),
+        "{body}"
+    );
+    let c = try_login(w.port, "guest", "guest").expect_err("AMQP is limited too");
+    assert!(
+        c.reply_text.as_str().contains("too many failed logins"),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn max_failed_logins_0_disables_the_limit() {
+    let w = Warren::start_with("[auth]\nmax_failed_logins = 0");
+    for _ in 0..8 {
+        assert!(try_login(w.port, "guest", "wrong").is_err());
+    }
+    try_login(w.port, "guest", "guest").expect("no limit");
+}
+
+#[test]
+fn failed_logins_below_the_limit_do_not_block() {
+    let w = Warren::start_with(RATE_LIMIT);
+    for _ in 0..2 {
+        assert!(try_login(w.port, "guest", "wrong").is_err());
+    }
+    try_login(w.port, "guest", "guest").expect("two failures are below the limit of 3");
+    // Malformed SASL responses are refused but not counted as failed logins.
+    for _ in 0..3 {
+        let (mut s, _) = start(w.port);
+        start_ok(&mut s, "PLAIN", b"no-separators");
+        assert_eq!(expect_close(&mut s).0, 403);
+    }
+    try_login(w.port, "guest", "guest").expect("malformed responses are not counted");
+}
+
 #[test]
 fn connection_tune_proposes_rabbitmqs_defaults() {
     let w = Warren::start();

@@ -28,6 +28,9 @@ struct Args {
     /// Management HTTP API and /metrics port [default: 15672].
     #[arg(long, env = "WARREN_HTTP_PORT", value_name = "N")]
     http_port: Option<u16>,
+    /// TLS (amqps) port, used when [tls] cert and key are set [default: 5671].
+    #[arg(long, env = "WARREN_TLS_PORT", value_name = "N")]
+    tls_port: Option<u16>,
     /// Data directory [default: ~/.local/share/warren].
     #[arg(long, env = "WARREN_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         bind: args.bind,
         port: args.port,
         http_port: args.http_port,
+        tls_port: args.tls_port,
         data_dir: args.data_dir,
         log_level: args.log_level,
     };
@@ -52,6 +56,18 @@ fn main() -> ExitCode {
             eprintln!("warren: {e}");
             return ExitCode::from(2);
         }
+    };
+    // A bad certificate or key stops warren here, naming the file.
+    let tls = if config.tls.enabled() {
+        match warren::tls::acceptor(&config.tls) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("warren: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
     };
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -115,6 +131,32 @@ fn main() -> ExitCode {
                 broker.config.data_dir.display()
             );
         }
+        let tls_listener = match tls {
+            Some(acceptor) => match warren::server::bind_tls(&broker).await {
+                Ok(l) => {
+                    if let Ok(addr) = l.local_addr() {
+                        tracing::info!(
+                            "listening for AMQP over TLS on {addr}{}",
+                            if broker.config.tls.verify_peer {
+                                " (client certificates verified; EXTERNAL offered)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    Some((l, acceptor))
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "cannot listen for TLS on {}:{}: {e}",
+                        broker.config.bind,
+                        broker.config.tls.port
+                    );
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
         let http_addr = broker.config.http_addr();
         let http = match tokio::net::TcpListener::bind(http_addr).await {
             Ok(l) => l,
@@ -127,11 +169,18 @@ fn main() -> ExitCode {
             tracing::info!("management API and metrics on http://{addr}/");
         }
         tokio::spawn(warren::http::serve(broker.clone(), http));
+        let amqps = async {
+            match tls_listener {
+                Some((l, acceptor)) => warren::server::serve_tls(broker.clone(), l, acceptor).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = warren::server::serve(broker.clone(), listener) => {}
+            _ = amqps => {}
             _ = shutdown_signal() => {}
         }
-        // The listener is closed now: no new connections.
+        // The listeners are closed now: no new connections.
         tracing::info!("shutting down: closing client connections and syncing the message store");
         broker.shutdown(std::time::Duration::from_secs(5)).await;
         tracing::info!("stopped");

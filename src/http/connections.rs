@@ -41,7 +41,16 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 
 /// A connection's name, as RabbitMQ forms it.
 pub fn conn_name(b: &Broker, i: &ConnInfo) -> String {
-    format!("{} -> {}:{}", i.peer, b.config.bind, b.config.port)
+    format!("{} -> {}:{}", i.peer, b.config.bind, local_port(b, i))
+}
+
+/// The listener port the connection came in on.
+fn local_port(b: &Broker, i: &ConnInfo) -> u16 {
+    if i.tls.is_some() {
+        b.config.tls.port
+    } else {
+        b.config.port
+    }
 }
 
 fn channel_name(b: &Broker, i: &ConnInfo, number: u16) -> String {
@@ -82,10 +91,23 @@ fn connection_json(s: &AppState, c: &ConnectionHandle, i: &ConnInfo) -> Value {
     m.insert("type".into(), "network".into());
     m.insert("protocol".into(), "AMQP 0-9-1".into());
     m.insert("host".into(), b.config.bind.to_string().into());
-    m.insert("port".into(), b.config.port.into());
+    m.insert("port".into(), local_port(b, i).into());
     m.insert("peer_host".into(), i.peer.ip().to_string().into());
     m.insert("peer_port".into(), i.peer.port().into());
-    m.insert("ssl".into(), false.into());
+    m.insert("auth_mechanism".into(), i.auth_mechanism.clone().into());
+    m.insert("ssl".into(), i.tls.is_some().into());
+    let tls = i.tls.as_ref();
+    let opt = |v: Option<&String>| v.map_or(Value::Null, |s| Value::String(s.clone()));
+    m.insert("ssl_protocol".into(), opt(tls.map(|t| &t.protocol)));
+    m.insert("ssl_cipher".into(), opt(tls.map(|t| &t.cipher)));
+    m.insert(
+        "peer_cert_subject".into(),
+        opt(tls.and_then(|t| t.peer_cert_subject.as_ref())),
+    );
+    m.insert(
+        "peer_cert_issuer".into(),
+        opt(tls.and_then(|t| t.peer_cert_issuer.as_ref())),
+    );
     m.insert(
         "channels".into(),
         c.channel_count

@@ -293,11 +293,38 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())))
             .ok_or_else(failed)?;
         let broker = &state.broker;
-        let user = broker.authenticate(&name, &password).ok_or_else(failed)?;
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+            .map(|c| c.0.ip().to_canonical());
+        // The failed-login limit per address is shared with AMQP logins.
+        if let Some(ip) = peer
+            && let Some(b) = broker.failed_logins.check(ip)
+        {
+            if b.first {
+                tracing::warn!(
+                    "refusing logins from {ip} for {} s: {} failed logins within {} s",
+                    b.retry_secs(),
+                    b.failures,
+                    broker.config.auth.failed_login_window
+                );
+            }
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!(
+                    "too many failed logins from {ip}; try again in {} s",
+                    b.retry_secs()
+                ),
+            ));
+        }
+        let Some(user) = broker.authenticate(&name, &password) else {
+            if let Some(ip) = peer {
+                broker.failed_logins.record_failure(ip);
+            }
+            tracing::debug!(user = %name, "HTTP API login failed");
+            return Err(failed());
+        };
         if broker.config.auth.loopback_users.contains(&user.name)
             && peer.is_some_and(|ip| !ip.is_loopback())
         {

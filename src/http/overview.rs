@@ -59,11 +59,15 @@ fn exchange_types() -> Value {
 fn listeners(s: &AppState) -> Value {
     let c = &s.broker.config;
     let http = c.http_addr();
-    json!([
-        {"node": s.node, "protocol": "amqp", "ip_address": c.bind.to_string(), "port": c.port},
-        {"node": s.node, "protocol": "http", "ip_address": http.ip().to_string(), "port": http.port()},
-        {"node": s.node, "protocol": "http/prometheus", "ip_address": http.ip().to_string(), "port": http.port()},
-    ])
+    let mut l = vec![
+        json!({"node": s.node, "protocol": "amqp", "ip_address": c.bind.to_string(), "port": c.port}),
+    ];
+    if c.tls.enabled() {
+        l.push(json!({"node": s.node, "protocol": "amqp/ssl", "ip_address": c.bind.to_string(), "port": c.tls.port}));
+    }
+    l.push(json!({"node": s.node, "protocol": "http", "ip_address": http.ip().to_string(), "port": http.port()}));
+    l.push(json!({"node": s.node, "protocol": "http/prometheus", "ip_address": http.ip().to_string(), "port": http.port()}));
+    Value::Array(l)
 }
 
 async fn overview(axum::extract::State(s): St, auth: Auth) -> ApiResult {
@@ -168,6 +172,7 @@ fn node_json(s: &AppState) -> Value {
         "auth_mechanisms": [
             {"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true},
             {"name": "AMQPLAIN", "description": "QPid AMQPLAIN mechanism", "enabled": true},
+            {"name": "EXTERNAL", "description": "SASL EXTERNAL authentication mechanism using TLS client certificates", "enabled": b.config.tls.enabled() && b.config.tls.verify_peer},
         ],
         "partitions": [],
         "being_drained": false,
@@ -224,7 +229,10 @@ async fn port_listener(
         return Err(ApiError::bad_request(format!("invalid port '{port}'")));
     };
     let c = &s.broker.config;
-    let ports = [c.port, c.http_port];
+    let mut ports = vec![c.port, c.http_port];
+    if c.tls.enabled() {
+        ports.push(c.tls.port);
+    }
     if ports.contains(&port) {
         return ok(json!({"status": "ok", "port": port}));
     }
@@ -235,20 +243,27 @@ async fn port_listener(
 }
 
 async fn protocol_listener(
-    axum::extract::State(_s): St,
+    axum::extract::State(s): St,
     _auth: Auth,
     Path(protocol): Path<String>,
 ) -> ApiResult {
     let p = protocol.to_ascii_lowercase();
+    let tls = s.broker.config.tls.enabled();
     if matches!(
         p.as_str(),
         "amqp" | "amqp091" | "amqp0-9-1" | "amqp0.9.1" | "http" | "prometheus"
-    ) {
+    ) || (tls && matches!(p.as_str(), "amqps" | "amqp/ssl"))
+    {
         return ok(json!({"status": "ok", "protocol": protocol}));
     }
     let mut m = Map::new();
     m.insert("missing".into(), protocol.into());
-    m.insert("protocols".into(), json!(["amqp", "http", "prometheus"]));
+    let protocols = if tls {
+        json!(["amqp", "amqps", "http", "prometheus"])
+    } else {
+        json!(["amqp", "http", "prometheus"])
+    };
+    m.insert("protocols".into(), protocols);
     failed("No active listener", m)
 }
 

@@ -15,6 +15,8 @@ pub struct Warren {
     pub port: u16,
     /// Its management HTTP API port.
     pub http_port: u16,
+    /// Its TLS (amqps) port, when started with `start_tls`.
+    pub tls_port: Option<u16>,
     /// Its data directory.
     pub dir: tempfile::TempDir,
     config_path: std::path::PathBuf,
@@ -30,17 +32,28 @@ impl Warren {
     /// Starts warren with its defaults plus `extra_config` (TOML appended to
     /// the shipped config file).
     pub fn start_with(extra_config: &str) -> Warren {
+        Self::start_inner(extra_config, false)
+    }
+
+    /// Like `start_with`, also listening for TLS on a free port (passed as
+    /// --tls-port); `extra_config` must set `[tls] cert` and `key`.
+    pub fn start_tls(extra_config: &str) -> Warren {
+        Self::start_inner(extra_config, true)
+    }
+
+    fn start_inner(extra_config: &str, tls: bool) -> Warren {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("test.toml");
         let base =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/warren.toml"))
                 .expect("read config/warren.toml");
         std::fs::write(&config_path, merge_toml(&base, extra_config)).expect("write test config");
-        let (child, port, http_port) = spawn(&config_path, dir.path(), None);
+        let (child, port, http_port, tls_port) = spawn(&config_path, dir.path(), None, tls);
         Warren {
             child,
             port,
             http_port,
+            tls_port,
             dir,
             config_path,
         }
@@ -74,11 +87,13 @@ impl Warren {
     /// Starts warren again on the same data directory and port (after
     /// `kill` or `terminate`).
     pub fn restart(&mut self) {
-        let (child, port, http_port) = spawn(
+        let (child, port, http_port, tls_port) = spawn(
             &self.config_path,
             self.dir.path(),
-            Some((self.port, self.http_port)),
+            Some((self.port, self.http_port, self.tls_port)),
+            self.tls_port.is_some(),
         );
+        self.tls_port = tls_port;
         self.child = child;
         self.port = port;
         self.http_port = http_port;
@@ -161,15 +176,21 @@ impl Drop for Warren {
 }
 
 /// Spawns warren and waits until it accepts connections; tries other ports
-/// if one is taken (unless `port` is given).
+/// if one is taken (unless `port` is given). With `tls`, also picks a TLS port.
 fn spawn(
     config_path: &std::path::Path,
     data_dir: &std::path::Path,
-    ports: Option<(u16, u16)>,
-) -> (Child, u16, u16) {
+    ports: Option<(u16, u16, Option<u16>)>,
+    tls: bool,
+) -> (Child, u16, u16, Option<u16>) {
     for _attempt in 0..5 {
-        let (port, http_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        let (port, http_port, tls_port) =
+            ports.unwrap_or_else(|| (free_port(), free_port(), tls.then(free_port)));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+        if let Some(p) = tls_port {
+            cmd.arg("--tls-port").arg(p.to_string());
+        }
+        let mut child = cmd
             .arg("--config")
             .arg(config_path)
             .arg("--port")
@@ -192,8 +213,9 @@ fn spawn(
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && TcpStream::connect(("127.0.0.1", http_port)).is_ok()
+                && tls_port.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok())
             {
-                return (child, port, http_port);
+                return (child, port, http_port, tls_port);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -116,7 +116,7 @@ pub fn start(port: u16) -> (TcpStream, connection::Start) {
 }
 
 /// The server's connection.tune, after start-ok with the given credentials.
-pub fn start_ok(s: &mut TcpStream, mechanism: &str, response: &[u8]) {
+pub fn start_ok(s: &mut (impl Read + Write), mechanism: &str, response: &[u8]) {
     send_method(
         s,
         0,
@@ -130,7 +130,7 @@ pub fn start_ok(s: &mut TcpStream, mechanism: &str, response: &[u8]) {
 }
 
 /// Reads connection.tune (panics on anything else).
-pub fn expect_tune(s: &mut TcpStream) -> connection::Tune {
+pub fn expect_tune(s: &mut (impl Read + Write)) -> connection::Tune {
     match read_method(s) {
         (0, AMQPClass::Connection(connection::AMQPMethod::Tune(t))) => t,
         other => panic!("expected connection.tune, got {other:?}"),
@@ -138,7 +138,7 @@ pub fn expect_tune(s: &mut TcpStream) -> connection::Tune {
 }
 
 /// Sends tune-ok.
-pub fn tune_ok(s: &mut TcpStream, channel_max: u16, frame_max: u32, heartbeat: u16) {
+pub fn tune_ok(s: &mut (impl Read + Write), channel_max: u16, frame_max: u32, heartbeat: u16) {
     send_method(
         s,
         0,
@@ -151,7 +151,7 @@ pub fn tune_ok(s: &mut TcpStream, channel_max: u16, frame_max: u32, heartbeat: u
 }
 
 /// Sends connection.open.
-pub fn open(s: &mut TcpStream, vhost: &str) {
+pub fn open(s: &mut (impl Read + Write), vhost: &str) {
     send_method(
         s,
         0,
@@ -192,17 +192,17 @@ pub fn encode(frame: &AMQPFrame) -> Vec<u8> {
 }
 
 /// Sends raw bytes.
-pub fn send_raw(s: &mut TcpStream, bytes: &[u8]) {
+pub fn send_raw(s: &mut (impl Read + Write), bytes: &[u8]) {
     s.write_all(bytes).expect("write to warren");
 }
 
 /// Sends a frame.
-pub fn send_frame(s: &mut TcpStream, frame: &AMQPFrame) {
+pub fn send_frame(s: &mut (impl Read + Write), frame: &AMQPFrame) {
     send_raw(s, &encode(frame));
 }
 
 /// Sends a method frame.
-pub fn send_method(s: &mut TcpStream, channel: u16, class: &AMQPClass) {
+pub fn send_method(s: &mut (impl Read + Write), channel: u16, class: &AMQPClass) {
     send_frame(s, &AMQPFrame::Method(channel, class.clone()));
 }
 
@@ -219,7 +219,13 @@ pub fn content_header(channel: u16, size: u64) -> AMQPFrame {
 }
 
 /// basic.publish + header + one body frame.
-pub fn publish(s: &mut TcpStream, channel: u16, exchange: &str, routing_key: &str, body: &[u8]) {
+pub fn publish(
+    s: &mut (impl Read + Write),
+    channel: u16,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+) {
     let mut out = encode(&AMQPFrame::Method(
         channel,
         AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
@@ -237,7 +243,7 @@ pub fn publish(s: &mut TcpStream, channel: u16, exchange: &str, routing_key: &st
 }
 
 /// Reads exactly one frame. `Err` on EOF, timeout or a frame that cannot be parsed.
-pub fn try_read_frame(s: &mut TcpStream) -> std::io::Result<AMQPFrame> {
+pub fn try_read_frame(s: &mut (impl Read + Write)) -> std::io::Result<AMQPFrame> {
     let mut head = [0u8; 7];
     s.read_exact(&mut head)?;
     let mut bytes = head.to_vec();
@@ -262,12 +268,12 @@ pub fn try_read_frame(s: &mut TcpStream) -> std::io::Result<AMQPFrame> {
 }
 
 /// Reads exactly one frame (panics on EOF or timeout).
-pub fn read_frame(s: &mut TcpStream) -> AMQPFrame {
+pub fn read_frame(s: &mut (impl Read + Write)) -> AMQPFrame {
     try_read_frame(s).expect("read a frame from warren")
 }
 
 /// Reads the next method frame, skipping heartbeats. Panics on content frames.
-pub fn read_method(s: &mut TcpStream) -> (u16, AMQPClass) {
+pub fn read_method(s: &mut (impl Read + Write)) -> (u16, AMQPClass) {
     loop {
         match read_frame(s) {
             AMQPFrame::Heartbeat => continue,
@@ -279,13 +285,13 @@ pub fn read_method(s: &mut TcpStream) -> (u16, AMQPClass) {
 
 /// Reads frames until connection.close; answers it with close-ok and returns
 /// (reply_code, class_id, method_id).
-pub fn expect_close(s: &mut TcpStream) -> (u16, u16, u16) {
+pub fn expect_close(s: &mut (impl Read + Write)) -> (u16, u16, u16) {
     let c = expect_close_full(s);
     (c.reply_code, c.class_id, c.method_id)
 }
 
 /// Like `expect_close`, returning the whole close method.
-pub fn expect_close_full(s: &mut TcpStream) -> connection::Close {
+pub fn expect_close_full(s: &mut (impl Read + Write)) -> connection::Close {
     loop {
         match try_read_frame(s) {
             Ok(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c)))) => {
@@ -305,13 +311,13 @@ pub fn expect_close_full(s: &mut TcpStream) -> connection::Close {
 
 /// Reads frames until channel.close on `channel`; answers close-ok and
 /// returns (reply_code, class_id, method_id).
-pub fn expect_channel_close(s: &mut TcpStream, ch: u16) -> (u16, u16, u16) {
+pub fn expect_channel_close(s: &mut (impl Read + Write), ch: u16) -> (u16, u16, u16) {
     let cl = expect_channel_close_full(s, ch);
     (cl.reply_code, cl.class_id, cl.method_id)
 }
 
 /// Like `expect_channel_close`, returning the whole close method.
-pub fn expect_channel_close_full(s: &mut TcpStream, ch: u16) -> channel::Close {
+pub fn expect_channel_close_full(s: &mut (impl Read + Write), ch: u16) -> channel::Close {
     loop {
         match read_frame(s) {
             AMQPFrame::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(cl))) if c == ch => {
@@ -353,7 +359,7 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 }
 
 /// Opens channel `ch` and waits for open-ok.
-pub fn open_channel(s: &mut TcpStream, ch: u16) {
+pub fn open_channel(s: &mut (impl Read + Write), ch: u16) {
     send_method(
         s,
         ch,
@@ -366,7 +372,7 @@ pub fn open_channel(s: &mut TcpStream, ch: u16) {
 }
 
 /// Sends connection.close and waits for close-ok.
-pub fn close_connection(s: &mut TcpStream) {
+pub fn close_connection(s: &mut (impl Read + Write)) {
     send_method(
         s,
         0,
