@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use crate::delivery::QueuedMessage;
 use crate::message::{Message, MessageRef};
 use crate::store::record::{self, Next, Record};
+use crate::store::{Loc, MessageStore};
 
 /// Bytes read back per page-in.
 const PAGE_IN_BYTES: usize = 1 << 20;
@@ -29,7 +30,16 @@ const PAGE_IN_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 enum Slot {
     Mem(MessageRef),
-    Paged { offset: u64, len: u32 },
+    Paged {
+        offset: u64,
+        len: u32,
+    },
+    /// A recovered message still in the message store's segment `seg`.
+    Stored {
+        seg: u32,
+        offset: u32,
+        len: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -76,9 +86,13 @@ struct Pager {
 pub struct ReadyList {
     entries: VecDeque<Entry>,
     mem_bytes: usize,
-    /// Body bytes of all ready messages (x-max-length-bytes).
+    /// Body bytes of all ready messages (x-max-length-bytes; recovered
+    /// messages count once read).
     body_bytes: usize,
     pager: Option<Pager>,
+    /// Recovered messages still in the store: how many, and the store.
+    in_store: usize,
+    store: Option<Arc<MessageStore>>,
 }
 
 /// Memory a message accounts for (data plus bookkeeping).
@@ -104,6 +118,8 @@ impl ReadyList {
             entries: VecDeque::new(),
             mem_bytes: 0,
             body_bytes: 0,
+            in_store: 0,
+            store: None,
             pager: paging.map(|cfg| {
                 let path = cfg.dir.join(format!(
                     "{}.page",
@@ -131,9 +147,36 @@ impl ReadyList {
         self.entries.is_empty()
     }
 
-    /// Messages currently paged out.
+    /// Messages currently paged out (or not yet read back from the store).
     pub fn paged(&self) -> usize {
-        self.pager.as_ref().map_or(0, |p| p.paged)
+        self.pager.as_ref().map_or(0, |p| p.paged) + self.in_store
+    }
+
+    /// Appends a recovered message that stays in `store` until the head of
+    /// the queue reaches it.
+    pub fn push_stored(
+        &mut self,
+        store: &Arc<MessageStore>,
+        loc: Loc,
+        seq: u64,
+        stored: u64,
+        redelivered: bool,
+        deadline: u64,
+    ) {
+        if self.store.is_none() {
+            self.store = Some(store.clone());
+        }
+        self.entries.push_back(Entry {
+            slot: Slot::Stored {
+                seg: loc.seg,
+                offset: loc.offset,
+                len: loc.len,
+            },
+            seq: seq | if redelivered { REDELIVERED } else { 0 },
+            stored,
+            deadline,
+        });
+        self.in_store += 1;
     }
 
     /// Appends a message (paging out the newest ones if over the limit).
@@ -182,15 +225,17 @@ impl ReadyList {
     /// Takes the head message, reading it (and the paged ones after it) back
     /// from disk if needed.
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
-        if matches!(self.entries.front()?.slot, Slot::Paged { .. }) {
-            self.page_in();
+        match self.entries.front()?.slot {
+            Slot::Paged { .. } => self.page_in(),
+            Slot::Stored { .. } => self.read_stored(),
+            Slot::Mem(_) => {}
         }
         let e = self.entries.pop_front()?;
         let (seq, redelivered) = (e.seq(), e.seq & REDELIVERED != 0);
         let msg = match e.slot {
             Slot::Mem(m) => m,
             // page_in failed: the message is lost to an I/O error (logged).
-            Slot::Paged { .. } => return self.pop_front(),
+            Slot::Paged { .. } | Slot::Stored { .. } => return self.pop_front(),
         };
         self.mem_bytes = self.mem_bytes.saturating_sub(cost(&msg));
         self.body_bytes = self.body_bytes.saturating_sub(msg.body_len());
@@ -220,6 +265,7 @@ impl ReadyList {
     /// Drops everything.
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.in_store = 0;
         self.mem_bytes = 0;
         self.body_bytes = 0;
         if let Some(p) = &mut self.pager {
@@ -237,7 +283,7 @@ impl ReadyList {
         while start > 1 && self.mem_bytes - freed > target {
             match &self.entries[start - 1].slot {
                 Slot::Mem(m) => freed += cost(m),
-                Slot::Paged { .. } => break,
+                Slot::Paged { .. } | Slot::Stored { .. } => break,
             }
             start -= 1;
         }
@@ -274,6 +320,92 @@ impl ReadyList {
         }
         p.paged += self.entries.len() - start;
         self.mem_bytes -= freed;
+    }
+
+    /// Reads the run of store-resident messages at the head back (one read
+    /// per run of nearby records in one segment).
+    fn read_stored(&mut self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let Some(&Entry {
+            slot: Slot::Stored {
+                seg, offset: first, ..
+            },
+            ..
+        }) = self.entries.front()
+        else {
+            return;
+        };
+        let mut n = 0;
+        let mut end = first;
+        for e in &self.entries {
+            let Slot::Stored {
+                seg: s,
+                offset,
+                len,
+            } = e.slot
+            else {
+                break;
+            };
+            if s != seg || offset < end || (offset + len - first) as usize > PAGE_IN_BYTES {
+                if n > 0 {
+                    break;
+                }
+            }
+            end = offset + len;
+            n += 1;
+        }
+        let data = store.read_span(seg, first, (end - first) as usize);
+        let mut loaded = 0;
+        for e in self.entries.range_mut(..n) {
+            let Slot::Stored { offset, len, .. } = e.slot else {
+                break;
+            };
+            let at = (offset - first) as usize;
+            let m = match &data {
+                Ok(d) => match record::next(&d.slice(at..at + len as usize)) {
+                    Next::Record(
+                        Record::Enqueue {
+                            exchange,
+                            routing_key,
+                            header,
+                            body,
+                            ..
+                        },
+                        _,
+                    ) => Some(Arc::new(Message::new(
+                        &exchange,
+                        &routing_key,
+                        &header,
+                        Bytes::copy_from_slice(&body),
+                    ))),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            let Some(m) = m else {
+                tracing::error!(
+                    "cannot read a recovered message back from store segment {seg} at {offset}: {}",
+                    data.as_ref()
+                        .err()
+                        .map_or("bad record".to_owned(), |e| e.to_string())
+                );
+                continue;
+            };
+            self.mem_bytes += cost(&m);
+            self.body_bytes += m.body_len();
+            e.slot = Slot::Mem(m);
+            loaded += 1;
+        }
+        self.in_store -= n;
+        if loaded < n {
+            let mut i = 0;
+            self.entries.retain(|e| {
+                i += 1;
+                i > n || matches!(e.slot, Slot::Mem(_))
+            });
+        }
     }
 
     fn page_in(&mut self) {

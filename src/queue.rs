@@ -605,24 +605,23 @@ impl Queue {
     }
 
     /// Puts messages recovered from the store into the queue, in order.
-    /// Recovered messages get the queue's TTL afresh (the store does not
-    /// keep enqueue times).
+    /// They stay in the store's segments until the queue's head reaches
+    /// them. Recovered messages get the queue's TTL afresh (the store does
+    /// not keep enqueue times).
     pub fn restore(self: &Arc<Self>, msgs: Vec<RecoveredMessage>) {
         let mut st = self.state.lock();
         let deadline = st
             .args
             .message_ttl
             .map_or(0, |t| now_ms().saturating_add(t));
+        let Some(store) = self.store.clone() else {
+            return;
+        };
         for m in msgs {
             let seq = st.next_seq;
             st.next_seq += 1;
-            st.ready.push_back(Ready {
-                msg: m.msg,
-                seq,
-                redelivered: m.delivered,
-                stored: Some(m.id),
-                deadline,
-            });
+            st.ready
+                .push_stored(&store, m.loc, seq, m.id, m.delivered, deadline);
         }
         self.enforce_limits(&mut st, now_ms());
         self.finish(st);

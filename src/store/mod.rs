@@ -188,15 +188,47 @@ impl Live {
     }
 }
 
+/// Where a message's record is: segment, offset and length. Recovered
+/// messages stay on disk until their queue reaches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// Segment number.
+    pub seg: u32,
+    /// Offset of the record in the segment.
+    pub offset: u32,
+    /// Record length, header included.
+    pub len: u32,
+}
+
 /// A message recovered from disk for one queue.
 #[derive(Debug)]
 pub struct RecoveredMessage {
     /// Store id.
     pub id: u64,
-    /// The message.
-    pub msg: Arc<Message>,
+    /// Where its record is.
+    pub loc: Loc,
     /// It had been delivered (and not acked) before the stop.
     pub delivered: bool,
+}
+
+/// One queue's messages during recovery, in id order: (id, location,
+/// delivered, acked).
+#[derive(Default)]
+struct QueueScan {
+    msgs: Vec<(u64, Loc, bool, bool)>,
+    sorted: bool,
+    /// Acked entries still in `msgs`.
+    acked: usize,
+}
+
+impl QueueScan {
+    fn find(&mut self, id: u64) -> Option<usize> {
+        if !self.sorted {
+            self.msgs.sort_unstable_by_key(|m| m.0);
+            self.sorted = true;
+        }
+        self.msgs.binary_search_by_key(&id, |m| m.0).ok()
+    }
 }
 
 /// What recovery found: each durable queue's messages, in order.
@@ -213,6 +245,8 @@ pub struct MessageStore {
     /// Bytes appended and not yet taken by the writer.
     backlog: std::sync::atomic::AtomicUsize,
     live: Mutex<Live>,
+    /// The segment file last read from (recovered messages).
+    reader: Mutex<Option<(u32, File)>>,
     stopping: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -237,12 +271,6 @@ fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(v)
 }
 
-#[derive(Default)]
-struct QueueState {
-    /// id -> delivered
-    msgs: BTreeMap<u64, bool>,
-}
-
 impl MessageStore {
     /// Opens the store in `dir` (created if missing), recovering what the
     /// segments hold. Torn tails are truncated; corrupt records are skipped
@@ -250,9 +278,9 @@ impl MessageStore {
     pub fn open(dir: &Path, fsync: bool) -> std::io::Result<(Arc<MessageStore>, Recovered)> {
         fs::create_dir_all(dir)?;
         let segments = list_segments(dir)?;
-        let mut queues: HashMap<QueueKey, QueueState> = HashMap::new();
-        // id -> (segment, message, refs)
-        let mut msgs: HashMap<u64, (u64, Arc<Message>, u32)> = HashMap::new();
+        let mut queues: HashMap<QueueKey, QueueScan> = HashMap::new();
+        // (id, segment, queues holding it), in id order once sorted.
+        let mut msgs = IdRefs::default();
         let mut max_id = 0u64;
         let mut first_ids: HashMap<u64, u64> = HashMap::new();
         let last = segments.last().copied();
@@ -305,12 +333,17 @@ impl MessageStore {
                         };
                     }
                     Next::Record(r, n) => {
-                        at += n;
                         if let Record::Enqueue { id, .. } = &r {
                             let f = first_ids.entry(seg).or_insert(*id);
                             *f = (*f).min(*id);
                         }
-                        apply(r, seg, &mut queues, &mut msgs, &mut max_id);
+                        let loc = Loc {
+                            seg: seg as u32,
+                            offset: at as u32,
+                            len: n as u32,
+                        };
+                        at += n;
+                        apply(r, loc, &mut queues, &mut msgs, &mut max_id);
                     }
                 }
             }
@@ -324,27 +357,25 @@ impl MessageStore {
 
         let mut live = Live::default();
         let mut recovered: Recovered = HashMap::new();
-        for (key, q) in queues {
-            let mut list = Vec::with_capacity(q.msgs.len());
-            for (id, delivered) in q.msgs {
-                if let Some((_, m, _)) = msgs.get(&id) {
-                    list.push(RecoveredMessage {
-                        id,
-                        msg: m.clone(),
-                        delivered,
-                    });
-                }
-            }
+        for (key, mut q) in queues {
+            q.find(0);
+            let list: Vec<RecoveredMessage> = q
+                .msgs
+                .into_iter()
+                .filter(|m| !m.3)
+                .map(|(id, loc, delivered, _)| RecoveredMessage { id, loc, delivered })
+                .collect();
             if !list.is_empty() {
                 recovered.insert(key, list);
             }
         }
-        let mut held: Vec<(u64, u64, u32)> = msgs
-            .iter()
-            .filter(|(_, m)| m.2 > 0)
-            .map(|(id, m)| (*id, m.0, m.2))
+        msgs.sort();
+        let held: Vec<(u64, u64, u32)> = msgs
+            .v
+            .into_iter()
+            .filter(|m| m.2 > 0)
+            .map(|(id, seg, refs)| (id, seg as u64, refs))
             .collect();
-        held.sort_unstable();
         for &seg in &segments {
             live.segments.insert(
                 seg,
@@ -397,6 +428,7 @@ impl MessageStore {
             wake: Condvar::new(),
             durable,
             backlog: Default::default(),
+            reader: Mutex::new(None),
             live: Mutex::new(live),
             stopping: AtomicBool::new(false),
             writer: Mutex::new(None),
@@ -474,6 +506,21 @@ impl MessageStore {
         for &id in ids {
             live.release(id);
         }
+    }
+
+    /// Reads `len` bytes at `offset` of segment `seg` (recovered messages
+    /// are read back when their queue reaches them).
+    pub fn read_span(&self, seg: u32, offset: u32, len: usize) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let mut cache = self.reader.lock();
+        if cache.as_ref().is_none_or(|(s, _)| *s != seg) {
+            let f = File::open(segment_path(&self.dir, seg as u64))?;
+            *cache = Some((seg, f));
+        }
+        let (_, f) = cache.as_ref().expect("opened above");
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset as u64)?;
+        Ok(Bytes::from(buf))
     }
 
     /// Whether more is waiting for the writer than it should: publishers
@@ -616,62 +663,107 @@ fn resync(data: &Bytes, at: usize) -> Option<usize> {
         .find(|&off| matches!(record::next(&data.slice(off..)), Next::Record(..)))
 }
 
+/// Reference counts of messages during recovery, by id.
+#[derive(Default)]
+struct IdRefs {
+    /// (id, segment, queues holding it).
+    v: Vec<(u64, u32, u32)>,
+    sorted: bool,
+}
+
+impl IdRefs {
+    fn sort(&mut self) {
+        if !self.sorted {
+            self.v.sort_unstable_by_key(|m| m.0);
+            self.sorted = true;
+        }
+    }
+
+    fn push(&mut self, id: u64, seg: u32, refs: u32) {
+        if self.v.last().is_some_and(|l| l.0 > id) {
+            self.sorted = false;
+        }
+        self.v.push((id, seg, refs));
+    }
+
+    fn release(&mut self, id: u64) {
+        self.sort();
+        if let Ok(i) = self.v.binary_search_by_key(&id, |m| m.0) {
+            self.v[i].2 = self.v[i].2.saturating_sub(1);
+        }
+    }
+}
+
 fn apply(
     r: Record,
-    seg: u64,
-    queues: &mut HashMap<QueueKey, QueueState>,
-    msgs: &mut HashMap<u64, (u64, Arc<Message>, u32)>,
+    loc: Loc,
+    queues: &mut HashMap<QueueKey, QueueScan>,
+    msgs: &mut IdRefs,
     max_id: &mut u64,
 ) {
     match r {
-        Record::Enqueue {
-            id,
-            queues: qs,
-            exchange,
-            routing_key,
-            header,
-            body,
-        } => {
+        Record::Enqueue { id, queues: qs, .. } => {
             *max_id = (*max_id).max(id);
-            // Copy: a recovered message must not pin the whole segment buffer.
-            let body = Bytes::copy_from_slice(&body);
-            let msg = Arc::new(Message::new(&exchange, &routing_key, &header, body));
-            msgs.insert(id, (seg, msg, qs.len() as u32));
+            msgs.push(id, loc.seg, qs.len() as u32);
             for k in qs {
-                queues.entry(k).or_default().msgs.insert(id, false);
+                let q = queues.entry(k).or_insert_with(|| QueueScan {
+                    sorted: true,
+                    ..Default::default()
+                });
+                if q.msgs.last().is_some_and(|l| l.0 > id) {
+                    q.sorted = false;
+                }
+                q.msgs.push((id, loc, false, false));
             }
         }
         Record::QueueOp { kind, queue, ids } => {
             let Some(q) = queues.get_mut(&queue) else {
                 return;
             };
-            let mut drop_ids = Vec::new();
             match kind {
                 ACK => {
                     for id in ids {
-                        if q.msgs.remove(&id).is_some() {
-                            drop_ids.push(id);
+                        if let Some(i) = q.find(id)
+                            && !q.msgs[i].3
+                        {
+                            q.msgs[i].3 = true;
+                            q.acked += 1;
+                            msgs.release(id);
                         }
                     }
                 }
                 DELIVERED => {
                     for id in ids {
-                        if let Some(d) = q.msgs.get_mut(&id) {
-                            *d = true;
+                        if let Some(i) = q.find(id) {
+                            q.msgs[i].2 = true;
                         }
                     }
                 }
                 _ => {
                     let upto = ids.first().copied().unwrap_or(0);
-                    let keep = q.msgs.split_off(&upto);
-                    drop_ids.extend(q.msgs.keys().copied());
-                    q.msgs = keep;
+                    q.find(0);
+                    let mut dropped = Vec::new();
+                    q.msgs.retain(|m| {
+                        if m.0 < upto {
+                            if !m.3 {
+                                dropped.push(m.0);
+                            }
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    q.acked = q.msgs.iter().filter(|m| m.3).count();
+                    for id in dropped {
+                        msgs.release(id);
+                    }
                 }
             }
-            for id in drop_ids {
-                if let Some(m) = msgs.get_mut(&id) {
-                    m.2 = m.2.saturating_sub(1);
-                }
+            // Acked entries are dropped once they are half the list, so a
+            // long log of publishes and acks does not pile up.
+            if q.acked > 1024 && q.acked > q.msgs.len() / 2 {
+                q.msgs.retain(|m| !m.3);
+                q.acked = 0;
             }
         }
     }

@@ -52,6 +52,10 @@ pub struct FillDrain {
     /// Give up after this many seconds per phase.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Stop after the fill and leave the queue full (e.g. to measure a
+    /// broker's recovery of it after a restart).
+    #[arg(long)]
+    pub fill_only: bool,
 }
 
 /// `connections` options.
@@ -178,6 +182,22 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
             mib(rss_full)
         ),
     );
+    if f.fill_only {
+        if c.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "mode": "fill",
+                    "messages": f.messages,
+                    "fill_s": fill_s,
+                    "fill_rate": fill_rate,
+                    "rss_before": rss_before,
+                    "rss_full": rss_full,
+                })
+            );
+        }
+        return Ok(());
+    }
 
     // Drain.
     let consume_opts = Load {
