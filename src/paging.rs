@@ -348,10 +348,10 @@ impl ReadyList {
             else {
                 break;
             };
-            if s != seg || offset < end || (offset + len - first) as usize > PAGE_IN_BYTES {
-                if n > 0 {
-                    break;
-                }
+            if n > 0
+                && (s != seg || offset < end || (offset + len - first) as usize > PAGE_IN_BYTES)
+            {
+                break;
             }
             end = offset + len;
             n += 1;
