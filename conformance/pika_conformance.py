@@ -762,6 +762,99 @@ def test_consumer_cancel_notify_on_queue_delete(ctx):
     eq(cancelled, [tag], "basic.cancel from broker")
 
 
+# ----------------------------------------------------------------------------
+# TTL, length limits, dead-lettering (RABBITMQ_BEHAVIOUR.md, section TTL/DLX)
+# ----------------------------------------------------------------------------
+@check
+def test_queue_ttl_expires_without_consumers(ctx):
+    q = ctx.queue(arguments={"x-message-ttl": 100})
+    for i in range(3):
+        ctx.ch.basic_publish("", q, b"m%d" % i)
+    eq(wait_count(ctx.ch, q, 0), 0, "messages left after the TTL")
+
+
+@check
+def test_invalid_expiration_is_406(ctx):
+    q = ctx.queue()
+    e = expect_channel_close(
+        lambda: (ctx.ch.basic_publish("", q, b"x", pika.BasicProperties(expiration="abc")), msg_count(ctx.ch, q)),
+        406, "PRECONDITION_FAILED - invalid expiration 'abc': no_integer")
+    eq((e.reply_code, e.reply_text), (406, "PRECONDITION_FAILED - invalid expiration 'abc': no_integer"))
+
+
+@check
+def test_invalid_queue_argument_texts(ctx):
+    q = name("q")
+    e = expect_channel_close(lambda: ctx.ch.queue_declare(q, arguments={"x-expires": 0}), 406, "PRECONDITION_FAILED")
+    eq(e.reply_text, "PRECONDITION_FAILED - invalid arg 'x-expires' for queue '%s' in vhost '/': {value_zero,0}" % q)
+    ctx.new_channel()
+    e = expect_channel_close(lambda: ctx.ch.queue_declare(q, arguments={"x-overflow": "foo"}), 406, "PRECONDITION_FAILED")
+    eq(e.reply_text, "PRECONDITION_FAILED - invalid arg 'x-overflow' for queue '%s' in vhost '/': invalid_overflow" % q)
+
+
+@check
+def test_rejected_message_is_dead_lettered_with_x_death(ctx):
+    dlx = ctx.exchange("fanout")
+    dead = ctx.queue()
+    ctx.ch.queue_bind(dead, dlx)
+    src = ctx.queue(arguments={"x-dead-letter-exchange": dlx})
+    ctx.ch.basic_publish("", src, b"r1", pika.BasicProperties(headers={"a": 1}, expiration="60000"))
+    m, _, _ = get_body(ctx.ch, src, auto_ack=False)
+    ctx.ch.basic_reject(m.delivery_tag, requeue=False)
+    m, p, b = get_body(ctx.ch, dead)
+    eq((m.exchange, m.routing_key, b), (dlx, src, b"r1"), "dead letter")
+    eq(p.expiration, None, "expiration removed")
+    d = p.headers["x-death"][0]
+    eq((d["count"], d["reason"], d["queue"], d["exchange"], d["routing-keys"], d["original-expiration"]),
+       (1, "rejected", src, "", [src], "60000"), "x-death entry")
+    eq((p.headers["x-first-death-reason"], p.headers["x-first-death-queue"]), ("rejected", src))
+
+
+@check
+def test_expired_messages_take_the_dead_letter_routing_key(ctx):
+    dlx = ctx.exchange("direct")
+    dead = ctx.queue()
+    ctx.ch.queue_bind(dead, dlx, routing_key="gone")
+    src = ctx.queue(arguments={"x-message-ttl": 50, "x-dead-letter-exchange": dlx,
+                               "x-dead-letter-routing-key": "gone"})
+    ctx.ch.basic_publish("", src, b"e1")
+    eq(wait_count(ctx.ch, dead, 1), 1, "dead-lettered")
+    m, p, b = get_body(ctx.ch, dead)
+    eq((m.routing_key, p.headers["x-death"][0]["reason"]), ("gone", "expired"))
+
+
+@check
+def test_max_length_drops_head_and_reject_publish_nacks(ctx):
+    q = ctx.queue(arguments={"x-max-length": 2})
+    for i in range(5):
+        ctx.ch.basic_publish("", q, b"%d" % i)
+    eq(wait_count(ctx.ch, q, 2), 2)
+    eq(drain(ctx.ch, q), [b"3", b"4"], "the newest stay")
+    rp = ctx.queue(arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    ctx.ch.confirm_delivery()
+    ctx.ch.basic_publish("", rp, b"a")
+    try:
+        ctx.ch.basic_publish("", rp, b"b")
+        raise AssertionError("the second publish was acked")
+    except pika.exceptions.NackError:
+        pass
+
+
+@check
+def test_x_expires_deletes_an_unused_queue(ctx):
+    q = ctx.queue(arguments={"x-expires": 100})
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        # A passive declare renews the lease too: look less often than 100 ms.
+        time.sleep(0.3)
+        try:
+            ctx.ch.queue_declare(q, passive=True)
+        except ChannelClosedByBroker as e:
+            eq(e.reply_code, 404)
+            return
+    raise AssertionError("queue with x-expires=100 still there after 3 s")
+
+
 def cleanup():
     try:
         c = connect()

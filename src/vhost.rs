@@ -523,6 +523,8 @@ impl VHost {
         if passive {
             let q = self.queue_or_404(name)?;
             q.check_exclusive(conn_id)?;
+            // A passive declare renews an x-expires lease, as in RabbitMQ.
+            q.touch();
             return Ok((q, false));
         }
         let args = QueueArgs::parse(&config.arguments, name, &self.name)?;
