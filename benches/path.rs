@@ -132,12 +132,12 @@ fn setup(xname: &str, kind: &str, nq: usize, bindings: usize, no_ack: bool) -> S
 impl Setup {
     /// One publish as a channel does it: build, route, enqueue (which delivers).
     fn publish(&mut self, rk: &[u8], route: &mut Vec<Arc<Queue>>) {
-        let msg = Arc::new(Message::new(
+        let msg = Message::new(
             self.exchange.name.as_bytes(),
             rk,
             &HEADER,
             Bytes::from_static(&[7u8; 16]),
-        ));
+        );
         route.clear();
         let key = String::from_utf8_lossy(msg.routing_key());
         self.vhost.route(&self.exchange, &key, &mut || None, route);

@@ -55,7 +55,7 @@ pub enum Outcome {
 /// Work a transaction holds until commit.
 #[derive(Debug, Default)]
 pub struct Tx {
-    publishes: Vec<(Arc<Exchange>, Arc<Message>, bool)>,
+    publishes: Vec<(Arc<Exchange>, Message, bool)>,
     settles: Vec<(Unacked, Outcome)>,
 }
 
@@ -314,7 +314,7 @@ impl Channel {
                 ),
             ));
         }
-        let msg = Arc::new(Message::new(&p.exchange, &p.routing_key, &header, body));
+        let msg = Message::new(&p.exchange, &p.routing_key, &header, body);
         if let Some(Err(why)) = msg.expiration() {
             return Err(AmqpError::channel(code::PRECONDITION_FAILED, why));
         }
@@ -348,7 +348,7 @@ impl Channel {
         &mut self,
         ctx: &mut ConnCtx,
         x: &Arc<Exchange>,
-        msg: Arc<Message>,
+        msg: Message,
         mandatory: bool,
     ) -> (Option<u64>, bool) {
         let mut sync_seq = None;

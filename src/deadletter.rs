@@ -218,7 +218,7 @@ pub fn dead_letter(vhost: &VHost, from: &Arc<Queue>, items: Vec<(MessageRef, Rea
         if queues.is_empty() {
             continue;
         }
-        let msg = Arc::new(c.msg);
+        let msg = c.msg;
         crate::queue::enqueue_routed(&queues, &msg, store.as_ref(), None);
     }
 }

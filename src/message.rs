@@ -7,10 +7,9 @@
 //! allocation; bodies above `INLINE_BODY_MAX` stay zero-copy slices of the
 //! read buffer.
 
-use std::sync::Arc;
-
 use amq_protocol::protocol::BasicProperties;
 use bytes::{BufMut, Bytes, BytesMut};
+use triomphe::ThinArc;
 
 use crate::codec::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_OVERHEAD, put_frame_header};
 
@@ -18,77 +17,115 @@ use crate::codec::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_OVERHEAD, put_fram
 /// allocation, so a queue of small messages does not pin whole read buffers.
 pub const INLINE_BODY_MAX: usize = 4096;
 
-/// An immutable message.
+/// Where the parts of a message start, and its body when that is large.
 #[derive(Debug)]
-pub struct Message {
-    /// exchange | routing key | content header (| body when inline).
-    data: Bytes,
+struct Meta {
     rk_at: u16,
     hdr_at: u16,
     body_at: u32,
-    /// A large body, kept as the slice the publisher's frames arrived in.
-    big_body: Option<Bytes>,
+    /// A large body, kept as the slice the publisher's frames arrived in
+    /// (boxed: rare, and a queue of small messages should not pay for it).
+    big_body: Option<Box<Bytes>>,
 }
 
-/// A message shared between queues.
-pub type MessageRef = Arc<Message>;
+/// An immutable message, cheap to clone (a reference count): every queue a
+/// message is routed to holds the same one. One allocation holds the
+/// reference count, the offsets and the bytes
+/// (exchange | routing key | content header | body when inline), behind a
+/// one-word pointer.
+#[derive(Clone)]
+pub struct Message(ThinArc<Meta, u8>);
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("exchange", &String::from_utf8_lossy(self.exchange()))
+            .field("routing_key", &String::from_utf8_lossy(self.routing_key()))
+            .field("body_len", &self.body_len())
+            .finish()
+    }
+}
+
+/// A message shared between queues (the message itself is the handle).
+pub type MessageRef = Message;
+
+thread_local! {
+    /// Scratch space to assemble a message's bytes before the one copy into
+    /// its allocation.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 impl Message {
     /// Builds a message from its parts; `header` is the content header payload.
     pub fn new(exchange: &[u8], routing_key: &[u8], header: &[u8], body: Bytes) -> Message {
         let inline = body.len() <= INLINE_BODY_MAX;
-        let cap =
-            exchange.len() + routing_key.len() + header.len() + if inline { body.len() } else { 0 };
-        let mut data = Vec::with_capacity(cap);
-        data.extend_from_slice(exchange);
-        let rk_at = data.len() as u16;
-        data.extend_from_slice(routing_key);
-        let hdr_at = data.len() as u16;
-        data.extend_from_slice(header);
-        let body_at = data.len() as u32;
-        let big_body = if inline {
-            data.extend_from_slice(&body);
-            None
+        let rk_at = exchange.len() as u16;
+        let hdr_at = rk_at + routing_key.len() as u16;
+        let body_at = hdr_at as u32 + header.len() as u32;
+        let (big_body, inline_body): (_, &[u8]) = if inline {
+            (None, &body)
         } else {
-            Some(body)
+            (Some(Box::new(body.clone())), &[])
         };
-        Message {
-            data: Bytes::from(data),
+        let meta = Meta {
             rk_at,
             hdr_at,
             body_at,
             big_body,
-        }
+        };
+        SCRATCH.with(|s| {
+            let mut data = s.borrow_mut();
+            data.clear();
+            data.extend_from_slice(exchange);
+            data.extend_from_slice(routing_key);
+            data.extend_from_slice(header);
+            data.extend_from_slice(inline_body);
+            let m = Message(ThinArc::from_header_and_slice(meta, &data));
+            if data.capacity() > 64 * 1024 {
+                *data = Vec::new();
+            }
+            m
+        })
+    }
+
+    fn meta(&self) -> &Meta {
+        &self.0.header.header
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.0.slice
     }
 
     /// The exchange the message was published to.
     pub fn exchange(&self) -> &[u8] {
-        &self.data[..self.rk_at as usize]
+        &self.data()[..self.meta().rk_at as usize]
     }
 
     /// The routing key it was published with.
     pub fn routing_key(&self) -> &[u8] {
-        &self.data[self.rk_at as usize..self.hdr_at as usize]
+        let m = self.meta();
+        &self.data()[m.rk_at as usize..m.hdr_at as usize]
     }
 
     /// The raw content header payload.
     pub fn header(&self) -> &[u8] {
-        &self.data[self.hdr_at as usize..self.body_at as usize]
+        let m = self.meta();
+        &self.data()[m.hdr_at as usize..m.body_at as usize]
     }
 
     /// The body.
     pub fn body(&self) -> &[u8] {
-        match &self.big_body {
+        match &self.meta().big_body {
             Some(b) => b,
-            None => &self.data[self.body_at as usize..],
+            None => &self.data()[self.meta().body_at as usize..],
         }
     }
 
     /// The body as shared bytes (a copy only for small, inline bodies).
     pub fn body_bytes(&self) -> Bytes {
-        match &self.big_body {
-            Some(b) => b.clone(),
-            None => self.data.slice(self.body_at as usize..),
+        match &self.meta().big_body {
+            Some(b) => (**b).clone(),
+            None => Bytes::copy_from_slice(self.body()),
         }
     }
 

@@ -374,12 +374,12 @@ impl ReadyList {
                             ..
                         },
                         _,
-                    ) => Some(Arc::new(Message::new(
+                    ) => Some(Message::new(
                         &exchange,
                         &routing_key,
                         &header,
                         Bytes::copy_from_slice(&body),
-                    ))),
+                    )),
                     _ => None,
                 },
                 Err(_) => None,
@@ -449,12 +449,12 @@ impl ReadyList {
                         },
                         _,
                     ),
-                ) => Arc::new(Message::new(
+                ) => Message::new(
                     &exchange,
                     &routing_key,
                     &header,
                     Bytes::copy_from_slice(&body),
-                )),
+                ),
                 _ => {
                     tracing::error!("cannot read a paged message back from {}", p.path.display());
                     continue;
@@ -525,7 +525,7 @@ mod tests {
         h.extend_from_slice(&(body.len() as u64).to_be_bytes());
         h.extend_from_slice(&[0, 0]);
         QueuedMessage {
-            msg: Arc::new(Message::new(b"", b"q", &h, Bytes::from(body))),
+            msg: Message::new(b"", b"q", &h, Bytes::from(body)),
             seq: i as u64,
             redelivered: i.is_multiple_of(3),
             stored: i.is_multiple_of(2).then_some(i as u64 + 1),

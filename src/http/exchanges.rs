@@ -307,12 +307,12 @@ async fn publish(
     }
     let props = object_field(&m, "properties")?;
     let header = content_header(&props, body.len() as u64)?;
-    let msg = Arc::new(Message::new(
+    let msg = Message::new(
         name.as_bytes(),
         routing_key.as_bytes(),
         &header,
         bytes::Bytes::from(body),
-    ));
+    );
     let mut headers =
         || -> Option<FieldTable> { msg.properties().and_then(|p| p.headers().clone()) };
     let mut queues = Vec::new();

@@ -290,12 +290,12 @@ async fn aliveness(
     let (q, _) = vh.declare_queue("aliveness-test", false, false, config, 0)?;
     q.purge();
     let header = super::exchanges::content_header(&Map::new(), 4)?;
-    let msg = Arc::new(crate::message::Message::new(
+    let msg = crate::message::Message::new(
         b"",
         b"aliveness-test",
         &header,
         bytes::Bytes::from_static(b"test"),
-    ));
+    );
     q.publish(msg, None, None);
     let got = q.take(1);
     if got.first().is_some_and(|r| r.msg.body() == b"test") {
