@@ -5,7 +5,7 @@
 //! and runs the method handlers in `channel` and `handlers`. Outbound frames
 //! go through the shared `ConnectionHandle`, whose writer task batches them.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -21,13 +21,14 @@
 //! patterns such as `#.#.#.#.a`, and means every matching (pattern, dest)
 //! binding is reported exactly once.
 
-use std::collections::{HashMap, HashSet};
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use std::hash::Hash;
 
-/// Keys of up to this many words are matched without touching the heap.
-/// An AMQP routing key is a shortstr (at most 255 bytes, so at most 256
-/// words), so only in-process callers can exceed it.
-const INLINE_WORDS: usize = 256;
+/// Keys of up to this many words (nearly all of them) are matched without
+/// touching the heap, with one `u64` of positions per trie node; longer
+/// ones (an AMQP shortstr key has at most 256 words) take a heap path.
+/// Small on purpose: the word array is set up for every routed message.
+const INLINE_WORDS: usize = 16;
 
 /// `u64` blocks in a position bitset for an inline key: positions run from 0
 /// (before the first word) to `INLINE_WORDS` (after the last) inclusive.

@@ -5,7 +5,7 @@
 //! Definition changes are serialised by one mutex per vhost; publishing only
 //! reads the exchange and queue maps and the exchange's routing table.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::sync::Arc;
 
 use amq_protocol::types::{AMQPValue, FieldTable};
