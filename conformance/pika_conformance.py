@@ -855,6 +855,15 @@ def test_x_expires_deletes_an_unused_queue(ctx):
     raise AssertionError("queue with x-expires=100 still there after 3 s")
 
 
+@check
+def test_priority_queue_delivers_highest_first(ctx):
+    q = ctx.queue(arguments={"x-max-priority": 5})
+    for body, prio in [(b"none-1", None), (b"p3-1", 3), (b"p9", 9), (b"p3-2", 3), (b"p0", 0), (b"p5", 5), (b"none-2", None)]:
+        ctx.ch.basic_publish("", q, body, pika.BasicProperties(priority=prio))
+    eq(wait_count(ctx.ch, q, 7), 7)
+    eq(drain(ctx.ch, q), [b"p9", b"p5", b"p3-1", b"p3-2", b"none-1", b"p0", b"none-2"], "delivery order")
+
+
 def cleanup():
     try:
         c = connect()

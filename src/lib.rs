@@ -28,6 +28,7 @@ pub mod message;
 pub mod methods;
 pub mod outbound;
 pub mod paging;
+pub mod priority;
 pub mod queue;
 pub mod queue_args;
 pub mod server;

@@ -137,27 +137,12 @@ impl Message {
     /// Whether delivery-mode is 2 (persistent), read straight from the raw
     /// header: content-type, content-encoding and headers come before it.
     pub fn is_persistent(&self) -> bool {
-        let h = self.header();
-        if h.len() < 14 {
-            return false;
-        }
-        let flags = u16::from_be_bytes([h[12], h[13]]);
-        if flags & 0x1000 == 0 {
-            return false;
-        }
-        let mut at = 14;
-        for bit in [0x8000u16, 0x4000] {
-            if flags & bit != 0 {
-                at += 1 + *h.get(at).unwrap_or(&0) as usize;
-            }
-        }
-        if flags & 0x2000 != 0 {
-            let Some(len) = h.get(at..at + 4) else {
-                return false;
-            };
-            at += 4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        }
-        h.get(at) == Some(&2)
+        header_octet(self.header(), 0x1000) == Some(2)
+    }
+
+    /// The priority property (0 when absent), read from the raw header.
+    pub fn priority(&self) -> u8 {
+        header_priority(self.header())
     }
 
     /// The expiration property as a TTL in milliseconds: None when absent
@@ -195,6 +180,39 @@ impl Message {
             out.put_u8(FRAME_END);
         }
     }
+}
+
+/// The priority property of a raw content header payload (0 when absent).
+pub fn header_priority(header: &[u8]) -> u8 {
+    header_octet(header, 0x0800).unwrap_or(0)
+}
+
+/// The value of delivery-mode (flag 0x1000) or priority (0x0800) in a raw
+/// content header payload, skipping the variable-size properties before
+/// them (content-type, content-encoding, headers; delivery-mode before
+/// priority) without decoding anything.
+fn header_octet(h: &[u8], flag: u16) -> Option<u8> {
+    if h.len() < 14 {
+        return None;
+    }
+    let flags = u16::from_be_bytes([h[12], h[13]]);
+    if flags & flag == 0 {
+        return None;
+    }
+    let mut at = 14;
+    for bit in [0x8000u16, 0x4000] {
+        if flags & bit != 0 {
+            at += 1 + *h.get(at)? as usize;
+        }
+    }
+    if flags & 0x2000 != 0 {
+        let len = h.get(at..at + 4)?;
+        at += 4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    }
+    if flag == 0x0800 && flags & 0x1000 != 0 {
+        at += 1;
+    }
+    h.get(at).copied()
 }
 
 /// Parses a content header payload's properties; `None` if malformed.

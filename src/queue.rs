@@ -18,7 +18,8 @@ use crate::message::MessageRef;
 use crate::store::{MessageStore, RecoveredMessage};
 
 use crate::delivery::QueuedMessage as Ready;
-use crate::paging::{PagingConfig, ReadyList};
+use crate::paging::PagingConfig;
+use crate::priority::ReadyQueue;
 use crate::queue_args::{Overflow, QueueArgs};
 use crate::timers::{self, Kind, now_ms};
 use crate::vhost::VHost;
@@ -36,7 +37,7 @@ pub const FLOW_LOW: usize = FLOW_HIGH / 2;
 struct QueueState {
     /// A publisher is waiting for the backlog to drain.
     flow_waiting: bool,
-    ready: ReadyList,
+    ready: ReadyQueue,
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
     next_seq: u64,
@@ -115,12 +116,13 @@ impl Queue {
         paging: Option<PagingConfig>,
         args: QueueArgs,
     ) -> Arc<Queue> {
+        let levels = max_priority(&config.arguments);
         let q = Arc::new(Queue {
             name,
             vhost: vhost.name.clone(),
             config,
             state: Mutex::new(QueueState {
-                ready: ReadyList::new(paging),
+                ready: ReadyQueue::new(paging, levels),
                 args,
                 ..Default::default()
             }),
@@ -461,11 +463,7 @@ impl Queue {
         items.sort_unstable_by_key(|r| std::cmp::Reverse(r.seq));
         for mut r in items {
             r.redelivered = true;
-            if st.ready.front_seq().is_none_or(|s| s > r.seq) {
-                st.ready.push_front(r);
-            } else {
-                st.ready.insert_by_seq(r);
-            }
+            st.ready.put_back(r);
         }
         if st.ready.front_deadline() != 0 {
             // A message whose TTL ran out while it was unacked dies now.
@@ -621,7 +619,7 @@ impl Queue {
             let seq = st.next_seq;
             st.next_seq += 1;
             st.ready
-                .push_stored(&store, m.loc, seq, m.id, m.delivered, deadline);
+                .push_stored(&store, m.loc, m.priority, seq, m.id, m.delivered, deadline);
         }
         self.enforce_limits(&mut st, now_ms());
         self.finish(st);
@@ -644,6 +642,22 @@ impl Queue {
             ),
         )
     }
+}
+
+/// x-max-priority of a queue's arguments (validated at declare: 0-255).
+fn max_priority(args: &FieldTable) -> Option<u8> {
+    use amq_protocol::types::AMQPValue as V;
+    let n = match args.inner().get("x-max-priority")? {
+        V::ShortShortInt(n) => *n as i64,
+        V::ShortShortUInt(n) => *n as i64,
+        V::ShortInt(n) => *n as i64,
+        V::ShortUInt(n) => *n as i64,
+        V::LongInt(n) => *n as i64,
+        V::LongUInt(n) => *n as i64,
+        V::LongLongInt(n) => *n,
+        _ => return None,
+    };
+    u8::try_from(n).ok()
 }
 
 /// Enqueues a routed message in its queues. A persistent message for durable

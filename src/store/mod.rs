@@ -207,6 +207,8 @@ pub struct RecoveredMessage {
     pub id: u64,
     /// Where its record is.
     pub loc: Loc,
+    /// Its priority property (priority queues place it by this).
+    pub priority: u8,
     /// It had been delivered (and not acked) before the stop.
     pub delivered: bool,
 }
@@ -215,7 +217,7 @@ pub struct RecoveredMessage {
 /// delivered, acked).
 #[derive(Default)]
 struct QueueScan {
-    msgs: Vec<(u64, Loc, bool, bool)>,
+    msgs: Vec<(u64, Loc, bool, bool, u8)>,
     sorted: bool,
     /// Acked entries still in `msgs`.
     acked: usize,
@@ -363,7 +365,12 @@ impl MessageStore {
                 .msgs
                 .into_iter()
                 .filter(|m| !m.3)
-                .map(|(id, loc, delivered, _)| RecoveredMessage { id, loc, delivered })
+                .map(|(id, loc, delivered, _, priority)| RecoveredMessage {
+                    id,
+                    loc,
+                    delivered,
+                    priority,
+                })
                 .collect();
             if !list.is_empty() {
                 recovered.insert(key, list);
@@ -702,8 +709,14 @@ fn apply(
     max_id: &mut u64,
 ) {
     match r {
-        Record::Enqueue { id, queues: qs, .. } => {
+        Record::Enqueue {
+            id,
+            queues: qs,
+            header,
+            ..
+        } => {
             *max_id = (*max_id).max(id);
+            let priority = crate::message::header_priority(&header);
             msgs.push(id, loc.seg, qs.len() as u32);
             for k in qs {
                 let q = queues.entry(k).or_insert_with(|| QueueScan {
@@ -713,7 +726,7 @@ fn apply(
                 if q.msgs.last().is_some_and(|l| l.0 > id) {
                     q.sorted = false;
                 }
-                q.msgs.push((id, loc, false, false));
+                q.msgs.push((id, loc, false, false, priority));
             }
         }
         Record::QueueOp { kind, queue, ids } => {
