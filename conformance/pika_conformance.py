@@ -864,6 +864,27 @@ def test_priority_queue_delivers_highest_first(ctx):
     eq(drain(ctx.ch, q), [b"p9", b"p5", b"p3-1", b"p3-2", b"none-1", b"p0", b"none-2"], "delivery order")
 
 
+@check
+def test_direct_reply_to_round_trip(ctx):
+    requests = ctx.queue()
+    got = []
+    ctx.ch.basic_consume("amq.rabbitmq.reply-to", lambda ch, m, p, b: got.append((m.routing_key, b, p.correlation_id)), auto_ack=True)
+    ctx.ch.basic_publish("", requests, b"ping", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="c1"))
+    other = connect()
+    try:
+        sch = other.channel()
+        m, p, b = get_body(sch, requests)
+        if not p.reply_to.startswith("amq.rabbitmq.reply-to."):
+            raise AssertionError("reply_to not rewritten: %r" % p.reply_to)
+        sch.basic_publish("", p.reply_to, b"pong", pika.BasicProperties(correlation_id=p.correlation_id))
+        deadline = time.time() + 3
+        while not got and time.time() < deadline:
+            ctx.conn.process_data_events(time_limit=0.1)
+        eq(got, [(p.reply_to, b"pong", "c1")], "reply delivered")
+    finally:
+        other.close()
+
+
 def cleanup():
     try:
         c = connect()

@@ -16,6 +16,7 @@ use crate::auth::{Access, Resource};
 use crate::connection::ConnCtx;
 use crate::deadletter::Reason;
 use crate::delivery::{ChannelShared, Consumer, QueuedMessage, Unacked};
+use crate::direct_reply;
 use crate::error::{AmqpError, AmqpResult, code};
 use crate::exchange::Exchange;
 use crate::message::{Message, header_class_and_size, parse_properties};
@@ -96,6 +97,8 @@ pub struct Channel {
     commit_ok_at: Option<u64>,
     /// tx.select was received.
     pub tx: Option<Tx>,
+    /// The direct reply-to consumer: (key, consumer tag).
+    pub reply_consumer: Option<(String, Bytes)>,
     exchange_cache: Option<(Bytes, Arc<Exchange>, u64)>,
     route_buf: Vec<Arc<Queue>>,
 }
@@ -156,6 +159,7 @@ impl Channel {
             refused: Default::default(),
             commit_ok_at: None,
             tx: None,
+            reply_consumer: None,
             exchange_cache: None,
             route_buf: Vec::new(),
         }
@@ -318,6 +322,11 @@ impl Channel {
         if let Some(Err(why)) = msg.expiration() {
             return Err(AmqpError::channel(code::PRECONDITION_FAILED, why));
         }
+        let msg = if msg.has_reply_to() {
+            self.with_reply_address(msg)?
+        } else {
+            msg
+        };
         ctx.handle.stats.publish.fetch_add(1, Relaxed); // stats
         if let Some(tx) = &mut self.tx {
             tx.publishes.push((x, msg, p.mandatory));
@@ -356,6 +365,14 @@ impl Channel {
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         let rk = String::from_utf8_lossy(msg.routing_key());
+        if x.name.is_empty()
+            && rk.starts_with(direct_reply::PREFIX)
+            && ctx.vhost.replies.deliver(&rk, &msg)
+        {
+            // A direct reply: straight to the waiting consumer.
+            self.route_buf = queues;
+            return (None, false);
+        }
         let mut headers = || msg.properties().and_then(|p| p.headers().clone());
         ctx.vhost.route(x, &rk, &mut headers, &mut queues);
         if queues.is_empty() {
@@ -566,7 +583,36 @@ impl Channel {
         for (_, c) in self.consumers.drain() {
             crate::handlers::detach_consumer(ctx, &c);
         }
+        if let Some((key, _)) = self.reply_consumer.take() {
+            ctx.vhost.replies.unregister(&key);
+        }
         requeue(unacked);
+    }
+
+    /// A publish whose reply_to is `amq.rabbitmq.reply-to` gets this
+    /// channel's reply address instead (RabbitMQ's direct reply-to).
+    fn with_reply_address(&self, msg: Message) -> AmqpResult<Message> {
+        let Some(props) = msg.properties() else {
+            return Ok(msg);
+        };
+        if props.reply_to().as_ref().map(|r| r.as_str()) != Some(direct_reply::QUEUE) {
+            return Ok(msg);
+        }
+        let Some((key, _)) = &self.reply_consumer else {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "fast reply consumer does not exist",
+            ));
+        };
+        let props = props.with_reply_to(format!("{}{key}", direct_reply::PREFIX).into());
+        let header = crate::message::content_header(&props, msg.body_len() as u64)
+            .ok_or_else(|| AmqpError::channel(code::INTERNAL_ERROR, "cannot encode properties"))?;
+        Ok(Message::new(
+            msg.exchange(),
+            msg.routing_key(),
+            &header,
+            msg.body_bytes(),
+        ))
     }
 }
 

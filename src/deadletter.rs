@@ -161,14 +161,7 @@ pub fn copy(
         }
     }
     let props = without_expiration(&props).with_headers(headers);
-    let body = msg.body();
-    let mut header = Vec::with_capacity(64);
-    header.extend_from_slice(&60u16.to_be_bytes());
-    header.extend_from_slice(&0u16.to_be_bytes());
-    header.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    let ctx = amq_protocol::frame::WriteContext::from(Vec::new());
-    let ctx = amq_protocol::protocol::basic::gen_properties(&props)(ctx).ok()?;
-    header.extend_from_slice(&ctx.write);
+    let header = crate::message::content_header(&props, msg.body_len() as u64)?;
     let routing_key = dlrk.unwrap_or(&rk);
     Some(DeadCopy {
         msg: Message::new(

@@ -277,6 +277,31 @@ impl ChannelShared {
         ch
     }
 
+    /// Delivers a direct reply-to message to this channel's reply consumer
+    /// (no ack: it is settled on delivery). False if the channel is closing.
+    pub fn deliver_direct(&self, consumer_tag: &[u8], msg: &crate::message::Message) -> bool {
+        let mut st = self.state.lock();
+        if !st.open {
+            return false;
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        let frame_max = self.conn.frame_max.load(Ordering::Relaxed);
+        self.conn.write(|out| {
+            write_deliver(
+                out,
+                self.id,
+                consumer_tag,
+                tag,
+                false,
+                msg.exchange(),
+                msg.routing_key(),
+            );
+            msg.write_content(out, self.id, frame_max);
+        });
+        true
+    }
+
     /// Hands a message fetched by basic.get to the client; the queue calls
     /// this with its lock held. Returns false if the channel is closing.
     pub fn deliver_get(

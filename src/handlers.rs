@@ -189,6 +189,21 @@ fn not_from_client() -> AmqpError {
 
 fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> AmqpResult<()> {
     match m {
+        queue::AMQPMethod::Declare(d)
+            if d.passive && d.queue.as_str() == crate::direct_reply::QUEUE =>
+        {
+            // The direct reply-to pseudo-queue exists for passive declares.
+            if !d.nowait {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: 0,
+                    })),
+                );
+            }
+        }
         queue::AMQPMethod::Declare(d) => {
             let name = match d.queue.as_str() {
                 "" if d.passive => ch.last_queue.clone().unwrap_or_default(),
@@ -352,6 +367,10 @@ fn basic_method(ch: &mut Channel, ctx: &mut ConnCtx, m: basic::AMQPMethod) -> Am
             let tag = Bytes::copy_from_slice(c.consumer_tag.as_str().as_bytes());
             if let Some(cc) = ch.consumers.remove(&tag) {
                 detach_consumer(ctx, &cc);
+            } else if ch.reply_consumer.as_ref().is_some_and(|(_, t)| *t == tag)
+                && let Some((key, _)) = ch.reply_consumer.take()
+            {
+                ctx.vhost.replies.unregister(&key);
             }
             if !c.nowait {
                 ctx.send(
@@ -428,7 +447,38 @@ fn recover(ch: &mut Channel, requeue_flag: bool) -> AmqpResult<()> {
     Ok(())
 }
 
+/// basic.consume on `amq.rabbitmq.reply-to`: the channel's direct reply-to
+/// consumer (no-ack only, one per channel), as RabbitMQ has it.
+fn consume_replies(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult<()> {
+    let precondition = |text: &str| AmqpError::channel(code::PRECONDITION_FAILED, text);
+    if !c.no_ack {
+        return Err(precondition("reply consumer cannot acknowledge"));
+    }
+    if ch.reply_consumer.is_some() {
+        return Err(precondition("reply consumer already set"));
+    }
+    let tag_str = match c.consumer_tag.as_str() {
+        "" => generated_name("amq.ctag-"),
+        t => t.to_owned(),
+    };
+    let tag = Bytes::from(tag_str.clone().into_bytes());
+    let key = ctx.vhost.replies.register(&ch.shared, tag.clone());
+    ch.reply_consumer = Some((key, tag));
+    if !c.nowait {
+        ctx.send(
+            ch.id,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag_str.into(),
+            })),
+        );
+    }
+    Ok(())
+}
+
 fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult<()> {
+    if c.queue.as_str() == crate::direct_reply::QUEUE {
+        return consume_replies(ch, ctx, c);
+    }
     let name = queue_name(ch, c.queue.as_str())?;
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;

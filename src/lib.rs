@@ -18,6 +18,7 @@ pub mod connection;
 pub mod deadletter;
 pub mod definitions;
 pub mod delivery;
+pub mod direct_reply;
 pub mod error;
 pub mod exchange;
 pub mod handlers;

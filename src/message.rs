@@ -140,6 +140,12 @@ impl Message {
         header_octet(self.header(), 0x1000) == Some(2)
     }
 
+    /// Whether the reply-to property is set (read from the property flags).
+    pub fn has_reply_to(&self) -> bool {
+        let h = self.header();
+        h.len() >= 14 && u16::from_be_bytes([h[12], h[13]]) & 0x0200 != 0
+    }
+
     /// The priority property (0 when absent), read from the raw header.
     pub fn priority(&self) -> u8 {
         header_priority(self.header())
@@ -180,6 +186,19 @@ impl Message {
             out.put_u8(FRAME_END);
         }
     }
+}
+
+/// Encodes a content header payload (class basic) for a body of `size`
+/// bytes with the given properties.
+pub fn content_header(props: &BasicProperties, size: u64) -> Option<Vec<u8>> {
+    let mut header = Vec::with_capacity(64);
+    header.extend_from_slice(&60u16.to_be_bytes());
+    header.extend_from_slice(&0u16.to_be_bytes());
+    header.extend_from_slice(&size.to_be_bytes());
+    let ctx = amq_protocol::frame::WriteContext::from(Vec::new());
+    let ctx = amq_protocol::protocol::basic::gen_properties(props)(ctx).ok()?;
+    header.extend_from_slice(&ctx.write);
+    Some(header)
 }
 
 /// The priority property of a raw content header payload (0 when absent).

@@ -50,6 +50,8 @@ pub struct VHost {
     durability: Arc<Durability>,
     /// Itself, for the queues it creates.
     me: std::sync::Weak<VHost>,
+    /// Direct reply-to consumers.
+    pub replies: crate::direct_reply::Replies,
     /// Message counts of the vhost's deleted queues.
     pub retired: crate::stats::Retired,
 }
@@ -226,6 +228,7 @@ impl VHost {
             definitions: Mutex::new(()),
             durability,
             me: me.clone(),
+            replies: Default::default(),
             retired: Default::default(),
         })
     }

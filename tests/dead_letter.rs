@@ -283,7 +283,7 @@ async fn queue_ttl_expires_messages_without_a_consumer_into_the_dead_letter_exch
 #[tokio::test]
 async fn per_message_expiration_is_honoured_and_invalid_values_are_refused() {
     let w = Warren::start();
-    let (c, ch) = w.channel().await;
+    let (_c, ch) = w.channel().await;
     let q = unique("exp");
     declare(&ch, &q).await;
     publish_props(
@@ -308,6 +308,8 @@ async fn per_message_expiration_is_honoured_and_invalid_values_are_refused() {
         ("-5", "{value_negative,-5}"),
         ("1.5", "{leftover_string,\".5\"}"),
     ] {
+        // A connection per case: each one's events carry only its own close.
+        let c = w.connect().await;
         let ch = within("channel.open-ok", c.create_channel()).await.unwrap();
         let mut events = watch(&c);
         publish_props(

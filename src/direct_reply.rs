@@ -1,0 +1,63 @@
+//! Direct reply-to (RabbitMQ's `amq.rabbitmq.reply-to`): an RPC client
+//! consumes from the pseudo-queue `amq.rabbitmq.reply-to` in no-ack mode and
+//! publishes requests with that name as their `reply_to`; the broker rewrites
+//! it to `amq.rabbitmq.reply-to.<key>`, and a reply published to the default
+//! exchange with that routing key goes straight to the client's consumer,
+//! with no queue in between.
+
+use std::sync::{Arc, Weak};
+
+use ahash::AHashMap as HashMap;
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::delivery::ChannelShared;
+use crate::message::Message;
+
+/// The pseudo-queue name clients consume from and put in `reply_to`.
+pub const QUEUE: &str = "amq.rabbitmq.reply-to";
+/// Prefix of the routing keys replies are published with.
+pub const PREFIX: &str = "amq.rabbitmq.reply-to.";
+
+/// The reply consumers of one vhost, by key.
+#[derive(Debug, Default)]
+pub struct Replies {
+    consumers: Mutex<HashMap<String, (Weak<ChannelShared>, Bytes)>>,
+}
+
+impl Replies {
+    /// Registers a channel's reply consumer; returns its key.
+    pub fn register(&self, channel: &Arc<ChannelShared>, consumer_tag: Bytes) -> String {
+        let mut raw = [0u8; 16];
+        let _ = getrandom::fill(&mut raw);
+        let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        self.consumers
+            .lock()
+            .insert(key.clone(), (Arc::downgrade(channel), consumer_tag));
+        key
+    }
+
+    /// Removes a reply consumer.
+    pub fn unregister(&self, key: &str) {
+        self.consumers.lock().remove(key);
+    }
+
+    /// Delivers a reply published with routing key `PREFIX<key>`; false if
+    /// no such consumer exists (any more).
+    pub fn deliver(&self, routing_key: &str, msg: &Message) -> bool {
+        let Some(key) = routing_key.strip_prefix(PREFIX) else {
+            return false;
+        };
+        let target = self.consumers.lock().get(key).cloned();
+        let Some((channel, tag)) = target else {
+            return false;
+        };
+        match channel.upgrade() {
+            Some(ch) => ch.deliver_direct(&tag, msg),
+            None => {
+                self.unregister(key);
+                false
+            }
+        }
+    }
+}
