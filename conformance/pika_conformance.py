@@ -885,6 +885,32 @@ def test_direct_reply_to_round_trip(ctx):
         other.close()
 
 
+@check
+def test_consumer_priorities_and_single_active_consumer(ctx):
+    q = ctx.queue()
+    got = []
+    ctx.ch.basic_qos(prefetch_count=2)
+    ctx.ch.basic_consume(q, lambda c_, m, p, b: got.append(("low", b)), consumer_tag="low", arguments={"x-priority": 1})
+    ctx.ch.basic_consume(q, lambda c_, m, p, b: got.append(("high", b)), consumer_tag="high", arguments={"x-priority": 10})
+    for i in range(5):
+        ctx.ch.basic_publish("", q, b"%d" % i)
+    deadline = time.time() + 3
+    while len(got) < 4 and time.time() < deadline:
+        ctx.conn.process_data_events(time_limit=0.1)
+    eq(got, [("high", b"0"), ("high", b"1"), ("low", b"2"), ("low", b"3")], "deliveries by consumer priority")
+    sac = ctx.queue(arguments={"x-single-active-consumer": True})
+    got2 = []
+    ch2 = ctx.conn.channel()
+    ch2.basic_consume(sac, lambda c_, m, p, b: got2.append(("c1", b)), auto_ack=True, consumer_tag="c1")
+    ch2.basic_consume(sac, lambda c_, m, p, b: got2.append(("c2", b)), auto_ack=True, consumer_tag="c2")
+    for i in range(3):
+        ch2.basic_publish("", sac, b"%d" % i)
+    deadline = time.time() + 3
+    while len(got2) < 3 and time.time() < deadline:
+        ctx.conn.process_data_events(time_limit=0.1)
+    eq(got2, [("c1", b"0"), ("c1", b"1"), ("c1", b"2")], "single active consumer")
+
+
 def cleanup():
     try:
         c = connect()

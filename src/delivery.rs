@@ -101,12 +101,14 @@ pub struct Consumer {
     pub exclusive: bool,
     /// Per-consumer prefetch (basic.qos global=false at consume time); 0: none.
     pub prefetch: u16,
+    /// x-priority: consumers of higher priority are served first.
+    pub priority: i32,
     unacked: AtomicU32,
     active: AtomicBool,
 }
 
 impl Consumer {
-    /// Creates an active consumer.
+    /// Creates an active consumer of priority 0.
     pub fn new(
         tag: Bytes,
         channel: Arc<ChannelShared>,
@@ -114,12 +116,25 @@ impl Consumer {
         exclusive: bool,
         prefetch: u16,
     ) -> Arc<Self> {
+        Self::with_priority(tag, channel, no_ack, exclusive, prefetch, 0)
+    }
+
+    /// Creates an active consumer with a priority (basic.consume x-priority).
+    pub fn with_priority(
+        tag: Bytes,
+        channel: Arc<ChannelShared>,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: u16,
+        priority: i32,
+    ) -> Arc<Self> {
         Arc::new(Consumer {
             tag,
             channel,
             no_ack,
             exclusive,
             prefetch,
+            priority,
             unacked: AtomicU32::new(0),
             active: AtomicBool::new(true),
         })

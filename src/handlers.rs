@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, confirm, exchange, queue, tx};
+use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
 
 use crate::auth::{Access, Resource};
@@ -447,6 +448,20 @@ fn recover(ch: &mut Channel, requeue_flag: bool) -> AmqpResult<()> {
     Ok(())
 }
 
+/// The value of a basic.consume x-priority argument, if it is an integer.
+fn consumer_priority(v: &AMQPValue) -> Option<i32> {
+    Some(match v {
+        AMQPValue::ShortShortInt(n) => *n as i32,
+        AMQPValue::ShortShortUInt(n) => *n as i32,
+        AMQPValue::ShortInt(n) => *n as i32,
+        AMQPValue::ShortUInt(n) => *n as i32,
+        AMQPValue::LongInt(n) => *n,
+        AMQPValue::LongUInt(n) => (*n).min(i32::MAX as u32) as i32,
+        AMQPValue::LongLongInt(n) => (*n).clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+        _ => return None,
+    })
+}
+
 /// basic.consume on `amq.rabbitmq.reply-to`: the channel's direct reply-to
 /// consumer (no-ack only, one per channel), as RabbitMQ has it.
 fn consume_replies(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult<()> {
@@ -503,12 +518,26 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
             format!("reached maximum ({max}) of consumers per channel"),
         ));
     }
-    let consumer = Consumer::new(
+    let priority = match c.arguments.inner().get("x-priority") {
+        None => 0,
+        Some(v) => consumer_priority(v).ok_or_else(|| {
+            AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!(
+                    "invalid arg 'x-priority' for queue '{name}' in vhost '{}': \"expected integer, got {}\"",
+                    ctx.vhost.name,
+                    crate::headers_match::erlang_type(v)
+                ),
+            )
+        })?,
+    };
+    let consumer = Consumer::with_priority(
         tag.clone(),
         ch.shared.clone(),
         c.no_ack,
         c.exclusive,
         ch.consumer_prefetch,
+        priority,
     );
     // consume-ok must reach the client before the first delivery: attach the
     // consumer paused, reply, then let the queue deliver.

@@ -386,18 +386,73 @@ impl Queue {
         if n == 0 {
             return;
         }
+        if st.args.single_active {
+            // Only the first consumer attached (still attached) receives.
+            self.dispatch_to(st, 1);
+        } else if st.consumers[0].priority != st.consumers[n - 1].priority {
+            self.dispatch_by_priority(st);
+        } else {
+            self.dispatch_to(st, n);
+        }
+        if st.flow_waiting && st.ready.len() < FLOW_LOW {
+            st.flow_waiting = false;
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Drops expired messages at the head; false when nothing is ready.
+    fn ready_head(&self, st: &mut QueueState, now: &mut u64) -> bool {
+        if st.ready.front_deadline() != 0 {
+            if *now == 0 {
+                *now = now_ms();
+            }
+            self.expire_head(st, *now, false);
+        }
+        !st.ready.is_empty()
+    }
+
+    /// Consumers of mixed priorities: each message goes to the highest
+    /// priority that can take it, round robin within a priority.
+    fn dispatch_by_priority(self: &Arc<Self>, st: &mut QueueState) {
+        let mut now = 0;
+        while self.ready_head(st, &mut now) {
+            let QueueState {
+                ready,
+                consumers,
+                next_consumer,
+                ..
+            } = &mut *st;
+            let mut delivered = false;
+            let mut start = 0;
+            while start < consumers.len() && !delivered {
+                let p = consumers[start].priority;
+                let len = consumers[start..]
+                    .iter()
+                    .take_while(|c| c.priority == p)
+                    .count();
+                for k in 0..len {
+                    let i = start + (*next_consumer + k) % len;
+                    if consumers[i]
+                        .try_deliver(self, || ready.pop_front().expect("ready is non-empty"))
+                    {
+                        *next_consumer = next_consumer.wrapping_add(k + 1);
+                        delivered = true;
+                        break;
+                    }
+                }
+                start += len;
+            }
+            if !delivered {
+                return;
+            }
+        }
+    }
+
+    /// Round robin over the first `n` consumers.
+    fn dispatch_to(self: &Arc<Self>, st: &mut QueueState, n: usize) {
         let mut misses = 0;
         let mut now = 0;
-        while !st.ready.is_empty() && misses < n {
-            if st.ready.front_deadline() != 0 {
-                if now == 0 {
-                    now = now_ms();
-                }
-                self.expire_head(st, now, false);
-                if st.ready.is_empty() {
-                    break;
-                }
-            }
+        while misses < n && self.ready_head(st, &mut now) {
             if st.next_consumer >= n {
                 st.next_consumer = 0;
             }
@@ -415,10 +470,6 @@ impl Queue {
             } else {
                 misses += 1;
             }
-        }
-        if st.flow_waiting && st.ready.len() < FLOW_LOW {
-            st.flow_waiting = false;
-            self.drained.notify_waiters();
         }
     }
 
@@ -490,7 +541,11 @@ impl Queue {
                 ),
             ));
         }
-        st.consumers.push(consumer);
+        // Highest priority first; in arrival order within a priority.
+        let at = st
+            .consumers
+            .partition_point(|c| c.priority >= consumer.priority);
+        st.consumers.insert(at, consumer);
         st.had_consumers = true;
         self.dispatch_locked(&mut st);
         self.finish(st);

@@ -47,6 +47,8 @@ pub struct QueueArgs {
     pub dlx: Option<String>,
     /// x-dead-letter-routing-key.
     pub dlrk: Option<String>,
+    /// x-single-active-consumer: only the first consumer receives.
+    pub single_active: bool,
 }
 
 /// Integer value of an AMQP field, if it is an integer type.
@@ -145,6 +147,17 @@ impl QueueArgs {
             }
             a.dlrk = Some(s);
         }
+        if let Some(v) = t.get("x-single-active-consumer") {
+            match v {
+                AMQPValue::Boolean(b) => a.single_active = *b,
+                other => {
+                    return Err(invalid(
+                        "x-single-active-consumer",
+                        format!("{{unacceptable_type,{}}}", erlang_type(other)),
+                    ));
+                }
+            }
+        }
         if let Some(v) = t.get("x-max-priority")
             && let Some(n) = int(v)
         {
@@ -196,6 +209,7 @@ impl QueueArgs {
                 }
                 a.dlx = a.dlx.or(p.dlx);
                 a.dlrk = a.dlrk.or(p.dlrk);
+                a.single_active |= p.single_active;
             }
         }
         a
