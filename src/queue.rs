@@ -541,10 +541,15 @@ impl Queue {
                 ),
             ));
         }
-        // Highest priority first; in arrival order within a priority.
-        let at = st
-            .consumers
-            .partition_point(|c| c.priority >= consumer.priority);
+        // Highest priority first; in arrival order within a priority. A
+        // single active consumer queue keeps plain arrival order: the
+        // active consumer stays active whatever joins after it.
+        let at = if st.args.single_active {
+            st.consumers.len()
+        } else {
+            st.consumers
+                .partition_point(|c| c.priority >= consumer.priority)
+        };
         st.consumers.insert(at, consumer);
         st.had_consumers = true;
         self.dispatch_locked(&mut st);
