@@ -56,7 +56,8 @@ pub struct VHost {
     pub retired: crate::stats::Retired,
 }
 
-/// A policy (stored and listed; its keys take effect as features land).
+/// A policy. Its queue keys (message-ttl, expires, max-length(-bytes),
+/// overflow, dead-letter-*) apply to matching queues; see `QueueArgs::with_policy`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// Name.
