@@ -450,16 +450,8 @@ fn recover(ch: &mut Channel, requeue_flag: bool) -> AmqpResult<()> {
 
 /// The value of a basic.consume x-priority argument, if it is an integer.
 fn consumer_priority(v: &AMQPValue) -> Option<i32> {
-    Some(match v {
-        AMQPValue::ShortShortInt(n) => *n as i32,
-        AMQPValue::ShortShortUInt(n) => *n as i32,
-        AMQPValue::ShortInt(n) => *n as i32,
-        AMQPValue::ShortUInt(n) => *n as i32,
-        AMQPValue::LongInt(n) => *n,
-        AMQPValue::LongUInt(n) => (*n).min(i32::MAX as u32) as i32,
-        AMQPValue::LongLongInt(n) => (*n).clamp(i32::MIN as i64, i32::MAX as i64) as i32,
-        _ => return None,
-    })
+    let n = crate::queue_args::integer(v)?;
+    Some(n.clamp(i32::MIN as i128, i32::MAX as i128) as i32)
 }
 
 /// basic.consume on `amq.rabbitmq.reply-to`: the channel's direct reply-to

@@ -363,27 +363,7 @@ impl ReadyList {
                 break;
             };
             let at = (offset - first) as usize;
-            let m = match &data {
-                Ok(d) => match record::next(&d.slice(at..at + len as usize)) {
-                    Next::Record(
-                        Record::Enqueue {
-                            exchange,
-                            routing_key,
-                            header,
-                            body,
-                            ..
-                        },
-                        _,
-                    ) => Some(Message::new(
-                        &exchange,
-                        &routing_key,
-                        &header,
-                        Bytes::copy_from_slice(&body),
-                    )),
-                    _ => None,
-                },
-                Err(_) => None,
-            };
+            let m = data.as_ref().ok().and_then(|d| decode_message(d, at, len));
             let Some(m) = m else {
                 tracing::error!(
                     "cannot read a recovered message back from store segment {seg} at {offset}: {}",
@@ -436,26 +416,13 @@ impl ReadyList {
                 break;
             };
             let at = (offset - first) as usize;
-            let m = match (&read, record::next(&data.slice(at..at + len as usize))) {
-                (
-                    Some(Ok(())),
-                    Next::Record(
-                        Record::Enqueue {
-                            exchange,
-                            routing_key,
-                            header,
-                            body,
-                            ..
-                        },
-                        _,
-                    ),
-                ) => Message::new(
-                    &exchange,
-                    &routing_key,
-                    &header,
-                    Bytes::copy_from_slice(&body),
-                ),
-                _ => {
+            let decoded = match &read {
+                Some(Ok(())) => decode_message(&data, at, len),
+                _ => None,
+            };
+            let m = match decoded {
+                Some(m) => m,
+                None => {
                     tracing::error!("cannot read a paged message back from {}", p.path.display());
                     continue;
                 }
@@ -476,6 +443,28 @@ impl ReadyList {
         if p.paged == 0 {
             p.reset();
         }
+    }
+}
+
+/// The message in the enqueue record at `data[at..at + len]`.
+fn decode_message(data: &Bytes, at: usize, len: u32) -> Option<Message> {
+    match record::next(&data.slice(at..at + len as usize)) {
+        Next::Record(
+            Record::Enqueue {
+                exchange,
+                routing_key,
+                header,
+                body,
+                ..
+            },
+            _,
+        ) => Some(Message::new(
+            &exchange,
+            &routing_key,
+            &header,
+            Bytes::copy_from_slice(&body),
+        )),
+        _ => None,
     }
 }
 

@@ -706,17 +706,7 @@ impl Queue {
 
 /// x-max-priority of a queue's arguments (validated at declare: 0-255).
 fn max_priority(args: &FieldTable) -> Option<u8> {
-    use amq_protocol::types::AMQPValue as V;
-    let n = match args.inner().get("x-max-priority")? {
-        V::ShortShortInt(n) => *n as i64,
-        V::ShortShortUInt(n) => *n as i64,
-        V::ShortInt(n) => *n as i64,
-        V::ShortUInt(n) => *n as i64,
-        V::LongInt(n) => *n as i64,
-        V::LongUInt(n) => *n as i64,
-        V::LongLongInt(n) => *n,
-        _ => return None,
-    };
+    let n = crate::queue_args::integer(args.inner().get("x-max-priority")?)?;
     u8::try_from(n).ok()
 }
 

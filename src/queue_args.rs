@@ -51,8 +51,9 @@ pub struct QueueArgs {
     pub single_active: bool,
 }
 
-/// Integer value of an AMQP field, if it is an integer type.
-fn int(v: &AMQPValue) -> Option<i128> {
+/// Integer value of an AMQP field, if it is an integer type (what RabbitMQ
+/// accepts where an argument must be an integer).
+pub fn integer(v: &AMQPValue) -> Option<i128> {
     Some(match v {
         AMQPValue::ShortShortInt(n) => *n as i128,
         AMQPValue::ShortShortUInt(n) => *n as i128,
@@ -86,7 +87,7 @@ impl QueueArgs {
         };
         let non_neg = |arg: &str, zero_ok: bool| -> AmqpResult<Option<u64>> {
             let Some(v) = t.get(arg) else { return Ok(None) };
-            let Some(n) = int(v) else {
+            let Some(n) = integer(v) else {
                 return Err(invalid(
                     arg,
                     format!("\"expected integer, got {}\"", erlang_type(v)),
@@ -159,7 +160,7 @@ impl QueueArgs {
             }
         }
         if let Some(v) = t.get("x-max-priority")
-            && let Some(n) = int(v)
+            && let Some(n) = integer(v)
         {
             if n < 0 {
                 return Err(invalid("x-max-priority", format!("{{value_negative,{n}}}")));

@@ -127,17 +127,10 @@ fn describe(v: Option<&AMQPValue>) -> String {
 
 /// Integer-valued arguments compare by value whatever their wire width.
 fn as_i128(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(n) => *n as i128,
-        AMQPValue::ShortShortUInt(n) => *n as i128,
-        AMQPValue::ShortInt(n) => *n as i128,
-        AMQPValue::ShortUInt(n) => *n as i128,
-        AMQPValue::LongInt(n) => *n as i128,
-        AMQPValue::LongUInt(n) => *n as i128,
-        AMQPValue::LongLongInt(n) => *n as i128,
-        AMQPValue::Timestamp(n) => *n as i128,
-        _ => return None,
-    })
+    match v {
+        AMQPValue::Timestamp(n) => Some(*n as i128),
+        other => crate::queue_args::integer(other),
+    }
 }
 
 fn same_value(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
