@@ -56,7 +56,8 @@ pub enum Outcome {
 /// Work a transaction holds until commit.
 #[derive(Debug, Default)]
 pub struct Tx {
-    publishes: Vec<(Arc<Exchange>, Message, bool)>,
+    /// (exchange, message, its TTL from the expiration property, mandatory).
+    publishes: Vec<(Arc<Exchange>, Message, Option<u64>, bool)>,
     settles: Vec<(Unacked, Outcome)>,
 }
 
@@ -319,9 +320,11 @@ impl Channel {
             ));
         }
         let msg = Message::new(&p.exchange, &p.routing_key, &header, body);
-        if let Some(Err(why)) = msg.expiration() {
-            return Err(AmqpError::channel(code::PRECONDITION_FAILED, why));
-        }
+        let ttl = match msg.expiration() {
+            None => None,
+            Some(Ok(ttl)) => Some(ttl),
+            Some(Err(why)) => return Err(AmqpError::channel(code::PRECONDITION_FAILED, why)),
+        };
         let msg = if msg.has_reply_to() {
             self.with_reply_address(msg)?
         } else {
@@ -329,10 +332,10 @@ impl Channel {
         };
         ctx.handle.stats.publish.fetch_add(1, Relaxed); // stats
         if let Some(tx) = &mut self.tx {
-            tx.publishes.push((x, msg, p.mandatory));
+            tx.publishes.push((x, msg, ttl, p.mandatory));
             return Ok(());
         }
-        let (stored, refused) = self.route_and_enqueue(ctx, &x, msg, p.mandatory);
+        let (stored, refused) = self.route_and_enqueue(ctx, &x, msg, ttl, p.mandatory);
         if self.confirm {
             self.publish_seq += 1;
             if let Some(seq) = stored {
@@ -350,14 +353,16 @@ impl Channel {
     }
 
     /// Routes a message and enqueues it; persistent messages for durable
-    /// queues go to the message store first. Returns the store sequence
-    /// number a confirm must wait for, if the message was stored, and
-    /// whether a queue refused it (x-overflow reject-publish).
+    /// queues go to the message store first. `ttl` is the message's own
+    /// (expiration property). Returns the store sequence number a confirm
+    /// must wait for, if the message was stored, and whether a queue
+    /// refused it (x-overflow reject-publish).
     fn route_and_enqueue(
         &mut self,
         ctx: &mut ConnCtx,
         x: &Arc<Exchange>,
         msg: Message,
+        ttl: Option<u64>,
         mandatory: bool,
     ) -> (Option<u64>, bool) {
         let mut sync_seq = None;
@@ -400,7 +405,6 @@ impl Channel {
                 });
             }
         } else {
-            let ttl = msg.expiration().and_then(Result::ok);
             let e = crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store(), ttl);
             sync_seq = e.sync_seq;
             refused = e.rejected;
@@ -542,8 +546,8 @@ impl Channel {
         let publishes = std::mem::take(&mut tx.publishes);
         let settles = std::mem::take(&mut tx.settles);
         let mut last_stored = None;
-        for (x, msg, mandatory) in publishes {
-            if let (Some(seq), _) = self.route_and_enqueue(ctx, &x, msg, mandatory) {
+        for (x, msg, ttl, mandatory) in publishes {
+            if let (Some(seq), _) = self.route_and_enqueue(ctx, &x, msg, ttl, mandatory) {
                 last_stored = Some(seq);
             }
         }
@@ -638,18 +642,22 @@ fn dead_letter_rejected(items: Vec<Unacked>) {
     }
 }
 
-/// Groups deliveries by their queue, mapping each (None: skipped).
-fn by_queue<T>(
-    items: impl IntoIterator<Item = Unacked>,
-    mut f: impl FnMut(Unacked) -> Option<T>,
+/// Groups deliveries (owned or borrowed) by their queue, mapping each
+/// (None: skipped). The queue handle is cloned once per group.
+fn by_queue<U: std::borrow::Borrow<Unacked>, T>(
+    items: impl IntoIterator<Item = U>,
+    mut f: impl FnMut(U) -> Option<T>,
 ) -> Vec<(Arc<Queue>, Vec<T>)> {
     let mut out: Vec<(Arc<Queue>, Vec<T>)> = Vec::new();
     for u in items {
-        let q = u.queue.clone();
+        let q = &u.borrow().queue;
+        let group = out.iter().position(|(x, _)| Arc::ptr_eq(x, q));
+        let new_group = group.is_none().then(|| q.clone());
         let Some(t) = f(u) else { continue };
-        match out.iter_mut().find(|(x, _)| Arc::ptr_eq(x, &q)) {
-            Some((_, v)) => v.push(t),
-            None => out.push((q, vec![t])),
+        match (group, new_group) {
+            (Some(i), _) => out[i].1.push(t),
+            (None, Some(q)) => out.push((q, vec![t])),
+            (None, None) => unreachable!("a new group has its queue"),
         }
     }
     out
@@ -657,15 +665,7 @@ fn by_queue<T>(
 
 /// Tells the message store that settled deliveries are done with.
 fn store_ack(settled: &[Unacked]) {
-    let mut groups: Vec<(&Arc<Queue>, Vec<u64>)> = Vec::new();
-    for u in settled {
-        let Some(id) = u.stored else { continue };
-        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, v)) => v.push(id),
-            None => groups.push((&u.queue, vec![id])),
-        }
-    }
-    for (q, ids) in groups {
+    for (q, ids) in by_queue(settled, |u| u.stored) {
         q.store_ack(&ids);
     }
 }

@@ -194,7 +194,7 @@ pub fn dead_letter(vhost: &VHost, from: &Arc<Queue>, items: Vec<(MessageRef, Rea
     let Some(x) = vhost.exchange(&dlx) else {
         return;
     };
-    let store = from.store().cloned().or_else(|| vhost.store());
+    let store = vhost.store();
     let mut queues = Vec::new();
     for (msg, reason) in items {
         let Some(c) = copy(&msg, &from.name, reason, &dlx, dlrk.as_deref()) else {

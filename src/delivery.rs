@@ -196,19 +196,7 @@ impl Consumer {
         }
         let tag = st.next_tag;
         st.next_tag += 1;
-        let frame_max = ch.conn.frame_max.load(Ordering::Relaxed);
-        ch.conn.write(|out| {
-            write_deliver(
-                out,
-                ch.id,
-                &self.tag,
-                tag,
-                redelivered,
-                msg.exchange(),
-                msg.routing_key(),
-            );
-            msg.write_content(out, ch.id, frame_max);
-        });
+        ch.write_delivery(&self.tag, tag, redelivered, &msg);
         queue.stats.delivered(false, self.no_ack, redelivered);
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
@@ -301,6 +289,19 @@ impl ChannelShared {
         }
         let tag = st.next_tag;
         st.next_tag += 1;
+        self.write_delivery(consumer_tag, tag, false, msg);
+        true
+    }
+
+    /// Writes basic.deliver and the message's content frames.
+    #[inline]
+    fn write_delivery(
+        &self,
+        consumer_tag: &[u8],
+        tag: DeliveryTag,
+        redelivered: bool,
+        msg: &crate::message::Message,
+    ) {
         let frame_max = self.conn.frame_max.load(Ordering::Relaxed);
         self.conn.write(|out| {
             write_deliver(
@@ -308,13 +309,12 @@ impl ChannelShared {
                 self.id,
                 consumer_tag,
                 tag,
-                false,
+                redelivered,
                 msg.exchange(),
                 msg.routing_key(),
             );
             msg.write_content(out, self.id, frame_max);
         });
-        true
     }
 
     /// Hands a message fetched by basic.get to the client; the queue calls

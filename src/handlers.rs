@@ -464,22 +464,32 @@ fn consume_replies(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> Am
     if ch.reply_consumer.is_some() {
         return Err(precondition("reply consumer already set"));
     }
-    let tag_str = match c.consumer_tag.as_str() {
-        "" => generated_name("amq.ctag-"),
-        t => t.to_owned(),
-    };
+    let tag_str = consumer_tag(&c);
     let tag = Bytes::from(tag_str.clone().into_bytes());
     let key = ctx.vhost.replies.register(&ch.shared, tag.clone());
     ch.reply_consumer = Some((key, tag));
+    consume_ok(ch, ctx, &c, tag_str);
+    Ok(())
+}
+
+/// The consumer tag a basic.consume asked for, or a generated one.
+fn consumer_tag(c: &basic::Consume) -> String {
+    match c.consumer_tag.as_str() {
+        "" => generated_name("amq.ctag-"),
+        t => t.to_owned(),
+    }
+}
+
+/// basic.consume-ok, unless the client asked for no reply.
+fn consume_ok(ch: &Channel, ctx: &ConnCtx, c: &basic::Consume, tag: String) {
     if !c.nowait {
         ctx.send(
             ch.id,
             AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                consumer_tag: tag_str.into(),
+                consumer_tag: tag.into(),
             })),
         );
     }
-    Ok(())
 }
 
 fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult<()> {
@@ -490,10 +500,7 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
-    let tag_str = match c.consumer_tag.as_str() {
-        "" => generated_name("amq.ctag-"),
-        t => t.to_owned(),
-    };
+    let tag_str = consumer_tag(&c);
     let tag = Bytes::from(tag_str.clone().into_bytes());
     // Consumers cancelled by the broker (queue deleted) free their tag.
     ch.consumers.retain(|_, cc| cc.consumer.is_active());
@@ -542,14 +549,7 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
             queue: q.clone(),
         },
     );
-    if !c.nowait {
-        ctx.send(
-            ch.id,
-            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                consumer_tag: tag_str.into(),
-            })),
-        );
-    }
+    consume_ok(ch, ctx, &c, tag_str);
     consumer.activate();
     q.dispatch();
     Ok(())

@@ -226,7 +226,8 @@ impl Queue {
     }
 
     /// Drops (or dead-letters) head messages beyond x-max-length and
-    /// x-max-length-bytes, then expired ones.
+    /// x-max-length-bytes, then expired ones. `now` is the time if the
+    /// caller has read the clock, else 0 (read here only if needed).
     fn enforce_limits(&self, st: &mut QueueState, now: u64) {
         if let Some(max) = st.args.max_length {
             while st.ready.len() as u64 > max {
@@ -240,7 +241,10 @@ impl Queue {
                 st.dead.push((r, Reason::Maxlen));
             }
         }
-        self.expire_head(st, now, true);
+        if st.ready.front_deadline() != 0 {
+            let now = if now == 0 { now_ms() } else { now };
+            self.expire_head(st, now, true);
+        }
     }
 
     /// Ends an operation: arms the message timer for the head, releases
@@ -307,11 +311,7 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let now = if ttl.is_some() || st.args.expires.is_some() {
-            now_ms()
-        } else {
-            0
-        };
+        let now = if ttl.is_some() { now_ms() } else { 0 };
         if st.args.overflow != Overflow::DropHead && self.is_full(&st, &msg) {
             let dlx = st.args.overflow == Overflow::RejectPublishDlx;
             drop(st);
@@ -476,8 +476,10 @@ impl Queue {
     /// basic.get: hands the next message to `channel`. Returns false if the
     /// queue is empty.
     pub fn get(self: &Arc<Self>, channel: &ChannelShared, no_ack: bool) -> bool {
-        self.touch();
         let mut st = self.state.lock();
+        if st.args.expires.is_some() {
+            self.touch();
+        }
         if st.ready.front_deadline() != 0 {
             self.expire_head(&mut st, now_ms(), true);
         }
@@ -637,11 +639,6 @@ impl Queue {
     /// Whether the queue keeps persistent messages on disk (durable, not exclusive).
     pub fn is_persistent(&self) -> bool {
         self.config.durable && self.config.exclusive_owner.is_none()
-    }
-
-    /// The message store of a durable queue.
-    pub fn store(&self) -> Option<&Arc<MessageStore>> {
-        self.store.as_ref()
     }
 
     /// Records that this queue is done with stored messages.

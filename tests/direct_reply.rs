@@ -56,12 +56,7 @@ async fn a_reply_reaches_the_requester_without_a_queue() {
     )
     .await
     .unwrap();
-    let req = loop {
-        if let Some(m) = get(&server, &requests).await {
-            break m;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    let req = get_eventually(&server, &requests).await;
     let reply_to = req
         .delivery
         .properties
@@ -197,12 +192,7 @@ async fn a_reply_after_the_consumer_is_gone_is_unroutable() {
         )
         .await
         .unwrap();
-    let req = loop {
-        if let Some(m) = get(&server, &requests).await {
-            break m;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    let req = get_eventually(&server, &requests).await;
     let reply_to = req.delivery.properties.reply_to().clone().unwrap();
     within(
         "cancel-ok",

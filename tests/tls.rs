@@ -230,19 +230,6 @@ async fn amqps_carries_messages_with_the_test_ca_trusted() {
     let _ = conn.close(200, "bye".into()).await;
 }
 
-/// basic.get until a message comes (publishes on another connection may
-/// still be on their way).
-async fn get_eventually(ch: &lapin::Channel, q: &str) -> lapin::message::BasicGetMessage {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if let Some(m) = get(ch, q).await {
-            return m;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no message in {q}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_plain_tcp_listener_works_alongside_tls() {
     let pki = Pki::new();

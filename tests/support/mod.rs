@@ -98,6 +98,22 @@ pub async fn get(ch: &Channel, queue: &str) -> Option<BasicGetMessage> {
     .expect("basic.get")
 }
 
+/// basic.get until a message comes: a publish on another connection may
+/// still be on its way. Panics after 10 s.
+pub async fn get_eventually(ch: &Channel, queue: &str) -> BasicGetMessage {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(m) = get(ch, queue).await {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no message in {queue}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Drains a queue with basic.get no_ack=true; returns the bodies in order.
 pub async fn drain(ch: &Channel, queue: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();

@@ -191,8 +191,8 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
                     "messages": f.messages,
                     "fill_s": fill_s,
                     "fill_rate": fill_rate,
-                    "rss_before": rss_before,
-                    "rss_full": rss_full,
+                    "rss_before_bytes": rss_before,
+                    "rss_full_bytes": rss_full,
                 })
             );
         }
