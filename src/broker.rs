@@ -37,7 +37,7 @@ pub struct Broker {
     pub stats: Stats,
     /// When the broker started.
     pub started_at: std::time::SystemTime,
-    /// Failed logins per client address (`[auth] max_failed_logins`).
+    /// Failed logins per client address and user (`[auth] max_failed_logins`).
     pub failed_logins: crate::login_limit::FailedLogins,
 }
 
@@ -145,6 +145,7 @@ impl Broker {
         let failed_logins = crate::login_limit::FailedLogins::new(
             config.auth.max_failed_logins,
             config.auth.failed_login_window,
+            config.auth.failed_login_max_delay_ms,
         );
         Broker {
             failed_logins,

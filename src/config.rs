@@ -17,14 +17,18 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/warren.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address the AMQP listener binds to.
-    pub bind: IpAddr,
+    /// Addresses the AMQP listeners bind to (one listener each). The
+    /// default is both loopbacks, 127.0.0.1 and ::1, so clients that
+    /// resolve `localhost` to either find warren.
+    #[serde(deserialize_with = "one_or_many")]
+    pub bind: Vec<IpAddr>,
     /// AMQP port.
     pub port: u16,
     /// Management HTTP API (and /metrics) port.
     pub http_port: u16,
-    /// Address the HTTP listener binds to (default: the same as `bind`).
-    pub http_bind: Option<IpAddr>,
+    /// Addresses the HTTP listener binds to (default: the same as `bind`).
+    #[serde(default, deserialize_with = "one_or_many_opt")]
+    pub http_bind: Option<Vec<IpAddr>>,
     /// Data directory (definitions, messages, the generated config).
     pub data_dir: PathBuf,
     /// Log filter (tracing's env-filter syntax: "info", "warren=debug", ...).
@@ -155,12 +159,15 @@ pub struct AuthConfig {
     /// Users that may only connect from loopback addresses (RabbitMQ's
     /// `loopback_users`; by default the well-known guest user).
     pub loopback_users: Vec<String>,
-    /// Failed logins from one IP address within `failed_login_window`
-    /// after which further logins from it are refused until the window
-    /// ends (0 disables the limit).
+    /// Failed logins per client address and user name that are refused at
+    /// once; each further one is refused only after a growing delay. A
+    /// correct login is always accepted at once (0 disables the delays).
     pub max_failed_logins: u32,
-    /// Length of the failed-login window, in seconds (0 disables the limit).
+    /// Seconds after its last failure that an address and user's failures
+    /// are forgotten (0 disables the delays).
     pub failed_login_window: u64,
+    /// Longest delay of a refused login, in milliseconds (0 disables the delays).
+    pub failed_login_max_delay_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -169,6 +176,7 @@ impl Default for AuthConfig {
             loopback_users: vec!["guest".into()],
             max_failed_logins: 5,
             failed_login_window: 60,
+            failed_login_max_delay_ms: 5000,
         }
     }
 }
@@ -204,7 +212,7 @@ pub struct Defaults {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bind: IpAddr::from([127, 0, 0, 1]),
+            bind: default_bind(),
             port: 5672,
             http_port: 15672,
             http_bind: None,
@@ -244,6 +252,63 @@ impl Default for Defaults {
     }
 }
 
+/// Both loopback addresses: 127.0.0.1 and ::1.
+pub fn default_bind() -> Vec<IpAddr> {
+    vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ]
+}
+
+/// An address or a list of addresses (`bind = "::1"` or `bind = ["127.0.0.1", "::1"]`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(IpAddr),
+    Many(Vec<IpAddr>),
+}
+
+impl From<OneOrMany> for Vec<IpAddr> {
+    fn from(v: OneOrMany) -> Self {
+        match v {
+            OneOrMany::One(a) => vec![a],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    OneOrMany::deserialize(d).map(Vec::from)
+}
+
+fn one_or_many_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<IpAddr>>, D::Error> {
+    OneOrMany::deserialize(d).map(|v| Some(Vec::from(v)))
+}
+
+/// Parses a list of addresses separated by commas or spaces, as
+/// `--bind` and `WARREN_BIND` take them ("127.0.0.1,::1").
+pub fn parse_bind_list(text: &str) -> Result<Vec<IpAddr>, String> {
+    let addrs: Vec<IpAddr> = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            // Accept the bracketed IPv6 form too: [::1]
+            let s = s
+                .strip_prefix('[')
+                .and_then(|t| t.strip_suffix(']'))
+                .unwrap_or(s);
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("'{s}' is not an IP address"))
+        })
+        .collect::<Result<_, _>>()?;
+    if addrs.is_empty() {
+        return Err("no address given".into());
+    }
+    Ok(addrs)
+}
+
 /// `$XDG_DATA_HOME/warren`, else `~/.local/share/warren`, else `./warren-data`.
 pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
@@ -260,8 +325,8 @@ pub fn default_data_dir() -> PathBuf {
 pub struct Overrides {
     /// Config file to read instead of `<data_dir>/warren.toml`.
     pub config: Option<PathBuf>,
-    /// Listener address.
-    pub bind: Option<IpAddr>,
+    /// Listener addresses.
+    pub bind: Option<Vec<IpAddr>>,
     /// Listener port.
     pub port: Option<u16>,
     /// HTTP API port.
@@ -303,8 +368,8 @@ impl Config {
                 cfg
             }
         };
-        if let Some(v) = o.bind {
-            cfg.bind = v;
+        if let Some(v) = &o.bind {
+            cfg.bind = v.clone();
         }
         if let Some(v) = o.port {
             cfg.port = v;
@@ -325,9 +390,13 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The address the HTTP API listens on.
-    pub fn http_addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::new(self.http_bind.unwrap_or(self.bind), self.http_port)
+    /// The addresses the HTTP API listens on.
+    pub fn http_addrs(&self) -> Vec<std::net::SocketAddr> {
+        let addrs = self.http_bind.as_ref().unwrap_or(&self.bind);
+        addrs
+            .iter()
+            .map(|a| std::net::SocketAddr::new(*a, self.http_port))
+            .collect()
     }
 
     /// Checks values a typo could make nonsensical.
@@ -337,6 +406,12 @@ impl Config {
                 "amqp.frame_max must be at least {}",
                 crate::codec::FRAME_MIN_SIZE
             ));
+        }
+        if self.bind.is_empty() {
+            return Err("bind must name at least one address".into());
+        }
+        if self.http_bind.as_ref().is_some_and(Vec::is_empty) {
+            return Err("http_bind must name at least one address".into());
         }
         if self.amqp.handshake_timeout == 0 {
             return Err("amqp.handshake_timeout must be at least 1 second".into());
@@ -407,6 +482,19 @@ mod tests {
         let c = Config::from_toml("[tls]\ncert = \"/c\"\nkey = \"/k\"").unwrap();
         assert!(c.validate().is_ok());
         assert!(c.tls.enabled());
+    }
+
+    #[test]
+    fn bind_takes_one_address_or_a_list() {
+        let c = Config::from_toml("bind = \"::1\"").unwrap();
+        assert_eq!(c.bind, vec![IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]);
+        let c =
+            Config::from_toml("bind = [\"127.0.0.1\", \"::1\"]\nhttp_bind = \"0.0.0.0\"").unwrap();
+        assert_eq!(c.bind, default_bind());
+        assert_eq!(c.http_bind, Some(vec![IpAddr::from([0, 0, 0, 0])]));
+        assert_eq!(parse_bind_list("127.0.0.1, [::1]").unwrap(), default_bind());
+        assert!(parse_bind_list("localhost").is_err());
+        assert!(parse_bind_list(" , ").is_err());
     }
 
     #[test]

@@ -35,6 +35,19 @@ const FLOW_PAUSE_MAX: Duration = Duration::from_millis(20);
 /// How long warren waits for connection.close-ok after sending connection.close.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a closed connection's socket stays open for the client to read
+/// the last frames and close its side.
+const LINGER: Duration = Duration::from_secs(3);
+
+/// (class, method) of connection.close.
+const CONNECTION_CLOSE: (u16, u16) = (10, 50);
+/// (class, method) of connection.close-ok.
+const CONNECTION_CLOSE_OK: (u16, u16) = (10, 51);
+
+fn close_ok_method() -> AMQPClass {
+    AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {}))
+}
+
 /// Per-connection state the method handlers need.
 pub struct ConnCtx {
     /// The broker.
@@ -99,9 +112,12 @@ impl ConnCtx {
 /// Serves one plain TCP client connection until it closes.
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     // The socket's own halves: no lock between the reader and the writer task.
     let (rd, wr) = stream.into_split();
-    serve_stream(broker, rd, wr, peer, None).await;
+    serve_stream(broker, rd, wr, Peer { peer, local }, None).await;
 }
 
 /// Serves one TLS client connection: the TLS handshake (within the AMQP
@@ -113,6 +129,9 @@ pub async fn serve_tls(
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
     let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
@@ -129,7 +148,14 @@ pub async fn serve_tls(
     tracing::debug!(%peer, protocol = %session.protocol, cipher = %session.cipher,
         peer_cert = ?session.peer_cert_subject, "TLS established");
     let (rd, wr) = tokio::io::split(tls);
-    serve_stream(broker, rd, wr, peer, Some(session)).await;
+    serve_stream(broker, rd, wr, Peer { peer, local }, Some(session)).await;
+}
+
+/// The two ends of a client's TCP connection.
+#[derive(Clone, Copy)]
+struct Peer {
+    peer: SocketAddr,
+    local: SocketAddr,
 }
 
 /// Runs the AMQP connection over any byte stream (a TCP socket's halves, or
@@ -138,13 +164,14 @@ async fn serve_stream<R, W>(
     broker: Arc<Broker>,
     mut rd: R,
     mut wr: W,
-    peer: SocketAddr,
+    ends: Peer,
     tls: Option<TlsSession>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let id = broker.next_connection_id();
+    let peer = ends.peer;
     let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
 
     // The protocol header comes before anything else.
@@ -170,10 +197,10 @@ async fn serve_stream<R, W>(
     };
     let hs = tokio::time::timeout(
         timeout,
-        handshake(&broker, &handle, &mut reader, peer, tls.as_ref()),
+        handshake(&broker, &handle, &mut reader, ends, tls.as_ref()),
     )
     .await;
-    match hs {
+    let linger = match hs {
         Ok(Ok(Some(hs))) => {
             tracing::info!(%peer, id, user = %hs.user, vhost = %hs.vhost.name, "connection opened");
             let mut conn = Connection {
@@ -195,20 +222,59 @@ async fn serve_stream<R, W>(
                 reader,
                 peer,
             };
-            conn.run(events).await;
+            let peer_alive = conn.run(events).await;
             conn.cleanup();
             broker.unregister(id);
             tracing::info!(%peer, id, "connection closed");
+            peer_alive.then_some(conn.reader)
         }
-        Ok(Ok(None)) => {}
+        Ok(Ok(None)) => Some(reader),
         Ok(Err(e)) => {
             tracing::info!(%peer, "handshake failed: {e}");
             handle.write(|out| write_method(out, 0, &close_method(&e)));
+            // As after any connection.close warren sends: the client answers
+            // close-ok before it lets go of the socket.
+            let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, reader.await_close_ok(&handle)).await;
+            Some(reader)
         }
-        Err(_) => tracing::info!(%peer, "handshake timed out"),
-    }
+        Err(_) => {
+            tracing::info!(%peer, "handshake timed out");
+            None
+        }
+    };
+    finish(&handle, writer, linger).await;
+}
+
+/// Closes a connection's socket without destroying what is in flight.
+///
+/// The writer flushes what is buffered (close-ok or close included) and
+/// half-closes the socket (FIN); meanwhile whatever the client still sends
+/// is read and discarded until it closes its side, for at most `LINGER`.
+/// Closing a socket with unread bytes in its receive buffer makes the
+/// kernel send a reset, which can destroy a close-ok the client has not
+/// read yet (clients then report EOF or EPIPE instead of a clean close).
+/// `reader` is `None` when the peer is known to be gone.
+async fn finish<R: AsyncRead + Unpin>(
+    handle: &ConnectionHandle,
+    writer: tokio::task::JoinHandle<()>,
+    reader: Option<Reader<R>>,
+) {
     handle.close_writer();
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let abort = writer.abort_handle();
+    let drain = async {
+        if let Some(mut r) = reader {
+            r.discard_until_eof().await;
+        }
+    };
+    if tokio::time::timeout(LINGER, async {
+        let _ = tokio::join!(writer, drain);
+    })
+    .await
+    .is_err()
+    {
+        // A client that neither reads nor closes: give up on it.
+        abort.abort();
+    }
 }
 
 /// Buffered frame reader.
@@ -239,6 +305,40 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
             if !self.fill().await {
                 return Ok(None);
+            }
+        }
+    }
+
+    /// Reads and drops whatever arrives until the peer closes its side (or
+    /// the socket fails).
+    async fn discard_until_eof(&mut self) {
+        loop {
+            self.buf.clear();
+            if !self.fill().await {
+                return;
+            }
+        }
+    }
+
+    /// After warren sent connection.close: reads until the client's
+    /// close-ok, discarding everything else (spec 4.2.2). A connection.close
+    /// crossing ours is answered with close-ok.
+    async fn await_close_ok(&mut self, handle: &ConnectionHandle) {
+        loop {
+            match self.next().await {
+                Ok(Some(Frame::Method {
+                    channel: 0,
+                    payload,
+                })) if ids(&payload) == CONNECTION_CLOSE_OK => return,
+                Ok(Some(Frame::Method {
+                    channel: 0,
+                    payload,
+                })) if ids(&payload) == CONNECTION_CLOSE => {
+                    handle.write(|out| write_method(out, 0, &close_ok_method()));
+                    return;
+                }
+                Ok(Some(_)) => continue,
+                _ => return,
             }
         }
     }
@@ -373,9 +473,10 @@ async fn handshake<R: AsyncRead + Unpin>(
     broker: &Broker,
     handle: &Arc<ConnectionHandle>,
     reader: &mut Reader<R>,
-    peer: SocketAddr,
+    ends: Peer,
     tls: Option<&TlsSession>,
 ) -> AmqpResult<Option<Handshake>> {
+    let peer = ends.peer;
     let limits = &broker.config.amqp;
     // EXTERNAL only where a verified client certificate names the user.
     let mechanisms = if tls.is_some_and(TlsSession::has_peer_cert) {
@@ -406,22 +507,6 @@ async fn handshake<R: AsyncRead + Unpin>(
     };
     let failure_close = capability(&start_ok.client_properties, "authentication_failure_close");
     let ip = peer.ip().to_canonical();
-    if let Some(b) = broker.failed_logins.check(ip) {
-        let secs = b.retry_secs();
-        if b.first {
-            tracing::warn!(%peer, "refusing logins from {ip} for {secs} s: {} failed logins within {} s",
-                b.failures, broker.config.auth.failed_login_window);
-        } else {
-            tracing::debug!(%peer, "login refused: too many failed logins from {ip}");
-        }
-        if failure_close {
-            return Err(AmqpError::connection(
-                code::ACCESS_REFUSED,
-                format!("too many failed logins from {ip}; try again in {secs} s"),
-            ));
-        }
-        return Ok(None);
-    }
     let mechanism = start_ok.mechanism.as_str().to_owned();
     let (user, authenticated) = if mechanism == "EXTERNAL" {
         // The user is the verified client certificate's CN; it must exist,
@@ -451,16 +536,25 @@ async fn handshake<R: AsyncRead + Unpin>(
         let (user, password) = sasl_credentials(&mechanism, start_ok.response.as_bytes())?;
         let ok = broker.authenticate(&user, &password).is_some();
         if !ok {
-            tracing::warn!(%peer, %user, "authentication failed ({mechanism})");
+            tracing::warn!(%peer, user = %user.escape_debug(), "authentication failed ({mechanism})");
         }
         (user, ok)
     };
     let loopback_only = broker.config.auth.loopback_users.contains(&user);
     if !authenticated || (loopback_only && !ip.is_loopback()) {
         if authenticated {
-            tracing::warn!(%peer, %user, "login refused: user '{user}' can only connect via localhost");
+            tracing::warn!(%peer, user = %user.escape_debug(), "login refused: the user can only connect via localhost");
         } else {
-            broker.failed_logins.record_failure(ip);
+            // Wrong logins are slowed down, per address and user name;
+            // the right password is never held up (login_limit.rs).
+            let r = broker.failed_logins.record_failure(ip, &user);
+            if r.first_delayed {
+                tracing::warn!(%peer, user = %user.escape_debug(),
+                    "{} failed logins in a row from {ip} for this user: refusals are now delayed", r.failures);
+            }
+            if !r.delay.is_zero() {
+                tokio::time::sleep(r.delay).await;
+            }
         }
         if failure_close {
             return Err(AmqpError::connection(
@@ -472,6 +566,7 @@ async fn handshake<R: AsyncRead + Unpin>(
         }
         return Ok(None);
     }
+    broker.failed_logins.record_success(ip, &user);
     handle.cancel_notify.store(
         capability(&start_ok.client_properties, "consumer_cancel_notify"),
         Ordering::Relaxed,
@@ -582,6 +677,7 @@ async fn handshake<R: AsyncRead + Unpin>(
     check_connection_limits(broker, vhost_name)?;
     let _ = handle.info.set(crate::outbound::ConnInfo {
         peer,
+        local: ends.local,
         user: user.clone(),
         vhost: vhost_name.to_owned(),
         client_properties: start_ok.client_properties.clone(),
@@ -665,44 +761,31 @@ struct Connection<R> {
 
 /// How the frame loop ended.
 enum End {
-    /// The peer went away or asked to close (close-ok already sent).
+    /// The client closed the connection (close-ok already sent).
+    Closed,
+    /// The peer went away: end of stream, a failed write, missed heartbeats.
     Gone,
     /// Warren closes the connection with this error.
     Error(AmqpError),
 }
 
 impl<R: AsyncRead + Unpin> Connection<R> {
-    async fn run(&mut self, mut events: mpsc::UnboundedReceiver<ConnEvent>) {
-        let end = self.frame_loop(&mut events).await;
-        if let End::Error(e) = end {
-            tracing::info!(peer = %self.peer, "closing connection: {}", e.text);
-            self.ctx.send(0, close_method(&e));
-            // Wait for close-ok, discarding everything else (spec 4.2.2).
-            let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, async {
-                loop {
-                    match self.reader.next().await {
-                        Ok(Some(Frame::Method {
-                            channel: 0,
-                            payload,
-                        })) if ids(&payload) == (10, 51) => return,
-                        Ok(Some(Frame::Method {
-                            channel: 0,
-                            payload,
-                        })) if ids(&payload) == (10, 50) => {
-                            self.ctx.send(
-                                0,
-                                AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(
-                                    conn_m::CloseOk {},
-                                )),
-                            );
-                            return;
-                        }
-                        Ok(Some(_)) => continue,
-                        _ => return,
-                    }
-                }
-            })
-            .await;
+    /// Runs the connection until it ends; returns whether the peer may
+    /// still be there (so its last frames are worth draining).
+    async fn run(&mut self, mut events: mpsc::UnboundedReceiver<ConnEvent>) -> bool {
+        match self.frame_loop(&mut events).await {
+            End::Closed => true,
+            End::Gone => false,
+            End::Error(e) => {
+                tracing::info!(peer = %self.peer, "closing connection: {}", e.text);
+                self.ctx.send(0, close_method(&e));
+                let _ = tokio::time::timeout(
+                    CLOSE_OK_TIMEOUT,
+                    self.reader.await_close_ok(&self.ctx.handle),
+                )
+                .await;
+                true
+            }
         }
     }
 
@@ -726,7 +809,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 match self.reader.next_buffered() {
                     Ok(Some(frame)) => match self.handle_frame(frame) {
                         Ok(true) => {}
-                        Ok(false) => return End::Gone,
+                        Ok(false) => return End::Closed,
                         Err(e) => return End::Error(e),
                     },
                     Ok(None) => break,
@@ -842,7 +925,6 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 payload,
             } => self.connection_method(payload),
             Frame::Method { channel, payload } => {
-                self.check_channel_number(channel)?;
                 let (class_id, method_id) = ids(&payload);
                 if let Some(ch) = self.channels.get_mut(&channel)
                     && ch.closing
@@ -869,6 +951,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     return Ok(true);
                 }
                 if !self.channels.contains_key(&channel) {
+                    self.check_channel_count()?;
                     return self
                         .open_channel(channel, method)
                         .map_err(|e| e.with_method(class_id, method_id));
@@ -882,41 +965,39 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     result.map_err(|e| e.with_method(class_id, method_id)),
                 )
             }
-            Frame::Header { channel, payload } => {
-                self.check_channel_number(channel)?;
-                match self.channels.get_mut(&channel) {
-                    Some(ch) if ch.closing => Ok(true),
-                    Some(ch) => {
-                        let r = ch
-                            .handle_header(&mut self.ctx, payload)
-                            .map_err(|e| e.with_method(60, 40));
-                        self.after_channel_result(channel, r)
-                    }
-                    None => Err(unexpected_frame("content header", channel)),
+            Frame::Header { channel, payload } => match self.channels.get_mut(&channel) {
+                Some(ch) if ch.closing => Ok(true),
+                Some(ch) => {
+                    let r = ch
+                        .handle_header(&mut self.ctx, payload)
+                        .map_err(|e| e.with_method(60, 40));
+                    self.after_channel_result(channel, r)
                 }
-            }
-            Frame::Body { channel, payload } => {
-                self.check_channel_number(channel)?;
-                match self.channels.get_mut(&channel) {
-                    Some(ch) if ch.closing => Ok(true),
-                    Some(ch) => {
-                        let r = ch
-                            .handle_body(&mut self.ctx, payload)
-                            .map_err(|e| e.with_method(60, 40));
-                        self.after_channel_result(channel, r)
-                    }
-                    None => Err(unexpected_frame("content body", channel)),
+                None => Err(unexpected_frame("content header", channel)),
+            },
+            Frame::Body { channel, payload } => match self.channels.get_mut(&channel) {
+                Some(ch) if ch.closing => Ok(true),
+                Some(ch) => {
+                    let r = ch
+                        .handle_body(&mut self.ctx, payload)
+                        .map_err(|e| e.with_method(60, 40));
+                    self.after_channel_result(channel, r)
                 }
-            }
+                None => Err(unexpected_frame("content body", channel)),
+            },
         }
     }
 
-    fn check_channel_number(&self, channel: u16) -> AmqpResult<()> {
-        if channel > self.channel_max {
+    /// Any channel number from 1 to 65535 may be used; `channel_max` limits
+    /// how many channels are open at once (RabbitMQ 3.10's rule: opening
+    /// one more is a connection error 530 with class and method 0).
+    fn check_channel_count(&self) -> AmqpResult<()> {
+        let open = self.channels.len();
+        if open >= usize::from(self.channel_max) {
             return Err(AmqpError::connection(
-                code::CHANNEL_ERROR,
+                code::NOT_ALLOWED,
                 format!(
-                    "channel number {channel} is greater than the negotiated channel_max {}",
+                    "number of channels opened ({open}) has reached the negotiated channel_max ({})",
                     self.channel_max
                 ),
             ));
@@ -971,10 +1052,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 tracing::debug!(peer = %self.peer, "client closed the connection: {} {}", c.reply_code, c.reply_text);
                 self.flush_confirms();
                 self.cleanup();
-                self.ctx.send(
-                    0,
-                    AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {})),
-                );
+                self.ctx.send(0, close_ok_method());
                 Ok(false)
             }
             Method::Other(AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(_))) => Ok(false),

@@ -1,12 +1,18 @@
-//! Failed-login rate limiting per client IP address (`[auth]
-//! max_failed_logins` within `failed_login_window` seconds).
+//! Slowing down password guessing without locking anyone out.
 //!
-//! Each address that failed a login has an entry: when its window started
-//! and how many logins failed since. Once `max` failures fall in one window,
-//! every further login from that address is refused, correct credentials or
-//! not, until the window ends. The map is pruned of ended windows and never
-//! holds more than `MAX_TRACKED` addresses, so a client cycling through
-//! addresses cannot grow it without bound.
+//! A correct login is always accepted at once. Failed logins are counted per
+//! client address and user name: the first `[auth] max_failed_logins` of a
+//! run are refused at once, each further one is refused only after a delay
+//! that doubles with every failure (from `BASE_DELAY` up to `[auth]
+//! failed_login_max_delay` milliseconds). A run ends `failed_login_window`
+//! seconds after its last failure, or with a successful login for that
+//! address and user. So one misconfigured service behind a NAT slows down
+//! only its own wrong logins; every other service, and the right password,
+//! are served as before, while a guessing loop gets slower and slower.
+//!
+//! The map holds a hash of the user name, not the name, and never more than
+//! `MAX_TRACKED` entries (stale ones are pruned, and the oldest dropped), so
+//! a client cycling through addresses or names cannot grow it without bound.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,149 +20,157 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// Most addresses tracked at once; beyond it the oldest window is dropped.
+/// Most (address, user) pairs tracked at once; beyond it the stalest is dropped.
 pub const MAX_TRACKED: usize = 10_000;
 
-/// Failed logins per address.
+/// The delay of the first failure past the free ones; it doubles from there.
+pub const BASE_DELAY: Duration = Duration::from_millis(100);
+
+/// Failed logins per client address and user name.
 #[derive(Debug)]
 pub struct FailedLogins {
-    max: u32,
+    free: u32,
     window: Duration,
+    max_delay: Duration,
+    hasher: ahash::RandomState,
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    by_ip: HashMap<IpAddr, Entry>,
+    by_key: HashMap<Key, Entry>,
     last_prune: Instant,
 }
 
+/// (client address, hash of the user name).
+type Key = (IpAddr, u64);
+
 #[derive(Debug)]
 struct Entry {
-    since: Instant,
+    last: Instant,
     failures: u32,
-    /// The refusal was logged in this window.
-    logged: bool,
 }
 
-/// A login refused because its address failed too often.
+/// What to do with a failed login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Blocked {
-    /// Until the window ends.
-    pub retry_in: Duration,
-    /// Failures counted in the window.
+pub struct Refusal {
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Failures in the current run for this address and user, this one included.
     pub failures: u32,
-    /// The first refusal in this window (the one to log).
-    pub first: bool,
-}
-
-impl Blocked {
-    /// Whole seconds until logins are accepted again (rounded up, at least 1).
-    pub fn retry_secs(&self) -> u64 {
-        let s = self.retry_in.as_secs() + u64::from(self.retry_in.subsec_nanos() > 0);
-        s.max(1)
-    }
+    /// This is the first delayed refusal of the run (the one to log).
+    pub first_delayed: bool,
 }
 
 /// IPv4-mapped IPv6 addresses count as their IPv4 address.
-fn key(ip: IpAddr) -> IpAddr {
+fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
 impl FailedLogins {
-    /// A limiter allowing `max` failures per `window_secs`; either 0 disables it.
-    pub fn new(max: u32, window_secs: u64) -> FailedLogins {
+    /// `free` failures per address and user are refused at once, later
+    /// ones after a growing delay of at most `max_delay_ms`; failures are
+    /// forgotten `window_secs` after the last one. `free` = 0, a window of
+    /// 0 or a maximum delay of 0 turns delays off.
+    pub fn new(free: u32, window_secs: u64, max_delay_ms: u64) -> FailedLogins {
         FailedLogins {
-            max,
+            free,
             window: Duration::from_secs(window_secs),
+            max_delay: Duration::from_millis(max_delay_ms),
+            hasher: ahash::RandomState::new(),
             state: Mutex::new(State {
-                by_ip: HashMap::new(),
+                by_key: HashMap::new(),
                 last_prune: Instant::now(),
             }),
         }
     }
 
-    /// Whether the limit is on.
+    /// Whether failures are slowed down at all.
     pub fn enabled(&self) -> bool {
-        self.max > 0 && !self.window.is_zero()
+        self.free > 0 && !self.window.is_zero() && !self.max_delay.is_zero()
     }
 
-    /// Whether a login from `ip` may proceed (`None`) or is refused.
-    pub fn check(&self, ip: IpAddr) -> Option<Blocked> {
-        self.check_at(ip, Instant::now())
+    fn key(&self, ip: IpAddr, user: &str) -> Key {
+        (canonical(ip), self.hasher.hash_one(user))
     }
 
-    /// Counts a failed login from `ip`.
-    pub fn record_failure(&self, ip: IpAddr) {
-        self.record_failure_at(ip, Instant::now());
+    /// Counts a failed login and says how long to wait before refusing it.
+    pub fn record_failure(&self, ip: IpAddr, user: &str) -> Refusal {
+        self.record_failure_at(ip, user, Instant::now())
     }
 
-    /// Addresses currently tracked.
-    pub fn tracked(&self) -> usize {
-        self.state.lock().by_ip.len()
-    }
-
-    fn check_at(&self, ip: IpAddr, now: Instant) -> Option<Blocked> {
-        if !self.enabled() {
-            return None;
-        }
-        let ip = key(ip);
-        let mut st = self.state.lock();
-        let e = st.by_ip.get_mut(&ip)?;
-        let elapsed = now.saturating_duration_since(e.since);
-        if elapsed >= self.window {
-            st.by_ip.remove(&ip);
-            return None;
-        }
-        if e.failures < self.max {
-            return None;
-        }
-        let first = !e.logged;
-        e.logged = true;
-        Some(Blocked {
-            retry_in: self.window - elapsed,
-            failures: e.failures,
-            first,
-        })
-    }
-
-    fn record_failure_at(&self, ip: IpAddr, now: Instant) {
+    /// A successful login ends the run of failures of its address and user.
+    pub fn record_success(&self, ip: IpAddr, user: &str) {
         if !self.enabled() {
             return;
         }
-        let ip = key(ip);
+        let key = self.key(ip, user);
+        let mut st = self.state.lock();
+        if !st.by_key.is_empty() {
+            st.by_key.remove(&key);
+        }
+    }
+
+    /// (address, user) pairs currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.state.lock().by_key.len()
+    }
+
+    /// The delay for the `n`th failure of a run.
+    fn delay_for(&self, n: u32) -> Duration {
+        if n <= self.free {
+            return Duration::ZERO;
+        }
+        let doublings = (n - self.free - 1).min(20);
+        BASE_DELAY
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_delay)
+    }
+
+    fn record_failure_at(&self, ip: IpAddr, user: &str, now: Instant) -> Refusal {
+        let none = Refusal {
+            delay: Duration::ZERO,
+            failures: 0,
+            first_delayed: false,
+        };
+        if !self.enabled() {
+            return none;
+        }
+        let key = self.key(ip, user);
         let window = self.window;
         let mut st = self.state.lock();
-        if now.saturating_duration_since(st.last_prune) >= window
-            || (st.by_ip.len() >= MAX_TRACKED && !st.by_ip.contains_key(&ip))
-        {
-            st.by_ip
-                .retain(|_, e| now.saturating_duration_since(e.since) < window);
+        let full = st.by_key.len() >= MAX_TRACKED && !st.by_key.contains_key(&key);
+        if full || now.saturating_duration_since(st.last_prune) >= window {
+            st.by_key
+                .retain(|_, e| now.saturating_duration_since(e.last) < window);
             st.last_prune = now;
         }
-        if st.by_ip.len() >= MAX_TRACKED
-            && !st.by_ip.contains_key(&ip)
-            && let Some(oldest) = st
-                .by_ip
+        if st.by_key.len() >= MAX_TRACKED
+            && !st.by_key.contains_key(&key)
+            && let Some(stalest) = st
+                .by_key
                 .iter()
-                .min_by_key(|(_, e)| e.since)
+                .min_by_key(|(_, e)| e.last)
                 .map(|(k, _)| *k)
         {
-            st.by_ip.remove(&oldest);
+            st.by_key.remove(&stalest);
         }
-        let e = st.by_ip.entry(ip).or_insert(Entry {
-            since: now,
+        let e = st.by_key.entry(key).or_insert(Entry {
+            last: now,
             failures: 0,
-            logged: false,
         });
-        if now.saturating_duration_since(e.since) >= window {
-            *e = Entry {
-                since: now,
-                failures: 0,
-                logged: false,
-            };
+        if now.saturating_duration_since(e.last) >= window {
+            e.failures = 0;
         }
+        e.last = now;
         e.failures = e.failures.saturating_add(1);
+        let failures = e.failures;
+        drop(st);
+        Refusal {
+            delay: self.delay_for(failures),
+            failures,
+            first_delayed: failures == self.free + 1,
+        }
     }
 }
 
@@ -168,89 +182,130 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn refuses_after_max_failures_until_the_window_ends() {
-        let l = FailedLogins::new(3, 10);
-        let t0 = Instant::now();
-        let a = ip("10.0.0.1");
-        for i in 0..3 {
-            assert_eq!(l.check_at(a, t0), None, "attempt {i}");
-            l.record_failure_at(a, t0 + Duration::from_secs(i));
-        }
-        let b = l.check_at(a, t0 + Duration::from_secs(4)).unwrap();
-        assert!(b.first);
-        assert_eq!(b.failures, 3);
-        assert_eq!(b.retry_secs(), 6);
-        let b = l.check_at(a, t0 + Duration::from_millis(9_500)).unwrap();
-        assert!(!b.first, "logged once per window");
-        assert_eq!(b.retry_secs(), 1);
-        // Another address is not affected.
-        assert_eq!(l.check_at(ip("10.0.0.2"), t0), None);
-        // The window ends.
-        assert_eq!(l.check_at(a, t0 + Duration::from_secs(10)), None);
-        assert_eq!(l.tracked(), 0);
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]
-    fn failures_in_an_ended_window_start_a_new_one() {
-        let l = FailedLogins::new(2, 5);
+    fn failures_past_the_free_ones_wait_longer_and_longer_up_to_the_maximum() {
+        let l = FailedLogins::new(3, 60, 1000);
+        let t0 = Instant::now();
+        let a = ip("10.0.0.1");
+        let delays: Vec<Duration> = (0..8)
+            .map(|i| l.record_failure_at(a, "bob", t0 + ms(i)).delay)
+            .collect();
+        assert_eq!(delays, [0, 0, 0, 100, 200, 400, 800, 1000].map(ms).to_vec());
+        let r = l.record_failure_at(a, "bob", t0 + ms(10));
+        assert_eq!(r.failures, 9);
+        assert!(!r.first_delayed);
+    }
+
+    #[test]
+    fn the_first_delayed_refusal_is_marked_for_the_log() {
+        let l = FailedLogins::new(1, 60, 1000);
+        let a = ip("10.0.0.1");
+        assert!(!l.record_failure(a, "u").first_delayed);
+        assert!(l.record_failure(a, "u").first_delayed);
+        assert!(!l.record_failure(a, "u").first_delayed);
+    }
+
+    #[test]
+    fn other_users_and_other_addresses_are_not_slowed() {
+        let l = FailedLogins::new(1, 60, 1000);
+        let a = ip("10.0.0.1");
+        for _ in 0..5 {
+            l.record_failure(a, "bob");
+        }
+        assert_eq!(l.record_failure(a, "alice").delay, Duration::ZERO);
+        assert_eq!(
+            l.record_failure(ip("10.0.0.2"), "bob").delay,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_success_or_a_quiet_window_ends_the_run() {
+        let l = FailedLogins::new(1, 5, 1000);
         let t0 = Instant::now();
         let a = ip("::1");
-        l.record_failure_at(a, t0);
-        l.record_failure_at(a, t0 + Duration::from_secs(6));
-        assert_eq!(l.check_at(a, t0 + Duration::from_secs(7)), None);
-        l.record_failure_at(a, t0 + Duration::from_secs(8));
-        assert!(l.check_at(a, t0 + Duration::from_secs(9)).is_some());
+        l.record_failure_at(a, "u", t0);
+        assert!(l.record_failure_at(a, "u", t0).delay > Duration::ZERO);
+        // Quiet for the whole window: a fresh run.
+        assert_eq!(
+            l.record_failure_at(a, "u", t0 + Duration::from_secs(6))
+                .delay,
+            Duration::ZERO
+        );
+        assert!(
+            l.record_failure_at(a, "u", t0 + Duration::from_secs(6))
+                .delay
+                > Duration::ZERO
+        );
+        l.record_success(a, "u");
+        assert_eq!(l.record_failure(a, "u").delay, Duration::ZERO);
     }
 
     #[test]
     fn ipv4_mapped_addresses_share_the_ipv4_entry() {
-        let l = FailedLogins::new(1, 60);
-        l.record_failure(ip("::ffff:192.0.2.7"));
-        assert!(l.check(ip("192.0.2.7")).is_some());
+        let l = FailedLogins::new(1, 60, 1000);
+        l.record_failure(ip("::ffff:192.0.2.7"), "u");
+        assert!(l.record_failure(ip("192.0.2.7"), "u").delay > Duration::ZERO);
     }
 
     #[test]
     fn zero_disables() {
-        for (max, window) in [(0, 60), (5, 0)] {
-            let l = FailedLogins::new(max, window);
+        for (free, window, max) in [(0, 60, 1000), (5, 0, 1000), (5, 60, 0)] {
+            let l = FailedLogins::new(free, window, max);
             let a = ip("127.0.0.1");
             for _ in 0..100 {
-                l.record_failure(a);
+                assert_eq!(l.record_failure(a, "u").delay, Duration::ZERO);
             }
-            assert_eq!(l.check(a), None);
             assert_eq!(l.tracked(), 0);
         }
     }
 
     #[test]
     fn memory_stays_bounded() {
-        let l = FailedLogins::new(5, 3600);
+        let l = FailedLogins::new(5, 3600, 1000);
         let t0 = Instant::now();
         for i in 0..(MAX_TRACKED as u32 + 500) {
             let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            l.record_failure_at(a, t0 + Duration::from_millis(u64::from(i)));
+            l.record_failure_at(a, "u", t0 + ms(u64::from(i)));
         }
         assert_eq!(l.tracked(), MAX_TRACKED);
-        // The oldest were dropped, the newest kept.
+        // Long user names cost no more than short ones: only a hash is kept.
+        let long = "x".repeat(100_000);
+        for i in 0..100u32 {
+            l.record_failure_at(
+                ip("10.9.9.9"),
+                &format!("{long}{i}"),
+                t0 + Duration::from_secs(20),
+            );
+        }
+        assert_eq!(l.tracked(), MAX_TRACKED);
+        // The newest are kept.
         let newest = IpAddr::from(std::net::Ipv4Addr::from(
             0x0a00_0000 + MAX_TRACKED as u32 + 499,
         ));
-        for _ in 0..4 {
-            l.record_failure_at(newest, t0 + Duration::from_secs(20));
+        for _ in 0..5 {
+            l.record_failure_at(newest, "u", t0 + Duration::from_secs(21));
         }
-        assert!(l.check_at(newest, t0 + Duration::from_secs(21)).is_some());
+        assert!(
+            l.record_failure_at(newest, "u", t0 + Duration::from_secs(21))
+                .delay
+                > Duration::ZERO
+        );
     }
 
     #[test]
     fn stale_entries_are_pruned() {
-        let l = FailedLogins::new(5, 10);
+        let l = FailedLogins::new(5, 10, 1000);
         let t0 = Instant::now();
         for i in 0..100u32 {
-            l.record_failure_at(IpAddr::from(std::net::Ipv4Addr::from(i)), t0);
+            l.record_failure_at(IpAddr::from(std::net::Ipv4Addr::from(i)), "u", t0);
         }
         assert_eq!(l.tracked(), 100);
-        l.record_failure_at(ip("10.9.9.9"), t0 + Duration::from_secs(11));
+        l.record_failure_at(ip("10.9.9.9"), "u", t0 + Duration::from_secs(11));
         assert_eq!(l.tracked(), 1);
     }
 }

@@ -36,6 +36,8 @@ pub enum ConnEvent {
 pub struct ConnInfo {
     /// Client address.
     pub peer: std::net::SocketAddr,
+    /// The listener's address the client connected to.
+    pub local: std::net::SocketAddr,
     /// Authenticated user.
     pub user: String,
     /// Opened vhost.

@@ -157,13 +157,11 @@ fn channel_open_on_an_already_open_channel_is_connection_error_504() {
     assert_eq!((class_id, method_id), (20, 10));
 }
 
-// The spec (connection.tune channel-max: "usable channel numbers are in the
-// range 1..channel-max") and warren's issue tracker make a channel number
-// above the negotiated channel_max a connection error. RabbitMQ 3.10 only
-// limits the count of open channels (conformance/RABBITMQ_BEHAVIOUR.md rows
-// 124-126); with numbers capped at channel_max the count is capped too.
+// RabbitMQ 3.10 accepts any channel number from 1 to 65535 and limits only
+// how many channels are open at once (conformance/RABBITMQ_BEHAVIOUR.md,
+// "channel_max"); clients rely on it (amqp091-go's tests open channel 65535).
 #[test]
-fn a_channel_number_above_channel_max_is_connection_error_504() {
+fn any_channel_number_up_to_65535_opens_whatever_channel_max_is() {
     let w = Warren::start();
     let mut s = raw::handshake(
         w.port,
@@ -172,15 +170,62 @@ fn a_channel_number_above_channel_max_is_connection_error_504() {
             ..raw::Handshake::default()
         },
     );
-    raw::open_channel(&mut s, 10);
+    for ch in [11, 2048, 65535] {
+        raw::open_channel(&mut s, ch);
+    }
+    raw::send_method(&mut s, 65535, &queue_declare("top-channel"));
+    expect_declare_ok(&mut s, 65535, "top-channel");
+    raw::close_connection(&mut s);
+}
+
+#[test]
+fn opening_one_channel_more_than_channel_max_is_connection_error_530() {
+    let w = Warren::start();
+    let mut s = raw::handshake(
+        w.port,
+        &raw::Handshake {
+            channel_max: Some(10),
+            ..raw::Handshake::default()
+        },
+    );
+    for ch in 100..110 {
+        raw::open_channel(&mut s, ch);
+    }
     raw::send_method(
         &mut s,
         11,
         &AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
     );
     let c = raw::expect_close_full(&mut s);
-    assert_eq!(c.reply_code, 504, "{c:?}");
-    assert!(c.reply_text.as_str().contains("channel_max 10"), "{c:?}");
+    assert_eq!(c.reply_code, 530, "{c:?}");
+    assert_eq!(
+        c.reply_text.as_str(),
+        "NOT_ALLOWED - number of channels opened (10) has reached the negotiated channel_max (10)"
+    );
+    assert_eq!((c.class_id, c.method_id), (0, 0));
+}
+
+#[test]
+fn a_closed_channel_frees_its_place_under_channel_max() {
+    let w = Warren::start();
+    let mut s = raw::handshake(
+        w.port,
+        &raw::Handshake {
+            channel_max: Some(2),
+            ..raw::Handshake::default()
+        },
+    );
+    raw::open_channel(&mut s, 1);
+    raw::open_channel(&mut s, 2);
+    raw::send_method(&mut s, 2, &channel_close());
+    let (ch, m) = raw::read_method(&mut s);
+    assert_eq!(ch, 2);
+    assert!(
+        matches!(m, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))),
+        "{m:?}"
+    );
+    raw::open_channel(&mut s, 3);
+    raw::close_connection(&mut s);
 }
 
 #[test]

@@ -19,9 +19,9 @@ struct Args {
     /// Config file to read instead of <data-dir>/warren.toml.
     #[arg(long, env = "WARREN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1].
-    #[arg(long, env = "WARREN_BIND", value_name = "ADDR")]
-    bind: Option<IpAddr>,
+    /// Addresses to listen on, comma-separated [default: 127.0.0.1,::1].
+    #[arg(long, env = "WARREN_BIND", value_name = "ADDRS", value_parser = parse_bind)]
+    bind: Option<Vec<IpAddr>>,
     /// AMQP port [default: 5672].
     #[arg(long, env = "WARREN_PORT", value_name = "N")]
     port: Option<u16>,
@@ -37,6 +37,10 @@ struct Args {
     /// Log level or filter: error, warn, info, debug, trace [default: info].
     #[arg(long, env = "WARREN_LOG", value_name = "LEVEL")]
     log_level: Option<String>,
+}
+
+fn parse_bind(text: &str) -> Result<Vec<IpAddr>, String> {
+    warren::config::parse_bind_list(text)
 }
 
 fn main() -> ExitCode {
@@ -113,70 +117,74 @@ fn main() -> ExitCode {
             broker.config.data_dir.clone(),
             broker.alarms.clone(),
         );
-        let listener = match warren::server::bind(&broker).await {
+        let listeners = match warren::server::bind(&broker) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(
-                    "cannot listen on {}:{}: {e}",
-                    broker.config.bind,
-                    broker.config.port
-                );
+                tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(
-                "warren {} listening for AMQP on {addr} (data dir {})",
-                env!("CARGO_PKG_VERSION"),
-                broker.config.data_dir.display()
-            );
+        for l in &listeners {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(
+                    "warren {} listening for AMQP on {addr} (data dir {})",
+                    env!("CARGO_PKG_VERSION"),
+                    broker.config.data_dir.display()
+                );
+            }
         }
-        let tls_listener = match tls {
-            Some(acceptor) => match warren::server::bind_tls(&broker).await {
-                Ok(l) => {
-                    if let Ok(addr) = l.local_addr() {
-                        tracing::info!(
-                            "listening for AMQP over TLS on {addr}{}",
-                            if broker.config.tls.verify_peer {
-                                " (client certificates verified; EXTERNAL offered)"
-                            } else {
-                                ""
-                            }
-                        );
+        let tls_listeners = match tls {
+            Some(acceptor) => match warren::server::bind_tls(&broker) {
+                Ok(ls) => {
+                    for l in &ls {
+                        if let Ok(addr) = l.local_addr() {
+                            tracing::info!(
+                                "listening for AMQP over TLS on {addr}{}",
+                                if broker.config.tls.verify_peer {
+                                    " (client certificates verified; EXTERNAL offered)"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
                     }
-                    Some((l, acceptor))
+                    Some((ls, acceptor))
                 }
                 Err(e) => {
-                    tracing::error!(
-                        "cannot listen for TLS on {}:{}: {e}",
-                        broker.config.bind,
-                        broker.config.tls.port
-                    );
+                    tracing::error!("TLS: {e}");
                     return ExitCode::FAILURE;
                 }
             },
             None => None,
         };
-        let http_addr = broker.config.http_addr();
-        let http = match tokio::net::TcpListener::bind(http_addr).await {
+        let http = match warren::server::bind_all(
+            broker
+                .config
+                .http_bind
+                .as_deref()
+                .unwrap_or(&broker.config.bind),
+            broker.config.http_port,
+        ) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!("cannot listen for HTTP on {http_addr}: {e}");
+                tracing::error!("HTTP: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        if let Ok(addr) = http.local_addr() {
-            tracing::info!("management API and metrics on http://{addr}/");
+        for l in &http {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!("management API and metrics on http://{addr}/");
+            }
         }
         tokio::spawn(warren::http::serve(broker.clone(), http));
         let amqps = async {
-            match tls_listener {
+            match tls_listeners {
                 Some((l, acceptor)) => warren::server::serve_tls(broker.clone(), l, acceptor).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            _ = warren::server::serve(broker.clone(), listener) => {}
+            _ = warren::server::serve(broker.clone(), listeners) => {}
             _ = amqps => {}
             _ = shutdown_signal() => {}
         }

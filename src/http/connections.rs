@@ -39,18 +39,9 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/api/consumers/{vhost}", get(vhost_consumers))
 }
 
-/// A connection's name, as RabbitMQ forms it.
-pub fn conn_name(b: &Broker, i: &ConnInfo) -> String {
-    format!("{} -> {}:{}", i.peer, b.config.bind, local_port(b, i))
-}
-
-/// The listener port the connection came in on.
-fn local_port(b: &Broker, i: &ConnInfo) -> u16 {
-    if i.tls.is_some() {
-        b.config.tls.port
-    } else {
-        b.config.port
-    }
+/// A connection's name, as RabbitMQ forms it ("peer -> listener address").
+pub fn conn_name(_broker: &Broker, i: &ConnInfo) -> String {
+    format!("{} -> {}", i.peer, i.local)
 }
 
 fn channel_name(b: &Broker, i: &ConnInfo, number: u16) -> String {
@@ -90,8 +81,8 @@ fn connection_json(s: &AppState, c: &ConnectionHandle, i: &ConnInfo) -> Value {
     );
     m.insert("type".into(), "network".into());
     m.insert("protocol".into(), "AMQP 0-9-1".into());
-    m.insert("host".into(), b.config.bind.to_string().into());
-    m.insert("port".into(), local_port(b, i).into());
+    m.insert("host".into(), i.local.ip().to_string().into());
+    m.insert("port".into(), i.local.port().into());
     m.insert("peer_host".into(), i.peer.ip().to_string().into());
     m.insert("peer_port".into(), i.peer.port().into());
     m.insert("auth_mechanism".into(), i.auth_mechanism.clone().into());

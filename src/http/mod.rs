@@ -79,14 +79,20 @@ impl AppState {
     }
 }
 
-/// Serves the HTTP API on `listener` until the task is dropped.
-pub async fn serve(broker: Arc<Broker>, listener: tokio::net::TcpListener) {
+/// Serves the HTTP API on every listener until the task is dropped.
+pub async fn serve(broker: Arc<Broker>, listeners: Vec<tokio::net::TcpListener>) {
     let state = AppState::new(broker);
     tokio::spawn(rates::run(state.clone()));
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("HTTP server failed: {e}");
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("HTTP server failed: {e}");
+            }
+        });
     }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// The whole API.
@@ -297,34 +303,24 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_canonical());
-        // The failed-login limit per address is shared with AMQP logins.
-        if let Some(ip) = peer
-            && let Some(b) = broker.failed_logins.check(ip)
-        {
-            if b.first {
-                tracing::warn!(
-                    "refusing logins from {ip} for {} s: {} failed logins within {} s",
-                    b.retry_secs(),
-                    b.failures,
-                    broker.config.auth.failed_login_window
-                );
-            }
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                format!(
-                    "too many failed logins from {ip}; try again in {} s",
-                    b.retry_secs()
-                ),
-            ));
-        }
         let Some(user) = broker.authenticate(&name, &password) else {
+            // Slowed down like AMQP logins, per address and user name.
             if let Some(ip) = peer {
-                broker.failed_logins.record_failure(ip);
+                let r = broker.failed_logins.record_failure(ip, &name);
+                if r.first_delayed {
+                    tracing::warn!(user = %name.escape_debug(),
+                        "{} failed HTTP API logins in a row from {ip} for this user: refusals are now delayed", r.failures);
+                }
+                if !r.delay.is_zero() {
+                    tokio::time::sleep(r.delay).await;
+                }
             }
-            tracing::debug!(user = %name, "HTTP API login failed");
+            tracing::debug!(user = %name.escape_debug(), "HTTP API login failed");
             return Err(failed());
         };
+        if let Some(ip) = peer {
+            broker.failed_logins.record_success(ip, &name);
+        }
         if broker.config.auth.loopback_users.contains(&user.name)
             && peer.is_some_and(|ip| !ip.is_loopback())
         {

@@ -58,15 +58,19 @@ fn exchange_types() -> Value {
 
 fn listeners(s: &AppState) -> Value {
     let c = &s.broker.config;
-    let http = c.http_addr();
-    let mut l = vec![
-        json!({"node": s.node, "protocol": "amqp", "ip_address": c.bind.to_string(), "port": c.port}),
-    ];
-    if c.tls.enabled() {
-        l.push(json!({"node": s.node, "protocol": "amqp/ssl", "ip_address": c.bind.to_string(), "port": c.tls.port}));
+    let mut l = Vec::new();
+    for ip in &c.bind {
+        l.push(json!({"node": s.node, "protocol": "amqp", "ip_address": ip.to_string(), "port": c.port}));
     }
-    l.push(json!({"node": s.node, "protocol": "http", "ip_address": http.ip().to_string(), "port": http.port()}));
-    l.push(json!({"node": s.node, "protocol": "http/prometheus", "ip_address": http.ip().to_string(), "port": http.port()}));
+    if c.tls.enabled() {
+        for ip in &c.bind {
+            l.push(json!({"node": s.node, "protocol": "amqp/ssl", "ip_address": ip.to_string(), "port": c.tls.port}));
+        }
+    }
+    for http in c.http_addrs() {
+        l.push(json!({"node": s.node, "protocol": "http", "ip_address": http.ip().to_string(), "port": http.port()}));
+        l.push(json!({"node": s.node, "protocol": "http/prometheus", "ip_address": http.ip().to_string(), "port": http.port()}));
+    }
     Value::Array(l)
 }
 
