@@ -9,6 +9,7 @@
 'use strict';
 
 const amqp = require('amqplib');
+const URL_ = globalThis.URL;
 const crypto = require('node:crypto');
 
 const URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672/';
@@ -449,6 +450,51 @@ check('connection_close_530_duplicate_consumer_tag', async (c) => {
   if (!e || e.code !== 530 || !e.message.includes("NOT_ALLOWED - attempt to reuse consumer tag 'dup'")) {
     throw new AssertionError(`unexpected close ${e && e.code} ${e && e.message}`);
   }
+});
+
+// ---- connections (issue 10: what client suites tripped over) -----------------
+check('close_callback_fires_with_publishes_in_flight', async (c) => {
+  const conn = await amqp.connect(URL);
+  const ch = await conn.createChannel();
+  const q = (await ch.assertQueue('', { exclusive: true })).queue;
+  for (let i = 0; i < 2000; i++) ch.sendToQueue(q, Buffer.alloc(512));
+  // Close without waiting for the publishes: amqplib resolves once close-ok
+  // is read (an EPIPE/reset would reject or never resolve).
+  await withTimeout(conn.close(), 5000, 'connection close');
+});
+
+check('close_right_after_a_channel_error', async (c) => {
+  const conn = await amqp.connect(URL);
+  conn.on('error', () => {});
+  const ch = await conn.createChannel();
+  ch.on('error', () => {});
+  ch.checkQueue(name('missing')).catch(() => {});
+  await withTimeout(conn.close(), 5000, 'connection close');
+});
+
+check('wrong_passwords_do_not_lock_out_the_right_one', async (c) => {
+  const u = new URL_(URL);
+  u.password = 'wrong-password';
+  for (let i = 0; i < 8; i++) {
+    let opened = false;
+    try {
+      const bad = await amqp.connect(u.toString());
+      opened = true;
+      await bad.close();
+    } catch (e) {
+      if (!/403|ACCESS_REFUSED|auth/i.test(String(e && e.message))) throw e;
+    }
+    if (opened) throw new AssertionError('a wrong password opened a connection');
+  }
+  const good = await amqp.connect(URL);
+  await good.close();
+});
+
+check('localhost_reaches_the_broker', async (c) => {
+  const u = new URL_(URL);
+  u.hostname = 'localhost';
+  const conn = await amqp.connect(u.toString());
+  await conn.close();
 });
 
 async function cleanup() {

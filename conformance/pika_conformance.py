@@ -911,6 +911,55 @@ def test_consumer_priorities_and_single_active_consumer(ctx):
     eq(got2, [("c1", b"0"), ("c1", b"1"), ("c1", b"2")], "single active consumer")
 
 
+
+# ---- connections (issue 10: what client suites tripped over) -------------------
+@check
+def test_channel_number_65535_opens(ctx):
+    # RabbitMQ limits how many channels are open, not their numbers.
+    ch = ctx.conn.channel(channel_number=65535)
+    eq(ch.channel_number, 65535, "channel number")
+    q = ctx.queue()
+    ch.basic_publish("", q, b"top")
+    eq(get_body(ch, q)[2], b"top", "message through channel 65535")
+
+
+@check
+def test_close_right_after_pipelined_publishes_is_clean(ctx):
+    q = ctx.queue()
+    for i in range(2000):
+        ctx.ch.basic_publish("", q, b"x" * 512)
+    ctx.conn.close()  # raises if close-ok never arrives
+    eq(ctx.conn.is_closed, True, "closed")
+
+
+@check
+def test_wrong_passwords_do_not_lock_out_the_right_one(ctx):
+    params = pika.URLParameters(URL)
+    bad = pika.ConnectionParameters(host=params.host, port=params.port, virtual_host=params.virtual_host,
+                                    credentials=pika.PlainCredentials(params.credentials.username, "wrong-password"),
+                                    socket_timeout=10, connection_attempts=1)
+    for _ in range(8):
+        try:
+            pika.BlockingConnection(bad).close()
+            raise AssertionError("a wrong password opened a connection")
+        except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError):
+            pass
+    c = connect()
+    eq(c.is_open, True, "the right password still works")
+    c.close()
+
+
+@check
+def test_localhost_reaches_the_broker(ctx):
+    params = pika.URLParameters(URL)
+    for host in ("localhost", "::1"):
+        p = pika.ConnectionParameters(host=host, port=params.port, virtual_host=params.virtual_host,
+                                      credentials=params.credentials, socket_timeout=10, connection_attempts=1)
+        c = pika.BlockingConnection(p)
+        eq(c.is_open, True, "connected via %s" % host)
+        c.close()
+
+
 def cleanup():
     try:
         c = connect()

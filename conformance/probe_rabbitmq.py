@@ -328,6 +328,10 @@ class Conn:
     def send_raw(self, data):
         self.sock.sendall(data)
 
+    @staticmethod
+    def frame_bytes(ftype, ch, payload):
+        return struct.pack(">BHI", ftype, ch, len(payload)) + payload + bytes([FRAME_END])
+
     def send_frame(self, ftype, ch, payload):
         self.send_raw(struct.pack(">BHI", ftype, ch, len(payload)) + payload + bytes([FRAME_END]))
 
@@ -1959,6 +1963,122 @@ def _(e):
     c = e.conn()
     r = c.call(0, "connection.close", reply_code=200, reply_text="bye")
     c.sock.close(); return fmt(r)
+
+
+# ---- closing with frames in flight (issue 10) ---------------------------------
+def _end_of_stream(c, timeout=5.0):
+    """Reads to the end: 'EOF' (clean FIN) or 'RESET', with the frames seen."""
+    frames = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            f = c.read_frame(max(0.1, deadline - time.time()))
+        except Closed:
+            return frames, "EOF"
+        except ConnectionResetError:
+            return frames, "RESET"
+        except socket.timeout:
+            return frames, "still open after %.0fs" % timeout
+        if f.name != "heartbeat":
+            frames.append(f)
+    return frames, "still open after %.0fs" % timeout
+
+
+def encode_method(name, **kw):
+    (cid, mid), fields = BY_NAME[name]
+    return struct.pack(">HH", cid, mid) + encode_args(fields, kw)
+
+
+def _publishes(c, n, size):
+    out = b""
+    for _ in range(n):
+        out += c.frame_bytes(FRAME_METHOD, 1, encode_method("basic.publish", exchange="", routing_key="nowhere"))
+        out += c.frame_bytes(FRAME_HEADER, 1, struct.pack(">HHQ", 60, 0, size) + encode_props({}))
+        out += c.frame_bytes(FRAME_BODY, 1, b"x" * size)
+    return out
+
+
+def _background(c, data):
+    import threading
+    err = []
+    w = socket.socket(fileno=os.dup(c.sock.fileno()))
+    w.settimeout(30)
+
+    def run():
+        try:
+            w.sendall(data)
+        except OSError as ex:
+            err.append(type(ex).__name__)
+        finally:
+            w.detach() and None
+    t = threading.Thread(target=run)
+    t.start()
+    return t, err
+
+
+@case("connection.close with 4 MiB of publishes pipelined behind it")
+def _(e):
+    c = e.chan()
+    data = c.frame_bytes(FRAME_METHOD, 0, encode_method("connection.close", reply_code=200, reply_text="bye")) + _publishes(c, 4096, 1024)
+    t, err = _background(c, data)
+    frames, end = _end_of_stream(c)
+    t.join(10)
+    c.sock.close()
+    return "%s; then %s; client's writes: %s" % (fmt_seq(frames), end, "error " + err[0] if err else "all accepted")
+
+
+@case("connection.close twice in one write")
+def _(e):
+    c = e.chan()
+    data = c.frame_bytes(FRAME_METHOD, 0, encode_method("connection.close", reply_code=200, reply_text="bye")) * 2
+    c.send_raw(data)
+    frames, end = _end_of_stream(c)
+    c.sock.close()
+    return "%s; then %s" % (fmt_seq(frames), end)
+
+
+@case("channel error (passive declare of a missing queue) and connection.close in one write")
+def _(e):
+    c = e.chan()
+    data = c.frame_bytes(FRAME_METHOD, 1, encode_method("queue.declare", queue=e.name("<Q>"), passive=True))
+    data += c.frame_bytes(FRAME_METHOD, 0, encode_method("connection.close", reply_code=200, reply_text="bye"))
+    c.send_raw(data)
+    frames, end = _end_of_stream(c)
+    c.sock.close()
+    return "%s; then %s" % (fmt_seq(frames), end)
+
+
+@case("server closes the connection (504), client answers close-ok: how the socket ends")
+def _(e):
+    c = e.chan()
+    c.send(7, "basic.qos", prefetch_size=0, prefetch_count=1, **{"global": False})
+    f = c.wait(0, "connection.close", timeout=3)
+    c.send(0, "connection.close-ok")
+    t0 = time.time()
+    frames, end = _end_of_stream(c)
+    c.sock.close()
+    return "%s; after close-ok: %s%s within %.1fs" % (fmt(f), fmt_seq(frames) + "; " if frames else "", end, time.time() - t0)
+
+
+@case("channel.open on channel 65535 (channel_max 2047)")
+def _(e):
+    c = e.conn()
+    r = c.open_channel(65535)
+    c.close(); return fmt(r)
+
+
+@case("8 logins with a wrong password, then the right one")
+def _(e):
+    outcomes = []
+    for _ in range(8):
+        c = Conn(e.a.host, e.a.port)
+        r = c.handshake(e.a.user, "wrong-password", e.a.vhost, capabilities={"authentication_failure_close": True})
+        outcomes.append(fmt(r))
+        c.sock.close()
+    c = Conn(e.a.host, e.a.port)
+    r = c.handshake(e.a.user, e.a.password, e.a.vhost)
+    c.close()
+    return "wrong: %s (x%d); right: %s" % (outcomes[-1], len(outcomes), fmt(r))
 
 
 def main():

@@ -39,6 +39,9 @@ const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// the last frames and close its side.
 const LINGER: Duration = Duration::from_secs(3);
 
+/// How long the writer may take to flush the last frames once lingering ends.
+const WRITER_GRACE: Duration = Duration::from_secs(2);
+
 /// (class, method) of connection.close.
 const CONNECTION_CLOSE: (u16, u16) = (10, 50);
 /// (class, method) of connection.close-ok.
@@ -228,14 +231,16 @@ async fn serve_stream<R, W>(
             tracing::info!(%peer, id, "connection closed");
             peer_alive.then_some(conn.reader)
         }
-        Ok(Ok(None)) => Some(reader),
+        // A refused login without authentication_failure_close: the
+        // socket just closes, as from RabbitMQ.
+        Ok(Ok(None)) => None,
         Ok(Err(e)) => {
             tracing::info!(%peer, "handshake failed: {e}");
             handle.write(|out| write_method(out, 0, &close_method(&e)));
             // As after any connection.close warren sends: the client answers
             // close-ok before it lets go of the socket.
-            let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, reader.await_close_ok(&handle)).await;
-            Some(reader)
+            let linger = reader.await_close_ok(&handle).await;
+            linger.then_some(reader)
         }
         Err(_) => {
             tracing::info!(%peer, "handshake timed out");
@@ -247,9 +252,11 @@ async fn serve_stream<R, W>(
 
 /// Closes a connection's socket without destroying what is in flight.
 ///
-/// The writer flushes what is buffered (close-ok or close included) and
-/// half-closes the socket (FIN); meanwhile whatever the client still sends
-/// is read and discarded until it closes its side, for at most `LINGER`.
+/// As RabbitMQ does, the socket stays open after close-ok until the client
+/// closes its side, for at most `LINGER`: whatever the client still sends
+/// is read and discarded, and every further connection.close is answered
+/// with close-ok (a client closing from several threads at once waits for
+/// one close-ok per close). Then the writer flushes and shuts the socket.
 /// Closing a socket with unread bytes in its receive buffer makes the
 /// kernel send a reset, which can destroy a close-ok the client has not
 /// read yet (clients then report EOF or EPIPE instead of a clean close).
@@ -259,20 +266,13 @@ async fn finish<R: AsyncRead + Unpin>(
     writer: tokio::task::JoinHandle<()>,
     reader: Option<Reader<R>>,
 ) {
+    if let Some(mut r) = reader {
+        let _ = tokio::time::timeout(LINGER, r.linger(handle)).await;
+    }
     handle.close_writer();
     let abort = writer.abort_handle();
-    let drain = async {
-        if let Some(mut r) = reader {
-            r.discard_until_eof().await;
-        }
-    };
-    if tokio::time::timeout(LINGER, async {
-        let _ = tokio::join!(writer, drain);
-    })
-    .await
-    .is_err()
-    {
-        // A client that neither reads nor closes: give up on it.
+    if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
+        // A client that reads nothing: give up on it.
         abort.abort();
     }
 }
@@ -309,9 +309,24 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
-    /// Reads and drops whatever arrives until the peer closes its side (or
-    /// the socket fails).
-    async fn discard_until_eof(&mut self) {
+    /// After a close: reads and drops whatever arrives until the peer
+    /// closes its side (or the socket fails), answering connection.close
+    /// with close-ok.
+    async fn linger(&mut self, handle: &ConnectionHandle) {
+        loop {
+            match self.next().await {
+                Ok(Some(Frame::Method {
+                    channel: 0,
+                    payload,
+                })) if ids(&payload) == CONNECTION_CLOSE => {
+                    handle.write(|out| write_method(out, 0, &close_ok_method()));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        // Unparseable bytes: keep reading them away until the client closes.
         loop {
             self.buf.clear();
             if !self.fill().await {
@@ -321,26 +336,34 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// After warren sent connection.close: reads until the client's
-    /// close-ok, discarding everything else (spec 4.2.2). A connection.close
-    /// crossing ours is answered with close-ok.
-    async fn await_close_ok(&mut self, handle: &ConnectionHandle) {
-        loop {
-            match self.next().await {
-                Ok(Some(Frame::Method {
-                    channel: 0,
-                    payload,
-                })) if ids(&payload) == CONNECTION_CLOSE_OK => return,
-                Ok(Some(Frame::Method {
-                    channel: 0,
-                    payload,
-                })) if ids(&payload) == CONNECTION_CLOSE => {
-                    handle.write(|out| write_method(out, 0, &close_ok_method()));
-                    return;
+    /// close-ok, discarding everything else (spec 4.2.2), for at most
+    /// `CLOSE_OK_TIMEOUT`. A connection.close crossing ours is answered with
+    /// close-ok. Returns whether the socket is worth lingering on: not once
+    /// the client sent close-ok (it sends nothing more; RabbitMQ closes at
+    /// once too), nor when it is silent or gone.
+    async fn await_close_ok(&mut self, handle: &ConnectionHandle) -> bool {
+        let wait = async {
+            loop {
+                match self.next().await {
+                    Ok(Some(Frame::Method {
+                        channel: 0,
+                        payload,
+                    })) if ids(&payload) == CONNECTION_CLOSE_OK => return false,
+                    Ok(Some(Frame::Method {
+                        channel: 0,
+                        payload,
+                    })) if ids(&payload) == CONNECTION_CLOSE => {
+                        handle.write(|out| write_method(out, 0, &close_ok_method()));
+                        return true;
+                    }
+                    Ok(Some(_)) => continue,
+                    _ => return false,
                 }
-                Ok(Some(_)) => continue,
-                _ => return,
             }
-        }
+        };
+        tokio::time::timeout(CLOSE_OK_TIMEOUT, wait)
+            .await
+            .unwrap_or(false)
     }
 
     /// Reads the next method on channel 0 during the handshake.
@@ -779,12 +802,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             End::Error(e) => {
                 tracing::info!(peer = %self.peer, "closing connection: {}", e.text);
                 self.ctx.send(0, close_method(&e));
-                let _ = tokio::time::timeout(
-                    CLOSE_OK_TIMEOUT,
-                    self.reader.await_close_ok(&self.ctx.handle),
-                )
-                .await;
-                true
+                self.reader.await_close_ok(&self.ctx.handle).await
             }
         }
     }
