@@ -9,12 +9,11 @@
 //! message, so disk use returns to near zero when queues drain. See
 //! docs/architecture.md ("Durability").
 
+pub mod disk;
 pub mod meta;
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +24,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
 use crate::message::Message;
+use disk::{AppendFile, Disk, ReadFile, RealDisk};
 use record::{ACK, DELIVERED, DROP_QUEUE, Next, QueueKey, Record};
 
 /// Bytes waiting for the writer beyond which publishers pause.
@@ -69,6 +69,9 @@ struct Live {
     strays: HashMap<u64, u64>,
     /// Segments, oldest first.
     segments: BTreeMap<u64, Seg>,
+    /// Segments by the first message id written to them, for finding a
+    /// message's segment in O(log segments).
+    by_first_id: BTreeMap<u64, u64>,
     current: u64,
     /// Messages below this id are written to a segment.
     placed: u64,
@@ -156,17 +159,20 @@ impl Live {
 
     /// The segment whose id range holds `id`.
     fn segment_of(&self, id: u64) -> Option<u64> {
-        let mut found = None;
-        for (&seg, s) in &self.segments {
-            if s.first_id == u64::MAX {
-                continue; // no messages in it (yet)
-            }
-            if s.first_id > id {
-                break;
-            }
-            found = Some(seg);
+        self.by_first_id
+            .range(..=id)
+            .next_back()
+            .map(|(_, &seg)| seg)
+    }
+
+    /// Forgets a deleted segment.
+    fn remove_segment(&mut self, seg: u64) {
+        if let Some(s) = self.segments.remove(&seg)
+            && s.first_id != u64::MAX
+            && self.by_first_id.get(&s.first_id) == Some(&seg)
+        {
+            self.by_first_id.remove(&s.first_id);
         }
-        found
     }
 
     /// Ids `lo..hi` were written to the current segment.
@@ -182,6 +188,7 @@ impl Live {
         });
         if s.first_id == u64::MAX {
             s.first_id = lo;
+            self.by_first_id.insert(lo, cur);
         }
         s.live += live;
         self.placed = hi;
@@ -239,8 +246,18 @@ pub type Recovered = HashMap<QueueKey, Vec<RecoveredMessage>>;
 /// The message store.
 #[derive(Debug)]
 pub struct MessageStore {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     fsync: bool,
+    /// How long the writer waits before retrying a failed write.
+    retry_delay: Duration,
+    /// Segment size (`SEGMENT_MAX` outside tests).
+    segment_max: u64,
+    /// Called when an fsync fails: the data's fate is unknown, so the
+    /// process must stop and recover (as PostgreSQL does); tests record it.
+    on_fatal: OnFatal,
+    /// An fsync failed: nothing more is confirmed.
+    failed: AtomicBool,
     pending: Mutex<Pending>,
     wake: Condvar,
     durable: watch::Sender<u64>,
@@ -248,7 +265,7 @@ pub struct MessageStore {
     backlog: std::sync::atomic::AtomicUsize,
     live: Mutex<Live>,
     /// The segment file last read from (recovered messages).
-    reader: Mutex<Option<(u32, File)>>,
+    reader: Mutex<Option<(u32, Box<dyn ReadFile>)>>,
     stopping: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -257,11 +274,53 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:010}.seg"))
 }
 
-fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+/// What the store does when an fsync fails.
+pub type FatalHook = Box<dyn Fn(&std::io::Error) + Send + Sync>;
+
+/// How a store runs.
+pub struct StoreOptions {
+    /// Sync before advancing the durable sequence.
+    pub fsync: bool,
+    /// Called when an fsync fails (the default logs and aborts the process).
+    pub on_fatal: FatalHook,
+    /// Delay between retries of a failed write.
+    pub retry_delay: Duration,
+    /// Segment size.
+    pub segment_max: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            fsync: true,
+            on_fatal: Box::new(abort_on_fsync_failure),
+            retry_delay: Duration::from_millis(500),
+            segment_max: SEGMENT_MAX,
+        }
+    }
+}
+
+struct OnFatal(FatalHook);
+
+impl std::fmt::Debug for OnFatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnFatal")
+    }
+}
+
+/// What happens when an fsync fails in a running broker: log and abort, so
+/// that recovery (which trusts only what reads back) runs at the next start.
+fn abort_on_fsync_failure(e: &std::io::Error) {
+    tracing::error!(
+        "message store: fsync failed ({e}); what was written since the last sync may not be on disk. \
+         Stopping warren so that recovery can run from what is on disk."
+    );
+    std::process::abort();
+}
+
+fn list_segments(disk: &dyn Disk, dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut v = Vec::new();
-    for e in fs::read_dir(dir)? {
-        let name = e?.file_name();
-        let name = name.to_string_lossy();
+    for name in disk.list(dir)? {
         if let Some(n) = name
             .strip_suffix(".seg")
             .and_then(|s| s.parse::<u64>().ok())
@@ -278,8 +337,30 @@ impl MessageStore {
     /// segments hold. Torn tails are truncated; corrupt records are skipped
     /// and reported. `fsync`: sync before advancing the durable sequence.
     pub fn open(dir: &Path, fsync: bool) -> std::io::Result<(Arc<MessageStore>, Recovered)> {
-        fs::create_dir_all(dir)?;
-        let segments = list_segments(dir)?;
+        Self::open_on(
+            Arc::new(RealDisk),
+            dir,
+            StoreOptions {
+                fsync,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// `open` on any `Disk`, with explicit options.
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        options: StoreOptions,
+    ) -> std::io::Result<(Arc<MessageStore>, Recovered)> {
+        let StoreOptions {
+            fsync,
+            on_fatal,
+            retry_delay,
+            segment_max,
+        } = options;
+        disk.create_dir_all(dir)?;
+        let segments = list_segments(&*disk, dir)?;
         let mut queues: HashMap<QueueKey, QueueScan> = HashMap::new();
         // (id, segment, queues holding it), in id order once sorted.
         let mut msgs = IdRefs::default();
@@ -288,7 +369,7 @@ impl MessageStore {
         let last = segments.last().copied();
         for &seg in &segments {
             let path = segment_path(dir, seg);
-            let data = Bytes::from(fs::read(&path)?);
+            let data = Bytes::from(disk.read(&path)?);
             let mut at = 0usize;
             let mut corrupt = 0usize;
             loop {
@@ -313,10 +394,7 @@ impl MessageStore {
                                 "message store: {} ends with an incomplete record ({dropped} bytes, a write cut short by a crash); truncating it at byte {at}",
                                 path.display()
                             );
-                            OpenOptions::new()
-                                .write(true)
-                                .open(&path)?
-                                .set_len(at as u64)?;
+                            disk.truncate(&path, at as u64)?;
                         } else {
                             tracing::error!(
                                 "message store: {} is damaged from byte {at} on ({dropped} bytes unreadable); keeping the {at} bytes before",
@@ -392,6 +470,11 @@ impl MessageStore {
                 },
             );
         }
+        for (&seg, s) in &live.segments {
+            if s.first_id != u64::MAX {
+                live.by_first_id.insert(s.first_id, seg);
+            }
+        }
         let mut next = held.first().map_or(0, |h| h.0);
         for &(id, seg, refs) in &held {
             while next < id {
@@ -407,14 +490,34 @@ impl MessageStore {
                 s.live += 1;
             }
         }
+        // Ids after the last live one were all acked: `refs` must still run
+        // up to the next id handed out, or new ids would land at the wrong
+        // index (and release the wrong messages).
+        if !held.is_empty() {
+            while next <= max_id {
+                live.add(next, 0);
+                next += 1;
+            }
+        }
         live.placed = max_id + 1;
         // Segments before the first live one hold nothing needed any more.
+        let mut removed_any = false;
         while let Some((&seg, s)) = live.segments.iter().next() {
             if s.live != 0 {
                 break;
             }
-            let _ = fs::remove_file(segment_path(dir, seg));
-            live.segments.remove(&seg);
+            match disk.remove(&segment_path(dir, seg)) {
+                Ok(()) => removed_any = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!("message store: cannot delete segment {seg}: {e}");
+                    break;
+                }
+            }
+            live.remove_segment(seg);
+        }
+        if removed_any {
+            disk.sync_dir(dir)?;
         }
         live.current = last.map_or(1, |l| l + 1);
         live.segments.insert(
@@ -425,9 +528,19 @@ impl MessageStore {
             },
         );
         let (durable, _) = watch::channel(0);
+        // The new segment exists on disk (its directory entry synced) before
+        // anything is written to it.
+        let current_path = segment_path(dir, live.current);
+        let file = disk.open_append(&current_path)?;
+        disk.sync_dir(dir)?;
         let store = Arc::new(MessageStore {
+            disk,
             dir: dir.to_owned(),
             fsync,
+            retry_delay,
+            segment_max,
+            on_fatal: OnFatal(on_fatal),
+            failed: AtomicBool::new(false),
             pending: Mutex::new(Pending {
                 next_id: max_id + 1,
                 ..Pending::default()
@@ -440,14 +553,10 @@ impl MessageStore {
             stopping: AtomicBool::new(false),
             writer: Mutex::new(None),
         });
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(segment_path(dir, store.live.lock().current))?;
         let s = store.clone();
         let handle = std::thread::Builder::new()
             .name("warren-store".into())
-            .spawn(move || s.run_writer(file))?;
+            .spawn(move || s.run_writer(file, 0))?;
         *store.writer.lock() = Some(handle);
         Ok((store, recovered))
     }
@@ -518,15 +627,15 @@ impl MessageStore {
     /// Reads `len` bytes at `offset` of segment `seg` (recovered messages
     /// are read back when their queue reaches them).
     pub fn read_span(&self, seg: u32, offset: u32, len: usize) -> std::io::Result<Bytes> {
-        use std::os::unix::fs::FileExt;
         let mut cache = self.reader.lock();
-        if cache.as_ref().is_none_or(|(s, _)| *s != seg) {
-            let f = File::open(segment_path(&self.dir, seg as u64))?;
-            *cache = Some((seg, f));
-        }
-        let (_, f) = cache.as_ref().expect("opened above");
+        let f = match cache.take() {
+            Some((s, f)) if s == seg => f,
+            _ => self.disk.open_read(&segment_path(&self.dir, seg as u64))?,
+        };
         let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset as u64)?;
+        let r = f.read_exact_at(&mut buf, offset as u64);
+        *cache = Some((seg, f));
+        r?;
         Ok(Bytes::from(buf))
     }
 
@@ -549,12 +658,16 @@ impl MessageStore {
 
     /// Bytes in segment files.
     pub fn disk_bytes(&self) -> u64 {
-        list_segments(&self.dir)
+        list_segments(&*self.disk, &self.dir)
             .unwrap_or_default()
             .iter()
-            .filter_map(|n| fs::metadata(segment_path(&self.dir, *n)).ok())
-            .map(|m| m.len())
+            .filter_map(|n| self.disk.len(&segment_path(&self.dir, *n)).ok())
             .sum()
+    }
+
+    /// An fsync failed: the store stopped confirming (the broker aborts).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Writes and syncs everything appended so far, then stops the writer.
@@ -566,8 +679,7 @@ impl MessageStore {
         }
     }
 
-    fn run_writer(self: Arc<Self>, mut file: File) {
-        let mut written = file.metadata().map_or(0, |m| m.len());
+    fn run_writer(self: Arc<Self>, mut file: Box<dyn AppendFile>, mut written: u64) {
         loop {
             let (buf, seq, next_id) = {
                 let mut p = self.pending.lock();
@@ -585,21 +697,42 @@ impl MessageStore {
                 self.backlog.store(0, Ordering::Relaxed);
                 (std::mem::take(&mut p.buf), p.seq, p.next_id)
             };
-            // Retry until the data is on disk: confirms wait meanwhile.
-            loop {
-                let r = file
-                    .write_all(&buf)
-                    .and_then(|_| if self.fsync { file.sync_data() } else { Ok(()) });
-                match r {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::error!(
-                            "message store: cannot write to {}: {e}; retrying",
-                            self.dir.display()
-                        );
-                        std::thread::sleep(Duration::from_millis(500));
+            // A failed write may have written part of the buffer: cut the
+            // file back to the last good record before trying again, so the
+            // log never holds a partial or doubled copy. Confirms wait
+            // meanwhile; reclaiming goes on, so acked space is freed even
+            // while the disk is full.
+            while let Err(e) = file.write_all(&buf) {
+                tracing::error!(
+                    "message store: cannot write to {}: {e}; retrying",
+                    self.dir.display()
+                );
+                // Never append after a tail of unknown content: retry the
+                // cut until it works.
+                while let Err(e) = file.set_len(written) {
+                    tracing::error!(
+                        "message store: cannot cut the segment back after a failed write: {e}; retrying"
+                    );
+                    if self.stopping.load(Ordering::Acquire) {
+                        return;
                     }
+                    std::thread::sleep(self.retry_delay);
                 }
+                if self.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                self.reclaim();
+                std::thread::sleep(self.retry_delay);
+            }
+            // An fsync error is never retried: the kernel may have dropped
+            // the dirty pages already, so a later successful fsync proves
+            // nothing. Stop confirming and let the process recover.
+            if self.fsync
+                && let Err(e) = file.sync_data()
+            {
+                self.failed.store(true, Ordering::Release);
+                (self.on_fatal.0)(&e);
+                return;
             }
             written += buf.len() as u64;
             {
@@ -608,58 +741,74 @@ impl MessageStore {
                 live.place(lo, next_id);
             }
             self.durable.send_replace(seq);
-            if written >= SEGMENT_MAX {
-                let next = {
-                    let mut live = self.live.lock();
-                    live.current += 1;
-                    let n = live.current;
-                    live.segments.insert(
-                        n,
-                        Seg {
-                            first_id: u64::MAX,
-                            live: 0,
-                        },
-                    );
-                    n
-                };
-                match OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(segment_path(&self.dir, next))
+            if written >= self.segment_max {
+                // Open the next segment first; only once it exists (and its
+                // directory entry is durable) do new ids go to it. If that
+                // fails (no file descriptors, no space), keep appending to
+                // the current one and try again after the next write.
+                let next = self.live.lock().current + 1;
+                let path = segment_path(&self.dir, next);
+                match self
+                    .disk
+                    .open_append(&path)
+                    .and_then(|f| self.disk.sync_dir(&self.dir).map(|()| f))
                 {
                     Ok(f) => {
-                        let _ = file.sync_all();
+                        let mut live = self.live.lock();
+                        live.current = next;
+                        live.segments.insert(
+                            next,
+                            Seg {
+                                first_id: u64::MAX,
+                                live: 0,
+                            },
+                        );
+                        drop(live);
                         file = f;
                         written = 0;
                     }
-                    Err(e) => tracing::error!("message store: cannot start segment {next}: {e}"),
+                    Err(e) => tracing::error!(
+                        "message store: cannot start segment {next}: {e}; still writing to the current one"
+                    ),
                 }
             }
             self.reclaim();
         }
-        let _ = file.sync_all();
+        if self.fsync
+            && let Err(e) = file.sync_data()
+        {
+            self.failed.store(true, Ordering::Release);
+            (self.on_fatal.0)(&e);
+        }
     }
 
     /// Deletes segments from the oldest while they hold no live message.
     fn reclaim(&self) {
         let doomed: Vec<u64> = {
-            let mut live = self.live.lock();
-            let mut out = Vec::new();
-            while let Some((&seg, s)) = live.segments.iter().next() {
-                if s.live != 0 || seg == live.current {
+            let live = self.live.lock();
+            live.segments
+                .iter()
+                .take_while(|(seg, s)| s.live == 0 && **seg != live.current)
+                .map(|(seg, _)| *seg)
+                .collect()
+        };
+        if doomed.is_empty() {
+            return;
+        }
+        let mut removed = false;
+        for seg in doomed {
+            match self.disk.remove(&segment_path(&self.dir, seg)) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!("message store: cannot delete segment {seg}: {e}");
                     break;
                 }
-                live.segments.remove(&seg);
-                out.push(seg);
             }
-            out
-        };
-        for seg in doomed {
-            if let Err(e) = fs::remove_file(segment_path(&self.dir, seg))
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!("message store: cannot delete segment {seg}: {e}");
-            }
+            self.live.lock().remove_segment(seg);
+        }
+        if removed && let Err(e) = self.disk.sync_dir(&self.dir) {
+            tracing::warn!("message store: cannot sync {}: {e}", self.dir.display());
         }
     }
 }
@@ -693,6 +842,11 @@ impl IdRefs {
         self.v.push((id, seg, refs));
     }
 
+    fn contains(&mut self, id: u64) -> bool {
+        self.sort();
+        self.v.binary_search_by_key(&id, |m| m.0).is_ok()
+    }
+
     fn release(&mut self, id: u64) {
         self.sort();
         if let Ok(i) = self.v.binary_search_by_key(&id, |m| m.0) {
@@ -715,6 +869,11 @@ fn apply(
             header,
             ..
         } => {
+            // The same message twice (a copy written again, or a write
+            // repeated after a failure on an older warren): keep the first.
+            if id <= *max_id && msgs.contains(id) {
+                return;
+            }
             *max_id = (*max_id).max(id);
             let priority = crate::message::header_priority(&header);
             msgs.push(id, loc.seg, qs.len() as u32);
@@ -808,6 +967,9 @@ impl Durability {
         self.store.get()
     }
 }
+
+#[cfg(test)]
+mod sim_tests;
 
 #[cfg(test)]
 mod tests {
