@@ -73,8 +73,16 @@ impl Broker {
             Self::new(config)
         };
         let started = std::time::Instant::now();
-        let (store, recovered) = MessageStore::open(&dir.join("messages"), fsync)
-            .map_err(|e| format!("cannot open the message store in {}: {e}", dir.display()))?;
+        let (store, recovered) = MessageStore::open_on(
+            Arc::new(crate::store::disk::RealDisk),
+            &dir.join("messages"),
+            crate::store::StoreOptions {
+                fsync,
+                segment_max: broker.config.storage.segment_size,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| format!("cannot open the message store in {}: {e}", dir.display()))?;
         let _ = broker.durability.store.set(store.clone());
         // Page files are scratch space from an earlier run.
         let paging_dir = dir.join("paging");

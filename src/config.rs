@@ -141,6 +141,8 @@ pub struct StorageConfig {
     /// Bytes of message data one queue keeps in memory; beyond it, the
     /// queue pages its newest messages to disk.
     pub queue_memory_limit: usize,
+    /// Size of one message store segment file, in bytes.
+    pub segment_size: u64,
 }
 
 impl Default for StorageConfig {
@@ -148,6 +150,7 @@ impl Default for StorageConfig {
         StorageConfig {
             fsync: true,
             queue_memory_limit: 64 * 1024 * 1024,
+            segment_size: crate::store::SEGMENT_MAX,
         }
     }
 }
@@ -406,6 +409,9 @@ impl Config {
                 "amqp.frame_max must be at least {}",
                 crate::codec::FRAME_MIN_SIZE
             ));
+        }
+        if self.storage.segment_size < 64 * 1024 {
+            return Err("storage.segment_size must be at least 65536 bytes".into());
         }
         if self.bind.is_empty() {
             return Err("bind must name at least one address".into());

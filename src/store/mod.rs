@@ -33,23 +33,57 @@ const BACKLOG_MAX: usize = 32 * 1024 * 1024;
 /// A segment file is closed and a new one started beyond this size.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
 
+/// A segment whose live messages are at most 1/COMPACT_RATIO of those
+/// written to it has them copied forward.
+const COMPACT_RATIO: u64 = 8;
+
 #[derive(Debug, Default)]
 struct Pending {
     buf: BytesMut,
     /// Sequence number of the last record appended.
     seq: u64,
     /// The next message id. Ids are taken under this lock, so they increase
-    /// in log order and every segment holds one contiguous range of them.
+    /// in log order and every segment holds one contiguous range of them
+    /// (copies written by compaction aside: those are tracked as `strays`).
     next_id: u64,
+    /// Older segments named by the ack, delivery and drop records in `buf`.
+    deps: Vec<u64>,
+    /// Messages copied forward by compaction in `buf`: (id, segment copied from).
+    moved: Vec<(u64, u64)>,
 }
 
 /// A segment's share of the live messages.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Seg {
     /// The first message id written to it (`u64::MAX` until one is).
     first_id: u64,
     /// Messages in it that some queue still holds.
     live: u64,
+    /// Messages written to it (for the compaction policy).
+    total: u64,
+    /// Older segments holding messages that its ack, delivery and drop
+    /// records name: it may only be deleted after them, or at recovery
+    /// those messages would come back without their acks.
+    deps: Vec<u64>,
+    /// Recovered from disk, where its records were not traced: treated as
+    /// depending on every older segment, and never compacted (queues hold
+    /// the recovered messages' locations in it).
+    after_all_older: bool,
+    /// `live` when compaction last copied from it (`u64::MAX`: never).
+    compacted_at: u64,
+}
+
+impl Seg {
+    fn new() -> Seg {
+        Seg {
+            first_id: u64::MAX,
+            live: 0,
+            total: 0,
+            deps: Vec::new(),
+            after_all_older: false,
+            compacted_at: u64::MAX,
+        }
+    }
 }
 
 /// Which stored messages are still held, and by how many queues: one byte a
@@ -165,6 +199,105 @@ impl Live {
             .map(|(_, &seg)| seg)
     }
 
+    /// The segment a written message's record is in now (`None` while it
+    /// is still in the writer's buffer).
+    fn location(&self, id: u64) -> Option<u64> {
+        if id >= self.placed {
+            return None;
+        }
+        match self.strays.get(&id) {
+            Some(&seg) => Some(seg),
+            None => self.segment_of(id),
+        }
+    }
+
+    /// How many queues hold `id`.
+    fn refs_of(&self, id: u64) -> u32 {
+        let idx = id.wrapping_sub(self.base) as usize;
+        if id >= self.base && idx < self.refs.len() && self.refs[idx] != OTHER {
+            u32::from(self.refs[idx])
+        } else {
+            self.other.get(&id).copied().unwrap_or(0)
+        }
+    }
+
+    /// A buffer was written to the current segment: its new ids are placed
+    /// there, the segments its records name become its dependencies, and
+    /// the messages it copied forward now live there.
+    fn written(&mut self, next_id: u64, mut deps: Vec<u64>, moved: &[(u64, u64)]) {
+        let lo = self.placed;
+        self.place(lo, next_id);
+        let cur = self.current;
+        deps.sort_unstable();
+        deps.dedup();
+        deps.retain(|&d| d != cur);
+        let mut moved_live = 0;
+        for &(id, from) in moved {
+            if !self.is_live(id) || self.location(id) != Some(from) {
+                continue; // released (or moved again) meanwhile
+            }
+            self.strays.insert(id, cur);
+            if let Some(s) = self.segments.get_mut(&from) {
+                s.live = s.live.saturating_sub(1);
+            }
+            moved_live += 1;
+        }
+        if let Some(s) = self.segments.get_mut(&cur) {
+            for d in deps {
+                if let Err(i) = s.deps.binary_search(&d) {
+                    s.deps.insert(i, d);
+                }
+            }
+            s.live += moved_live;
+            s.total += moved.len() as u64;
+        }
+    }
+
+    /// Segments that may be deleted now, oldest first: not the current one,
+    /// no live message, and every segment whose messages their records name
+    /// deleted (or deleted in this same pass) first.
+    fn deletable(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        let mut all_older_gone = true;
+        for (&seg, s) in &self.segments {
+            if seg == self.current {
+                break;
+            }
+            let deps_gone = if s.after_all_older {
+                all_older_gone
+            } else {
+                s.deps
+                    .iter()
+                    .all(|d| !self.segments.contains_key(d) || out.contains(d))
+            };
+            if s.live == 0 && deps_gone {
+                out.push(seg);
+            } else {
+                all_older_gone = false;
+            }
+        }
+        out
+    }
+
+    /// A segment worth compacting: old, mostly dead, with live messages
+    /// that pin it (and, through the records that name them, the segments
+    /// after it), not already compacted at its present live count.
+    fn compaction_candidate(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .filter(|(seg, s)| {
+                // Recovered segments are left alone: queues read recovered
+                // messages back from where recovery found them.
+                **seg + 1 < self.current
+                    && !s.after_all_older
+                    && s.live > 0
+                    && s.live.saturating_mul(COMPACT_RATIO) <= s.total
+                    && s.compacted_at != s.live
+            })
+            .map(|(seg, _)| *seg)
+            .next()
+    }
+
     /// Forgets a deleted segment.
     fn remove_segment(&mut self, seg: u64) {
         if let Some(s) = self.segments.remove(&seg)
@@ -182,15 +315,13 @@ impl Live {
         }
         let live = (lo..hi).filter(|&id| self.is_live(id)).count() as u64;
         let cur = self.current;
-        let s = self.segments.entry(cur).or_insert(Seg {
-            first_id: u64::MAX,
-            live: 0,
-        });
+        let s = self.segments.entry(cur).or_insert(Seg::new());
         if s.first_id == u64::MAX {
             s.first_id = lo;
             self.by_first_id.insert(lo, cur);
         }
         s.live += live;
+        s.total += hi - lo;
         self.placed = hi;
     }
 }
@@ -268,6 +399,11 @@ pub struct MessageStore {
     reader: Mutex<Option<(u32, Box<dyn ReadFile>)>>,
     stopping: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Wakes the compactor early (at shutdown).
+    compact_wake: Condvar,
+    /// How often the compactor looks for a segment to compact.
+    compact_interval: Duration,
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -287,6 +423,8 @@ pub struct StoreOptions {
     pub retry_delay: Duration,
     /// Segment size.
     pub segment_max: u64,
+    /// How often the compactor looks for a mostly dead segment.
+    pub compact_interval: Duration,
 }
 
 impl Default for StoreOptions {
@@ -296,6 +434,7 @@ impl Default for StoreOptions {
             on_fatal: Box::new(abort_on_fsync_failure),
             retry_delay: Duration::from_millis(500),
             segment_max: SEGMENT_MAX,
+            compact_interval: Duration::from_secs(1),
         }
     }
 }
@@ -358,6 +497,7 @@ impl MessageStore {
             on_fatal,
             retry_delay,
             segment_max,
+            compact_interval,
         } = options;
         disk.create_dir_all(dir)?;
         let segments = list_segments(&*disk, dir)?;
@@ -366,6 +506,7 @@ impl MessageStore {
         let mut msgs = IdRefs::default();
         let mut max_id = 0u64;
         let mut first_ids: HashMap<u64, u64> = HashMap::new();
+        let mut totals: HashMap<u64, u64> = HashMap::new();
         let last = segments.last().copied();
         for &seg in &segments {
             let path = segment_path(dir, seg);
@@ -414,8 +555,12 @@ impl MessageStore {
                     }
                     Next::Record(r, n) => {
                         if let Record::Enqueue { id, .. } = &r {
-                            let f = first_ids.entry(seg).or_insert(*id);
-                            *f = (*f).min(*id);
+                            // A segment's id range starts at its first new
+                            // id; older ids in it are copies (strays).
+                            if *id > max_id {
+                                first_ids.entry(seg).or_insert(*id);
+                            }
+                            *totals.entry(seg).or_insert(0) += 1;
                         }
                         let loc = Loc {
                             seg: seg as u32,
@@ -466,7 +611,8 @@ impl MessageStore {
                 seg,
                 Seg {
                     first_id: first_ids.get(&seg).copied().unwrap_or(u64::MAX),
-                    live: 0,
+                    after_all_older: true,
+                    ..Seg::new()
                 },
             );
         }
@@ -488,6 +634,11 @@ impl MessageStore {
             }
             if let Some(s) = live.segments.get_mut(&seg) {
                 s.live += 1;
+            }
+        }
+        for (seg, n) in totals {
+            if let Some(s) = live.segments.get_mut(&seg) {
+                s.total = n;
             }
         }
         // Ids after the last live one were all acked: `refs` must still run
@@ -520,13 +671,7 @@ impl MessageStore {
             disk.sync_dir(dir)?;
         }
         live.current = last.map_or(1, |l| l + 1);
-        live.segments.insert(
-            live.current,
-            Seg {
-                first_id: u64::MAX,
-                live: 0,
-            },
-        );
+        live.segments.insert(live.current, Seg::new());
         let (durable, _) = watch::channel(0);
         // The new segment exists on disk (its directory entry synced) before
         // anything is written to it.
@@ -552,12 +697,20 @@ impl MessageStore {
             live: Mutex::new(live),
             stopping: AtomicBool::new(false),
             writer: Mutex::new(None),
+            compactor: Mutex::new(None),
+            compact_wake: Condvar::new(),
+            compact_interval,
         });
         let s = store.clone();
         let handle = std::thread::Builder::new()
             .name("warren-store".into())
             .spawn(move || s.run_writer(file, 0))?;
         *store.writer.lock() = Some(handle);
+        let s = store.clone();
+        let handle = std::thread::Builder::new()
+            .name("warren-compact".into())
+            .spawn(move || s.run_compactor())?;
+        *store.compactor.lock() = Some(handle);
         Ok((store, recovered))
     }
 
@@ -587,41 +740,75 @@ impl MessageStore {
 
     /// Records that a queue is done with messages (acked, dropped, purged).
     pub fn ack(&self, vhost: &str, queue: &str, ids: &[u64]) -> u64 {
-        self.release(ids);
-        self.append_op(ACK, vhost, queue, ids)
+        self.append_op(ACK, vhost, queue, ids, ids, &[])
     }
 
     /// Records that messages were delivered (for redelivered=true after a restart).
     pub fn delivered(&self, vhost: &str, queue: &str, ids: &[u64]) -> u64 {
-        self.append_op(DELIVERED, vhost, queue, ids)
+        self.append_op(DELIVERED, vhost, queue, ids, &[], ids)
     }
 
     /// Records that a queue was deleted: all its stored messages up to now
     /// are gone. `held` are the ids it still held (their references are released).
     pub fn drop_queue(&self, vhost: &str, queue: &str, held: &[u64]) -> u64 {
-        self.release(held);
-        let upto = self.pending.lock().next_id;
-        self.append_op(DROP_QUEUE, vhost, queue, &[upto])
+        let mut p = self.pending.lock();
+        let upto = p.next_id;
+        self.append_op_locked(&mut p, DROP_QUEUE, vhost, queue, &[upto], held, &[])
     }
 
-    fn append_op(&self, kind: u8, vhost: &str, queue: &str, ids: &[u64]) -> u64 {
-        if ids.is_empty() {
-            return self.pending.lock().seq;
-        }
+    /// Appends a queue operation; `release` are ids whose reference this
+    /// queue gives up, `names` further ids the record refers to (the
+    /// segments of both must outlive the record's). Releasing and
+    /// appending happen under the append lock, so compaction never copies
+    /// a message between the two.
+    fn append_op(
+        &self,
+        kind: u8,
+        vhost: &str,
+        queue: &str,
+        ids: &[u64],
+        release: &[u64],
+        names: &[u64],
+    ) -> u64 {
         let mut p = self.pending.lock();
+        if ids.is_empty() {
+            return p.seq;
+        }
+        self.append_op_locked(&mut p, kind, vhost, queue, ids, release, names)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append_op_locked(
+        &self,
+        p: &mut Pending,
+        kind: u8,
+        vhost: &str,
+        queue: &str,
+        ids: &[u64],
+        release: &[u64],
+        names: &[u64],
+    ) -> u64 {
+        {
+            let mut live = self.live.lock();
+            let mut last = u64::MAX;
+            for &id in names.iter().chain(release) {
+                if let Some(seg) = live.location(id)
+                    && seg != last
+                {
+                    p.deps.push(seg);
+                    last = seg;
+                }
+            }
+            for &id in release {
+                live.release(id);
+            }
+        }
         record::encode_queue_op(&mut p.buf, kind, vhost, queue, ids);
         p.seq += 1;
         let seq = p.seq;
-        drop(p);
+        self.backlog.store(p.buf.len(), Ordering::Relaxed);
         self.wake.notify_one();
         seq
-    }
-
-    fn release(&self, ids: &[u64]) {
-        let mut live = self.live.lock();
-        for &id in ids {
-            live.release(id);
-        }
     }
 
     /// Reads `len` bytes at `offset` of segment `seg` (recovered messages
@@ -673,7 +860,14 @@ impl MessageStore {
     /// Writes and syncs everything appended so far, then stops the writer.
     pub fn close(&self) {
         self.stopping.store(true, Ordering::Release);
-        self.wake.notify_one();
+        {
+            let _p = self.pending.lock();
+            self.wake.notify_one();
+            self.compact_wake.notify_one();
+        }
+        if let Some(h) = self.compactor.lock().take() {
+            let _ = h.join();
+        }
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
@@ -681,7 +875,7 @@ impl MessageStore {
 
     fn run_writer(self: Arc<Self>, mut file: Box<dyn AppendFile>, mut written: u64) {
         loop {
-            let (buf, seq, next_id) = {
+            let (buf, seq, next_id, deps, moved) = {
                 let mut p = self.pending.lock();
                 if p.buf.is_empty() {
                     if self.stopping.load(Ordering::Acquire) {
@@ -695,7 +889,13 @@ impl MessageStore {
                     }
                 }
                 self.backlog.store(0, Ordering::Relaxed);
-                (std::mem::take(&mut p.buf), p.seq, p.next_id)
+                (
+                    std::mem::take(&mut p.buf),
+                    p.seq,
+                    p.next_id,
+                    std::mem::take(&mut p.deps),
+                    std::mem::take(&mut p.moved),
+                )
             };
             // A failed write may have written part of the buffer: cut the
             // file back to the last good record before trying again, so the
@@ -735,11 +935,7 @@ impl MessageStore {
                 return;
             }
             written += buf.len() as u64;
-            {
-                let mut live = self.live.lock();
-                let lo = live.placed;
-                live.place(lo, next_id);
-            }
+            self.live.lock().written(next_id, deps, &moved);
             self.durable.send_replace(seq);
             if written >= self.segment_max {
                 // Open the next segment first; only once it exists (and its
@@ -756,13 +952,7 @@ impl MessageStore {
                     Ok(f) => {
                         let mut live = self.live.lock();
                         live.current = next;
-                        live.segments.insert(
-                            next,
-                            Seg {
-                                first_id: u64::MAX,
-                                live: 0,
-                            },
-                        );
+                        live.segments.insert(next, Seg::new());
                         drop(live);
                         file = f;
                         written = 0;
@@ -782,16 +972,10 @@ impl MessageStore {
         }
     }
 
-    /// Deletes segments from the oldest while they hold no live message.
+    /// Deletes every segment no live message and no later record needs,
+    /// wherever it sits (see `Live::deletable`).
     fn reclaim(&self) {
-        let doomed: Vec<u64> = {
-            let live = self.live.lock();
-            live.segments
-                .iter()
-                .take_while(|(seg, s)| s.live == 0 && **seg != live.current)
-                .map(|(seg, _)| *seg)
-                .collect()
-        };
+        let doomed = self.live.lock().deletable();
         if doomed.is_empty() {
             return;
         }
@@ -801,6 +985,7 @@ impl MessageStore {
                 Ok(()) => removed = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
+                    // Later ones may depend on it: stop here, retry later.
                     tracing::warn!("message store: cannot delete segment {seg}: {e}");
                     break;
                 }
@@ -809,6 +994,74 @@ impl MessageStore {
         }
         if removed && let Err(e) = self.disk.sync_dir(&self.dir) {
             tracing::warn!("message store: cannot sync {}: {e}", self.dir.display());
+        }
+    }
+
+    /// Copies the live messages of one mostly dead segment to the head of
+    /// the log (the same record, the same id), so that once the copies are
+    /// written the old segment holds nothing live and can be deleted.
+    /// Recovery keeps one copy of an id seen twice. Returns whether it
+    /// found a segment to compact.
+    fn compact_once(&self) -> bool {
+        let Some(seg) = self.live.lock().compaction_candidate() else {
+            return false;
+        };
+        let data = match self.disk.read(&segment_path(&self.dir, seg)) {
+            Ok(d) => Bytes::from(d),
+            Err(e) => {
+                tracing::warn!("message store: cannot read segment {seg} to compact it: {e}");
+                if let Some(s) = self.live.lock().segments.get_mut(&seg) {
+                    s.compacted_at = s.live;
+                }
+                return true;
+            }
+        };
+        let mut at = 0usize;
+        let mut copied = 0usize;
+        loop {
+            match record::next(&data.slice(at..)) {
+                Next::Record(Record::Enqueue { id, queues, .. }, n) => {
+                    let mut p = self.pending.lock();
+                    let live = self.live.lock();
+                    // Only messages every queue it was stored for still
+                    // holds: the copy names those queues again, and no
+                    // ack for any of them may precede it.
+                    if live.is_live(id)
+                        && live.refs_of(id) == queues.len() as u32
+                        && live.location(id) == Some(seg)
+                    {
+                        drop(live);
+                        p.buf.extend_from_slice(&data[at..at + n]);
+                        p.seq += 1;
+                        p.moved.push((id, seg));
+                        self.backlog.store(p.buf.len(), Ordering::Relaxed);
+                        copied += 1;
+                    }
+                    at += n;
+                }
+                Next::Record(_, n) | Next::Corrupt(n) => at += n,
+                Next::End | Next::Torn => break,
+            }
+        }
+        if let Some(s) = self.live.lock().segments.get_mut(&seg) {
+            s.compacted_at = s.live;
+        }
+        if copied > 0 {
+            tracing::debug!("message store: copied {copied} live message(s) out of segment {seg}");
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    fn run_compactor(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::Acquire) {
+            if !self.compact_once() {
+                let mut p = self.pending.lock();
+                if self.stopping.load(Ordering::Acquire) {
+                    break;
+                }
+                self.compact_wake.wait_for(&mut p, self.compact_interval);
+            }
         }
     }
 }
@@ -977,13 +1230,7 @@ mod tests {
 
     fn live_with_segments() -> Live {
         let mut l = Live::default();
-        l.segments.insert(
-            1,
-            Seg {
-                first_id: u64::MAX,
-                live: 0,
-            },
-        );
+        l.segments.insert(1, Seg::new());
         l.current = 1;
         l
     }
@@ -996,13 +1243,7 @@ mod tests {
         }
         l.place(1, 6);
         l.current = 2;
-        l.segments.insert(
-            2,
-            Seg {
-                first_id: u64::MAX,
-                live: 0,
-            },
-        );
+        l.segments.insert(2, Seg::new());
         // 7 is acked before it is written: segment 2 never counts it.
         assert!(l.release(7));
         l.place(6, 11);

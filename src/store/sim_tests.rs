@@ -82,6 +82,7 @@ impl Run {
                 on_fatal: Box::new(move |_| fatal.store(true, Ordering::SeqCst)),
                 retry_delay: Duration::from_millis(1),
                 segment_max: 4096,
+                compact_interval: Duration::from_millis(1),
             },
         )
         .expect("open the store on the simulated disk")
@@ -398,4 +399,61 @@ fn when_the_next_segment_cannot_be_created_writes_go_on_in_the_current_one() {
         .flat_map(|v| v.iter().map(|m| m.id))
         .collect();
     assert_eq!(back, ids[50..].to_vec());
+}
+
+#[test]
+fn one_message_never_acked_does_not_pin_the_segments_written_after_it() {
+    let run = Run {
+        disk: SimDisk::new(13),
+        dir: PathBuf::from("/sim/messages"),
+        fatal: Arc::new(AtomicBool::new(false)),
+    };
+    let (store, _) = run.open();
+    let publish = |q: &str, i: u64| {
+        let body = body_of(i);
+        let msg = Message::new(b"", b"rk", &header(body.len()), Bytes::from(body));
+        store.enqueue(&[("/", q)], &msg)
+    };
+    let (pinned, _) = publish("q0", 0);
+    // 4 MiB through another queue, acked as it goes: ~1000 segments of 4 KiB.
+    let mut written = 0u64;
+    let mut i = 1;
+    while written < 4 << 20 {
+        let (id, _) = publish("q1", i);
+        written += body_of(i).len() as u64;
+        store.ack("/", "q1", &[id]);
+        i += 1;
+    }
+    let wait_small = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let bytes = run.disk.total_bytes();
+            if bytes <= 5 * 4096 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {bytes} bytes still on disk"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_small("while the message is held");
+    // After a crash the pinned message is still there, once.
+    let durable = store.durable_seq();
+    assert!(durable > 0);
+    run.disk.crash(false);
+    store.close();
+    drop(store);
+    run.disk.restart();
+    let (store, recovered) = run.open();
+    let back: Vec<u64> = recovered
+        .values()
+        .flat_map(|v| v.iter().map(|m| m.id))
+        .collect();
+    assert_eq!(back, vec![pinned]);
+    // Acked at last, everything goes.
+    store.ack("/", "q0", &[pinned]);
+    wait_small("after the ack");
+    store.close();
 }
