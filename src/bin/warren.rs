@@ -40,6 +40,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Everything warren creates (the data directory, definitions with
+    // password hashes, message segments, the generated config) is for its
+    // own user only: directories 0700, files 0600.
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let args = Args::parse();
     let overrides = Overrides {
         config: args.config,

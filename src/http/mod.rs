@@ -22,8 +22,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use amq_protocol::types::FieldTable;
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -42,6 +43,7 @@ mod metrics;
 mod overview;
 mod queues;
 pub mod rates;
+mod serve;
 pub mod system;
 mod vhosts_users;
 
@@ -79,14 +81,13 @@ impl AppState {
     }
 }
 
-/// Serves the HTTP API on `listener` until the task is dropped.
+/// Serves the HTTP API on `listener` until the task is dropped, within the
+/// connection limits of `[http]` (see `serve`).
 pub async fn serve(broker: Arc<Broker>, listener: tokio::net::TcpListener) {
+    let limits = broker.config.http.clone();
     let state = AppState::new(broker);
     tokio::spawn(rates::run(state.clone()));
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("HTTP server failed: {e}");
-    }
+    serve::run(router(state), listener, limits).await;
 }
 
 /// The whole API.
@@ -109,7 +110,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "Method Not Allowed",
             )
         })
-        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .layer(axum::middleware::from_fn(same_origin))
+        .layer(DefaultBodyLimit::max(
+            state.broker.config.http.max_body_size,
+        ))
         .with_state(state)
 }
 
@@ -149,6 +153,12 @@ impl ApiError {
     /// 401 not_authorised (RabbitMQ answers every refusal with 401).
     pub fn unauthorised(reason: impl Into<String>) -> ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
+    }
+
+    /// 400 with the AMQP error's code and text ("406 PRECONDITION_FAILED -
+    /// ..."), as RabbitMQ answers errors of its publish and get endpoints.
+    pub fn with_reply_code(e: AmqpError) -> ApiError {
+        Self::bad_request(format!("{} {}", e.code, e.text))
     }
 
     /// The refusal for a vhost the user has no permissions in.
@@ -221,15 +231,144 @@ pub fn created_or_updated(created: bool) -> ApiResult {
     }
 }
 
-/// Parses a JSON object body; an empty body is `{}`.
-pub fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+/// Refuses requests a browser sends on behalf of another site (CSRF): one
+/// whose `Origin` is not the server it is sent to (`Host`). Clients that
+/// are not browsers send no `Origin` and are not affected.
+async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let h = req.headers();
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+        let from = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, authority)| authority);
+        let same = matches!((from, host), (Some(f), Some(h)) if f.eq_ignore_ascii_case(h));
+        if !same {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "cross-origin requests are not accepted",
+            )
+            .into_response();
+        }
     }
+    next.run(req).await
+}
+
+/// A request body not read yet. Handlers read it (`object`) after the
+/// login and the permissions of the request are checked, so a client that
+/// may not make the request cannot make the broker read or parse a body;
+/// it is then read within `[http] max_body_size` and `body_timeout`.
+pub struct RequestBody {
+    body: axum::body::Body,
+    content_type: Option<HeaderValue>,
+    max_size: usize,
+    timeout: u64,
+}
+
+impl FromRequest<Arc<AppState>> for RequestBody {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let limits = &state.broker.config.http;
+        let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+        Ok(RequestBody {
+            body: req.into_body(),
+            content_type,
+            max_size: limits.max_body_size,
+            timeout: limits.body_timeout,
+        })
+    }
+}
+
+/// Bodies from this size on are parsed on a blocking thread, not on the
+/// runtime that serves AMQP connections.
+const PARSE_INLINE_MAX: usize = 64 * 1024;
+
+impl RequestBody {
+    /// Reads the body and parses it as a JSON object; an empty body is `{}`.
+    /// A body that is not `application/json` is refused (415: a browser
+    /// cannot send JSON to another site without asking first), one larger
+    /// than the limit is 413 before it is read whole.
+    pub async fn object(self) -> Result<Map<String, Value>, ApiError> {
+        use axum::body::HttpBody as _;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "request body larger than the limit of {} bytes ([http] max_body_size)",
+                    self.max_size
+                ),
+            )
+        };
+        if self.body.size_hint().lower() > self.max_size as u64 {
+            return Err(too_large());
+        }
+        let read = axum::body::to_bytes(self.body, self.max_size);
+        let bytes = match self.timeout {
+            0 => read.await,
+            t => tokio::time::timeout(std::time::Duration::from_secs(t), read)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request body did not arrive in time",
+                    )
+                })?,
+        }
+        .map_err(|_| too_large())?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Map::new());
+        }
+        let json = self
+            .content_type
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "request bodies must be JSON sent as application/json",
+            ));
+        }
+        if bytes.len() < PARSE_INLINE_MAX {
+            return parse_object(&bytes);
+        }
+        tokio::task::spawn_blocking(move || parse_object(&bytes))
+            .await
+            .map_err(|_| ApiError::bad_request("not_json"))?
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(ApiError::bad_request("not_json")),
     }
+}
+
+/// The `arguments` (or other table) field of a body as an AMQP table,
+/// within the limits of AMQP tables (400 beyond them).
+pub fn table_field(m: &Map<String, Value>, k: &str) -> Result<FieldTable, ApiError> {
+    crate::definitions::table_from_json(&object_field(m, k)?)
+        .map_err(|e| ApiError::bad_request(format!("{k}: {e}")))
+}
+
+/// Refuses a name, routing key or other short string longer than AMQP
+/// can carry (400), instead of truncating it.
+pub fn short_string(what: &str, s: &str) -> Result<(), ApiError> {
+    crate::table_guard::check_short_string(what, s).map_err(ApiError::bad_request)
 }
 
 /// A boolean field of a body (absent: `default`).
@@ -322,11 +461,14 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             if let Some(ip) = peer {
                 broker.failed_logins.record_failure(ip);
             }
-            tracing::debug!(user = %name, "HTTP API login failed");
+            tracing::debug!(user = %name.escape_debug(), "HTTP API login failed");
             return Err(failed());
         };
+        // A loopback-only user (guest) must also name a loopback host: a web
+        // page whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends
+        // its own name as Host and cannot use guest through a browser.
         if broker.config.auth.loopback_users.contains(&user.name)
-            && peer.is_some_and(|ip| !ip.is_loopback())
+            && (peer.is_some_and(|ip| !ip.is_loopback()) || !loopback_host(&parts.headers))
         {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -339,6 +481,25 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         }
         Ok(Auth { user })
     }
+}
+
+/// Whether the request's `Host` names this machine's loopback interface
+/// (`localhost` or a loopback address), or is absent (HTTP/1.0).
+fn loopback_host(headers: &axum::http::HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Auth {
@@ -401,6 +562,26 @@ impl Auth {
     ) -> Result<(), ApiError> {
         let p = self.vhost_permissions(b, vhost)?;
         crate::auth::check(Some(&p), &self.user.name, vhost, access, resource)?;
+        Ok(())
+    }
+
+    /// Checks the permissions a declaration naming a dead-letter or
+    /// alternate exchange needs, as over AMQP.
+    pub fn check_exchange_argument(
+        &self,
+        b: &Broker,
+        vhost: &str,
+        declared: Resource<'_>,
+        arguments: &FieldTable,
+    ) -> Result<(), ApiError> {
+        let p = self.vhost_permissions(b, vhost)?;
+        crate::auth::check_exchange_argument(
+            Some(&p),
+            &self.user.name,
+            vhost,
+            declared,
+            arguments,
+        )?;
         Ok(())
     }
 
