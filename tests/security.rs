@@ -5,6 +5,7 @@
 //! names AMQP cannot carry past the API (issue 11).
 
 mod common;
+mod raw;
 mod support;
 
 use common::*;
@@ -716,4 +717,48 @@ fn a_vhost_the_user_cannot_see_answers_401_whether_or_not_the_object_exists() {
             .0,
         404
     );
+}
+
+#[test]
+fn a_user_name_with_newlines_cannot_forge_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--http-port")
+        .arg(free_port().to_string())
+        .env("WARREN_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run warren");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "warren did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (mut s, _) = raw::start(port);
+    let forged = "x\n2026-01-01T00:00:00Z  INFO FORGED connection opened user=admin\u{1b}[2J";
+    raw::start_ok(&mut s, "PLAIN", &raw::plain(forged, "wrong"));
+    let _ = raw::try_read_frame(&mut s);
+    drop(s);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("authentication failed"), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("FORGED") && !l.contains("authentication failed")),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "{log}");
 }
