@@ -54,7 +54,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Largest request body in bytes; beyond it, 413 before the body is read.
+    /// Largest request body in bytes; beyond it, 413 before the body is
+    /// read. The timeouts below are in seconds, 0 for none.
     pub max_body_size: usize,
     /// Seconds a connection may go without sending a complete request
     /// header: covers idle keep-alive connections and slow headers.
@@ -63,7 +64,8 @@ pub struct HttpConfig {
     pub body_timeout: u64,
     /// Seconds a response write may stall (a client that does not read).
     pub send_timeout: u64,
-    /// Open HTTP connections; beyond it, new ones wait in the listen queue.
+    /// Open HTTP connections; beyond it, new ones wait in the listen queue
+    /// (0: unlimited).
     pub max_connections: usize,
 }
 

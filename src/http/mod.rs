@@ -296,22 +296,40 @@ impl RequestBody {
     /// than the limit is 413 before it is read whole.
     pub async fn object(self) -> Result<Map<String, Value>, ApiError> {
         use axum::body::HttpBody as _;
+        let hint = self.body.size_hint();
+        if hint.upper() != Some(0) && !self.is_json() {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "request bodies must be JSON sent as application/json",
+            ));
+        }
+        let max = self.max_size;
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!(
-                    "request body larger than the limit of {} bytes ([http] max_body_size)",
-                    self.max_size
-                ),
+                format!("request body larger than the limit of {max} bytes ([http] max_body_size)"),
             )
         };
-        if self.body.size_hint().lower() > self.max_size as u64 {
+        if hint.lower() > max as u64 {
             return Err(too_large());
         }
-        let read = axum::body::to_bytes(self.body, self.max_size);
+        let read = async {
+            let mut stream = self.body.into_data_stream();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = futures_lite::StreamExt::next(&mut stream).await {
+                let chunk =
+                    chunk.map_err(|_| ApiError::bad_request("cannot read the request body"))?;
+                if bytes.len() + chunk.len() > max {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(bytes)
+        };
         let bytes = match self.timeout {
-            0 => read.await,
+            0 => read.await?,
             t => tokio::time::timeout(std::time::Duration::from_secs(t), read)
                 .await
                 .map_err(|_| {
@@ -320,27 +338,10 @@ impl RequestBody {
                         "request_timeout",
                         "the request body did not arrive in time",
                     )
-                })?,
-        }
-        .map_err(|_| too_large())?;
+                })??,
+        };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Map::new());
-        }
-        let json = self
-            .content_type
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-            });
-        if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "request bodies must be JSON sent as application/json",
-            ));
         }
         if bytes.len() < PARSE_INLINE_MAX {
             return parse_object(&bytes);
@@ -348,6 +349,19 @@ impl RequestBody {
         tokio::task::spawn_blocking(move || parse_object(&bytes))
             .await
             .map_err(|_| ApiError::bad_request("not_json"))?
+    }
+
+    /// Whether the body is declared as JSON (or not declared at all, which
+    /// no browser does for a body).
+    fn is_json(&self) -> bool {
+        self.content_type
+            .as_ref()
+            .map(|v| v.to_str().unwrap_or(""))
+            .is_none_or(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            })
     }
 }
 

@@ -26,7 +26,10 @@ use crate::config::HttpConfig;
 
 /// Accepts connections on `listener` and serves `app` on each, forever.
 pub async fn run(app: Router, listener: TcpListener, limits: HttpConfig) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(match limits.max_connections {
+        0 => Semaphore::MAX_PERMITS,
+        n => n,
+    }));
     let limits = Arc::new(limits);
     loop {
         // Waiting for a slot before accepting leaves further clients in the
