@@ -26,6 +26,14 @@ use crate::config::HttpConfig;
 
 /// Accepts connections on `listener` and serves `app` on each, forever.
 pub async fn run(app: Router, listener: TcpListener, limits: HttpConfig) {
+    let fds = super::system::max_fds() as usize;
+    if fds > 0 && (limits.max_connections == 0 || limits.max_connections > fds / 2) {
+        tracing::warn!(
+            "[http] max_connections ({}) leaves AMQP connections few of the {fds} file \
+             descriptors this process may open; lower it or raise the limit (ulimit -n)",
+            limits.max_connections
+        );
+    }
     let slots = Arc::new(Semaphore::new(match limits.max_connections {
         0 => Semaphore::MAX_PERMITS,
         n => n,
