@@ -403,8 +403,20 @@ pub fn export(broker: &Broker) -> Definitions {
 
 /// Imports definitions into the broker. Entities that already exist are
 /// updated (users, permissions, policies) or must be equivalent (exchanges,
-/// queues). Returns the problems found; everything else is applied.
+/// queues); new queues count against `[limits] max_queues_per_vhost` as a
+/// declaration does. Returns the problems found; everything else is applied.
 pub fn import(broker: &Broker, d: &Definitions) -> Vec<String> {
+    import_with(broker, d, true)
+}
+
+/// Puts back definitions the broker itself stored (recovery at start):
+/// like `import`, but queues that existed are never refused for a queue
+/// limit lowered since.
+pub fn restore(broker: &Broker, d: &Definitions) -> Vec<String> {
+    import_with(broker, d, false)
+}
+
+fn import_with(broker: &Broker, d: &Definitions, queue_limit: bool) -> Vec<String> {
     /// Syncs what the import deferred however it ends (a panic included).
     struct Deferred<'a>(Option<&'a crate::store::meta::MetaLog>);
     impl Drop for Deferred<'_> {
@@ -419,10 +431,10 @@ pub fn import(broker: &Broker, d: &Definitions) -> Vec<String> {
         m.defer_sync(true);
     }
     let _deferred = Deferred(meta);
-    import_all(broker, d)
+    import_all(broker, d, queue_limit)
 }
 
-fn import_all(broker: &Broker, d: &Definitions) -> Vec<String> {
+fn import_all(broker: &Broker, d: &Definitions, queue_limit: bool) -> Vec<String> {
     let mut errors = Vec::new();
     let short = crate::table_guard::check_short_string;
     for v in &d.vhosts {
@@ -520,6 +532,10 @@ fn import_all(broker: &Broker, d: &Definitions) -> Vec<String> {
         };
         if let Err(e) = short("queue", &q.name) {
             errors.push(e);
+            continue;
+        }
+        if queue_limit && let Err(e) = broker.check_queue_limit(&vh, &q.name) {
+            errors.push(e.text);
             continue;
         }
         let arguments = match table_from_json(&q.arguments) {

@@ -142,6 +142,21 @@ fn http_declarations_honour_max_queues_per_vhost() {
     );
     // Redeclaring an existing queue is not a new one.
     assert_eq!(w.api("PUT", "/api/queues/%2F/one", Some(&json!({}))).0, 204);
+    // A definitions import declares queues too.
+    let (s, v) = w.api(
+        "POST",
+        "/api/definitions",
+        Some(&json!({"queues": [{"name": "one", "vhost": "/"}, {"name": "three", "vhost": "/"}]})),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("queue limit in vhost '/' (1) is reached"),
+        "{v}"
+    );
+    assert_eq!(w.api("GET", "/api/queues/%2F/three", None).0, 404);
 }
 
 #[test]

@@ -490,3 +490,33 @@ fn a_user_name_with_newlines_cannot_forge_log_lines() {
     );
     assert!(!log.contains('\u{1b}'), "{log}");
 }
+
+#[test]
+fn queues_the_broker_stored_come_back_even_after_the_queue_limit_was_lowered() {
+    let mut w = Warren::start();
+    for q in ["a", "b", "c"] {
+        assert_eq!(
+            w.api("PUT", &format!("/api/queues/%2F/{q}"), Some(&json!({})))
+                .0,
+            201
+        );
+    }
+    assert!(w.terminate().success());
+    let config = w.dir.path().join("test.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("max_queues_per_vhost = 0"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("max_queues_per_vhost = 0", "max_queues_per_vhost = 1"),
+    )
+    .unwrap();
+    w.restart();
+    for q in ["a", "b", "c"] {
+        assert_eq!(
+            w.api("GET", &format!("/api/queues/%2F/{q}"), None).0,
+            200,
+            "{q}"
+        );
+    }
+    assert_eq!(w.api("PUT", "/api/queues/%2F/d", Some(&json!({}))).0, 400);
+}

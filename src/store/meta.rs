@@ -116,7 +116,7 @@ pub fn recover(broker: &Broker, dir: &Path) -> Result<(), String> {
     if snap.exists() {
         let text = fs::read_to_string(&snap).map_err(|e| format!("{}: {e}", snap.display()))?;
         let d = definitions::parse(&text).map_err(|e| unreadable(&snap, &e))?;
-        for p in definitions::import(broker, &d) {
+        for p in definitions::restore(broker, &d) {
             tracing::warn!("recovering definitions: {p}");
         }
     }
@@ -208,7 +208,7 @@ fn replay(broker: &Broker, op: MetaOp) {
             }
         }
     }
-    for p in definitions::import(broker, &d) {
+    for p in definitions::restore(broker, &d) {
         tracing::warn!("replaying definitions log: {p}");
     }
 }
