@@ -410,13 +410,14 @@ pub fn import(broker: &Broker, d: &Definitions) -> Vec<String> {
 }
 
 /// Puts back definitions the broker itself stored (recovery at start):
-/// like `import`, but queues that existed are never refused for a queue
-/// limit lowered since.
+/// like `import`, but what was stored is never refused for a queue limit
+/// lowered since, nor for argument tables deeper than today's limit (an
+/// older version stored them): the store reads back whatever it wrote.
 pub fn restore(broker: &Broker, d: &Definitions) -> Vec<String> {
     import_with(broker, d, false)
 }
 
-fn import_with(broker: &Broker, d: &Definitions, queue_limit: bool) -> Vec<String> {
+fn import_with(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
     /// Syncs what the import deferred however it ends (a panic included).
     struct Deferred<'a>(Option<&'a crate::store::meta::MetaLog>);
     impl Drop for Deferred<'_> {
@@ -431,11 +432,18 @@ fn import_with(broker: &Broker, d: &Definitions, queue_limit: bool) -> Vec<Strin
         m.defer_sync(true);
     }
     let _deferred = Deferred(meta);
-    import_all(broker, d, queue_limit)
+    import_all(broker, d, limits)
 }
 
-fn import_all(broker: &Broker, d: &Definitions, queue_limit: bool) -> Vec<String> {
+fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
     let mut errors = Vec::new();
+    let table_from_json = |m: &Map<String, Value>| {
+        if limits {
+            table_from_json(m)
+        } else {
+            Ok(unchecked_table_from_json(m))
+        }
+    };
     let short = crate::table_guard::check_short_string;
     for v in &d.vhosts {
         if let Err(e) = short("vhost", &v.name) {
@@ -534,7 +542,7 @@ fn import_all(broker: &Broker, d: &Definitions, queue_limit: bool) -> Vec<String
             errors.push(e);
             continue;
         }
-        if queue_limit && let Err(e) = broker.check_queue_limit(&vh, &q.name) {
+        if limits && let Err(e) = broker.check_queue_limit(&vh, &q.name) {
             errors.push(e.text);
             continue;
         }

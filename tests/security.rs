@@ -520,3 +520,22 @@ fn queues_the_broker_stored_come_back_even_after_the_queue_limit_was_lowered() {
     }
     assert_eq!(w.api("PUT", "/api/queues/%2F/d", Some(&json!({}))).0, 400);
 }
+
+#[test]
+fn arguments_an_older_version_stored_beyond_the_depth_limit_are_still_recovered() {
+    let mut w = Warren::start();
+    assert!(w.terminate().success());
+    let snapshot = w.dir.path().join("definitions.json");
+    let mut d: Value = serde_json::from_str(&std::fs::read_to_string(&snapshot).unwrap()).unwrap();
+    d["queues"].as_array_mut().unwrap().push(json!({
+        "name": "legacy", "vhost": "/", "durable": true, "auto_delete": false,
+        "arguments": nested(100)
+    }));
+    std::fs::write(&snapshot, d.to_string()).unwrap();
+    for _ in 0..2 {
+        w.restart();
+        let (s, v) = w.api("GET", "/api/queues/%2F/legacy?columns=name", None);
+        assert_eq!((s, v["name"].as_str()), (200, Some("legacy")));
+        assert!(w.terminate().success());
+    }
+}
