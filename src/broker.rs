@@ -108,8 +108,8 @@ impl Broker {
                     tracing::warn!(
                         "{} stored message(s) for queue '{}' in vhost '{}', which no longer exists, dropped",
                         msgs.len(),
-                        key.queue,
-                        key.vhost
+                        key.queue.escape_debug(),
+                        key.vhost.escape_debug()
                     );
                     let ids: Vec<u64> = msgs.iter().map(|m| m.id).collect();
                     store.ack(&key.vhost, &key.queue, &ids);

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
             match warren::definitions::load_file(&broker, &path) {
                 Ok(problems) => {
                     for p in &problems {
-                        tracing::warn!("definitions {}: {p}", path.display());
+                        tracing::warn!("definitions {}: {}", path.display(), p.escape_debug());
                     }
                     tracing::info!("imported definitions from {}", path.display());
                 }

@@ -117,7 +117,7 @@ pub fn recover(broker: &Broker, dir: &Path) -> Result<(), String> {
         let text = fs::read_to_string(&snap).map_err(|e| format!("{}: {e}", snap.display()))?;
         let d = definitions::parse(&text).map_err(|e| unreadable(&snap, &e))?;
         for p in definitions::restore(broker, &d) {
-            tracing::warn!("recovering definitions: {p}");
+            tracing::warn!("recovering definitions: {}", p.escape_debug());
         }
     }
     let log = log_path(dir);
@@ -209,7 +209,7 @@ fn replay(broker: &Broker, op: MetaOp) {
         }
     }
     for p in definitions::restore(broker, &d) {
-        tracing::warn!("replaying definitions log: {p}");
+        tracing::warn!("replaying definitions log: {}", p.escape_debug());
     }
 }
 
