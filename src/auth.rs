@@ -174,6 +174,39 @@ pub fn check(
     ))
 }
 
+/// The permissions RabbitMQ requires, beyond configure, of a declaration
+/// whose arguments name another exchange (a queue's
+/// `x-dead-letter-exchange`, an exchange's `alternate-exchange`): read on
+/// the declared queue or exchange and write on the exchange named, since
+/// messages will be published to it on the user's behalf. A value of the
+/// wrong type is left to the arguments' validation (406).
+pub fn check_exchange_argument(
+    perms: Option<&Permissions>,
+    user: &str,
+    vhost: &str,
+    declared: Resource<'_>,
+    arguments: &amq_protocol::types::FieldTable,
+) -> Result<(), AmqpError> {
+    use amq_protocol::types::AMQPValue;
+    let key = match declared {
+        Resource::Queue(_) => "x-dead-letter-exchange",
+        Resource::Exchange(_) => "alternate-exchange",
+    };
+    let target = match arguments.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        _ => return Ok(()),
+    };
+    check(perms, user, vhost, Access::Read, declared)?;
+    check(
+        perms,
+        user,
+        vhost,
+        Access::Write,
+        Resource::Exchange(&target),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

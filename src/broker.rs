@@ -65,6 +65,13 @@ impl Broker {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        // It holds password hashes and messages: for the broker's user only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)) {
+                tracing::warn!("cannot make {} private (0700): {e}", dir.display());
+            }
+        }
         let fsync = config.storage.fsync;
         let existing = meta::exists(&dir);
         let broker = if existing {
@@ -92,8 +99,7 @@ impl Broker {
             limit: broker.config.storage.queue_memory_limit,
         });
         if existing {
-            meta::recover(&broker, &dir)
-                .map_err(|e| format!("cannot recover definitions from {}: {e}", dir.display()))?;
+            meta::recover(&broker, &dir).map_err(|e| format!("cannot recover definitions: {e}"))?;
         }
         let mut count = 0usize;
         for (key, msgs) in recovered {
@@ -110,8 +116,8 @@ impl Broker {
                     tracing::warn!(
                         "{} stored message(s) for queue '{}' in vhost '{}', which no longer exists, dropped",
                         msgs.len(),
-                        key.queue,
-                        key.vhost
+                        key.queue.escape_debug(),
+                        key.vhost.escape_debug()
                     );
                     let ids: Vec<u64> = msgs.iter().map(|m| m.id).collect();
                     store.ack(&key.vhost, &key.queue, &ids);
@@ -218,8 +224,30 @@ impl Broker {
         true
     }
 
-    /// Checks credentials; returns the user on success.
+    /// `[limits] max_queues_per_vhost`, for a declaration of `name` over
+    /// either door: 406 PRECONDITION_FAILED (RabbitMQ's vhost max-queues)
+    /// when the queue is new and the vhost is full.
+    pub fn check_queue_limit(&self, vhost: &VHost, name: &str) -> crate::error::AmqpResult<()> {
+        let max = self.config.limits.max_queues_per_vhost as usize;
+        if max != 0 && vhost.queue(name).is_none() && vhost.queue_count() >= max {
+            return Err(crate::error::AmqpError::channel(
+                crate::error::code::PRECONDITION_FAILED,
+                format!(
+                    "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                    vhost.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks credentials (a blank password never matches); returns the
+    /// user on success.
     pub fn authenticate(&self, user: &str, password: &str) -> Option<User> {
+        // As RabbitMQ: a blank password never logs in, whatever is stored.
+        if password.is_empty() {
+            return None;
+        }
         let users = self.users.read();
         let u = users.get(user)?;
         (!u.password_hash.is_empty() && verify_password(&u.password_hash, password))

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, tx};
 use bytes::{Bytes, BytesMut};
 
-use crate::auth::{Access, Resource};
+use crate::auth::{Access, Resource, User};
 use crate::connection::ConnCtx;
 use crate::deadletter::Reason;
 use crate::delivery::{ChannelShared, Consumer, QueuedMessage, Unacked};
@@ -102,6 +102,21 @@ pub struct Channel {
     pub reply_consumer: Option<(String, Bytes)>,
     exchange_cache: Option<(Bytes, Arc<Exchange>, u64)>,
     route_buf: Vec<Arc<Queue>>,
+}
+
+/// RabbitMQ's user_id validation: a message may name only the user who
+/// publishes it in its user_id property, unless that user is tagged
+/// `impersonator` (406 PRECONDITION_FAILED otherwise). `user` is the
+/// publishing user as stored (absent if deleted meanwhile), `name` the name
+/// it logged in with.
+pub fn check_user_id(user: Option<&User>, name: &str, claimed: &str) -> AmqpResult<()> {
+    if claimed == name || user.is_some_and(|u| u.has_tag("impersonator")) {
+        return Ok(());
+    }
+    Err(AmqpError::channel(
+        code::PRECONDITION_FAILED,
+        format!("user_id property set to '{claimed}' but authenticated user was '{name}'"),
+    ))
 }
 
 /// channel.close for an error.
@@ -320,6 +335,15 @@ impl Channel {
             ));
         }
         let msg = Message::new(&p.exchange, &p.routing_key, &header, body);
+        if msg.has_user_id() {
+            let claimed = msg.properties().and_then(|p| p.user_id().clone());
+            if let Some(claimed) = claimed
+                && claimed.as_str() != ctx.user
+            {
+                let user = ctx.broker.user(&ctx.user);
+                check_user_id(user.as_ref(), &ctx.user, claimed.as_str())?;
+            }
+        }
         let ttl = match msg.expiration() {
             None => None,
             Some(Ok(ttl)) => Some(ttl),

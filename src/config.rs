@@ -49,6 +49,40 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The TLS ("amqps") listener.
     pub tls: TlsConfig,
+    /// Limits of the management HTTP API's connections and requests.
+    pub http: HttpConfig,
+}
+
+/// Limits of the management HTTP API (RabbitMQ's `management.http.*` and
+/// `management.tcp.*`): what one client may hold open or send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body in bytes; beyond it, 413 before the body is
+    /// read. The timeouts below are in seconds, 0 for none.
+    pub max_body_size: usize,
+    /// Seconds a connection may go without sending a complete request
+    /// header: covers idle keep-alive connections and slow headers.
+    pub idle_timeout: u64,
+    /// Seconds a client has to send a whole request body.
+    pub body_timeout: u64,
+    /// Seconds a response write may stall (a client that does not read).
+    pub send_timeout: u64,
+    /// Open HTTP connections; beyond it, new ones wait in the listen queue
+    /// (0: unlimited).
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_size: 20 * 1024 * 1024,
+            idle_timeout: 60,
+            body_timeout: 60,
+            send_timeout: 60,
+            max_connections: 256,
+        }
+    }
 }
 
 /// The TLS listener (RabbitMQ's `listeners.ssl` and `ssl_options`). It is
@@ -229,6 +263,7 @@ impl Default for Config {
             alarms: AlarmsConfig::default(),
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

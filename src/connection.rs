@@ -95,6 +95,23 @@ impl ConnCtx {
         )
     }
 
+    /// Checks the read and write permissions a declaration naming a
+    /// dead-letter or alternate exchange needs (`auth::check_exchange_argument`).
+    pub fn check_exchange_argument(
+        &mut self,
+        declared: crate::auth::Resource<'_>,
+        arguments: &amq_protocol::types::FieldTable,
+    ) -> AmqpResult<()> {
+        self.refresh_permissions();
+        crate::auth::check_exchange_argument(
+            self.perms.as_deref(),
+            &self.user,
+            &self.vhost.name,
+            declared,
+            arguments,
+        )
+    }
+
     /// Reloads the cached permissions if users or permissions changed;
     /// returns the generation they are current for.
     pub fn refresh_permissions(&mut self) -> u64 {
@@ -205,7 +222,7 @@ async fn serve_stream<R, W>(
     .await;
     let linger = match hs {
         Ok(Ok(Some(hs))) => {
-            tracing::info!(%peer, id, user = %hs.user, vhost = %hs.vhost.name, "connection opened");
+            tracing::info!(%peer, id, user = %hs.user.escape_debug(), vhost = %hs.vhost.name.escape_debug(), "connection opened");
             let mut conn = Connection {
                 ctx: ConnCtx {
                     broker: broker.clone(),
@@ -235,7 +252,7 @@ async fn serve_stream<R, W>(
         // socket just closes, as from RabbitMQ.
         Ok(Ok(None)) => None,
         Ok(Err(e)) => {
-            tracing::info!(%peer, "handshake failed: {e}");
+            tracing::info!(%peer, "handshake failed: {}", e.to_string().escape_debug());
             handle.write(|out| write_method(out, 0, &close_method(&e)));
             // As after any connection.close warren sends: the client answers
             // close-ok before it lets go of the socket.
@@ -544,8 +561,8 @@ async fn handshake<R: AsyncRead + Unpin>(
             Some(cn) => {
                 let exists = broker.user(cn).is_some();
                 if !exists {
-                    tracing::warn!(%peer, user = %cn,
-                        "authentication failed (EXTERNAL): no user '{cn}' (the client certificate's CN)");
+                    tracing::warn!(%peer, user = %cn.escape_debug(),
+                        "authentication failed (EXTERNAL): no user '{}' (the client certificate's CN)", cn.escape_debug());
                 }
                 (cn.clone(), exists)
             }
@@ -559,7 +576,8 @@ async fn handshake<R: AsyncRead + Unpin>(
         let (user, password) = sasl_credentials(&mechanism, start_ok.response.as_bytes())?;
         let ok = broker.authenticate(&user, &password).is_some();
         if !ok {
-            tracing::warn!(%peer, user = %user.escape_debug(), "authentication failed ({mechanism})");
+            // Escaped: a pre-login name could otherwise forge log lines.
+            tracing::warn!(%peer, user = %user.escape_debug(), "authentication failed ({})", mechanism.escape_debug());
         }
         (user, ok)
     };
@@ -800,7 +818,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             End::Closed => true,
             End::Gone => false,
             End::Error(e) => {
-                tracing::info!(peer = %self.peer, "closing connection: {}", e.text);
+                tracing::info!(peer = %self.peer, "closing connection: {}", e.text.escape_debug());
                 self.ctx.send(0, close_method(&e));
                 self.reader.await_close_ok(&self.ctx.handle).await
             }
@@ -1029,7 +1047,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             Ok(()) => Ok(true),
             Err(e) if e.scope == Scope::Connection => Err(e),
             Err(e) => {
-                tracing::debug!(peer = %self.peer, channel, "channel error: {}", e.text);
+                tracing::debug!(peer = %self.peer, channel, "channel error: {}", e.text.escape_debug());
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     ch.flush_confirms(&self.ctx);
                     ch.shutdown(&mut self.ctx);
@@ -1067,7 +1085,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let (class_id, method_id) = ids(&payload);
         match decode(payload)? {
             Method::Other(AMQPClass::Connection(conn_m::AMQPMethod::Close(c))) => {
-                tracing::debug!(peer = %self.peer, "client closed the connection: {} {}", c.reply_code, c.reply_text);
+                tracing::debug!(peer = %self.peer, "client closed the connection: {} {}", c.reply_code, c.reply_text.as_str().escape_debug());
                 self.flush_confirms();
                 self.cleanup();
                 self.ctx.send(0, close_ok_method());

@@ -218,8 +218,15 @@ pub struct BindingDef {
 }
 
 /// Converts JSON arguments to an AMQP field table (as RabbitMQ does: whole
-/// numbers become signed 64-bit integers, strings long strings).
-pub fn table_from_json(m: &Map<String, Value>) -> FieldTable {
+/// numbers become signed 64-bit integers, strings long strings), within the
+/// limits AMQP tables have (`table_guard::check_json`: depth, key length,
+/// size); the error says which was passed.
+pub fn table_from_json(m: &Map<String, Value>) -> Result<FieldTable, String> {
+    crate::table_guard::check_json(m)?;
+    Ok(unchecked_table_from_json(m))
+}
+
+fn unchecked_table_from_json(m: &Map<String, Value>) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in m {
         t.insert(k.as_str().into(), value_from_json(v));
@@ -239,7 +246,7 @@ fn value_from_json(v: &Value) -> AMQPValue {
         Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
             a.iter().map(value_from_json).collect::<Vec<_>>(),
         )),
-        Value::Object(o) => AMQPValue::FieldTable(table_from_json(o)),
+        Value::Object(o) => AMQPValue::FieldTable(unchecked_table_from_json(o)),
     }
 }
 
@@ -396,22 +403,53 @@ pub fn export(broker: &Broker) -> Definitions {
 
 /// Imports definitions into the broker. Entities that already exist are
 /// updated (users, permissions, policies) or must be equivalent (exchanges,
-/// queues). Returns the problems found; everything else is applied.
+/// queues); new queues count against `[limits] max_queues_per_vhost` as a
+/// declaration does. Returns the problems found; everything else is applied.
 pub fn import(broker: &Broker, d: &Definitions) -> Vec<String> {
+    import_with(broker, d, true)
+}
+
+/// Puts back definitions the broker itself stored (recovery at start):
+/// like `import`, but what was stored is never refused for a queue limit
+/// lowered since, nor for argument tables deeper than today's limit (an
+/// older version stored them): the store reads back whatever it wrote.
+pub fn restore(broker: &Broker, d: &Definitions) -> Vec<String> {
+    import_with(broker, d, false)
+}
+
+fn import_with(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
+    /// Syncs what the import deferred however it ends (a panic included).
+    struct Deferred<'a>(Option<&'a crate::store::meta::MetaLog>);
+    impl Drop for Deferred<'_> {
+        fn drop(&mut self) {
+            if let Some(m) = self.0 {
+                m.defer_sync(false);
+            }
+        }
+    }
     let meta = broker.durability.meta.get();
     if let Some(m) = meta {
         m.defer_sync(true);
     }
-    let errors = import_all(broker, d);
-    if let Some(m) = meta {
-        m.defer_sync(false);
-    }
-    errors
+    let _deferred = Deferred(meta);
+    import_all(broker, d, limits)
 }
 
-fn import_all(broker: &Broker, d: &Definitions) -> Vec<String> {
+fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
     let mut errors = Vec::new();
+    let table_from_json = |m: &Map<String, Value>| {
+        if limits {
+            table_from_json(m)
+        } else {
+            Ok(unchecked_table_from_json(m))
+        }
+    };
+    let short = crate::table_guard::check_short_string;
     for v in &d.vhosts {
+        if let Err(e) = short("vhost", &v.name) {
+            errors.push(e);
+            continue;
+        }
         broker.add_vhost(&v.name);
     }
     for u in &d.users {
@@ -433,6 +471,19 @@ fn import_all(broker: &Broker, d: &Definitions) -> Vec<String> {
         });
     }
     for p in &d.permissions {
+        // Stored permissions for a user or vhost that does not exist would
+        // grant access to whoever creates it later.
+        if broker.user(&p.user).is_none() {
+            errors.push(format!("permissions of '{}': no user '{}'", p.user, p.user));
+            continue;
+        }
+        if broker.vhost(&p.vhost).is_none() {
+            errors.push(format!(
+                "permissions of '{}': no vhost '{}'",
+                p.user, p.vhost
+            ));
+            continue;
+        }
         match Permissions::new(&p.configure, &p.write, &p.read) {
             Ok(perms) => broker.set_permissions(&p.user, &p.vhost, perms),
             Err(e) => errors.push(format!("permissions of '{}' in '{}': {e}", p.user, p.vhost)),
@@ -458,6 +509,17 @@ fn import_all(broker: &Broker, d: &Definitions) -> Vec<String> {
             errors.push(format!("exchange '{}': no vhost '{}'", x.name, x.vhost));
             continue;
         };
+        if let Err(e) = short("exchange", &x.name) {
+            errors.push(e);
+            continue;
+        }
+        let arguments = match table_from_json(&x.arguments) {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(format!("exchange '{}': arguments: {e}", x.name));
+                continue;
+            }
+        };
         let decl = ExchangeDeclare {
             name: x.name.clone(),
             kind: x.kind.clone(),
@@ -465,7 +527,7 @@ fn import_all(broker: &Broker, d: &Definitions) -> Vec<String> {
             durable: x.durable,
             auto_delete: x.auto_delete,
             internal: x.internal,
-            arguments: table_from_json(&x.arguments),
+            arguments,
         };
         if let Err(e) = vh.declare_exchange(&decl) {
             errors.push(format!("exchange '{}': {}", x.name, e.text));
@@ -476,11 +538,26 @@ fn import_all(broker: &Broker, d: &Definitions) -> Vec<String> {
             errors.push(format!("queue '{}': no vhost '{}'", q.name, q.vhost));
             continue;
         };
+        if let Err(e) = short("queue", &q.name) {
+            errors.push(e);
+            continue;
+        }
+        if limits && let Err(e) = broker.check_queue_limit(&vh, &q.name) {
+            errors.push(e.text);
+            continue;
+        }
+        let arguments = match table_from_json(&q.arguments) {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(format!("queue '{}': arguments: {e}", q.name));
+                continue;
+            }
+        };
         let config = QueueConfig {
             durable: q.durable,
             exclusive_owner: None,
             auto_delete: q.auto_delete,
-            arguments: table_from_json(&q.arguments),
+            arguments,
         };
         if let Err(e) = vh.declare_queue(&q.name, true, false, config, 0) {
             errors.push(format!("queue '{}': {}", q.name, e.text));
@@ -498,13 +575,24 @@ fn import_all(broker: &Broker, d: &Definitions) -> Vec<String> {
             "exchange" => DestName::Exchange(&b.destination),
             _ => DestName::Queue(&b.destination),
         };
-        if let Err(e) = vh.bind(
-            &b.source,
-            dest,
-            &b.routing_key,
-            &table_from_json(&b.arguments),
-            0,
-        ) {
+        if let Err(e) = short("routing_key", &b.routing_key) {
+            errors.push(format!(
+                "binding '{}' -> '{}': {e}",
+                b.source, b.destination
+            ));
+            continue;
+        }
+        let arguments = match table_from_json(&b.arguments) {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(format!(
+                    "binding '{}' -> '{}': arguments: {e}",
+                    b.source, b.destination
+                ));
+                continue;
+            }
+        };
+        if let Err(e) = vh.bind(&b.source, dest, &b.routing_key, &arguments, 0) {
             errors.push(format!(
                 "binding '{}' -> '{}': {}",
                 b.source, b.destination, e.text
@@ -593,7 +681,7 @@ mod tests {
             r#"{"x-max-length": 10, "x-dead-letter-exchange": "dlx", "f": 1.5}"#,
         )
         .unwrap();
-        let t = table_from_json(&m);
+        let t = table_from_json(&m).unwrap();
         assert_eq!(
             t.inner().get("x-max-length"),
             Some(&AMQPValue::LongLongInt(10))

@@ -105,7 +105,9 @@ fn exchange_method(ch: &mut Channel, ctx: &mut ConnCtx, m: exchange::AMQPMethod)
     match m {
         exchange::AMQPMethod::Declare(d) => {
             if !d.passive && !d.exchange.as_str().is_empty() {
-                ctx.check(Access::Configure, Resource::Exchange(d.exchange.as_str()))?;
+                let x = Resource::Exchange(d.exchange.as_str());
+                ctx.check(Access::Configure, x)?;
+                ctx.check_exchange_argument(x, &d.arguments)?;
             }
             ctx.vhost.declare_exchange(&ExchangeDeclare {
                 name: d.exchange.as_str().to_owned(),
@@ -213,6 +215,7 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
             };
             if !d.passive {
                 ctx.check(Access::Configure, Resource::Queue(&name))?;
+                ctx.check_exchange_argument(Resource::Queue(&name), &d.arguments)?;
             }
             let config = QueueConfig {
                 durable: d.durable,
@@ -221,19 +224,8 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
                 arguments: d.arguments,
             };
             let server_named = d.queue.as_str().is_empty() && !d.passive;
-            let max = ctx.broker.config.limits.max_queues_per_vhost as usize;
-            if max != 0
-                && !d.passive
-                && ctx.vhost.queue(&name).is_none()
-                && ctx.vhost.queue_count() >= max
-            {
-                return Err(AmqpError::channel(
-                    code::PRECONDITION_FAILED,
-                    format!(
-                        "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
-                        ctx.vhost.name
-                    ),
-                ));
+            if !d.passive {
+                ctx.broker.check_queue_limit(&ctx.vhost, &name)?;
             }
             let (q, created) =
                 ctx.vhost

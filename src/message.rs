@@ -140,6 +140,13 @@ impl Message {
         header_octet(self.header(), 0x1000) == Some(2)
     }
 
+    /// Whether the message carries a user_id property (read from the raw
+    /// header: messages without one pay no decoding).
+    pub fn has_user_id(&self) -> bool {
+        let h = self.header();
+        h.len() >= 14 && u16::from_be_bytes([h[12], h[13]]) & 0x0010 != 0
+    }
+
     /// Whether the reply-to property is set (read from the property flags).
     pub fn has_reply_to(&self) -> bool {
         let h = self.header();

@@ -203,7 +203,7 @@ impl Queue {
                 if let Some(vh) = self.vhost_ref.upgrade()
                     && vh.remove_queue(self).is_some()
                 {
-                    tracing::info!(queue = %self.name, vhost = %self.vhost, "queue expired (x-expires {ms} ms unused); deleted");
+                    tracing::info!(queue = %self.name.escape_debug(), vhost = %self.vhost.escape_debug(), "queue expired (x-expires {ms} ms unused); deleted");
                 }
             }
         }

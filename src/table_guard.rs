@@ -6,12 +6,29 @@
 //! abort the whole broker. This walker is bounded by `MAX_DEPTH`, checks
 //! every value's type tag and length, and turns anything wrong into a clean
 //! 502 SYNTAX_ERROR for that one connection.
+//!
+//! Tables that arrive as JSON (queue, exchange and binding arguments,
+//! message headers and policy definitions over the HTTP API or in a
+//! definitions file) pass `check_json` against the same limits, so no door
+//! lets in what another refuses, and everything the definitions store writes
+//! stays well inside what its JSON reader accepts back (serde_json stops at
+//! 128 levels).
+
+use serde_json::{Map, Value};
 
 use crate::error::{AmqpError, code};
 
 /// Deepest nesting of tables and arrays accepted (RabbitMQ's own clients
 /// never go beyond a handful of levels).
 pub const MAX_DEPTH: usize = 64;
+
+/// Largest encoded argument table (of a method, or given as JSON) accepted:
+/// the default frame_max, so whatever fits one default frame over AMQP is
+/// accepted over HTTP too.
+pub const MAX_TABLE_BYTES: usize = 128 * 1024;
+
+/// Longest AMQP short string (names, routing keys, table keys).
+pub const MAX_SHORT_STRING: usize = 255;
 
 fn syntax(detail: &str) -> AmqpError {
     AmqpError::connection(code::SYNTAX_ERROR, detail.to_owned())
@@ -50,9 +67,79 @@ fn method_table_offset(p: &[u8]) -> Option<usize> {
 /// Checks the field table of a method payload, if it has one.
 pub fn check_method(payload: &[u8]) -> Result<(), AmqpError> {
     match method_table_offset(payload) {
-        Some(at) if at < payload.len() => check_table(&payload[at..], 0).map(|_| ()),
+        Some(at) if at < payload.len() => {
+            let size = check_table(&payload[at..], 0)?;
+            if size > MAX_TABLE_BYTES {
+                return Err(syntax(&format!(
+                    "field table of {size} bytes is larger than {MAX_TABLE_BYTES}"
+                )));
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
+}
+
+/// Checks a table given as JSON against the limits AMQP tables have: at
+/// most `MAX_DEPTH` levels of nested objects and arrays, keys of at most
+/// 255 bytes, at most `MAX_TABLE_BYTES` once encoded as AMQP. The error
+/// says which limit was passed.
+pub fn check_json(m: &Map<String, Value>) -> Result<(), String> {
+    let size = json_table_size(m, 0)?;
+    if size > MAX_TABLE_BYTES {
+        return Err(format!(
+            "table of {size} bytes (encoded) is larger than {MAX_TABLE_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+/// The AMQP-encoded size of a JSON table at `depth`.
+fn json_table_size(m: &Map<String, Value>, depth: usize) -> Result<usize, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("table nested deeper than {MAX_DEPTH} levels"));
+    }
+    let mut size = 4;
+    for (k, v) in m {
+        check_short_string("table key", k)?;
+        size += 1 + k.len() + json_value_size(v, depth)?;
+    }
+    Ok(size)
+}
+
+/// The AMQP-encoded size of a JSON value (as `definitions::table_from_json`
+/// encodes it) inside a table at `depth`.
+fn json_value_size(v: &Value, depth: usize) -> Result<usize, String> {
+    Ok(match v {
+        Value::Null => 1,
+        Value::Bool(_) => 2,
+        Value::Number(_) => 9,
+        Value::String(s) => 5 + s.len(),
+        Value::Object(o) => 1 + json_table_size(o, depth + 1)?,
+        Value::Array(a) => {
+            if depth + 1 > MAX_DEPTH {
+                return Err(format!("array nested deeper than {MAX_DEPTH} levels"));
+            }
+            let mut size = 5;
+            for item in a {
+                size += json_value_size(item, depth + 1)?;
+            }
+            size
+        }
+    })
+}
+
+/// Refuses a short string (a name, routing key or table key) longer than
+/// AMQP can carry: `what` names it in the error, worded as RabbitMQ words
+/// its queue name check.
+pub fn check_short_string(what: &str, s: &str) -> Result<(), String> {
+    if s.len() > MAX_SHORT_STRING {
+        return Err(format!(
+            "{what} should be less than {MAX_SHORT_STRING} bytes, actually was {}",
+            s.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the `headers` table of a content header payload, if present.
@@ -206,6 +293,59 @@ mod tests {
             check_method(&queue_declare_with(&t)).unwrap_err().code,
             code::SYNTAX_ERROR
         );
+    }
+
+    fn nested_json(depth: usize) -> Map<String, Value> {
+        let mut v = Value::Object(Map::new());
+        for _ in 0..depth {
+            let mut m = Map::new();
+            m.insert("k".into(), v);
+            v = Value::Object(m);
+        }
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn json_tables_have_the_depth_limit_of_amqp_tables() {
+        // nested(n) over AMQP and nested_json(n) are the same shape.
+        assert!(check_method(&queue_declare_with(&nested(MAX_DEPTH))).is_ok());
+        assert!(check_json(&nested_json(MAX_DEPTH)).is_ok());
+        assert!(check_method(&queue_declare_with(&nested(MAX_DEPTH + 1))).is_err());
+        assert!(check_json(&nested_json(MAX_DEPTH + 1)).is_err());
+        let mut arrays = Value::Null;
+        for _ in 0..MAX_DEPTH + 1 {
+            arrays = Value::Array(vec![arrays]);
+        }
+        let mut m = Map::new();
+        m.insert("a".into(), arrays);
+        assert!(check_json(&m).unwrap_err().contains("deeper than 64"));
+    }
+
+    #[test]
+    fn json_tables_have_a_size_limit_and_short_keys() {
+        let mut m = Map::new();
+        m.insert("k".into(), Value::String("x".repeat(MAX_TABLE_BYTES)));
+        assert!(check_json(&m).unwrap_err().contains("larger than"));
+        let mut m = Map::new();
+        m.insert("k".repeat(256), Value::Null);
+        assert!(check_json(&m).unwrap_err().contains("less than 255 bytes"));
+        let mut m = Map::new();
+        m.insert("k".repeat(255), Value::Null);
+        assert!(check_json(&m).is_ok());
+    }
+
+    #[test]
+    fn a_method_table_larger_than_the_limit_is_a_syntax_error() {
+        let mut t = vec![1, b'k', b'S'];
+        t.extend_from_slice(&(MAX_TABLE_BYTES as u32).to_be_bytes());
+        t.resize(t.len() + MAX_TABLE_BYTES, b'x');
+        let mut framed = (t.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&t);
+        let e = check_method(&queue_declare_with(&framed)).unwrap_err();
+        assert_eq!(e.code, code::SYNTAX_ERROR);
     }
 
     #[test]

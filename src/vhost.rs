@@ -315,6 +315,7 @@ impl VHost {
 
     /// Creates or replaces a policy (its pattern must be a valid regex).
     pub fn put_policy(&self, p: Policy) -> Result<(), String> {
+        crate::table_guard::check_json(&p.definition).map_err(|e| format!("definition: {e}"))?;
         regex::Regex::new(&p.pattern)
             .map_err(|e| format!("invalid pattern '{}': {e}", p.pattern))?;
         if !matches!(p.apply_to.as_str(), "queues" | "exchanges" | "all") {

@@ -44,6 +44,13 @@ fn parse_bind(text: &str) -> Result<Vec<IpAddr>, String> {
 }
 
 fn main() -> ExitCode {
+    // Everything warren creates (the data directory, definitions with
+    // password hashes, message segments, the generated config) is for its
+    // own user only: directories 0700, files 0600.
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let args = Args::parse();
     let overrides = Overrides {
         config: args.config,
@@ -102,7 +109,7 @@ fn main() -> ExitCode {
             match warren::definitions::load_file(&broker, &path) {
                 Ok(problems) => {
                     for p in &problems {
-                        tracing::warn!("definitions {}: {p}", path.display());
+                        tracing::warn!("definitions {}: {}", path.display(), p.escape_debug());
                     }
                     tracing::info!("imported definitions from {}", path.display());
                 }

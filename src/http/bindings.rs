@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
@@ -16,11 +15,11 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{
-    ApiError, ApiResult, AppState, Auth, Q, St, body_object, list, no_content, object_field, ok,
-    str_field, vhost_or_404,
+    ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, list, no_content, object_field, ok,
+    short_string, str_field, table_field, vhost_or_404,
 };
 use crate::auth::{Access, Resource};
-use crate::definitions::{table_from_json, table_to_json};
+use crate::definitions::table_to_json;
 use crate::exchange::Dest;
 use crate::vhost::{DestName, VHost};
 
@@ -197,6 +196,8 @@ async fn between(
 ) -> ApiResult {
     let dtype = dest_type(&kind)?;
     let vh = vhost_or_404(&s.broker, &vhost)?;
+    // A vhost the user cannot see is refused before anything in it is looked up.
+    auth.check_see_vhost(&s.broker, &vhost)?;
     ends_exist(&vh, &source, dtype, &dest)?;
     let items = filtered(&s, &auth, &vhost, |b| {
         b["source"] == source.as_str()
@@ -245,21 +246,25 @@ async fn create(
     State(s): St,
     auth: Auth,
     Path((vhost, source, kind, dest)): EndsPath,
-    body: Bytes,
+    body: RequestBody,
 ) -> ApiResult {
     let dtype = dest_type(&kind)?;
     let source = super::exchanges::path_name(&source).to_owned();
     let vh = vhost_or_404(&s.broker, &vhost)?;
-    let m = body_object(&body)?;
+    // A vhost the user cannot see is refused before anything in it is looked up.
+    auth.check_see_vhost(&s.broker, &vhost)?;
     ends_exist(&vh, &source, dtype, &dest)?;
     check_bind_permissions(&s, &auth, &vhost, &source, dtype, &dest)?;
+    let m = body.object().await?;
     let rk = str_field(&m, "routing_key", "")?;
+    short_string("routing_key", &rk)?;
     let args = object_field(&m, "arguments")?;
+    let table = table_field(&m, "arguments")?;
     let d = match dtype {
         "queue" => DestName::Queue(&dest),
         _ => DestName::Exchange(&dest),
     };
-    vh.bind(&source, d, &rk, &table_from_json(&args), 0)?;
+    vh.bind(&source, d, &rk, &table, 0)?;
     let location = format!("{}/{}", quote(&dest), quote(&properties_key(&rk, &args)));
     let mut r = StatusCode::CREATED.into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -275,6 +280,8 @@ async fn remove(
 ) -> ApiResult {
     let dtype = dest_type(&kind)?;
     let vh = vhost_or_404(&s.broker, &vhost)?;
+    // A vhost the user cannot see is refused before anything in it is looked up.
+    auth.check_see_vhost(&s.broker, &vhost)?;
     check_bind_permissions(&s, &auth, &vhost, &source, dtype, &dest)?;
     let found = vhost_bindings(&vh).into_iter().find(|b| {
         b["source"] == source.as_str()
@@ -296,7 +303,8 @@ async fn remove(
         "queue" => DestName::Queue(&dest),
         _ => DestName::Exchange(&dest),
     };
-    vh.unbind(&source, d, rk, &table_from_json(&args), 0)?;
+    let table = crate::definitions::table_from_json(&args).map_err(ApiError::bad_request)?;
+    vh.unbind(&source, d, rk, &table, 0)?;
     no_content()
 }
 
@@ -306,6 +314,8 @@ async fn from_exchange(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let vh = vhost_or_404(&s.broker, &vhost)?;
+    // A vhost the user cannot see is refused before anything in it is looked up.
+    auth.check_see_vhost(&s.broker, &vhost)?;
     vh.exchange(&name).ok_or_else(ApiError::not_found)?;
     ok(Value::Array(filtered(&s, &auth, &vhost, |b| {
         b["source"] == name.as_str()
@@ -318,6 +328,8 @@ async fn to_exchange(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let vh = vhost_or_404(&s.broker, &vhost)?;
+    // A vhost the user cannot see is refused before anything in it is looked up.
+    auth.check_see_vhost(&s.broker, &vhost)?;
     vh.exchange(&name).ok_or_else(ApiError::not_found)?;
     ok(Value::Array(filtered(&s, &auth, &vhost, |b| {
         b["destination"] == name.as_str() && b["destination_type"] == "exchange"
@@ -330,6 +342,8 @@ async fn to_queue(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let vh = vhost_or_404(&s.broker, &vhost)?;
+    // A vhost the user cannot see is refused before anything in it is looked up.
+    auth.check_see_vhost(&s.broker, &vhost)?;
     vh.queue(&name).ok_or_else(ApiError::not_found)?;
     ok(Value::Array(filtered(&s, &auth, &vhost, |b| {
         b["destination"] == name.as_str() && b["destination_type"] == "queue"

@@ -6,14 +6,14 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::routing::get;
 use serde_json::Value;
 
 use super::{
-    ApiError, ApiResult, AppState, Auth, Q, RABBITMQ_COMPAT_VERSION, St, no_content, vhost_or_404,
+    ApiError, ApiResult, AppState, Auth, Q, RABBITMQ_COMPAT_VERSION, RequestBody, St, no_content,
+    vhost_or_404,
 };
 use crate::definitions;
 
@@ -93,10 +93,16 @@ async fn export_vhost(
     respond(all, &q)
 }
 
-fn apply(s: &AppState, doc: Value) -> ApiResult {
-    let defs: definitions::Definitions = serde_json::from_value(doc)
-        .map_err(|e| ApiError::bad_request(format!("invalid definitions: {e}")))?;
-    let problems = definitions::import(&s.broker, &defs);
+/// Imports a document on a blocking thread: a large import must not hold
+/// up the runtime that serves AMQP connections.
+async fn apply(s: Arc<AppState>, doc: serde_json::Map<String, Value>) -> ApiResult {
+    let problems = tokio::task::spawn_blocking(move || {
+        let defs: definitions::Definitions = serde_json::from_value(Value::Object(doc))
+            .map_err(|e| ApiError::bad_request(format!("invalid definitions: {e}")))?;
+        Ok::<_, ApiError>(definitions::import(&s.broker, &defs))
+    })
+    .await
+    .map_err(|_| ApiError::bad_request("definitions import failed"))??;
     if problems.is_empty() {
         no_content()
     } else {
@@ -104,30 +110,20 @@ fn apply(s: &AppState, doc: Value) -> ApiResult {
     }
 }
 
-fn parse(body: &[u8]) -> Result<Value, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        _ => Err(ApiError::bad_request("not_json")),
-    }
-}
-
-async fn import(State(s): St, auth: Auth, body: Bytes) -> ApiResult {
+async fn import(State(s): St, auth: Auth, body: RequestBody) -> ApiResult {
     auth.require_admin()?;
-    apply(&s, parse(&body)?)
+    apply(s, body.object().await?).await
 }
 
 async fn import_vhost(
     State(s): St,
     auth: Auth,
     Path(vhost): Path<String>,
-    body: Bytes,
+    body: RequestBody,
 ) -> ApiResult {
     auth.require_admin()?;
     vhost_or_404(&s.broker, &vhost)?;
-    let mut doc = parse(&body)?;
-    let Some(m) = doc.as_object_mut() else {
-        return Err(ApiError::bad_request("not_json"));
-    };
+    let mut m = body.object().await?;
     // Only the vhost's own kinds of definitions, all placed in this vhost.
     m.retain(|k, _| VHOST_LISTS.contains(&k.as_str()));
     for k in VHOST_LISTS {
@@ -139,5 +135,5 @@ async fn import_vhost(
             }
         }
     }
-    apply(&s, doc)
+    apply(s, m).await
 }

@@ -7,18 +7,17 @@ use std::sync::Arc;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use super::{
-    ApiError, ApiResult, AppState, Auth, Q, St, body_object, bool_field, created_or_updated, list,
-    no_content, object_field, ok, str_field, vhost_or_404,
+    ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, bool_field, created_or_updated, list,
+    no_content, object_field, ok, short_string, str_field, table_field, vhost_or_404,
 };
 use crate::auth::{Access, Resource};
-use crate::definitions::{table_from_json, table_to_json, value_to_json};
+use crate::definitions::{table_to_json, value_to_json};
 use crate::exchange::Exchange;
 use crate::message::Message;
 use crate::vhost::ExchangeDeclare;
@@ -93,16 +92,17 @@ async fn declare(
     State(s): St,
     auth: Auth,
     Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
+    body: RequestBody,
 ) -> ApiResult {
     let vh = vhost_or_404(&s.broker, &vhost)?;
-    let m = body_object(&body)?;
     auth.check(
         &s.broker,
         &vhost,
         Access::Configure,
         Resource::Exchange(&name),
     )?;
+    short_string("exchange", &name)?;
+    let m = body.object().await?;
     let kind = match m.get("type") {
         Some(Value::String(t)) => t.clone(),
         _ => return Err(ApiError::bad_request("type is required")),
@@ -119,8 +119,9 @@ async fn declare(
         durable: bool_field(&m, "durable", true)?,
         auto_delete: bool_field(&m, "auto_delete", false)?,
         internal: bool_field(&m, "internal", false)?,
-        arguments: table_from_json(&object_field(&m, "arguments")?),
+        arguments: table_field(&m, "arguments")?,
     };
+    auth.check_exchange_argument(&s.broker, &vhost, Resource::Exchange(&name), &d.arguments)?;
     let existed = vh.exchange(&name).is_some();
     vh.declare_exchange(&d)?;
     created_or_updated(!existed)
@@ -180,7 +181,11 @@ pub fn properties_from_json(m: &Map<String, Value>) -> Result<BasicProperties, A
     }
     if let Some(v) = m.get("headers") {
         match v {
-            Value::Object(h) => p = p.with_headers(table_from_json(h)),
+            Value::Object(h) => {
+                let t = crate::definitions::table_from_json(h)
+                    .map_err(|e| ApiError::bad_request(format!("headers: {e}")))?;
+                p = p.with_headers(t)
+            }
             Value::Null => {}
             _ => return Err(ApiError::bad_request("headers must be an object")),
         }
@@ -269,20 +274,21 @@ async fn publish(
     State(s): St,
     auth: Auth,
     Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
+    body: RequestBody,
 ) -> ApiResult {
     let b = &s.broker;
     let vh = vhost_or_404(b, &vhost)?;
-    let m = body_object(&body)?;
     let name = path_name(&name).to_owned();
     auth.check(b, &vhost, Access::Write, Resource::Exchange(&name))?;
     let x = vh.exchange_or_404(&name)?;
+    let m = body.object().await?;
     if x.internal {
         return Err(ApiError::bad_request(format!(
             "cannot publish to internal exchange '{name}' in vhost '{vhost}'"
         )));
     }
     let routing_key = str_field(&m, "routing_key", "")?;
+    short_string("routing_key", &routing_key)?;
     let payload = match m.get("payload") {
         Some(Value::String(p)) => p.clone(),
         _ => return Err(ApiError::bad_request("payload is required (a string)")),
@@ -306,6 +312,10 @@ async fn publish(
         )));
     }
     let props = object_field(&m, "properties")?;
+    if let Some(claimed) = short(&props, "user_id")? {
+        crate::channel::check_user_id(Some(&auth.user), &auth.user.name, claimed.as_str())
+            .map_err(ApiError::with_reply_code)?;
+    }
     let header = content_header(&props, body.len() as u64)?;
     let msg = Message::new(
         name.as_bytes(),

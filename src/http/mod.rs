@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use amq_protocol::types::FieldTable;
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
@@ -35,6 +36,7 @@ use crate::broker::Broker;
 use crate::error::{AmqpError, code};
 
 mod bindings;
+mod body;
 mod connections;
 mod definitions;
 mod exchanges;
@@ -42,8 +44,11 @@ mod metrics;
 mod overview;
 mod queues;
 pub mod rates;
+mod serve;
 pub mod system;
 mod vhosts_users;
+
+pub use body::RequestBody;
 
 /// The RabbitMQ version warren reports in `rabbitmq_version` and
 /// `management_version`: the release whose behaviour warren follows, so
@@ -79,20 +84,13 @@ impl AppState {
     }
 }
 
-/// Serves the HTTP API on every listener until the task is dropped.
+/// Serves the HTTP API on every listener until the task is dropped, within
+/// the connection limits of `[http]` (see `serve`).
 pub async fn serve(broker: Arc<Broker>, listeners: Vec<tokio::net::TcpListener>) {
+    let limits = broker.config.http.clone();
     let state = AppState::new(broker);
     tokio::spawn(rates::run(state.clone()));
-    let mut tasks = tokio::task::JoinSet::new();
-    for listener in listeners {
-        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("HTTP server failed: {e}");
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
+    serve::run(router(state), listeners, limits).await;
 }
 
 /// The whole API.
@@ -115,7 +113,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "Method Not Allowed",
             )
         })
-        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .layer(axum::middleware::from_fn(same_origin))
+        .layer(DefaultBodyLimit::max(
+            state.broker.config.http.max_body_size,
+        ))
         .with_state(state)
 }
 
@@ -155,6 +156,12 @@ impl ApiError {
     /// 401 not_authorised (RabbitMQ answers every refusal with 401).
     pub fn unauthorised(reason: impl Into<String>) -> ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
+    }
+
+    /// 400 with the AMQP error's code and text ("406 PRECONDITION_FAILED -
+    /// ..."), as RabbitMQ answers errors of its publish and get endpoints.
+    pub fn with_reply_code(e: AmqpError) -> ApiError {
+        Self::bad_request(format!("{} {}", e.code, e.text))
     }
 
     /// The refusal for a vhost the user has no permissions in.
@@ -227,15 +234,42 @@ pub fn created_or_updated(created: bool) -> ApiResult {
     }
 }
 
-/// Parses a JSON object body; an empty body is `{}`.
-pub fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+/// Refuses requests a browser sends on behalf of another site (CSRF): one
+/// whose `Origin` is not the server it is sent to (`Host`). Clients that
+/// are not browsers send no `Origin` and are not affected.
+async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let h = req.headers();
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+        let from = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, authority)| authority);
+        let same = matches!((from, host), (Some(f), Some(h)) if f.eq_ignore_ascii_case(h));
+        if !same {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "cross-origin requests are not accepted",
+            )
+            .into_response();
+        }
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(ApiError::bad_request("not_json")),
-    }
+    next.run(req).await
+}
+
+/// The `arguments` (or other table) field of a body as an AMQP table,
+/// within the limits of AMQP tables (400 beyond them).
+pub fn table_field(m: &Map<String, Value>, k: &str) -> Result<FieldTable, ApiError> {
+    crate::definitions::table_from_json(&object_field(m, k)?)
+        .map_err(|e| ApiError::bad_request(format!("{k}: {e}")))
+}
+
+/// Refuses a name, routing key or other short string longer than AMQP
+/// can carry (400), instead of truncating it.
+pub fn short_string(what: &str, s: &str) -> Result<(), ApiError> {
+    crate::table_guard::check_short_string(what, s).map_err(ApiError::bad_request)
 }
 
 /// A boolean field of a body (absent: `default`).
@@ -321,8 +355,11 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         if let Some(ip) = peer {
             broker.failed_logins.record_success(ip, &name);
         }
+        // A loopback-only user (guest) must also name a loopback host: a web
+        // page whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends
+        // its own name as Host and cannot use guest through a browser.
         if broker.config.auth.loopback_users.contains(&user.name)
-            && peer.is_some_and(|ip| !ip.is_loopback())
+            && (peer.is_some_and(|ip| !ip.is_loopback()) || !loopback_host(&parts.headers))
         {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -335,6 +372,25 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         }
         Ok(Auth { user })
     }
+}
+
+/// Whether the request's `Host` names this machine's loopback interface
+/// (`localhost` or a loopback address), or is absent (HTTP/1.0).
+fn loopback_host(headers: &axum::http::HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Auth {
@@ -397,6 +453,26 @@ impl Auth {
     ) -> Result<(), ApiError> {
         let p = self.vhost_permissions(b, vhost)?;
         crate::auth::check(Some(&p), &self.user.name, vhost, access, resource)?;
+        Ok(())
+    }
+
+    /// Checks the permissions a declaration naming a dead-letter or
+    /// alternate exchange needs, as over AMQP.
+    pub fn check_exchange_argument(
+        &self,
+        b: &Broker,
+        vhost: &str,
+        declared: Resource<'_>,
+        arguments: &FieldTable,
+    ) -> Result<(), ApiError> {
+        let p = self.vhost_permissions(b, vhost)?;
+        crate::auth::check_exchange_argument(
+            Some(&p),
+            &self.user.name,
+            vhost,
+            declared,
+            arguments,
+        )?;
         Ok(())
     }
 

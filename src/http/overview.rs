@@ -284,7 +284,19 @@ async fn aliveness(
 ) -> ApiResult {
     let b = &s.broker;
     let vh = super::vhost_or_404(b, &vhost)?;
-    auth.vhost_permissions(b, &vhost)?;
+    let perms = auth.vhost_permissions(b, &vhost)?;
+    // As RabbitMQ, the test declares, publishes and gets as the user, who
+    // needs those permissions in the vhost.
+    use crate::auth::{Access, Resource};
+    const QUEUE: Resource<'static> = Resource::Queue("aliveness-test");
+    for (access, resource) in [
+        (Access::Configure, QUEUE),
+        (Access::Write, Resource::Exchange("")),
+        (Access::Read, QUEUE),
+    ] {
+        crate::auth::check(Some(&perms), &auth.user.name, &vhost, access, resource)
+            .map_err(|e| ApiError::unauthorised(e.text))?;
+    }
     let config = QueueConfig {
         durable: false,
         exclusive_owner: None,

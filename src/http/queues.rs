@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post};
 use base64::Engine;
@@ -14,11 +13,11 @@ use serde_json::{Map, Value, json};
 use super::connections::{conn_name, consumer_json};
 use super::rates::{self, QUEUE_FIELDS};
 use super::{
-    ApiError, ApiResult, AppState, Auth, Q, St, body_object, bool_field, created_or_updated, list,
-    no_content, object_field, ok, str_field, vhost_or_404,
+    ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, bool_field, created_or_updated, list,
+    no_content, ok, short_string, str_field, table_field, vhost_or_404,
 };
 use crate::auth::{Access, Resource};
-use crate::definitions::{table_from_json, table_to_json};
+use crate::definitions::table_to_json;
 use crate::queue::{Queue, QueueConfig};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -103,15 +102,35 @@ async fn in_vhost(State(s): St, auth: Auth, Path(vhost): Path<String>, Query(q):
     list(queues(&s, &auth, Some(&vhost)), &q)
 }
 
-fn lookup(s: &AppState, vhost: &str, name: &str) -> Result<Arc<Queue>, ApiError> {
-    vhost_or_404(&s.broker, vhost)?
-        .queue(name)
-        .ok_or_else(ApiError::not_found)
+/// The queue a path names, for a user who may see its vhost: as RabbitMQ,
+/// a vhost the user has no access to is refused (401) whether or not the
+/// queue exists, so a refusal reveals nothing about what the vhost holds.
+fn lookup(s: &AppState, auth: &Auth, vhost: &str, name: &str) -> Result<Arc<Queue>, ApiError> {
+    let vh = vhost_or_404(&s.broker, vhost)?;
+    auth.check_see_vhost(&s.broker, vhost)?;
+    vh.queue(name).ok_or_else(ApiError::not_found)
+}
+
+/// Refuses (405 RESOURCE_LOCKED, answered as 400 as RabbitMQ does) an
+/// operation on another connection's exclusive queue: the HTTP API is no
+/// connection, so it owns none.
+fn check_not_exclusive(q: &Queue) -> Result<(), crate::error::AmqpError> {
+    if q.config.exclusive_owner.is_some() {
+        return Err(crate::error::AmqpError::channel(
+            crate::error::code::RESOURCE_LOCKED,
+            format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. \
+                 It could be originally declared on another connection or the exclusive \
+                 property value does not match that of the original declaration.",
+                q.name, q.vhost
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn one(State(s): St, auth: Auth, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
-    let q = lookup(&s, &vhost, &name)?;
-    auth.check_see_vhost(&s.broker, &vhost)?;
+    let q = lookup(&s, &auth, &vhost, &name)?;
     let mut v = queue_json(&s, &q);
     let details: Vec<Value> = q
         .consumers()
@@ -126,14 +145,15 @@ async fn declare(
     State(s): St,
     auth: Auth,
     Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
+    body: RequestBody,
 ) -> ApiResult {
     let vh = vhost_or_404(&s.broker, &vhost)?;
-    let m = body_object(&body)?;
     auth.check(&s.broker, &vhost, Access::Configure, Resource::Queue(&name))?;
     if name.is_empty() {
         return Err(ApiError::bad_request("queue name must not be empty"));
     }
+    short_string("queue", &name)?;
+    let m = body.object().await?;
     if bool_field(&m, "exclusive", false)? {
         return Err(ApiError::bad_request(
             "exclusive queues cannot be declared over HTTP",
@@ -143,8 +163,10 @@ async fn declare(
         durable: bool_field(&m, "durable", true)?,
         exclusive_owner: None,
         auto_delete: bool_field(&m, "auto_delete", false)?,
-        arguments: table_from_json(&object_field(&m, "arguments")?),
+        arguments: table_field(&m, "arguments")?,
     };
+    auth.check_exchange_argument(&s.broker, &vhost, Resource::Queue(&name), &config.arguments)?;
+    s.broker.check_queue_limit(&vh, &name)?;
     let (_, created) = vh.declare_queue(&name, false, false, config, 0)?;
     created_or_updated(created)
 }
@@ -156,17 +178,11 @@ async fn remove(
     Query(q): Q,
 ) -> ApiResult {
     let vh = vhost_or_404(&s.broker, &vhost)?;
-    lookup(&s, &vhost, &name)?;
+    let queue = lookup(&s, &auth, &vhost, &name)?;
     auth.check(&s.broker, &vhost, Access::Configure, Resource::Queue(&name))?;
+    check_not_exclusive(&queue)?;
     let flag = |k: &str| q.get(k).is_some_and(|v| v == "true");
-    // The HTTP API acts as no connection: exclusive queues are its owner's.
-    let owner = vh.queue(&name).and_then(|q| q.config.exclusive_owner);
-    match vh.delete_queue(
-        &name,
-        flag("if-unused"),
-        flag("if-empty"),
-        owner.unwrap_or(0),
-    )? {
+    match vh.delete_queue(&name, flag("if-unused"), flag("if-empty"), 0)? {
         Some(d) => {
             crate::handlers::notify_deleted_consumers(&d.consumers);
             no_content()
@@ -176,8 +192,9 @@ async fn remove(
 }
 
 async fn purge(State(s): St, auth: Auth, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
-    let q = lookup(&s, &vhost, &name)?;
+    let q = lookup(&s, &auth, &vhost, &name)?;
     auth.check(&s.broker, &vhost, Access::Read, Resource::Queue(&name))?;
+    check_not_exclusive(&q)?;
     q.purge();
     no_content()
 }
@@ -186,11 +203,13 @@ async fn get_messages(
     State(s): St,
     auth: Auth,
     Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
+    body: RequestBody,
 ) -> ApiResult {
-    let q = lookup(&s, &vhost, &name)?;
+    let q = lookup(&s, &auth, &vhost, &name)?;
     auth.check(&s.broker, &vhost, Access::Read, Resource::Queue(&name))?;
-    let m = body_object(&body)?;
+    // RabbitMQ's answer here keeps the AMQP code in the reason.
+    check_not_exclusive(&q).map_err(ApiError::with_reply_code)?;
+    let m = body.object().await?;
     let count = match m.get("count") {
         None => 1,
         Some(v) => v

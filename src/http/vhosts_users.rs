@@ -3,15 +3,14 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::rates::{self, ALL_FIELDS};
 use super::{
-    ApiError, ApiResult, AppState, Auth, Q, St, body_object, created_or_updated, list, no_content,
-    ok, vhost_or_404,
+    ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, created_or_updated, list, no_content,
+    ok, short_string, vhost_or_404,
 };
 use crate::auth::{HASHING_ALGORITHM, Permissions, User, hash_password};
 use crate::definitions::Tags;
@@ -87,12 +86,20 @@ async fn vhost(State(s): St, auth: Auth, Path(name): Path<String>) -> ApiResult 
     ok(vhost_json(&s, &vh))
 }
 
-async fn put_vhost(State(s): St, auth: Auth, Path(name): Path<String>, body: Bytes) -> ApiResult {
+async fn put_vhost(
+    State(s): St,
+    auth: Auth,
+    Path(name): Path<String>,
+    body: RequestBody,
+) -> ApiResult {
     auth.require_admin()?;
-    body_object(&body)?;
     if name.is_empty() {
         return Err(ApiError::bad_request("vhost name must not be empty"));
     }
+    // connection.open names the vhost in a short string: a longer name
+    // could never be used.
+    short_string("vhost", &name)?;
+    body.object().await?;
     let created = s.broker.add_vhost(&name);
     if created {
         // As RabbitMQ: whoever creates a vhost may use it at once.
@@ -152,15 +159,23 @@ async fn user(State(s): St, auth: Auth, Path(name): Path<String>) -> ApiResult {
     ok(user_json(&u))
 }
 
-async fn put_user(State(s): St, auth: Auth, Path(name): Path<String>, body: Bytes) -> ApiResult {
+async fn put_user(
+    State(s): St,
+    auth: Auth,
+    Path(name): Path<String>,
+    body: RequestBody,
+) -> ApiResult {
     auth.require_admin()?;
-    let m = body_object(&body)?;
     if name.is_empty() {
         return Err(ApiError::bad_request("user name must not be empty"));
     }
+    let m = body.object().await?;
     let existing = s.broker.user(&name);
+    // As RabbitMQ: tags are required, so a PUT meant to change a password
+    // cannot silently strip a user's tags.
     let tags = match m.get("tags") {
-        None | Some(Value::Null) => Vec::new(),
+        None => return Err(ApiError::bad_request("tags_not_present")),
+        Some(Value::Null) => Vec::new(),
         Some(v) => serde_json::from_value::<Tags>(v.clone())
             .map_err(|_| ApiError::bad_request("tags must be a string or a list of strings"))?
             .to_vec(),
@@ -238,16 +253,16 @@ async fn put_permission(
     State(s): St,
     auth: Auth,
     Path((vhost, user)): Path<(String, String)>,
-    body: Bytes,
+    body: RequestBody,
 ) -> ApiResult {
     auth.require_admin()?;
-    let m = body_object(&body)?;
     if s.broker.vhost(&vhost).is_none() {
         return Err(ApiError::bad_request(format!("no vhost '{vhost}'")));
     }
     if s.broker.user(&user).is_none() {
         return Err(ApiError::bad_request(format!("no user '{user}'")));
     }
+    let m = body.object().await?;
     let field = |k: &str| -> Result<String, ApiError> {
         match m.get(k) {
             Some(Value::String(s)) => Ok(s.clone()),
@@ -323,6 +338,13 @@ async fn policy(
     auth: Auth,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
+    // As RabbitMQ: listings show policies to every management user, a
+    // single policy only to policymakers and administrators.
+    if !auth.is_admin() && !auth.user.has_tag("policymaker") {
+        return Err(ApiError::unauthorised(
+            "User not authorised to access object",
+        ));
+    }
     let vh = vhost_or_404(&s.broker, &vhost)?;
     auth.check_see_vhost(&s.broker, &vhost)?;
     let p = vh
@@ -337,12 +359,12 @@ async fn put_policy(
     State(s): St,
     auth: Auth,
     Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
+    body: RequestBody,
 ) -> ApiResult {
     auth.require_policymaker()?;
     let vh = vhost_or_404(&s.broker, &vhost)?;
     auth.vhost_permissions(&s.broker, &vhost)?;
-    let m = body_object(&body)?;
+    let m = body.object().await?;
     let pattern = match m.get("pattern") {
         Some(Value::String(p)) => p.clone(),
         _ => return Err(ApiError::bad_request("pattern is required")),

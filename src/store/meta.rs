@@ -107,38 +107,56 @@ pub fn exists(dir: &Path) -> bool {
     snapshot_path(dir).exists() || log_path(dir).exists()
 }
 
-/// Loads the snapshot and replays the log into `broker`.
-pub fn recover(broker: &Broker, dir: &Path) -> std::io::Result<()> {
+/// Loads the snapshot and replays the log into `broker`. A snapshot or a
+/// log line that cannot be read is an error naming the file: the broker
+/// must not start without it and then overwrite it with less (only a last
+/// log line without its newline, a write torn by a crash, is skipped).
+pub fn recover(broker: &Broker, dir: &Path) -> Result<(), String> {
     let snap = snapshot_path(dir);
     if snap.exists() {
-        let text = fs::read_to_string(&snap)?;
-        match definitions::parse(&text) {
-            Ok(d) => {
-                for p in definitions::import(broker, &d) {
-                    tracing::warn!("recovering definitions: {p}");
-                }
-            }
-            Err(e) => tracing::error!("{}: {e}; starting from the change log only", snap.display()),
+        let text = fs::read_to_string(&snap).map_err(|e| format!("{}: {e}", snap.display()))?;
+        let d = definitions::parse(&text).map_err(|e| unreadable(&snap, &e))?;
+        for p in definitions::restore(broker, &d) {
+            tracing::warn!("recovering definitions: {}", p.escape_debug());
         }
     }
     let log = log_path(dir);
     if log.exists() {
-        let text = fs::read_to_string(&log)?;
-        let mut bad = 0;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            match serde_json::from_str::<MetaOp>(line) {
-                Ok(op) => replay(broker, op),
-                Err(_) => bad += 1,
-            }
-        }
-        if bad > 0 {
-            tracing::warn!(
-                "{}: {bad} unreadable line(s) skipped (a torn last write?)",
-                log.display()
-            );
+        let text = fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        for op in log_ops(&text).map_err(|e| unreadable(&log, &e))? {
+            replay(broker, op);
         }
     }
     Ok(())
+}
+
+fn unreadable(path: &Path, why: &str) -> String {
+    format!(
+        "{} cannot be read ({why}); warren will not start without it and has left it \
+         untouched: repair or restore the file, or move it away to start without it",
+        path.display()
+    )
+}
+
+/// The changes in a log's text. Only the last line may be unreadable, and
+/// only if it lacks its newline (the append a crash interrupted).
+fn log_ops(text: &str) -> Result<Vec<MetaOp>, String> {
+    let torn_tail = !text.is_empty() && !text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut ops = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<MetaOp>(line) {
+            Ok(op) => ops.push(op),
+            Err(_) if torn_tail && i + 1 == lines.len() => {
+                tracing::warn!("definitions log: skipping its unfinished last line (a torn write)");
+            }
+            Err(e) => return Err(format!("line {}: {e}", i + 1)),
+        }
+    }
+    Ok(ops)
 }
 
 fn replay(broker: &Broker, op: MetaOp) {
@@ -184,19 +202,24 @@ fn replay(broker: &Broker, op: MetaOp) {
                 } else {
                     crate::vhost::DestName::Queue(&b.destination)
                 };
-                let _ = vh.unbind(
-                    &b.source,
-                    dest,
-                    &b.routing_key,
-                    &definitions::table_from_json(&b.arguments),
-                    0,
-                );
+                if let Ok(args) = definitions::table_from_json(&b.arguments) {
+                    let _ = vh.unbind(&b.source, dest, &b.routing_key, &args, 0);
+                }
             }
         }
     }
-    for p in definitions::import(broker, &d) {
-        tracing::warn!("replaying definitions log: {p}");
+    for p in definitions::restore(broker, &d) {
+        tracing::warn!("replaying definitions log: {}", p.escape_debug());
     }
+}
+
+/// Options for files only the broker's user may read (0600): the
+/// definitions hold password hashes.
+fn private_file() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    o.mode(0o600);
+    o
 }
 
 /// Writes a fresh snapshot of `broker`'s definitions and starts an empty log.
@@ -206,13 +229,17 @@ pub fn compact_and_open(broker: &Broker, dir: &Path) -> std::io::Result<MetaLog>
     let json = serde_json::to_vec_pretty(&defs).map_err(std::io::Error::other)?;
     let tmp = dir.join("definitions.json.tmp");
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = private_file()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(&json)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, snapshot_path(dir))?;
     let path = log_path(dir);
-    let file = OpenOptions::new()
+    let file = private_file()
         .create(true)
         .write(true)
         .truncate(true)
@@ -226,4 +253,18 @@ pub fn compact_and_open(broker: &Broker, dir: &Path) -> std::io::Result<MetaLog>
         path,
         deferred: Default::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unfinished_last_log_line_may_be_unreadable() {
+        let good = serde_json::to_string(&MetaOp::PutVhost("v".into())).unwrap();
+        assert_eq!(log_ops(&format!("{good}\n{good}\n")).unwrap().len(), 2);
+        assert_eq!(log_ops(&format!("{good}\n{{\"put_vh")).unwrap().len(), 1);
+        assert!(log_ops(&format!("{good}\n{{\"put_vh\n{good}\n")).is_err());
+        assert!(log_ops(&format!("{good}\nnot json\n")).is_err());
+    }
 }

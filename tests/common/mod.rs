@@ -330,3 +330,51 @@ pub fn http(
         .unwrap_or_default();
     (status, headers, text)
 }
+
+/// Starts warren with a restricted user, as an attacker with an ordinary
+/// login: bob (password s3cret), tagged management, may do everything under
+/// `bob-` in vhost `app` and write to its default exchange; `shared` is a
+/// queue of `app` he may not read. guest has full permissions in `app`.
+pub fn start_with_restricted_user(extra_config: &str) -> Warren {
+    let w = Warren::start_with(extra_config);
+    for (path, body) in [
+        ("/api/vhosts/app", serde_json::json!({})),
+        (
+            "/api/users/bob",
+            serde_json::json!({"password": "s3cret", "tags": "management"}),
+        ),
+        (
+            "/api/permissions/app/bob",
+            serde_json::json!({"configure": "^bob-", "write": "^bob-|^amq\\.default$", "read": "^bob-"}),
+        ),
+        (
+            "/api/permissions/app/guest",
+            serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+        ),
+        ("/api/queues/app/shared", serde_json::json!({})),
+    ] {
+        let (s, v) = w.api("PUT", path, Some(&body));
+        assert!(s == 201 || s == 204, "PUT {path}: {s} {v}");
+    }
+    w
+}
+
+/// Connects to `vhost` as `user` (an error if the broker refuses).
+pub async fn connect_as(
+    w: &Warren,
+    user: &str,
+    pass: &str,
+    vhost: &str,
+) -> lapin::Result<Connection> {
+    let url = format!(
+        "amqp://{user}:{pass}@127.0.0.1:{}/{}",
+        w.port,
+        vhost.replace('/', "%2f")
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(&url, ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect within 10 s")
+}
