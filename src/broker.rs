@@ -203,6 +203,13 @@ impl Broker {
 
     /// Deletes a vhost and closes its connections; returns false if missing.
     pub fn delete_vhost(&self, name: &str) -> bool {
+        // Its queues go first, each the way any queue is deleted, so their
+        // stored messages are released (they would pin the message store).
+        if let Some(vh) = self.vhost(name) {
+            for q in vh.queues() {
+                vh.remove_queue(&q);
+            }
+        }
         let Some(vh) = self.vhosts.write().remove(name) else {
             return false;
         };

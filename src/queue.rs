@@ -305,6 +305,11 @@ impl Queue {
     ) -> Enqueued {
         let mut st = self.state.lock();
         if self.is_deleted() {
+            // Deleted a moment ago: the stored copy is not this queue's.
+            drop(st);
+            if let Some(id) = stored {
+                self.store_ack(&[id]);
+            }
             return Enqueued::default();
         }
         let ttl = match (st.args.message_ttl, ttl) {

@@ -46,8 +46,10 @@ struct Pending {
     /// in log order and every segment holds one contiguous range of them
     /// (copies written by compaction aside: those are tracked as `strays`).
     next_id: u64,
-    /// Older segments named by the ack, delivery and drop records in `buf`.
-    deps: Vec<u64>,
+    /// Message ids the ack, delivery and drop records in `buf` name (their
+    /// segments become the dependencies of the segment `buf` lands in;
+    /// resolved when it is written, when every earlier buffer is placed).
+    named: Vec<u64>,
     /// Messages copied forward by compaction in `buf`: (id, segment copied from).
     moved: Vec<(u64, u64)>,
 }
@@ -103,6 +105,9 @@ struct Live {
     strays: HashMap<u64, u64>,
     /// Segments, oldest first.
     segments: BTreeMap<u64, Seg>,
+    /// Messages copied forward by compaction whose older copies' segments
+    /// may still exist: id → those segments.
+    moved_from: HashMap<u64, Vec<u64>>,
     /// Segments by the first message id written to them, for finding a
     /// message's segment in O(log segments).
     by_first_id: BTreeMap<u64, u64>,
@@ -222,26 +227,42 @@ impl Live {
     }
 
     /// A buffer was written to the current segment: its new ids are placed
-    /// there, the segments its records name become its dependencies, and
-    /// the messages it copied forward now live there.
-    fn written(&mut self, next_id: u64, mut deps: Vec<u64>, moved: &[(u64, u64)]) {
+    /// there, the messages it copied forward now live there, and the
+    /// segments holding a copy of a message its records name become its
+    /// dependencies.
+    fn written(&mut self, next_id: u64, named: &[u64], moved: &[(u64, u64)]) {
         let lo = self.placed;
         self.place(lo, next_id);
         let cur = self.current;
-        deps.sort_unstable();
-        deps.dedup();
-        deps.retain(|&d| d != cur);
         let mut moved_live = 0;
         for &(id, from) in moved {
-            if !self.is_live(id) || self.location(id) != Some(from) {
-                continue; // released (or moved again) meanwhile
+            if self.location(id) != Some(from) {
+                continue; // copied twice before the first copy was written
             }
+            // The old copy stays until its segment goes: records naming
+            // the id must outlive it too.
+            self.moved_from.entry(id).or_default().push(from);
+            let live = self.is_live(id);
             self.strays.insert(id, cur);
-            if let Some(s) = self.segments.get_mut(&from) {
-                s.live = s.live.saturating_sub(1);
+            if live {
+                if let Some(s) = self.segments.get_mut(&from) {
+                    s.live = s.live.saturating_sub(1);
+                }
+                moved_live += 1;
             }
-            moved_live += 1;
         }
+        let mut deps: Vec<u64> = Vec::new();
+        for &id in named {
+            if let Some(seg) = self.location(id) {
+                deps.push(seg);
+            }
+            if let Some(older) = self.moved_from.get(&id) {
+                deps.extend_from_slice(older);
+            }
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        deps.retain(|&d| d != cur && self.segments.contains_key(&d));
         if let Some(s) = self.segments.get_mut(&cur) {
             for d in deps {
                 if let Err(i) = s.deps.binary_search(&d) {
@@ -300,6 +321,12 @@ impl Live {
 
     /// Forgets a deleted segment.
     fn remove_segment(&mut self, seg: u64) {
+        if !self.moved_from.is_empty() {
+            self.moved_from.retain(|_, v| {
+                v.retain(|&s| s != seg);
+                !v.is_empty()
+            });
+        }
         if let Some(s) = self.segments.remove(&seg)
             && s.first_id != u64::MAX
             && self.by_first_id.get(&s.first_id) == Some(&seg)
@@ -788,17 +815,10 @@ impl MessageStore {
         release: &[u64],
         names: &[u64],
     ) -> u64 {
-        {
+        p.named.extend_from_slice(names);
+        p.named.extend_from_slice(release);
+        if !release.is_empty() {
             let mut live = self.live.lock();
-            let mut last = u64::MAX;
-            for &id in names.iter().chain(release) {
-                if let Some(seg) = live.location(id)
-                    && seg != last
-                {
-                    p.deps.push(seg);
-                    last = seg;
-                }
-            }
             for &id in release {
                 live.release(id);
             }
@@ -875,7 +895,7 @@ impl MessageStore {
 
     fn run_writer(self: Arc<Self>, mut file: Box<dyn AppendFile>, mut written: u64) {
         loop {
-            let (buf, seq, next_id, deps, moved) = {
+            let (buf, seq, next_id, named, moved) = {
                 let mut p = self.pending.lock();
                 if p.buf.is_empty() {
                     if self.stopping.load(Ordering::Acquire) {
@@ -893,7 +913,7 @@ impl MessageStore {
                     std::mem::take(&mut p.buf),
                     p.seq,
                     p.next_id,
-                    std::mem::take(&mut p.deps),
+                    std::mem::take(&mut p.named),
                     std::mem::take(&mut p.moved),
                 )
             };
@@ -935,7 +955,7 @@ impl MessageStore {
                 return;
             }
             written += buf.len() as u64;
-            self.live.lock().written(next_id, deps, &moved);
+            self.live.lock().written(next_id, &named, &moved);
             self.durable.send_replace(seq);
             if written >= self.segment_max {
                 // Open the next segment first; only once it exists (and its
@@ -956,6 +976,8 @@ impl MessageStore {
                         drop(live);
                         file = f;
                         written = 0;
+                        // A segment just became old enough to compact.
+                        self.compact_wake.notify_one();
                     }
                     Err(e) => tracing::error!(
                         "message store: cannot start segment {next}: {e}; still writing to the current one"
