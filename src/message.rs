@@ -161,14 +161,7 @@ impl Message {
     /// The expiration property as a TTL in milliseconds: None when absent
     /// (read from the property flags, no decoding), else parsed.
     pub fn expiration(&self) -> Option<Result<u64, String>> {
-        let h = self.header();
-        if h.len() < 14 || u16::from_be_bytes([h[12], h[13]]) & 0x0100 == 0 {
-            return None;
-        }
-        let p = self.properties()?;
-        p.expiration()
-            .as_ref()
-            .map(|e| crate::queue_args::parse_expiration(e.as_str()))
+        header_expiration(self.header())
     }
 
     /// Decodes the properties (for the features that need them).
@@ -206,6 +199,19 @@ pub fn content_header(props: &BasicProperties, size: u64) -> Option<Vec<u8>> {
     let ctx = amq_protocol::protocol::basic::gen_properties(props)(ctx).ok()?;
     header.extend_from_slice(&ctx.write);
     Some(header)
+}
+
+/// The expiration property of a raw content header payload, in
+/// milliseconds (`Err` when it is not a valid expiration). Only decodes the
+/// properties when the expiration flag is set.
+pub fn header_expiration(h: &[u8]) -> Option<Result<u64, String>> {
+    if h.len() < 14 || u16::from_be_bytes([h[12], h[13]]) & 0x0100 == 0 {
+        return None;
+    }
+    let p = parse_properties(h)?;
+    p.expiration()
+        .as_ref()
+        .map(|e| crate::queue_args::parse_expiration(e.as_str()))
 }
 
 /// The priority property of a raw content header payload (0 when absent).

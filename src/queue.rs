@@ -666,20 +666,25 @@ impl Queue {
 
     /// Puts messages recovered from the store into the queue, in order.
     /// They stay in the store's segments until the queue's head reaches
-    /// them. Recovered messages get the queue's TTL afresh (the store does
-    /// not keep enqueue times).
+    /// them. Recovered messages get the queue's TTL and their own
+    /// expiration afresh (the store does not keep enqueue times).
     pub fn restore(self: &Arc<Self>, msgs: Vec<RecoveredMessage>) {
         let mut st = self.state.lock();
-        let deadline = st
-            .args
-            .message_ttl
-            .map_or(0, |t| now_ms().saturating_add(t));
+        let now = now_ms();
+        let queue_ttl = st.args.message_ttl;
         let Some(store) = self.store.clone() else {
             return;
         };
         for m in msgs {
             let seq = st.next_seq;
             st.next_seq += 1;
+            // The queue's TTL and the message's own expiration run again
+            // from the restart, the shorter one winning as at publish.
+            let ttl = match (queue_ttl, m.expiration) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let deadline = ttl.map_or(0, |t| now.saturating_add(t));
             st.ready
                 .push_stored(&store, m.loc, m.priority, seq, m.id, m.delivered, deadline);
         }

@@ -412,3 +412,67 @@ async fn recovered_messages_are_read_back_from_the_store_in_order_across_segment
         }
     }
 }
+
+// The per-message TTL + dead-letter retry pattern must survive a restart: a
+// persistent message with an expiration on a queue without a queue TTL used
+// to stay forever after a restart (issue 13).
+#[tokio::test]
+async fn a_persistent_message_with_an_expiration_still_expires_after_a_restart() {
+    let mut w = Warren::start();
+    {
+        let (c, ch) = confirm_channel(&w).await;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            lapin::types::AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            lapin::types::AMQPValue::LongString("retry-dlq".into()),
+        );
+        ch.queue_declare("retry-wait".into(), durable(), args)
+            .await
+            .unwrap();
+        ch.queue_declare("retry-dlq".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+        ch.basic_publish(
+            "".into(),
+            "retry-wait".into(),
+            BasicPublishOptions::default(),
+            b"try again",
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_expiration("1500".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        c.close(200, "bye".into()).await.unwrap();
+    }
+    w.kill();
+    w.restart();
+    let (_c, ch) = w.channel().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(m) = ch
+            .basic_get("retry-dlq".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            assert_eq!(m.delivery.data, b"try again");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never expired after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = ch
+        .basic_get("retry-wait".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(left.is_none());
+}

@@ -376,13 +376,16 @@ pub struct RecoveredMessage {
     pub priority: u8,
     /// It had been delivered (and not acked) before the stop.
     pub delivered: bool,
+    /// Its expiration property, in milliseconds: per-message TTL runs
+    /// again from the restart (the store keeps no enqueue time).
+    pub expiration: Option<u64>,
 }
 
 /// One queue's messages during recovery, in id order: (id, location,
-/// delivered, acked).
+/// delivered, acked, priority, expiration).
 #[derive(Default)]
 struct QueueScan {
-    msgs: Vec<(u64, Loc, bool, bool, u8)>,
+    msgs: Vec<(u64, Loc, bool, bool, u8, Option<u64>)>,
     sorted: bool,
     /// Acked entries still in `msgs`.
     acked: usize,
@@ -615,11 +618,12 @@ impl MessageStore {
                 .msgs
                 .into_iter()
                 .filter(|m| !m.3)
-                .map(|(id, loc, delivered, _, priority)| RecoveredMessage {
+                .map(|(id, loc, delivered, _, priority, expiration)| RecoveredMessage {
                     id,
                     loc,
                     delivered,
                     priority,
+                    expiration,
                 })
                 .collect();
             if !list.is_empty() {
@@ -1151,6 +1155,7 @@ fn apply(
             }
             *max_id = (*max_id).max(id);
             let priority = crate::message::header_priority(&header);
+            let expiration = crate::message::header_expiration(&header).and_then(Result::ok);
             msgs.push(id, loc.seg, qs.len() as u32);
             for k in qs {
                 let q = queues.entry(k).or_insert_with(|| QueueScan {
@@ -1160,7 +1165,7 @@ fn apply(
                 if q.msgs.last().is_some_and(|l| l.0 > id) {
                     q.sorted = false;
                 }
-                q.msgs.push((id, loc, false, false, priority));
+                q.msgs.push((id, loc, false, false, priority, expiration));
             }
         }
         Record::QueueOp { kind, queue, ids } => {
