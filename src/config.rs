@@ -125,7 +125,7 @@ impl TlsConfig {
 }
 
 /// Resource limits; 0 means unlimited. Refusals use RabbitMQ's codes.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Open connections on this node (connection.open beyond: 530).
@@ -136,6 +136,22 @@ pub struct LimitsConfig {
     pub max_queues_per_vhost: u32,
     /// Consumers per channel (basic.consume beyond: 530).
     pub max_consumers_per_channel: u32,
+    /// Milliseconds a delivery may stay unacked before its channel is
+    /// closed with 406 and the message requeued (RabbitMQ's
+    /// consumer_timeout, 30 minutes); 0 disables.
+    pub consumer_timeout: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 0,
+            max_connections_per_vhost: 0,
+            max_queues_per_vhost: 0,
+            max_consumers_per_channel: 0,
+            consumer_timeout: 1_800_000,
+        }
+    }
 }
 
 /// Memory and disk alarm thresholds (RabbitMQ's vm_memory_high_watermark

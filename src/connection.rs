@@ -32,6 +32,9 @@ use crate::vhost::VHost;
 /// Longest a publishing connection pauses for one flow-control wait.
 const FLOW_PAUSE_MAX: Duration = Duration::from_millis(20);
 
+/// How often a connection looks for deliveries past their consumer timeout.
+const CONSUMER_TIMEOUT_CHECK: Duration = Duration::from_secs(1);
+
 /// How long warren waits for connection.close-ok after sending connection.close.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -834,6 +837,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         };
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut timeout_check = tokio::time::interval(CONSUMER_TIMEOUT_CHECK);
+        timeout_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_recv = Instant::now();
         let mut written_at_tick = 0u64;
         let mut durable_rx = self.ctx.broker.durability.store().map(|s| s.subscribe());
@@ -925,6 +930,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                         return End::Gone;
                     }
                     last_recv = Instant::now();
+                }
+                _ = timeout_check.tick(), if self.has_unacked() => {
+                    if let Err(e) = self.check_consumer_timeouts() {
+                        return End::Error(e);
+                    }
                 }
                 changed = alarms.changed() => {
                     if changed.is_err() {
@@ -1121,6 +1131,38 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
         }
         self.ctx.confirms_due = waiting;
+    }
+
+    fn has_unacked(&self) -> bool {
+        self.channels
+            .values()
+            .any(|ch| !ch.closing && ch.shared.unacked_count() > 0)
+    }
+
+    /// Closes (406) every channel holding a delivery unacked for longer than
+    /// its consumer timeout; its unacked messages are requeued, as when any
+    /// channel closes.
+    fn check_consumer_timeouts(&mut self) -> AmqpResult<()> {
+        let default = self.ctx.broker.config.limits.consumer_timeout;
+        let now = crate::timers::coarse_ms();
+        let late: Vec<(u16, u64)> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| !ch.closing)
+            .filter_map(|(&id, ch)| ch.shared.timed_out(now, default).map(|t| (id, t)))
+            .collect();
+        for (channel, limit) in late {
+            tracing::warn!(peer = %self.peer, channel,
+                "consumer ack timed out on channel {channel} ({limit} ms); closing it");
+            let e = AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!(
+                    "delivery acknowledgement on channel {channel} timed out. Timeout value used: {limit} ms. This timeout value can be configured, see consumers doc guide to learn more"
+                ),
+            );
+            self.after_channel_result(channel, Err(e))?;
+        }
+        Ok(())
     }
 
     fn redispatch_all(&mut self) {

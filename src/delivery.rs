@@ -86,6 +86,8 @@ pub struct Unacked {
     pub stored: Option<u64>,
     /// Its expiry, kept should it be requeued.
     pub deadline: u64,
+    /// When it was delivered (`timers::coarse_ms`), for consumer timeouts.
+    pub delivered_at: u64,
 }
 
 /// A consumer attached to a queue.
@@ -209,6 +211,7 @@ impl Consumer {
                 consumer: Some(self.clone()),
                 stored,
                 deadline,
+                delivered_at: crate::timers::coarse_ms(),
             });
         }
         true
@@ -359,6 +362,7 @@ impl ChannelShared {
                 consumer: None,
                 stored,
                 deadline: m.deadline,
+                delivered_at: crate::timers::coarse_ms(),
             });
         }
         true
@@ -427,6 +431,32 @@ impl ChannelShared {
     /// Sets the channel-wide prefetch (basic.qos global=true).
     pub fn set_global_prefetch(&self, count: u16) {
         self.state.lock().global_prefetch = count;
+    }
+
+    /// The consumer timeout (ms) an unacked delivery has outlived, if
+    /// any: each delivery's queue's `x-consumer-timeout` (or policy), else
+    /// `default`; 0 means none. Deliveries are in delivery order, so only
+    /// those older than the shortest timeout in use are looked at.
+    pub fn timed_out(&self, now: u64, default: u64) -> Option<u64> {
+        let shortest = crate::queue::shortest_consumer_timeout(default);
+        if shortest == 0 {
+            return None;
+        }
+        let st = self.state.lock();
+        for u in &st.unacked {
+            let age = now.saturating_sub(u.delivered_at);
+            if age <= shortest {
+                break;
+            }
+            let limit = match u.queue.consumer_timeout() {
+                0 => default,
+                t => t,
+            };
+            if limit > 0 && age > limit {
+                return Some(limit);
+            }
+        }
+        None
     }
 
     /// Number of unacked deliveries on the channel.

@@ -83,6 +83,31 @@ pub struct Queue {
     vhost_ref: Weak<VHost>,
     /// When it was last used (`timers::now_ms`), for x-expires.
     last_used: AtomicU64,
+    /// x-consumer-timeout (or the policy's consumer-timeout), ms; 0: the
+    /// broker's `[limits] consumer_timeout`.
+    consumer_timeout: AtomicU64,
+}
+
+/// The shortest x-consumer-timeout any queue was ever given (ms; 0: none):
+/// channels look only at deliveries older than this or the default.
+static SHORTEST_QUEUE_TIMEOUT: AtomicU64 = AtomicU64::new(0);
+
+/// The shortest consumer timeout that may apply to any delivery: the
+/// broker default or a shorter per-queue one (0: none at all).
+pub fn shortest_consumer_timeout(default: u64) -> u64 {
+    match (SHORTEST_QUEUE_TIMEOUT.load(Ordering::Relaxed), default) {
+        (0, d) => d,
+        (q, 0) => q,
+        (q, d) => q.min(d),
+    }
+}
+
+fn note_queue_timeout(t: Option<u64>) {
+    if let Some(t) = t.filter(|t| *t > 0) {
+        let _ = SHORTEST_QUEUE_TIMEOUT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+            (cur == 0 || t < cur).then_some(t)
+        });
+    }
 }
 
 /// What enqueueing a message did.
@@ -117,6 +142,8 @@ impl Queue {
         args: QueueArgs,
     ) -> Arc<Queue> {
         let levels = max_priority(&config.arguments);
+        note_queue_timeout(args.consumer_timeout);
+        let consumer_timeout = AtomicU64::new(args.consumer_timeout.unwrap_or(0));
         let q = Arc::new(Queue {
             name,
             vhost: vhost.name.clone(),
@@ -132,6 +159,7 @@ impl Queue {
             stats: Default::default(),
             vhost_ref: Arc::downgrade(vhost),
             last_used: AtomicU64::new(now_ms()),
+            consumer_timeout,
         });
         q.arm_expiry();
         q
@@ -146,12 +174,20 @@ impl Queue {
     pub fn set_args(self: &Arc<Self>, args: QueueArgs) {
         let mut st = self.state.lock();
         let expiry_changed = st.args.expires != args.expires;
+        note_queue_timeout(args.consumer_timeout);
+        self.consumer_timeout
+            .store(args.consumer_timeout.unwrap_or(0), Ordering::Relaxed);
         st.args = args;
         self.enforce_limits(&mut st, now_ms());
         self.finish(st);
         if expiry_changed {
             self.arm_expiry();
         }
+    }
+
+    /// Its own consumer timeout in ms (0: the broker's default applies).
+    pub fn consumer_timeout(&self) -> u64 {
+        self.consumer_timeout.load(Ordering::Relaxed)
     }
 
     /// Dead-letter exchange and routing key, if the queue has one.

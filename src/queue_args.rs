@@ -49,6 +49,8 @@ pub struct QueueArgs {
     pub dlrk: Option<String>,
     /// x-single-active-consumer: only the first consumer receives.
     pub single_active: bool,
+    /// x-consumer-timeout, ms an unacked delivery may stay unacked.
+    pub consumer_timeout: Option<u64>,
 }
 
 /// Integer value of an AMQP field, if it is an integer type (what RabbitMQ
@@ -106,6 +108,7 @@ impl QueueArgs {
             expires: non_neg("x-expires", false)?,
             max_length: non_neg("x-max-length", true)?,
             max_length_bytes: non_neg("x-max-length-bytes", true)?,
+            consumer_timeout: non_neg("x-consumer-timeout", false)?,
             ..Default::default()
         };
         if let Some(v) = t.get("x-overflow") {
@@ -211,6 +214,7 @@ impl QueueArgs {
                 a.dlx = a.dlx.or(p.dlx);
                 a.dlrk = a.dlrk.or(p.dlrk);
                 a.single_active |= p.single_active;
+                a.consumer_timeout = a.consumer_timeout.or(p.consumer_timeout);
             }
         }
         a
@@ -231,6 +235,10 @@ impl QueueArgs {
         self.max_length = min(self.max_length, num("max-length"));
         self.max_length_bytes = min(self.max_length_bytes, num("max-length-bytes"));
         self.expires = min(self.expires, num("expires").filter(|n| *n > 0));
+        self.consumer_timeout = min(
+            self.consumer_timeout,
+            num("consumer-timeout").filter(|n| *n > 0),
+        );
         if self.dlx.is_none() {
             self.dlx = def
                 .get("dead-letter-exchange")

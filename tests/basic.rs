@@ -15,7 +15,7 @@ use common::*;
 use futures_lite::StreamExt;
 use lapin::Confirmation;
 use lapin::options::*;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, ExchangeKind};
 use support::*;
 
@@ -1244,4 +1244,69 @@ async fn qos_applies_only_to_consumers_created_after_it() {
     }
     let got = collect_for(&mut consumer, Duration::from_millis(500), 5).await;
     assert_eq!(got.len(), 5, "the existing consumer is not limited");
+}
+
+// consumer_timeout, as RabbitMQ: a delivery left unacked too long closes the
+// channel with 406 and the message is requeued (issue 13).
+#[tokio::test]
+async fn a_delivery_unacked_past_the_consumer_timeout_closes_the_channel_and_is_requeued() {
+    let w = Warren::start_with("[limits]\nconsumer_timeout = 1500");
+    let conn = w.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut watch = watch(&conn);
+    declare(&ch, "slow-ack").await;
+    publish(&ch, "", "slow-ack", b"take your time").await;
+    let mut c = consume(&ch, "slow-ack", false).await;
+    let d = next(&mut c).await;
+    assert!(!d.redelivered);
+    let err = broker_error(&mut watch).await;
+    assert_eq!(common::reply_code(&err), Some(406), "{err:?}");
+    let text = common::reply_text(&err);
+    assert!(
+        text.contains(&format!(
+            "delivery acknowledgement on channel {} timed out. Timeout value used: 1500 ms. This timeout value can be configured, see consumers doc guide to learn more",
+            ch.id()
+        )),
+        "{text}"
+    );
+    // The message is back in the queue, marked redelivered.
+    let ch2 = conn.create_channel().await.unwrap();
+    let m = get_eventually(&ch2, "slow-ack").await;
+    assert!(m.delivery.redelivered);
+    assert_eq!(m.delivery.data, b"take your time");
+}
+
+#[tokio::test]
+async fn x_consumer_timeout_on_a_queue_overrides_the_default() {
+    let w = Warren::start();
+    let conn = w.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut watch = watch(&conn);
+    let mut args = FieldTable::default();
+    args.insert("x-consumer-timeout".into(), AMQPValue::LongLongInt(1000));
+    ch.queue_declare("quick-ack".into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    publish(&ch, "", "quick-ack", b"hurry").await;
+    let mut c = consume(&ch, "quick-ack", false).await;
+    let _d = next(&mut c).await;
+    let err = broker_error(&mut watch).await;
+    assert_eq!(common::reply_code(&err), Some(406), "{err:?}");
+    assert!(common::reply_text(&err).contains("Timeout value used: 1000 ms"));
+}
+
+#[tokio::test]
+async fn acked_deliveries_never_time_out() {
+    let w = Warren::start_with("[limits]\nconsumer_timeout = 1000");
+    let (_c, ch) = w.channel().await;
+    declare(&ch, "prompt").await;
+    let mut c = consume(&ch, "prompt", false).await;
+    for i in 0..3 {
+        publish(&ch, "", "prompt", format!("m{i}").as_bytes()).await;
+        let d = next(&mut c).await;
+        d.ack(BasicAckOptions::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Still open after more than the timeout in total.
+    declare(&ch, "prompt-2").await;
 }

@@ -618,13 +618,15 @@ impl MessageStore {
                 .msgs
                 .into_iter()
                 .filter(|m| !m.3)
-                .map(|(id, loc, delivered, _, priority, expiration)| RecoveredMessage {
-                    id,
-                    loc,
-                    delivered,
-                    priority,
-                    expiration,
-                })
+                .map(
+                    |(id, loc, delivered, _, priority, expiration)| RecoveredMessage {
+                        id,
+                        loc,
+                        delivered,
+                        priority,
+                        expiration,
+                    },
+                )
                 .collect();
             if !list.is_empty() {
                 recovered.insert(key, list);

@@ -221,6 +221,19 @@ pub async fn channel_error(ch: &Channel, w: &mut Watch) -> lapin::Error {
     }
 }
 
+/// Waits (up to `WAIT`) for the broker to report an error on the
+/// connection by itself, without provoking it.
+pub async fn broker_error(w: &mut Watch) -> lapin::Error {
+    loop {
+        match tokio::time::timeout(WAIT, w.0.next()).await {
+            Ok(Some(lapin::Event::Error(e))) if is_protocol_error(&e) => return e,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("connection events ended without a protocol error"),
+            Err(_) => panic!("timed out waiting for an error from the broker"),
+        }
+    }
+}
+
 /// Whether a queue exists (checked with a passive declare on a throwaway channel).
 pub async fn queue_exists(conn: &lapin::Connection, name: &str) -> bool {
     let ch = within("channel.open-ok", conn.create_channel())
