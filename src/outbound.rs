@@ -130,11 +130,36 @@ impl ConnectionHandle {
     /// the connection is marked so that the writer wakes it once drained.
     #[inline]
     pub fn can_accept_deliveries(&self) -> bool {
-        if self.pending.load(Ordering::Relaxed) < HIGH_WATER {
+        self.can_accept_deliveries_then(|| {})
+    }
+
+    /// `can_accept_deliveries`, running `between` after the first look at
+    /// the backlog (tests use it to make the writer drain at the worst time).
+    ///
+    /// The flag is set before the backlog is looked at again, and both sides
+    /// use SeqCst: either the writer's `swap` sees the flag (and sends
+    /// Writable) or this second load sees what the writer drained. Setting
+    /// the flag after a single load lost the wakeup when the writer drained
+    /// in between, and deliveries stalled until something else was written.
+    #[inline]
+    fn can_accept_deliveries_then(&self, between: impl FnOnce()) -> bool {
+        if self.pending.load(Ordering::SeqCst) < HIGH_WATER {
             return true;
         }
-        self.throttled.store(true, Ordering::Relaxed);
-        false
+        between();
+        self.throttled.store(true, Ordering::SeqCst);
+        // A flag left set when this returns true costs one spare Writable.
+        self.pending.load(Ordering::SeqCst) < HIGH_WATER
+    }
+
+    /// Accounts for `n` bytes the writer put on the socket; wakes the
+    /// connection if it was throttled and the backlog fell below LOW_WATER.
+    fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        let left = self.pending.fetch_sub(n, Ordering::SeqCst) - n;
+        if left < LOW_WATER && self.throttled.swap(false, Ordering::SeqCst) {
+            self.send_event(ConnEvent::Writable);
+        }
     }
 
     /// Total bytes written to the socket so far (for heartbeat decisions).
@@ -233,12 +258,7 @@ impl ConnectionHandle {
                 return;
             }
             unflushed = true;
-            let n = spare.len();
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
-            let left = self.pending.fetch_sub(n, Ordering::Relaxed) - n;
-            if left < LOW_WATER && self.throttled.swap(false, Ordering::Relaxed) {
-                self.send_event(ConnEvent::Writable);
-            }
+            self.wrote(spare.len());
             spare.clear();
             // Don't keep a huge buffer around after a burst.
             if spare.capacity() > 4 * HIGH_WATER {
@@ -247,5 +267,41 @@ impl ConnectionHandle {
         }
         let _ = socket.flush().await;
         let _ = socket.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle with `n` unwritten bytes.
+    fn backlogged(n: usize) -> (Arc<ConnectionHandle>, mpsc::UnboundedReceiver<ConnEvent>) {
+        let (h, rx) = ConnectionHandle::new(1, 4096);
+        h.write(|out| out.extend_from_slice(&vec![0u8; n]));
+        (h, rx)
+    }
+
+    #[test]
+    fn a_writer_draining_between_the_check_and_the_flag_still_wakes_the_connection() {
+        let (h, mut rx) = backlogged(HIGH_WATER);
+        // The writer puts everything on the socket right after the first
+        // look at the backlog, before the throttled flag is set.
+        let accepted = h.can_accept_deliveries_then(|| h.wrote(HIGH_WATER));
+        let woken = matches!(rx.try_recv(), Ok(ConnEvent::Writable));
+        assert!(
+            accepted || woken,
+            "refused deliveries and nothing will wake the connection"
+        );
+    }
+
+    #[test]
+    fn a_throttled_connection_is_woken_once_the_backlog_falls_below_low_water() {
+        let (h, mut rx) = backlogged(HIGH_WATER);
+        assert!(!h.can_accept_deliveries());
+        h.wrote(HIGH_WATER - LOW_WATER);
+        assert!(rx.try_recv().is_err(), "woken at LOW_WATER, not below it");
+        h.wrote(1);
+        assert!(matches!(rx.try_recv(), Ok(ConnEvent::Writable)));
+        assert!(h.can_accept_deliveries());
     }
 }
