@@ -58,9 +58,11 @@ fn wheel() -> &'static Arc<Wheel> {
             wake: Condvar::new(),
         });
         let run = w.clone();
+        // Without this thread no TTL or x-expires would ever fire again, so
+        // a broker that cannot start it cannot run.
         std::thread::Builder::new()
             .name("warren-timers".into())
-            .spawn(move || run.run())
+            .spawn(move || run.supervise())
             .expect("cannot start the timer thread");
         w
     })
@@ -86,7 +88,24 @@ pub fn schedule(at: u64, kind: Kind, queue: Weak<Queue>) {
 }
 
 impl Wheel {
-    fn run(&self) {
+    /// Runs the timer loop for the life of the process. A panic in one
+    /// queue's callback is logged and costs that callback only: the other
+    /// timers due at the same time still run, and the loop goes on (before,
+    /// one panic ended the thread and TTL and x-expires stopped for every
+    /// queue, silently). A panic outside the callbacks restarts the loop.
+    fn supervise(&self) {
+        loop {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())) {
+                Ok(never) => match never {},
+                Err(e) => tracing::error!(
+                    "the timer thread panicked ({}); restarting it",
+                    panic_text(&*e)
+                ),
+            }
+        }
+    }
+
+    fn run(&self) -> std::convert::Infallible {
         let mut due = Vec::new();
         loop {
             {
@@ -112,9 +131,23 @@ impl Wheel {
             }
             for t in due.drain(..) {
                 if let Some(q) = t.queue.upgrade() {
-                    q.on_timer(t.kind);
+                    let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        q.on_timer(t.kind)
+                    }));
+                    if let Err(e) = fired {
+                        tracing::error!(queue = %q.name, kind = ?t.kind,
+                            "a queue timer panicked ({}); other timers go on", panic_text(&*e));
+                    }
                 }
             }
         }
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(e: &(dyn std::any::Any + Send)) -> &str {
+    e.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| e.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
