@@ -469,6 +469,9 @@ fn sasl_credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(String, Str
             // A field table without its length prefix.
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
+            // Checked before anyone is authenticated: the library's decoder
+            // recurses once per nesting level and would overflow the stack.
+            crate::table_guard::check_field_table(&framed)?;
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..])
                 .map_err(|_| refused())?;
             let get = |k: &str| match table.inner().get(k) {
