@@ -166,7 +166,7 @@ impl Consumer {
     pub fn try_deliver(
         self: &Arc<Self>,
         queue: &Arc<Queue>,
-        take: impl FnOnce() -> QueuedMessage,
+        take: impl FnOnce() -> Option<QueuedMessage>,
     ) -> bool {
         let ch = &self.channel;
         let mut st = ch.state.lock();
@@ -184,13 +184,17 @@ impl Consumer {
         if !ch.conn.can_accept_deliveries() {
             return false;
         }
-        let QueuedMessage {
+        let Some(QueuedMessage {
             msg,
             seq,
             redelivered,
             stored,
             deadline,
-        } = take();
+        }) = take()
+        else {
+            // The queue's last messages could not be read back from disk.
+            return false;
+        };
         if let Some(id) = stored {
             queue.store_delivered(id, self.no_ack, redelivered);
         }

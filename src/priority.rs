@@ -107,12 +107,9 @@ impl ReadyQueue {
     }
 
     /// Takes the message to deliver next: the oldest of the highest priority.
+    /// A level whose messages all turn out unreadable yields to the next.
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
-        self.levels
-            .iter_mut()
-            .rev()
-            .find(|l| !l.is_empty())?
-            .pop_front()
+        self.levels.iter_mut().rev().find_map(ReadyList::pop_front)
     }
 
     /// Store ids of all ready messages.

@@ -432,9 +432,7 @@ impl Queue {
                     .count();
                 for k in 0..len {
                     let i = start + (*next_consumer + k) % len;
-                    if consumers[i]
-                        .try_deliver(self, || ready.pop_front().expect("ready is non-empty"))
-                    {
+                    if consumers[i].try_deliver(self, || ready.pop_front()) {
                         *next_consumer = next_consumer.wrapping_add(k + 1);
                         delivered = true;
                         break;
@@ -461,10 +459,8 @@ impl Queue {
             let QueueState {
                 ready, consumers, ..
             } = &mut *st;
-            let delivered = consumers[i].try_deliver(self, || {
-                // `ready` is non-empty: checked by the loop condition.
-                ready.pop_front().expect("ready is non-empty")
-            });
+            // None only if the rest of `ready` could not be read from disk.
+            let delivered = consumers[i].try_deliver(self, || ready.pop_front());
             if delivered {
                 misses = 0;
             } else {
