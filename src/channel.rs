@@ -372,9 +372,14 @@ impl Channel {
         let rk = String::from_utf8_lossy(msg.routing_key());
         if x.name.is_empty()
             && rk.starts_with(direct_reply::PREFIX)
-            && ctx.vhost.replies.deliver(&rk, &msg)
+            && let Some(target) = ctx.vhost.replies.deliver(&rk, &msg)
         {
-            // A direct reply: straight to the waiting consumer.
+            // A direct reply: straight to the waiting consumer. If that
+            // connection's backlog is over the cap, this one stops reading
+            // until it drains.
+            if target.over_cap() {
+                ctx.reply_wait = Some(target);
+            }
             self.route_buf = queues;
             return (None, false);
         }

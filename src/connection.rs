@@ -67,6 +67,9 @@ pub struct ConnCtx {
     pub confirms_due: Vec<u16>,
     /// A queue that asked this connection's publishers to slow down.
     pub flow_wait: Option<Arc<Queue>>,
+    /// A connection this one's direct replies filled beyond its outbound
+    /// cap: nothing more is read until it drains.
+    pub reply_wait: Option<Arc<ConnectionHandle>>,
     /// The connection has published (alarms block only publishers).
     pub published: bool,
     perms: Option<Arc<crate::auth::Permissions>>,
@@ -215,6 +218,7 @@ async fn serve_stream<R, W>(
                     exclusive_queues: Vec::new(),
                     confirms_due: Vec::new(),
                     flow_wait: None,
+                    reply_wait: None,
                     published: false,
                     perms: None,
                     perms_generation: 0,
@@ -824,9 +828,16 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let mut durable_rx = self.ctx.broker.durability.store().map(|s| s.subscribe());
         let mut alarms = self.ctx.broker.alarms.subscribe();
         let mut blocked = false;
+        // The connection whose backlog holds reading back (see `hold`).
+        let mut hold: Option<Arc<ConnectionHandle>> = None;
         loop {
-            // Handle every complete frame already buffered, then flush confirms.
-            loop {
+            hold = match hold.take() {
+                Some(h) if !h.is_drained() => Some(h),
+                _ => self.hold(),
+            };
+            // Handle every complete frame already buffered, then flush
+            // confirms; stop early once a reply fills a backlog.
+            while hold.is_none() {
                 match self.reader.next_buffered() {
                     Ok(Some(frame)) => match self.handle_frame(frame) {
                         Ok(true) => {}
@@ -836,6 +847,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     Ok(None) => break,
                     Err(e) => return End::Error(e),
                 }
+                hold = self.hold();
             }
             self.flush_confirms();
             self.ctx
@@ -884,7 +896,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
                 tracing::info!(peer = %self.peer, "connection {}", if blocked { "blocked" } else { "unblocked" });
             }
-            if blocked {
+            if blocked || hold.is_some() {
                 // Not reading: the peer's heartbeats wait in the socket.
                 last_recv = Instant::now();
             }
@@ -905,7 +917,12 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     Some(ConnEvent::WriteFailed) | None => return End::Gone,
                     Some(ConnEvent::Close(code, text)) => return End::Error(AmqpError::connection(code, text)),
                 },
-                                ok = self.reader.fill(), if !blocked => {
+                _ = async {
+                    if let Some(h) = &hold {
+                        h.drained(Duration::from_secs(1)).await;
+                    }
+                }, if hold.is_some() => {}
+                ok = self.reader.fill(), if !blocked && hold.is_none() => {
                     if !ok {
                         return End::Gone;
                     }
@@ -1106,6 +1123,20 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             }
         }
         self.ctx.confirms_due = waiting;
+    }
+
+    /// The outbound cap, for every writer: while this connection's own
+    /// backlog (deliveries, basic.get-ok, returns, method replies) or that
+    /// of a connection its direct replies go to is over the cap, its
+    /// socket is not read, until that backlog is below LOW_WATER.
+    fn hold(&mut self) -> Option<Arc<ConnectionHandle>> {
+        if self.ctx.handle.over_cap() {
+            return Some(self.ctx.handle.clone());
+        }
+        self.ctx
+            .reply_wait
+            .take()
+            .filter(|t| t.over_cap() && !t.is_closing())
     }
 
     fn redispatch_all(&mut self) {

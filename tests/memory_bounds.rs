@@ -1,0 +1,299 @@
+//! Hostile clients against warren's memory bounds (issue 14): each test has
+//! a client do what would make a naive broker buffer without limit (ask for
+//! messages or replies and never read them, flood returns, hold messages
+//! unacked or in a transaction, open sockets and never log in), checks that
+//! the broker's resident memory stays within a stated bound, and that a
+//! well-behaved client on another connection keeps publishing and consuming
+//! meanwhile. docs/architecture.md ("Memory bounds") lists the bounds.
+
+mod common;
+mod raw;
+mod support;
+
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::{AMQPClass, basic};
+use common::*;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Consumer};
+use support::*;
+
+const MIB: u64 = 1 << 20;
+
+/// The broker's resident memory in bytes.
+fn rss(w: &Warren) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).expect("read status");
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// A lapin connection that publishes to and consumes from its own queue.
+struct Witness {
+    _conn: lapin::Connection,
+    ch: Channel,
+    consumer: Consumer,
+    queue: String,
+    n: u64,
+}
+
+impl Witness {
+    async fn start(w: &Warren) -> Witness {
+        let (conn, ch) = w.channel().await;
+        let queue = unique("witness");
+        declare(&ch, &queue).await;
+        let consumer = consume(&ch, &queue, false).await;
+        Witness {
+            _conn: conn,
+            ch,
+            consumer,
+            queue,
+            n: 0,
+        }
+    }
+
+    /// Publishes one message and waits for its delivery.
+    async fn round_trip(&mut self) {
+        self.n += 1;
+        let body = format!("m{}", self.n);
+        publish(&self.ch, "", &self.queue, body.as_bytes()).await;
+        let d = next(&mut self.consumer).await;
+        assert_eq!(d.data, body.as_bytes());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+
+    /// Round trips for `d`, sampling the broker's RSS; returns the peak.
+    async fn keep_going(&mut self, w: &Warren, d: Duration) -> u64 {
+        let until = tokio::time::Instant::now() + d;
+        let mut peak = rss(w);
+        while tokio::time::Instant::now() < until {
+            self.round_trip().await;
+            peak = peak.max(rss(w));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak
+    }
+}
+
+/// Frames of a basic.publish of `body` (split at the default frame_max).
+fn publish_frames(
+    channel: u16,
+    routing_key: &str,
+    mandatory: bool,
+    props: basic::AMQPProperties,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = raw::encode(&AMQPFrame::Method(
+        channel,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: routing_key.into(),
+            mandatory,
+            immediate: false,
+        })),
+    ));
+    out.extend(raw::encode(&AMQPFrame::Header(
+        channel,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: body.len() as u64,
+            properties: props,
+        },
+    )));
+    for chunk in body.chunks(131_072 - 8) {
+        out.extend(raw::encode(&AMQPFrame::Body(channel, chunk.to_vec())));
+    }
+    out
+}
+
+/// A raw client, logged in, with channel 1 open.
+fn raw_client(port: u16) -> TcpStream {
+    let mut s = raw::connect(port);
+    raw::open_channel(&mut s, 1);
+    s
+}
+
+/// Writes `bytes` from a thread, so that a broker that stops reading
+/// blocks the thread and not the test; shutting the socket ends it.
+fn write_in_background(s: &TcpStream, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+    let mut w = s.try_clone().expect("clone socket");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = w.write_all(&bytes);
+    })
+}
+
+async fn fill(ch: &Channel, queue: &str, n: usize, size: usize) {
+    let body = vec![7u8; size];
+    for _ in 0..n {
+        publish(ch, "", queue, &body).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare");
+        if q.message_count() as usize == n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "fill stalled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A small paging budget, so a queue of big messages costs little RAM
+/// and what the tests measure is the outbound side.
+const SMALL_QUEUES: &str = "[storage]\nqueue_memory_limit = 4194304\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_basic_get_from_a_client_that_never_reads_stops_at_the_outbound_cap() {
+    let w = Warren::start_with(SMALL_QUEUES);
+    let (_c, ch) = w.channel().await;
+    let queue = unique("hoard");
+    declare(&ch, &queue).await;
+    fill(&ch, &queue, 120, MIB as usize).await;
+    let mut witness = Witness::start(&w).await;
+    witness.round_trip().await;
+    let before = rss(&w);
+
+    // 120 basic.get (no-ack) in one write, then never a read: 120 MiB of
+    // get-ok frames if the broker answered them all.
+    let s = raw_client(w.port);
+    let mut gets = Vec::new();
+    for _ in 0..120 {
+        gets.extend(raw::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+                queue: queue.as_str().into(),
+                no_ack: true,
+            })),
+        )));
+    }
+    let writer = write_in_background(&s, gets);
+    let peak = witness.keep_going(&w, Duration::from_secs(3)).await;
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 40 * MIB,
+        "the broker grew {} MiB for a client that never reads",
+        grown / MIB
+    );
+    let _ = s.shutdown(Shutdown::Both);
+    writer.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mandatory_flood_to_nowhere_from_a_client_that_never_reads_stops_at_the_outbound_cap() {
+    let w = Warren::start();
+    let mut witness = Witness::start(&w).await;
+    witness.round_trip().await;
+    let before = rss(&w);
+
+    // 150 mandatory 1 MiB messages nobody routes: each comes back whole
+    // as basic.return, to a client that reads nothing.
+    let s = raw_client(w.port);
+    let one = publish_frames(
+        1,
+        "nowhere",
+        true,
+        basic::AMQPProperties::default(),
+        &vec![1u8; MIB as usize],
+    );
+    let flood: Vec<u8> = one.iter().copied().cycle().take(one.len() * 150).collect();
+    let writer = write_in_background(&s, flood);
+    let peak = witness.keep_going(&w, Duration::from_secs(3)).await;
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 40 * MIB,
+        "the broker grew {} MiB returning messages nobody reads",
+        grown / MIB
+    );
+    let _ = s.shutdown(Shutdown::Both);
+    writer.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_direct_replies_pauses_the_replier_instead_of_growing_the_broker() {
+    let w = Warren::start();
+    let (_c, ch) = w.channel().await;
+    let requests = unique("requests");
+    declare(&ch, &requests).await;
+
+    // The RPC client: consumes its direct replies, sends one request, and
+    // then reads nothing more.
+    let mut s = raw_client(w.port);
+    raw::send_method(
+        &mut s,
+        1,
+        &AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "amq.rabbitmq.reply-to".into(),
+            consumer_tag: "rpc".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    );
+    match raw::read_method(&mut s) {
+        (1, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))) => {}
+        other => panic!("expected basic.consume-ok, got {other:?}"),
+    }
+    let props = basic::AMQPProperties::default().with_reply_to("amq.rabbitmq.reply-to".into());
+    raw::send_raw(&mut s, &publish_frames(1, &requests, false, props, b"ping"));
+    let request = get_eventually(&ch, &requests).await;
+    let reply_to = request
+        .delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .expect("reply_to")
+        .to_string();
+
+    let mut witness = Witness::start(&w).await;
+    witness.round_trip().await;
+    let before = rss(&w);
+    // The server: 150 replies of 1 MiB to a client that reads none.
+    let replier = w.connect().await;
+    let rch = replier.create_channel().await.unwrap();
+    let server = tokio::spawn(async move {
+        let body = vec![2u8; MIB as usize];
+        for _ in 0..150 {
+            let sent = rch
+                .basic_publish(
+                    "".into(),
+                    reply_to.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default(),
+                )
+                .await;
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    let peak = witness.keep_going(&w, Duration::from_secs(3)).await;
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 40 * MIB,
+        "the broker grew {} MiB holding replies nobody reads",
+        grown / MIB
+    );
+    server.abort();
+    let _ = s.shutdown(Shutdown::Both);
+}
