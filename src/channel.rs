@@ -526,7 +526,12 @@ impl Channel {
                 dead_letter_rejected(settled);
             }
         }
-        if self.shared.state.lock().global_prefetch != 0 {
+        let redispatch_all = {
+            let mut st = self.shared.state.lock();
+            // Either flag: a consumer of any queue may have room again.
+            st.take_over_budget() || st.global_prefetch != 0
+        };
+        if redispatch_all {
             self.redispatch();
         } else {
             for q in wake {

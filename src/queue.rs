@@ -83,6 +83,9 @@ pub struct Queue {
     vhost_ref: Weak<VHost>,
     /// When it was last used (`timers::now_ms`), for x-expires.
     last_used: AtomicU64,
+    /// Most unacked body bytes a channel may hold before this queue stops
+    /// delivering to it (`[storage] queue_memory_limit`; 0: no limit).
+    unacked_budget: usize,
 }
 
 /// What enqueueing a message did.
@@ -117,6 +120,7 @@ impl Queue {
         args: QueueArgs,
     ) -> Arc<Queue> {
         let levels = max_priority(&config.arguments);
+        let unacked_budget = paging.as_ref().map_or(0, |p| p.limit);
         let q = Arc::new(Queue {
             name,
             vhost: vhost.name.clone(),
@@ -132,9 +136,16 @@ impl Queue {
             stats: Default::default(),
             vhost_ref: Arc::downgrade(vhost),
             last_used: AtomicU64::new(now_ms()),
+            unacked_budget,
         });
         q.arm_expiry();
         q
+    }
+
+    /// Most unacked body bytes a channel may hold before this queue stops
+    /// delivering to it (0: no limit).
+    pub fn unacked_budget(&self) -> usize {
+        self.unacked_budget
     }
 
     /// The queue's effective arguments.

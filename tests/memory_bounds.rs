@@ -297,3 +297,40 @@ async fn a_slow_reader_of_direct_replies_pauses_the_replier_instead_of_growing_t
     server.abort();
     let _ = s.shutdown(Shutdown::Both);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetch_0_consumer_that_never_acks_holds_at_most_the_queue_memory_budget() {
+    let w = Warren::start_with(SMALL_QUEUES);
+    let (_c, ch) = w.channel().await;
+    let queue = unique("paged");
+    declare(&ch, &queue).await;
+    fill(&ch, &queue, 150, MIB as usize).await;
+    let mut witness = Witness::start(&w).await;
+    witness.round_trip().await;
+    let before = rss(&w);
+
+    // Prefetch 0 (no limit), and no acks: every message of the queue would
+    // be read back from its page file and held unacked in RAM.
+    let (_hog, hch) = w.channel().await;
+    let mut hog = consume(&hch, &queue, false).await;
+    let peak = witness.keep_going(&w, Duration::from_secs(3)).await;
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 40 * MIB,
+        "the broker grew {} MiB for a consumer that never acks",
+        grown / MIB
+    );
+    let held = collect_for(&mut hog, Duration::from_millis(500), 150).await;
+    assert!(
+        !held.is_empty() && held.len() < 20,
+        "{} messages delivered unacked, expected about the 4 MiB budget",
+        held.len()
+    );
+    // Acking makes room: deliveries go on.
+    let last = held.last().unwrap().delivery_tag;
+    hch.basic_ack(last, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    let more = collect_for(&mut hog, Duration::from_secs(5), 1).await;
+    assert_eq!(more.len(), 1, "no delivery after the ack");
+}
