@@ -592,7 +592,9 @@ fn tx_method(ch: &mut Channel, ctx: &mut ConnCtx, m: tx::AMQPMethod) -> AmqpResu
                 ));
             }
             if ch.tx.is_none() {
-                ch.tx = Some(Default::default());
+                ch.tx = Some(crate::channel::Tx::new(
+                    ctx.broker.config.limits.max_tx_bytes,
+                ));
             }
             ctx.send(
                 ch.id,
