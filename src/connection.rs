@@ -26,6 +26,7 @@ use crate::error::{AmqpError, AmqpResult, Scope, code};
 use crate::methods::{Method, decode, ids, write_method};
 use crate::outbound::{ConnEvent, ConnectionHandle};
 use crate::queue::Queue;
+use crate::server::HandshakeSlot;
 use crate::tls::TlsSession;
 use crate::vhost::VHost;
 
@@ -116,14 +117,16 @@ impl ConnCtx {
 }
 
 /// Serves one plain TCP client connection until it closes.
-pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+/// `slot` counts it against `[limits] max_handshaking_connections` until
+/// connection.open.
+pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, slot: HandshakeSlot) {
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
         return;
     };
     // The socket's own halves: no lock between the reader and the writer task.
     let (rd, wr) = stream.into_split();
-    serve_stream(broker, rd, wr, Peer { peer, local }, None).await;
+    serve_stream(broker, rd, wr, Peer { peer, local }, None, slot).await;
 }
 
 /// Serves one TLS client connection: the TLS handshake (within the AMQP
@@ -133,6 +136,7 @@ pub async fn serve_tls(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: HandshakeSlot,
 ) {
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
@@ -154,7 +158,7 @@ pub async fn serve_tls(
     tracing::debug!(%peer, protocol = %session.protocol, cipher = %session.cipher,
         peer_cert = ?session.peer_cert_subject, "TLS established");
     let (rd, wr) = tokio::io::split(tls);
-    serve_stream(broker, rd, wr, Peer { peer, local }, Some(session)).await;
+    serve_stream(broker, rd, wr, Peer { peer, local }, Some(session), slot).await;
 }
 
 /// The two ends of a client's TCP connection.
@@ -172,6 +176,7 @@ async fn serve_stream<R, W>(
     mut wr: W,
     ends: Peer,
     tls: Option<TlsSession>,
+    slot: HandshakeSlot,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -206,6 +211,7 @@ async fn serve_stream<R, W>(
         handshake(&broker, &handle, &mut reader, ends, tls.as_ref()),
     )
     .await;
+    drop(slot);
     let linger = match hs {
         Ok(Ok(Some(hs))) => {
             tracing::info!(%peer, id, user = %hs.user, vhost = %hs.vhost.name, "connection opened");

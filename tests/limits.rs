@@ -297,3 +297,49 @@ async fn a_transaction_over_max_tx_bytes_is_closed_with_406_and_rolled_back() {
         .unwrap();
     assert!(support::get(&ch2, &q).await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_finish_the_handshake_are_capped_from_accept_on() {
+    let w = Warren::start_with("[limits]\nmax_handshaking_connections = 50\n");
+    let (_c, ch) = w.channel().await;
+    let port = w.port;
+    // 50 sockets that connect and never send a byte, and 1 more.
+    let (idle, mut extra) = tokio::task::spawn_blocking(move || {
+        let idle: Vec<_> = (0..50).map(|_| raw::tcp(port)).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        (idle, raw::tcp(port))
+    })
+    .await
+    .unwrap();
+    // The 51st is closed at once, before any connection.start.
+    let closed = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut b = [0u8; 1];
+        matches!(extra.read(&mut b), Ok(0))
+            || matches!(extra.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    })
+    .await
+    .unwrap();
+    assert!(closed, "a socket beyond the cap was served");
+    // Connections already open are not affected.
+    round_trip(&ch, "still-open").await;
+    // Once the idle sockets go, new connections are served again.
+    drop(idle);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match lapin::Connection::connect(&w.url(), lapin::ConnectionProperties::default()).await {
+            Ok(c) => {
+                let ch = c.create_channel().await.unwrap();
+                round_trip(&ch, "after-idle").await;
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no connection after the idle sockets closed: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
