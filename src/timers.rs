@@ -75,6 +75,43 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
+/// Runs `job` on the timer helper thread, in order, so that the timer
+/// thread itself never waits for a disk (queue deletions fsync the
+/// definitions log). A panicking job is logged; the next ones still run.
+pub fn run_off_timer(job: impl FnOnce() + Send + 'static) {
+    type Job = Box<dyn FnOnce() + Send>;
+    static HELPER: OnceLock<Option<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    let tx = HELPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("warren-timer-jobs".into())
+            .spawn(move || {
+                for job in rx {
+                    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+                        tracing::error!("a timer job panicked ({}); going on", panic_text(&*e));
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!(
+                    "cannot start the timer job thread ({e}); running jobs on the timer thread"
+                );
+                None
+            }
+        }
+    });
+    match tx {
+        Some(tx) => {
+            if let Err(std::sync::mpsc::SendError(job)) = tx.send(Box::new(job)) {
+                job();
+            }
+        }
+        None => job(),
+    }
+}
+
 /// Calls the queue back at `at` (a `now_ms` time).
 pub fn schedule(at: u64, kind: Kind, queue: Weak<Queue>) {
     let w = wheel();
@@ -130,6 +167,18 @@ impl Wheel {
                 }
             }
             for t in due.drain(..) {
+                if t.kind == Kind::QueueExpiry {
+                    // Deleting a durable queue appends to the definitions
+                    // log and fsyncs: not here, where it would hold every
+                    // TTL in the broker back behind the disk.
+                    let (queue, kind) = (t.queue, t.kind);
+                    run_off_timer(move || {
+                        if let Some(q) = queue.upgrade() {
+                            q.on_timer(kind);
+                        }
+                    });
+                    continue;
+                }
                 if let Some(q) = t.queue.upgrade() {
                     let fired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         q.on_timer(t.kind)
