@@ -200,3 +200,18 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> &str {
         .or_else(|| e.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("no message")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_timer_job_does_not_stop_the_jobs_after_it() {
+        run_off_timer(|| panic!("a job that panics"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        run_off_timer(move || {
+            let _ = tx.send(42);
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(42));
+    }
+}

@@ -334,3 +334,38 @@ async fn a_prefetch_0_consumer_that_never_acks_holds_at_most_the_queue_memory_bu
     let more = collect_for(&mut hog, Duration::from_secs(5), 1).await;
     assert_eq!(more.len(), 1, "no delivery after the ack");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_sockets_that_stop_after_the_protocol_header_cost_at_most_the_handshake_cap() {
+    // The shipped default: max_handshaking_connections = 1000.
+    let w = Warren::start();
+    let mut witness = Witness::start(&w).await;
+    witness.round_trip().await;
+    let before = rss(&w);
+    let port = w.port;
+    // Each sends the protocol header (so the broker sets the connection
+    // up and sends connection.start) and then nothing.
+    let opener = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut open = Vec::new();
+        for _ in 0..10_000 {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(raw::PROTOCOL_HEADER);
+                open.push(s);
+            }
+        }
+        open
+    });
+    let peak = witness.keep_going(&w, Duration::from_secs(4)).await;
+    let sockets = opener.await.unwrap();
+    let peak = peak.max(witness.keep_going(&w, Duration::from_secs(1)).await);
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 60 * MIB,
+        "the broker grew {} MiB for {} half-open connections",
+        grown / MIB,
+        sockets.len()
+    );
+    drop(sockets);
+    witness.round_trip().await;
+}
