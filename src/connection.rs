@@ -836,6 +836,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let mut blocked = false;
         // The connection whose backlog holds reading back (see `hold`).
         let mut hold: Option<Arc<ConnectionHandle>> = None;
+        let mut written_while_held = 0u64;
         loop {
             hold = match hold.take() {
                 Some(h) if !h.is_drained() => Some(h),
@@ -902,7 +903,19 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
                 tracing::info!(peer = %self.peer, "connection {}", if blocked { "blocked" } else { "unblocked" });
             }
-            if blocked || hold.is_some() {
+            let own_hold = hold
+                .as_ref()
+                .is_some_and(|h| Arc::ptr_eq(h, &self.ctx.handle));
+            if own_hold {
+                // Not reading because the peer does not read: it counts as
+                // alive while the writer gets bytes out to it, so a peer
+                // that is gone is still noticed after two heartbeats.
+                let written = self.ctx.handle.bytes_written();
+                if written != written_while_held {
+                    written_while_held = written;
+                    last_recv = Instant::now();
+                }
+            } else if blocked || hold.is_some() {
                 // Not reading: the peer's heartbeats wait in the socket.
                 last_recv = Instant::now();
             }

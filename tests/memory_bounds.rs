@@ -369,3 +369,75 @@ async fn ten_thousand_sockets_that_stop_after_the_protocol_header_cost_at_most_t
     drop(sockets);
     witness.round_trip().await;
 }
+
+/// Messages ready in `queue`.
+async fn ready(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive declare")
+    .message_count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_altogether_is_dropped_after_two_missed_heartbeats() {
+    let w = Warren::start_with(SMALL_QUEUES);
+    let (_c, ch) = w.channel().await;
+    let queue = unique("unread");
+    declare(&ch, &queue).await;
+    fill(&ch, &queue, 40, MIB as usize).await;
+
+    // Heartbeat 1 s; 40 basic.get (with ack) and then not a single read:
+    // once the socket buffers are full, nothing gets out to it any more.
+    let port = w.port;
+    let s = tokio::task::spawn_blocking(move || {
+        let mut s = raw::handshake(
+            port,
+            &raw::Handshake {
+                heartbeat: 1,
+                ..Default::default()
+            },
+        );
+        raw::open_channel(&mut s, 1);
+        s
+    })
+    .await
+    .unwrap();
+    let mut gets = Vec::new();
+    for _ in 0..40 {
+        gets.extend(raw::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+                queue: queue.as_str().into(),
+                no_ack: false,
+            })),
+        )));
+    }
+    let writer = write_in_background(&s, gets);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ready(&ch, &queue).await == 40 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no basic.get served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The broker gives up on it like on a peer that missed two heartbeats:
+    // the connection ends and what it got unacked is back in the queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while ready(&ch, &queue).await < 40 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a client that reads nothing is still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = s.shutdown(Shutdown::Both);
+    writer.join().unwrap();
+}
