@@ -187,6 +187,7 @@ async fn pipelined_basic_get_from_a_client_that_never_reads_stops_at_the_outboun
     let writer = write_in_background(&s, gets);
     let peak = witness.keep_going(&w, Duration::from_secs(3)).await;
     let grown = peak.saturating_sub(before);
+    println!("broker RSS grew {} MiB", grown / MIB);
     assert!(
         grown < 40 * MIB,
         "the broker grew {} MiB for a client that never reads",
@@ -217,6 +218,7 @@ async fn a_mandatory_flood_to_nowhere_from_a_client_that_never_reads_stops_at_th
     let writer = write_in_background(&s, flood);
     let peak = witness.keep_going(&w, Duration::from_secs(3)).await;
     let grown = peak.saturating_sub(before);
+    println!("broker RSS grew {} MiB", grown / MIB);
     assert!(
         grown < 40 * MIB,
         "the broker grew {} MiB returning messages nobody reads",
@@ -289,6 +291,7 @@ async fn a_slow_reader_of_direct_replies_pauses_the_replier_instead_of_growing_t
     });
     let peak = witness.keep_going(&w, Duration::from_secs(3)).await;
     let grown = peak.saturating_sub(before);
+    println!("broker RSS grew {} MiB", grown / MIB);
     assert!(
         grown < 40 * MIB,
         "the broker grew {} MiB holding replies nobody reads",
@@ -315,6 +318,7 @@ async fn a_prefetch_0_consumer_that_never_acks_holds_at_most_the_queue_memory_bu
     let mut hog = consume(&hch, &queue, false).await;
     let peak = witness.keep_going(&w, Duration::from_secs(3)).await;
     let grown = peak.saturating_sub(before);
+    println!("broker RSS grew {} MiB", grown / MIB);
     assert!(
         grown < 40 * MIB,
         "the broker grew {} MiB for a consumer that never acks",
@@ -360,6 +364,7 @@ async fn ten_thousand_sockets_that_stop_after_the_protocol_header_cost_at_most_t
     let sockets = opener.await.unwrap();
     let peak = peak.max(witness.keep_going(&w, Duration::from_secs(1)).await);
     let grown = peak.saturating_sub(before);
+    println!("broker RSS grew {} MiB", grown / MIB);
     assert!(
         grown < 60 * MIB,
         "the broker grew {} MiB for {} half-open connections",
