@@ -445,6 +445,11 @@ fn recover(ch: &mut Channel, requeue_flag: bool) -> AmqpResult<()> {
     }
     let unacked = ch.shared.take_all_unacked();
     requeue(unacked);
+    // A consumer refused for the unacked-bytes budget has room again.
+    let over_budget = ch.shared.state.lock().take_over_budget();
+    if over_budget {
+        ch.redispatch();
+    }
     Ok(())
 }
 

@@ -407,7 +407,15 @@ impl ReadyList {
                 break;
             };
             let at = (offset - first) as usize;
-            let m = data.as_ref().ok().and_then(|d| decode_message(d, at, len));
+            let m = match &data {
+                Ok(d) => decode_message(d, at, len),
+                // The span read failed: try this record on its own, so a
+                // bad spot costs only the records on it.
+                Err(_) => store
+                    .read_span(seg, offset, len as usize)
+                    .ok()
+                    .and_then(|d| decode_message(&d, 0, len)),
+            };
             let Some(m) = m else {
                 tracing::error!(
                     "cannot read a recovered message back from store segment {seg} at {offset}: {}",
