@@ -70,13 +70,27 @@ impl Witness {
     }
 
     /// Round trips for `d`, sampling the broker's RSS; returns the peak.
+    /// Prints the round trips' latency (for docs/benchmarks.md; debug
+    /// builds under test load, so it is not asserted).
     async fn keep_going(&mut self, w: &Warren, d: Duration) -> u64 {
         let until = tokio::time::Instant::now() + d;
         let mut peak = rss(w);
+        let mut took = Vec::new();
         while tokio::time::Instant::now() < until {
+            let t = std::time::Instant::now();
             self.round_trip().await;
+            took.push(t.elapsed());
             peak = peak.max(rss(w));
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        took.sort();
+        if let Some(max) = took.last() {
+            println!(
+                "witness: {} round trips, p50 {:?}, p99 {:?}, max {max:?}",
+                took.len(),
+                took[took.len() / 2],
+                took[took.len() * 99 / 100]
+            );
         }
         peak
     }
