@@ -106,11 +106,16 @@ pub fn spawn_monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender
         limit / (1 << 20),
         cfg.disk_free_limit / (1 << 20)
     );
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(cfg.check_interval_ms.max(10)));
+    // A thread of its own: reading /proc, statvfs and above all malloc_trim
+    // (which walks the whole heap) would stall a tokio worker and every
+    // connection scheduled on it.
+    let interval = Duration::from_millis(cfg.check_interval_ms.max(10));
+    let spawned = std::thread::Builder::new()
+        .name("warren-alarms".into())
+        .spawn(move || {
         let mut last_trim = std::time::Instant::now();
         loop {
-            tick.tick().await;
+            std::thread::sleep(interval);
             let before = *tx.borrow();
             // Under a memory alarm, and every 10 s once resident memory is
             // above 64 MiB: hand freed heap memory back, so a drained
@@ -158,4 +163,9 @@ pub fn spawn_monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender
             }
         }
     });
+    if let Err(e) = spawned {
+        tracing::error!(
+            "cannot start the alarm monitor thread: {e}; memory and disk alarms are off"
+        );
+    }
 }

@@ -39,6 +39,8 @@ pub struct Broker {
     pub started_at: std::time::SystemTime,
     /// Failed logins per client address and user (`[auth] max_failed_logins`).
     pub failed_logins: crate::login_limit::FailedLogins,
+    /// Connections accepted and not yet opened (`server::HandshakeSlot`).
+    pub handshaking: std::sync::atomic::AtomicU32,
 }
 
 impl Broker {
@@ -174,6 +176,7 @@ impl Broker {
             stats: Stats::default(),
             started_at: std::time::SystemTime::now(),
             alarms: Arc::new(tokio::sync::watch::Sender::new(Default::default())),
+            handshaking: std::sync::atomic::AtomicU32::new(0),
         }
     }
 

@@ -59,6 +59,36 @@ pub struct Tx {
     /// (exchange, message, its TTL from the expiration property, mandatory).
     publishes: Vec<(Arc<Exchange>, Message, Option<u64>, bool)>,
     settles: Vec<(Unacked, Outcome)>,
+    /// Message bytes held (`publishes` and `settles`).
+    bytes: u64,
+    /// `[limits] max_tx_bytes` (0: none).
+    max_bytes: u64,
+}
+
+impl Tx {
+    /// An empty transaction holding at most `max_bytes` of messages.
+    pub fn new(max_bytes: u64) -> Tx {
+        Tx {
+            max_bytes,
+            ..Tx::default()
+        }
+    }
+
+    /// Counts `n` more bytes held; a channel error once over the limit (the
+    /// channel's shutdown then drops the transaction).
+    fn hold(&mut self, n: usize) -> AmqpResult<()> {
+        self.bytes += n as u64;
+        if self.max_bytes != 0 && self.bytes > self.max_bytes {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!(
+                    "transaction holds more than {} bytes of messages (limits.max_tx_bytes); commit smaller transactions",
+                    self.max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A consumer as its channel knows it.
@@ -356,8 +386,9 @@ impl Channel {
         };
         ctx.handle.stats.publish.fetch_add(1, Relaxed); // stats
         if let Some(tx) = &mut self.tx {
+            let n = msg.body_len() + msg.header().len();
             tx.publishes.push((x, msg, ttl, p.mandatory));
-            return Ok(());
+            return tx.hold(n);
         }
         let (stored, refused) = self.route_and_enqueue(ctx, &x, msg, ttl, p.mandatory);
         if self.confirm {
@@ -396,9 +427,14 @@ impl Channel {
         let rk = String::from_utf8_lossy(msg.routing_key());
         if x.name.is_empty()
             && rk.starts_with(direct_reply::PREFIX)
-            && ctx.vhost.replies.deliver(&rk, &msg)
+            && let Some(target) = ctx.vhost.replies.deliver(&rk, &msg)
         {
-            // A direct reply: straight to the waiting consumer.
+            // A direct reply: straight to the waiting consumer. If that
+            // connection's backlog is over the cap, this one stops reading
+            // until it drains.
+            if target.over_cap() {
+                ctx.reply_wait = Some(target);
+            }
             self.route_buf = queues;
             return (None, false);
         }
@@ -520,8 +556,9 @@ impl Channel {
     pub fn settle(&mut self, tag: u64, multiple: bool, outcome: Outcome) -> AmqpResult<()> {
         let settled = self.shared.settle(tag, multiple)?;
         if let Some(tx) = &mut self.tx {
+            let n = settled.iter().map(|u| u.msg.body_len()).sum();
             tx.settles.extend(settled.into_iter().map(|u| (u, outcome)));
-            return Ok(());
+            return tx.hold(n);
         }
         self.apply_settles(settled, outcome);
         Ok(())
@@ -545,7 +582,12 @@ impl Channel {
                 dead_letter_rejected(settled);
             }
         }
-        if self.shared.state.lock().global_prefetch != 0 {
+        let redispatch_all = {
+            let mut st = self.shared.state.lock();
+            // Either flag: a consumer of any queue may have room again.
+            st.take_over_budget() || st.global_prefetch != 0
+        };
+        if redispatch_all {
             self.redispatch();
         } else {
             for q in wake {
@@ -569,6 +611,7 @@ impl Channel {
         let Some(tx) = self.tx.as_mut() else { return };
         let publishes = std::mem::take(&mut tx.publishes);
         let settles = std::mem::take(&mut tx.settles);
+        tx.bytes = 0;
         let mut last_stored = None;
         for (x, msg, ttl, mandatory) in publishes {
             if let (Some(seq), _) = self.route_and_enqueue(ctx, &x, msg, ttl, mandatory) {
@@ -596,6 +639,7 @@ impl Channel {
     pub fn rollback(&mut self) {
         let Some(tx) = self.tx.as_mut() else { return };
         tx.publishes.clear();
+        tx.bytes = 0;
         let back: Vec<Unacked> = tx.settles.drain(..).map(|(u, _)| u).collect();
         self.shared.restore(back);
     }

@@ -124,7 +124,8 @@ impl TlsConfig {
     }
 }
 
-/// Resource limits; 0 means unlimited. Refusals use RabbitMQ's codes.
+/// Resource limits; 0 means unlimited. Refusals use RabbitMQ's codes. The
+/// defaults protect a broker nobody configured (see config/warren.toml).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -140,6 +141,12 @@ pub struct LimitsConfig {
     /// closed with 406 and the message requeued (RabbitMQ's
     /// consumer_timeout, 30 minutes); 0 disables.
     pub consumer_timeout: u64,
+    /// Bytes of messages (published, and delivered then settled) one
+    /// transaction may hold until commit (beyond: channel error 406).
+    pub max_tx_bytes: u64,
+    /// Connections accepted but not yet through connection.open (counted
+    /// from accept; beyond it, new sockets are closed at once).
+    pub max_handshaking_connections: u32,
 }
 
 impl Default for LimitsConfig {
@@ -148,8 +155,10 @@ impl Default for LimitsConfig {
             max_connections: 0,
             max_connections_per_vhost: 0,
             max_queues_per_vhost: 0,
-            max_consumers_per_channel: 0,
+            max_consumers_per_channel: 10_000,
             consumer_timeout: 1_800_000,
+            max_tx_bytes: 64 * 1024 * 1024,
+            max_handshaking_connections: 1000,
         }
     }
 }
@@ -516,7 +525,12 @@ mod tests {
         assert_eq!(c.limits.max_connections, 0);
         assert_eq!(c.limits.max_connections_per_vhost, 0);
         assert_eq!(c.limits.max_queues_per_vhost, 0);
-        assert_eq!(c.limits.max_consumers_per_channel, 0);
+        assert_eq!(c.limits.max_consumers_per_channel, 10_000);
+        assert_eq!(c.limits.max_tx_bytes, d.limits.max_tx_bytes);
+        assert_eq!(
+            c.limits.max_handshaking_connections,
+            d.limits.max_handshaking_connections
+        );
         assert_eq!(c.auth.max_failed_logins, d.auth.max_failed_logins);
         assert_eq!(c.auth.failed_login_window, d.auth.failed_login_window);
         assert_eq!(c.tls.port, 5671);

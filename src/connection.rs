@@ -26,6 +26,7 @@ use crate::error::{AmqpError, AmqpResult, Scope, code};
 use crate::methods::{Method, decode, ids, write_method};
 use crate::outbound::{ConnEvent, ConnectionHandle};
 use crate::queue::Queue;
+use crate::server::HandshakeSlot;
 use crate::tls::TlsSession;
 use crate::vhost::VHost;
 
@@ -70,6 +71,9 @@ pub struct ConnCtx {
     pub confirms_due: Vec<u16>,
     /// A queue that asked this connection's publishers to slow down.
     pub flow_wait: Option<Arc<Queue>>,
+    /// A connection this one's direct replies filled beyond its outbound
+    /// cap: nothing more is read until it drains.
+    pub reply_wait: Option<Arc<ConnectionHandle>>,
     /// The connection has published (alarms block only publishers).
     pub published: bool,
     perms: Option<Arc<crate::auth::Permissions>>,
@@ -133,14 +137,16 @@ impl ConnCtx {
 }
 
 /// Serves one plain TCP client connection until it closes.
-pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+/// `slot` counts it against `[limits] max_handshaking_connections` until
+/// connection.open.
+pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, slot: HandshakeSlot) {
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
         return;
     };
     // The socket's own halves: no lock between the reader and the writer task.
     let (rd, wr) = stream.into_split();
-    serve_stream(broker, rd, wr, Peer { peer, local }, None).await;
+    serve_stream(broker, rd, wr, Peer { peer, local }, None, slot).await;
 }
 
 /// Serves one TLS client connection: the TLS handshake (within the AMQP
@@ -150,6 +156,7 @@ pub async fn serve_tls(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: HandshakeSlot,
 ) {
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
@@ -171,7 +178,7 @@ pub async fn serve_tls(
     tracing::debug!(%peer, protocol = %session.protocol, cipher = %session.cipher,
         peer_cert = ?session.peer_cert_subject, "TLS established");
     let (rd, wr) = tokio::io::split(tls);
-    serve_stream(broker, rd, wr, Peer { peer, local }, Some(session)).await;
+    serve_stream(broker, rd, wr, Peer { peer, local }, Some(session), slot).await;
 }
 
 /// The two ends of a client's TCP connection.
@@ -189,6 +196,7 @@ async fn serve_stream<R, W>(
     mut wr: W,
     ends: Peer,
     tls: Option<TlsSession>,
+    slot: HandshakeSlot,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -223,6 +231,7 @@ async fn serve_stream<R, W>(
         handshake(&broker, &handle, &mut reader, ends, tls.as_ref()),
     )
     .await;
+    drop(slot);
     let linger = match hs {
         Ok(Ok(Some(hs))) => {
             tracing::info!(%peer, id, user = %hs.user.escape_debug(), vhost = %hs.vhost.name.escape_debug(), "connection opened");
@@ -235,6 +244,7 @@ async fn serve_stream<R, W>(
                     exclusive_queues: Vec::new(),
                     confirms_due: Vec::new(),
                     flow_wait: None,
+                    reply_wait: None,
                     published: false,
                     perms: None,
                     perms_generation: 0,
@@ -489,6 +499,9 @@ fn sasl_credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(String, Str
             // A field table without its length prefix.
             let mut framed = (response.len() as u32).to_be_bytes().to_vec();
             framed.extend_from_slice(response);
+            // Checked before anyone is authenticated: the library's decoder
+            // recurses once per nesting level and would overflow the stack.
+            crate::table_guard::check_field_table(&framed)?;
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..])
                 .map_err(|_| refused())?;
             let get = |k: &str| match table.inner().get(k) {
@@ -844,9 +857,17 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let mut durable_rx = self.ctx.broker.durability.store().map(|s| s.subscribe());
         let mut alarms = self.ctx.broker.alarms.subscribe();
         let mut blocked = false;
+        // The connection whose backlog holds reading back (see `hold`).
+        let mut hold: Option<Arc<ConnectionHandle>> = None;
+        let mut written_while_held = 0u64;
         loop {
-            // Handle every complete frame already buffered, then flush confirms.
-            loop {
+            hold = match hold.take() {
+                Some(h) if !h.is_drained() => Some(h),
+                _ => self.hold(),
+            };
+            // Handle every complete frame already buffered, then flush
+            // confirms; stop early once a reply fills a backlog.
+            while hold.is_none() {
                 match self.reader.next_buffered() {
                     Ok(Some(frame)) => match self.handle_frame(frame) {
                         Ok(true) => {}
@@ -856,6 +877,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     Ok(None) => break,
                     Err(e) => return End::Error(e),
                 }
+                hold = self.hold();
             }
             self.flush_confirms();
             self.ctx
@@ -904,7 +926,19 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
                 tracing::info!(peer = %self.peer, "connection {}", if blocked { "blocked" } else { "unblocked" });
             }
-            if blocked {
+            let own_hold = hold
+                .as_ref()
+                .is_some_and(|h| Arc::ptr_eq(h, &self.ctx.handle));
+            if own_hold {
+                // Not reading because the peer does not read: it counts as
+                // alive while the writer gets bytes out to it, so a peer
+                // that is gone is still noticed after two heartbeats.
+                let written = self.ctx.handle.bytes_written();
+                if written != written_while_held {
+                    written_while_held = written;
+                    last_recv = Instant::now();
+                }
+            } else if blocked || hold.is_some() {
                 // Not reading: the peer's heartbeats wait in the socket.
                 last_recv = Instant::now();
             }
@@ -925,7 +959,12 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     Some(ConnEvent::WriteFailed) | None => return End::Gone,
                     Some(ConnEvent::Close(code, text)) => return End::Error(AmqpError::connection(code, text)),
                 },
-                                ok = self.reader.fill(), if !blocked => {
+                _ = async {
+                    if let Some(h) = &hold {
+                        h.drained(Duration::from_secs(1)).await;
+                    }
+                }, if hold.is_some() => {}
+                ok = self.reader.fill(), if !blocked && hold.is_none() => {
                     if !ok {
                         return End::Gone;
                     }
@@ -1163,6 +1202,20 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             self.after_channel_result(channel, Err(e))?;
         }
         Ok(())
+    }
+
+    /// The outbound cap, for every writer: while this connection's own
+    /// backlog (deliveries, basic.get-ok, returns, method replies) or that
+    /// of a connection its direct replies go to is over the cap, its
+    /// socket is not read, until that backlog is below LOW_WATER.
+    fn hold(&mut self) -> Option<Arc<ConnectionHandle>> {
+        if self.ctx.handle.over_cap() {
+            return Some(self.ctx.handle.clone());
+        }
+        self.ctx
+            .reply_wait
+            .take()
+            .filter(|t| t.over_cap() && !t.is_closing())
     }
 
     fn redispatch_all(&mut self) {

@@ -116,7 +116,11 @@ pub fn copy(
                 Some(AMQPValue::LongInt(n)) => *n as i64,
                 _ => 0,
             };
-            t.insert("count".into(), AMQPValue::LongLongInt(count + 1));
+            // The count came from the client: i64::MAX stays i64::MAX.
+            t.insert(
+                "count".into(),
+                AMQPValue::LongLongInt(count.saturating_add(1)),
+            );
             t
         }
         None => {

@@ -51,6 +51,28 @@ pub struct DeliveryState {
     pub consumer_prefetch: u16,
     /// Unacked deliveries to consumers (what the channel-wide prefetch counts).
     consumer_unacked: u32,
+    /// Body bytes of the unacked deliveries (consumers and basic.get).
+    unacked_bytes: usize,
+    /// A consumer was refused a delivery because `unacked_bytes` was over
+    /// its queue's budget: the next settle re-runs dispatch.
+    over_budget: bool,
+}
+
+impl DeliveryState {
+    /// Takes the over-budget mark (set when a consumer was refused for it).
+    pub fn take_over_budget(&mut self) -> bool {
+        std::mem::take(&mut self.over_budget)
+    }
+
+    fn add_unacked(&mut self, u: Unacked) {
+        self.unacked_bytes += u.msg.body_len();
+        let pos = self.unacked.partition_point(|x| x.tag < u.tag);
+        self.unacked.insert(pos, u);
+    }
+
+    fn removed_unacked(&mut self, u: &Unacked) {
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(u.msg.body_len());
+    }
 }
 
 /// A message in a queue, or on its way out of one.
@@ -168,7 +190,7 @@ impl Consumer {
     pub fn try_deliver(
         self: &Arc<Self>,
         queue: &Arc<Queue>,
-        take: impl FnOnce() -> QueuedMessage,
+        take: impl FnOnce() -> Option<QueuedMessage>,
     ) -> bool {
         let ch = &self.channel;
         let mut st = ch.state.lock();
@@ -182,17 +204,30 @@ impl Consumer {
             if st.global_prefetch != 0 && st.consumer_unacked >= st.global_prefetch as u32 {
                 return false;
             }
+            // Unacked messages are held in memory: a channel holding more
+            // unacked body bytes than the queue's memory budget gets no more
+            // until it settles some (an implicit prefetch by size, so that
+            // prefetch 0 cannot pull a whole paged queue into RAM).
+            let budget = queue.unacked_budget();
+            if budget != 0 && st.unacked_bytes >= budget {
+                st.over_budget = true;
+                return false;
+            }
         }
         if !ch.conn.can_accept_deliveries() {
             return false;
         }
-        let QueuedMessage {
+        let Some(QueuedMessage {
             msg,
             seq,
             redelivered,
             stored,
             deadline,
-        } = take();
+        }) = take()
+        else {
+            // The queue's last messages could not be read back from disk.
+            return false;
+        };
         if let Some(id) = stored {
             queue.store_delivered(id, self.no_ack, redelivered);
         }
@@ -203,6 +238,7 @@ impl Consumer {
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
             st.consumer_unacked += 1;
+            st.unacked_bytes += msg.body_len();
             st.unacked.push_back(Unacked {
                 tag,
                 queue: queue.clone(),
@@ -277,6 +313,8 @@ impl ChannelShared {
                 global_prefetch: 0,
                 consumer_prefetch: 0,
                 consumer_unacked: 0,
+                unacked_bytes: 0,
+                over_budget: false,
             }),
         });
         conn.add_channel(&ch);
@@ -354,6 +392,7 @@ impl ChannelShared {
         });
         queue.stats.delivered(true, no_ack, redelivered);
         if !no_ack {
+            st.unacked_bytes += msg.body_len();
             st.unacked.push_back(Unacked {
                 tag,
                 queue: queue.clone(),
@@ -395,6 +434,7 @@ impl ChannelShared {
         }
         for u in &out {
             u.queue.stats.settled();
+            st.removed_unacked(u);
             if let Some(c) = &u.consumer {
                 c.unacked.fetch_sub(1, Ordering::Relaxed);
                 st.consumer_unacked -= 1;
@@ -408,6 +448,7 @@ impl ChannelShared {
         let mut st = self.state.lock();
         st.open = false;
         st.consumer_unacked = 0;
+        st.unacked_bytes = 0;
         let out: Vec<Unacked> = st.unacked.drain(..).collect();
         for u in &out {
             u.queue.stats.settled();
@@ -482,8 +523,7 @@ impl ChannelShared {
                 c.unacked.fetch_add(1, Ordering::Relaxed);
                 st.consumer_unacked += 1;
             }
-            let pos = st.unacked.partition_point(|x| x.tag < u.tag);
-            st.unacked.insert(pos, u);
+            st.add_unacked(u);
         }
     }
 

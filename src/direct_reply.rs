@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 
 use crate::delivery::ChannelShared;
 use crate::message::Message;
+use crate::outbound::ConnectionHandle;
 
 /// The pseudo-queue name clients consume from and put in `reply_to`.
 pub const QUEUE: &str = "amq.rabbitmq.reply-to";
@@ -42,21 +43,19 @@ impl Replies {
         self.consumers.lock().remove(key);
     }
 
-    /// Delivers a reply published with routing key `PREFIX<key>`; false if
-    /// no such consumer exists (any more).
-    pub fn deliver(&self, routing_key: &str, msg: &Message) -> bool {
-        let Some(key) = routing_key.strip_prefix(PREFIX) else {
-            return false;
-        };
-        let target = self.consumers.lock().get(key).cloned();
-        let Some((channel, tag)) = target else {
-            return false;
-        };
+    /// Delivers a reply published with routing key `PREFIX<key>`; returns
+    /// the connection it was written to, or None if no such consumer exists
+    /// (any more). The publisher pauses while that connection is over its
+    /// outbound cap, so a client that does not read its replies cannot grow
+    /// the broker's memory.
+    pub fn deliver(&self, routing_key: &str, msg: &Message) -> Option<Arc<ConnectionHandle>> {
+        let key = routing_key.strip_prefix(PREFIX)?;
+        let (channel, tag) = self.consumers.lock().get(key).cloned()?;
         match channel.upgrade() {
-            Some(ch) => ch.deliver_direct(&tag, msg),
+            Some(ch) => ch.deliver_direct(&tag, msg).then(|| ch.conn.clone()),
             None => {
                 self.unregister(key);
-                false
+                None
             }
         }
     }

@@ -437,6 +437,11 @@ fn recover(ch: &mut Channel, requeue_flag: bool) -> AmqpResult<()> {
     }
     let unacked = ch.shared.take_all_unacked();
     requeue(unacked);
+    // A consumer refused for the unacked-bytes budget has room again.
+    let over_budget = ch.shared.state.lock().take_over_budget();
+    if over_budget {
+        ch.redispatch();
+    }
     Ok(())
 }
 
@@ -584,7 +589,9 @@ fn tx_method(ch: &mut Channel, ctx: &mut ConnCtx, m: tx::AMQPMethod) -> AmqpResu
                 ));
             }
             if ch.tx.is_none() {
-                ch.tx = Some(Default::default());
+                ch.tx = Some(crate::channel::Tx::new(
+                    ctx.broker.config.limits.max_tx_bytes,
+                ));
             }
             ctx.send(
                 ch.id,

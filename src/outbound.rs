@@ -14,8 +14,11 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 
-/// Above this many unwritten bytes, queues stop delivering to the connection
-/// until the writer catches up, so a slow socket cannot grow memory unboundedly.
+/// The outbound cap of a connection. Above this many unwritten bytes, queues
+/// stop delivering to the connection, its socket is not read (so basic.get,
+/// returns and method replies stop too), and publishers of direct replies to
+/// it pause, until the writer is below `LOW_WATER`. So whatever the client
+/// does, its buffer holds at most this plus one reply.
 pub const HIGH_WATER: usize = 1 << 20;
 /// The writer wakes the connection again when the backlog drops below this.
 pub const LOW_WATER: usize = HIGH_WATER / 4;
@@ -67,6 +70,8 @@ pub struct ConnectionHandle {
     written: AtomicU64,
     closing: AtomicBool,
     throttled: AtomicBool,
+    /// Woken when the backlog falls below LOW_WATER, and when the writer ends.
+    drained: Notify,
     /// Negotiated frame_max (bytes, including frame overhead).
     pub frame_max: AtomicU32,
     /// The client advertised `consumer_cancel_notify`.
@@ -96,6 +101,7 @@ impl ConnectionHandle {
             written: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             throttled: AtomicBool::new(false),
+            drained: Notify::new(),
             frame_max: AtomicU32::new(frame_max),
             cancel_notify: AtomicBool::new(false),
             info: std::sync::OnceLock::new(),
@@ -130,11 +136,63 @@ impl ConnectionHandle {
     /// the connection is marked so that the writer wakes it once drained.
     #[inline]
     pub fn can_accept_deliveries(&self) -> bool {
-        if self.pending.load(Ordering::Relaxed) < HIGH_WATER {
+        self.can_accept_deliveries_then(|| {})
+    }
+
+    /// `can_accept_deliveries`, running `between` after the first look at
+    /// the backlog (tests use it to make the writer drain at the worst time).
+    ///
+    /// The flag is set before the backlog is looked at again, and both sides
+    /// use SeqCst: either the writer's `swap` sees the flag (and sends
+    /// Writable) or this second load sees what the writer drained. Setting
+    /// the flag after a single load lost the wakeup when the writer drained
+    /// in between, and deliveries stalled until something else was written.
+    #[inline]
+    fn can_accept_deliveries_then(&self, between: impl FnOnce()) -> bool {
+        if self.pending.load(Ordering::SeqCst) < HIGH_WATER {
             return true;
         }
-        self.throttled.store(true, Ordering::Relaxed);
-        false
+        between();
+        self.throttled.store(true, Ordering::SeqCst);
+        // A flag left set when this returns true costs one spare Writable.
+        self.pending.load(Ordering::SeqCst) < HIGH_WATER
+    }
+
+    /// Accounts for `n` bytes the writer put on the socket; wakes the
+    /// connection if it was throttled and the backlog fell below LOW_WATER.
+    fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        let left = self.pending.fetch_sub(n, Ordering::SeqCst) - n;
+        if left < LOW_WATER {
+            if self.throttled.swap(false, Ordering::SeqCst) {
+                self.send_event(ConnEvent::Writable);
+            }
+            if left + n >= LOW_WATER {
+                self.drained.notify_waiters();
+            }
+        }
+    }
+
+    /// Whether the backlog is over the outbound cap.
+    pub fn over_cap(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) >= HIGH_WATER
+    }
+
+    /// Waits until the backlog is below LOW_WATER or the connection is
+    /// closing (or `max` has passed: the caller looks again).
+    pub async fn drained(&self, max: std::time::Duration) {
+        let notified = self.drained.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.pending.load(Ordering::SeqCst) < LOW_WATER || self.is_closing() {
+            return;
+        }
+        let _ = tokio::time::timeout(max, notified).await;
+    }
+
+    /// Whether a connection held back by this backlog may go on.
+    pub fn is_drained(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) < LOW_WATER || self.is_closing()
     }
 
     /// Total bytes written to the socket so far (for heartbeat decisions).
@@ -190,7 +248,14 @@ impl ConnectionHandle {
     }
 
     /// Runs the writer until the connection closes or the socket fails.
-    pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut socket: W) {
+    pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, socket: W) {
+        self.write_loop(socket).await;
+        // Nobody waits for this connection's backlog any more.
+        self.closing.store(true, Ordering::Release);
+        self.drained.notify_waiters();
+    }
+
+    async fn write_loop<W: AsyncWrite + Unpin>(&self, mut socket: W) {
         let mut spare = BytesMut::with_capacity(16 * 1024);
         // Written since the last flush. A TCP socket's flush does nothing;
         // a TLS stream may hold the last record until flushed, so the writer
@@ -233,12 +298,7 @@ impl ConnectionHandle {
                 return;
             }
             unflushed = true;
-            let n = spare.len();
-            self.written.fetch_add(n as u64, Ordering::Relaxed);
-            let left = self.pending.fetch_sub(n, Ordering::Relaxed) - n;
-            if left < LOW_WATER && self.throttled.swap(false, Ordering::Relaxed) {
-                self.send_event(ConnEvent::Writable);
-            }
+            self.wrote(spare.len());
             spare.clear();
             // Don't keep a huge buffer around after a burst.
             if spare.capacity() > 4 * HIGH_WATER {
@@ -247,5 +307,41 @@ impl ConnectionHandle {
         }
         let _ = socket.flush().await;
         let _ = socket.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handle with `n` unwritten bytes.
+    fn backlogged(n: usize) -> (Arc<ConnectionHandle>, mpsc::UnboundedReceiver<ConnEvent>) {
+        let (h, rx) = ConnectionHandle::new(1, 4096);
+        h.write(|out| out.extend_from_slice(&vec![0u8; n]));
+        (h, rx)
+    }
+
+    #[test]
+    fn a_writer_draining_between_the_check_and_the_flag_still_wakes_the_connection() {
+        let (h, mut rx) = backlogged(HIGH_WATER);
+        // The writer puts everything on the socket right after the first
+        // look at the backlog, before the throttled flag is set.
+        let accepted = h.can_accept_deliveries_then(|| h.wrote(HIGH_WATER));
+        let woken = matches!(rx.try_recv(), Ok(ConnEvent::Writable));
+        assert!(
+            accepted || woken,
+            "refused deliveries and nothing will wake the connection"
+        );
+    }
+
+    #[test]
+    fn a_throttled_connection_is_woken_once_the_backlog_falls_below_low_water() {
+        let (h, mut rx) = backlogged(HIGH_WATER);
+        assert!(!h.can_accept_deliveries());
+        h.wrote(HIGH_WATER - LOW_WATER);
+        assert!(rx.try_recv().is_err(), "woken at LOW_WATER, not below it");
+        h.wrote(1);
+        assert!(matches!(rx.try_recv(), Ok(ConnEvent::Writable)));
+        assert!(h.can_accept_deliveries());
     }
 }

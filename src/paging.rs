@@ -33,6 +33,9 @@ enum Slot {
     Paged {
         offset: u64,
         len: u32,
+        /// Body bytes, so a message lost to a read error leaves
+        /// `body_bytes` right.
+        body: u32,
     },
     /// A recovered message still in the message store's segment `seg`.
     Stored {
@@ -224,18 +227,28 @@ impl ReadyList {
 
     /// Takes the head message, reading it (and the paged ones after it) back
     /// from disk if needed.
+    ///
+    /// A message that cannot be read back (an I/O error or a damaged record)
+    /// is logged and dropped with its counts; the next one is tried, so an
+    /// error costs the messages it hit and nothing else. `None` only when
+    /// the list is empty.
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
-        match self.entries.front()?.slot {
-            Slot::Paged { .. } => self.page_in(),
-            Slot::Stored { .. } => self.read_stored(),
-            Slot::Mem(_) => {}
+        loop {
+            let read = match self.entries.front()?.slot {
+                Slot::Mem(_) => break,
+                Slot::Paged { .. } => self.page_in(),
+                Slot::Stored { .. } => self.read_stored(),
+            };
+            if !read {
+                self.drop_unreadable_head();
+            }
+            // Entries that failed were dropped; the head is now in memory,
+            // or the start of the next run on disk.
         }
         let e = self.entries.pop_front()?;
         let (seq, redelivered) = (e.seq(), e.seq & REDELIVERED != 0);
-        let msg = match e.slot {
-            Slot::Mem(m) => m,
-            // page_in failed: the message is lost to an I/O error (logged).
-            Slot::Paged { .. } | Slot::Stored { .. } => return self.pop_front(),
+        let Slot::Mem(msg) = e.slot else {
+            return None; // not reached: the loop leaves only at a Mem head
         };
         self.mem_bytes = self.mem_bytes.saturating_sub(cost(&msg));
         self.body_bytes = self.body_bytes.saturating_sub(msg.body_len());
@@ -251,6 +264,32 @@ impl ReadyList {
             stored: (e.stored != 0).then_some(e.stored),
             deadline: e.deadline,
         })
+    }
+
+    /// Drops the head entry, which cannot be read at all (no page file or
+    /// no store to read it from), keeping the counts right.
+    fn drop_unreadable_head(&mut self) {
+        let Some(e) = self.entries.pop_front() else {
+            return;
+        };
+        match e.slot {
+            Slot::Paged { body, .. } => {
+                if let Some(p) = &mut self.pager {
+                    p.paged = p.paged.saturating_sub(1);
+                }
+                self.body_bytes = self.body_bytes.saturating_sub(body as usize);
+            }
+            Slot::Stored { .. } => self.in_store = self.in_store.saturating_sub(1),
+            Slot::Mem(m) => {
+                // Not reached (only unreadable heads come here); keep it.
+                self.entries.push_front(Entry {
+                    slot: Slot::Mem(m),
+                    ..e
+                });
+                return;
+            }
+        }
+        tracing::error!("a queued message cannot be read back from disk and is lost");
     }
 
     /// Store ids of all ready messages.
@@ -304,7 +343,11 @@ impl ReadyList {
                     m.header(),
                     m.body(),
                 );
-                spans.push((p.write_at + before as u64, (buf.len() - before) as u32));
+                spans.push((
+                    p.write_at + before as u64,
+                    (buf.len() - before) as u32,
+                    u32::try_from(m.body_len()).unwrap_or(u32::MAX),
+                ));
             }
         }
         if let Err(e) = p.write(&buf) {
@@ -315,18 +358,19 @@ impl ReadyList {
             p.failed = true;
             return;
         }
-        for (e, (offset, len)) in self.entries.range_mut(start..).zip(spans) {
-            e.slot = Slot::Paged { offset, len };
+        for (e, (offset, len, body)) in self.entries.range_mut(start..).zip(spans) {
+            e.slot = Slot::Paged { offset, len, body };
         }
         p.paged += self.entries.len() - start;
         self.mem_bytes -= freed;
     }
 
     /// Reads the run of store-resident messages at the head back (one read
-    /// per run of nearby records in one segment).
-    fn read_stored(&mut self) {
+    /// per run of nearby records in one segment). Those that cannot be
+    /// read are logged and dropped. False if nothing could be tried.
+    fn read_stored(&mut self) -> bool {
         let Some(store) = self.store.clone() else {
-            return;
+            return false;
         };
         let Some(&Entry {
             slot: Slot::Stored {
@@ -335,7 +379,7 @@ impl ReadyList {
             ..
         }) = self.entries.front()
         else {
-            return;
+            return false;
         };
         let mut n = 0;
         let mut end = first;
@@ -363,7 +407,15 @@ impl ReadyList {
                 break;
             };
             let at = (offset - first) as usize;
-            let m = data.as_ref().ok().and_then(|d| decode_message(d, at, len));
+            let m = match &data {
+                Ok(d) => decode_message(d, at, len),
+                // The span read failed: try this record on its own, so a
+                // bad spot costs only the records on it.
+                Err(_) => store
+                    .read_span(seg, offset, len as usize)
+                    .ok()
+                    .and_then(|d| decode_message(&d, 0, len)),
+            };
             let Some(m) = m else {
                 tracing::error!(
                     "cannot read a recovered message back from store segment {seg} at {offset}: {}",
@@ -386,15 +438,21 @@ impl ReadyList {
                 i > n || matches!(e.slot, Slot::Mem(_))
             });
         }
+        true
     }
 
-    fn page_in(&mut self) {
-        let Some(p) = &mut self.pager else { return };
+    /// Reads the run of paged messages at the head back with one read.
+    /// Those that cannot be read are logged and dropped with their counts.
+    /// False if nothing could be tried.
+    fn page_in(&mut self) -> bool {
+        let Some(p) = &mut self.pager else {
+            return false;
+        };
         // The run of paged entries at the head that are contiguous on disk.
         let mut n = 0;
         let (mut first, mut end) = (0u64, 0u64);
         for e in &self.entries {
-            let Slot::Paged { offset, len } = e.slot else {
+            let Slot::Paged { offset, len, .. } = e.slot else {
                 break;
             };
             if n == 0 {
@@ -411,19 +469,38 @@ impl ReadyList {
         let read = p.file.as_ref().map(|f| f.read_exact_at(&mut data, first));
         let data = Bytes::from(data);
         let mut loaded = 0;
+        let mut lost_body = 0usize;
         for e in self.entries.range_mut(..n) {
-            let Slot::Paged { offset, len } = e.slot else {
+            let Slot::Paged { offset, len, body } = e.slot else {
                 break;
             };
             let at = (offset - first) as usize;
-            let decoded = match &read {
-                Some(Ok(())) => decode_message(&data, at, len),
+            let decoded = match (&read, &p.file) {
+                (Some(Ok(())), _) => decode_message(&data, at, len),
+                // The batch read failed: try this record on its own, so a
+                // bad spot costs only the records on it.
+                (Some(Err(_)), Some(f)) => {
+                    let mut one = vec![0u8; len as usize];
+                    f.read_exact_at(&mut one, offset)
+                        .ok()
+                        .and_then(|()| decode_message(&Bytes::from(one), 0, len))
+                }
                 _ => None,
             };
             let m = match decoded {
                 Some(m) => m,
                 None => {
-                    tracing::error!("cannot read a paged message back from {}", p.path.display());
+                    match &read {
+                        Some(Err(e)) => tracing::error!(
+                            "cannot read a paged message back from {}: {e}; it is lost",
+                            p.path.display()
+                        ),
+                        _ => tracing::error!(
+                            "a paged message in {} is unreadable; it is lost",
+                            p.path.display()
+                        ),
+                    }
+                    lost_body += body as usize;
                     continue;
                 }
             };
@@ -432,6 +509,7 @@ impl ReadyList {
             loaded += 1;
         }
         p.paged -= n;
+        self.body_bytes = self.body_bytes.saturating_sub(lost_body);
         if loaded < n {
             // Drop entries that could not be read rather than loop on them.
             let mut i = 0;
@@ -443,6 +521,7 @@ impl ReadyList {
         if p.paged == 0 {
             p.reset();
         }
+        n > 0
     }
 }
 
@@ -549,6 +628,67 @@ mod tests {
         assert!(r.pop_front().is_none());
         assert_eq!(r.body_bytes(), 0);
         assert_eq!(r.paged(), 0);
+    }
+
+    /// A paging list over `n` messages, most of them paged out.
+    fn paged_list(dir: &std::path::Path, n: u32) -> ReadyList {
+        let mut r = ReadyList::new(Some(PagingConfig {
+            dir: dir.to_owned(),
+            limit: 64 * 1024,
+        }));
+        for i in 0..n {
+            r.push_back(msg(i));
+        }
+        r
+    }
+
+    #[test]
+    fn a_page_file_cut_short_costs_only_the_messages_it_held_and_counts_stay_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = paged_list(dir.path(), 5000);
+        let paged = r.paged();
+        assert!(paged > 4000);
+        let page = r.pager.as_ref().unwrap().path.clone();
+        let size = std::fs::metadata(&page).unwrap().len();
+        // Everything past the middle of the page file is gone.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&page)
+            .unwrap()
+            .set_len(size / 2)
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some(m) = r.pop_front() {
+            got.push(m.seq);
+        }
+        let lost = 5000 - got.len();
+        assert!(
+            lost > paged / 2 - 20 && lost < paged / 2 + 20,
+            "lost {lost} of {paged} paged messages, expected about half"
+        );
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "order kept");
+        assert_eq!(got[..100], (0..100).collect::<Vec<_>>()[..]);
+        assert_eq!(r.len(), 0);
+        assert_eq!(r.paged(), 0);
+        assert_eq!(r.body_bytes(), 0);
+    }
+
+    #[test]
+    fn a_missing_page_file_loses_the_paged_messages_but_never_panics_or_miscounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = paged_list(dir.path(), 3000);
+        let in_memory = 3000 - r.paged();
+        // The file handle is gone (as after a failed reset or reopen).
+        r.pager.as_mut().unwrap().file = None;
+        let mut n = 0;
+        while r.pop_front().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, in_memory);
+        assert_eq!((r.len(), r.paged(), r.body_bytes()), (0, 0, 0));
+        // The list still works afterwards.
+        r.push_back(msg(9));
+        assert_eq!(r.pop_front().unwrap().seq, 9);
     }
 
     #[test]

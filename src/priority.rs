@@ -11,11 +11,21 @@ use crate::paging::{PagingConfig, ReadyList};
 use crate::store::{Loc, MessageStore};
 
 /// Ready messages, per priority level.
+///
+/// A priority level costs nothing until a message of that priority
+/// arrives: its list (and with it its pager and page file) is made then and
+/// dropped again when the level drains. So `x-max-priority = 255` costs no
+/// more than a plain queue until 256 priorities are actually in use.
 #[derive(Debug)]
 pub struct ReadyQueue {
-    /// Level `p` holds messages of priority `p` (the top level also those
-    /// above it); a plain queue has only level 0.
-    levels: Vec<ReadyList>,
+    /// The levels holding messages, lowest first: (level, its list). Level
+    /// `p` holds messages of priority `p` (the top level also those above
+    /// it). A plain queue has exactly one, level 0, always.
+    levels: Vec<(u8, ReadyList)>,
+    /// The top level (x-max-priority); None for a plain queue.
+    max: Option<u8>,
+    /// Paging for a new level's list (its share of the queue's budget).
+    paging: Option<PagingConfig>,
 }
 
 impl Default for ReadyQueue {
@@ -33,67 +43,93 @@ impl ReadyQueue {
             p.limit /= n;
             p
         });
+        let levels = match max_priority {
+            None => vec![(0, ReadyList::new(paging.clone()))],
+            Some(_) => Vec::new(),
+        };
         ReadyQueue {
-            levels: (0..n).map(|_| ReadyList::new(paging.clone())).collect(),
+            levels,
+            max: max_priority,
+            paging,
         }
     }
 
-    fn level(&self, priority: u8) -> usize {
-        (priority as usize).min(self.levels.len() - 1)
+    fn level(&self, priority: u8) -> u8 {
+        self.max.map_or(0, |max| priority.min(max))
     }
 
-    fn level_of(&self, m: &Message) -> usize {
-        if self.levels.len() == 1 {
-            0
-        } else {
-            self.level(m.priority())
+    fn level_of(&self, m: &Message) -> u8 {
+        match self.max {
+            None => 0,
+            Some(max) => m.priority().min(max),
         }
+    }
+
+    /// The list of `level`, made if the level was not in use.
+    fn list(&mut self, level: u8) -> &mut ReadyList {
+        let i = match self.levels.binary_search_by_key(&level, |(l, _)| *l) {
+            Ok(i) => i,
+            Err(i) => {
+                self.levels
+                    .insert(i, (level, ReadyList::new(self.paging.clone())));
+                i
+            }
+        };
+        &mut self.levels[i].1
     }
 
     /// The highest level holding messages.
     fn top(&self) -> Option<&ReadyList> {
-        self.levels.iter().rev().find(|l| !l.is_empty())
+        self.levels
+            .iter()
+            .rev()
+            .map(|(_, l)| l)
+            .find(|l| !l.is_empty())
+    }
+
+    fn lists(&self) -> impl Iterator<Item = &ReadyList> {
+        self.levels.iter().map(|(_, l)| l)
     }
 
     /// Number of ready messages.
     pub fn len(&self) -> usize {
         match self.levels.as_slice() {
-            [one] => one.len(),
-            all => all.iter().map(ReadyList::len).sum(),
+            [(_, one)] => one.len(),
+            _ => self.lists().map(ReadyList::len).sum(),
         }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.levels.iter().all(ReadyList::is_empty)
+        self.lists().all(ReadyList::is_empty)
     }
 
     /// Messages paged out (or still in the store).
     pub fn paged(&self) -> usize {
-        self.levels.iter().map(ReadyList::paged).sum()
+        self.lists().map(ReadyList::paged).sum()
     }
 
     /// Body bytes of the ready messages.
     pub fn body_bytes(&self) -> usize {
-        self.levels.iter().map(ReadyList::body_bytes).sum()
+        self.lists().map(ReadyList::body_bytes).sum()
     }
 
     /// Appends a message at the end of its level.
     pub fn push_back(&mut self, m: QueuedMessage) {
         let l = self.level_of(&m.msg);
-        self.levels[l].push_back(m);
+        self.list(l).push_back(m);
     }
 
     /// Puts a message back at the head of its level (it was just taken).
     pub fn push_front(&mut self, m: QueuedMessage) {
         let l = self.level_of(&m.msg);
-        self.levels[l].push_front(m);
+        self.list(l).push_front(m);
     }
 
     /// Puts a requeued message back at its original position in its level.
     pub fn put_back(&mut self, m: QueuedMessage) {
         let l = self.level_of(&m.msg);
-        let list = &mut self.levels[l];
+        let list = self.list(l);
         if list.front_seq().is_none_or(|s| s > m.seq) {
             list.push_front(m);
         } else {
@@ -107,25 +143,39 @@ impl ReadyQueue {
     }
 
     /// Takes the message to deliver next: the oldest of the highest priority.
+    /// A level whose messages all turn out unreadable yields to the next;
+    /// a level that drains is dropped (a plain queue keeps its one list).
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
-        self.levels
-            .iter_mut()
-            .rev()
-            .find(|l| !l.is_empty())?
-            .pop_front()
+        if self.max.is_none() {
+            return self.levels.first_mut()?.1.pop_front();
+        }
+        while let Some((_, top)) = self.levels.last_mut() {
+            let m = top.pop_front();
+            if top.is_empty() {
+                self.levels.pop();
+            }
+            if m.is_some() {
+                return m;
+            }
+        }
+        None
     }
 
     /// Store ids of all ready messages.
     pub fn stored_ids(&self) -> Vec<u64> {
         match self.levels.as_slice() {
-            [one] => one.stored_ids(),
-            all => all.iter().flat_map(ReadyList::stored_ids).collect(),
+            [(_, one)] => one.stored_ids(),
+            _ => self.lists().flat_map(ReadyList::stored_ids).collect(),
         }
     }
 
     /// Drops everything.
     pub fn clear(&mut self) {
-        self.levels.iter_mut().for_each(ReadyList::clear);
+        if self.max.is_some() {
+            self.levels.clear();
+        } else {
+            self.levels.iter_mut().for_each(|(_, l)| l.clear());
+        }
     }
 
     /// Appends a recovered message that stays in the store for now.
@@ -141,7 +191,14 @@ impl ReadyQueue {
         deadline: u64,
     ) {
         let l = self.level(priority);
-        self.levels[l].push_stored(store, loc, seq, stored, redelivered, deadline);
+        self.list(l)
+            .push_stored(store, loc, seq, stored, redelivered, deadline);
+    }
+
+    /// Priority levels with a list right now.
+    #[cfg(test)]
+    fn levels_in_use(&self) -> usize {
+        self.levels.len()
     }
 }
 
@@ -211,5 +268,32 @@ mod tests {
         r.push_back(msg(0, Some(0)));
         r.push_back(msg(1, Some(9)));
         assert_eq!(r.pop_front().unwrap().seq, 0);
+    }
+
+    #[test]
+    fn priority_levels_cost_nothing_until_used_and_are_dropped_when_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let paging = PagingConfig {
+            dir: dir.path().to_owned(),
+            limit: 64 << 20,
+        };
+        let mut r = ReadyQueue::new(Some(paging), Some(255));
+        assert_eq!(
+            r.levels_in_use(),
+            0,
+            "x-max-priority=255 made lists up front"
+        );
+        assert!(r.is_empty() && r.pop_front().is_none());
+        r.push_back(msg(0, Some(7)));
+        r.push_back(msg(1, Some(200)));
+        r.push_back(msg(2, Some(7)));
+        assert_eq!(r.levels_in_use(), 2);
+        assert_eq!(r.pop_front().unwrap().seq, 1);
+        assert_eq!(r.levels_in_use(), 1, "the drained level 200 is dropped");
+        let m = r.pop_front().unwrap();
+        r.put_back(m);
+        assert_eq!(r.len(), 2);
+        r.clear();
+        assert_eq!(r.levels_in_use(), 0);
     }
 }

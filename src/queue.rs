@@ -86,6 +86,9 @@ pub struct Queue {
     /// x-consumer-timeout (or the policy's consumer-timeout), ms; 0: the
     /// broker's `[limits] consumer_timeout`.
     consumer_timeout: AtomicU64,
+    /// Most unacked body bytes a channel may hold before this queue stops
+    /// delivering to it (`[storage] queue_memory_limit`; 0: no limit).
+    unacked_budget: usize,
 }
 
 /// The shortest x-consumer-timeout any queue was ever given (ms; 0: none):
@@ -144,6 +147,7 @@ impl Queue {
         let levels = max_priority(&config.arguments);
         note_queue_timeout(args.consumer_timeout);
         let consumer_timeout = AtomicU64::new(args.consumer_timeout.unwrap_or(0));
+        let unacked_budget = paging.as_ref().map_or(0, |p| p.limit);
         let q = Arc::new(Queue {
             name,
             vhost: vhost.name.clone(),
@@ -160,9 +164,16 @@ impl Queue {
             vhost_ref: Arc::downgrade(vhost),
             last_used: AtomicU64::new(now_ms()),
             consumer_timeout,
+            unacked_budget,
         });
         q.arm_expiry();
         q
+    }
+
+    /// Most unacked body bytes a channel may hold before this queue stops
+    /// delivering to it (0: no limit).
+    pub fn unacked_budget(&self) -> usize {
+        self.unacked_budget
     }
 
     /// The queue's effective arguments.
@@ -473,9 +484,7 @@ impl Queue {
                     .count();
                 for k in 0..len {
                     let i = start + (*next_consumer + k) % len;
-                    if consumers[i]
-                        .try_deliver(self, || ready.pop_front().expect("ready is non-empty"))
-                    {
+                    if consumers[i].try_deliver(self, || ready.pop_front()) {
                         *next_consumer = next_consumer.wrapping_add(k + 1);
                         delivered = true;
                         break;
@@ -502,10 +511,8 @@ impl Queue {
             let QueueState {
                 ready, consumers, ..
             } = &mut *st;
-            let delivered = consumers[i].try_deliver(self, || {
-                // `ready` is non-empty: checked by the loop condition.
-                ready.pop_front().expect("ready is non-empty")
-            });
+            // None only if the rest of `ready` could not be read from disk.
+            let delivered = consumers[i].try_deliver(self, || ready.pop_front());
             if delivered {
                 misses = 0;
             } else {

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -79,12 +80,59 @@ pub async fn serve(broker: Arc<Broker>, listeners: Vec<TcpListener>) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// One of `[limits] max_handshaking_connections`: taken when a socket is
+/// accepted, given back when its connection is open (or ends first).
+#[derive(Debug)]
+pub struct HandshakeSlot(Arc<Broker>);
+
+impl HandshakeSlot {
+    /// Takes a slot, or None when every slot is taken (0: no limit).
+    fn take(broker: &Arc<Broker>) -> Option<HandshakeSlot> {
+        let max = broker.config.limits.max_handshaking_connections;
+        let prev = broker.handshaking.fetch_add(1, Ordering::AcqRel);
+        let slot = HandshakeSlot(broker.clone());
+        (max == 0 || prev < max).then_some(slot)
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A slot for a newly accepted socket; None (and a warning, at most once a
+/// second) when too many connections are still in their handshake: the
+/// socket is then closed at once.
+fn admit(broker: &Arc<Broker>, peer: SocketAddr) -> Option<HandshakeSlot> {
+    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
+    let slot = HandshakeSlot::take(broker);
+    if slot.is_none() {
+        let now = crate::timers::now_ms();
+        let last = LAST_WARNING.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && LAST_WARNING
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(%peer,
+                "closing a new connection: {} connections are still in their handshake (limits.max_handshaking_connections)",
+                broker.config.limits.max_handshaking_connections);
+        }
+    }
+    slot
+}
+
 async fn serve_one(broker: Arc<Broker>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(slot) = admit(&broker, peer) else {
+                    drop(stream);
+                    continue;
+                };
                 let broker = broker.clone();
-                tokio::spawn(connection::serve(broker, stream, peer));
+                tokio::spawn(connection::serve(broker, stream, peer, slot));
             }
             Err(e) => accept_failed(e).await,
         }
@@ -106,12 +154,17 @@ async fn serve_tls_one(broker: Arc<Broker>, listener: TcpListener, acceptor: Tls
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(slot) = admit(&broker, peer) else {
+                    drop(stream);
+                    continue;
+                };
                 let broker = broker.clone();
                 tokio::spawn(connection::serve_tls(
                     broker,
                     acceptor.clone(),
                     stream,
                     peer,
+                    slot,
                 ));
             }
             Err(e) => accept_failed(e).await,

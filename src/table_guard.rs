@@ -166,6 +166,12 @@ pub fn check_content_header(payload: &[u8]) -> Result<(), AmqpError> {
     check_table(&payload[at..], 0).map(|_| ())
 }
 
+/// Checks a length-prefixed field table (e.g. an AMQPLAIN login response,
+/// framed) before it is handed to the library's recursive decoder.
+pub fn check_field_table(table: &[u8]) -> Result<(), AmqpError> {
+    check_table(table, 0).map(|_| ())
+}
+
 fn read_u32(b: &[u8], at: usize) -> Result<usize, AmqpError> {
     b.get(at..at + 4)
         .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize)

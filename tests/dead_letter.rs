@@ -643,3 +643,45 @@ async fn a_policy_gives_queues_ttl_limits_and_dead_lettering() {
     let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 2.0, "{line}");
 }
+
+#[tokio::test]
+async fn an_x_death_count_of_i64_max_saturates_and_ttl_keeps_working_afterwards() {
+    let w = Warren::start();
+    let (_c, ch) = w.channel().await;
+    let (dlx, dead) = dead_letter_sink(&ch).await;
+    let src = unique("ttl-max");
+    declare_args(
+        &ch,
+        &src,
+        args(&[
+            ("x-message-ttl", AMQPValue::LongInt(20)),
+            ("x-dead-letter-exchange", s(&dlx)),
+        ]),
+    )
+    .await
+    .unwrap();
+    // A client claims this message already expired from `src` i64::MAX times.
+    let mut death = FieldTable::default();
+    death.insert("queue".into(), s(&src));
+    death.insert("reason".into(), s("expired"));
+    death.insert("count".into(), AMQPValue::LongLongInt(i64::MAX));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+    );
+    let props = BasicProperties::default().with_headers(headers);
+    publish_props(&ch, &src, b"forged", props).await;
+    wait_count(&ch, &dead, 1).await;
+    let d = get(&ch, &dead).await.expect("the dead-lettered copy");
+    let x = deaths(&d.delivery.properties);
+    assert_eq!(header(&x[0], "count"), &AMQPValue::LongLongInt(i64::MAX));
+    d.delivery.ack(BasicAckOptions::default()).await.unwrap();
+
+    // The timer thread that expired it is still there for everyone else.
+    for i in 0..3 {
+        publish(&ch, "", &src, format!("after{i}").as_bytes()).await;
+    }
+    wait_count(&ch, &src, 0).await;
+    wait_count(&ch, &dead, 3).await;
+}

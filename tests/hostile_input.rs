@@ -289,6 +289,34 @@ fn deeply_nested_table(port: u16) {
     assert_close("table nested 10,000 deep", &close_after(port, &f), 502);
 }
 
+/// An AMQPLAIN login response (a table without its length prefix) whose
+/// "LOGIN" is an array of arrays nested as deep as a handshake frame allows
+/// (frame_max is 4096 until tune-ok).
+fn deep_amqplain_response() -> Vec<u8> {
+    let depth = 700;
+    let mut v = vec![b'V'];
+    for _ in 0..depth {
+        let mut outer = vec![b'A'];
+        outer.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        outer.extend(v);
+        v = outer;
+    }
+    let mut t = short(b"LOGIN");
+    t.extend(v);
+    t
+}
+
+fn deeply_nested_amqplain_login(port: u16) {
+    let (mut s, _) = start(port);
+    start_ok(&mut s, "AMQPLAIN", &deep_amqplain_response());
+    let c = expect_close_full(&mut s);
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "the socket stays open after connection.close"
+    );
+    assert_close("AMQPLAIN response nested 700 deep", &c, 502);
+}
+
 fn invalid_value_type(port: u16) {
     // One entry "k" with the type octet 'Q', which no AMQP type uses.
     let table = [0, 0, 0, 4, 1, b'k', b'Q', 0];
@@ -391,6 +419,10 @@ async fn hostile_input_closes_only_the_offender() {
             body_size_over_max_message_size,
         ),
         ("table nested 10,000 deep", deeply_nested_table),
+        (
+            "AMQPLAIN response nested 700 deep",
+            deeply_nested_amqplain_login,
+        ),
         ("invalid field value type", invalid_value_type),
         ("non-UTF-8 queue name", non_utf8_queue_name),
         ("method on an unopened channel", method_on_unopened_channel),

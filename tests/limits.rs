@@ -1,9 +1,11 @@
 //! `[limits]`: connections per node and per vhost, queues per vhost,
-//! consumers per channel; each refused with RabbitMQ's code and a clear
-//! text, without disturbing what is already open.
+//! consumers per channel, bytes per transaction, connections still in
+//! their handshake; each refused with RabbitMQ's code and a clear text,
+//! without disturbing what is already open.
 
 mod common;
 mod raw;
+mod support;
 
 use std::time::Duration;
 
@@ -248,4 +250,96 @@ async fn consumers_beyond_max_consumers_per_channel_are_refused_with_530() {
     round_trip(&other, &unique("cons-other")).await;
     let ch2 = other_conn.create_channel().await.unwrap();
     round_trip(&ch2, &unique("cons-other-2")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_max_tx_bytes_is_closed_with_406_and_rolled_back() {
+    let w = Warren::start_with("[limits]\nmax_tx_bytes = 1048576\n");
+    let (c, ch) = w.channel().await;
+    let q = unique("big-tx");
+    support::declare(&ch, &q).await;
+    let mut watch = support::watch(&c);
+    support::within("tx.select-ok", ch.tx_select())
+        .await
+        .unwrap();
+    // Ten 200 KiB messages: the sixth takes the transaction past 1 MiB.
+    let body = vec![3u8; 200 * 1024];
+    for _ in 0..10 {
+        if ch
+            .basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let e = support::channel_error(&ch, &mut watch).await;
+    assert_eq!(reply_code(&e), Some(406));
+    assert_eq!(
+        reply_text(&e),
+        "PRECONDITION_FAILED - transaction holds more than 1048576 bytes of messages (limits.max_tx_bytes); commit smaller transactions"
+    );
+    // Nothing of it was published, and the connection goes on.
+    let ch2 = c.create_channel().await.unwrap();
+    assert!(support::get(&ch2, &q).await.is_none());
+    support::within("tx.select-ok", ch2.tx_select())
+        .await
+        .unwrap();
+    support::publish(&ch2, "", &q, &body[..1000]).await;
+    support::within("tx.commit-ok", ch2.tx_commit())
+        .await
+        .unwrap();
+    assert!(support::get(&ch2, &q).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_finish_the_handshake_are_capped_from_accept_on() {
+    let w = Warren::start_with("[limits]\nmax_handshaking_connections = 50\n");
+    let (_c, ch) = w.channel().await;
+    let port = w.port;
+    // 50 sockets that connect and never send a byte, and 1 more.
+    let (idle, mut extra) = tokio::task::spawn_blocking(move || {
+        let idle: Vec<_> = (0..50).map(|_| raw::tcp(port)).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        (idle, raw::tcp(port))
+    })
+    .await
+    .unwrap();
+    // The 51st is closed at once, before any connection.start.
+    let closed = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut b = [0u8; 1];
+        matches!(extra.read(&mut b), Ok(0))
+            || matches!(extra.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    })
+    .await
+    .unwrap();
+    assert!(closed, "a socket beyond the cap was served");
+    // Connections already open are not affected.
+    round_trip(&ch, "still-open").await;
+    // Once the idle sockets go, new connections are served again.
+    drop(idle);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match lapin::Connection::connect(&w.url(), lapin::ConnectionProperties::default()).await {
+            Ok(c) => {
+                let ch = c.create_channel().await.unwrap();
+                round_trip(&ch, "after-idle").await;
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no connection after the idle sockets closed: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
