@@ -238,6 +238,9 @@ pub fn compact_and_open(broker: &Broker, dir: &Path) -> std::io::Result<MetaLog>
         f.sync_all()?;
     }
     fs::rename(&tmp, snapshot_path(dir))?;
+    // The new snapshot's name must be durable before the log it replaces
+    // is emptied: a crash in between would otherwise lose both.
+    File::open(dir)?.sync_all()?;
     let path = log_path(dir);
     let file = private_file()
         .create(true)

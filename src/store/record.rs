@@ -16,6 +16,9 @@ pub const ACK: u8 = 2;
 pub const DELIVERED: u8 = 3;
 /// A queue was deleted or purged: its messages up to an id are gone.
 pub const DROP_QUEUE: u8 = 4;
+/// An ENQUEUE whose queue count is a u32: a message routed to more than
+/// 65,535 durable queues.
+pub const ENQUEUE_WIDE: u8 = 5;
 
 /// Bytes before a record body.
 pub const HEADER_LEN: usize = 8;
@@ -89,9 +92,18 @@ pub fn encode_enqueue(
 ) {
     let at = begin(out);
     out.reserve(32 + exchange.len() + routing_key.len() + header.len() + body.len());
-    out.put_u8(ENQUEUE);
-    out.put_u64(id);
-    out.put_u16(queues.len() as u16);
+    match u16::try_from(queues.len()) {
+        Ok(n) => {
+            out.put_u8(ENQUEUE);
+            out.put_u64(id);
+            out.put_u16(n);
+        }
+        Err(_) => {
+            out.put_u8(ENQUEUE_WIDE);
+            out.put_u64(id);
+            out.put_u32(queues.len() as u32);
+        }
+    }
     for (v, q) in queues {
         put_str(out, v.as_bytes());
         put_str(out, q.as_bytes());
@@ -179,12 +191,21 @@ fn decode_body(mut b: Bytes) -> Option<Record> {
     let kind = b.first().copied()?;
     b.advance(1);
     match kind {
-        ENQUEUE => {
-            if b.len() < 10 {
+        ENQUEUE | ENQUEUE_WIDE => {
+            if b.len() < 12 {
                 return None;
             }
             let id = b.get_u64();
-            let n = b.get_u16() as usize;
+            let n = if kind == ENQUEUE {
+                b.get_u16() as usize
+            } else {
+                b.get_u32() as usize
+            };
+            // Each queue takes at least two bytes: a bad count cannot make
+            // the vector huge.
+            if n > b.len() / 2 {
+                return None;
+            }
             let mut queues = Vec::with_capacity(n);
             for _ in 0..n {
                 queues.push(QueueKey {
@@ -227,6 +248,28 @@ fn decode_body(mut b: Bytes) -> Option<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_for_more_than_65535_queues_decodes_with_all_of_them() {
+        let names: Vec<String> = (0..70_000).map(|i| format!("q{i}")).collect();
+        let queues: Vec<(&str, &str)> = names.iter().map(|n| ("/", n.as_str())).collect();
+        let mut out = BytesMut::new();
+        encode_enqueue(&mut out, 7, &queues, b"x", b"rk", b"h", b"body");
+        match next(&out.freeze()) {
+            Next::Record(
+                Record::Enqueue {
+                    id, queues, body, ..
+                },
+                _,
+            ) => {
+                assert_eq!(id, 7);
+                assert_eq!(queues.len(), 70_000);
+                assert_eq!(queues[69_999].queue, "q69999");
+                assert_eq!(&body[..], b"body");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn records_round_trip() {
