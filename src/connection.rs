@@ -855,6 +855,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         let mut last_recv = Instant::now();
         let mut written_at_tick = 0u64;
         let mut durable_rx = self.ctx.broker.durability.store().map(|s| s.subscribe());
+        let mut backlog_rx = self.ctx.broker.durability.store().map(|s| s.subscribe());
         let mut alarms = self.ctx.broker.alarms.subscribe();
         let mut blocked = false;
         // The connection whose backlog holds reading back (see `hold`).
@@ -895,18 +896,16 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     let _ = tokio::time::timeout(FLOW_PAUSE_MAX, drained).await;
                 }
             }
-            if self.ctx.published
-                && let Some(store) = self.ctx.broker.durability.store()
-                && store.is_backlogged()
-            {
-                // The message store's writer is behind: read no more
-                // publishes until it catches up (bounded, like flow control).
-                let mut rx = store.subscribe();
-                let until = tokio::time::Instant::now() + FLOW_PAUSE_MAX;
-                while store.is_backlogged() && tokio::time::Instant::now() < until {
-                    let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
-                }
-            }
+            // The message store's writer is behind (a disk slower than the
+            // publishers): a connection that publishes reads nothing more
+            // until it has caught up, so the writer's buffer is bounded.
+            let store_held = self.ctx.published
+                && self
+                    .ctx
+                    .broker
+                    .durability
+                    .store()
+                    .is_some_and(|s| s.is_backlogged());
             let waiting_for_store = !self.ctx.confirms_due.is_empty() && durable_rx.is_some();
             // Alarms: a connection that publishes is not read from while an
             // alarm is on (RabbitMQ's connection.blocked); consumers go on.
@@ -938,7 +937,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     written_while_held = written;
                     last_recv = Instant::now();
                 }
-            } else if blocked || hold.is_some() {
+            } else if blocked || hold.is_some() || store_held {
                 // Not reading: the peer's heartbeats wait in the socket.
                 last_recv = Instant::now();
             }
@@ -964,7 +963,15 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                         h.drained(Duration::from_secs(1)).await;
                     }
                 }, if hold.is_some() => {}
-                ok = self.reader.fill(), if !blocked && hold.is_none() => {
+                _ = async {
+                    match backlog_rx.as_mut() {
+                        Some(rx) => {
+                            let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }, if store_held => {}
+                ok = self.reader.fill(), if !blocked && hold.is_none() && !store_held => {
                     if !ok {
                         return End::Gone;
                     }
