@@ -57,7 +57,7 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Tx {
     /// (exchange, message, its TTL from the expiration property, mandatory).
-    publishes: Vec<(Arc<Exchange>, Message, Option<u64>, bool)>,
+    publishes: Vec<(Arc<Exchange>, Message, Option<u64>, bool, Vec<String>)>,
     settles: Vec<(Unacked, Outcome)>,
     /// Message bytes held (`publishes` and `settles`).
     bytes: u64,
@@ -384,13 +384,18 @@ impl Channel {
         } else {
             msg
         };
+        let (msg, cc) = if msg.may_have_cc() {
+            sender_selected(msg)?
+        } else {
+            (msg, Vec::new())
+        };
         ctx.handle.stats.publish.fetch_add(1, Relaxed); // stats
         if let Some(tx) = &mut self.tx {
             let n = msg.body_len() + msg.header().len();
-            tx.publishes.push((x, msg, ttl, p.mandatory));
+            tx.publishes.push((x, msg, ttl, p.mandatory, cc));
             return tx.hold(n);
         }
-        let (stored, refused) = self.route_and_enqueue(ctx, &x, msg, ttl, p.mandatory);
+        let (stored, refused) = self.route_and_enqueue(ctx, &x, msg, ttl, p.mandatory, &cc);
         if self.confirm {
             self.publish_seq += 1;
             if let Some(seq) = stored {
@@ -411,7 +416,8 @@ impl Channel {
     /// queues go to the message store first. `ttl` is the message's own
     /// (expiration property). Returns the store sequence number a confirm
     /// must wait for, if the message was stored, and whether a queue
-    /// refused it (x-overflow reject-publish).
+    /// refused it (x-overflow reject-publish). `cc` are further routing keys
+    /// (the CC and BCC headers), routed like the message's own.
     fn route_and_enqueue(
         &mut self,
         ctx: &mut ConnCtx,
@@ -419,6 +425,7 @@ impl Channel {
         msg: Message,
         ttl: Option<u64>,
         mandatory: bool,
+        cc: &[String],
     ) -> (Option<u64>, bool) {
         let mut sync_seq = None;
         let mut refused = false;
@@ -440,6 +447,14 @@ impl Channel {
         }
         let mut headers = || msg.properties().and_then(|p| p.headers().clone());
         ctx.vhost.route(x, &rk, &mut headers, &mut queues);
+        if !cc.is_empty() {
+            for key in cc {
+                ctx.vhost.route(x, key, &mut headers, &mut queues);
+            }
+            // A queue reached by several keys gets one copy.
+            queues.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+            queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
         if queues.is_empty() {
             let s = &ctx.handle.stats; // stats
             (if mandatory {
@@ -613,8 +628,8 @@ impl Channel {
         let settles = std::mem::take(&mut tx.settles);
         tx.bytes = 0;
         let mut last_stored = None;
-        for (x, msg, ttl, mandatory) in publishes {
-            if let (Some(seq), _) = self.route_and_enqueue(ctx, &x, msg, ttl, mandatory) {
+        for (x, msg, ttl, mandatory, cc) in publishes {
+            if let (Some(seq), _) = self.route_and_enqueue(ctx, &x, msg, ttl, mandatory, &cc) {
                 last_stored = Some(seq);
             }
         }
@@ -686,6 +701,60 @@ impl Channel {
             msg.body_bytes(),
         ))
     }
+}
+
+/// RabbitMQ's sender-selected distribution: the `CC` and `BCC` headers, if
+/// arrays, add their string elements as routing keys; `BCC` is removed from
+/// the message before it is delivered. A `CC` or `BCC` that is not an array
+/// is refused as RabbitMQ refuses it.
+fn sender_selected(msg: Message) -> AmqpResult<(Message, Vec<String>)> {
+    use amq_protocol::types::AMQPValue;
+    let Some(props) = msg.properties() else {
+        return Ok((msg, Vec::new()));
+    };
+    let Some(headers) = props.headers().clone() else {
+        return Ok((msg, Vec::new()));
+    };
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        match headers.inner().get(name) {
+            None => {}
+            Some(AMQPValue::FieldArray(a)) => {
+                for v in a.as_slice() {
+                    match v {
+                        AMQPValue::LongString(s) => {
+                            keys.push(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        }
+                        AMQPValue::ShortString(s) => keys.push(s.as_str().to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    format!(
+                        "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                        crate::headers_match::erlang_type(other)
+                    ),
+                ));
+            }
+        }
+    }
+    if !headers.inner().contains_key("BCC") {
+        return Ok((msg, keys));
+    }
+    let mut kept = amq_protocol::types::FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != "BCC" {
+            kept.insert(k.clone(), v.clone());
+        }
+    }
+    let props = props.with_headers(kept);
+    let header = crate::message::content_header(&props, msg.body_len() as u64)
+        .ok_or_else(|| AmqpError::channel(code::INTERNAL_ERROR, "cannot encode properties"))?;
+    let msg = Message::new(msg.exchange(), msg.routing_key(), &header, msg.body_bytes());
+    Ok((msg, keys))
 }
 
 /// Requeues deliveries to their queues, each at its original position.

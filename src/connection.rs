@@ -450,8 +450,14 @@ fn server_properties() -> FieldTable {
     let mut p = FieldTable::default();
     let s = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
     p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    p.insert("product".into(), s("warren"));
-    p.insert("version".into(), s(env!("CARGO_PKG_VERSION")));
+    // Clients and their test suites decide behaviour by these two (kombu
+    // picks RabbitMQ's per-consumer prefetch semantics from them,
+    // amqp091-go's RabbitMQ-specific tests gate on them): warren behaves as
+    // RabbitMQ 3.10 and says so, as its HTTP API does with
+    // rabbitmq_version. warren's own name and version follow.
+    p.insert("product".into(), s("RabbitMQ"));
+    p.insert("version".into(), s(crate::http::RABBITMQ_COMPAT_VERSION));
+    p.insert("warren_version".into(), s(env!("CARGO_PKG_VERSION")));
     p.insert(
         "platform".into(),
         s(&format!(
@@ -460,7 +466,10 @@ fn server_properties() -> FieldTable {
             std::env::consts::ARCH
         )),
     );
-    p.insert("information".into(), s("AMQP 0-9-1 message broker; see https://www.rabbitmq.com/amqp-0-9-1-reference.html for the protocol"));
+    p.insert(
+        "information".into(),
+        s("warren, an AMQP 0-9-1 message broker compatible with RabbitMQ 3.10"),
+    );
     p.insert("copyright".into(), s("The warren authors"));
     p.insert("cluster_name".into(), s("warren"));
     p

@@ -147,6 +147,19 @@ impl Message {
         h.len() >= 14 && u16::from_be_bytes([h[12], h[13]]) & 0x0010 != 0
     }
 
+    /// Whether the headers table may hold a `CC` or `BCC` key (RabbitMQ's
+    /// sender-selected distribution): the headers flag is set and the key's
+    /// short-string encoding occurs in the raw header. Messages without
+    /// them pay one flag test, or one byte search when they have headers.
+    pub fn may_have_cc(&self) -> bool {
+        let h = self.header();
+        if h.len() < 14 || u16::from_be_bytes([h[12], h[13]]) & 0x2000 == 0 {
+            return false;
+        }
+        let rest = &h[14..];
+        rest.windows(3).any(|w| w == b"\x02CC") || rest.windows(4).any(|w| w == b"\x03BCC")
+    }
+
     /// Whether the reply-to property is set (read from the property flags).
     pub fn has_reply_to(&self) -> bool {
         let h = self.header();

@@ -1182,3 +1182,23 @@ async fn publish(ch: &lapin::Channel, exchange: &str, key: &str, body: &[u8]) {
     .await
     .unwrap();
 }
+
+// RabbitMQ's management API answers paths with a trailing slash too;
+// amqp091-go's test suite lists connections at /api/connections/ (issue 10).
+#[test]
+fn paths_with_a_trailing_slash_answer_as_without() {
+    let w = Warren::start();
+    for path in [
+        "/api/connections/",
+        "/api/queues/",
+        "/api/overview/",
+        "/api/exchanges/%2F/",
+        "/api/vhosts/",
+        "/api/queues/%2F/?columns=name",
+    ] {
+        let (status, body) = w.api("GET", path, None);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, _) = w.api("GET", "/api/no-such-thing/", None);
+    assert_eq!(status, 404);
+}

@@ -88,6 +88,7 @@ async fn connection(
     let io = TokioIo::new(SendTimeout::new(stream, secs(limits.send_timeout)));
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        trim_trailing_slash(&mut req);
         let mut app = app.clone();
         async move {
             let r: Result<_, Infallible> = tower_service::Service::call(&mut app, req).await;
@@ -99,6 +100,29 @@ async fn connection(
         .header_read_timeout(secs(limits.idle_timeout));
     if let Err(e) = http.serve_connection(io, service).await {
         tracing::debug!("HTTP connection from {peer} ended: {e}");
+    }
+}
+
+/// `/api/connections/` is `/api/connections`, as RabbitMQ's management API
+/// answers both (client test suites list connections with the slash).
+fn trim_trailing_slash<B>(req: &mut hyper::Request<B>) {
+    let uri = req.uri();
+    let path = uri.path();
+    if path.len() <= 1 || !path.ends_with('/') {
+        return;
+    }
+    let trimmed = path.trim_end_matches('/');
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    let new = match uri.query() {
+        Some(q) => format!("{trimmed}?{q}"),
+        None => trimmed.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(pq) = new.parse::<hyper::http::uri::PathAndQuery>() {
+        parts.path_and_query = Some(pq);
+        if let Ok(u) = hyper::Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
     }
 }
 
