@@ -57,7 +57,7 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Tx {
     /// (exchange, message, its TTL from the expiration property, mandatory).
-    publishes: Vec<(Arc<Exchange>, Message, Option<u64>, bool, Vec<String>)>,
+    publishes: Vec<HeldPublish>,
     settles: Vec<(Unacked, Outcome)>,
     /// Message bytes held (`publishes` and `settles`).
     bytes: u64,
@@ -702,6 +702,10 @@ impl Channel {
         ))
     }
 }
+
+/// A publish a transaction holds until commit: exchange, message, its TTL,
+/// mandatory, and its CC/BCC routing keys.
+type HeldPublish = (Arc<Exchange>, Message, Option<u64>, bool, Vec<String>);
 
 /// RabbitMQ's sender-selected distribution: the `CC` and `BCC` headers, if
 /// arrays, add their string elements as routing keys; `BCC` is removed from
