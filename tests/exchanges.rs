@@ -1026,3 +1026,27 @@ async fn a_headers_binding_with_an_invalid_x_match_is_406() {
     .expect_err("bind with x-match=some");
     assert_eq!(reply_code(&err), Some(406), "{err:?}");
 }
+
+// RabbitMQ says "unknown" for a type name that is not an Erlang atom it
+// knows (pika's suite uses 'ZZwwInvalid'); recorded in RABBITMQ_BEHAVIOUR.md.
+#[tokio::test]
+async fn a_made_up_exchange_type_is_unknown_as_rabbitmq_says() {
+    let w = Warren::start();
+    for kind in ["ZZwwInvalid", "x-consistent-hash"] {
+        let (_c, ch) = w.channel().await;
+        let err = declare_x(
+            &ch,
+            "weird",
+            ExchangeKind::Custom(kind.into()),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("declare with a made-up type");
+        assert_eq!(reply_code(&err), Some(503), "{err:?}");
+        assert_eq!(
+            reply_text(&err),
+            format!("COMMAND_INVALID - unknown exchange type '{kind}'")
+        );
+    }
+}
