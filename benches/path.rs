@@ -62,7 +62,7 @@ fn setup(xname: &str, kind: &str, nq: usize, bindings: usize, no_ack: bool) -> S
             .expect("declare exchange");
     }
     let (conn, events) = ConnectionHandle::new(1, 131072);
-    rt.spawn(conn.clone().run_writer(tokio::io::sink()));
+    rt.spawn(conn.clone().run_writer(tokio::io::sink(), None));
     let channel = ChannelShared::new(1, conn);
     let mut queues = Vec::new();
     for i in 0..nq {

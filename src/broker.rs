@@ -154,6 +154,9 @@ impl Broker {
         if let Some(store) = self.durability.store() {
             store.close();
         }
+        if let Some(meta) = self.durability.meta.get() {
+            meta.close();
+        }
     }
 
     /// A broker with no vhosts and no users (recovery fills it).

@@ -220,7 +220,8 @@ async fn serve_stream<R, W>(
     }
 
     let (handle, events) = ConnectionHandle::new(id, FRAME_MIN_SIZE);
-    let writer = tokio::spawn(handle.clone().run_writer(wr));
+    let meta = broker.durability.meta.get().map(|m| m.subscribe());
+    let writer = tokio::spawn(handle.clone().run_writer(wr, meta));
     let mut reader = Reader {
         rd,
         buf: BytesMut::with_capacity(64 * 1024),
@@ -879,7 +880,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             // confirms; stop early once a reply fills a backlog.
             while hold.is_none() {
                 match self.reader.next_buffered() {
-                    Ok(Some(frame)) => match self.handle_frame(frame) {
+                    Ok(Some(frame)) => match self.handle_frame_gated(frame) {
                         Ok(true) => {}
                         Ok(false) => return End::Closed,
                         Err(e) => return End::Error(e),
@@ -1011,6 +1012,15 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 }
             }
         }
+    }
+
+    /// `handle_frame`, forgetting afterwards which definitions change this
+    /// thread appended (its replies were gated on it; see outbound.rs).
+    fn handle_frame_gated(&mut self, frame: Frame) -> AmqpResult<bool> {
+        crate::store::meta::take_appended();
+        let r = self.handle_frame(frame);
+        crate::store::meta::take_appended();
+        r
     }
 
     /// Handles one frame. `Ok(false)`: the connection is closed.

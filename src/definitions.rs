@@ -418,20 +418,8 @@ pub fn restore(broker: &Broker, d: &Definitions) -> Vec<String> {
 }
 
 fn import_with(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
-    /// Syncs what the import deferred however it ends (a panic included).
-    struct Deferred<'a>(Option<&'a crate::store::meta::MetaLog>);
-    impl Drop for Deferred<'_> {
-        fn drop(&mut self) {
-            if let Some(m) = self.0 {
-                m.defer_sync(false);
-            }
-        }
-    }
-    let meta = broker.durability.meta.get();
-    if let Some(m) = meta {
-        m.defer_sync(true);
-    }
-    let _deferred = Deferred(meta);
+    // The definitions log group-commits: a bulk import costs a few syncs,
+    // not one per definition.
     import_all(broker, d, limits)
 }
 

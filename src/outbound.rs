@@ -70,6 +70,9 @@ pub struct ConnectionHandle {
     written: AtomicU64,
     closing: AtomicBool,
     throttled: AtomicBool,
+    /// Definitions change (sequence number) that the bytes in `buf` may
+    /// not be sent before (see `write`).
+    meta_gate: AtomicU64,
     /// Woken when the backlog falls below LOW_WATER, and when the writer ends.
     drained: Notify,
     /// Negotiated frame_max (bytes, including frame overhead).
@@ -101,6 +104,7 @@ impl ConnectionHandle {
             written: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             throttled: AtomicBool::new(false),
+            meta_gate: AtomicU64::new(0),
             drained: Notify::new(),
             frame_max: AtomicU32::new(frame_max),
             cancel_notify: AtomicBool::new(false),
@@ -117,8 +121,15 @@ impl ConnectionHandle {
     /// Appends frames to the outbound buffer and wakes the writer if needed.
     #[inline]
     pub fn write<R>(&self, f: impl FnOnce(&mut BytesMut) -> R) -> R {
+        // A reply written after a definitions change (declare-ok) must not
+        // leave before the change is on disk: raise the gate first, under
+        // the same lock the writer takes the bytes under.
+        let meta = crate::store::meta::appended_on_this_thread();
         let (r, was_empty, added) = {
             let mut buf = self.buf.lock();
+            if meta > 0 {
+                self.meta_gate.fetch_max(meta, Ordering::Relaxed);
+            }
             let before = buf.len();
             let r = f(&mut buf);
             (r, before == 0, buf.len() - before)
@@ -248,29 +259,49 @@ impl ConnectionHandle {
     }
 
     /// Runs the writer until the connection closes or the socket fails.
-    pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, socket: W) {
-        self.write_loop(socket).await;
+    pub async fn run_writer<W: AsyncWrite + Unpin>(
+        self: Arc<Self>,
+        socket: W,
+        meta: Option<tokio::sync::watch::Receiver<u64>>,
+    ) {
+        self.write_loop(socket, meta).await;
         // Nobody waits for this connection's backlog any more.
         self.closing.store(true, Ordering::Release);
         self.drained.notify_waiters();
     }
 
-    async fn write_loop<W: AsyncWrite + Unpin>(&self, mut socket: W) {
+    async fn write_loop<W: AsyncWrite + Unpin>(
+        &self,
+        mut socket: W,
+        mut meta: Option<tokio::sync::watch::Receiver<u64>>,
+    ) {
         let mut spare = BytesMut::with_capacity(16 * 1024);
         // Written since the last flush. A TCP socket's flush does nothing;
         // a TLS stream may hold the last record until flushed, so the writer
         // flushes whenever it is about to wait.
         let mut unflushed = false;
         loop {
-            let swapped = {
+            let (swapped, gate) = {
                 let mut buf = self.buf.lock();
                 if buf.is_empty() {
-                    false
+                    (false, 0)
                 } else {
                     std::mem::swap(&mut *buf, &mut spare);
-                    true
+                    (true, self.meta_gate.load(Ordering::Relaxed))
                 }
             };
+            // These bytes include a reply to a definitions change: send them
+            // once the change is on disk.
+            if swapped
+                && gate > 0
+                && let Some(rx) = meta.as_mut()
+            {
+                while *rx.borrow_and_update() < gate {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
             if !swapped {
                 if unflushed {
                     unflushed = false;

@@ -114,10 +114,32 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(same_origin))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            durable_before_reply,
+        ))
         .layer(DefaultBodyLimit::max(
             state.broker.config.http.max_body_size,
         ))
         .with_state(state)
+}
+
+/// A request that changed definitions is answered once the change is on
+/// disk (the definitions log group-commits; see store/meta.rs).
+async fn durable_before_reply(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let changes = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let resp = next.run(req).await;
+    if changes && let Some(m) = state.broker.durability.meta.get() {
+        m.wait_durable(m.appended_seq()).await;
+    }
+    resp
 }
 
 async fn index() -> &'static str {

@@ -51,45 +51,157 @@ pub enum MetaOp {
     Unbind(BindingDef),
 }
 
-/// The definitions log.
+/// The definitions log: changes are appended to a buffer that one writer
+/// thread writes and syncs for everyone at once (group commit), so many
+/// clients declaring durable queues at once cost one fsync per batch and
+/// no tokio worker ever waits for the disk. Whoever must not answer before
+/// a change is durable waits for `durable_seq` to reach the change's
+/// sequence number: connections gate their outbound bytes on it
+/// (`ConnectionHandle::write`), the HTTP API awaits it before replying.
 #[derive(Debug)]
 pub struct MetaLog {
-    file: Mutex<File>,
     path: PathBuf,
-    /// While set (bulk imports), changes are written but synced only by `sync`.
-    deferred: std::sync::atomic::AtomicBool,
+    pending: Mutex<MetaPending>,
+    wake: parking_lot::Condvar,
+    durable: tokio::sync::watch::Sender<u64>,
+    stopping: std::sync::atomic::AtomicBool,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct MetaPending {
+    buf: Vec<u8>,
+    seq: u64,
+}
+
+thread_local! {
+    /// The last change this thread appended (0: none since `take_appended`).
+    static APPENDED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The sequence number of the last definitions change this thread appended
+/// since the last `take_appended` (0: none). Connections raise their
+/// outbound gate to it before writing a reply.
+pub fn appended_on_this_thread() -> u64 {
+    APPENDED.with(std::cell::Cell::get)
+}
+
+/// Forgets what this thread appended (a connection, after each frame).
+pub fn take_appended() -> u64 {
+    APPENDED.with(|c| c.replace(0))
 }
 
 impl MetaLog {
-    /// Appends a change and syncs it.
-    pub fn record(&self, op: &MetaOp) {
+    fn start(file: File, path: PathBuf) -> std::io::Result<std::sync::Arc<MetaLog>> {
+        let (durable, _) = tokio::sync::watch::channel(0);
+        let log = std::sync::Arc::new(MetaLog {
+            path,
+            pending: Mutex::new(MetaPending::default()),
+            wake: parking_lot::Condvar::new(),
+            durable,
+            stopping: Default::default(),
+            writer: Mutex::new(None),
+        });
+        let run = log.clone();
+        let handle = std::thread::Builder::new()
+            .name("warren-definitions".into())
+            .spawn(move || run.run_writer(file))?;
+        *log.writer.lock() = Some(handle);
+        Ok(log)
+    }
+
+    /// Appends a change; returns its sequence number (durable once
+    /// `durable_seq` reaches it).
+    pub fn record(&self, op: &MetaOp) -> u64 {
         let mut line = match serde_json::to_vec(op) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("cannot encode definitions change {op:?}: {e}");
-                return;
+                return 0;
             }
         };
         line.push(b'\n');
-        let mut f = self.file.lock();
-        let deferred = self.deferred.load(std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = f
-            .write_all(&line)
-            .and_then(|_| if deferred { Ok(()) } else { f.sync_data() })
-        {
-            tracing::error!("cannot write {}: {e}", self.path.display());
+        let mut p = self.pending.lock();
+        p.buf.extend_from_slice(&line);
+        p.seq += 1;
+        let seq = p.seq;
+        drop(p);
+        APPENDED.with(|c| c.set(seq));
+        self.wake.notify_one();
+        seq
+    }
+
+    /// The last change appended.
+    pub fn appended_seq(&self) -> u64 {
+        self.pending.lock().seq
+    }
+
+    /// The last change on disk (synced).
+    pub fn durable_seq(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Notified whenever `durable_seq` advances.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    /// Waits until change `seq` is on disk.
+    pub async fn wait_durable(&self, seq: u64) {
+        let mut rx = self.durable.subscribe();
+        while *rx.borrow_and_update() < seq {
+            if rx.changed().await.is_err() {
+                return;
+            }
         }
     }
-}
 
-impl MetaLog {
-    /// Defers per-change syncs (on) or syncs what was deferred (off): a bulk
-    /// import costs one sync instead of one per definition.
-    pub fn defer_sync(&self, on: bool) {
-        self.deferred
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-        if !on && let Err(e) = self.file.lock().sync_data() {
-            tracing::error!("cannot sync {}: {e}", self.path.display());
+    /// Writes and syncs what is pending, then stops the writer.
+    pub fn close(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        {
+            let _p = self.pending.lock();
+            self.wake.notify_one();
+        }
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    fn run_writer(&self, mut file: File) {
+        let mut written = file.metadata().map_or(0, |m| m.len());
+        loop {
+            let (buf, seq) = {
+                let mut p = self.pending.lock();
+                while p.buf.is_empty() {
+                    if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                        return;
+                    }
+                    self.wake
+                        .wait_for(&mut p, std::time::Duration::from_millis(100));
+                }
+                (std::mem::take(&mut p.buf), p.seq)
+            };
+            // A failed write is cut back and retried (replies wait); a
+            // failed sync is fatal, as for the message store.
+            while let Err(e) = file.write_all(&buf) {
+                tracing::error!("cannot write {}: {e}; retrying", self.path.display());
+                while let Err(e) = file.set_len(written) {
+                    tracing::error!("cannot cut {} back: {e}; retrying", self.path.display());
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            if let Err(e) = file.sync_data() {
+                tracing::error!(
+                    "cannot sync {} ({e}): stopping warren so that recovery runs from what is on disk",
+                    self.path.display()
+                );
+                std::process::abort();
+            }
+            written += buf.len() as u64;
+            self.durable.send_replace(seq);
         }
     }
 }
@@ -223,7 +335,7 @@ fn private_file() -> OpenOptions {
 }
 
 /// Writes a fresh snapshot of `broker`'s definitions and starts an empty log.
-pub fn compact_and_open(broker: &Broker, dir: &Path) -> std::io::Result<MetaLog> {
+pub fn compact_and_open(broker: &Broker, dir: &Path) -> std::io::Result<std::sync::Arc<MetaLog>> {
     fs::create_dir_all(dir)?;
     let defs = definitions::export(broker);
     let json = serde_json::to_vec_pretty(&defs).map_err(std::io::Error::other)?;
@@ -251,11 +363,7 @@ pub fn compact_and_open(broker: &Broker, dir: &Path) -> std::io::Result<MetaLog>
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(MetaLog {
-        file: Mutex::new(file),
-        path,
-        deferred: Default::default(),
-    })
+    MetaLog::start(file, path)
 }
 
 #[cfg(test)]

@@ -1229,7 +1229,7 @@ fn apply(
 #[derive(Debug, Default)]
 pub struct Durability {
     /// Definitions change log.
-    pub meta: std::sync::OnceLock<meta::MetaLog>,
+    pub meta: std::sync::OnceLock<Arc<meta::MetaLog>>,
     /// Message store.
     pub store: std::sync::OnceLock<Arc<MessageStore>>,
     /// Where and when long queues page messages to disk.
