@@ -503,3 +503,60 @@ async fn by_default_clients_reach_warren_on_the_ipv6_loopback() {
         .collect();
     assert!(names.iter().all(|n| n.contains(" -> ")), "{names:?}");
 }
+
+/// Starts the warren binary with `args` (and `env`) on free ports; returns
+/// it and its AMQP port once `ready` addresses accept connections.
+fn spawn_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    ready: &[&str],
+) -> (std::process::Child, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));
+    cmd.args(args)
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--http-port")
+        .arg(http.to_string())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("WARREN_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn warren");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("warren {args:?} {env:?} exited at start: {status}");
+        }
+        if ready
+            .iter()
+            .all(|a| std::net::TcpStream::connect(format!("{a}:{port}")).is_ok())
+        {
+            return (child, port, dir);
+        }
+        assert!(Instant::now() < deadline, "warren did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// A list given with --bind or WARREN_BIND opens one listener per address
+// (a regression once made clap reject any --bind at start).
+#[test]
+fn bind_and_warren_bind_take_a_list_of_addresses() {
+    let (mut w, port, _d) = spawn_with(&["--bind", "127.0.0.1,::1"], &[], &["127.0.0.1", "[::1]"]);
+    let _ = w.kill();
+    let _ = w.wait();
+    let (mut w, port2, _d) = spawn_with(&[], &[("WARREN_BIND", "[::1]")], &["[::1]"]);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port2)).is_err(),
+        "WARREN_BIND=[::1] must not listen on 127.0.0.1"
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+    let _ = port;
+}

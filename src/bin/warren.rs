@@ -21,7 +21,7 @@ struct Args {
     config: Option<PathBuf>,
     /// Addresses to listen on, comma-separated [default: 127.0.0.1,::1].
     #[arg(long, env = "WARREN_BIND", value_name = "ADDRS", value_parser = parse_bind)]
-    bind: Option<Vec<IpAddr>>,
+    bind: Option<BindList>,
     /// AMQP port [default: 5672].
     #[arg(long, env = "WARREN_PORT", value_name = "N")]
     port: Option<u16>,
@@ -39,8 +39,13 @@ struct Args {
     log_level: Option<String>,
 }
 
-fn parse_bind(text: &str) -> Result<Vec<IpAddr>, String> {
-    warren::config::parse_bind_list(text)
+/// One `--bind` value: a list of addresses (a newtype, so that clap takes
+/// the whole list from one value instead of one address per value).
+#[derive(Debug, Clone)]
+struct BindList(Vec<IpAddr>);
+
+fn parse_bind(text: &str) -> Result<BindList, String> {
+    warren::config::parse_bind_list(text).map(BindList)
 }
 
 fn main() -> ExitCode {
@@ -54,7 +59,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let overrides = Overrides {
         config: args.config,
-        bind: args.bind,
+        bind: args.bind.map(|b| b.0),
         port: args.port,
         http_port: args.http_port,
         tls_port: args.tls_port,
