@@ -105,7 +105,9 @@ impl MetaLog {
         let run = log.clone();
         let handle = std::thread::Builder::new()
             .name("warren-definitions".into())
-            .spawn(move || run.run_writer(file))?;
+            .spawn(move || {
+                super::supervised("definitions log writer", move || run.run_writer(file))
+            })?;
         *log.writer.lock() = Some(handle);
         Ok(log)
     }

@@ -487,6 +487,23 @@ fn abort_on_fsync_failure(e: &std::io::Error) {
     std::process::abort();
 }
 
+/// Runs a thread the broker cannot do without. If it panics, nothing would
+/// be confirmed (or reclaimed) again while the broker looked alive: log
+/// and abort instead, so that recovery runs at the next start.
+pub(crate) fn supervised(what: &str, f: impl FnOnce()) {
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let why = e
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(
+            "the {what} thread panicked ({why}); stopping warren so that recovery runs"
+        );
+        std::process::abort();
+    }
+}
+
 fn list_segments(disk: &dyn Disk, dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut v = Vec::new();
     for name in disk.list(dir)? {
@@ -737,12 +754,12 @@ impl MessageStore {
         let s = store.clone();
         let handle = std::thread::Builder::new()
             .name("warren-store".into())
-            .spawn(move || s.run_writer(file, 0))?;
+            .spawn(move || supervised("message store writer", move || s.run_writer(file, 0)))?;
         *store.writer.lock() = Some(handle);
         let s = store.clone();
         let handle = std::thread::Builder::new()
             .name("warren-compact".into())
-            .spawn(move || s.run_compactor())?;
+            .spawn(move || supervised("message store compactor", move || s.run_compactor()))?;
         *store.compactor.lock() = Some(handle);
         Ok((store, recovered))
     }
