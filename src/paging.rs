@@ -95,6 +95,9 @@ pub struct ReadyList {
     pager: Option<Pager>,
     /// Recovered messages still in the store: how many, and the store.
     in_store: usize,
+    /// Entries with a store id (so a queue of transient messages answers
+    /// `oldest_stored` at once).
+    persistent: usize,
     store: Option<Arc<MessageStore>>,
 }
 
@@ -122,6 +125,7 @@ impl ReadyList {
             mem_bytes: 0,
             body_bytes: 0,
             in_store: 0,
+            persistent: 0,
             store: None,
             pager: paging.map(|cfg| {
                 let path = cfg.dir.join(format!(
@@ -180,12 +184,14 @@ impl ReadyList {
             deadline,
         });
         self.in_store += 1;
+        self.persistent += 1;
     }
 
     /// Appends a message (paging out the newest ones if over the limit).
     pub fn push_back(&mut self, m: QueuedMessage) {
         self.mem_bytes += cost(&m.msg);
         self.body_bytes += m.msg.body_len();
+        self.persistent += usize::from(m.stored.is_some());
         self.entries.push_back(to_entry(m));
         if let Some(p) = &self.pager
             && self.mem_bytes > p.cfg.limit
@@ -199,6 +205,7 @@ impl ReadyList {
     pub fn push_front(&mut self, m: QueuedMessage) {
         self.mem_bytes += cost(&m.msg);
         self.body_bytes += m.msg.body_len();
+        self.persistent += usize::from(m.stored.is_some());
         self.entries.push_front(to_entry(m));
     }
 
@@ -222,6 +229,7 @@ impl ReadyList {
         let pos = self.entries.partition_point(|x| x.seq() < m.seq);
         self.mem_bytes += cost(&m.msg);
         self.body_bytes += m.msg.body_len();
+        self.persistent += usize::from(m.stored.is_some());
         self.entries.insert(pos, to_entry(m));
     }
 
@@ -246,6 +254,7 @@ impl ReadyList {
             // or the start of the next run on disk.
         }
         let e = self.entries.pop_front()?;
+        self.persistent -= usize::from(e.stored != 0);
         let (seq, redelivered) = (e.seq(), e.seq & REDELIVERED != 0);
         let Slot::Mem(msg) = e.slot else {
             return None; // not reached: the loop leaves only at a Mem head
@@ -272,6 +281,7 @@ impl ReadyList {
         let Some(e) = self.entries.pop_front() else {
             return;
         };
+        self.persistent -= usize::from(e.stored != 0);
         match e.slot {
             Slot::Paged { body, .. } => {
                 if let Some(p) = &mut self.pager {
@@ -286,6 +296,7 @@ impl ReadyList {
                     slot: Slot::Mem(m),
                     ..e
                 });
+                self.persistent += usize::from(e.stored != 0);
                 return;
             }
         }
@@ -301,10 +312,41 @@ impl ReadyList {
             .collect()
     }
 
+    /// The oldest store id among the ready messages, near enough: the
+    /// lowest of the first 64 stored ones from the head (ids follow publish
+    /// order, give or take concurrent publishers). O(1) for a queue without
+    /// persistent messages.
+    pub fn oldest_stored(&self) -> Option<u64> {
+        if self.persistent == 0 {
+            return None;
+        }
+        self.entries
+            .iter()
+            .filter(|e| e.stored != 0)
+            .take(64)
+            .map(|e| e.stored)
+            .min()
+    }
+
+    /// Drops the entries among the first `n` that could not be loaded
+    /// into memory (rather than loop on them).
+    fn drop_unloaded(&mut self, n: usize) {
+        let mut i = 0;
+        let mut gone = 0;
+        self.entries.retain(|e| {
+            i += 1;
+            let keep = i > n || matches!(e.slot, Slot::Mem(_));
+            gone += usize::from(!keep && e.stored != 0);
+            keep
+        });
+        self.persistent -= gone;
+    }
+
     /// Drops everything.
     pub fn clear(&mut self) {
         self.entries.clear();
         self.in_store = 0;
+        self.persistent = 0;
         self.mem_bytes = 0;
         self.body_bytes = 0;
         if let Some(p) = &mut self.pager {
@@ -432,11 +474,7 @@ impl ReadyList {
         }
         self.in_store -= n;
         if loaded < n {
-            let mut i = 0;
-            self.entries.retain(|e| {
-                i += 1;
-                i > n || matches!(e.slot, Slot::Mem(_))
-            });
+            self.drop_unloaded(n);
         }
         true
     }
@@ -509,17 +547,13 @@ impl ReadyList {
             loaded += 1;
         }
         p.paged -= n;
+        if p.paged == 0 {
+            p.reset();
+        }
         self.body_bytes = self.body_bytes.saturating_sub(lost_body);
         if loaded < n {
             // Drop entries that could not be read rather than loop on them.
-            let mut i = 0;
-            self.entries.retain(|e| {
-                i += 1;
-                i > n || matches!(e.slot, Slot::Mem(_))
-            });
-        }
-        if p.paged == 0 {
-            p.reset();
+            self.drop_unloaded(n);
         }
         n > 0
     }
@@ -689,6 +723,23 @@ mod tests {
         // The list still works afterwards.
         r.push_back(msg(9));
         assert_eq!(r.pop_front().unwrap().seq, 9);
+    }
+
+    #[test]
+    fn an_oldest_stored_id_is_found_without_counting_transient_messages() {
+        let mut r = ReadyList::new(None);
+        let mut m = msg(1);
+        m.stored = None;
+        r.push_back(m);
+        assert_eq!(r.oldest_stored(), None);
+        r.push_back(msg(2)); // stored as 3
+        r.push_back(msg(4)); // stored as 5
+        assert_eq!(r.oldest_stored(), Some(3));
+        r.pop_front();
+        r.pop_front();
+        assert_eq!(r.oldest_stored(), Some(5));
+        r.pop_front();
+        assert_eq!(r.oldest_stored(), None);
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub trait Disk: Send + Sync + Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// A file's length.
     fn len(&self, path: &Path) -> io::Result<u64>;
+    /// When a file was last written (recovered segments are dated by it);
+    /// a disk that does not know says so with an error.
+    fn modified(&self, _path: &Path) -> io::Result<std::time::SystemTime> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// The real file system.
@@ -109,6 +114,9 @@ impl Disk for RealDisk {
     }
     fn len(&self, path: &Path) -> io::Result<u64> {
         Ok(std::fs::metadata(path)?.len())
+    }
+    fn modified(&self, path: &Path) -> io::Result<std::time::SystemTime> {
+        std::fs::metadata(path)?.modified()
     }
 }
 
