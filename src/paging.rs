@@ -2,16 +2,22 @@
 //!
 //! `ReadyList` keeps messages in order. While the bodies held in memory stay
 //! under the queue's limit it is a plain deque; beyond it the newest
-//! in-memory messages are written to the queue's page file (one write for a
-//! batch) and only their position in the file stays in memory, about 40 bytes
-//! a message. When the head of the queue reaches paged messages, a batch of
-//! them is read back with one read. Transient and persistent messages are
-//! paged alike; the page file is scratch space, emptied when the queue
-//! drains and deleted with the queue (persistent messages are recovered
-//! from the message store, not from page files).
+//! in-memory messages are written to the queue's page files (one write per
+//! file for a batch) and only their position stays in memory, about 40
+//! bytes a message. When the head of the queue reaches paged messages, a
+//! batch of them is read back with one read. Transient and persistent
+//! messages are paged alike.
+//!
+//! Page files are chunks of at most `chunk_bytes` (the memory limit,
+//! between 64 KiB and 4 MiB), numbered in write order. Each counts the
+//! messages in it not yet read back, and is deleted when that reaches
+//! zero, so a queue with a standing backlog while traffic flows through
+//! it uses about its paged backlog plus a chunk of disk, not its total
+//! throughput. Page files are scratch space, deleted with the queue
+//! (persistent messages are recovered from the message store, not from
+//! page files).
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +30,9 @@ use crate::message::{Message, MessageRef};
 use crate::store::record::{self, Next, Record};
 use crate::store::{Loc, MessageStore};
 
+mod pager;
+use pager::{CHUNK_MAX, CHUNK_MIN, Pager};
+
 /// Bytes read back per page-in.
 const PAGE_IN_BYTES: usize = 1 << 20;
 
@@ -31,7 +40,10 @@ const PAGE_IN_BYTES: usize = 1 << 20;
 enum Slot {
     Mem(MessageRef),
     Paged {
-        offset: u64,
+        /// The page file (chunk) number.
+        chunk: u32,
+        /// Offset of the record in it.
+        offset: u32,
         len: u32,
         /// Body bytes, so a message lost to a read error leaves
         /// `body_bytes` right.
@@ -72,16 +84,6 @@ pub struct PagingConfig {
     pub dir: PathBuf,
     /// Bytes of message data a queue keeps in memory before paging.
     pub limit: usize,
-}
-
-#[derive(Debug)]
-struct Pager {
-    cfg: PagingConfig,
-    path: PathBuf,
-    file: Option<File>,
-    write_at: u64,
-    paged: usize,
-    failed: bool,
 }
 
 /// A queue's ready messages in order, some of them possibly on disk.
@@ -127,19 +129,14 @@ impl ReadyList {
             in_store: 0,
             persistent: 0,
             store: None,
-            pager: paging.map(|cfg| {
-                let path = cfg.dir.join(format!(
-                    "{}.page",
-                    PAGE_FILE_IDS.fetch_add(1, Ordering::Relaxed)
-                ));
-                Pager {
-                    cfg,
-                    path,
-                    file: None,
-                    write_at: 0,
-                    paged: 0,
-                    failed: false,
-                }
+            pager: paging.map(|cfg| Pager {
+                chunk_bytes: cfg.limit.clamp(CHUNK_MIN, CHUNK_MAX),
+                cfg,
+                id: PAGE_FILE_IDS.fetch_add(1, Ordering::Relaxed),
+                chunks: VecDeque::new(),
+                next_chunk: 0,
+                paged: 0,
+                failed: false,
             }),
         }
     }
@@ -283,9 +280,10 @@ impl ReadyList {
         };
         self.persistent -= usize::from(e.stored != 0);
         match e.slot {
-            Slot::Paged { body, .. } => {
+            Slot::Paged { body, chunk, .. } => {
                 if let Some(p) = &mut self.pager {
                     p.paged = p.paged.saturating_sub(1);
+                    p.release(chunk, 1);
                 }
                 self.body_bytes = self.body_bytes.saturating_sub(body as usize);
             }
@@ -371,10 +369,25 @@ impl ReadyList {
         if start == self.entries.len() {
             return;
         }
+        // Records go to the current page file until it is full, then to
+        // new ones: one buffer (and one write) per file.
+        let mut writes: Vec<(u32, BytesMut, usize)> = Vec::new();
+        let (mut chunk, mut at) = match p.chunks.back() {
+            Some(c) if (c.len as usize) < p.chunk_bytes => (c.no, c.len as usize),
+            _ => (p.next_chunk, 0),
+        };
         let mut buf = BytesMut::new();
+        let mut count = 0;
         let mut spans = Vec::with_capacity(self.entries.len() - start);
         for e in self.entries.range(start..) {
             if let Slot::Mem(m) = &e.slot {
+                if at + buf.len() >= p.chunk_bytes && at + buf.len() > 0 {
+                    if !buf.is_empty() {
+                        writes.push((chunk, std::mem::take(&mut buf), count));
+                    }
+                    chunk = chunk.wrapping_add(1);
+                    (at, count) = (0, 0);
+                }
                 let before = buf.len();
                 record::encode_enqueue(
                     &mut buf,
@@ -385,23 +398,33 @@ impl ReadyList {
                     m.header(),
                     m.body(),
                 );
+                count += 1;
                 spans.push((
-                    p.write_at + before as u64,
+                    chunk,
+                    u32::try_from(at + before).unwrap_or(u32::MAX),
                     (buf.len() - before) as u32,
                     u32::try_from(m.body_len()).unwrap_or(u32::MAX),
                 ));
             }
         }
-        if let Err(e) = p.write(&buf) {
+        if !buf.is_empty() {
+            writes.push((chunk, buf, count));
+        }
+        if let Err(e) = p.write(writes) {
             tracing::error!(
                 "cannot page queue messages to {}: {e}; keeping them in memory",
-                p.path.display()
+                p.cfg.dir.display()
             );
             p.failed = true;
             return;
         }
-        for (e, (offset, len, body)) in self.entries.range_mut(start..).zip(spans) {
-            e.slot = Slot::Paged { offset, len, body };
+        for (e, (chunk, offset, len, body)) in self.entries.range_mut(start..).zip(spans) {
+            e.slot = Slot::Paged {
+                chunk,
+                offset,
+                len,
+                body,
+            };
         }
         p.paged += self.entries.len() - start;
         self.mem_bytes -= freed;
@@ -486,34 +509,46 @@ impl ReadyList {
         let Some(p) = &mut self.pager else {
             return false;
         };
-        // The run of paged entries at the head that are contiguous on disk.
+        // The run of paged entries at the head that are contiguous in one
+        // page file.
         let mut n = 0;
-        let (mut first, mut end) = (0u64, 0u64);
+        let (mut chunk, mut first, mut end) = (0u32, 0u64, 0u64);
         for e in &self.entries {
-            let Slot::Paged { offset, len, .. } = e.slot else {
+            let Slot::Paged {
+                chunk: c,
+                offset,
+                len,
+                ..
+            } = e.slot
+            else {
                 break;
             };
+            let offset = u64::from(offset);
             if n == 0 {
-                first = offset;
-                end = offset;
+                (chunk, first, end) = (c, offset, offset);
             }
-            if offset != end || (end - first) as usize >= PAGE_IN_BYTES {
+            if c != chunk || offset != end || (end - first) as usize >= PAGE_IN_BYTES {
                 break;
             }
             end = offset + len as u64;
             n += 1;
         }
+        let file = p.file(chunk);
         let mut data = vec![0u8; (end - first) as usize];
-        let read = p.file.as_ref().map(|f| f.read_exact_at(&mut data, first));
+        let read = file.map(|f| f.read_exact_at(&mut data, first));
         let data = Bytes::from(data);
         let mut loaded = 0;
         let mut lost_body = 0usize;
         for e in self.entries.range_mut(..n) {
-            let Slot::Paged { offset, len, body } = e.slot else {
+            let Slot::Paged {
+                offset, len, body, ..
+            } = e.slot
+            else {
                 break;
             };
+            let offset = u64::from(offset);
             let at = (offset - first) as usize;
-            let decoded = match (&read, &p.file) {
+            let decoded = match (&read, file) {
                 (Some(Ok(())), _) => decode_message(&data, at, len),
                 // The batch read failed: try this record on its own, so a
                 // bad spot costs only the records on it.
@@ -531,11 +566,11 @@ impl ReadyList {
                     match &read {
                         Some(Err(e)) => tracing::error!(
                             "cannot read a paged message back from {}: {e}; it is lost",
-                            p.path.display()
+                            p.path(chunk).display()
                         ),
                         _ => tracing::error!(
                             "a paged message in {} is unreadable; it is lost",
-                            p.path.display()
+                            p.path(chunk).display()
                         ),
                     }
                     lost_body += body as usize;
@@ -547,10 +582,12 @@ impl ReadyList {
             loaded += 1;
         }
         p.paged -= n;
+        p.release(chunk, n);
+        self.body_bytes = self.body_bytes.saturating_sub(lost_body);
         if p.paged == 0 {
+            // Nothing paged: no page file is needed (whatever the counts say).
             p.reset();
         }
-        self.body_bytes = self.body_bytes.saturating_sub(lost_body);
         if loaded < n {
             // Drop entries that could not be read rather than loop on them.
             self.drop_unloaded(n);
@@ -578,42 +615,6 @@ fn decode_message(data: &Bytes, at: usize, len: u32) -> Option<Message> {
             Bytes::copy_from_slice(&body),
         )),
         _ => None,
-    }
-}
-
-impl Pager {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if self.file.is_none() {
-            std::fs::create_dir_all(&self.cfg.dir)?;
-            self.file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .write(true)
-                    .truncate(true)
-                    .open(&self.path)?,
-            );
-        }
-        let f = self.file.as_ref().expect("opened above");
-        f.write_all_at(buf, self.write_at)?;
-        self.write_at += buf.len() as u64;
-        Ok(())
-    }
-
-    /// Empties the page file (nothing paged any more).
-    fn reset(&mut self) {
-        if let Some(f) = &self.file {
-            let _ = f.set_len(0);
-        }
-        self.write_at = 0;
-    }
-}
-
-impl Drop for Pager {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }
 
@@ -682,15 +683,18 @@ mod tests {
         let mut r = paged_list(dir.path(), 5000);
         let paged = r.paged();
         assert!(paged > 4000);
-        let page = r.pager.as_ref().unwrap().path.clone();
-        let size = std::fs::metadata(&page).unwrap().len();
-        // Everything past the middle of the page file is gone.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&page)
-            .unwrap()
-            .set_len(size / 2)
-            .unwrap();
+        // Everything past the middle of the paged data is gone: the later
+        // page files are cut to nothing.
+        let p = r.pager.as_ref().unwrap();
+        let total: u64 = p.chunks.iter().map(|c| c.len).sum();
+        let mut kept = 0;
+        for c in &p.chunks {
+            if kept + c.len > total / 2 {
+                let keep = (total / 2).saturating_sub(kept);
+                c.file.as_ref().unwrap().set_len(keep).unwrap();
+            }
+            kept += c.len;
+        }
         let mut got = Vec::new();
         while let Some(m) = r.pop_front() {
             got.push(m.seq);
@@ -712,8 +716,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = paged_list(dir.path(), 3000);
         let in_memory = 3000 - r.paged();
-        // The file handle is gone (as after a failed reset or reopen).
-        r.pager.as_mut().unwrap().file = None;
+        // The file handles are gone (as after a failed reset or reopen).
+        for c in &mut r.pager.as_mut().unwrap().chunks {
+            c.file = None;
+        }
         let mut n = 0;
         while r.pop_front().is_some() {
             n += 1;
@@ -723,6 +729,52 @@ mod tests {
         // The list still works afterwards.
         r.push_back(msg(9));
         assert_eq!(r.pop_front().unwrap().seq, 9);
+    }
+
+    /// Bytes in the page files under `dir`.
+    fn paged_bytes(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_standing_backlog_with_traffic_flowing_keeps_its_page_files_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = ReadyList::new(Some(PagingConfig {
+            dir: dir.path().to_owned(),
+            limit: 64 * 1024,
+        }));
+        // A backlog of 10,000 messages (about 2.6 MB, most of it paged,
+        // more than one read-back batch), then 100,000 more (26 MB)
+        // through it, one in, one out.
+        let mut next_out = 0u32;
+        for i in 0..10_000 {
+            r.push_back(msg(i));
+        }
+        let mut peak = 0;
+        for i in 10_000..110_000 {
+            r.push_back(msg(i));
+            let m = r.pop_front().unwrap();
+            assert_eq!(m.seq, next_out as u64, "order kept");
+            next_out += 1;
+            if i % 1000 == 0 {
+                peak = peak.max(paged_bytes(dir.path()));
+            }
+        }
+        // The paged backlog plus the page files being written and read
+        // (64 KiB each), far below the 26 MB that went through.
+        assert!(peak < 4_000_000, "page files peaked at {peak} bytes");
+        while let Some(m) = r.pop_front() {
+            assert_eq!(m.seq, next_out as u64);
+            next_out += 1;
+        }
+        assert_eq!(next_out, 110_000);
+        assert_eq!(
+            paged_bytes(dir.path()),
+            0,
+            "a drained queue keeps no page file"
+        );
     }
 
     #[test]
