@@ -175,6 +175,9 @@ pub mod sim {
         fail: BTreeMap<Op, u32>,
         /// Writes fail with "no space" while set.
         full: bool,
+        /// Bytes all files together may hold: a write beyond it stores what
+        /// fits and fails with "no space", as on a real full disk.
+        capacity: Option<u64>,
         /// Every operation fails (the machine is "down") until `restart`.
         down: bool,
         rng: u64,
@@ -232,6 +235,12 @@ pub mod sim {
         /// Writes fail with ENOSPC while `full`.
         pub fn set_full(&self, full: bool) {
             self.0.lock().full = full;
+        }
+
+        /// All files together may hold at most `bytes` (None: no limit);
+        /// deleting files gives the space back.
+        pub fn set_capacity(&self, bytes: Option<u64>) {
+            self.0.lock().capacity = bytes;
         }
 
         /// The machine dies: from now on every operation fails, and what was
@@ -314,6 +323,19 @@ pub mod sim {
                     }
                 }
                 return Err(e);
+            }
+            if let Some(cap) = st.capacity {
+                let used: u64 = st.files.values().map(|f| f.data.len() as u64).sum();
+                let room = cap.saturating_sub(used) as usize;
+                if buf.len() > room {
+                    if let Some(f) = st.files.get_mut(&self.path) {
+                        f.data.extend_from_slice(&buf[..room]);
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "simulated full disk",
+                    ));
+                }
             }
             match st.files.get_mut(&self.path) {
                 Some(f) => {
