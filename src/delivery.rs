@@ -500,6 +500,20 @@ impl ChannelShared {
         None
     }
 
+    /// Adds the lowest store id of this channel's unacked deliveries, per
+    /// queue (keyed by `Arc::as_ptr` of the queue), to `into`.
+    pub fn oldest_unacked_stored(&self, into: &mut std::collections::HashMap<usize, u64>) {
+        let st = self.state.lock();
+        for u in &st.unacked {
+            if let Some(id) = u.stored {
+                let k = Arc::as_ptr(&u.queue) as usize;
+                into.entry(k)
+                    .and_modify(|v| *v = (*v).min(id))
+                    .or_insert(id);
+            }
+        }
+    }
+
     /// Number of unacked deliveries on the channel.
     pub fn unacked_count(&self) -> usize {
         self.state.lock().unacked.len()

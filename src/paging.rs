@@ -2,16 +2,22 @@
 //!
 //! `ReadyList` keeps messages in order. While the bodies held in memory stay
 //! under the queue's limit it is a plain deque; beyond it the newest
-//! in-memory messages are written to the queue's page file (one write for a
-//! batch) and only their position in the file stays in memory, about 40 bytes
-//! a message. When the head of the queue reaches paged messages, a batch of
-//! them is read back with one read. Transient and persistent messages are
-//! paged alike; the page file is scratch space, emptied when the queue
-//! drains and deleted with the queue (persistent messages are recovered
-//! from the message store, not from page files).
+//! in-memory messages are written to the queue's page files (one write per
+//! file for a batch) and only their position stays in memory, about 40
+//! bytes a message. When the head of the queue reaches paged messages, a
+//! batch of them is read back with one read. Transient and persistent
+//! messages are paged alike.
+//!
+//! Page files are chunks of at most `chunk_bytes` (the memory limit,
+//! between 64 KiB and 4 MiB), numbered in write order. Each counts the
+//! messages in it not yet read back, and is deleted when that reaches
+//! zero, so a queue with a standing backlog while traffic flows through
+//! it uses about its paged backlog plus a chunk of disk, not its total
+//! throughput. Page files are scratch space, deleted with the queue
+//! (persistent messages are recovered from the message store, not from
+//! page files).
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +30,9 @@ use crate::message::{Message, MessageRef};
 use crate::store::record::{self, Next, Record};
 use crate::store::{Loc, MessageStore};
 
+mod pager;
+use pager::{CHUNK_MAX, CHUNK_MIN, Pager};
+
 /// Bytes read back per page-in.
 const PAGE_IN_BYTES: usize = 1 << 20;
 
@@ -31,7 +40,10 @@ const PAGE_IN_BYTES: usize = 1 << 20;
 enum Slot {
     Mem(MessageRef),
     Paged {
-        offset: u64,
+        /// The page file (chunk) number.
+        chunk: u32,
+        /// Offset of the record in it.
+        offset: u32,
         len: u32,
         /// Body bytes, so a message lost to a read error leaves
         /// `body_bytes` right.
@@ -74,16 +86,6 @@ pub struct PagingConfig {
     pub limit: usize,
 }
 
-#[derive(Debug)]
-struct Pager {
-    cfg: PagingConfig,
-    path: PathBuf,
-    file: Option<File>,
-    write_at: u64,
-    paged: usize,
-    failed: bool,
-}
-
 /// A queue's ready messages in order, some of them possibly on disk.
 #[derive(Debug, Default)]
 pub struct ReadyList {
@@ -95,6 +97,9 @@ pub struct ReadyList {
     pager: Option<Pager>,
     /// Recovered messages still in the store: how many, and the store.
     in_store: usize,
+    /// Entries with a store id (so a queue of transient messages answers
+    /// `oldest_stored` at once).
+    persistent: usize,
     store: Option<Arc<MessageStore>>,
 }
 
@@ -122,20 +127,16 @@ impl ReadyList {
             mem_bytes: 0,
             body_bytes: 0,
             in_store: 0,
+            persistent: 0,
             store: None,
-            pager: paging.map(|cfg| {
-                let path = cfg.dir.join(format!(
-                    "{}.page",
-                    PAGE_FILE_IDS.fetch_add(1, Ordering::Relaxed)
-                ));
-                Pager {
-                    cfg,
-                    path,
-                    file: None,
-                    write_at: 0,
-                    paged: 0,
-                    failed: false,
-                }
+            pager: paging.map(|cfg| Pager {
+                chunk_bytes: cfg.limit.clamp(CHUNK_MIN, CHUNK_MAX),
+                cfg,
+                id: PAGE_FILE_IDS.fetch_add(1, Ordering::Relaxed),
+                chunks: VecDeque::new(),
+                next_chunk: 0,
+                paged: 0,
+                failed: false,
             }),
         }
     }
@@ -180,12 +181,14 @@ impl ReadyList {
             deadline,
         });
         self.in_store += 1;
+        self.persistent += 1;
     }
 
     /// Appends a message (paging out the newest ones if over the limit).
     pub fn push_back(&mut self, m: QueuedMessage) {
         self.mem_bytes += cost(&m.msg);
         self.body_bytes += m.msg.body_len();
+        self.persistent += usize::from(m.stored.is_some());
         self.entries.push_back(to_entry(m));
         if let Some(p) = &self.pager
             && self.mem_bytes > p.cfg.limit
@@ -199,6 +202,7 @@ impl ReadyList {
     pub fn push_front(&mut self, m: QueuedMessage) {
         self.mem_bytes += cost(&m.msg);
         self.body_bytes += m.msg.body_len();
+        self.persistent += usize::from(m.stored.is_some());
         self.entries.push_front(to_entry(m));
     }
 
@@ -222,6 +226,7 @@ impl ReadyList {
         let pos = self.entries.partition_point(|x| x.seq() < m.seq);
         self.mem_bytes += cost(&m.msg);
         self.body_bytes += m.msg.body_len();
+        self.persistent += usize::from(m.stored.is_some());
         self.entries.insert(pos, to_entry(m));
     }
 
@@ -246,6 +251,7 @@ impl ReadyList {
             // or the start of the next run on disk.
         }
         let e = self.entries.pop_front()?;
+        self.persistent -= usize::from(e.stored != 0);
         let (seq, redelivered) = (e.seq(), e.seq & REDELIVERED != 0);
         let Slot::Mem(msg) = e.slot else {
             return None; // not reached: the loop leaves only at a Mem head
@@ -272,10 +278,12 @@ impl ReadyList {
         let Some(e) = self.entries.pop_front() else {
             return;
         };
+        self.persistent -= usize::from(e.stored != 0);
         match e.slot {
-            Slot::Paged { body, .. } => {
+            Slot::Paged { body, chunk, .. } => {
                 if let Some(p) = &mut self.pager {
                     p.paged = p.paged.saturating_sub(1);
+                    p.release(chunk, 1);
                 }
                 self.body_bytes = self.body_bytes.saturating_sub(body as usize);
             }
@@ -286,6 +294,7 @@ impl ReadyList {
                     slot: Slot::Mem(m),
                     ..e
                 });
+                self.persistent += usize::from(e.stored != 0);
                 return;
             }
         }
@@ -301,10 +310,41 @@ impl ReadyList {
             .collect()
     }
 
+    /// The oldest store id among the ready messages, near enough: the
+    /// lowest of the first 64 stored ones from the head (ids follow publish
+    /// order, give or take concurrent publishers). O(1) for a queue without
+    /// persistent messages.
+    pub fn oldest_stored(&self) -> Option<u64> {
+        if self.persistent == 0 {
+            return None;
+        }
+        self.entries
+            .iter()
+            .filter(|e| e.stored != 0)
+            .take(64)
+            .map(|e| e.stored)
+            .min()
+    }
+
+    /// Drops the entries among the first `n` that could not be loaded
+    /// into memory (rather than loop on them).
+    fn drop_unloaded(&mut self, n: usize) {
+        let mut i = 0;
+        let mut gone = 0;
+        self.entries.retain(|e| {
+            i += 1;
+            let keep = i > n || matches!(e.slot, Slot::Mem(_));
+            gone += usize::from(!keep && e.stored != 0);
+            keep
+        });
+        self.persistent -= gone;
+    }
+
     /// Drops everything.
     pub fn clear(&mut self) {
         self.entries.clear();
         self.in_store = 0;
+        self.persistent = 0;
         self.mem_bytes = 0;
         self.body_bytes = 0;
         if let Some(p) = &mut self.pager {
@@ -329,10 +369,25 @@ impl ReadyList {
         if start == self.entries.len() {
             return;
         }
+        // Records go to the current page file until it is full, then to
+        // new ones: one buffer (and one write) per file.
+        let mut writes: Vec<(u32, BytesMut, usize)> = Vec::new();
+        let (mut chunk, mut at) = match p.chunks.back() {
+            Some(c) if (c.len as usize) < p.chunk_bytes => (c.no, c.len as usize),
+            _ => (p.next_chunk, 0),
+        };
         let mut buf = BytesMut::new();
+        let mut count = 0;
         let mut spans = Vec::with_capacity(self.entries.len() - start);
         for e in self.entries.range(start..) {
             if let Slot::Mem(m) = &e.slot {
+                if at + buf.len() >= p.chunk_bytes && at + buf.len() > 0 {
+                    if !buf.is_empty() {
+                        writes.push((chunk, std::mem::take(&mut buf), count));
+                    }
+                    chunk = chunk.wrapping_add(1);
+                    (at, count) = (0, 0);
+                }
                 let before = buf.len();
                 record::encode_enqueue(
                     &mut buf,
@@ -343,23 +398,33 @@ impl ReadyList {
                     m.header(),
                     m.body(),
                 );
+                count += 1;
                 spans.push((
-                    p.write_at + before as u64,
+                    chunk,
+                    u32::try_from(at + before).unwrap_or(u32::MAX),
                     (buf.len() - before) as u32,
                     u32::try_from(m.body_len()).unwrap_or(u32::MAX),
                 ));
             }
         }
-        if let Err(e) = p.write(&buf) {
+        if !buf.is_empty() {
+            writes.push((chunk, buf, count));
+        }
+        if let Err(e) = p.write(writes) {
             tracing::error!(
                 "cannot page queue messages to {}: {e}; keeping them in memory",
-                p.path.display()
+                p.cfg.dir.display()
             );
             p.failed = true;
             return;
         }
-        for (e, (offset, len, body)) in self.entries.range_mut(start..).zip(spans) {
-            e.slot = Slot::Paged { offset, len, body };
+        for (e, (chunk, offset, len, body)) in self.entries.range_mut(start..).zip(spans) {
+            e.slot = Slot::Paged {
+                chunk,
+                offset,
+                len,
+                body,
+            };
         }
         p.paged += self.entries.len() - start;
         self.mem_bytes -= freed;
@@ -432,11 +497,7 @@ impl ReadyList {
         }
         self.in_store -= n;
         if loaded < n {
-            let mut i = 0;
-            self.entries.retain(|e| {
-                i += 1;
-                i > n || matches!(e.slot, Slot::Mem(_))
-            });
+            self.drop_unloaded(n);
         }
         true
     }
@@ -448,34 +509,46 @@ impl ReadyList {
         let Some(p) = &mut self.pager else {
             return false;
         };
-        // The run of paged entries at the head that are contiguous on disk.
+        // The run of paged entries at the head that are contiguous in one
+        // page file.
         let mut n = 0;
-        let (mut first, mut end) = (0u64, 0u64);
+        let (mut chunk, mut first, mut end) = (0u32, 0u64, 0u64);
         for e in &self.entries {
-            let Slot::Paged { offset, len, .. } = e.slot else {
+            let Slot::Paged {
+                chunk: c,
+                offset,
+                len,
+                ..
+            } = e.slot
+            else {
                 break;
             };
+            let offset = u64::from(offset);
             if n == 0 {
-                first = offset;
-                end = offset;
+                (chunk, first, end) = (c, offset, offset);
             }
-            if offset != end || (end - first) as usize >= PAGE_IN_BYTES {
+            if c != chunk || offset != end || (end - first) as usize >= PAGE_IN_BYTES {
                 break;
             }
             end = offset + len as u64;
             n += 1;
         }
+        let file = p.file(chunk);
         let mut data = vec![0u8; (end - first) as usize];
-        let read = p.file.as_ref().map(|f| f.read_exact_at(&mut data, first));
+        let read = file.map(|f| f.read_exact_at(&mut data, first));
         let data = Bytes::from(data);
         let mut loaded = 0;
         let mut lost_body = 0usize;
         for e in self.entries.range_mut(..n) {
-            let Slot::Paged { offset, len, body } = e.slot else {
+            let Slot::Paged {
+                offset, len, body, ..
+            } = e.slot
+            else {
                 break;
             };
+            let offset = u64::from(offset);
             let at = (offset - first) as usize;
-            let decoded = match (&read, &p.file) {
+            let decoded = match (&read, file) {
                 (Some(Ok(())), _) => decode_message(&data, at, len),
                 // The batch read failed: try this record on its own, so a
                 // bad spot costs only the records on it.
@@ -493,11 +566,11 @@ impl ReadyList {
                     match &read {
                         Some(Err(e)) => tracing::error!(
                             "cannot read a paged message back from {}: {e}; it is lost",
-                            p.path.display()
+                            p.path(chunk).display()
                         ),
                         _ => tracing::error!(
                             "a paged message in {} is unreadable; it is lost",
-                            p.path.display()
+                            p.path(chunk).display()
                         ),
                     }
                     lost_body += body as usize;
@@ -509,17 +582,15 @@ impl ReadyList {
             loaded += 1;
         }
         p.paged -= n;
+        p.release(chunk, n);
         self.body_bytes = self.body_bytes.saturating_sub(lost_body);
+        if p.paged == 0 {
+            // Nothing paged: no page file is needed (whatever the counts say).
+            p.reset();
+        }
         if loaded < n {
             // Drop entries that could not be read rather than loop on them.
-            let mut i = 0;
-            self.entries.retain(|e| {
-                i += 1;
-                i > n || matches!(e.slot, Slot::Mem(_))
-            });
-        }
-        if p.paged == 0 {
-            p.reset();
+            self.drop_unloaded(n);
         }
         n > 0
     }
@@ -547,157 +618,5 @@ fn decode_message(data: &Bytes, at: usize, len: u32) -> Option<Message> {
     }
 }
 
-impl Pager {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if self.file.is_none() {
-            std::fs::create_dir_all(&self.cfg.dir)?;
-            self.file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .write(true)
-                    .truncate(true)
-                    .open(&self.path)?,
-            );
-        }
-        let f = self.file.as_ref().expect("opened above");
-        f.write_all_at(buf, self.write_at)?;
-        self.write_at += buf.len() as u64;
-        Ok(())
-    }
-
-    /// Empties the page file (nothing paged any more).
-    fn reset(&mut self) {
-        if let Some(f) = &self.file {
-            let _ = f.set_len(0);
-        }
-        self.write_at = 0;
-    }
-}
-
-impl Drop for Pager {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(i: u32) -> QueuedMessage {
-        let mut h = vec![0, 60, 0, 0];
-        let body = format!("message-{i:06}-{}", "x".repeat(200));
-        h.extend_from_slice(&(body.len() as u64).to_be_bytes());
-        h.extend_from_slice(&[0, 0]);
-        QueuedMessage {
-            msg: Message::new(b"", b"q", &h, Bytes::from(body)),
-            seq: i as u64,
-            redelivered: i.is_multiple_of(3),
-            stored: i.is_multiple_of(2).then_some(i as u64 + 1),
-            deadline: i as u64,
-        }
-    }
-
-    #[test]
-    fn a_long_list_pages_out_and_comes_back_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = ReadyList::new(Some(PagingConfig {
-            dir: dir.path().to_owned(),
-            limit: 64 * 1024,
-        }));
-        for i in 0..5000 {
-            r.push_back(msg(i));
-        }
-        assert!(r.paged() > 4000, "paged {}", r.paged());
-        assert!(r.mem_bytes <= 64 * 1024 + 400);
-        for i in 0..5000u32 {
-            let m = r.pop_front().unwrap();
-            assert_eq!(m.seq, i as u64);
-            assert!(
-                m.msg
-                    .body()
-                    .starts_with(format!("message-{i:06}").as_bytes())
-            );
-            assert_eq!(m.stored, i.is_multiple_of(2).then_some(i as u64 + 1));
-            assert_eq!(m.redelivered, i.is_multiple_of(3));
-            assert_eq!(m.deadline, i as u64);
-        }
-        assert!(r.pop_front().is_none());
-        assert_eq!(r.body_bytes(), 0);
-        assert_eq!(r.paged(), 0);
-    }
-
-    /// A paging list over `n` messages, most of them paged out.
-    fn paged_list(dir: &std::path::Path, n: u32) -> ReadyList {
-        let mut r = ReadyList::new(Some(PagingConfig {
-            dir: dir.to_owned(),
-            limit: 64 * 1024,
-        }));
-        for i in 0..n {
-            r.push_back(msg(i));
-        }
-        r
-    }
-
-    #[test]
-    fn a_page_file_cut_short_costs_only_the_messages_it_held_and_counts_stay_right() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = paged_list(dir.path(), 5000);
-        let paged = r.paged();
-        assert!(paged > 4000);
-        let page = r.pager.as_ref().unwrap().path.clone();
-        let size = std::fs::metadata(&page).unwrap().len();
-        // Everything past the middle of the page file is gone.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&page)
-            .unwrap()
-            .set_len(size / 2)
-            .unwrap();
-        let mut got = Vec::new();
-        while let Some(m) = r.pop_front() {
-            got.push(m.seq);
-        }
-        let lost = 5000 - got.len();
-        assert!(
-            lost > paged / 2 - 20 && lost < paged / 2 + 20,
-            "lost {lost} of {paged} paged messages, expected about half"
-        );
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "order kept");
-        assert_eq!(got[..100], (0..100).collect::<Vec<_>>()[..]);
-        assert_eq!(r.len(), 0);
-        assert_eq!(r.paged(), 0);
-        assert_eq!(r.body_bytes(), 0);
-    }
-
-    #[test]
-    fn a_missing_page_file_loses_the_paged_messages_but_never_panics_or_miscounts() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = paged_list(dir.path(), 3000);
-        let in_memory = 3000 - r.paged();
-        // The file handle is gone (as after a failed reset or reopen).
-        r.pager.as_mut().unwrap().file = None;
-        let mut n = 0;
-        while r.pop_front().is_some() {
-            n += 1;
-        }
-        assert_eq!(n, in_memory);
-        assert_eq!((r.len(), r.paged(), r.body_bytes()), (0, 0, 0));
-        // The list still works afterwards.
-        r.push_back(msg(9));
-        assert_eq!(r.pop_front().unwrap().seq, 9);
-    }
-
-    #[test]
-    fn without_paging_everything_stays_in_memory() {
-        let mut r = ReadyList::new(None);
-        for i in 0..100 {
-            r.push_back(msg(i));
-        }
-        assert_eq!(r.paged(), 0);
-        assert_eq!(r.len(), 100);
-    }
-}
+mod tests;

@@ -161,6 +161,12 @@ impl ReadyQueue {
         None
     }
 
+    /// The oldest store id among the ready messages (see
+    /// `ReadyList::oldest_stored`).
+    pub fn oldest_stored(&self) -> Option<u64> {
+        self.lists().filter_map(ReadyList::oldest_stored).min()
+    }
+
     /// Store ids of all ready messages.
     pub fn stored_ids(&self) -> Vec<u64> {
         match self.levels.as_slice() {

@@ -642,6 +642,17 @@ impl Queue {
         self.state.lock().ready.paged()
     }
 
+    /// The store id of its oldest ready persistent message, if any (see
+    /// `ReadyList::oldest_stored`; unacked deliveries are the channels').
+    pub fn oldest_ready_stored(&self) -> Option<u64> {
+        self.state.lock().ready.oldest_stored()
+    }
+
+    /// The store this queue keeps its persistent messages in (durable queues).
+    pub fn store(&self) -> Option<&Arc<MessageStore>> {
+        self.store.as_ref()
+    }
+
     /// Attached consumers.
     pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32

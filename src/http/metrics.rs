@@ -16,6 +16,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use super::store_age::StoreAges;
 use super::system::Resources;
 use super::{AppState, RABBITMQ_COMPAT_VERSION, St, rates};
 
@@ -223,7 +224,7 @@ pub fn render(s: &AppState) -> String {
         o.one(&format!("{g}_{name}"), "counter", help, v);
     }
 
-    let per_queue: [(&str, &str, &str); 8] = [
+    let per_queue: [(&str, &str, &str); 9] = [
         (
             "rabbitmq_queue_messages",
             "gauge",
@@ -264,8 +265,14 @@ pub fn render(s: &AppState) -> String {
             "counter",
             "Messages acknowledged",
         ),
+        (
+            "warren_queue_oldest_stored_message_age_seconds",
+            "gauge",
+            "Seconds since the oldest message the queue holds in the message store (ready or unacked) was written; 0 for none",
+        ),
     ];
-    let rows: Vec<(String, [u64; 8])> = queues
+    let ages = StoreAges::collect(b);
+    let rows: Vec<(String, [u64; 9])> = queues
         .iter()
         .map(|q| {
             let d = rates::queue_depth(q);
@@ -281,6 +288,7 @@ pub fn render(s: &AppState) -> String {
                     st.deliver_get(),
                     st.redeliver,
                     st.ack,
+                    ages.queue_age_seconds(q).unwrap_or(0),
                 ],
             )
         })
@@ -291,6 +299,20 @@ pub fn render(s: &AppState) -> String {
             let _ = writeln!(o.0, "{name}{{{labels}}} {}", vals[i]);
         }
     }
+
+    let (segments, oldest) = b.durability.store().map_or((0, None), |st| st.segments());
+    o.one(
+        "warren_store_segments",
+        "gauge",
+        "Segment files of the message store",
+        segments,
+    );
+    o.one(
+        "warren_store_oldest_segment_age_seconds",
+        "gauge",
+        "Seconds since the oldest message store segment still on disk was started (a pinned message keeps it); 0 for none",
+        oldest.map_or(0, |t| crate::store::wall_ms().saturating_sub(t) / 1000),
+    );
 
     let r = Resources::now(b);
     o.one(

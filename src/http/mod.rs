@@ -45,6 +45,7 @@ mod overview;
 mod queues;
 pub mod rates;
 mod serve;
+mod store_age;
 pub mod system;
 mod vhosts_users;
 

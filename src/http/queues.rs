@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::connections::{conn_name, consumer_json};
 use super::rates::{self, QUEUE_FIELDS};
+use super::store_age::StoreAges;
 use super::{
     ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, bool_field, created_or_updated, list,
     no_content, ok, short_string, str_field, table_field, vhost_or_404,
@@ -32,8 +33,9 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/api/queues/{vhost}/{name}/get", post(get_messages))
 }
 
-/// A queue as RabbitMQ lists it, with live counts and sampled rates.
-pub fn queue_json(s: &AppState, q: &Arc<Queue>) -> Value {
+/// A queue as RabbitMQ lists it, with live counts and sampled rates, and
+/// warren's `oldest_stored_message_age_seconds`.
+pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
     let r = s.rates.queue(q);
     let consumers = q.consumer_count();
     let mut m = Map::new();
@@ -71,6 +73,10 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>) -> Value {
     }
     rates::put_depth(&mut m, rates::queue_depth(q), &r);
     m.insert(
+        "oldest_stored_message_age_seconds".into(),
+        ages.queue_age_seconds(q).into(),
+    );
+    m.insert(
         "message_stats".into(),
         rates::message_stats(&q.stats.snapshot(), &r, QUEUE_FIELDS),
     );
@@ -89,7 +95,8 @@ fn queues(s: &AppState, auth: &Auth, only: Option<&str>) -> Vec<Value> {
     // Sorted before they become JSON: comparing names is cheap, looking
     // them up in 10,000 JSON objects is not.
     all.sort_unstable_by(|a, b| (&*a.vhost, &a.name).cmp(&(&*b.vhost, &b.name)));
-    all.iter().map(|q| queue_json(s, q)).collect()
+    let ages = StoreAges::collect(b);
+    all.iter().map(|q| queue_json(s, q, &ages)).collect()
 }
 
 async fn all(State(s): St, auth: Auth, Query(q): Q) -> ApiResult {
@@ -131,7 +138,7 @@ fn check_not_exclusive(q: &Queue) -> Result<(), crate::error::AmqpError> {
 
 async fn one(State(s): St, auth: Auth, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
     let q = lookup(&s, &auth, &vhost, &name)?;
-    let mut v = queue_json(&s, &q);
+    let mut v = queue_json(&s, &q, &StoreAges::collect(&s.broker));
     let details: Vec<Value> = q
         .consumers()
         .iter()

@@ -45,6 +45,11 @@ pub trait Disk: Send + Sync + Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// A file's length.
     fn len(&self, path: &Path) -> io::Result<u64>;
+    /// When a file was last written (recovered segments are dated by it);
+    /// a disk that does not know says so with an error.
+    fn modified(&self, _path: &Path) -> io::Result<std::time::SystemTime> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// The real file system.
@@ -110,6 +115,9 @@ impl Disk for RealDisk {
     fn len(&self, path: &Path) -> io::Result<u64> {
         Ok(std::fs::metadata(path)?.len())
     }
+    fn modified(&self, path: &Path) -> io::Result<std::time::SystemTime> {
+        std::fs::metadata(path)?.modified()
+    }
 }
 
 /// The directory a path is in (for `sync_dir` after creating or removing it).
@@ -167,6 +175,9 @@ pub mod sim {
         fail: BTreeMap<Op, u32>,
         /// Writes fail with "no space" while set.
         full: bool,
+        /// Bytes all files together may hold: a write beyond it stores what
+        /// fits and fails with "no space", as on a real full disk.
+        capacity: Option<u64>,
         /// Every operation fails (the machine is "down") until `restart`.
         down: bool,
         rng: u64,
@@ -224,6 +235,12 @@ pub mod sim {
         /// Writes fail with ENOSPC while `full`.
         pub fn set_full(&self, full: bool) {
             self.0.lock().full = full;
+        }
+
+        /// All files together may hold at most `bytes` (None: no limit);
+        /// deleting files gives the space back.
+        pub fn set_capacity(&self, bytes: Option<u64>) {
+            self.0.lock().capacity = bytes;
         }
 
         /// The machine dies: from now on every operation fails, and what was
@@ -306,6 +323,19 @@ pub mod sim {
                     }
                 }
                 return Err(e);
+            }
+            if let Some(cap) = st.capacity {
+                let used: u64 = st.files.values().map(|f| f.data.len() as u64).sum();
+                let room = cap.saturating_sub(used) as usize;
+                if buf.len() > room {
+                    if let Some(f) = st.files.get_mut(&self.path) {
+                        f.data.extend_from_slice(&buf[..room]);
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "simulated full disk",
+                    ));
+                }
             }
             match st.files.get_mut(&self.path) {
                 Some(f) => {

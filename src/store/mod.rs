@@ -73,6 +73,24 @@ struct Seg {
     after_all_older: bool,
     /// `live` when compaction last copied from it (`u64::MAX`: never).
     compacted_at: u64,
+    /// When its first record was written (wall clock, ms; 0: none yet).
+    /// A recovered segment is dated by its file's last write.
+    started_ms: u64,
+    /// (first id, wall-clock ms) of the buffers written to it, at most one
+    /// a second and `MAX_MARKS` in all: when its messages were stored, to
+    /// the second, for the age of a queue's oldest stored message.
+    marks: Vec<(u64, u64)>,
+}
+
+/// Time marks kept per segment; beyond it every other one is dropped, so
+/// a segment filled slowly over days is dated coarser, not with more memory.
+const MAX_MARKS: usize = 1024;
+
+/// The wall clock in milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Seg {
@@ -84,6 +102,36 @@ impl Seg {
             deps: Vec::new(),
             after_all_older: false,
             compacted_at: u64::MAX,
+            started_ms: 0,
+            marks: Vec::new(),
+        }
+    }
+
+    /// Notes that ids from `first` on were written at `now` (wall ms).
+    fn mark(&mut self, first: u64, now: u64) {
+        if self.started_ms == 0 {
+            self.started_ms = now;
+        }
+        if self.marks.last().is_some_and(|&(_, t)| now < t + 1000) {
+            return;
+        }
+        if self.marks.len() >= MAX_MARKS {
+            let mut i = 0;
+            self.marks.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+        }
+        self.marks.push((first, now));
+    }
+
+    /// When message `id` (whose record is here) was written, to the second:
+    /// the last mark at or before it, else the segment's start.
+    fn written_at(&self, id: u64) -> u64 {
+        let i = self.marks.partition_point(|&(first, _)| first <= id);
+        match i {
+            0 => self.started_ms,
+            _ => self.marks[i - 1].1,
         }
     }
 }
@@ -111,6 +159,9 @@ struct Live {
     /// Segments by the first message id written to them, for finding a
     /// message's segment in O(log segments).
     by_first_id: BTreeMap<u64, u64>,
+    /// When messages copied forward by compaction were first written
+    /// (wall ms): their copies' segments are younger than they are.
+    born: HashMap<u64, u64>,
     current: u64,
     /// Messages below this id are written to a segment.
     placed: u64,
@@ -173,6 +224,9 @@ impl Live {
         while self.refs.front() == Some(&0) {
             self.refs.pop_front();
             self.base += 1;
+        }
+        if !self.born.is_empty() {
+            self.born.remove(&id);
         }
         if id < self.placed {
             let seg = match self.strays.remove(&id) {
@@ -243,6 +297,9 @@ impl Live {
             // the id must outlive it too.
             self.moved_from.entry(id).or_default().push(from);
             let live = self.is_live(id);
+            if live && let Some(at) = self.stored_at(id) {
+                self.born.insert(id, at);
+            }
             self.strays.insert(id, cur);
             if live {
                 if let Some(s) = self.segments.get_mut(&from) {
@@ -264,6 +321,9 @@ impl Live {
         deps.dedup();
         deps.retain(|&d| d != cur && self.segments.contains_key(&d));
         if let Some(s) = self.segments.get_mut(&cur) {
+            if !moved.is_empty() && s.started_ms == 0 {
+                s.started_ms = wall_ms();
+            }
             for d in deps {
                 if let Err(i) = s.deps.binary_search(&d) {
                     s.deps.insert(i, d);
@@ -349,7 +409,27 @@ impl Live {
         }
         s.live += live;
         s.total += hi - lo;
+        s.mark(lo, wall_ms());
         self.placed = hi;
+    }
+
+    /// When stored message `id` was written (wall ms), if it is on disk
+    /// and still held.
+    fn stored_at(&self, id: u64) -> Option<u64> {
+        if let Some(&at) = self.born.get(&id) {
+            return Some(at);
+        }
+        let seg = self.location(id)?;
+        let s = self.segments.get(&seg)?;
+        Some(s.written_at(id)).filter(|&t| t != 0)
+    }
+
+    /// When the oldest segment still on disk was started (wall ms).
+    fn oldest_segment_ms(&self) -> Option<u64> {
+        self.segments
+            .values()
+            .map(|s| s.started_ms)
+            .find(|&t| t != 0)
     }
 }
 
@@ -656,12 +736,21 @@ impl MessageStore {
             .filter(|m| m.2 > 0)
             .map(|(id, seg, refs)| (id, seg as u64, refs))
             .collect();
+        let recovered_at = wall_ms();
         for &seg in &segments {
+            // Dated by the file's last write: its messages are at least
+            // that old (the time each was written is not recorded).
+            let started_ms = disk
+                .modified(&segment_path(dir, seg))
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(recovered_at, |d| d.as_millis() as u64);
             live.segments.insert(
                 seg,
                 Seg {
                     first_id: first_ids.get(&seg).copied().unwrap_or(u64::MAX),
                     after_all_older: true,
+                    started_ms,
                     ..Seg::new()
                 },
             );
@@ -893,6 +982,21 @@ impl MessageStore {
             .iter()
             .filter_map(|n| self.disk.len(&segment_path(&self.dir, *n)).ok())
             .sum()
+    }
+
+    /// When stored message `id` was written to disk (wall-clock ms since
+    /// the epoch, to the second), if it is still held; `None` while it is
+    /// still in the writer's buffer or once no queue holds it. One lock and
+    /// O(log segments), for listings, never per message.
+    pub fn stored_at_ms(&self, id: u64) -> Option<u64> {
+        self.live.lock().stored_at(id)
+    }
+
+    /// Segment files on disk, and when the oldest of them was started
+    /// (wall-clock ms; `None` while nothing is written).
+    pub fn segments(&self) -> (usize, Option<u64>) {
+        let live = self.live.lock();
+        (live.segments.len(), live.oldest_segment_ms())
     }
 
     /// An fsync failed: the store stopped confirming (the broker aborts).
@@ -1326,6 +1430,44 @@ mod tests {
         assert!(!l.is_live(2));
         assert!(l.release(1));
         assert!(!l.is_live(1));
+    }
+
+    #[test]
+    fn a_segment_dates_its_messages_to_the_second_in_bounded_memory() {
+        let mut s = Seg::new();
+        s.mark(10, 5_000);
+        s.mark(20, 5_500); // within the same second: no new mark
+        s.mark(30, 7_000);
+        assert_eq!(s.written_at(10), 5_000);
+        assert_eq!(s.written_at(25), 5_000);
+        assert_eq!(s.written_at(30), 7_000);
+        assert_eq!(s.written_at(99), 7_000);
+        for i in 0..10 * MAX_MARKS as u64 {
+            s.mark(100 + i, 10_000 + i * 1000);
+        }
+        assert!(s.marks.len() <= MAX_MARKS);
+        assert_eq!(s.started_ms, 5_000, "its start is kept");
+        let t = s.written_at(100 + 5 * MAX_MARKS as u64);
+        assert!(
+            t <= 10_000 + 5 * MAX_MARKS as u64 * 1000,
+            "never dated younger"
+        );
+    }
+
+    #[test]
+    fn a_message_copied_forward_keeps_the_age_of_its_first_write() {
+        let mut l = live_with_segments();
+        l.add(1, 1);
+        l.place(1, 2);
+        let first = l.stored_at(1).unwrap();
+        l.segments.get_mut(&1).unwrap().marks = vec![(1, first - 60_000)];
+        l.current = 2;
+        l.segments.insert(2, Seg::new());
+        l.written(2, &[], &[(1, 1)]);
+        assert_eq!(l.location(1), Some(2));
+        assert_eq!(l.stored_at(1), Some(first - 60_000));
+        assert!(l.release(1));
+        assert!(l.born.is_empty(), "forgotten once released");
     }
 
     #[test]

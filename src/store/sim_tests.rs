@@ -462,3 +462,139 @@ fn one_message_never_acked_does_not_pin_the_segments_written_after_it() {
     wait_small("after the ack");
     store.close();
 }
+
+/// Waits up to 10 s for the store's durable sequence to reach `seq`.
+fn wait_durable(store: &MessageStore, seq: u64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.durable_seq() < seq {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: durable {} < {seq}",
+            store.durable_seq()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Publishes message `i` to `queue`; returns (id, confirm seq).
+fn publish_to(store: &MessageStore, queue: &str, i: u64) -> (u64, u64) {
+    let body = body_of(i);
+    let msg = Message::new(b"", b"rk", &header(body.len()), Bytes::from(body));
+    store.enqueue(&[("/", queue)], &msg)
+}
+
+/// The ids recovered for `queue`, in order.
+fn recovered_ids(recovered: &Recovered, queue: &str) -> Vec<u64> {
+    recovered
+        .iter()
+        .filter(|(k, _)| k.queue == queue)
+        .flat_map(|(_, v)| v.iter().map(|m| m.id))
+        .collect()
+}
+
+#[test]
+fn while_the_disk_is_full_nothing_is_confirmed_and_once_space_returns_the_store_goes_on_by_itself()
+{
+    let run = Run {
+        disk: SimDisk::new(21),
+        dir: PathBuf::from("/sim/messages"),
+        fatal: Arc::new(AtomicBool::new(false)),
+    };
+    let (store, _) = run.open();
+    let mut confirmed = Vec::new();
+    let mut last = 0;
+    for i in 0..20 {
+        let (id, seq) = publish_to(&store, "q0", i);
+        confirmed.push(id);
+        last = seq;
+    }
+    wait_durable(&store, last, "before the disk fills");
+    // Another program fills the disk.
+    run.disk.set_full(true);
+    let mut waiting = Vec::new();
+    for i in 20..40 {
+        let (id, seq) = publish_to(&store, "q0", i);
+        waiting.push(id);
+        last = seq;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        store.durable_seq() < last,
+        "confirmed while every write fails"
+    );
+    // Space comes back: the writer's retries go through, no restart.
+    run.disk.set_full(false);
+    wait_durable(&store, last, "after space returned");
+    assert!(
+        !run.fatal.load(Ordering::SeqCst),
+        "a full disk is not fatal"
+    );
+    confirmed.extend(waiting);
+    // Everything confirmed is on disk, once: a crash loses none of it.
+    run.disk.crash(false);
+    store.close();
+    drop(store);
+    run.disk.restart();
+    let (store, recovered) = run.open();
+    assert_eq!(recovered_ids(&recovered, "q0"), confirmed);
+    store.close();
+}
+
+#[test]
+fn a_disk_filled_by_the_store_itself_frees_acked_segments_and_confirms_again_without_a_restart() {
+    let run = Run {
+        disk: SimDisk::new(22),
+        dir: PathBuf::from("/sim/messages"),
+        fatal: Arc::new(AtomicBool::new(false)),
+    };
+    let (store, _) = run.open();
+    // A few messages that stay (q0), and a backlog that will be acked (q1).
+    let mut kept = Vec::new();
+    let mut backlog = Vec::new();
+    let mut last = 0;
+    for i in 0..10 {
+        let (id, seq) = publish_to(&store, "q0", i);
+        kept.push(id);
+        last = seq;
+    }
+    for i in 10..400 {
+        let (id, seq) = publish_to(&store, "q1", i);
+        backlog.push(id);
+        last = seq;
+    }
+    wait_durable(&store, last, "before the disk fills");
+    // The disk has room for 4 KiB more, and the publishers go on.
+    let cap = run.disk.total_bytes() + 4096;
+    run.disk.set_capacity(Some(cap));
+    let mut waiting = Vec::new();
+    for i in 400..600 {
+        let (id, seq) = publish_to(&store, "q2", i);
+        waiting.push(id);
+        last = seq;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        store.durable_seq() < last,
+        "confirmed beyond the disk's capacity"
+    );
+    assert!(run.disk.total_bytes() <= cap);
+    // Consumers ack the backlog: its segments are deleted while the writer
+    // is still failing, which makes the room for the waiting messages.
+    let ack = store.ack("/", "q1", &backlog);
+    wait_durable(&store, last.max(ack), "after the backlog was acked");
+    assert!(run.disk.total_bytes() <= cap, "over capacity");
+    assert!(
+        !run.fatal.load(Ordering::SeqCst),
+        "a full disk is not fatal"
+    );
+    // Nothing confirmed was lost, and the acked backlog stays gone.
+    run.disk.crash(false);
+    store.close();
+    drop(store);
+    run.disk.restart();
+    let (store, recovered) = run.open();
+    assert_eq!(recovered_ids(&recovered, "q0"), kept);
+    assert_eq!(recovered_ids(&recovered, "q2"), waiting);
+    assert_eq!(recovered_ids(&recovered, "q1"), Vec::<u64>::new());
+    store.close();
+}

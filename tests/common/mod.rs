@@ -41,8 +41,17 @@ impl Warren {
         Self::start_inner(extra_config, true)
     }
 
+    /// Like `start_with`, with its data directory in `dir` (say, on a
+    /// small file system of the test's own).
+    pub fn start_in(dir: tempfile::TempDir, extra_config: &str) -> Warren {
+        Self::start_inner_in(dir, extra_config, false)
+    }
+
     fn start_inner(extra_config: &str, tls: bool) -> Warren {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_inner_in(tempfile::tempdir().expect("temp dir"), extra_config, tls)
+    }
+
+    fn start_inner_in(dir: tempfile::TempDir, extra_config: &str, tls: bool) -> Warren {
         let config_path = dir.path().join("test.toml");
         let base =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/warren.toml"))
