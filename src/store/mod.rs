@@ -50,7 +50,11 @@ struct Pending {
     /// segments become the dependencies of the segment `buf` lands in;
     /// resolved when it is written, when every earlier buffer is placed).
     named: Vec<u64>,
-    /// Messages copied forward by compaction in `buf`: (id, segment copied from).
+    /// Records copied forward by compaction, written ahead of `buf` (so
+    /// that on a full disk the few bytes that free a whole segment can go
+    /// out before the rest), and no confirm waits for them.
+    copies: BytesMut,
+    /// The messages in `copies`: (id, segment copied from).
     moved: Vec<(u64, u64)>,
 }
 
@@ -372,7 +376,9 @@ impl Live {
                 **seg + 1 < self.current
                     && !s.after_all_older
                     && s.live > 0
-                    && s.live.saturating_mul(COMPACT_RATIO) <= s.total
+                    // (a small segment holding one live message counts
+                    // as mostly dead too: it may pin every later one)
+                    && s.live.saturating_mul(COMPACT_RATIO) <= s.total.max(COMPACT_RATIO)
                     && s.compacted_at != s.live
             })
             .map(|(seg, _)| *seg)
@@ -999,6 +1005,20 @@ impl MessageStore {
         (live.segments.len(), live.oldest_segment_ms())
     }
 
+    /// The segments' bookkeeping, for test failure messages.
+    #[cfg(test)]
+    pub(crate) fn debug_segments(&self) -> String {
+        let live = self.live.lock();
+        let mut out = format!("current {} placed {}; ", live.current, live.placed);
+        for (seg, s) in &live.segments {
+            out.push_str(&format!(
+                "[{seg}: live {} total {} deps {:?} all_older {} compacted_at {}] ",
+                s.live, s.total, s.deps, s.after_all_older, s.compacted_at
+            ));
+        }
+        out
+    }
+
     /// An fsync failed: the store stopped confirming (the broker aborts).
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
@@ -1022,14 +1042,14 @@ impl MessageStore {
 
     fn run_writer(self: Arc<Self>, mut file: Box<dyn AppendFile>, mut written: u64) {
         loop {
-            let (buf, seq, next_id, named, moved) = {
+            let (buf, seq, next_id, named) = {
                 let mut p = self.pending.lock();
-                if p.buf.is_empty() {
+                if p.buf.is_empty() && p.copies.is_empty() {
                     if self.stopping.load(Ordering::Acquire) {
                         break;
                     }
                     self.wake.wait_for(&mut p, Duration::from_millis(100));
-                    if p.buf.is_empty() {
+                    if p.buf.is_empty() && p.copies.is_empty() {
                         drop(p);
                         self.reclaim();
                         continue;
@@ -1041,9 +1061,14 @@ impl MessageStore {
                     p.seq,
                     p.next_id,
                     std::mem::take(&mut p.named),
-                    std::mem::take(&mut p.moved),
                 )
             };
+            if !self.write_copies(&mut *file, &mut written) {
+                return;
+            }
+            if buf.is_empty() {
+                continue;
+            }
             // A failed write may have written part of the buffer: cut the
             // file back to the last good record before trying again, so the
             // log never holds a partial or doubled copy. Confirms wait
@@ -1068,6 +1093,23 @@ impl MessageStore {
                 if self.stopping.load(Ordering::Acquire) {
                     return;
                 }
+                // Move on to a fresh segment, so that the one just cut back
+                // stops being the current one and can be deleted as soon as
+                // what it holds is acked: on a full disk, that may be where
+                // the only reclaimable space is.
+                if written > 0
+                    && file.sync_data().is_ok()
+                    && let Some(f) = self.start_next_segment()
+                {
+                    file = f;
+                    written = 0;
+                }
+                self.reclaim();
+                // Copies may fit where the buffer does not, and free a
+                // whole segment once written.
+                if !self.write_copies(&mut *file, &mut written) {
+                    return;
+                }
                 self.reclaim();
                 std::thread::sleep(self.retry_delay);
             }
@@ -1082,34 +1124,13 @@ impl MessageStore {
                 return;
             }
             written += buf.len() as u64;
-            self.live.lock().written(next_id, &named, &moved);
+            self.live.lock().written(next_id, &named, &[]);
             self.durable.send_replace(seq);
-            if written >= self.segment_max {
-                // Open the next segment first; only once it exists (and its
-                // directory entry is durable) do new ids go to it. If that
-                // fails (no file descriptors, no space), keep appending to
-                // the current one and try again after the next write.
-                let next = self.live.lock().current + 1;
-                let path = segment_path(&self.dir, next);
-                match self
-                    .disk
-                    .open_append(&path)
-                    .and_then(|f| self.disk.sync_dir(&self.dir).map(|()| f))
-                {
-                    Ok(f) => {
-                        let mut live = self.live.lock();
-                        live.current = next;
-                        live.segments.insert(next, Seg::new());
-                        drop(live);
-                        file = f;
-                        written = 0;
-                        // A segment just became old enough to compact.
-                        self.compact_wake.notify_one();
-                    }
-                    Err(e) => tracing::error!(
-                        "message store: cannot start segment {next}: {e}; still writing to the current one"
-                    ),
-                }
+            if written >= self.segment_max
+                && let Some(f) = self.start_next_segment()
+            {
+                file = f;
+                written = 0;
             }
             self.reclaim();
         }
@@ -1118,6 +1139,77 @@ impl MessageStore {
         {
             self.failed.store(true, Ordering::Release);
             (self.on_fatal.0)(&e);
+        }
+    }
+
+    /// Writes and syncs the records compaction copied forward, ahead of
+    /// the rest; then the messages count as living in the current segment.
+    /// A failed write is cut back and the copies dropped (their segments
+    /// will be compacted again). Returns false after a fatal fsync error.
+    fn write_copies(&self, file: &mut dyn AppendFile, written: &mut u64) -> bool {
+        let (copies, moved) = {
+            let mut p = self.pending.lock();
+            if p.copies.is_empty() {
+                return true;
+            }
+            (std::mem::take(&mut p.copies), std::mem::take(&mut p.moved))
+        };
+        if file.write_all(&copies).is_err() {
+            // Never append after a tail of unknown content.
+            while file.set_len(*written).is_err() {
+                if self.stopping.load(Ordering::Acquire) {
+                    return false;
+                }
+                std::thread::sleep(self.retry_delay);
+            }
+            let mut live = self.live.lock();
+            for (_, from) in moved {
+                if let Some(s) = live.segments.get_mut(&from) {
+                    s.compacted_at = u64::MAX;
+                }
+            }
+            return true;
+        }
+        if self.fsync
+            && let Err(e) = file.sync_data()
+        {
+            self.failed.store(true, Ordering::Release);
+            (self.on_fatal.0)(&e);
+            return false;
+        }
+        *written += copies.len() as u64;
+        let placed = self.live.lock().placed;
+        self.live.lock().written(placed, &[], &moved);
+        true
+    }
+
+    /// Opens the next segment and makes it the current one. The file is
+    /// created, and its directory entry synced, before any id goes to it;
+    /// if that fails (no file descriptors, no space) the current segment
+    /// stays current and `None` is returned.
+    fn start_next_segment(&self) -> Option<Box<dyn AppendFile>> {
+        let next = self.live.lock().current + 1;
+        let path = segment_path(&self.dir, next);
+        match self
+            .disk
+            .open_append(&path)
+            .and_then(|f| self.disk.sync_dir(&self.dir).map(|()| f))
+        {
+            Ok(f) => {
+                let mut live = self.live.lock();
+                live.current = next;
+                live.segments.insert(next, Seg::new());
+                drop(live);
+                // A segment just became old enough to compact.
+                self.compact_wake.notify_one();
+                Some(f)
+            }
+            Err(e) => {
+                tracing::error!(
+                    "message store: cannot start segment {next}: {e}; still writing to the current one"
+                );
+                None
+            }
         }
     }
 
@@ -1180,10 +1272,8 @@ impl MessageStore {
                         && live.location(id) == Some(seg)
                     {
                         drop(live);
-                        p.buf.extend_from_slice(&data[at..at + n]);
-                        p.seq += 1;
+                        p.copies.extend_from_slice(&data[at..at + n]);
                         p.moved.push((id, seg));
-                        self.backlog.store(p.buf.len(), Ordering::Relaxed);
                         copied += 1;
                     }
                     at += n;

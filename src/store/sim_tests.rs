@@ -425,7 +425,7 @@ fn one_message_never_acked_does_not_pin_the_segments_written_after_it() {
         last = store.ack("/", "q1", &[id]);
         i += 1;
     }
-    let wait_small = |what: &str| {
+    let wait_small = |what: &str, store: &MessageStore| {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let bytes = run.disk.total_bytes();
@@ -434,12 +434,13 @@ fn one_message_never_acked_does_not_pin_the_segments_written_after_it() {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{what}: {bytes} bytes still on disk"
+                "{what}: {bytes} bytes still on disk; {}",
+                store.debug_segments()
             );
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    wait_small("while the message is held");
+    wait_small("while the message is held", &store);
     // After a crash (once every ack is on disk) the pinned message is
     // still there, once, and nothing else is.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -459,7 +460,7 @@ fn one_message_never_acked_does_not_pin_the_segments_written_after_it() {
     assert_eq!(back, vec![pinned]);
     // Acked at last, everything goes.
     store.ack("/", "q0", &[pinned]);
-    wait_small("after the ack");
+    wait_small("after the ack", &store);
     store.close();
 }
 
@@ -557,10 +558,19 @@ fn a_disk_filled_by_the_store_itself_frees_acked_segments_and_confirms_again_wit
         kept.push(id);
         last = seq;
     }
+    wait_durable(&store, last, "the kept messages");
+    // The backlog arrives over time (a write every ten messages), so it
+    // fills segments of its own. (Acked messages that share a segment
+    // with live ones can only be freed by writing copies of the live ones,
+    // which a disk with no room at all cannot take; the disk alarm keeps a
+    // margin for that in a running broker.)
     for i in 10..400 {
         let (id, seq) = publish_to(&store, "q1", i);
         backlog.push(id);
         last = seq;
+        if i % 10 == 9 {
+            wait_durable(&store, last, "the backlog");
+        }
     }
     wait_durable(&store, last, "before the disk fills");
     // The disk has room for 4 KiB more, and the publishers go on.
@@ -581,7 +591,17 @@ fn a_disk_filled_by_the_store_itself_frees_acked_segments_and_confirms_again_wit
     // Consumers ack the backlog: its segments are deleted while the writer
     // is still failing, which makes the room for the waiting messages.
     let ack = store.ack("/", "q1", &backlog);
-    wait_durable(&store, last.max(ack), "after the backlog was acked");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.durable_seq() < last.max(ack) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the backlog was acked: durable {} < {}; {}",
+            store.durable_seq(),
+            last.max(ack),
+            store.debug_segments()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(run.disk.total_bytes() <= cap, "over capacity");
     assert!(
         !run.fatal.load(Ordering::SeqCst),
