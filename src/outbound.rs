@@ -132,13 +132,17 @@ impl ConnectionHandle {
             }
             let before = buf.len();
             let r = f(&mut buf);
-            (r, before == 0, buf.len() - before)
-        };
-        if added > 0 {
-            self.pending.fetch_add(added, Ordering::Relaxed);
-            if was_empty {
-                self.notify.notify_one();
+            let added = buf.len() - before;
+            // Counted before the lock is released: the writer cannot take
+            // and subtract these bytes before they were added (the count
+            // used to underflow when it did).
+            if added > 0 {
+                self.pending.fetch_add(added, Ordering::SeqCst);
             }
+            (r, before == 0, added)
+        };
+        if added > 0 && was_empty {
+            self.notify.notify_one();
         }
         r
     }
@@ -173,7 +177,10 @@ impl ConnectionHandle {
     /// connection if it was throttled and the backlog fell below LOW_WATER.
     fn wrote(&self, n: usize) {
         self.written.fetch_add(n as u64, Ordering::Relaxed);
-        let left = self.pending.fetch_sub(n, Ordering::SeqCst) - n;
+        let left = self
+            .pending
+            .fetch_sub(n, Ordering::SeqCst)
+            .saturating_sub(n);
         if left < LOW_WATER {
             if self.throttled.swap(false, Ordering::SeqCst) {
                 self.send_event(ConnEvent::Writable);
