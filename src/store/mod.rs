@@ -1178,8 +1178,9 @@ impl MessageStore {
             return false;
         }
         *written += copies.len() as u64;
-        let placed = self.live.lock().placed;
-        self.live.lock().written(placed, &[], &moved);
+        let mut live = self.live.lock();
+        let placed = live.placed;
+        live.written(placed, &[], &moved);
         true
     }
 

@@ -71,6 +71,15 @@ struct Run {
 }
 
 impl Run {
+    /// A fresh simulated disk whose torn writes are decided by `seed`.
+    fn new(seed: u64) -> Run {
+        Run {
+            disk: SimDisk::new(seed),
+            dir: PathBuf::from("/sim/messages"),
+            fatal: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     fn open(&self) -> (Arc<MessageStore>, Recovered) {
         let fatal = self.fatal.clone();
         fatal.store(false, Ordering::SeqCst);
@@ -164,11 +173,7 @@ fn check_recovery(
 /// One seeded run: `rounds` lives of the store, each ended by a crash.
 fn run_seed(seed: u64, rounds: usize, ops: usize) {
     let mut rng = Rng(seed);
-    let run = Run {
-        disk: SimDisk::new(seed),
-        dir: PathBuf::from("/sim/messages"),
-        fatal: Arc::new(AtomicBool::new(false)),
-    };
+    let run = Run::new(seed);
     let mut model: BTreeMap<(usize, u64), Held> = BTreeMap::new();
     let mut durable_before_crash = 0u64;
     for round in 0..=rounds {
@@ -295,11 +300,7 @@ fn after_every_crash_every_confirmed_message_comes_back_and_no_acked_one_does() 
 
 #[test]
 fn a_failed_write_is_cut_back_and_retried_without_leaving_a_partial_copy() {
-    let run = Run {
-        disk: SimDisk::new(7),
-        dir: PathBuf::from("/sim/messages"),
-        fatal: Arc::new(AtomicBool::new(false)),
-    };
+    let run = Run::new(7);
     let (store, _) = run.open();
     run.disk.fail(Op::Write, 3);
     let body = body_of(1);
@@ -335,11 +336,7 @@ fn a_failed_write_is_cut_back_and_retried_without_leaving_a_partial_copy() {
 
 #[test]
 fn an_fsync_failure_stops_confirming_and_is_reported_as_fatal() {
-    let run = Run {
-        disk: SimDisk::new(9),
-        dir: PathBuf::from("/sim/messages"),
-        fatal: Arc::new(AtomicBool::new(false)),
-    };
+    let run = Run::new(9);
     let (store, _) = run.open();
     run.disk.fail(Op::Sync, 1);
     let body = body_of(1);
@@ -360,11 +357,7 @@ fn an_fsync_failure_stops_confirming_and_is_reported_as_fatal() {
 
 #[test]
 fn when_the_next_segment_cannot_be_created_writes_go_on_in_the_current_one() {
-    let run = Run {
-        disk: SimDisk::new(11),
-        dir: PathBuf::from("/sim/messages"),
-        fatal: Arc::new(AtomicBool::new(false)),
-    };
+    let run = Run::new(11);
     let (store, _) = run.open();
     run.disk.fail(Op::Create, 1000);
     let mut last = 0;
@@ -403,11 +396,7 @@ fn when_the_next_segment_cannot_be_created_writes_go_on_in_the_current_one() {
 
 #[test]
 fn one_message_never_acked_does_not_pin_the_segments_written_after_it() {
-    let run = Run {
-        disk: SimDisk::new(13),
-        dir: PathBuf::from("/sim/messages"),
-        fatal: Arc::new(AtomicBool::new(false)),
-    };
+    let run = Run::new(13);
     let (store, _) = run.open();
     let publish = |q: &str, i: u64| {
         let body = body_of(i);
@@ -496,11 +485,7 @@ fn recovered_ids(recovered: &Recovered, queue: &str) -> Vec<u64> {
 #[test]
 fn while_the_disk_is_full_nothing_is_confirmed_and_once_space_returns_the_store_goes_on_by_itself()
 {
-    let run = Run {
-        disk: SimDisk::new(21),
-        dir: PathBuf::from("/sim/messages"),
-        fatal: Arc::new(AtomicBool::new(false)),
-    };
+    let run = Run::new(21);
     let (store, _) = run.open();
     let mut confirmed = Vec::new();
     let mut last = 0;
@@ -543,11 +528,7 @@ fn while_the_disk_is_full_nothing_is_confirmed_and_once_space_returns_the_store_
 
 #[test]
 fn a_disk_filled_by_the_store_itself_frees_acked_segments_and_confirms_again_without_a_restart() {
-    let run = Run {
-        disk: SimDisk::new(22),
-        dir: PathBuf::from("/sim/messages"),
-        fatal: Arc::new(AtomicBool::new(false)),
-    };
+    let run = Run::new(22);
     let (store, _) = run.open();
     // A few messages that stay (q0), and a backlog that will be acked (q1).
     let mut kept = Vec::new();
