@@ -6,13 +6,13 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use warren::codec::{
+use warren::message::Message;
+use warren::protocol::codec::{
     FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD, Frame, parse_frame, put_frame_header,
     put_short_str,
 };
-use warren::delivery::write_deliver;
-use warren::message::Message;
-use warren::methods::{self, Method};
+use warren::protocol::methods::{self, Method};
+use warren::session::delivery::write_deliver;
 
 const MESSAGES: usize = 1000;
 

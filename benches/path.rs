@@ -12,11 +12,11 @@ use amq_protocol::types::FieldTable;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use warren::delivery::{ChannelShared, Consumer};
-use warren::exchange::Exchange;
 use warren::message::Message;
-use warren::outbound::ConnectionHandle;
 use warren::queue::{Queue, QueueConfig};
+use warren::routing::exchange::Exchange;
+use warren::session::delivery::{ChannelShared, Consumer};
+use warren::session::outbound::ConnectionHandle;
 use warren::vhost::{DestName, ExchangeDeclare, VHost};
 
 const HEADER: [u8; 14] = [0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0];

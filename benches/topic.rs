@@ -4,7 +4,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use warren::topic::TopicTrie;
+use warren::routing::topic::TopicTrie;
 
 fn pattern(b: usize) -> String {
     match b % 3 {

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::admin::definitions::{PermissionDef, Tags, UserDef};
 use crate::auth::{Permissions, User, hash_password, verify_password};
-use crate::config::Config;
-use crate::definitions::{PermissionDef, Tags, UserDef};
-use crate::outbound::{ConnEvent, ConnectionHandle};
-use crate::stats::Stats;
+use crate::ops::config::Config;
+use crate::ops::stats::Stats;
+use crate::session::outbound::{ConnEvent, ConnectionHandle};
 use crate::store::Durability;
 use crate::store::meta::MetaOp;
 use crate::vhost::VHost;
@@ -32,13 +32,13 @@ pub struct Broker {
     /// Durable state: definitions log and message store (see `store`).
     pub durability: Arc<Durability>,
     /// Memory and disk alarms (see `alarms`).
-    pub alarms: Arc<tokio::sync::watch::Sender<crate::alarms::Alarms>>,
+    pub alarms: Arc<tokio::sync::watch::Sender<crate::ops::alarms::Alarms>>,
     /// Broker-wide counters (see `stats`).
     pub stats: Stats,
     /// When the broker started.
     pub started_at: std::time::SystemTime,
     /// Failed logins per client address and user (`[auth] max_failed_logins`).
-    pub failed_logins: crate::login_limit::FailedLogins,
+    pub failed_logins: crate::auth::login_limit::FailedLogins,
     /// Connections accepted and not yet opened (`server::HandshakeSlot`).
     pub handshaking: std::sync::atomic::AtomicU32,
 }
@@ -96,10 +96,13 @@ impl Broker {
         // Page files are scratch space from an earlier run.
         let paging_dir = dir.join("paging");
         let _ = std::fs::remove_dir_all(&paging_dir);
-        let _ = broker.durability.paging.set(crate::paging::PagingConfig {
-            dir: paging_dir,
-            limit: broker.config.storage.queue_memory_limit,
-        });
+        let _ = broker
+            .durability
+            .paging
+            .set(crate::queue::paging::PagingConfig {
+                dir: paging_dir,
+                limit: broker.config.storage.queue_memory_limit,
+            });
         if existing {
             meta::recover(&broker, &dir).map_err(|e| format!("cannot recover definitions: {e}"))?;
         }
@@ -143,7 +146,7 @@ impl Broker {
     pub async fn shutdown(&self, grace: std::time::Duration) {
         for c in self.connections() {
             c.send_event(ConnEvent::Close(
-                crate::error::code::CONNECTION_FORCED,
+                crate::protocol::error::code::CONNECTION_FORCED,
                 "broker forced connection closure with reason 'shutdown'".into(),
             ));
         }
@@ -161,7 +164,7 @@ impl Broker {
 
     /// A broker with no vhosts and no users (recovery fills it).
     pub fn empty(config: Config) -> Broker {
-        let failed_logins = crate::login_limit::FailedLogins::new(
+        let failed_logins = crate::auth::login_limit::FailedLogins::new(
             config.auth.max_failed_logins,
             config.auth.failed_login_window,
             config.auth.failed_login_max_delay_ms,
@@ -227,7 +230,7 @@ impl Broker {
         for c in self.connections() {
             if c.vhost_name().as_deref() == Some(name) {
                 c.send_event(ConnEvent::Close(
-                    crate::error::code::CONNECTION_FORCED,
+                    crate::protocol::error::code::CONNECTION_FORCED,
                     format!("vhost '{name}' is deleted"),
                 ));
             }
@@ -240,11 +243,15 @@ impl Broker {
     /// `[limits] max_queues_per_vhost`, for a declaration of `name` over
     /// either door: 406 PRECONDITION_FAILED (RabbitMQ's vhost max-queues)
     /// when the queue is new and the vhost is full.
-    pub fn check_queue_limit(&self, vhost: &VHost, name: &str) -> crate::error::AmqpResult<()> {
+    pub fn check_queue_limit(
+        &self,
+        vhost: &VHost,
+        name: &str,
+    ) -> crate::protocol::error::AmqpResult<()> {
         let max = self.config.limits.max_queues_per_vhost as usize;
         if max != 0 && vhost.queue(name).is_none() && vhost.queue_count() >= max {
-            return Err(crate::error::AmqpError::channel(
-                crate::error::code::PRECONDITION_FAILED,
+            return Err(crate::protocol::error::AmqpError::channel(
+                crate::protocol::error::code::PRECONDITION_FAILED,
                 format!(
                     "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
                     vhost.name

@@ -11,7 +11,9 @@ use amq_protocol::protocol::BasicProperties;
 use bytes::{BufMut, Bytes, BytesMut};
 use triomphe::ThinArc;
 
-use crate::codec::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_OVERHEAD, put_frame_header};
+use crate::protocol::codec::{
+    FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_OVERHEAD, put_frame_header,
+};
 
 /// Bodies up to this size are copied next to the message's metadata in one
 /// allocation, so a queue of small messages does not pin whole read buffers.
@@ -224,7 +226,7 @@ pub fn header_expiration(h: &[u8]) -> Option<Result<u64, String>> {
     let p = parse_properties(h)?;
     p.expiration()
         .as_ref()
-        .map(|e| crate::queue_args::parse_expiration(e.as_str()))
+        .map(|e| crate::queue::args::parse_expiration(e.as_str()))
 }
 
 /// The priority property of a raw content header payload (0 when absent).
@@ -263,7 +265,7 @@ fn header_octet(h: &[u8], flag: u16) -> Option<u8> {
 /// Parses a content header payload's properties; `None` if malformed.
 pub fn parse_properties(header: &[u8]) -> Option<BasicProperties> {
     use amq_protocol::frame::parsing::parse_content_header;
-    crate::table_guard::check_content_header(header).ok()?;
+    crate::protocol::table_guard::check_content_header(header).ok()?;
     parse_content_header(header).ok().map(|(_, h)| h.properties)
 }
 
@@ -308,8 +310,8 @@ mod tests {
         let mut buf = out;
         let mut total = 0;
         let mut frames = 0;
-        while let Some(f) = crate::codec::parse_frame(&mut buf, 4096).unwrap() {
-            if let crate::codec::Frame::Body { payload, .. } = f {
+        while let Some(f) = crate::protocol::codec::parse_frame(&mut buf, 4096).unwrap() {
+            if let crate::protocol::codec::Frame::Body { payload, .. } = f {
                 assert!(payload.len() <= 4088);
                 total += payload.len();
                 frames += 1;

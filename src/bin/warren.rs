@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use warren::config::{Config, Overrides};
+use warren::ops::config::{Config, Overrides};
 
 /// warren: an AMQP 0-9-1 message broker that speaks to RabbitMQ's clients.
 ///
@@ -45,7 +45,7 @@ struct Args {
 struct BindList(Vec<IpAddr>);
 
 fn parse_bind(text: &str) -> Result<BindList, String> {
-    warren::config::parse_bind_list(text).map(BindList)
+    warren::ops::config::parse_bind_list(text).map(BindList)
 }
 
 fn main() -> ExitCode {
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     };
     // A bad certificate or key stops warren here, naming the file.
     let tls = if config.tls.enabled() {
-        match warren::tls::acceptor(&config.tls) {
+        match warren::session::tls::acceptor(&config.tls) {
             Ok(a) => Some(a),
             Err(e) => {
                 eprintln!("warren: {e}");
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             }
         };
         if let Some(path) = broker.config.load_definitions.clone() {
-            match warren::definitions::load_file(&broker, &path) {
+            match warren::admin::definitions::load_file(&broker, &path) {
                 Ok(problems) => {
                     for p in &problems {
                         tracing::warn!("definitions {}: {}", path.display(), p.escape_debug());
@@ -124,12 +124,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        warren::alarms::spawn_monitor(
+        warren::ops::alarms::spawn_monitor(
             broker.config.alarms.clone(),
             broker.config.data_dir.clone(),
             broker.alarms.clone(),
         );
-        let listeners = match warren::server::bind(&broker) {
+        let listeners = match warren::session::server::bind(&broker) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("{e}");
@@ -146,7 +146,7 @@ fn main() -> ExitCode {
             }
         }
         let tls_listeners = match tls {
-            Some(acceptor) => match warren::server::bind_tls(&broker) {
+            Some(acceptor) => match warren::session::server::bind_tls(&broker) {
                 Ok(ls) => {
                     for l in &ls {
                         if let Ok(addr) = l.local_addr() {
@@ -169,7 +169,7 @@ fn main() -> ExitCode {
             },
             None => None,
         };
-        let http = match warren::server::bind_all(
+        let http = match warren::session::server::bind_all(
             broker
                 .config
                 .http_bind
@@ -188,15 +188,17 @@ fn main() -> ExitCode {
                 tracing::info!("management API and metrics on http://{addr}/");
             }
         }
-        tokio::spawn(warren::http::serve(broker.clone(), http));
+        tokio::spawn(warren::admin::http::serve(broker.clone(), http));
         let amqps = async {
             match tls_listeners {
-                Some((l, acceptor)) => warren::server::serve_tls(broker.clone(), l, acceptor).await,
+                Some((l, acceptor)) => {
+                    warren::session::server::serve_tls(broker.clone(), l, acceptor).await
+                }
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            _ = warren::server::serve(broker.clone(), listeners) => {}
+            _ = warren::session::server::serve(broker.clone(), listeners) => {}
             _ = amqps => {}
             _ = shutdown_signal() => {}
         }

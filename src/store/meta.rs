@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::Broker;
-use crate::definitions::{
+use crate::admin::definitions::{
     self, BindingDef, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef, UserDef,
 };
+use crate::broker::Broker;
 
 /// One change to durable definitions.
 #[derive(Debug, Clone, Serialize, Deserialize)]

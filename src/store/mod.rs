@@ -1445,7 +1445,7 @@ pub struct Durability {
     /// Message store.
     pub store: std::sync::OnceLock<Arc<MessageStore>>,
     /// Where and when long queues page messages to disk.
-    pub paging: std::sync::OnceLock<crate::paging::PagingConfig>,
+    pub paging: std::sync::OnceLock<crate::queue::paging::PagingConfig>,
 }
 
 impl Durability {

@@ -15,11 +15,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use warren::codec::{
+use warren::protocol::codec::{
     FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD, Frame, PROTOCOL_HEADER, parse_frame,
     put_frame_header, put_short_str,
 };
-use warren::methods::write_method;
+use warren::protocol::methods::write_method;
 
 /// Decodes any method (server-sent ones included).
 fn decode_any(payload: &[u8]) -> Result<AMQPClass> {

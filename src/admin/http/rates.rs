@@ -1,0 +1,303 @@
+//! Message rates: a background task samples the counters every
+//! `SAMPLE_INTERVAL` (RabbitMQ's default `collect_statistics_interval` is
+//! 5 s) and keeps, per queue, per vhost, per connection and for the broker,
+//! the rate of each counter over the last interval. Counts in the JSON are
+//! always read live; only the `*_details.rate` figures come from samples.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use serde_json::{Map, Value};
+
+use super::AppState;
+use crate::broker::Broker;
+use crate::ops::stats::MsgTotals;
+
+/// How often counters are sampled.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counter names in `message_stats` and their values.
+pub fn fields(t: &MsgTotals) -> [(&'static str, u64); 12] {
+    let v = [
+        t.publish,
+        t.confirm,
+        t.return_unroutable,
+        t.drop_unroutable,
+        t.deliver,
+        t.deliver_no_ack,
+        t.get,
+        t.get_no_ack,
+        t.get_empty,
+        t.deliver_get(),
+        t.redeliver,
+        t.ack,
+    ];
+    std::array::from_fn(|i| (NAMES[i].0, v[i]))
+}
+
+/// Each counter's name and its `_details` name.
+const NAMES: [(&str, &str); 12] = [
+    ("publish", "publish_details"),
+    ("confirm", "confirm_details"),
+    ("return_unroutable", "return_unroutable_details"),
+    ("drop_unroutable", "drop_unroutable_details"),
+    ("deliver", "deliver_details"),
+    ("deliver_no_ack", "deliver_no_ack_details"),
+    ("get", "get_details"),
+    ("get_no_ack", "get_no_ack_details"),
+    ("get_empty", "get_empty_details"),
+    ("deliver_get", "deliver_get_details"),
+    ("redeliver", "redeliver_details"),
+    ("ack", "ack_details"),
+];
+
+/// Fields a queue reports.
+pub const QUEUE_FIELDS: &[&str] = &[
+    "publish",
+    "deliver",
+    "deliver_no_ack",
+    "get",
+    "get_no_ack",
+    "get_empty",
+    "deliver_get",
+    "redeliver",
+    "ack",
+];
+/// Fields a connection or channel reports.
+pub const PUBLISHER_FIELDS: &[&str] =
+    &["publish", "confirm", "return_unroutable", "drop_unroutable"];
+/// Fields the overview and vhosts report.
+pub const ALL_FIELDS: &[&str] = &[
+    "publish",
+    "confirm",
+    "return_unroutable",
+    "drop_unroutable",
+    "deliver",
+    "deliver_no_ack",
+    "get",
+    "get_no_ack",
+    "get_empty",
+    "deliver_get",
+    "redeliver",
+    "ack",
+];
+
+/// Per-second rates of the counters in `fields` order, plus queue depth.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MsgRates {
+    counters: [f64; 12],
+    /// messages, messages_ready, messages_unacknowledged
+    depth: [f64; 3],
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Sample {
+    totals: MsgTotals,
+    depth: [u64; 3],
+    rates: MsgRates,
+}
+
+impl Sample {
+    fn next(&self, totals: MsgTotals, depth: [u64; 3], secs: f64) -> Sample {
+        let (a, b) = (fields(&self.totals), fields(&totals));
+        let mut rates = MsgRates::default();
+        for i in 0..a.len() {
+            rates.counters[i] = b[i].1.saturating_sub(a[i].1) as f64 / secs;
+        }
+        for ((r, now), before) in rates.depth.iter_mut().zip(depth).zip(self.depth) {
+            *r = (now as f64 - before as f64) / secs;
+        }
+        Sample {
+            totals,
+            depth,
+            rates,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Samples {
+    at: Option<Instant>,
+    global: Sample,
+    vhosts: HashMap<String, Sample>,
+    /// By queue address (the Arc's pointer).
+    queues: HashMap<usize, Sample>,
+    conns: HashMap<u64, Sample>,
+}
+
+/// The latest rates.
+#[derive(Debug, Default)]
+pub struct Rates {
+    inner: RwLock<Samples>,
+}
+
+impl Rates {
+    /// The broker's rates.
+    pub fn global(&self) -> MsgRates {
+        self.inner.read().global.rates
+    }
+
+    /// A vhost's rates.
+    pub fn vhost(&self, name: &str) -> MsgRates {
+        self.inner
+            .read()
+            .vhosts
+            .get(name)
+            .map(|s| s.rates)
+            .unwrap_or_default()
+    }
+
+    /// A queue's rates.
+    pub fn queue(&self, q: &Arc<crate::queue::Queue>) -> MsgRates {
+        self.inner
+            .read()
+            .queues
+            .get(&(Arc::as_ptr(q) as usize))
+            .map(|s| s.rates)
+            .unwrap_or_default()
+    }
+
+    /// A connection's rates.
+    pub fn connection(&self, id: u64) -> MsgRates {
+        self.inner
+            .read()
+            .conns
+            .get(&id)
+            .map(|s| s.rates)
+            .unwrap_or_default()
+    }
+
+    /// Takes one sample of everything.
+    pub fn sample(&self, b: &Broker) {
+        let now = Instant::now();
+        let mut s = self.inner.write();
+        let secs =
+            s.at.map_or(SAMPLE_INTERVAL.as_secs_f64(), |t| {
+                now.duration_since(t).as_secs_f64()
+            })
+            .max(0.001);
+        let first = s.at.is_none();
+        let step = |prev: Option<&Sample>, totals: MsgTotals, depth: [u64; 3]| match prev {
+            Some(p) if !first => p.next(totals, depth, secs),
+            _ => Sample {
+                totals,
+                depth,
+                rates: MsgRates::default(),
+            },
+        };
+        let mut g_depth = [0u64; 3];
+        let mut vhosts = HashMap::new();
+        let mut queues = HashMap::new();
+        for vh in b.vhosts() {
+            let mut v_depth = [0u64; 3];
+            for q in vh.queues() {
+                let d = queue_depth(&q);
+                add_depth(&mut v_depth, d);
+                let key = Arc::as_ptr(&q) as usize;
+                queues.insert(key, step(s.queues.get(&key), q.stats.snapshot(), d));
+            }
+            add_depth(&mut g_depth, v_depth);
+            let name = vh.name.to_string();
+            let sample = step(s.vhosts.get(&name), vh.queue_totals(), v_depth);
+            vhosts.insert(name, sample);
+        }
+        let mut conns = HashMap::new();
+        for c in b.connections() {
+            conns.insert(c.id, step(s.conns.get(&c.id), c.stats.snapshot(), [0; 3]));
+        }
+        let global = step(Some(&s.global), global_totals(b), g_depth);
+        *s = Samples {
+            at: Some(now),
+            global,
+            vhosts,
+            queues,
+            conns,
+        };
+    }
+}
+
+/// Adds one depth triple to another.
+pub fn add_depth(total: &mut [u64; 3], d: [u64; 3]) {
+    for (t, x) in total.iter_mut().zip(d) {
+        *t += x;
+    }
+}
+
+/// messages, messages_ready, messages_unacknowledged of a queue.
+pub fn queue_depth(q: &crate::queue::Queue) -> [u64; 3] {
+    let ready = q.message_count() as u64;
+    let unacked = q.stats.unacked();
+    [ready + unacked, ready, unacked]
+}
+
+/// The broker's totals: publishes counted by connections (closed ones
+/// included, and the HTTP API's), deliveries and acks counted by queues
+/// (deleted ones included).
+pub fn global_totals(b: &Broker) -> MsgTotals {
+    let mut t = b.stats.retired_connections.totals();
+    for c in b.connections() {
+        t.add(&c.stats.snapshot());
+    }
+    t.publish += b
+        .stats
+        .http_published
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut q = b.stats.retired_vhosts.totals();
+    for vh in b.vhosts() {
+        q.add(&vh.queue_totals());
+    }
+    q.publish = 0; // counted on the publishing side instead
+    t.add(&q);
+    t
+}
+
+/// Runs the sampler until the task is dropped.
+pub async fn run(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        state.rates.sample(&state.broker);
+    }
+}
+
+/// A rate as RabbitMQ writes it: `{"rate": r}`.
+pub fn details(rate: f64) -> Value {
+    let mut m = Map::new();
+    m.insert("rate".into(), ((rate * 10.0).round() / 10.0).into());
+    Value::Object(m)
+}
+
+/// `message_stats` with the given fields: each count and `<field>_details`.
+/// Like RabbitMQ, an object that has seen no traffic has an empty one.
+pub fn message_stats(t: &MsgTotals, r: &MsgRates, keep: &[&str]) -> Value {
+    let mut m = Map::new();
+    if *t == MsgTotals::default() {
+        return Value::Object(m);
+    }
+    for (i, (k, v)) in fields(t).into_iter().enumerate() {
+        if keep.contains(&k) {
+            m.insert(k.into(), v.into());
+            m.insert(NAMES[i].1.into(), details(r.counters[i]));
+        }
+    }
+    Value::Object(m)
+}
+
+/// Adds `messages`, `messages_ready`, `messages_unacknowledged` and their
+/// `_details` to an object.
+pub fn put_depth(m: &mut Map<String, Value>, depth: [u64; 3], r: &MsgRates) {
+    for (i, (k, d)) in [
+        ("messages", "messages_details"),
+        ("messages_ready", "messages_ready_details"),
+        ("messages_unacknowledged", "messages_unacknowledged_details"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        m.insert(k.into(), depth[i].into());
+        m.insert(d.into(), details(r.depth[i]));
+    }
+}

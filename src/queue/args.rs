@@ -1,0 +1,357 @@
+//! The queue arguments (and policy keys) that change a queue's behaviour:
+//! message TTL, queue expiry, length limits with their overflow mode, and
+//! dead-lettering. Validated at queue.declare with RabbitMQ's error texts.
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+use crate::protocol::error::{AmqpError, AmqpResult, code};
+use crate::routing::headers::erlang_type;
+
+/// What a full queue does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drops (or dead-letters) the oldest ready message.
+    #[default]
+    DropHead,
+    /// Refuses the new message (a nack for confirming publishers).
+    RejectPublish,
+    /// Refuses it and dead-letters it.
+    RejectPublishDlx,
+}
+
+impl Overflow {
+    fn parse(s: &str) -> Option<Overflow> {
+        Some(match s {
+            "drop-head" => Overflow::DropHead,
+            "reject-publish" => Overflow::RejectPublish,
+            "reject-publish-dlx" => Overflow::RejectPublishDlx,
+            _ => return None,
+        })
+    }
+}
+
+/// A queue's effective limits and dead-lettering.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueArgs {
+    /// x-message-ttl, milliseconds.
+    pub message_ttl: Option<u64>,
+    /// x-expires, milliseconds unused before the queue is deleted.
+    pub expires: Option<u64>,
+    /// x-max-length, ready messages.
+    pub max_length: Option<u64>,
+    /// x-max-length-bytes, ready message body bytes.
+    pub max_length_bytes: Option<u64>,
+    /// x-overflow.
+    pub overflow: Overflow,
+    /// x-dead-letter-exchange.
+    pub dlx: Option<String>,
+    /// x-dead-letter-routing-key.
+    pub dlrk: Option<String>,
+    /// x-single-active-consumer: only the first consumer receives.
+    pub single_active: bool,
+    /// x-consumer-timeout, ms an unacked delivery may stay unacked.
+    pub consumer_timeout: Option<u64>,
+}
+
+/// Integer value of an AMQP field, if it is an integer type (what RabbitMQ
+/// accepts where an argument must be an integer).
+pub fn integer(v: &AMQPValue) -> Option<i128> {
+    Some(match v {
+        AMQPValue::ShortShortInt(n) => *n as i128,
+        AMQPValue::ShortShortUInt(n) => *n as i128,
+        AMQPValue::ShortInt(n) => *n as i128,
+        AMQPValue::ShortUInt(n) => *n as i128,
+        AMQPValue::LongInt(n) => *n as i128,
+        AMQPValue::LongUInt(n) => *n as i128,
+        AMQPValue::LongLongInt(n) => *n as i128,
+        _ => return None,
+    })
+}
+
+fn string(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+impl QueueArgs {
+    /// Validates and reads a declare's arguments; errors are RabbitMQ's
+    /// 406 PRECONDITION_FAILED texts.
+    pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<QueueArgs> {
+        let t = args.inner();
+        let invalid = |arg: &str, why: String| {
+            AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!("invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}': {why}"),
+            )
+        };
+        let non_neg = |arg: &str, zero_ok: bool| -> AmqpResult<Option<u64>> {
+            let Some(v) = t.get(arg) else { return Ok(None) };
+            let Some(n) = integer(v) else {
+                return Err(invalid(
+                    arg,
+                    format!("\"expected integer, got {}\"", erlang_type(v)),
+                ));
+            };
+            if n < 0 {
+                return Err(invalid(arg, format!("{{value_negative,{n}}}")));
+            }
+            if n == 0 && !zero_ok {
+                return Err(invalid(arg, "{value_zero,0}".to_owned()));
+            }
+            Ok(Some(n as u64))
+        };
+        let mut a = QueueArgs {
+            message_ttl: non_neg("x-message-ttl", true)?,
+            expires: non_neg("x-expires", false)?,
+            max_length: non_neg("x-max-length", true)?,
+            max_length_bytes: non_neg("x-max-length-bytes", true)?,
+            consumer_timeout: non_neg("x-consumer-timeout", false)?,
+            ..Default::default()
+        };
+        if let Some(v) = t.get("x-overflow") {
+            let Some(s) = string(v) else {
+                return Err(invalid(
+                    "x-overflow",
+                    format!("{{unacceptable_type,{}}}", erlang_type(v)),
+                ));
+            };
+            a.overflow = Overflow::parse(&s)
+                .ok_or_else(|| invalid("x-overflow", "invalid_overflow".into()))?;
+        }
+        if let Some(v) = t.get("x-dead-letter-exchange") {
+            let Some(s) = string(v) else {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    format!(
+                        "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{queue}' in vhost '{vhost}'",
+                        erlang_type(v)
+                    ),
+                ));
+            };
+            a.dlx = Some(s);
+        }
+        if let Some(v) = t.get("x-dead-letter-routing-key") {
+            let Some(s) = string(v) else {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    format!(
+                        "invalid type '{}' for arg 'x-dead-letter-routing-key' in queue '{queue}' in vhost '{vhost}'",
+                        erlang_type(v)
+                    ),
+                ));
+            };
+            if a.dlx.is_none() {
+                return Err(invalid(
+                    "x-dead-letter-routing-key",
+                    "routing_key_but_no_dlx_defined".into(),
+                ));
+            }
+            a.dlrk = Some(s);
+        }
+        if let Some(v) = t.get("x-single-active-consumer") {
+            match v {
+                AMQPValue::Boolean(b) => a.single_active = *b,
+                other => {
+                    return Err(invalid(
+                        "x-single-active-consumer",
+                        format!("{{unacceptable_type,{}}}", erlang_type(other)),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = t.get("x-max-priority")
+            && let Some(n) = integer(v)
+        {
+            if n < 0 {
+                return Err(invalid("x-max-priority", format!("{{value_negative,{n}}}")));
+            }
+            if n > 255 {
+                return Err(invalid(
+                    "x-max-priority",
+                    format!("{{max_value_exceeded,{n}}}"),
+                ));
+            }
+        }
+        if let Some(v) = t.get("x-queue-mode")
+            && let Some(s) = string(v)
+            && s != "default"
+            && s != "lazy"
+        {
+            return Err(invalid(
+                "x-queue-mode",
+                format!("\"unsupported queue mode '{s}'\""),
+            ));
+        }
+        Ok(a)
+    }
+
+    /// Arguments read leniently (recovered or imported definitions): what
+    /// does not validate is ignored rather than refused.
+    pub fn lenient(args: &FieldTable) -> QueueArgs {
+        if let Ok(a) = QueueArgs::parse(args, "", "") {
+            return a;
+        }
+        let mut a = QueueArgs::default();
+        for (k, v) in args.inner() {
+            let mut one = FieldTable::default();
+            one.insert(k.clone(), v.clone());
+            if k.as_str() == "x-dead-letter-routing-key"
+                && let Some(x) = args.inner().get("x-dead-letter-exchange")
+            {
+                one.insert("x-dead-letter-exchange".into(), x.clone());
+            }
+            if let Ok(p) = QueueArgs::parse(&one, "", "") {
+                a.message_ttl = a.message_ttl.or(p.message_ttl);
+                a.expires = a.expires.or(p.expires);
+                a.max_length = a.max_length.or(p.max_length);
+                a.max_length_bytes = a.max_length_bytes.or(p.max_length_bytes);
+                if p.overflow != Overflow::DropHead {
+                    a.overflow = p.overflow;
+                }
+                a.dlx = a.dlx.or(p.dlx);
+                a.dlrk = a.dlrk.or(p.dlrk);
+                a.single_active |= p.single_active;
+                a.consumer_timeout = a.consumer_timeout.or(p.consumer_timeout);
+            }
+        }
+        a
+    }
+
+    /// Fills what the arguments leave unset from a policy definition
+    /// (`message-ttl`, `expires`, `max-length`, `max-length-bytes`,
+    /// `overflow`, `dead-letter-exchange`, `dead-letter-routing-key`).
+    /// Queue arguments win, except that for TTL and length limits the
+    /// lower of the two applies, as RabbitMQ does.
+    pub fn with_policy(mut self, def: &serde_json::Map<String, serde_json::Value>) -> QueueArgs {
+        let num = |k: &str| def.get(k).and_then(|v| v.as_u64());
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        self.message_ttl = min(self.message_ttl, num("message-ttl"));
+        self.max_length = min(self.max_length, num("max-length"));
+        self.max_length_bytes = min(self.max_length_bytes, num("max-length-bytes"));
+        self.expires = min(self.expires, num("expires").filter(|n| *n > 0));
+        self.consumer_timeout = min(
+            self.consumer_timeout,
+            num("consumer-timeout").filter(|n| *n > 0),
+        );
+        if self.dlx.is_none() {
+            self.dlx = def
+                .get("dead-letter-exchange")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+            if self.dlrk.is_none() {
+                self.dlrk = def
+                    .get("dead-letter-routing-key")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
+            }
+        }
+        if let Some(o) = def
+            .get("overflow")
+            .and_then(|v| v.as_str())
+            .and_then(Overflow::parse)
+        {
+            self.overflow = o;
+        }
+        self
+    }
+}
+
+/// Parses a message's expiration property (milliseconds, a decimal integer
+/// as Erlang reads one); errors are RabbitMQ's texts.
+pub fn parse_expiration(s: &str) -> Result<u64, String> {
+    let invalid = |why: String| format!("invalid expiration '{s}': {why}");
+    let bytes = s.as_bytes();
+    let (neg, digits) = match bytes.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let end = digits
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    if end == 0 {
+        return Err(invalid("no_integer".into()));
+    }
+    if end < digits.len() {
+        return Err(invalid(format!(
+            "{{leftover_string,\"{}\"}}",
+            &digits[end..]
+        )));
+    }
+    let shown = if neg {
+        format!("-{digits}")
+    } else {
+        digits.to_owned()
+    };
+    if neg && digits.bytes().any(|b| b != b'0') {
+        return Err(invalid(format!("{{value_negative,{shown}}}")));
+    }
+    match digits.parse::<u64>() {
+        Ok(n) if n <= MAX_EXPIRATION => Ok(n),
+        _ => Err(invalid(format!("{{value_too_large,{shown}}}"))),
+    }
+}
+
+/// The largest TTL accepted in a message's expiration property.
+const MAX_EXPIRATION: u64 = 4_294_967_295_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expirations_parse_as_rabbitmq_reads_them() {
+        assert_eq!(parse_expiration("100"), Ok(100));
+        assert_eq!(parse_expiration("+5"), Ok(5));
+        assert_eq!(parse_expiration("007"), Ok(7));
+        assert_eq!(parse_expiration("0"), Ok(0));
+        let e = |s: &str| parse_expiration(s).unwrap_err();
+        assert_eq!(e("abc"), "invalid expiration 'abc': no_integer");
+        assert_eq!(e(""), "invalid expiration '': no_integer");
+        assert_eq!(e(" 5"), "invalid expiration ' 5': no_integer");
+        assert_eq!(e("-5"), "invalid expiration '-5': {value_negative,-5}");
+        assert_eq!(
+            e("1.5"),
+            "invalid expiration '1.5': {leftover_string,\".5\"}"
+        );
+        assert!(e("99999999999999999999").contains("value_too_large"));
+    }
+
+    #[test]
+    fn invalid_arguments_are_refused_in_rabbitmq_words() {
+        let mut t = FieldTable::default();
+        t.insert("x-expires".into(), AMQPValue::LongInt(0));
+        let err = QueueArgs::parse(&t, "q", "/").unwrap_err();
+        assert_eq!(
+            err.text,
+            "PRECONDITION_FAILED - invalid arg 'x-expires' for queue 'q' in vhost '/': {value_zero,0}"
+        );
+        let mut t = FieldTable::default();
+        t.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString("k".into()),
+        );
+        let err = QueueArgs::parse(&t, "q", "/").unwrap_err();
+        assert!(err.text.ends_with("routing_key_but_no_dlx_defined"));
+    }
+
+    #[test]
+    fn a_policy_fills_gaps_and_lowers_limits() {
+        let mut t = FieldTable::default();
+        t.insert("x-max-length".into(), AMQPValue::LongInt(10));
+        let a = QueueArgs::parse(&t, "q", "/").unwrap();
+        let def =
+            serde_json::json!({"max-length": 5, "message-ttl": 100, "dead-letter-exchange": "d"});
+        let p = a.with_policy(def.as_object().unwrap());
+        assert_eq!(p.max_length, Some(5));
+        assert_eq!(p.message_ttl, Some(100));
+        assert_eq!(p.dlx.as_deref(), Some("d"));
+    }
+}

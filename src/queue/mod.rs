@@ -1,0 +1,821 @@
+//! A queue: its ready messages, its consumers, and round-robin dispatch.
+//!
+//! The queue's state sits behind a mutex held for microseconds. Whoever
+//! changes the queue (a publisher's task enqueueing, a connection acking and
+//! freeing prefetch, a consumer arriving) runs `dispatch`, which hands ready
+//! messages to consumers in turn, within their prefetch limits.
+//!
+//! Owns: one queue's messages and consumers: arguments (`args`), the ready
+//! list with priorities (`ready`) and paging to disk (`paging`). May use:
+//! `store`, `message`, `protocol`, `ops`.
+
+pub mod args;
+pub mod paging;
+pub mod ready;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use amq_protocol::types::FieldTable;
+use parking_lot::Mutex;
+
+use crate::message::MessageRef;
+use crate::protocol::error::{AmqpError, AmqpResult, code};
+use crate::session::delivery::{ChannelShared, Consumer};
+use crate::store::{MessageStore, RecoveredMessage};
+use crate::vhost::deadletter::Reason;
+
+use crate::ops::timers::{self, Kind, now_ms};
+use crate::queue::args::{Overflow, QueueArgs};
+use crate::queue::paging::PagingConfig;
+use crate::queue::ready::ReadyQueue;
+use crate::session::delivery::QueuedMessage as Ready;
+use crate::vhost::VHost;
+
+/// A queue with consumers and at least this many ready messages asks its
+/// publishers to slow down: their connections stop reading until the backlog
+/// drops below `FLOW_LOW`. A publisher faster than its consumers thus turns
+/// into TCP back-pressure instead of an ever-growing queue. Queues without
+/// consumers are not throttled here (memory alarms cover them).
+pub const FLOW_HIGH: usize = 32 * 1024;
+/// See `FLOW_HIGH`.
+pub const FLOW_LOW: usize = FLOW_HIGH / 2;
+
+#[derive(Debug, Default)]
+struct QueueState {
+    /// A publisher is waiting for the backlog to drain.
+    flow_waiting: bool,
+    ready: ReadyQueue,
+    consumers: Vec<Arc<Consumer>>,
+    next_consumer: usize,
+    next_seq: u64,
+    had_consumers: bool,
+    /// Effective TTL, limits and dead-lettering (arguments and policy).
+    args: QueueArgs,
+    /// Messages that left by expiry or a length limit, to dead-letter once
+    /// the lock is released.
+    dead: Vec<(Ready, Reason)>,
+    /// When the armed message timer fires (0: none armed).
+    timer_at: u64,
+}
+
+/// A queue's declared properties.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Survives a restart.
+    pub durable: bool,
+    /// Owned by one connection (its id).
+    pub exclusive_owner: Option<u64>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// x-arguments as declared.
+    pub arguments: FieldTable,
+}
+
+/// A queue.
+#[derive(Debug)]
+pub struct Queue {
+    /// Queue name.
+    pub name: String,
+    /// Its virtual host's name.
+    pub vhost: Arc<str>,
+    /// Declared properties.
+    pub config: QueueConfig,
+    state: Mutex<QueueState>,
+    deleted: AtomicBool,
+    drained: tokio::sync::Notify,
+    store: Option<Arc<MessageStore>>,
+    /// Message counters (management API, metrics).
+    pub stats: crate::ops::stats::QueueStats,
+    /// Its virtual host (dead-lettering, expiry).
+    vhost_ref: Weak<VHost>,
+    /// When it was last used (`timers::now_ms`), for x-expires.
+    last_used: AtomicU64,
+    /// x-consumer-timeout (or the policy's consumer-timeout), ms; 0: the
+    /// broker's `[limits] consumer_timeout`.
+    consumer_timeout: AtomicU64,
+    /// Most unacked body bytes a channel may hold before this queue stops
+    /// delivering to it (`[storage] queue_memory_limit`; 0: no limit).
+    unacked_budget: usize,
+}
+
+/// The shortest x-consumer-timeout any queue was ever given (ms; 0: none):
+/// channels look only at deliveries older than this or the default.
+static SHORTEST_QUEUE_TIMEOUT: AtomicU64 = AtomicU64::new(0);
+
+/// The shortest consumer timeout that may apply to any delivery: the
+/// broker default or a shorter per-queue one (0: none at all).
+pub fn shortest_consumer_timeout(default: u64) -> u64 {
+    match (SHORTEST_QUEUE_TIMEOUT.load(Ordering::Relaxed), default) {
+        (0, d) => d,
+        (q, 0) => q,
+        (q, d) => q.min(d),
+    }
+}
+
+fn note_queue_timeout(t: Option<u64>) {
+    if let Some(t) = t.filter(|t| *t > 0) {
+        let _ = SHORTEST_QUEUE_TIMEOUT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+            (cur == 0 || t < cur).then_some(t)
+        });
+    }
+}
+
+/// What enqueueing a message did.
+#[derive(Debug, Default)]
+pub struct Enqueued {
+    /// The store sequence a confirm must wait for, if the message was stored.
+    pub sync_seq: Option<u64>,
+    /// A queue asking its publishers to slow down.
+    pub pressured: Option<Arc<Queue>>,
+    /// A queue refused it (x-overflow reject-publish): confirm with a nack.
+    pub rejected: bool,
+}
+
+/// What was left of a queue when it was deleted.
+#[derive(Debug)]
+pub struct Deleted {
+    /// Ready messages dropped.
+    pub message_count: u32,
+    /// Consumers that were attached.
+    pub consumers: Vec<Arc<Consumer>>,
+}
+
+impl Queue {
+    /// A new, empty queue; `store` keeps its persistent messages (durable
+    /// queues), `args` are its effective TTL, limits and dead-lettering.
+    pub fn new(
+        name: String,
+        vhost: &Arc<VHost>,
+        config: QueueConfig,
+        store: Option<Arc<MessageStore>>,
+        paging: Option<PagingConfig>,
+        args: QueueArgs,
+    ) -> Arc<Queue> {
+        let levels = max_priority(&config.arguments);
+        note_queue_timeout(args.consumer_timeout);
+        let consumer_timeout = AtomicU64::new(args.consumer_timeout.unwrap_or(0));
+        let unacked_budget = paging.as_ref().map_or(0, |p| p.limit);
+        let q = Arc::new(Queue {
+            name,
+            vhost: vhost.name.clone(),
+            config,
+            state: Mutex::new(QueueState {
+                ready: ReadyQueue::new(paging, levels),
+                args,
+                ..Default::default()
+            }),
+            deleted: AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
+            store,
+            stats: Default::default(),
+            vhost_ref: Arc::downgrade(vhost),
+            last_used: AtomicU64::new(now_ms()),
+            consumer_timeout,
+            unacked_budget,
+        });
+        q.arm_expiry();
+        q
+    }
+
+    /// Most unacked body bytes a channel may hold before this queue stops
+    /// delivering to it (0: no limit).
+    pub fn unacked_budget(&self) -> usize {
+        self.unacked_budget
+    }
+
+    /// The queue's effective arguments.
+    pub fn args(&self) -> QueueArgs {
+        self.state.lock().args.clone()
+    }
+
+    /// Applies new effective arguments (a policy changed).
+    pub fn set_args(self: &Arc<Self>, args: QueueArgs) {
+        let mut st = self.state.lock();
+        let expiry_changed = st.args.expires != args.expires;
+        note_queue_timeout(args.consumer_timeout);
+        self.consumer_timeout
+            .store(args.consumer_timeout.unwrap_or(0), Ordering::Relaxed);
+        st.args = args;
+        self.enforce_limits(&mut st, now_ms());
+        self.finish(st);
+        if expiry_changed {
+            self.arm_expiry();
+        }
+    }
+
+    /// Its own consumer timeout in ms (0: the broker's default applies).
+    pub fn consumer_timeout(&self) -> u64 {
+        self.consumer_timeout.load(Ordering::Relaxed)
+    }
+
+    /// Dead-letter exchange and routing key, if the queue has one.
+    pub fn dead_letter_target(&self) -> Option<(String, Option<String>)> {
+        let st = self.state.lock();
+        Some((st.args.dlx.clone()?, st.args.dlrk.clone()))
+    }
+
+    /// Marks the queue used (x-expires counts from the last use).
+    pub fn touch(&self) {
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn arm_expiry(self: &Arc<Self>) {
+        let expires = self.state.lock().args.expires;
+        if let Some(ms) = expires {
+            let at = self.last_used.load(Ordering::Relaxed) + ms;
+            timers::schedule(at, Kind::QueueExpiry, Arc::downgrade(self));
+        }
+    }
+
+    /// A timer set by this queue fell due.
+    pub fn on_timer(self: &Arc<Self>, kind: Kind) {
+        if self.is_deleted() {
+            return;
+        }
+        match kind {
+            Kind::MessageTtl => {
+                let mut st = self.state.lock();
+                st.timer_at = 0;
+                self.expire_head(&mut st, now_ms(), true);
+                self.finish(st);
+            }
+            Kind::QueueExpiry => {
+                let (expires, busy) = {
+                    let st = self.state.lock();
+                    (st.args.expires, !st.consumers.is_empty())
+                };
+                let Some(ms) = expires else { return };
+                let now = now_ms();
+                if busy {
+                    self.last_used.store(now, Ordering::Relaxed);
+                }
+                let due = self.last_used.load(Ordering::Relaxed) + ms;
+                if due > now {
+                    timers::schedule(due, Kind::QueueExpiry, Arc::downgrade(self));
+                    return;
+                }
+                if let Some(vh) = self.vhost_ref.upgrade()
+                    && vh.remove_queue(self).is_some()
+                {
+                    tracing::info!(queue = %self.name.escape_debug(), vhost = %self.vhost.escape_debug(), "queue expired (x-expires {ms} ms unused); deleted");
+                }
+            }
+        }
+    }
+
+    /// Moves expired messages at the head to the dead list. `inclusive`:
+    /// a message due exactly now counts as expired (not so while
+    /// dispatching, so a TTL of 0 still reaches a waiting consumer).
+    fn expire_head(&self, st: &mut QueueState, now: u64, inclusive: bool) {
+        loop {
+            let d = st.ready.front_deadline();
+            if d == 0 || d > now || (d == now && !inclusive) {
+                return;
+            }
+            let Some(r) = st.ready.pop_front() else {
+                return;
+            };
+            st.dead.push((r, Reason::Expired));
+        }
+    }
+
+    /// Drops (or dead-letters) head messages beyond x-max-length and
+    /// x-max-length-bytes, then expired ones. `now` is the time if the
+    /// caller has read the clock, else 0 (read here only if needed).
+    fn enforce_limits(&self, st: &mut QueueState, now: u64) {
+        if let Some(max) = st.args.max_length {
+            while st.ready.len() as u64 > max {
+                let Some(r) = st.ready.pop_front() else { break };
+                st.dead.push((r, Reason::Maxlen));
+            }
+        }
+        if let Some(max) = st.args.max_length_bytes {
+            while st.ready.body_bytes() as u64 > max {
+                let Some(r) = st.ready.pop_front() else { break };
+                st.dead.push((r, Reason::Maxlen));
+            }
+        }
+        if st.ready.front_deadline() != 0 {
+            let now = if now == 0 { now_ms() } else { now };
+            self.expire_head(st, now, true);
+        }
+    }
+
+    /// Ends an operation: arms the message timer for the head, releases
+    /// the lock, then settles what left the queue (store records and
+    /// dead-lettering run without the lock: they may enqueue here again).
+    fn finish(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>) {
+        let d = st.ready.front_deadline();
+        if d != 0 && (st.timer_at == 0 || d < st.timer_at) {
+            st.timer_at = d;
+            timers::schedule(d, Kind::MessageTtl, Arc::downgrade(self));
+        }
+        if st.dead.is_empty() {
+            return;
+        }
+        let dead = std::mem::take(&mut st.dead);
+        if st.flow_waiting && st.ready.len() < FLOW_LOW {
+            st.flow_waiting = false;
+            self.drained.notify_waiters();
+        }
+        drop(st);
+        let ids: Vec<u64> = dead.iter().filter_map(|(r, _)| r.stored).collect();
+        self.store_ack(&ids);
+        let expired = dead.iter().filter(|(_, w)| *w == Reason::Expired).count();
+        self.stats
+            .expired
+            .fetch_add(expired as u64, Ordering::Relaxed);
+        self.dead_letter(dead.into_iter().map(|(r, why)| (r.msg, why)).collect());
+    }
+
+    /// Dead-letters messages that left this queue (their store records
+    /// already settled).
+    pub fn dead_letter(self: &Arc<Self>, items: Vec<(MessageRef, Reason)>) {
+        if items.is_empty() {
+            return;
+        }
+        if let Some(vh) = self.vhost_ref.upgrade() {
+            crate::vhost::deadletter::dead_letter(&vh, self, items);
+        }
+    }
+
+    /// Whether the queue has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Enqueues a message and delivers what consumers can take.
+    ///
+    /// Returns true when the publisher should slow down: the queue has
+    /// consumers but they are not keeping up (see `FLOW_HIGH`).
+    /// `ttl` is the message's own expiration, if it has one. With
+    /// x-overflow reject-publish a full queue refuses the message: the
+    /// result's `rejected` is set.
+    pub fn publish(
+        self: &Arc<Self>,
+        msg: MessageRef,
+        stored: Option<u64>,
+        ttl: Option<u64>,
+    ) -> Enqueued {
+        let mut st = self.state.lock();
+        if self.is_deleted() {
+            // Deleted a moment ago: the stored copy is not this queue's.
+            drop(st);
+            if let Some(id) = stored {
+                self.store_ack(&[id]);
+            }
+            return Enqueued::default();
+        }
+        let ttl = match (st.args.message_ttl, ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let now = if ttl.is_some() { now_ms() } else { 0 };
+        if st.args.overflow != Overflow::DropHead && self.is_full(&st, &msg) {
+            let dlx = st.args.overflow == Overflow::RejectPublishDlx;
+            drop(st);
+            if let Some(id) = stored {
+                self.store_ack(&[id]);
+            }
+            if dlx {
+                self.dead_letter(vec![(msg, Reason::Maxlen)]);
+            }
+            return Enqueued {
+                rejected: true,
+                ..Enqueued::default()
+            };
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.ready.push_back(Ready {
+            msg,
+            seq,
+            redelivered: false,
+            stored,
+            deadline: ttl.map_or(0, |t| now.saturating_add(t)),
+        });
+        self.stats.publish.fetch_add(1, Ordering::Relaxed);
+        self.dispatch_locked(&mut st);
+        if st.args.max_length.is_some() || st.args.max_length_bytes.is_some() || ttl.is_some() {
+            self.enforce_limits(&mut st, now);
+        }
+        let pressured = st.ready.len() >= FLOW_HIGH && !st.consumers.is_empty();
+        if pressured {
+            st.flow_waiting = true;
+        }
+        self.finish(st);
+        Enqueued {
+            pressured: pressured.then(|| self.clone()),
+            ..Enqueued::default()
+        }
+    }
+
+    /// Whether one more message would exceed the queue's length limits.
+    fn is_full(&self, st: &QueueState, msg: &MessageRef) -> bool {
+        st.args
+            .max_length
+            .is_some_and(|m| st.ready.len() as u64 >= m)
+            || st
+                .args
+                .max_length_bytes
+                .is_some_and(|m| (st.ready.body_bytes() + msg.body_len()) as u64 > m)
+    }
+
+    /// Whether publishers to this queue should still hold back.
+    pub fn is_pressured(&self) -> bool {
+        let st = self.state.lock();
+        st.ready.len() >= FLOW_LOW && !st.consumers.is_empty() && !self.is_deleted()
+    }
+
+    /// Completes when the queue's backlog has drained below `FLOW_LOW`
+    /// (register with `Notified::enable` before checking `is_pressured`).
+    pub fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
+    }
+
+    /// Delivers ready messages to consumers that can take them.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        self.dispatch_locked(&mut st);
+        self.finish(st);
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
+        let n = st.consumers.len();
+        if n == 0 {
+            return;
+        }
+        if st.args.single_active {
+            // Only the first consumer attached (still attached) receives.
+            self.dispatch_to(st, 1);
+        } else if st.consumers[0].priority != st.consumers[n - 1].priority {
+            self.dispatch_by_priority(st);
+        } else {
+            self.dispatch_to(st, n);
+        }
+        if st.flow_waiting && st.ready.len() < FLOW_LOW {
+            st.flow_waiting = false;
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Drops expired messages at the head; false when nothing is ready.
+    fn ready_head(&self, st: &mut QueueState, now: &mut u64) -> bool {
+        if st.ready.front_deadline() != 0 {
+            if *now == 0 {
+                *now = now_ms();
+            }
+            self.expire_head(st, *now, false);
+        }
+        !st.ready.is_empty()
+    }
+
+    /// Consumers of mixed priorities: each message goes to the highest
+    /// priority that can take it, round robin within a priority.
+    fn dispatch_by_priority(self: &Arc<Self>, st: &mut QueueState) {
+        let mut now = 0;
+        while self.ready_head(st, &mut now) {
+            let QueueState {
+                ready,
+                consumers,
+                next_consumer,
+                ..
+            } = &mut *st;
+            let mut delivered = false;
+            let mut start = 0;
+            while start < consumers.len() && !delivered {
+                let p = consumers[start].priority;
+                let len = consumers[start..]
+                    .iter()
+                    .take_while(|c| c.priority == p)
+                    .count();
+                for k in 0..len {
+                    let i = start + (*next_consumer + k) % len;
+                    if consumers[i].try_deliver(self, || ready.pop_front()) {
+                        *next_consumer = next_consumer.wrapping_add(k + 1);
+                        delivered = true;
+                        break;
+                    }
+                }
+                start += len;
+            }
+            if !delivered {
+                return;
+            }
+        }
+    }
+
+    /// Round robin over the first `n` consumers.
+    fn dispatch_to(self: &Arc<Self>, st: &mut QueueState, n: usize) {
+        let mut misses = 0;
+        let mut now = 0;
+        while misses < n && self.ready_head(st, &mut now) {
+            if st.next_consumer >= n {
+                st.next_consumer = 0;
+            }
+            let i = st.next_consumer;
+            st.next_consumer += 1;
+            let QueueState {
+                ready, consumers, ..
+            } = &mut *st;
+            // None only if the rest of `ready` could not be read from disk.
+            let delivered = consumers[i].try_deliver(self, || ready.pop_front());
+            if delivered {
+                misses = 0;
+            } else {
+                misses += 1;
+            }
+        }
+    }
+
+    /// basic.get: hands the next message to `channel`. Returns false if the
+    /// queue is empty.
+    pub fn get(self: &Arc<Self>, channel: &ChannelShared, no_ack: bool) -> bool {
+        let mut st = self.state.lock();
+        if st.args.expires.is_some() {
+            self.touch();
+        }
+        if st.ready.front_deadline() != 0 {
+            self.expire_head(&mut st, now_ms(), true);
+        }
+        let Some(r) = st.ready.pop_front() else {
+            self.stats.get_empty.fetch_add(1, Ordering::Relaxed);
+            self.finish(st);
+            return false;
+        };
+        let remaining = st.ready.len() as u32;
+        if !channel.deliver_get(self, &r, no_ack, remaining) {
+            st.ready.push_front(r);
+            self.finish(st);
+            return false;
+        }
+        self.finish(st);
+        true
+    }
+
+    /// Puts messages back at their original positions, flagged redelivered,
+    /// and delivers again.
+    pub fn requeue(self: &Arc<Self>, mut items: Vec<Ready>) {
+        if items.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock();
+        if self.is_deleted() {
+            drop(st);
+            let ids: Vec<u64> = items.iter().filter_map(|i| i.stored).collect();
+            self.store_ack(&ids);
+            return;
+        }
+        // Highest seq first, so the common case (all older than what is ready)
+        // is a run of push_front.
+        items.sort_unstable_by_key(|r| std::cmp::Reverse(r.seq));
+        for mut r in items {
+            r.redelivered = true;
+            st.ready.put_back(r);
+        }
+        if st.ready.front_deadline() != 0 {
+            // A message whose TTL ran out while it was unacked dies now.
+            self.expire_head(&mut st, now_ms(), true);
+        }
+        self.dispatch_locked(&mut st);
+        self.finish(st);
+    }
+
+    /// Attaches a consumer, enforcing exclusive consumers as RabbitMQ does.
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<()> {
+        let mut st = self.state.lock();
+        if self.is_deleted() {
+            return Err(AmqpError::no_queue(&self.name, &self.vhost));
+        }
+        if st.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !st.consumers.is_empty())
+        {
+            return Err(AmqpError::channel(
+                code::ACCESS_REFUSED,
+                format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.vhost
+                ),
+            ));
+        }
+        // Highest priority first; in arrival order within a priority. A
+        // single active consumer queue keeps plain arrival order: the
+        // active consumer stays active whatever joins after it.
+        let at = if st.args.single_active {
+            st.consumers.len()
+        } else {
+            st.consumers
+                .partition_point(|c| c.priority >= consumer.priority)
+        };
+        st.consumers.insert(at, consumer);
+        st.had_consumers = true;
+        self.dispatch_locked(&mut st);
+        self.finish(st);
+        self.touch();
+        Ok(())
+    }
+
+    /// Detaches a consumer. Returns true if the queue is auto-delete and has
+    /// just lost its last consumer, so the caller should delete it.
+    pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+        let mut st = self.state.lock();
+        let before = st.consumers.len();
+        st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+        let removed = st.consumers.len() != before;
+        if removed && st.consumers.is_empty() {
+            self.touch();
+        }
+        removed && self.config.auto_delete && st.consumers.is_empty() && st.had_consumers
+    }
+
+    /// Drops all ready messages; returns how many.
+    pub fn purge(&self) -> u32 {
+        let mut st = self.state.lock();
+        let n = st.ready.len() as u32;
+        let ids = st.ready.stored_ids();
+        st.ready.clear();
+        self.store_ack(&ids);
+        self.drained.notify_waiters();
+        n
+    }
+
+    /// Ready messages (what queue.declare-ok reports).
+    pub fn message_count(&self) -> u32 {
+        self.state.lock().ready.len() as u32
+    }
+
+    /// Ready messages currently paged out to disk.
+    pub fn paged_count(&self) -> usize {
+        self.state.lock().ready.paged()
+    }
+
+    /// The store id of its oldest ready persistent message, if any (see
+    /// `ReadyList::oldest_stored`; unacked deliveries are the channels').
+    pub fn oldest_ready_stored(&self) -> Option<u64> {
+        self.state.lock().ready.oldest_stored()
+    }
+
+    /// The store this queue keeps its persistent messages in (durable queues).
+    pub fn store(&self) -> Option<&Arc<MessageStore>> {
+        self.store.as_ref()
+    }
+
+    /// Attached consumers.
+    pub fn consumer_count(&self) -> u32 {
+        self.state.lock().consumers.len() as u32
+    }
+
+    /// Attached consumers (for listings).
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.state.lock().consumers.clone()
+    }
+
+    /// Removes up to `n` messages from the head of the queue, with their
+    /// positions and redelivered flags (the management API's "get"; put them
+    /// back with `requeue`).
+    pub fn take(&self, n: usize) -> Vec<Ready> {
+        let mut st = self.state.lock();
+        let n = n.min(st.ready.len());
+        let out: Vec<_> = (0..n).filter_map(|_| st.ready.pop_front()).collect();
+        if st.flow_waiting && st.ready.len() < FLOW_LOW {
+            st.flow_waiting = false;
+            self.drained.notify_waiters();
+        }
+        out
+    }
+
+    /// Marks the queue deleted and empties it.
+    pub fn mark_deleted(&self) -> Deleted {
+        let mut st = self.state.lock();
+        self.deleted.store(true, Ordering::Release);
+        self.drained.notify_waiters();
+        let message_count = st.ready.len() as u32;
+        if let Some(store) = &self.store {
+            let ids = st.ready.stored_ids();
+            store.drop_queue(&self.vhost, &self.name, &ids);
+        }
+        st.ready.clear();
+        let consumers = std::mem::take(&mut st.consumers);
+        Deleted {
+            message_count,
+            consumers,
+        }
+    }
+
+    /// Whether the queue keeps persistent messages on disk (durable, not exclusive).
+    pub fn is_persistent(&self) -> bool {
+        self.config.durable && self.config.exclusive_owner.is_none()
+    }
+
+    /// Records that this queue is done with stored messages.
+    pub fn store_ack(&self, ids: &[u64]) {
+        if let (Some(store), false) = (&self.store, ids.is_empty()) {
+            store.ack(&self.vhost, &self.name, ids);
+        }
+    }
+
+    /// Records a delivery of a stored message (an ack right away for no-ack).
+    pub fn store_delivered(&self, id: u64, no_ack: bool, redelivered: bool) {
+        if let Some(store) = &self.store {
+            if no_ack {
+                store.ack(&self.vhost, &self.name, &[id]);
+            } else if !redelivered {
+                store.delivered(&self.vhost, &self.name, &[id]);
+            }
+        }
+    }
+
+    /// Puts messages recovered from the store into the queue, in order.
+    /// They stay in the store's segments until the queue's head reaches
+    /// them. Recovered messages get the queue's TTL and their own
+    /// expiration afresh (the store does not keep enqueue times).
+    pub fn restore(self: &Arc<Self>, msgs: Vec<RecoveredMessage>) {
+        let mut st = self.state.lock();
+        let now = now_ms();
+        let queue_ttl = st.args.message_ttl;
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        for m in msgs {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            // The queue's TTL and the message's own expiration run again
+            // from the restart, the shorter one winning as at publish.
+            let ttl = match (queue_ttl, m.expiration) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let deadline = ttl.map_or(0, |t| now.saturating_add(t));
+            st.ready
+                .push_stored(&store, m.loc, m.priority, seq, m.id, m.delivered, deadline);
+        }
+        self.enforce_limits(&mut st, now_ms());
+        self.finish(st);
+    }
+
+    /// Whether `conn` may use this queue (exclusive queues belong to one connection).
+    pub fn check_exclusive(&self, conn: u64) -> AmqpResult<()> {
+        match self.config.exclusive_owner {
+            Some(owner) if owner != conn => Err(Self::locked_error(&self.name, &self.vhost)),
+            _ => Ok(()),
+        }
+    }
+
+    /// 405 RESOURCE_LOCKED for an exclusive queue, in RabbitMQ's words.
+    pub fn locked_error(name: &str, vhost: &str) -> AmqpError {
+        AmqpError::channel(
+            code::RESOURCE_LOCKED,
+            format!(
+                "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+            ),
+        )
+    }
+}
+
+/// x-max-priority of a queue's arguments (validated at declare: 0-255).
+fn max_priority(args: &FieldTable) -> Option<u8> {
+    let n = crate::queue::args::integer(args.inner().get("x-max-priority")?)?;
+    u8::try_from(n).ok()
+}
+
+/// Enqueues a routed message in its queues. A persistent message for durable
+/// queues is first appended to the message store. Returns the store sequence
+/// a confirm must wait for (if stored) and a queue asking its publishers to
+/// slow down (if any).
+pub fn enqueue_routed(
+    queues: &[Arc<Queue>],
+    msg: &MessageRef,
+    store: Option<&Arc<MessageStore>>,
+    ttl: Option<u64>,
+) -> Enqueued {
+    let mut stored = None;
+    let mut sync_seq = None;
+    if let Some(store) = store
+        && msg.is_persistent()
+    {
+        let durable: Vec<(&str, &str)> = queues
+            .iter()
+            .filter(|q| q.is_persistent())
+            .map(|q| (&*q.vhost, q.name.as_str()))
+            .collect();
+        if !durable.is_empty() {
+            let (id, seq) = store.enqueue(&durable, msg);
+            stored = Some(id);
+            sync_seq = Some(seq);
+        }
+    }
+    let mut out = Enqueued {
+        sync_seq,
+        ..Enqueued::default()
+    };
+    for q in queues {
+        let id = if q.is_persistent() { stored } else { None };
+        let e = q.publish(msg.clone(), id, ttl);
+        out.rejected |= e.rejected;
+        if e.pressured.is_some() {
+            out.pressured = e.pressured;
+        }
+    }
+    out
+}

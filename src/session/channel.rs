@@ -1,0 +1,812 @@
+//! A channel's connection-local state: content assembly, publishing,
+//! publisher confirms, transactions, and its consumers.
+//!
+//! The method handlers for the exchange, queue, basic, tx and confirm classes
+//! live in `handlers`; this file owns the message path from basic.publish to
+//! the queues, and the channel's shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, tx};
+use bytes::{Bytes, BytesMut};
+
+use crate::auth::{Access, Resource, User};
+use crate::message::{Message, header_class_and_size, parse_properties};
+use crate::protocol::error::{AmqpError, AmqpResult, code};
+use crate::protocol::methods::{Method, Publish, write_method};
+use crate::queue::Queue;
+use crate::routing::exchange::Exchange;
+use crate::session::connection::ConnCtx;
+use crate::session::delivery::{ChannelShared, Consumer, QueuedMessage, Unacked};
+use crate::session::outbound::ConnectionHandle;
+use crate::vhost::deadletter::Reason;
+use crate::vhost::direct_reply;
+
+/// Where the channel is in receiving a message's content.
+#[derive(Debug, Default)]
+enum Content {
+    /// Not inside a content-bearing method.
+    #[default]
+    Idle,
+    /// basic.publish received; the content header comes next.
+    Header(Publish),
+    /// Header received; body frames come next.
+    Body {
+        publish: Publish,
+        header: Bytes,
+        size: usize,
+        first: Option<Bytes>,
+        rest: BytesMut,
+    },
+}
+
+/// What a settled delivery becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// basic.ack: done with it.
+    Ack,
+    /// nack/reject with requeue.
+    Requeue,
+    /// nack/reject without requeue: dropped.
+    Discard,
+}
+
+/// Work a transaction holds until commit.
+#[derive(Debug, Default)]
+pub struct Tx {
+    /// (exchange, message, its TTL from the expiration property, mandatory).
+    publishes: Vec<HeldPublish>,
+    settles: Vec<(Unacked, Outcome)>,
+    /// Message bytes held (`publishes` and `settles`).
+    bytes: u64,
+    /// `[limits] max_tx_bytes` (0: none).
+    max_bytes: u64,
+}
+
+impl Tx {
+    /// An empty transaction holding at most `max_bytes` of messages.
+    pub fn new(max_bytes: u64) -> Tx {
+        Tx {
+            max_bytes,
+            ..Tx::default()
+        }
+    }
+
+    /// Counts `n` more bytes held; a channel error once over the limit (the
+    /// channel's shutdown then drops the transaction).
+    fn hold(&mut self, n: usize) -> AmqpResult<()> {
+        self.bytes += n as u64;
+        if self.max_bytes != 0 && self.bytes > self.max_bytes {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!(
+                    "transaction holds more than {} bytes of messages (limits.max_tx_bytes); commit smaller transactions",
+                    self.max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A consumer as its channel knows it.
+#[derive(Debug, Clone)]
+pub struct ChannelConsumer {
+    /// The consumer.
+    pub consumer: Arc<Consumer>,
+    /// Its queue.
+    pub queue: Arc<Queue>,
+}
+
+/// One open channel.
+#[derive(Debug)]
+pub struct Channel {
+    /// Channel number.
+    pub id: u16,
+    /// State shared with queues.
+    pub shared: Arc<ChannelShared>,
+    /// channel.close was sent; waiting for close-ok.
+    pub closing: bool,
+    content: Content,
+    /// Consumers by tag.
+    pub consumers: HashMap<Bytes, ChannelConsumer>,
+    /// basic.qos global=false: prefetch for consumers created from now on.
+    pub consumer_prefetch: u16,
+    /// The last queue declared on this channel (for empty queue names).
+    pub last_queue: Option<String>,
+    /// confirm.select was received.
+    pub confirm: bool,
+    publish_seq: u64,
+    confirmed: u64,
+    /// (publish seq, store seq) of stored messages not yet synced.
+    unsynced: std::collections::VecDeque<(u64, u64)>,
+    /// Publish seqs a queue refused (x-overflow reject-publish): nacked.
+    refused: std::collections::VecDeque<u64>,
+    /// tx.commit-ok waits for this store seq.
+    commit_ok_at: Option<u64>,
+    /// tx.select was received.
+    pub tx: Option<Tx>,
+    /// The direct reply-to consumer: (key, consumer tag).
+    pub reply_consumer: Option<(String, Bytes)>,
+    exchange_cache: Option<(Bytes, Arc<Exchange>, u64)>,
+    route_buf: Vec<Arc<Queue>>,
+}
+
+/// RabbitMQ's user_id validation: a message may name only the user who
+/// publishes it in its user_id property, unless that user is tagged
+/// `impersonator` (406 PRECONDITION_FAILED otherwise). `user` is the
+/// publishing user as stored (absent if deleted meanwhile), `name` the name
+/// it logged in with.
+pub fn check_user_id(user: Option<&User>, name: &str, claimed: &str) -> AmqpResult<()> {
+    if claimed == name || user.is_some_and(|u| u.has_tag("impersonator")) {
+        return Ok(());
+    }
+    Err(AmqpError::channel(
+        code::PRECONDITION_FAILED,
+        format!("user_id property set to '{claimed}' but authenticated user was '{name}'"),
+    ))
+}
+
+/// channel.close for an error.
+pub fn close_method(e: &AmqpError) -> AMQPClass {
+    AMQPClass::Channel(chan_m::AMQPMethod::Close(chan_m::Close {
+        reply_code: e.code,
+        reply_text: e.text.as_str().into(),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    }))
+}
+
+/// channel.close-ok.
+pub fn close_ok() -> AMQPClass {
+    AMQPClass::Channel(chan_m::AMQPMethod::CloseOk(chan_m::CloseOk {}))
+}
+
+fn unexpected(what: &str, channel: u16) -> AmqpError {
+    AmqpError::connection(
+        code::UNEXPECTED_FRAME,
+        format!("{what} on channel {channel} without a preceding basic.publish"),
+    )
+}
+
+fn expected_header(got: &str) -> AmqpError {
+    AmqpError::connection(
+        code::UNEXPECTED_FRAME,
+        format!("expected content header for class 60, {got}"),
+    )
+    .with_method(60, 40)
+}
+
+fn unexpected_in_body() -> AmqpError {
+    AmqpError::connection(
+        code::UNEXPECTED_FRAME,
+        "expected content body, got non content body frame instead",
+    )
+    .with_method(60, 40)
+}
+
+impl Channel {
+    /// A newly opened channel.
+    pub fn new(id: u16, conn: Arc<ConnectionHandle>) -> Channel {
+        Channel {
+            id,
+            shared: ChannelShared::new(id, conn),
+            closing: false,
+            content: Content::Idle,
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            last_queue: None,
+            confirm: false,
+            publish_seq: 0,
+            confirmed: 0,
+            unsynced: Default::default(),
+            refused: Default::default(),
+            commit_ok_at: None,
+            tx: None,
+            reply_consumer: None,
+            exchange_cache: None,
+            route_buf: Vec::new(),
+        }
+    }
+
+    /// Handles a method frame on this (open) channel.
+    pub fn handle_method(&mut self, ctx: &mut ConnCtx, method: Method) -> AmqpResult<()> {
+        match self.content {
+            Content::Idle => {}
+            Content::Header(_) => {
+                return Err(expected_header("got non content header frame instead"));
+            }
+            Content::Body { .. } => return Err(unexpected_in_body()),
+        }
+        match method {
+            Method::Publish(p) => {
+                ctx.published = true;
+                if p.immediate {
+                    return Err(AmqpError::connection(
+                        code::NOT_IMPLEMENTED,
+                        "immediate=true",
+                    ));
+                }
+                self.content = Content::Header(p);
+                Ok(())
+            }
+            Method::Ack {
+                delivery_tag,
+                multiple,
+            } => self.settle(delivery_tag, multiple, Outcome::Ack),
+            Method::Other(class) => crate::session::handlers::handle(self, ctx, class),
+        }
+    }
+
+    /// Handles a content header frame.
+    pub fn handle_header(&mut self, ctx: &mut ConnCtx, payload: Bytes) -> AmqpResult<()> {
+        let publish = match std::mem::take(&mut self.content) {
+            Content::Header(p) => p,
+            Content::Idle => return Err(unexpected("content header frame", self.id)),
+            Content::Body { .. } => return Err(unexpected_in_body()),
+        };
+        let Some((class_id, size)) = header_class_and_size(&payload) else {
+            return Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                "content header frame too short",
+            ));
+        };
+        if class_id != 60 {
+            return Err(expected_header(&format!(
+                "got one for class {class_id} instead"
+            )));
+        }
+        if parse_properties(&payload).is_none() {
+            return Err(AmqpError::connection(
+                code::SYNTAX_ERROR,
+                "malformed message properties in content header",
+            ));
+        }
+        let max = ctx.broker.config.amqp.max_message_size;
+        if size > max {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!("message size {size} is larger than configured max size {max}"),
+            )
+            .with_method(60, 40));
+        }
+        if size == 0 {
+            return self.publish(ctx, publish, payload, Bytes::new());
+        }
+        self.content = Content::Body {
+            publish,
+            header: payload,
+            size: size as usize,
+            first: None,
+            rest: BytesMut::new(),
+        };
+        Ok(())
+    }
+
+    /// Handles a content body frame.
+    pub fn handle_body(&mut self, ctx: &mut ConnCtx, payload: Bytes) -> AmqpResult<()> {
+        let Content::Body {
+            size, first, rest, ..
+        } = &mut self.content
+        else {
+            if matches!(self.content, Content::Header(_)) {
+                return Err(expected_header("got non content header frame instead"));
+            }
+            return Err(unexpected("content body frame", self.id));
+        };
+        let have = first.as_ref().map_or(0, Bytes::len) + rest.len() + payload.len();
+        if have > *size {
+            return Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                format!("content body exceeds the size announced in its header ({size} bytes)"),
+            ));
+        }
+        if first.is_none() && rest.is_empty() {
+            *first = Some(payload);
+        } else {
+            if let Some(f) = first.take() {
+                rest.reserve(*size);
+                rest.extend_from_slice(&f);
+            }
+            rest.extend_from_slice(&payload);
+        }
+        if have < *size {
+            return Ok(());
+        }
+        let Content::Body {
+            publish,
+            header,
+            first,
+            rest,
+            ..
+        } = std::mem::take(&mut self.content)
+        else {
+            return Ok(());
+        };
+        let body = first.unwrap_or_else(|| rest.freeze());
+        self.publish(ctx, publish, header, body)
+    }
+
+    /// The exchange a publish names, with the user's write permission
+    /// checked; cached until the exchange or the permissions change.
+    fn resolve_exchange(&mut self, ctx: &mut ConnCtx, name: &Bytes) -> AmqpResult<Arc<Exchange>> {
+        let generation = ctx.refresh_permissions();
+        if let Some((n, x, g)) = &self.exchange_cache
+            && n == name
+            && *g == generation
+            && !x.is_deleted()
+        {
+            return Ok(x.clone());
+        }
+        let s = String::from_utf8_lossy(name);
+        ctx.check(Access::Write, Resource::Exchange(&s))?;
+        let x = ctx.vhost.exchange_or_404(&s)?;
+        self.exchange_cache = Some((name.clone(), x.clone(), generation));
+        Ok(x)
+    }
+
+    fn publish(
+        &mut self,
+        ctx: &mut ConnCtx,
+        p: Publish,
+        header: Bytes,
+        body: Bytes,
+    ) -> AmqpResult<()> {
+        let x = self.resolve_exchange(ctx, &p.exchange)?;
+        if x.internal {
+            return Err(AmqpError::channel(
+                code::ACCESS_REFUSED,
+                format!(
+                    "cannot publish to internal exchange '{}' in vhost '{}'",
+                    x.name, ctx.vhost.name
+                ),
+            ));
+        }
+        let msg = Message::new(&p.exchange, &p.routing_key, &header, body);
+        if msg.has_user_id() {
+            let claimed = msg.properties().and_then(|p| p.user_id().clone());
+            if let Some(claimed) = claimed
+                && claimed.as_str() != ctx.user
+            {
+                let user = ctx.broker.user(&ctx.user);
+                check_user_id(user.as_ref(), &ctx.user, claimed.as_str())?;
+            }
+        }
+        let ttl = match msg.expiration() {
+            None => None,
+            Some(Ok(ttl)) => Some(ttl),
+            Some(Err(why)) => return Err(AmqpError::channel(code::PRECONDITION_FAILED, why)),
+        };
+        let msg = if msg.has_reply_to() {
+            self.with_reply_address(msg)?
+        } else {
+            msg
+        };
+        let (msg, cc) = if msg.may_have_cc() {
+            sender_selected(msg)?
+        } else {
+            (msg, Vec::new())
+        };
+        ctx.handle.stats.publish.fetch_add(1, Relaxed); // stats
+        if let Some(tx) = &mut self.tx {
+            let n = msg.body_len() + msg.header().len();
+            tx.publishes.push((x, msg, ttl, p.mandatory, cc));
+            return tx.hold(n);
+        }
+        let (stored, refused) = self.route_and_enqueue(ctx, &x, msg, ttl, p.mandatory, &cc);
+        if self.confirm {
+            self.publish_seq += 1;
+            if let Some(seq) = stored {
+                // Confirmed only once the store has synced it.
+                self.unsynced.push_back((self.publish_seq, seq));
+            }
+            if refused {
+                self.refused.push_back(self.publish_seq);
+            }
+            if !ctx.confirms_due.contains(&self.id) {
+                ctx.confirms_due.push(self.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes a message and enqueues it; persistent messages for durable
+    /// queues go to the message store first. `ttl` is the message's own
+    /// (expiration property). Returns the store sequence number a confirm
+    /// must wait for, if the message was stored, and whether a queue
+    /// refused it (x-overflow reject-publish). `cc` are further routing keys
+    /// (the CC and BCC headers), routed like the message's own.
+    fn route_and_enqueue(
+        &mut self,
+        ctx: &mut ConnCtx,
+        x: &Arc<Exchange>,
+        msg: Message,
+        ttl: Option<u64>,
+        mandatory: bool,
+        cc: &[String],
+    ) -> (Option<u64>, bool) {
+        let mut sync_seq = None;
+        let mut refused = false;
+        let mut queues = std::mem::take(&mut self.route_buf);
+        queues.clear();
+        let rk = String::from_utf8_lossy(msg.routing_key());
+        if x.name.is_empty()
+            && rk.starts_with(direct_reply::PREFIX)
+            && let Some(target) = ctx.vhost.replies.deliver(&rk, &msg)
+        {
+            // A direct reply: straight to the waiting consumer. If that
+            // connection's backlog is over the cap, this one stops reading
+            // until it drains.
+            if target.over_cap() {
+                ctx.reply_wait = Some(target);
+            }
+            self.route_buf = queues;
+            return (None, false);
+        }
+        let mut headers = || msg.properties().and_then(|p| p.headers().clone());
+        ctx.vhost.route(x, &rk, &mut headers, &mut queues);
+        if !cc.is_empty() {
+            for key in cc {
+                ctx.vhost.route(x, key, &mut headers, &mut queues);
+            }
+            // A queue reached by several keys gets one copy.
+            queues.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+            queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        if queues.is_empty() {
+            let s = &ctx.handle.stats; // stats
+            (if mandatory {
+                &s.return_unroutable
+            } else {
+                &s.drop_unroutable
+            })
+            .fetch_add(1, Relaxed);
+            if mandatory {
+                let frame_max = ctx
+                    .handle
+                    .frame_max
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: code::NO_ROUTE,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: String::from_utf8_lossy(msg.exchange()).as_ref().into(),
+                    routing_key: rk.as_ref().into(),
+                }));
+                ctx.handle.write(|out| {
+                    write_method(out, self.id, &ret);
+                    msg.write_content(out, self.id, frame_max);
+                });
+            }
+        } else {
+            let e = crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store(), ttl);
+            sync_seq = e.sync_seq;
+            refused = e.rejected;
+            if e.pressured.is_some() {
+                ctx.flow_wait = e.pressured;
+            }
+            queues.clear();
+        }
+        self.route_buf = queues;
+        (sync_seq, refused)
+    }
+
+    /// Sends basic.ack for everything published since the last flush.
+    ///
+    /// Persistent messages stored for durable queues are confirmed only once
+    /// the store reports them synced; confirms go out in order, so one
+    /// unsynced message holds back the ones after it. Returns true while
+    /// something is still waiting for the store.
+    pub fn flush_confirms(&mut self, ctx: &ConnCtx) -> bool {
+        let durable = ctx
+            .broker
+            .durability
+            .store()
+            .map_or(u64::MAX, |s| s.durable_seq());
+        while self
+            .unsynced
+            .front()
+            .is_some_and(|(_, seq)| *seq <= durable)
+        {
+            self.unsynced.pop_front();
+        }
+        if let Some(at) = self.commit_ok_at
+            && at <= durable
+        {
+            self.commit_ok_at = None;
+            ctx.send(
+                self.id,
+                AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+            );
+        }
+        let upto = self
+            .unsynced
+            .front()
+            .map_or(self.publish_seq, |(p, _)| p - 1);
+        // Refused messages are nacked in their turn: acks up to one, the
+        // nack, then on.
+        while let Some(&r) = self.refused.front()
+            && r <= upto + 1
+        {
+            self.refused.pop_front();
+            if r <= self.confirmed {
+                continue;
+            }
+            if r - 1 > self.confirmed {
+                let multiple = r - 1 - self.confirmed > 1;
+                ctx.send(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag: r - 1,
+                        multiple,
+                    })),
+                );
+            }
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: r,
+                    multiple: false,
+                    requeue: false,
+                })),
+            );
+            self.confirmed = r;
+        }
+        if self.confirm && upto > self.confirmed {
+            let multiple = upto - self.confirmed > 1;
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: upto,
+                    multiple,
+                })),
+            );
+            self.confirmed = upto;
+        }
+        !self.unsynced.is_empty() || self.commit_ok_at.is_some()
+    }
+
+    /// ack / nack / reject.
+    pub fn settle(&mut self, tag: u64, multiple: bool, outcome: Outcome) -> AmqpResult<()> {
+        let settled = self.shared.settle(tag, multiple)?;
+        if let Some(tx) = &mut self.tx {
+            let n = settled.iter().map(|u| u.msg.body_len()).sum();
+            tx.settles.extend(settled.into_iter().map(|u| (u, outcome)));
+            return tx.hold(n);
+        }
+        self.apply_settles(settled, outcome);
+        Ok(())
+    }
+
+    fn apply_settles(&self, settled: Vec<Unacked>, outcome: Outcome) {
+        let mut wake: Vec<Arc<Queue>> = Vec::new();
+        for u in &settled {
+            if outcome == Outcome::Ack {
+                u.queue.stats.ack.fetch_add(1, Relaxed); // stats
+            }
+            if u.consumer.is_some() && !wake.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
+                wake.push(u.queue.clone());
+            }
+        }
+        if outcome == Outcome::Requeue {
+            requeue(settled);
+        } else {
+            store_ack(&settled);
+            if outcome == Outcome::Discard {
+                dead_letter_rejected(settled);
+            }
+        }
+        let redispatch_all = {
+            let mut st = self.shared.state.lock();
+            // Either flag: a consumer of any queue may have room again.
+            st.take_over_budget() || st.global_prefetch != 0
+        };
+        if redispatch_all {
+            self.redispatch();
+        } else {
+            for q in wake {
+                q.dispatch();
+            }
+        }
+    }
+
+    /// Runs dispatch on the queue of every consumer of this channel.
+    pub fn redispatch(&self) {
+        for c in self.consumers.values() {
+            c.queue.dispatch();
+        }
+    }
+
+    /// tx.commit: publishes and settles what the transaction held.
+    ///
+    /// commit-ok is sent once everything the transaction stored is synced:
+    /// right away, or by `flush_confirms` when the store catches up.
+    pub fn commit(&mut self, ctx: &mut ConnCtx) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        let publishes = std::mem::take(&mut tx.publishes);
+        let settles = std::mem::take(&mut tx.settles);
+        tx.bytes = 0;
+        let mut last_stored = None;
+        for (x, msg, ttl, mandatory, cc) in publishes {
+            if let (Some(seq), _) = self.route_and_enqueue(ctx, &x, msg, ttl, mandatory, &cc) {
+                last_stored = Some(seq);
+            }
+        }
+        for (u, outcome) in settles {
+            self.apply_settles(vec![u], outcome);
+        }
+        match last_stored {
+            Some(seq) => {
+                self.commit_ok_at = Some(seq);
+                if !ctx.confirms_due.contains(&self.id) {
+                    ctx.confirms_due.push(self.id);
+                }
+            }
+            None => ctx.send(
+                self.id,
+                AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+            ),
+        }
+    }
+
+    /// tx.rollback: drops held publishes; held settles go back to unacked.
+    pub fn rollback(&mut self) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        tx.publishes.clear();
+        tx.bytes = 0;
+        let back: Vec<Unacked> = tx.settles.drain(..).map(|(u, _)| u).collect();
+        self.shared.restore(back);
+    }
+
+    /// Closes the channel's deliveries: cancels its consumers (auto-deleting
+    /// queues that lose their last one) and requeues everything unacked.
+    pub fn shutdown(&mut self, ctx: &mut ConnCtx) {
+        self.content = Content::Idle;
+        let mut unacked = self.shared.close_deliveries();
+        if let Some(tx) = self.tx.take() {
+            unacked.extend(tx.settles.into_iter().map(|(u, _)| u));
+        }
+        for (_, c) in self.consumers.drain() {
+            crate::session::handlers::detach_consumer(ctx, &c);
+        }
+        if let Some((key, _)) = self.reply_consumer.take() {
+            ctx.vhost.replies.unregister(&key);
+        }
+        requeue(unacked);
+    }
+
+    /// A publish whose reply_to is `amq.rabbitmq.reply-to` gets this
+    /// channel's reply address instead (RabbitMQ's direct reply-to).
+    fn with_reply_address(&self, msg: Message) -> AmqpResult<Message> {
+        let Some(props) = msg.properties() else {
+            return Ok(msg);
+        };
+        if props.reply_to().as_ref().map(|r| r.as_str()) != Some(direct_reply::QUEUE) {
+            return Ok(msg);
+        }
+        let Some((key, _)) = &self.reply_consumer else {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "fast reply consumer does not exist",
+            ));
+        };
+        let props = props.with_reply_to(format!("{}{key}", direct_reply::PREFIX).into());
+        let header = crate::message::content_header(&props, msg.body_len() as u64)
+            .ok_or_else(|| AmqpError::channel(code::INTERNAL_ERROR, "cannot encode properties"))?;
+        Ok(Message::new(
+            msg.exchange(),
+            msg.routing_key(),
+            &header,
+            msg.body_bytes(),
+        ))
+    }
+}
+
+/// A publish a transaction holds until commit: exchange, message, its TTL,
+/// mandatory, and its CC/BCC routing keys.
+type HeldPublish = (Arc<Exchange>, Message, Option<u64>, bool, Vec<String>);
+
+/// RabbitMQ's sender-selected distribution: the `CC` and `BCC` headers, if
+/// arrays, add their string elements as routing keys; `BCC` is removed from
+/// the message before it is delivered. A `CC` or `BCC` that is not an array
+/// is refused as RabbitMQ refuses it.
+fn sender_selected(msg: Message) -> AmqpResult<(Message, Vec<String>)> {
+    use amq_protocol::types::AMQPValue;
+    let Some(props) = msg.properties() else {
+        return Ok((msg, Vec::new()));
+    };
+    let Some(headers) = props.headers().clone() else {
+        return Ok((msg, Vec::new()));
+    };
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        match headers.inner().get(name) {
+            None => {}
+            Some(AMQPValue::FieldArray(a)) => {
+                for v in a.as_slice() {
+                    match v {
+                        AMQPValue::LongString(s) => {
+                            keys.push(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        }
+                        AMQPValue::ShortString(s) => keys.push(s.as_str().to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    format!(
+                        "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                        crate::routing::headers::erlang_type(other)
+                    ),
+                ));
+            }
+        }
+    }
+    if !headers.inner().contains_key("BCC") {
+        return Ok((msg, keys));
+    }
+    let mut kept = amq_protocol::types::FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != "BCC" {
+            kept.insert(k.clone(), v.clone());
+        }
+    }
+    let props = props.with_headers(kept);
+    let header = crate::message::content_header(&props, msg.body_len() as u64)
+        .ok_or_else(|| AmqpError::channel(code::INTERNAL_ERROR, "cannot encode properties"))?;
+    let msg = Message::new(msg.exchange(), msg.routing_key(), &header, msg.body_bytes());
+    Ok((msg, keys))
+}
+
+/// Requeues deliveries to their queues, each at its original position.
+pub fn requeue(items: Vec<Unacked>) {
+    for (q, items) in by_queue(items, |u| {
+        Some(QueuedMessage {
+            msg: u.msg,
+            seq: u.seq,
+            redelivered: true,
+            stored: u.stored,
+            deadline: u.deadline,
+        })
+    }) {
+        q.requeue(items);
+    }
+}
+
+/// Dead-letters rejected deliveries (nack/reject with requeue=false).
+fn dead_letter_rejected(items: Vec<Unacked>) {
+    for (q, msgs) in by_queue(items, |u| Some((u.msg, Reason::Rejected))) {
+        q.dead_letter(msgs);
+    }
+}
+
+/// Groups deliveries (owned or borrowed) by their queue, mapping each
+/// (None: skipped). The queue handle is cloned once per group.
+fn by_queue<U: std::borrow::Borrow<Unacked>, T>(
+    items: impl IntoIterator<Item = U>,
+    mut f: impl FnMut(U) -> Option<T>,
+) -> Vec<(Arc<Queue>, Vec<T>)> {
+    let mut out: Vec<(Arc<Queue>, Vec<T>)> = Vec::new();
+    for u in items {
+        let q = &u.borrow().queue;
+        let group = out.iter().position(|(x, _)| Arc::ptr_eq(x, q));
+        let new_group = group.is_none().then(|| q.clone());
+        let Some(t) = f(u) else { continue };
+        match (group, new_group) {
+            (Some(i), _) => out[i].1.push(t),
+            (None, Some(q)) => out.push((q, vec![t])),
+            (None, None) => unreachable!("a new group has its queue"),
+        }
+    }
+    out
+}
+
+/// Tells the message store that settled deliveries are done with.
+fn store_ack(settled: &[Unacked]) {
+    for (q, ids) in by_queue(settled, |u| u.stored) {
+        q.store_ack(&ids);
+    }
+}

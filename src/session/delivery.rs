@@ -1,0 +1,564 @@
+//! What a channel shares with the queues that deliver to it: delivery tags,
+//! the unacknowledged messages, prefetch counters and the consumers.
+//!
+//! Queues deliver from whichever task changed them (usually a publisher's):
+//! they lock the consumer's channel state, assign the delivery tag, record the
+//! message as unacked and append the frames to the connection's outbound
+//! buffer, all under that lock, so delivery tags reach the client in order.
+//! Lock order: queue, then channel state, then outbound buffer. The
+//! connection's own task never takes a queue lock while holding a channel's.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+
+use crate::message::MessageRef;
+use crate::protocol::codec::{FRAME_END, FRAME_METHOD, put_frame_header, put_short_str};
+use crate::protocol::error::{AmqpError, AmqpResult, code};
+use crate::queue::Queue;
+use crate::session::outbound::ConnectionHandle;
+
+/// A delivery tag, unique and increasing within a channel.
+pub type DeliveryTag = u64;
+
+/// The part of a channel that queues and the connection task share.
+#[derive(Debug)]
+pub struct ChannelShared {
+    /// Channel number.
+    pub id: u16,
+    /// The connection the channel belongs to.
+    pub conn: Arc<ConnectionHandle>,
+    /// Delivery bookkeeping.
+    pub state: Mutex<DeliveryState>,
+}
+
+/// Mutable delivery bookkeeping of one channel.
+#[derive(Debug)]
+pub struct DeliveryState {
+    /// False once the channel is closing: queues deliver nothing more to it.
+    pub open: bool,
+    /// channel.flow: false pauses deliveries.
+    pub flow: bool,
+    next_tag: DeliveryTag,
+    /// Unacked deliveries in tag order.
+    pub unacked: VecDeque<Unacked>,
+    /// Channel-wide prefetch (basic.qos global=true); 0 means none.
+    pub global_prefetch: u16,
+    /// Prefetch for new consumers (basic.qos global=false), for listings.
+    pub consumer_prefetch: u16,
+    /// Unacked deliveries to consumers (what the channel-wide prefetch counts).
+    consumer_unacked: u32,
+    /// Body bytes of the unacked deliveries (consumers and basic.get).
+    unacked_bytes: usize,
+    /// A consumer was refused a delivery because `unacked_bytes` was over
+    /// its queue's budget: the next settle re-runs dispatch.
+    over_budget: bool,
+}
+
+impl DeliveryState {
+    /// Takes the over-budget mark (set when a consumer was refused for it).
+    pub fn take_over_budget(&mut self) -> bool {
+        std::mem::take(&mut self.over_budget)
+    }
+
+    fn add_unacked(&mut self, u: Unacked) {
+        self.unacked_bytes += u.msg.body_len();
+        let pos = self.unacked.partition_point(|x| x.tag < u.tag);
+        self.unacked.insert(pos, u);
+    }
+
+    fn removed_unacked(&mut self, u: &Unacked) {
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(u.msg.body_len());
+    }
+}
+
+/// A message in a queue, or on its way out of one.
+#[derive(Debug)]
+pub struct QueuedMessage {
+    /// The message.
+    pub msg: MessageRef,
+    /// Enqueue order; requeued messages go back to their place by it.
+    pub seq: u64,
+    /// Delivered before (requeued, or recovered after being delivered).
+    pub redelivered: bool,
+    /// Message store id, for persistent messages in a durable queue.
+    pub stored: Option<u64>,
+    /// When it expires (`queue::now_ms` clock, per-queue or per-message
+    /// TTL); 0 for never.
+    pub deadline: u64,
+}
+
+/// A delivered message awaiting ack, nack or reject.
+#[derive(Debug)]
+pub struct Unacked {
+    /// Its delivery tag.
+    pub tag: DeliveryTag,
+    /// The queue it came from.
+    pub queue: Arc<Queue>,
+    /// The message.
+    pub msg: MessageRef,
+    /// Its position in the queue, to requeue it where it was.
+    pub seq: u64,
+    /// The consumer it went to; `None` for basic.get.
+    pub consumer: Option<Arc<Consumer>>,
+    /// Message store id (persistent message in a durable queue).
+    pub stored: Option<u64>,
+    /// Its expiry, kept should it be requeued.
+    pub deadline: u64,
+    /// When it was delivered (`timers::coarse_ms`), for consumer timeouts.
+    pub delivered_at: u64,
+}
+
+/// A consumer attached to a queue.
+#[derive(Debug)]
+pub struct Consumer {
+    /// Consumer tag, as raw short-string bytes.
+    pub tag: Bytes,
+    /// The channel it delivers to.
+    pub channel: Arc<ChannelShared>,
+    /// Deliveries need no ack.
+    pub no_ack: bool,
+    /// basic.consume exclusive flag.
+    pub exclusive: bool,
+    /// Per-consumer prefetch (basic.qos global=false at consume time); 0: none.
+    pub prefetch: u16,
+    /// x-priority: consumers of higher priority are served first.
+    pub priority: i32,
+    unacked: AtomicU32,
+    active: AtomicBool,
+}
+
+impl Consumer {
+    /// Creates an active consumer of priority 0.
+    pub fn new(
+        tag: Bytes,
+        channel: Arc<ChannelShared>,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: u16,
+    ) -> Arc<Self> {
+        Self::with_priority(tag, channel, no_ack, exclusive, prefetch, 0)
+    }
+
+    /// Creates an active consumer with a priority (basic.consume x-priority).
+    pub fn with_priority(
+        tag: Bytes,
+        channel: Arc<ChannelShared>,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: u16,
+        priority: i32,
+    ) -> Arc<Self> {
+        Arc::new(Consumer {
+            tag,
+            channel,
+            no_ack,
+            exclusive,
+            prefetch,
+            priority,
+            unacked: AtomicU32::new(0),
+            active: AtomicBool::new(true),
+        })
+    }
+
+    /// The tag as text, for logs and errors.
+    pub fn tag_str(&self) -> String {
+        String::from_utf8_lossy(&self.tag).into_owned()
+    }
+
+    /// Stops deliveries to this consumer.
+    pub fn deactivate(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+
+    /// Lets deliveries to this consumer begin.
+    pub fn activate(&self) {
+        self.active.store(true, Ordering::Release);
+    }
+
+    /// Whether the consumer still takes deliveries.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Delivers `msg` if the consumer's prefetch, its channel and its socket
+    /// allow; the queue calls this with its own lock held. `take` is called
+    /// only when the delivery goes ahead.
+    pub fn try_deliver(
+        self: &Arc<Self>,
+        queue: &Arc<Queue>,
+        take: impl FnOnce() -> Option<QueuedMessage>,
+    ) -> bool {
+        let ch = &self.channel;
+        let mut st = ch.state.lock();
+        if !st.open || !st.flow || !self.is_active() {
+            return false;
+        }
+        if !self.no_ack {
+            if self.prefetch != 0 && self.unacked.load(Ordering::Relaxed) >= self.prefetch as u32 {
+                return false;
+            }
+            if st.global_prefetch != 0 && st.consumer_unacked >= st.global_prefetch as u32 {
+                return false;
+            }
+            // Unacked messages are held in memory: a channel holding more
+            // unacked body bytes than the queue's memory budget gets no more
+            // until it settles some (an implicit prefetch by size, so that
+            // prefetch 0 cannot pull a whole paged queue into RAM).
+            let budget = queue.unacked_budget();
+            if budget != 0 && st.unacked_bytes >= budget {
+                st.over_budget = true;
+                return false;
+            }
+        }
+        if !ch.conn.can_accept_deliveries() {
+            return false;
+        }
+        let Some(QueuedMessage {
+            msg,
+            seq,
+            redelivered,
+            stored,
+            deadline,
+        }) = take()
+        else {
+            // The queue's last messages could not be read back from disk.
+            return false;
+        };
+        if let Some(id) = stored {
+            queue.store_delivered(id, self.no_ack, redelivered);
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        ch.write_delivery(&self.tag, tag, redelivered, &msg);
+        queue.stats.delivered(false, self.no_ack, redelivered);
+        if !self.no_ack {
+            self.unacked.fetch_add(1, Ordering::Relaxed);
+            st.consumer_unacked += 1;
+            st.unacked_bytes += msg.body_len();
+            st.unacked.push_back(Unacked {
+                tag,
+                queue: queue.clone(),
+                msg,
+                seq,
+                consumer: Some(self.clone()),
+                stored,
+                deadline,
+                delivered_at: crate::ops::timers::coarse_ms(),
+            });
+        }
+        true
+    }
+}
+
+/// Writes a basic.deliver method frame (hand-encoded: it is the hot path).
+pub fn write_deliver(
+    out: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &[u8],
+    tag: DeliveryTag,
+    redelivered: bool,
+    exchange: &[u8],
+    routing_key: &[u8],
+) {
+    let size = 4 + 1 + consumer_tag.len() + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len();
+    out.reserve(size + 8);
+    put_frame_header(out, FRAME_METHOD, channel, size);
+    out.put_u16(60);
+    out.put_u16(60);
+    put_short_str(out, consumer_tag);
+    out.put_u64(tag);
+    out.put_u8(redelivered as u8);
+    put_short_str(out, exchange);
+    put_short_str(out, routing_key);
+    out.put_u8(FRAME_END);
+}
+
+/// Writes a basic.get-ok method frame.
+pub fn write_get_ok(
+    out: &mut BytesMut,
+    channel: u16,
+    tag: DeliveryTag,
+    redelivered: bool,
+    exchange: &[u8],
+    routing_key: &[u8],
+    message_count: u32,
+) {
+    let size = 4 + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len() + 4;
+    put_frame_header(out, FRAME_METHOD, channel, size);
+    out.put_u16(60);
+    out.put_u16(71);
+    out.put_u64(tag);
+    out.put_u8(redelivered as u8);
+    put_short_str(out, exchange);
+    put_short_str(out, routing_key);
+    out.put_u32(message_count);
+    out.put_u8(FRAME_END);
+}
+
+impl ChannelShared {
+    /// A new, open channel.
+    pub fn new(id: u16, conn: Arc<ConnectionHandle>) -> Arc<Self> {
+        let ch = Arc::new(ChannelShared {
+            id,
+            conn: conn.clone(),
+            state: Mutex::new(DeliveryState {
+                open: true,
+                flow: true,
+                next_tag: 1,
+                unacked: VecDeque::new(),
+                global_prefetch: 0,
+                consumer_prefetch: 0,
+                consumer_unacked: 0,
+                unacked_bytes: 0,
+                over_budget: false,
+            }),
+        });
+        conn.add_channel(&ch);
+        ch
+    }
+
+    /// Delivers a direct reply-to message to this channel's reply consumer
+    /// (no ack: it is settled on delivery). False if the channel is closing.
+    pub fn deliver_direct(&self, consumer_tag: &[u8], msg: &crate::message::Message) -> bool {
+        let mut st = self.state.lock();
+        if !st.open {
+            return false;
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        self.write_delivery(consumer_tag, tag, false, msg);
+        true
+    }
+
+    /// Writes basic.deliver and the message's content frames.
+    #[inline]
+    fn write_delivery(
+        &self,
+        consumer_tag: &[u8],
+        tag: DeliveryTag,
+        redelivered: bool,
+        msg: &crate::message::Message,
+    ) {
+        let frame_max = self.conn.frame_max.load(Ordering::Relaxed);
+        self.conn.write(|out| {
+            write_deliver(
+                out,
+                self.id,
+                consumer_tag,
+                tag,
+                redelivered,
+                msg.exchange(),
+                msg.routing_key(),
+            );
+            msg.write_content(out, self.id, frame_max);
+        });
+    }
+
+    /// Hands a message fetched by basic.get to the client; the queue calls
+    /// this with its lock held. Returns false if the channel is closing.
+    pub fn deliver_get(
+        &self,
+        queue: &Arc<Queue>,
+        m: &QueuedMessage,
+        no_ack: bool,
+        remaining: u32,
+    ) -> bool {
+        let mut st = self.state.lock();
+        if !st.open {
+            return false;
+        }
+        let (msg, seq, redelivered, stored) = (m.msg.clone(), m.seq, m.redelivered, m.stored);
+        if let Some(id) = stored {
+            queue.store_delivered(id, no_ack, redelivered);
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        let frame_max = self.conn.frame_max.load(Ordering::Relaxed);
+        self.conn.write(|out| {
+            write_get_ok(
+                out,
+                self.id,
+                tag,
+                redelivered,
+                msg.exchange(),
+                msg.routing_key(),
+                remaining,
+            );
+            msg.write_content(out, self.id, frame_max);
+        });
+        queue.stats.delivered(true, no_ack, redelivered);
+        if !no_ack {
+            st.unacked_bytes += msg.body_len();
+            st.unacked.push_back(Unacked {
+                tag,
+                queue: queue.clone(),
+                msg,
+                seq,
+                consumer: None,
+                stored,
+                deadline: m.deadline,
+                delivered_at: crate::ops::timers::coarse_ms(),
+            });
+        }
+        true
+    }
+
+    /// Removes and returns the deliveries settled by an ack, nack or reject of
+    /// `tag` (`multiple`: every tag up to it; tag 0 with multiple: all).
+    pub fn settle(&self, tag: DeliveryTag, multiple: bool) -> AmqpResult<Vec<Unacked>> {
+        let mut st = self.state.lock();
+        let mut out = Vec::new();
+        if multiple {
+            let upto = if tag == 0 { u64::MAX } else { tag };
+            // As RabbitMQ: the tag itself must be unacked (tag 0 means "all").
+            if tag != 0 && st.unacked.binary_search_by_key(&tag, |u| u.tag).is_err() {
+                return Err(unknown_tag(tag));
+            }
+            while st.unacked.front().is_some_and(|u| u.tag <= upto) {
+                if let Some(u) = st.unacked.pop_front() {
+                    out.push(u);
+                }
+            }
+        } else {
+            let idx = st
+                .unacked
+                .binary_search_by_key(&tag, |u| u.tag)
+                .map_err(|_| unknown_tag(tag))?;
+            if let Some(u) = st.unacked.remove(idx) {
+                out.push(u);
+            }
+        }
+        for u in &out {
+            u.queue.stats.settled();
+            st.removed_unacked(u);
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_sub(1, Ordering::Relaxed);
+                st.consumer_unacked -= 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closes the channel to deliveries and returns everything unacked.
+    pub fn close_deliveries(&self) -> Vec<Unacked> {
+        let mut st = self.state.lock();
+        st.open = false;
+        st.consumer_unacked = 0;
+        st.unacked_bytes = 0;
+        let out: Vec<Unacked> = st.unacked.drain(..).collect();
+        for u in &out {
+            u.queue.stats.settled();
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        out
+    }
+
+    /// Takes every unacked delivery (basic.recover).
+    pub fn take_all_unacked(&self) -> Vec<Unacked> {
+        self.settle(0, true).unwrap_or_default()
+    }
+
+    /// Sets channel.flow.
+    pub fn set_flow(&self, active: bool) {
+        self.state.lock().flow = active;
+    }
+
+    /// Sets the channel-wide prefetch (basic.qos global=true).
+    pub fn set_global_prefetch(&self, count: u16) {
+        self.state.lock().global_prefetch = count;
+    }
+
+    /// The consumer timeout (ms) an unacked delivery has outlived, if
+    /// any: each delivery's queue's `x-consumer-timeout` (or policy), else
+    /// `default`; 0 means none. Deliveries are in delivery order, so only
+    /// those older than the shortest timeout in use are looked at.
+    pub fn timed_out(&self, now: u64, default: u64) -> Option<u64> {
+        let shortest = crate::queue::shortest_consumer_timeout(default);
+        if shortest == 0 {
+            return None;
+        }
+        let st = self.state.lock();
+        for u in &st.unacked {
+            let age = now.saturating_sub(u.delivered_at);
+            if age <= shortest {
+                break;
+            }
+            let limit = match u.queue.consumer_timeout() {
+                0 => default,
+                t => t,
+            };
+            if limit > 0 && age > limit {
+                return Some(limit);
+            }
+        }
+        None
+    }
+
+    /// Adds the lowest store id of this channel's unacked deliveries, per
+    /// queue (keyed by `Arc::as_ptr` of the queue), to `into`.
+    pub fn oldest_unacked_stored(&self, into: &mut std::collections::HashMap<usize, u64>) {
+        let st = self.state.lock();
+        for u in &st.unacked {
+            if let Some(id) = u.stored {
+                let k = Arc::as_ptr(&u.queue) as usize;
+                into.entry(k)
+                    .and_modify(|v| *v = (*v).min(id))
+                    .or_insert(id);
+            }
+        }
+    }
+
+    /// Number of unacked deliveries on the channel.
+    pub fn unacked_count(&self) -> usize {
+        self.state.lock().unacked.len()
+    }
+}
+
+fn unknown_tag(tag: DeliveryTag) -> AmqpError {
+    AmqpError::channel(
+        code::PRECONDITION_FAILED,
+        format!("unknown delivery tag {tag}"),
+    )
+}
+
+impl ChannelShared {
+    /// Puts settled deliveries back as unacked (tx.rollback).
+    pub fn restore(&self, items: Vec<Unacked>) {
+        let mut st = self.state.lock();
+        for u in items {
+            u.queue.stats.unacked.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = &u.consumer {
+                c.unacked.fetch_add(1, Ordering::Relaxed);
+                st.consumer_unacked += 1;
+            }
+            st.add_unacked(u);
+        }
+    }
+
+    /// Tells the client its consumer was cancelled by the broker (the queue
+    /// was deleted), if the client asked for such notifications.
+    pub fn notify_cancel(&self, consumer_tag: &[u8]) {
+        if !self.conn.cancel_notify.load(Ordering::Relaxed) {
+            return;
+        }
+        let st = self.state.lock();
+        if !st.open {
+            return;
+        }
+        self.conn.write(|out| {
+            let size = 4 + 1 + consumer_tag.len() + 1;
+            put_frame_header(out, FRAME_METHOD, self.id, size);
+            out.put_u16(60);
+            out.put_u16(30);
+            put_short_str(out, consumer_tag);
+            out.put_u8(1); // nowait: the client sends no cancel-ok
+            out.put_u8(FRAME_END);
+        });
+    }
+}

@@ -1,0 +1,17 @@
+//! One client's session: listeners (`server`, `tls`), the connection's
+//! handshake and frame loop (`connection`), channels with publish, confirms
+//! and transactions (`channel`), AMQP method handlers (`handlers`), the
+//! consumer side of a channel (`delivery`), and the socket writer shared by
+//! the connection's tasks and the queues that deliver to it (`outbound`).
+//!
+//! Owns: everything per connection. May use: every layer below
+//! (`broker`, `vhost`, `routing`, `queue`, `store`, `message`, `protocol`,
+//! `auth`, `ops`); nothing imports it except `admin` listings.
+
+pub mod channel;
+pub mod connection;
+pub mod delivery;
+pub mod handlers;
+pub mod outbound;
+pub mod server;
+pub mod tls;
