@@ -12,8 +12,8 @@ use crate::auth::{Permissions, User, hash_password, verify_password};
 use crate::ops::config::Config;
 use crate::ops::stats::Stats;
 use crate::session::outbound::{ConnEvent, ConnectionHandle};
-use crate::store::Durability;
 use crate::store::meta::MetaOp;
+use crate::vhost::Durability;
 use crate::vhost::VHost;
 
 /// Shared broker state.

@@ -226,7 +226,7 @@ pub fn header_expiration(h: &[u8]) -> Option<Result<u64, String>> {
     let p = parse_properties(h)?;
     p.expiration()
         .as_ref()
-        .map(|e| crate::queue::args::parse_expiration(e.as_str()))
+        .map(|e| parse_expiration(e.as_str()))
 }
 
 /// The priority property of a raw content header payload (0 when absent).
@@ -280,9 +280,67 @@ pub fn header_class_and_size(header: &[u8]) -> Option<(u16, u64)> {
     Some((class, u64::from_be_bytes(size)))
 }
 
+/// Parses a message's expiration property (milliseconds, a decimal integer
+/// as Erlang reads one); errors are RabbitMQ's texts.
+pub fn parse_expiration(s: &str) -> Result<u64, String> {
+    let invalid = |why: String| format!("invalid expiration '{s}': {why}");
+    let bytes = s.as_bytes();
+    let (neg, digits) = match bytes.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let end = digits
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    if end == 0 {
+        return Err(invalid("no_integer".into()));
+    }
+    if end < digits.len() {
+        return Err(invalid(format!(
+            "{{leftover_string,\"{}\"}}",
+            &digits[end..]
+        )));
+    }
+    let shown = if neg {
+        format!("-{digits}")
+    } else {
+        digits.to_owned()
+    };
+    if neg && digits.bytes().any(|b| b != b'0') {
+        return Err(invalid(format!("{{value_negative,{shown}}}")));
+    }
+    match digits.parse::<u64>() {
+        Ok(n) if n <= MAX_EXPIRATION => Ok(n),
+        _ => Err(invalid(format!("{{value_too_large,{shown}}}"))),
+    }
+}
+
+/// The largest TTL accepted in a message's expiration property.
+const MAX_EXPIRATION: u64 = 4_294_967_295_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expirations_parse_as_rabbitmq_reads_them() {
+        assert_eq!(parse_expiration("100"), Ok(100));
+        assert_eq!(parse_expiration("+5"), Ok(5));
+        assert_eq!(parse_expiration("007"), Ok(7));
+        assert_eq!(parse_expiration("0"), Ok(0));
+        let e = |s: &str| parse_expiration(s).unwrap_err();
+        assert_eq!(e("abc"), "invalid expiration 'abc': no_integer");
+        assert_eq!(e(""), "invalid expiration '': no_integer");
+        assert_eq!(e(" 5"), "invalid expiration ' 5': no_integer");
+        assert_eq!(e("-5"), "invalid expiration '-5': {value_negative,-5}");
+        assert_eq!(
+            e("1.5"),
+            "invalid expiration '1.5': {leftover_string,\".5\"}"
+        );
+        assert!(e("99999999999999999999").contains("value_too_large"));
+    }
 
     fn header(size: u64) -> Vec<u8> {
         let mut h = vec![0, 60, 0, 0];

@@ -4,12 +4,12 @@
 //! move from RabbitMQ to warren with one file, and the format warren uses to
 //! persist its own definitions.
 
-use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 use crate::auth::{HASHING_ALGORITHM, Permissions, User, hash_password};
 use crate::broker::Broker;
+use crate::protocol::fields::{table_from_json, table_to_json, unchecked_table_from_json};
 use crate::queue::QueueConfig;
 use crate::routing::exchange::Dest;
 use crate::vhost::{DestName, ExchangeDeclare, Policy};
@@ -215,76 +215,6 @@ pub struct BindingDef {
     /// Arguments.
     #[serde(default)]
     pub arguments: Map<String, Value>,
-}
-
-/// Converts JSON arguments to an AMQP field table (as RabbitMQ does: whole
-/// numbers become signed 64-bit integers, strings long strings), within the
-/// limits AMQP tables have (`table_guard::check_json`: depth, key length,
-/// size); the error says which was passed.
-pub fn table_from_json(m: &Map<String, Value>) -> Result<FieldTable, String> {
-    crate::protocol::table_guard::check_json(m)?;
-    Ok(unchecked_table_from_json(m))
-}
-
-fn unchecked_table_from_json(m: &Map<String, Value>) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in m {
-        t.insert(k.as_str().into(), value_from_json(v));
-    }
-    t
-}
-
-fn value_from_json(v: &Value) -> AMQPValue {
-    match v {
-        Value::Null => AMQPValue::Void,
-        Value::Bool(b) => AMQPValue::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => AMQPValue::LongLongInt(i),
-            None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
-        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
-            a.iter().map(value_from_json).collect::<Vec<_>>(),
-        )),
-        Value::Object(o) => AMQPValue::FieldTable(unchecked_table_from_json(o)),
-    }
-}
-
-/// Converts a field table to JSON (for definitions and the HTTP API).
-pub fn table_to_json(t: &FieldTable) -> Map<String, Value> {
-    t.inner()
-        .iter()
-        .map(|(k, v)| (k.to_string(), value_to_json(v)))
-        .collect()
-}
-
-/// Converts one field value to JSON.
-pub fn value_to_json(v: &AMQPValue) -> Value {
-    match v {
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::ShortShortInt(n) => Value::from(*n),
-        AMQPValue::ShortShortUInt(n) => Value::from(*n),
-        AMQPValue::ShortInt(n) => Value::from(*n),
-        AMQPValue::ShortUInt(n) => Value::from(*n),
-        AMQPValue::LongInt(n) => Value::from(*n),
-        AMQPValue::LongUInt(n) => Value::from(*n),
-        AMQPValue::LongLongInt(n) => Value::from(*n),
-        AMQPValue::Timestamp(n) => Value::from(*n),
-        AMQPValue::Float(f) => Number::from_f64(*f as f64).map_or(Value::Null, Value::Number),
-        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
-        AMQPValue::DecimalValue(d) => Number::from_f64(d.value as f64 / 10f64.powi(d.scale as i32))
-            .map_or(Value::Null, Value::Number),
-        AMQPValue::ShortString(s) => Value::String(s.to_string()),
-        AMQPValue::LongString(s) => {
-            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
-        AMQPValue::ByteArray(b) => {
-            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
-        }
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
-        AMQPValue::FieldTable(t) => Value::Object(table_to_json(t)),
-        AMQPValue::Void => Value::Null,
-    }
 }
 
 /// Exports the broker's definitions: all users, vhosts, permissions and
@@ -606,6 +536,7 @@ pub fn load_file(broker: &Broker, path: &std::path::Path) -> Result<Vec<String>,
 mod tests {
     use super::*;
     use crate::ops::config::Config;
+    use amq_protocol::types::AMQPValue;
 
     const RABBITMQ_EXPORT: &str = r#"{
       "rabbit_version": "3.10.8",

@@ -192,15 +192,16 @@ pub fn check_exchange_argument(
     declared: Resource<'_>,
     arguments: &amq_protocol::types::FieldTable,
 ) -> Result<(), AmqpError> {
-    use amq_protocol::types::AMQPValue;
     let key = match declared {
         Resource::Queue(_) => "x-dead-letter-exchange",
         Resource::Exchange(_) => "alternate-exchange",
     };
-    let target = match arguments.inner().get(key) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.to_string(),
-        _ => return Ok(()),
+    let Some(target) = arguments
+        .inner()
+        .get(key)
+        .and_then(crate::protocol::fields::string)
+    else {
+        return Ok(());
     };
     check(perms, user, vhost, Access::Read, declared)?;
     check(

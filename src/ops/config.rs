@@ -204,12 +204,15 @@ pub struct StorageConfig {
     pub segment_size: u64,
 }
 
+/// `[storage] segment_size` unless configured: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             fsync: true,
             queue_memory_limit: 64 * 1024 * 1024,
-            segment_size: crate::store::SEGMENT_MAX,
+            segment_size: DEFAULT_SEGMENT_SIZE,
         }
     }
 }

@@ -6,5 +6,12 @@
 
 pub mod codec;
 pub mod error;
+pub mod fields;
 pub mod methods;
 pub mod table_guard;
+
+/// The RabbitMQ version warren reports (connection.start's `version`,
+/// the HTTP API's `rabbitmq_version` and `management_version`): the release whose behaviour warren follows, so
+/// tools that check the version keep working. `product_name` and
+/// `product_version` say what it really is.
+pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.8";

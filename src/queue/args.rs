@@ -5,7 +5,7 @@
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use crate::protocol::error::{AmqpError, AmqpResult, code};
-use crate::routing::headers::erlang_type;
+use crate::protocol::fields::erlang_type;
 
 /// What a full queue does with a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,13 +68,7 @@ pub fn integer(v: &AMQPValue) -> Option<i128> {
     })
 }
 
-fn string(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
+use crate::protocol::fields::string;
 
 impl QueueArgs {
     /// Validates and reads a declare's arguments; errors are RabbitMQ's
@@ -262,67 +256,9 @@ impl QueueArgs {
     }
 }
 
-/// Parses a message's expiration property (milliseconds, a decimal integer
-/// as Erlang reads one); errors are RabbitMQ's texts.
-pub fn parse_expiration(s: &str) -> Result<u64, String> {
-    let invalid = |why: String| format!("invalid expiration '{s}': {why}");
-    let bytes = s.as_bytes();
-    let (neg, digits) = match bytes.first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let end = digits
-        .bytes()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    if end == 0 {
-        return Err(invalid("no_integer".into()));
-    }
-    if end < digits.len() {
-        return Err(invalid(format!(
-            "{{leftover_string,\"{}\"}}",
-            &digits[end..]
-        )));
-    }
-    let shown = if neg {
-        format!("-{digits}")
-    } else {
-        digits.to_owned()
-    };
-    if neg && digits.bytes().any(|b| b != b'0') {
-        return Err(invalid(format!("{{value_negative,{shown}}}")));
-    }
-    match digits.parse::<u64>() {
-        Ok(n) if n <= MAX_EXPIRATION => Ok(n),
-        _ => Err(invalid(format!("{{value_too_large,{shown}}}"))),
-    }
-}
-
-/// The largest TTL accepted in a message's expiration property.
-const MAX_EXPIRATION: u64 = 4_294_967_295_000;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expirations_parse_as_rabbitmq_reads_them() {
-        assert_eq!(parse_expiration("100"), Ok(100));
-        assert_eq!(parse_expiration("+5"), Ok(5));
-        assert_eq!(parse_expiration("007"), Ok(7));
-        assert_eq!(parse_expiration("0"), Ok(0));
-        let e = |s: &str| parse_expiration(s).unwrap_err();
-        assert_eq!(e("abc"), "invalid expiration 'abc': no_integer");
-        assert_eq!(e(""), "invalid expiration '': no_integer");
-        assert_eq!(e(" 5"), "invalid expiration ' 5': no_integer");
-        assert_eq!(e("-5"), "invalid expiration '-5': {value_negative,-5}");
-        assert_eq!(
-            e("1.5"),
-            "invalid expiration '1.5': {leftover_string,\".5\"}"
-        );
-        assert!(e("99999999999999999999").contains("value_too_large"));
-    }
 
     #[test]
     fn invalid_arguments_are_refused_in_rabbitmq_words() {

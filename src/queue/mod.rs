@@ -12,6 +12,7 @@
 pub mod args;
 pub mod paging;
 pub mod ready;
+pub mod timers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -25,12 +26,13 @@ use crate::session::delivery::{ChannelShared, Consumer};
 use crate::store::{MessageStore, RecoveredMessage};
 use crate::vhost::deadletter::Reason;
 
-use crate::ops::timers::{self, Kind, now_ms};
+use crate::ops::clock::now_ms;
 use crate::queue::args::{Overflow, QueueArgs};
 use crate::queue::paging::PagingConfig;
 use crate::queue::ready::ReadyQueue;
 use crate::session::delivery::QueuedMessage as Ready;
 use crate::vhost::VHost;
+use timers::Kind;
 
 /// A queue with consumers and at least this many ready messages asks its
 /// publishers to slow down: their connections stop reading until the backlog

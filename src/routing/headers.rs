@@ -37,9 +37,10 @@
 //! tables in wire order, while [`FieldTable`] is sorted, so key order inside
 //! a nested table does not matter here.
 
-use std::fmt::Write as _;
-
 use amq_protocol::types::{AMQPValue, DecimalValue, FieldArray, FieldTable};
+// TODO(issue 12 merge): session still names it here.
+pub use crate::protocol::fields::erlang_type;
+use crate::protocol::fields::{erlang_binary, erlang_term};
 
 /// How a binding combines its arguments (the `x-match` argument).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -252,115 +253,6 @@ fn parse_mode(value: &[u8]) -> Result<XMatch, String> {
             erlang_binary(value)
         )
     })
-}
-
-// --- Erlang-style rendering for error texts ---------------------------------
-// RabbitMQ formats the offending value with `~tp`; these approximate that
-// closely enough for a client to recognise the text.
-
-/// The type atom RabbitMQ's parser gives each field type (also used in
-/// inequivalent-argument texts).
-pub fn erlang_type(value: &AMQPValue) -> &'static str {
-    match value {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) => "shortstr",
-        AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    }
-}
-
-/// A value as Erlang's `~tp` would print RabbitMQ's decoding of it.
-fn erlang_term(value: &AMQPValue) -> String {
-    match value {
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Timestamp(n) => n.to_string(),
-        AMQPValue::Float(x) => format!("{:?}", f64::from(*x)),
-        AMQPValue::Double(x) => format!("{x:?}"),
-        AMQPValue::DecimalValue(d) => format!("{{{},{}}}", d.scale, d.value),
-        AMQPValue::ShortString(s) => erlang_binary(s.as_str().as_bytes()),
-        AMQPValue::LongString(s) => erlang_binary(s.as_bytes()),
-        AMQPValue::ByteArray(b) => erlang_binary(b.as_slice()),
-        AMQPValue::FieldArray(a) => {
-            let items: Vec<String> = a
-                .as_slice()
-                .iter()
-                .map(|v| format!("{{{},{}}}", erlang_type(v), erlang_term(v)))
-                .collect();
-            format!("[{}]", items.join(","))
-        }
-        AMQPValue::FieldTable(t) => {
-            let items: Vec<String> = t
-                .inner()
-                .iter()
-                .map(|(k, v)| {
-                    let key = erlang_binary(k.as_str().as_bytes());
-                    format!("{{{key},{},{}}}", erlang_type(v), erlang_term(v))
-                })
-                .collect();
-            format!("[{}]", items.join(","))
-        }
-        AMQPValue::Void => "undefined".to_owned(),
-    }
-}
-
-/// `<<"text">>` for printable text, `<<"tëxt"/utf8>>` for printable
-/// non-ASCII UTF-8, `<<1,2,3>>` otherwise, as `~tp` does.
-fn erlang_binary(bytes: &[u8]) -> String {
-    let printable = |c: char| !c.is_control() || matches!(c, '\n' | '\r' | '\t');
-    match std::str::from_utf8(bytes) {
-        Ok(text) if text.chars().all(printable) => {
-            let mut out = String::from("<<\"");
-            for c in text.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    '\t' => out.push_str("\\t"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            if !text.is_ascii() {
-                out.push_str("/utf8");
-            }
-            out.push_str(">>");
-            out
-        }
-        _ => {
-            let mut out = String::from("<<");
-            for (i, b) in bytes.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                // Writing to a String cannot fail.
-                let _ = write!(out, "{b}");
-            }
-            out.push_str(">>");
-            out
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1213,7 +1213,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     /// channel closes.
     fn check_consumer_timeouts(&mut self) -> AmqpResult<()> {
         let default = self.ctx.broker.config.limits.consumer_timeout;
-        let now = crate::ops::timers::coarse_ms();
+        let now = crate::ops::clock::coarse_ms();
         let late: Vec<(u16, u64)> = self
             .channels
             .iter()

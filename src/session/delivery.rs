@@ -247,7 +247,7 @@ impl Consumer {
                 consumer: Some(self.clone()),
                 stored,
                 deadline,
-                delivered_at: crate::ops::timers::coarse_ms(),
+                delivered_at: crate::ops::clock::coarse_ms(),
             });
         }
         true
@@ -401,7 +401,7 @@ impl ChannelShared {
                 consumer: None,
                 stored,
                 deadline: m.deadline,
-                delivered_at: crate::ops::timers::coarse_ms(),
+                delivered_at: crate::ops::clock::coarse_ms(),
             });
         }
         true

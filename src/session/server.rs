@@ -108,7 +108,7 @@ fn admit(broker: &Arc<Broker>, peer: SocketAddr) -> Option<HandshakeSlot> {
     static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
     let slot = HandshakeSlot::take(broker);
     if slot.is_none() {
-        let now = crate::ops::timers::now_ms();
+        let now = crate::ops::clock::now_ms();
         let last = LAST_WARNING.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 1000
             && LAST_WARNING

@@ -316,7 +316,7 @@ fn replay(broker: &Broker, op: MetaOp) {
                 } else {
                     crate::vhost::DestName::Queue(&b.destination)
                 };
-                if let Ok(args) = definitions::table_from_json(&b.arguments) {
+                if let Ok(args) = crate::protocol::fields::table_from_json(&b.arguments) {
                     let _ = vh.unbind(&b.source, dest, &b.routing_key, &args, 0);
                 }
             }

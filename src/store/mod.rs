@@ -31,7 +31,7 @@ use record::{ACK, DELIVERED, DROP_QUEUE, Next, QueueKey, Record};
 const BACKLOG_MAX: usize = 32 * 1024 * 1024;
 
 /// A segment file is closed and a new one started beyond this size.
-pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
+pub const SEGMENT_MAX: u64 = crate::ops::config::DEFAULT_SEGMENT_SIZE;
 
 /// A segment whose live messages are at most 1/COMPACT_RATIO of those
 /// written to it has them copied forward.
@@ -1432,33 +1432,6 @@ fn apply(
                 q.acked = 0;
             }
         }
-    }
-}
-
-/// Where durable state goes: the definitions log and the message store. Both
-/// are unset while warren recovers (so replaying does not log again) and in
-/// brokers built without a data directory (unit tests).
-#[derive(Debug, Default)]
-pub struct Durability {
-    /// Definitions change log.
-    pub meta: std::sync::OnceLock<Arc<meta::MetaLog>>,
-    /// Message store.
-    pub store: std::sync::OnceLock<Arc<MessageStore>>,
-    /// Where and when long queues page messages to disk.
-    pub paging: std::sync::OnceLock<crate::queue::paging::PagingConfig>,
-}
-
-impl Durability {
-    /// Logs a definitions change, if logging is on.
-    pub fn record(&self, op: meta::MetaOp) {
-        if let Some(m) = self.meta.get() {
-            m.record(&op);
-        }
-    }
-
-    /// The message store, if any.
-    pub fn store(&self) -> Option<&Arc<MessageStore>> {
-        self.store.get()
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use amq_protocol::protocol::BasicProperties;
-use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
 
 use crate::message::{Message, MessageRef};
 use crate::queue::Queue;
@@ -34,16 +34,10 @@ impl Reason {
     }
 }
 
-fn long(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
+use crate::protocol::fields::long_string;
 
 fn text(v: Option<&AMQPValue>) -> Option<String> {
-    match v? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
+    crate::protocol::fields::string(v?)
 }
 
 /// The properties without `expiration` (a dead-lettered copy does not
@@ -126,19 +120,19 @@ pub fn copy(
         None => {
             let mut t = FieldTable::default();
             t.insert("count".into(), AMQPValue::LongLongInt(1));
-            t.insert("reason".into(), long(reason.as_str()));
-            t.insert("queue".into(), long(queue));
+            t.insert("reason".into(), long_string(reason.as_str()));
+            t.insert("queue".into(), long_string(queue));
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             t.insert("time".into(), AMQPValue::Timestamp(now));
-            t.insert("exchange".into(), long(&exchange));
+            t.insert("exchange".into(), long_string(&exchange));
             t.insert(
                 "routing-keys".into(),
-                AMQPValue::FieldArray(FieldArray::from(vec![long(&rk)])),
+                AMQPValue::FieldArray(FieldArray::from(vec![long_string(&rk)])),
             );
             if let Some(e) = props.expiration() {
-                t.insert("original-expiration".into(), long(e.as_str()));
+                t.insert("original-expiration".into(), long_string(e.as_str()));
             }
             t
         }
@@ -161,7 +155,7 @@ pub fn copy(
         ("x-first-death-reason", reason.as_str()),
     ] {
         if !headers.contains_key(k) {
-            headers.insert(k.into(), long(v));
+            headers.insert(k.into(), long_string(v));
         }
     }
     let props = without_expiration(&props).with_headers(headers);

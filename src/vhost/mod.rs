@@ -18,13 +18,15 @@ use std::sync::Arc;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::{Mutex, RwLock};
 
-use crate::admin::definitions::{BindingDef, ExchangeDef, PolicyDef, QueueDef, table_to_json};
+use crate::admin::definitions::{BindingDef, ExchangeDef, PolicyDef, QueueDef};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
+use crate::protocol::fields::table_to_json;
 use crate::queue::args::QueueArgs;
+use crate::queue::paging::PagingConfig;
 use crate::queue::{Deleted, Queue, QueueConfig};
 use crate::routing::exchange::{Dest, Exchange, ExchangeKind};
-use crate::store::Durability;
-use crate::store::meta::MetaOp;
+use crate::store::MessageStore;
+use crate::store::meta::{MetaLog, MetaOp};
 
 /// exchange.declare arguments.
 #[derive(Debug, Clone)]
@@ -102,7 +104,7 @@ fn describe_args(got: Option<&AMQPValue>, cur: Option<&AMQPValue>) -> (String, S
         Some(v) => format!(
             "the value '{}' of type '{}'",
             describe(Some(v)),
-            crate::routing::headers::erlang_type(v)
+            crate::protocol::fields::erlang_type(v)
         ),
     };
     match (got, cur) {
@@ -826,4 +828,30 @@ fn binding_def(
 fn unknown_or_invalid(kind: &str) -> &'static str {
     let atom_like = kind.len() <= 12 && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
     if atom_like { "invalid" } else { "unknown" }
+}
+/// Where durable state goes: the definitions log and the message store. Both
+/// are unset while warren recovers (so replaying does not log again) and in
+/// brokers built without a data directory (unit tests).
+#[derive(Debug, Default)]
+pub struct Durability {
+    /// Definitions change log.
+    pub meta: std::sync::OnceLock<Arc<MetaLog>>,
+    /// Message store.
+    pub store: std::sync::OnceLock<Arc<MessageStore>>,
+    /// Where and when long queues page messages to disk.
+    pub paging: std::sync::OnceLock<PagingConfig>,
+}
+
+impl Durability {
+    /// Logs a definitions change, if logging is on.
+    pub fn record(&self, op: MetaOp) {
+        if let Some(m) = self.meta.get() {
+            m.record(&op);
+        }
+    }
+
+    /// The message store, if any.
+    pub fn store(&self) -> Option<&Arc<MessageStore>> {
+        self.store.get()
+    }
 }

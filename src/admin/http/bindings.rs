@@ -18,8 +18,8 @@ use super::{
     ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, list, no_content, object_field, ok,
     short_string, str_field, table_field, vhost_or_404,
 };
-use crate::admin::definitions::table_to_json;
 use crate::auth::{Access, Resource};
+use crate::protocol::fields::table_to_json;
 use crate::routing::exchange::Dest;
 use crate::vhost::{DestName, VHost};
 
@@ -303,7 +303,7 @@ async fn remove(
         "queue" => DestName::Queue(&dest),
         _ => DestName::Exchange(&dest),
     };
-    let table = crate::admin::definitions::table_from_json(&args).map_err(ApiError::bad_request)?;
+    let table = crate::protocol::fields::table_from_json(&args).map_err(ApiError::bad_request)?;
     vh.unbind(&source, d, rk, &table, 0)?;
     no_content()
 }

@@ -17,8 +17,8 @@ use serde_json::{Map, Value, json};
 
 use super::rates::{self, PUBLISHER_FIELDS};
 use super::{ApiError, ApiResult, AppState, Auth, Q, St, list, no_content, ok, vhost_or_404};
-use crate::admin::definitions::{table_to_json, value_to_json};
 use crate::broker::Broker;
+use crate::protocol::fields::{table_to_json, value_to_json};
 use crate::queue::Queue;
 use crate::session::delivery::{ChannelShared, Consumer};
 use crate::session::outbound::{ConnEvent, ConnInfo, ConnectionHandle};

@@ -16,9 +16,9 @@ use super::{
     ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, bool_field, created_or_updated, list,
     no_content, object_field, ok, short_string, str_field, table_field, vhost_or_404,
 };
-use crate::admin::definitions::{table_to_json, value_to_json};
 use crate::auth::{Access, Resource};
 use crate::message::Message;
+use crate::protocol::fields::{table_to_json, value_to_json};
 use crate::routing::exchange::Exchange;
 use crate::vhost::ExchangeDeclare;
 
@@ -182,7 +182,7 @@ pub fn properties_from_json(m: &Map<String, Value>) -> Result<BasicProperties, A
     if let Some(v) = m.get("headers") {
         match v {
             Value::Object(h) => {
-                let t = crate::admin::definitions::table_from_json(h)
+                let t = crate::protocol::fields::table_from_json(h)
                     .map_err(|e| ApiError::bad_request(format!("headers: {e}")))?;
                 p = p.with_headers(t)
             }

@@ -51,11 +51,7 @@ mod vhosts_users;
 
 pub use body::RequestBody;
 
-/// The RabbitMQ version warren reports in `rabbitmq_version` and
-/// `management_version`: the release whose behaviour warren follows, so
-/// tools that check the version keep working. `product_name` and
-/// `product_version` say what it really is.
-pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.8";
+pub use crate::protocol::RABBITMQ_COMPAT_VERSION;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -285,7 +281,7 @@ async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) 
 /// The `arguments` (or other table) field of a body as an AMQP table,
 /// within the limits of AMQP tables (400 beyond them).
 pub fn table_field(m: &Map<String, Value>, k: &str) -> Result<FieldTable, ApiError> {
-    crate::admin::definitions::table_from_json(&object_field(m, k)?)
+    crate::protocol::fields::table_from_json(&object_field(m, k)?)
         .map_err(|e| ApiError::bad_request(format!("{k}: {e}")))
 }
 

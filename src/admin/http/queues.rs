@@ -17,8 +17,8 @@ use super::{
     ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, bool_field, created_or_updated, list,
     no_content, ok, short_string, str_field, table_field, vhost_or_404,
 };
-use crate::admin::definitions::table_to_json;
 use crate::auth::{Access, Resource};
+use crate::protocol::fields::table_to_json;
 use crate::queue::{Queue, QueueConfig};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {

@@ -9,9 +9,10 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::queue::Queue;
+use super::Queue;
+use crate::ops::clock::now_ms;
 
 /// What a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,37 +67,6 @@ fn wheel() -> &'static Arc<Wheel> {
             .expect("cannot start the timer thread");
         w
     })
-}
-
-/// Milliseconds on warren's monotonic clock (starts at 1, so 0 can mean
-/// "no deadline").
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-/// `now_ms`, read from a clock another thread refreshes every 20 ms: a
-/// relaxed atomic load, cheap enough for every delivery (consumer timeouts
-/// need no better precision).
-pub fn coarse_ms() -> u64 {
-    static CLOCK: OnceLock<Arc<std::sync::atomic::AtomicU64>> = OnceLock::new();
-    let c = CLOCK.get_or_init(|| {
-        let c = Arc::new(std::sync::atomic::AtomicU64::new(now_ms()));
-        let tick = c.clone();
-        let spawned = std::thread::Builder::new()
-            .name("warren-clock".into())
-            .spawn(move || {
-                loop {
-                    tick.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the clock thread: {e}");
-        }
-        c
-    });
-    c.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Runs `job` on the timer helper thread, in order, so that the timer
