@@ -18,6 +18,7 @@ pub mod ops;
 pub mod protocol;
 pub mod queue;
 pub mod routing;
+pub mod schema;
 pub mod session;
 pub mod store;
 pub mod vhost;

@@ -1,7 +1,6 @@
-//! Administration from outside AMQP: definitions import and export
-//! (`definitions`) and the RabbitMQ-compatible management HTTP API (`http`).
+//! Administration from outside AMQP: the RabbitMQ-compatible management
+//! HTTP API (`http`), definitions import and export included.
 //!
 //! Owns: the JSON shapes operators and tools see. May use: every layer.
 
-pub mod definitions;
 pub mod http;

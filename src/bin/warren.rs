@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             }
         };
         if let Some(path) = broker.config.load_definitions.clone() {
-            match warren::admin::definitions::load_file(&broker, &path) {
+            match warren::broker::definitions::load_file(&broker, &path) {
                 Ok(problems) => {
                     for p in &problems {
                         tracing::warn!("definitions {}: {}", path.display(), p.escape_debug());

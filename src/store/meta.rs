@@ -1,8 +1,9 @@
 //! Durable definitions on disk: a snapshot in RabbitMQ's definitions format
 //! (`definitions.json`) plus an append-only log of changes since
 //! (`definitions.log`, one JSON object per line, synced per change). At start
-//! the snapshot is imported, the log replayed, and both are compacted into a
-//! fresh snapshot. Each change costs one small append, so declaring 100,000
+//! the broker reads both (`read`), applies them, and writes its state back
+//! as a fresh snapshot with an empty log (`compact_and_open`). This module
+//! only appends and reads operations; it knows nothing of the broker. Each change costs one small append, so declaring 100,000
 //! durable queues stays linear.
 
 use std::fs::{self, File, OpenOptions};
@@ -12,10 +13,9 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::admin::definitions::{
-    self, BindingDef, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef, UserDef,
+use crate::schema::{
+    BindingDef, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef, UserDef,
 };
-use crate::broker::Broker;
 
 /// One change to durable definitions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,27 +221,34 @@ pub fn exists(dir: &Path) -> bool {
     snapshot_path(dir).exists() || log_path(dir).exists()
 }
 
-/// Loads the snapshot and replays the log into `broker`. A snapshot or a
-/// log line that cannot be read is an error naming the file: the broker
-/// must not start without it and then overwrite it with less (only a last
-/// log line without its newline, a write torn by a crash, is skipped).
-pub fn recover(broker: &Broker, dir: &Path) -> Result<(), String> {
+/// What an earlier run left: the snapshot of definitions (if there was
+/// one) and the changes logged after it, in order. The broker applies them
+/// (`broker::definitions`); the store only reads and writes them.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The last snapshot.
+    pub snapshot: Option<Definitions>,
+    /// Changes since the snapshot, oldest first.
+    pub changes: Vec<MetaOp>,
+}
+
+/// Reads the snapshot and the log. A snapshot or a log line that cannot be
+/// read is an error naming the file: the broker must not start without it
+/// and then overwrite it with less (only a last log line without its
+/// newline, a write torn by a crash, is skipped).
+pub fn read(dir: &Path) -> Result<Recovered, String> {
+    let mut recovered = Recovered::default();
     let snap = snapshot_path(dir);
     if snap.exists() {
         let text = fs::read_to_string(&snap).map_err(|e| format!("{}: {e}", snap.display()))?;
-        let d = definitions::parse(&text).map_err(|e| unreadable(&snap, &e))?;
-        for p in definitions::restore(broker, &d) {
-            tracing::warn!("recovering definitions: {}", p.escape_debug());
-        }
+        recovered.snapshot = Some(crate::schema::parse(&text).map_err(|e| unreadable(&snap, &e))?);
     }
     let log = log_path(dir);
     if log.exists() {
         let text = fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        for op in log_ops(&text).map_err(|e| unreadable(&log, &e))? {
-            replay(broker, op);
-        }
+        recovered.changes = log_ops(&text).map_err(|e| unreadable(&log, &e))?;
     }
-    Ok(())
+    Ok(recovered)
 }
 
 fn unreadable(path: &Path, why: &str) -> String {
@@ -273,60 +280,6 @@ fn log_ops(text: &str) -> Result<Vec<MetaOp>, String> {
     Ok(ops)
 }
 
-fn replay(broker: &Broker, op: MetaOp) {
-    let mut d = Definitions::default();
-    match op {
-        MetaOp::PutUser(u) => d.users.push(u),
-        MetaOp::DeleteUser(n) => {
-            broker.delete_user(&n);
-        }
-        MetaOp::PutVhost(v) => {
-            broker.add_vhost(&v);
-        }
-        MetaOp::DeleteVhost(v) => {
-            broker.delete_vhost(&v);
-        }
-        MetaOp::SetPermissions(p) => d.permissions.push(p),
-        MetaOp::ClearPermissions(u, v) => {
-            broker.clear_permissions(&u, &v);
-        }
-        MetaOp::PutPolicy(p) => d.policies.push(p),
-        MetaOp::DeletePolicy(v, n) => {
-            if let Some(vh) = broker.vhost(&v) {
-                vh.delete_policy(&n);
-            }
-        }
-        MetaOp::DeclareExchange(x) => d.exchanges.push(x),
-        MetaOp::DeleteExchange(v, n) => {
-            if let Some(vh) = broker.vhost(&v) {
-                let _ = vh.delete_exchange(&n, false);
-            }
-        }
-        MetaOp::DeclareQueue(q) => d.queues.push(q),
-        MetaOp::DeleteQueue(v, n) => {
-            if let Some(vh) = broker.vhost(&v) {
-                let _ = vh.delete_queue(&n, false, false, 0);
-            }
-        }
-        MetaOp::Bind(b) => d.bindings.push(b),
-        MetaOp::Unbind(b) => {
-            if let Some(vh) = broker.vhost(&b.vhost) {
-                let dest = if b.destination_type == "exchange" {
-                    crate::vhost::DestName::Exchange(&b.destination)
-                } else {
-                    crate::vhost::DestName::Queue(&b.destination)
-                };
-                if let Ok(args) = crate::protocol::fields::table_from_json(&b.arguments) {
-                    let _ = vh.unbind(&b.source, dest, &b.routing_key, &args, 0);
-                }
-            }
-        }
-    }
-    for p in definitions::restore(broker, &d) {
-        tracing::warn!("replaying definitions log: {}", p.escape_debug());
-    }
-}
-
 /// Options for files only the broker's user may read (0600): the
 /// definitions hold password hashes.
 fn private_file() -> OpenOptions {
@@ -336,11 +289,13 @@ fn private_file() -> OpenOptions {
     o
 }
 
-/// Writes a fresh snapshot of `broker`'s definitions and starts an empty log.
-pub fn compact_and_open(broker: &Broker, dir: &Path) -> std::io::Result<std::sync::Arc<MetaLog>> {
+/// Writes `defs` as the fresh snapshot and starts an empty log.
+pub fn compact_and_open(
+    dir: &Path,
+    defs: &Definitions,
+) -> std::io::Result<std::sync::Arc<MetaLog>> {
     fs::create_dir_all(dir)?;
-    let defs = definitions::export(broker);
-    let json = serde_json::to_vec_pretty(&defs).map_err(std::io::Error::other)?;
+    let json = serde_json::to_vec_pretty(defs).map_err(std::io::Error::other)?;
     let tmp = dir.join("definitions.json.tmp");
     {
         let mut f = private_file()
@@ -379,5 +334,60 @@ mod tests {
         assert_eq!(log_ops(&format!("{good}\n{{\"put_vh")).unwrap().len(), 1);
         assert!(log_ops(&format!("{good}\n{{\"put_vh\n{good}\n")).is_err());
         assert!(log_ops(&format!("{good}\nnot json\n")).is_err());
+    }
+
+    fn queue(name: &str) -> QueueDef {
+        QueueDef {
+            name: name.into(),
+            vhost: "/".into(),
+            durable: true,
+            auto_delete: false,
+            arguments: Default::default(),
+        }
+    }
+
+    /// The log on its own, no broker: what is appended after a snapshot is
+    /// read back in order, behind that snapshot, and a new snapshot empties
+    /// the log.
+    #[test]
+    fn logged_changes_are_read_back_in_order_after_their_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!exists(dir.path()));
+        let mut snapshot = Definitions::default();
+        snapshot.queues.push(queue("kept"));
+        let log = compact_and_open(dir.path(), &snapshot).unwrap();
+        assert!(exists(dir.path()));
+        let first = log.record(&MetaOp::DeclareQueue(queue("q1")));
+        let second = log.record(&MetaOp::DeleteQueue("/".into(), "kept".into()));
+        assert_eq!(second, first + 1);
+        log.close();
+        assert_eq!(log.durable_seq(), second);
+
+        let read_back = read(dir.path()).unwrap();
+        assert_eq!(read_back.snapshot, Some(snapshot));
+        let names: Vec<String> = read_back
+            .changes
+            .iter()
+            .map(|op| match op {
+                MetaOp::DeclareQueue(q) => format!("declare {}", q.name),
+                MetaOp::DeleteQueue(_, n) => format!("delete {n}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["declare q1", "delete kept"]);
+
+        let empty = Definitions::default();
+        compact_and_open(dir.path(), &empty).unwrap().close();
+        let after = read(dir.path()).unwrap();
+        assert_eq!(after.snapshot, Some(empty));
+        assert!(after.changes.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_snapshot_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("definitions.json"), "{not json").unwrap();
+        let e = read(dir.path()).unwrap_err();
+        assert!(e.contains("definitions.json"), "{e}");
     }
 }

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::{Mutex, RwLock};
 
-use crate::admin::definitions::{BindingDef, ExchangeDef, PolicyDef, QueueDef};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::protocol::fields::table_to_json;
 use crate::queue::args::QueueArgs;
 use crate::queue::paging::PagingConfig;
 use crate::queue::{Deleted, Queue, QueueConfig};
 use crate::routing::exchange::{Dest, Exchange, ExchangeKind};
+use crate::schema::{BindingDef, ExchangeDef, PolicyDef, QueueDef};
 use crate::store::MessageStore;
 use crate::store::meta::{MetaLog, MetaOp};
 

@@ -1,6 +1,6 @@
 //! `/api/definitions` and `/api/definitions/{vhost}`: export (GET) and
 //! import (POST) in RabbitMQ's definitions format, through
-//! `crate::admin::definitions`. A vhost's definitions leave out users, vhosts and
+//! `crate::broker::definitions`. A vhost's definitions leave out users, vhosts and
 //! permissions and the items' `vhost` fields, as RabbitMQ's do.
 
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use super::{
     ApiError, ApiResult, AppState, Auth, Q, RABBITMQ_COMPAT_VERSION, RequestBody, St, no_content,
     vhost_or_404,
 };
-use crate::admin::definitions;
+use crate::broker::definitions;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -97,7 +97,7 @@ async fn export_vhost(
 /// up the runtime that serves AMQP connections.
 async fn apply(s: Arc<AppState>, doc: serde_json::Map<String, Value>) -> ApiResult {
     let problems = tokio::task::spawn_blocking(move || {
-        let defs: definitions::Definitions = serde_json::from_value(Value::Object(doc))
+        let defs: crate::schema::Definitions = serde_json::from_value(Value::Object(doc))
             .map_err(|e| ApiError::bad_request(format!("invalid definitions: {e}")))?;
         Ok::<_, ApiError>(definitions::import(&s.broker, &defs))
     })

@@ -12,8 +12,8 @@ use super::{
     ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, created_or_updated, list, no_content,
     ok, short_string, vhost_or_404,
 };
-use crate::admin::definitions::Tags;
 use crate::auth::{HASHING_ALGORITHM, Permissions, User, hash_password};
+use crate::schema::Tags;
 use crate::vhost::Policy;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {

@@ -1,5 +1,12 @@
 //! The broker: configuration, virtual hosts, users, permissions and live
 //! connections.
+//!
+//! Owns: the vhosts, users and permissions, connection limits, and start-up
+//! recovery (definitions then messages); definitions import and export
+//! (`definitions`). May use every layer below it; `session` and `admin`
+//! sit on top of it.
+
+pub mod definitions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,10 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::admin::definitions::{PermissionDef, Tags, UserDef};
 use crate::auth::{Permissions, User, hash_password, verify_password};
 use crate::ops::config::Config;
 use crate::ops::stats::Stats;
+use crate::schema::{PermissionDef, Tags, UserDef};
 use crate::session::outbound::{ConnEvent, ConnectionHandle};
 use crate::store::meta::MetaOp;
 use crate::vhost::Durability;
@@ -63,18 +70,9 @@ impl Broker {
     /// (or creates the defaults on first run) and the message store, and
     /// puts recovered messages back in their queues.
     pub fn open(config: Config) -> Result<Arc<Broker>, String> {
-        use crate::store::{MessageStore, meta};
+        use crate::store::meta;
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-        // It holds password hashes and messages: for the broker's user only.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)) {
-                tracing::warn!("cannot make {} private (0700): {e}", dir.display());
-            }
-        }
-        let fsync = config.storage.fsync;
+        make_private_dir(&dir)?;
         let existing = meta::exists(&dir);
         let broker = if existing {
             Arc::new(Self::empty(config))
@@ -82,33 +80,66 @@ impl Broker {
             Self::new(config)
         };
         let started = std::time::Instant::now();
-        let (store, recovered) = MessageStore::open_on(
+        let (store, recovered) = broker.open_store(&dir)?;
+        if existing {
+            let logged =
+                meta::read(&dir).map_err(|e| format!("cannot recover definitions: {e}"))?;
+            definitions::recover(&broker, logged);
+        }
+        let count = broker.restore_messages(&store, recovered);
+        let log = meta::compact_and_open(&dir, &definitions::export(&broker))
+            .map_err(|e| format!("cannot write definitions to {}: {e}", dir.display()))?;
+        let _ = broker.durability.meta.set(log);
+        if existing {
+            tracing::info!(
+                "recovered {count} persistent message(s) in {:.2} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(broker)
+    }
+
+    /// Opens the message store under `dir` and sets up paging; returns the
+    /// store and the messages it recovered, by queue.
+    fn open_store(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<(Arc<crate::store::MessageStore>, crate::store::Recovered), String> {
+        let (store, recovered) = crate::store::MessageStore::open_on(
             Arc::new(crate::store::disk::RealDisk),
             &dir.join("messages"),
             crate::store::StoreOptions {
-                fsync,
-                segment_max: broker.config.storage.segment_size,
+                fsync: self.config.storage.fsync,
+                segment_max: self.config.storage.segment_size,
                 ..Default::default()
             },
         )
         .map_err(|e| format!("cannot open the message store in {}: {e}", dir.display()))?;
-        let _ = broker.durability.store.set(store.clone());
+        let _ = self.durability.store.set(store.clone());
         // Page files are scratch space from an earlier run.
         let paging_dir = dir.join("paging");
         let _ = std::fs::remove_dir_all(&paging_dir);
-        let _ = broker
+        let _ = self
             .durability
             .paging
             .set(crate::queue::paging::PagingConfig {
                 dir: paging_dir,
-                limit: broker.config.storage.queue_memory_limit,
+                limit: self.config.storage.queue_memory_limit,
             });
-        if existing {
-            meta::recover(&broker, &dir).map_err(|e| format!("cannot recover definitions: {e}"))?;
-        }
+        Ok((store, recovered))
+    }
+
+    /// Puts recovered messages back in their queues; those of queues that
+    /// no longer exist are released from the store. Returns how many were
+    /// restored.
+    fn restore_messages(
+        &self,
+        store: &crate::store::MessageStore,
+        recovered: crate::store::Recovered,
+    ) -> usize {
         let mut count = 0usize;
         for (key, msgs) in recovered {
-            match broker
+            match self
                 .vhost(&key.vhost)
                 .and_then(|v| v.queue(&key.queue))
                 .filter(|q| q.is_persistent())
@@ -129,16 +160,7 @@ impl Broker {
                 }
             }
         }
-        let log = meta::compact_and_open(&broker, &dir)
-            .map_err(|e| format!("cannot write definitions to {}: {e}", dir.display()))?;
-        let _ = broker.durability.meta.set(log);
-        if existing {
-            tracing::info!(
-                "recovered {count} persistent message(s) in {:.2} s",
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Ok(broker)
+        count
     }
 
     /// Closes every client connection with 320 CONNECTION_FORCED and syncs
@@ -395,4 +417,16 @@ impl Broker {
     pub fn connections(&self) -> Vec<Arc<ConnectionHandle>> {
         self.connections.lock().values().cloned().collect()
     }
+}
+
+/// Creates the data directory, private to the broker's user: it holds
+/// password hashes and messages.
+fn make_private_dir(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!("cannot make {} private (0700): {e}", dir.display());
+    }
+    Ok(())
 }

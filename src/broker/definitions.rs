@@ -1,10 +1,9 @@
-//! Definitions in RabbitMQ's JSON format (`rabbitmqctl export_definitions`,
-//! `GET /api/definitions`): users with password hashes, vhosts, permissions,
-//! policies, exchanges, queues and bindings. Import and export, so a user can
-//! move from RabbitMQ to warren with one file, and the format warren uses to
-//! persist its own definitions.
+//! Definitions import and export (`rabbitmqctl export_definitions`,
+//! `GET /api/definitions`, `load_definitions`), so a user can move from
+//! RabbitMQ to warren with one file; the same import replays warren's own
+//! durable definitions at start (`apply_logged` for the change log). The
+//! data types are in `crate::schema`.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::auth::{HASHING_ALGORITHM, Permissions, User, hash_password};
@@ -12,210 +11,9 @@ use crate::broker::Broker;
 use crate::protocol::fields::{table_from_json, table_to_json, unchecked_table_from_json};
 use crate::queue::QueueConfig;
 use crate::routing::exchange::Dest;
+use crate::schema::*;
+use crate::store::meta::MetaOp;
 use crate::vhost::{DestName, ExchangeDeclare, Policy};
-
-/// A whole definitions document.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Definitions {
-    /// Producing broker's version (RabbitMQ writes `rabbit_version`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rabbit_version: Option<String>,
-    /// Users.
-    #[serde(default)]
-    pub users: Vec<UserDef>,
-    /// Virtual hosts.
-    #[serde(default)]
-    pub vhosts: Vec<VhostDef>,
-    /// Permissions.
-    #[serde(default)]
-    pub permissions: Vec<PermissionDef>,
-    /// Policies.
-    #[serde(default)]
-    pub policies: Vec<PolicyDef>,
-    /// Queues.
-    #[serde(default)]
-    pub queues: Vec<QueueDef>,
-    /// Exchanges.
-    #[serde(default)]
-    pub exchanges: Vec<ExchangeDef>,
-    /// Bindings.
-    #[serde(default)]
-    pub bindings: Vec<BindingDef>,
-    /// Kept for RabbitMQ compatibility; not used by warren.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub topic_permissions: Vec<Value>,
-    /// Kept for RabbitMQ compatibility; not used by warren.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub parameters: Vec<Value>,
-    /// Kept for RabbitMQ compatibility; not used by warren.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub global_parameters: Vec<Value>,
-}
-
-/// Tags as RabbitMQ writes them: a comma-separated string (3.x) or a list.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Tags {
-    /// "administrator,monitoring"
-    Csv(String),
-    /// ["administrator", "monitoring"]
-    List(Vec<String>),
-}
-
-impl Tags {
-    /// The individual tags.
-    pub fn to_vec(&self) -> Vec<String> {
-        match self {
-            Tags::Csv(s) => s
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(String::from)
-                .collect(),
-            Tags::List(v) => v.clone(),
-        }
-    }
-}
-
-impl Default for Tags {
-    fn default() -> Self {
-        Tags::List(Vec::new())
-    }
-}
-
-/// A user.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct UserDef {
-    /// Name.
-    pub name: String,
-    /// Password hash (base64); RabbitMQ's format.
-    #[serde(default)]
-    pub password_hash: String,
-    /// Hashing algorithm name.
-    #[serde(default = "default_algorithm")]
-    pub hashing_algorithm: String,
-    /// Plain password (accepted on import only, hashed at once).
-    #[serde(default, skip_serializing)]
-    pub password: Option<String>,
-    /// Tags.
-    #[serde(default)]
-    pub tags: Tags,
-}
-
-fn default_algorithm() -> String {
-    HASHING_ALGORITHM.to_owned()
-}
-
-/// A vhost.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct VhostDef {
-    /// Name.
-    pub name: String,
-}
-
-/// A user's permissions in a vhost.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PermissionDef {
-    /// User.
-    pub user: String,
-    /// Vhost.
-    pub vhost: String,
-    /// Configure regex.
-    pub configure: String,
-    /// Write regex.
-    pub write: String,
-    /// Read regex.
-    pub read: String,
-}
-
-/// A policy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PolicyDef {
-    /// Vhost.
-    pub vhost: String,
-    /// Name.
-    pub name: String,
-    /// Regex over queue/exchange names.
-    pub pattern: String,
-    /// "queues", "exchanges" or "all".
-    #[serde(rename = "apply-to", default = "default_apply_to")]
-    pub apply_to: String,
-    /// Keys and values.
-    #[serde(default)]
-    pub definition: Map<String, Value>,
-    /// Priority.
-    #[serde(default)]
-    pub priority: i64,
-}
-
-fn default_apply_to() -> String {
-    "all".into()
-}
-
-/// A queue.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct QueueDef {
-    /// Name.
-    pub name: String,
-    /// Vhost.
-    pub vhost: String,
-    /// Durable flag.
-    #[serde(default = "yes")]
-    pub durable: bool,
-    /// Auto-delete flag.
-    #[serde(default)]
-    pub auto_delete: bool,
-    /// x-arguments.
-    #[serde(default)]
-    pub arguments: Map<String, Value>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// An exchange.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ExchangeDef {
-    /// Name.
-    pub name: String,
-    /// Vhost.
-    pub vhost: String,
-    /// Type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Durable flag.
-    #[serde(default = "yes")]
-    pub durable: bool,
-    /// Auto-delete flag.
-    #[serde(default)]
-    pub auto_delete: bool,
-    /// Internal flag.
-    #[serde(default)]
-    pub internal: bool,
-    /// Arguments.
-    #[serde(default)]
-    pub arguments: Map<String, Value>,
-}
-
-/// A binding.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BindingDef {
-    /// Source exchange.
-    pub source: String,
-    /// Vhost.
-    pub vhost: String,
-    /// Destination name.
-    pub destination: String,
-    /// "queue" or "exchange".
-    pub destination_type: String,
-    /// Routing key.
-    #[serde(default)]
-    pub routing_key: String,
-    /// Arguments.
-    #[serde(default)]
-    pub arguments: Map<String, Value>,
-}
 
 /// Exports the broker's definitions: all users, vhosts, permissions and
 /// policies; durable, non-exclusive exchanges and queues (not the default or
@@ -520,16 +318,80 @@ fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
     errors
 }
 
-/// Parses a definitions document.
-pub fn parse(text: &str) -> Result<Definitions, String> {
-    serde_json::from_str(text).map_err(|e| format!("invalid definitions JSON: {e}"))
+/// Applies what an earlier run left on disk: the snapshot, then each
+/// logged change in order. Problems are logged; recovery goes on.
+pub fn recover(broker: &Broker, logged: crate::store::meta::Recovered) {
+    if let Some(d) = logged.snapshot {
+        for p in restore(broker, &d) {
+            tracing::warn!("recovering definitions: {}", p.escape_debug());
+        }
+    }
+    for op in logged.changes {
+        apply_logged(broker, op);
+    }
+}
+
+/// Applies one change from the definitions log, as at the moment it was
+/// logged (start-up replays the log through this after the snapshot).
+pub fn apply_logged(broker: &Broker, op: MetaOp) {
+    let mut d = Definitions::default();
+    match op {
+        MetaOp::PutUser(u) => d.users.push(u),
+        MetaOp::DeleteUser(n) => {
+            broker.delete_user(&n);
+        }
+        MetaOp::PutVhost(v) => {
+            broker.add_vhost(&v);
+        }
+        MetaOp::DeleteVhost(v) => {
+            broker.delete_vhost(&v);
+        }
+        MetaOp::SetPermissions(p) => d.permissions.push(p),
+        MetaOp::ClearPermissions(u, v) => {
+            broker.clear_permissions(&u, &v);
+        }
+        MetaOp::PutPolicy(p) => d.policies.push(p),
+        MetaOp::DeletePolicy(v, n) => {
+            if let Some(vh) = broker.vhost(&v) {
+                vh.delete_policy(&n);
+            }
+        }
+        MetaOp::DeclareExchange(x) => d.exchanges.push(x),
+        MetaOp::DeleteExchange(v, n) => {
+            if let Some(vh) = broker.vhost(&v) {
+                let _ = vh.delete_exchange(&n, false);
+            }
+        }
+        MetaOp::DeclareQueue(q) => d.queues.push(q),
+        MetaOp::DeleteQueue(v, n) => {
+            if let Some(vh) = broker.vhost(&v) {
+                let _ = vh.delete_queue(&n, false, false, 0);
+            }
+        }
+        MetaOp::Bind(b) => d.bindings.push(b),
+        MetaOp::Unbind(b) => {
+            if let Some(vh) = broker.vhost(&b.vhost) {
+                let dest = if b.destination_type == "exchange" {
+                    crate::vhost::DestName::Exchange(&b.destination)
+                } else {
+                    crate::vhost::DestName::Queue(&b.destination)
+                };
+                if let Ok(args) = crate::protocol::fields::table_from_json(&b.arguments) {
+                    let _ = vh.unbind(&b.source, dest, &b.routing_key, &args, 0);
+                }
+            }
+        }
+    }
+    for p in restore(broker, &d) {
+        tracing::warn!("replaying definitions log: {}", p.escape_debug());
+    }
 }
 
 /// Loads a definitions file into the broker (config `load_definitions`).
 pub fn load_file(broker: &Broker, path: &std::path::Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(import(broker, &parse(&text)?))
+    Ok(import(broker, &crate::schema::parse(&text)?))
 }
 
 #[cfg(test)]
