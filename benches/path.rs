@@ -13,9 +13,10 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use warren::message::Message;
+use warren::queue::consumer::Consumer;
 use warren::queue::{Queue, QueueConfig};
 use warren::routing::exchange::Exchange;
-use warren::session::delivery::{ChannelShared, Consumer};
+use warren::session::delivery::ChannelShared;
 use warren::session::outbound::ConnectionHandle;
 use warren::vhost::{DestName, ExchangeDeclare, VHost};
 

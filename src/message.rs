@@ -48,9 +48,6 @@ impl std::fmt::Debug for Message {
     }
 }
 
-/// A message shared between queues (the message itself is the handle).
-pub type MessageRef = Message;
-
 thread_local! {
     /// Scratch space to assemble a message's bytes before the one copy into
     /// its allocation.

@@ -10,6 +10,7 @@
 //! `store`, `message`, `protocol`, `ops`.
 
 pub mod args;
+pub mod consumer;
 pub mod paging;
 pub mod ready;
 pub mod timers;
@@ -20,18 +21,15 @@ use std::sync::{Arc, Weak};
 use amq_protocol::types::FieldTable;
 use parking_lot::Mutex;
 
-use crate::message::MessageRef;
+use crate::message::Message;
 use crate::protocol::error::{AmqpError, AmqpResult, code};
-use crate::session::delivery::{ChannelShared, Consumer};
 use crate::store::{MessageStore, RecoveredMessage};
-use crate::vhost::deadletter::Reason;
+use consumer::{Consumer, ConsumerChannel, QueuedMessage};
 
 use crate::ops::clock::now_ms;
 use crate::queue::args::{Overflow, QueueArgs};
 use crate::queue::paging::PagingConfig;
 use crate::queue::ready::ReadyQueue;
-use crate::session::delivery::QueuedMessage as Ready;
-use crate::vhost::VHost;
 use timers::Kind;
 
 /// A queue with consumers and at least this many ready messages asks its
@@ -56,7 +54,7 @@ struct QueueState {
     args: QueueArgs,
     /// Messages that left by expiry or a length limit, to dead-letter once
     /// the lock is released.
-    dead: Vec<(Ready, Reason)>,
+    dead: Vec<(QueuedMessage, Reason)>,
     /// When the armed message timer fires (0: none armed).
     timer_at: u64,
 }
@@ -90,7 +88,7 @@ pub struct Queue {
     /// Message counters (management API, metrics).
     pub stats: crate::ops::stats::QueueStats,
     /// Its virtual host (dead-lettering, expiry).
-    vhost_ref: Weak<VHost>,
+    owner: Weak<dyn QueueOwner>,
     /// When it was last used (`timers::now_ms`), for x-expires.
     last_used: AtomicU64,
     /// x-consumer-timeout (or the policy's consumer-timeout), ms; 0: the
@@ -134,10 +132,44 @@ pub struct Enqueued {
     pub rejected: bool,
 }
 
+/// Why a message was dead-lettered (the `reason` of its x-death entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// basic.reject or basic.nack with requeue=false.
+    Rejected,
+    /// Its TTL ran out.
+    Expired,
+    /// A length limit pushed it out (or refused it).
+    Maxlen,
+}
+
+impl Reason {
+    /// RabbitMQ's name for the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::Expired => "expired",
+            Reason::Maxlen => "maxlen",
+        }
+    }
+}
+
+/// What a queue asks of whoever holds it (its vhost): the queue layer
+/// defines it so that a queue never imports its vhost.
+pub trait QueueOwner: Send + Sync {
+    /// Dead-letters messages that left `queue` (their store records already
+    /// settled), per the queue's dead-letter arguments.
+    fn dead_letter(&self, queue: &Arc<Queue>, items: Vec<(Message, Reason)>);
+
+    /// Removes `queue`, unused past its x-expires, the way every queue is
+    /// removed; false if it was no longer registered.
+    fn remove_expired(&self, queue: &Arc<Queue>) -> bool;
+}
+
 /// What was left of a queue when it was deleted.
 #[derive(Debug)]
 pub struct Deleted {
-    /// Ready messages dropped.
+    /// QueuedMessage messages dropped.
     pub message_count: u32,
     /// Consumers that were attached.
     pub consumers: Vec<Arc<Consumer>>,
@@ -148,7 +180,8 @@ impl Queue {
     /// queues), `args` are its effective TTL, limits and dead-lettering.
     pub fn new(
         name: String,
-        vhost: &Arc<VHost>,
+        vhost: Arc<str>,
+        owner: Weak<dyn QueueOwner>,
         config: QueueConfig,
         store: Option<Arc<MessageStore>>,
         paging: Option<PagingConfig>,
@@ -160,7 +193,7 @@ impl Queue {
         let unacked_budget = paging.as_ref().map_or(0, |p| p.limit);
         let q = Arc::new(Queue {
             name,
-            vhost: vhost.name.clone(),
+            vhost,
             config,
             state: Mutex::new(QueueState {
                 ready: ReadyQueue::new(paging, levels),
@@ -171,7 +204,7 @@ impl Queue {
             drained: tokio::sync::Notify::new(),
             store,
             stats: Default::default(),
-            vhost_ref: Arc::downgrade(vhost),
+            owner,
             last_used: AtomicU64::new(now_ms()),
             consumer_timeout,
             unacked_budget,
@@ -257,8 +290,8 @@ impl Queue {
                     timers::schedule(due, Kind::QueueExpiry, Arc::downgrade(self));
                     return;
                 }
-                if let Some(vh) = self.vhost_ref.upgrade()
-                    && vh.remove_queue(self).is_some()
+                if let Some(owner) = self.owner.upgrade()
+                    && owner.remove_expired(self)
                 {
                     tracing::info!(queue = %self.name.escape_debug(), vhost = %self.vhost.escape_debug(), "queue expired (x-expires {ms} ms unused); deleted");
                 }
@@ -333,12 +366,12 @@ impl Queue {
 
     /// Dead-letters messages that left this queue (their store records
     /// already settled).
-    pub fn dead_letter(self: &Arc<Self>, items: Vec<(MessageRef, Reason)>) {
+    pub fn dead_letter(self: &Arc<Self>, items: Vec<(Message, Reason)>) {
         if items.is_empty() {
             return;
         }
-        if let Some(vh) = self.vhost_ref.upgrade() {
-            crate::vhost::deadletter::dead_letter(&vh, self, items);
+        if let Some(owner) = self.owner.upgrade() {
+            owner.dead_letter(self, items);
         }
     }
 
@@ -356,7 +389,7 @@ impl Queue {
     /// result's `rejected` is set.
     pub fn publish(
         self: &Arc<Self>,
-        msg: MessageRef,
+        msg: Message,
         stored: Option<u64>,
         ttl: Option<u64>,
     ) -> Enqueued {
@@ -390,7 +423,7 @@ impl Queue {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push_back(Ready {
+        st.ready.push_back(QueuedMessage {
             msg,
             seq,
             redelivered: false,
@@ -414,7 +447,7 @@ impl Queue {
     }
 
     /// Whether one more message would exceed the queue's length limits.
-    fn is_full(&self, st: &QueueState, msg: &MessageRef) -> bool {
+    fn is_full(&self, st: &QueueState, msg: &Message) -> bool {
         st.args
             .max_length
             .is_some_and(|m| st.ready.len() as u64 >= m)
@@ -533,7 +566,7 @@ impl Queue {
 
     /// basic.get: hands the next message to `channel`. Returns false if the
     /// queue is empty.
-    pub fn get(self: &Arc<Self>, channel: &ChannelShared, no_ack: bool) -> bool {
+    pub fn get(self: &Arc<Self>, channel: &dyn ConsumerChannel, no_ack: bool) -> bool {
         let mut st = self.state.lock();
         if st.args.expires.is_some() {
             self.touch();
@@ -558,7 +591,7 @@ impl Queue {
 
     /// Puts messages back at their original positions, flagged redelivered,
     /// and delivers again.
-    pub fn requeue(self: &Arc<Self>, mut items: Vec<Ready>) {
+    pub fn requeue(self: &Arc<Self>, mut items: Vec<QueuedMessage>) {
         if items.is_empty() {
             return;
         }
@@ -642,12 +675,12 @@ impl Queue {
         n
     }
 
-    /// Ready messages (what queue.declare-ok reports).
+    /// QueuedMessage messages (what queue.declare-ok reports).
     pub fn message_count(&self) -> u32 {
         self.state.lock().ready.len() as u32
     }
 
-    /// Ready messages currently paged out to disk.
+    /// QueuedMessage messages currently paged out to disk.
     pub fn paged_count(&self) -> usize {
         self.state.lock().ready.paged()
     }
@@ -676,7 +709,7 @@ impl Queue {
     /// Removes up to `n` messages from the head of the queue, with their
     /// positions and redelivered flags (the management API's "get"; put them
     /// back with `requeue`).
-    pub fn take(&self, n: usize) -> Vec<Ready> {
+    pub fn take(&self, n: usize) -> Vec<QueuedMessage> {
         let mut st = self.state.lock();
         let n = n.min(st.ready.len());
         let out: Vec<_> = (0..n).filter_map(|_| st.ready.pop_front()).collect();
@@ -787,7 +820,7 @@ fn max_priority(args: &FieldTable) -> Option<u8> {
 /// slow down (if any).
 pub fn enqueue_routed(
     queues: &[Arc<Queue>],
-    msg: &MessageRef,
+    msg: &Message,
     store: Option<&Arc<MessageStore>>,
     ttl: Option<u64>,
 ) -> Enqueued {
@@ -821,3 +854,6 @@ pub fn enqueue_routed(
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

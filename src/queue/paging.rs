@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::message::{Message, MessageRef};
-use crate::session::delivery::QueuedMessage;
+use crate::message::Message;
+use crate::queue::consumer::QueuedMessage;
 use crate::store::record::{self, Next, Record};
 use crate::store::{Loc, MessageStore};
 
@@ -38,7 +38,7 @@ const PAGE_IN_BYTES: usize = 1 << 20;
 
 #[derive(Debug)]
 enum Slot {
-    Mem(MessageRef),
+    Mem(Message),
     Paged {
         /// The page file (chunk) number.
         chunk: u32,

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use crate::message::Message;
+use crate::queue::consumer::QueuedMessage;
 use crate::queue::paging::{PagingConfig, ReadyList};
-use crate::session::delivery::QueuedMessage;
 use crate::store::{Loc, MessageStore};
 
 /// Ready messages, per priority level.

@@ -1261,9 +1261,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             ch.shutdown(&mut self.ctx);
         }
         for q in std::mem::take(&mut self.ctx.exclusive_queues) {
-            if let Some(deleted) = self.ctx.vhost.remove_queue(&q) {
-                crate::session::handlers::notify_deleted_consumers(&deleted.consumers);
-            }
+            self.ctx.vhost.remove_queue(&q);
         }
     }
 }

@@ -10,15 +10,16 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use parking_lot::Mutex;
 
-use crate::message::MessageRef;
+use crate::message::Message;
 use crate::protocol::codec::{FRAME_END, FRAME_METHOD, put_frame_header, put_short_str};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::queue::Queue;
+use crate::queue::consumer::{Consumer, ConsumerChannel, QueuedMessage};
 use crate::session::outbound::ConnectionHandle;
 
 /// A delivery tag, unique and increasing within a channel.
@@ -75,22 +76,6 @@ impl DeliveryState {
     }
 }
 
-/// A message in a queue, or on its way out of one.
-#[derive(Debug)]
-pub struct QueuedMessage {
-    /// The message.
-    pub msg: MessageRef,
-    /// Enqueue order; requeued messages go back to their place by it.
-    pub seq: u64,
-    /// Delivered before (requeued, or recovered after being delivered).
-    pub redelivered: bool,
-    /// Message store id, for persistent messages in a durable queue.
-    pub stored: Option<u64>,
-    /// When it expires (`queue::now_ms` clock, per-queue or per-message
-    /// TTL); 0 for never.
-    pub deadline: u64,
-}
-
 /// A delivered message awaiting ack, nack or reject.
 #[derive(Debug)]
 pub struct Unacked {
@@ -99,7 +84,7 @@ pub struct Unacked {
     /// The queue it came from.
     pub queue: Arc<Queue>,
     /// The message.
-    pub msg: MessageRef,
+    pub msg: Message,
     /// Its position in the queue, to requeue it where it was.
     pub seq: u64,
     /// The consumer it went to; `None` for basic.get.
@@ -110,148 +95,6 @@ pub struct Unacked {
     pub deadline: u64,
     /// When it was delivered (`timers::coarse_ms`), for consumer timeouts.
     pub delivered_at: u64,
-}
-
-/// A consumer attached to a queue.
-#[derive(Debug)]
-pub struct Consumer {
-    /// Consumer tag, as raw short-string bytes.
-    pub tag: Bytes,
-    /// The channel it delivers to.
-    pub channel: Arc<ChannelShared>,
-    /// Deliveries need no ack.
-    pub no_ack: bool,
-    /// basic.consume exclusive flag.
-    pub exclusive: bool,
-    /// Per-consumer prefetch (basic.qos global=false at consume time); 0: none.
-    pub prefetch: u16,
-    /// x-priority: consumers of higher priority are served first.
-    pub priority: i32,
-    unacked: AtomicU32,
-    active: AtomicBool,
-}
-
-impl Consumer {
-    /// Creates an active consumer of priority 0.
-    pub fn new(
-        tag: Bytes,
-        channel: Arc<ChannelShared>,
-        no_ack: bool,
-        exclusive: bool,
-        prefetch: u16,
-    ) -> Arc<Self> {
-        Self::with_priority(tag, channel, no_ack, exclusive, prefetch, 0)
-    }
-
-    /// Creates an active consumer with a priority (basic.consume x-priority).
-    pub fn with_priority(
-        tag: Bytes,
-        channel: Arc<ChannelShared>,
-        no_ack: bool,
-        exclusive: bool,
-        prefetch: u16,
-        priority: i32,
-    ) -> Arc<Self> {
-        Arc::new(Consumer {
-            tag,
-            channel,
-            no_ack,
-            exclusive,
-            prefetch,
-            priority,
-            unacked: AtomicU32::new(0),
-            active: AtomicBool::new(true),
-        })
-    }
-
-    /// The tag as text, for logs and errors.
-    pub fn tag_str(&self) -> String {
-        String::from_utf8_lossy(&self.tag).into_owned()
-    }
-
-    /// Stops deliveries to this consumer.
-    pub fn deactivate(&self) {
-        self.active.store(false, Ordering::Release);
-    }
-
-    /// Lets deliveries to this consumer begin.
-    pub fn activate(&self) {
-        self.active.store(true, Ordering::Release);
-    }
-
-    /// Whether the consumer still takes deliveries.
-    pub fn is_active(&self) -> bool {
-        self.active.load(Ordering::Acquire)
-    }
-
-    /// Delivers `msg` if the consumer's prefetch, its channel and its socket
-    /// allow; the queue calls this with its own lock held. `take` is called
-    /// only when the delivery goes ahead.
-    pub fn try_deliver(
-        self: &Arc<Self>,
-        queue: &Arc<Queue>,
-        take: impl FnOnce() -> Option<QueuedMessage>,
-    ) -> bool {
-        let ch = &self.channel;
-        let mut st = ch.state.lock();
-        if !st.open || !st.flow || !self.is_active() {
-            return false;
-        }
-        if !self.no_ack {
-            if self.prefetch != 0 && self.unacked.load(Ordering::Relaxed) >= self.prefetch as u32 {
-                return false;
-            }
-            if st.global_prefetch != 0 && st.consumer_unacked >= st.global_prefetch as u32 {
-                return false;
-            }
-            // Unacked messages are held in memory: a channel holding more
-            // unacked body bytes than the queue's memory budget gets no more
-            // until it settles some (an implicit prefetch by size, so that
-            // prefetch 0 cannot pull a whole paged queue into RAM).
-            let budget = queue.unacked_budget();
-            if budget != 0 && st.unacked_bytes >= budget {
-                st.over_budget = true;
-                return false;
-            }
-        }
-        if !ch.conn.can_accept_deliveries() {
-            return false;
-        }
-        let Some(QueuedMessage {
-            msg,
-            seq,
-            redelivered,
-            stored,
-            deadline,
-        }) = take()
-        else {
-            // The queue's last messages could not be read back from disk.
-            return false;
-        };
-        if let Some(id) = stored {
-            queue.store_delivered(id, self.no_ack, redelivered);
-        }
-        let tag = st.next_tag;
-        st.next_tag += 1;
-        ch.write_delivery(&self.tag, tag, redelivered, &msg);
-        queue.stats.delivered(false, self.no_ack, redelivered);
-        if !self.no_ack {
-            self.unacked.fetch_add(1, Ordering::Relaxed);
-            st.consumer_unacked += 1;
-            st.unacked_bytes += msg.body_len();
-            st.unacked.push_back(Unacked {
-                tag,
-                queue: queue.clone(),
-                msg,
-                seq,
-                consumer: Some(self.clone()),
-                stored,
-                deadline,
-                delivered_at: crate::ops::clock::coarse_ms(),
-            });
-        }
-        true
-    }
 }
 
 /// Writes a basic.deliver method frame (hand-encoded: it is the hot path).
@@ -356,55 +199,6 @@ impl ChannelShared {
             );
             msg.write_content(out, self.id, frame_max);
         });
-    }
-
-    /// Hands a message fetched by basic.get to the client; the queue calls
-    /// this with its lock held. Returns false if the channel is closing.
-    pub fn deliver_get(
-        &self,
-        queue: &Arc<Queue>,
-        m: &QueuedMessage,
-        no_ack: bool,
-        remaining: u32,
-    ) -> bool {
-        let mut st = self.state.lock();
-        if !st.open {
-            return false;
-        }
-        let (msg, seq, redelivered, stored) = (m.msg.clone(), m.seq, m.redelivered, m.stored);
-        if let Some(id) = stored {
-            queue.store_delivered(id, no_ack, redelivered);
-        }
-        let tag = st.next_tag;
-        st.next_tag += 1;
-        let frame_max = self.conn.frame_max.load(Ordering::Relaxed);
-        self.conn.write(|out| {
-            write_get_ok(
-                out,
-                self.id,
-                tag,
-                redelivered,
-                msg.exchange(),
-                msg.routing_key(),
-                remaining,
-            );
-            msg.write_content(out, self.id, frame_max);
-        });
-        queue.stats.delivered(true, no_ack, redelivered);
-        if !no_ack {
-            st.unacked_bytes += msg.body_len();
-            st.unacked.push_back(Unacked {
-                tag,
-                queue: queue.clone(),
-                msg,
-                seq,
-                consumer: None,
-                stored,
-                deadline: m.deadline,
-                delivered_at: crate::ops::clock::coarse_ms(),
-            });
-        }
-        true
     }
 
     /// Removes and returns the deliveries settled by an ack, nack or reject of
@@ -540,10 +334,132 @@ impl ChannelShared {
             st.add_unacked(u);
         }
     }
+}
+
+impl ConsumerChannel for ChannelShared {
+    /// Delivers `msg` if the consumer's prefetch, its channel and its socket
+    /// allow; the queue calls this with its own lock held. `take` is called
+    /// only when the delivery goes ahead.
+    fn try_deliver(
+        &self,
+        consumer: &Arc<Consumer>,
+        queue: &Arc<Queue>,
+        take: &mut dyn FnMut() -> Option<QueuedMessage>,
+    ) -> bool {
+        let ch = self;
+        let mut st = ch.state.lock();
+        if !st.open || !st.flow || !consumer.is_active() {
+            return false;
+        }
+        if !consumer.no_ack {
+            if consumer.prefetch != 0
+                && consumer.unacked.load(Ordering::Relaxed) >= consumer.prefetch as u32
+            {
+                return false;
+            }
+            if st.global_prefetch != 0 && st.consumer_unacked >= st.global_prefetch as u32 {
+                return false;
+            }
+            // Unacked messages are held in memory: a channel holding more
+            // unacked body bytes than the queue's memory budget gets no more
+            // until it settles some (an implicit prefetch by size, so that
+            // prefetch 0 cannot pull a whole paged queue into RAM).
+            let budget = queue.unacked_budget();
+            if budget != 0 && st.unacked_bytes >= budget {
+                st.over_budget = true;
+                return false;
+            }
+        }
+        if !ch.conn.can_accept_deliveries() {
+            return false;
+        }
+        let Some(QueuedMessage {
+            msg,
+            seq,
+            redelivered,
+            stored,
+            deadline,
+        }) = take()
+        else {
+            // The queue's last messages could not be read back from disk.
+            return false;
+        };
+        if let Some(id) = stored {
+            queue.store_delivered(id, consumer.no_ack, redelivered);
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        ch.write_delivery(&consumer.tag, tag, redelivered, &msg);
+        queue.stats.delivered(false, consumer.no_ack, redelivered);
+        if !consumer.no_ack {
+            consumer.unacked.fetch_add(1, Ordering::Relaxed);
+            st.consumer_unacked += 1;
+            st.unacked_bytes += msg.body_len();
+            st.unacked.push_back(Unacked {
+                tag,
+                queue: queue.clone(),
+                msg,
+                seq,
+                consumer: Some(consumer.clone()),
+                stored,
+                deadline,
+                delivered_at: crate::ops::clock::coarse_ms(),
+            });
+        }
+        true
+    }
+    /// Hands a message fetched by basic.get to the client; the queue calls
+    /// this with its lock held. Returns false if the channel is closing.
+    fn deliver_get(
+        &self,
+        queue: &Arc<Queue>,
+        m: &QueuedMessage,
+        no_ack: bool,
+        remaining: u32,
+    ) -> bool {
+        let mut st = self.state.lock();
+        if !st.open {
+            return false;
+        }
+        let (msg, seq, redelivered, stored) = (m.msg.clone(), m.seq, m.redelivered, m.stored);
+        if let Some(id) = stored {
+            queue.store_delivered(id, no_ack, redelivered);
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        let frame_max = self.conn.frame_max.load(Ordering::Relaxed);
+        self.conn.write(|out| {
+            write_get_ok(
+                out,
+                self.id,
+                tag,
+                redelivered,
+                msg.exchange(),
+                msg.routing_key(),
+                remaining,
+            );
+            msg.write_content(out, self.id, frame_max);
+        });
+        queue.stats.delivered(true, no_ack, redelivered);
+        if !no_ack {
+            st.unacked_bytes += msg.body_len();
+            st.unacked.push_back(Unacked {
+                tag,
+                queue: queue.clone(),
+                msg,
+                seq,
+                consumer: None,
+                stored,
+                deadline: m.deadline,
+                delivered_at: crate::ops::clock::coarse_ms(),
+            });
+        }
+        true
+    }
 
     /// Tells the client its consumer was cancelled by the broker (the queue
     /// was deleted), if the client asked for such notifications.
-    pub fn notify_cancel(&self, consumer_tag: &[u8]) {
+    fn notify_cancel(&self, consumer_tag: &[u8]) {
         if !self.conn.cancel_notify.load(Ordering::Relaxed) {
             return;
         }
@@ -560,5 +476,9 @@ impl ChannelShared {
             out.put_u8(1); // nowait: the client sends no cancel-ok
             out.put_u8(FRAME_END);
         });
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -2,8 +2,6 @@
 //! classes, in the order the spec lists them. Each checks its arguments the
 //! way RabbitMQ does and replies with the matching -ok method.
 
-use std::sync::Arc;
-
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, confirm, exchange, queue, tx};
 use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
@@ -11,9 +9,9 @@ use bytes::Bytes;
 use crate::auth::{Access, Resource};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::queue::QueueConfig;
+use crate::queue::consumer::Consumer;
 use crate::session::channel::{Channel, ChannelConsumer, Outcome, requeue};
 use crate::session::connection::ConnCtx;
-use crate::session::delivery::Consumer;
 use crate::vhost::{DestName, ExchangeDeclare};
 
 /// Dispatches a decoded method to its handler.
@@ -302,9 +300,6 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
                 .vhost
                 .delete_queue(&name, d.if_unused, d.if_empty, ctx.id())?;
             let message_count = deleted.as_ref().map_or(0, |d| d.message_count);
-            if let Some(d) = deleted {
-                notify_deleted_consumers(&d.consumers);
-            }
             ctx.exclusive_queues.retain(|q| !q.is_deleted());
             if !d.nowait {
                 ctx.send(
@@ -320,23 +315,14 @@ fn queue_method(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> Am
     Ok(())
 }
 
-/// Cancels consumers of a deleted queue, telling clients that asked to know.
-pub fn notify_deleted_consumers(consumers: &[Arc<Consumer>]) {
-    for c in consumers {
-        c.deactivate();
-        c.channel.notify_cancel(&c.tag);
-    }
-}
-
 /// Removes a consumer from its queue, deleting an auto-delete queue that has
 /// just lost its last consumer.
 pub fn detach_consumer(ctx: &mut ConnCtx, c: &ChannelConsumer) {
     c.consumer.deactivate();
     if c.queue.remove_consumer(&c.consumer)
         && let Some(vhost) = ctx.broker.vhost(&c.queue.vhost)
-        && let Some(d) = vhost.remove_queue(&c.queue)
     {
-        notify_deleted_consumers(&d.consumers);
+        vhost.remove_queue(&c.queue);
     }
 }
 
@@ -379,7 +365,7 @@ fn basic_method(ch: &mut Channel, ctx: &mut ConnCtx, m: basic::AMQPMethod) -> Am
             ctx.check(Access::Read, Resource::Queue(&name))?;
             let q = ctx.vhost.queue_or_404(&name)?;
             q.check_exclusive(ctx.id())?;
-            if !q.get(&ch.shared, g.no_ack) {
+            if !q.get(&*ch.shared, g.no_ack) {
                 ctx.send(
                     ch.id,
                     AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),

@@ -8,31 +8,11 @@ use std::sync::atomic::Ordering;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
 
-use crate::message::{Message, MessageRef};
+use crate::message::Message;
 use crate::queue::Queue;
 use crate::vhost::VHost;
 
-/// Why a message was dead-lettered (the `reason` of its x-death entry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// basic.reject or basic.nack with requeue=false.
-    Rejected,
-    /// Its TTL ran out.
-    Expired,
-    /// A length limit pushed it out (or refused it).
-    Maxlen,
-}
-
-impl Reason {
-    /// RabbitMQ's name for the reason.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Rejected => "rejected",
-            Reason::Expired => "expired",
-            Reason::Maxlen => "maxlen",
-        }
-    }
-}
+pub use crate::queue::Reason;
 
 use crate::protocol::fields::long_string;
 
@@ -185,7 +165,7 @@ fn is_cycle(queue: &str, deaths: &[(String, String)]) -> bool {
 /// Dead-letters messages that left `from`: republishes each to the queue's
 /// dead-letter exchange, if it has one that exists. Messages without one
 /// are dropped (their store records are the caller's business).
-pub fn dead_letter(vhost: &VHost, from: &Arc<Queue>, items: Vec<(MessageRef, Reason)>) {
+pub fn dead_letter(vhost: &VHost, from: &Arc<Queue>, items: Vec<(Message, Reason)>) {
     let Some((dlx, dlrk)) = from.dead_letter_target() else {
         return;
     };

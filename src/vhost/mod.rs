@@ -13,16 +13,17 @@ pub mod deadletter;
 pub mod direct_reply;
 
 use ahash::AHashMap as HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::{Mutex, RwLock};
 
+use crate::message::Message;
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::protocol::fields::table_to_json;
 use crate::queue::args::QueueArgs;
 use crate::queue::paging::PagingConfig;
-use crate::queue::{Deleted, Queue, QueueConfig};
+use crate::queue::{Deleted, Queue, QueueConfig, QueueOwner, Reason};
 use crate::routing::exchange::{Dest, Exchange, ExchangeKind};
 use crate::schema::{BindingDef, ExchangeDef, PolicyDef, QueueDef};
 use crate::store::MessageStore;
@@ -596,9 +597,17 @@ impl VHost {
             }));
         }
         let paging = self.durability.paging.get().cloned();
-        let me = self.me.upgrade().expect("a vhost in use is alive");
         let args = self.effective_args(name, args);
-        let q = Queue::new(name.to_owned(), &me, config, store, paging, args);
+        let owner: Weak<dyn QueueOwner> = self.me.clone();
+        let q = Queue::new(
+            name.to_owned(),
+            self.name.clone(),
+            owner,
+            config,
+            store,
+            paging,
+            args,
+        );
         self.queues.write().insert(name.to_owned(), q.clone());
         Ok((q, true))
     }
@@ -629,20 +638,39 @@ impl VHost {
                 format!("queue '{name}' in vhost '{}' not empty", self.name),
             ));
         }
-        Ok(Some(self.remove_queue_locked(&q)))
+        Ok(Some(self.remove_queue_locked(_defs, &q)))
     }
 
     /// Deletes a queue unconditionally if it is still the one registered
-    /// under its name (auto-delete, exclusive cleanup).
+    /// under its name (auto-delete, exclusive owner gone, x-expires, vhost
+    /// deletion).
     pub fn remove_queue(&self, q: &Arc<Queue>) -> Option<Deleted> {
-        let _defs = self.definitions.lock();
+        let defs = self.definitions.lock();
         match self.queue(&q.name) {
-            Some(cur) if Arc::ptr_eq(&cur, q) => Some(self.remove_queue_locked(q)),
+            Some(cur) if Arc::ptr_eq(&cur, q) => Some(self.remove_queue_locked(defs, q)),
             _ => None,
         }
     }
 
-    fn remove_queue_locked(&self, q: &Arc<Queue>) -> Deleted {
+    /// The one way a queue is removed, whoever asks: it leaves the vhost and
+    /// the definitions log, its bindings go (and auto-delete exchanges left
+    /// without bindings), its stored messages are released, and then, with
+    /// the vhost's definitions lock released, its consumers are cancelled
+    /// (basic.cancel to clients that asked to know).
+    fn remove_queue_locked(
+        &self,
+        defs: parking_lot::MutexGuard<'_, ()>,
+        q: &Arc<Queue>,
+    ) -> Deleted {
+        let deleted = self.unregister_queue(q);
+        drop(defs);
+        for c in &deleted.consumers {
+            c.cancel_by_broker();
+        }
+        deleted
+    }
+
+    fn unregister_queue(&self, q: &Arc<Queue>) -> Deleted {
         self.queues.write().remove(&q.name);
         if q.is_persistent() {
             self.durability
@@ -829,6 +857,16 @@ fn unknown_or_invalid(kind: &str) -> &'static str {
     let atom_like = kind.len() <= 12 && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
     if atom_like { "invalid" } else { "unknown" }
 }
+impl QueueOwner for VHost {
+    fn dead_letter(&self, queue: &Arc<Queue>, items: Vec<(Message, Reason)>) {
+        deadletter::dead_letter(self, queue, items);
+    }
+
+    fn remove_expired(&self, queue: &Arc<Queue>) -> bool {
+        self.remove_queue(queue).is_some()
+    }
+}
+
 /// Where durable state goes: the definitions log and the message store. Both
 /// are unset while warren recovers (so replaying does not log again) and in
 /// brokers built without a data directory (unit tests).
@@ -855,3 +893,6 @@ impl Durability {
         self.store.get()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,7 +20,8 @@ use super::{ApiError, ApiResult, AppState, Auth, Q, St, list, no_content, ok, vh
 use crate::broker::Broker;
 use crate::protocol::fields::{table_to_json, value_to_json};
 use crate::queue::Queue;
-use crate::session::delivery::{ChannelShared, Consumer};
+use crate::queue::consumer::Consumer;
+use crate::session::delivery::ChannelShared;
 use crate::session::outbound::{ConnEvent, ConnInfo, ConnectionHandle};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -204,7 +205,8 @@ fn consumers_by_channel(b: &Broker) -> HashMap<usize, u32> {
     for vh in b.vhosts() {
         for q in vh.queues() {
             for c in q.consumers() {
-                *m.entry(Arc::as_ptr(&c.channel) as usize).or_insert(0) += 1;
+                *m.entry(Arc::as_ptr(&c.channel) as *const () as usize)
+                    .or_insert(0) += 1;
             }
         }
     }
@@ -291,7 +293,9 @@ async fn channel(State(s): St, auth: Auth, Path(name): Path<String>) -> ApiResul
 /// A consumer as RabbitMQ lists it.
 pub fn consumer_json(s: &AppState, q: &Queue, c: &Consumer) -> Value {
     let b = &s.broker;
-    let ch = &c.channel;
+    let Some(ch) = c.channel.as_any().downcast_ref::<ChannelShared>() else {
+        return Value::Null;
+    };
     let details = match ch.conn.info.get() {
         Some(i) => json!({
             "connection_name": conn_name(b, i),
@@ -330,7 +334,12 @@ fn consumer_list(s: &AppState, auth: &Auth, only: Option<&str>) -> Vec<Value> {
         qs.sort_by(|a, b| a.name.cmp(&b.name));
         for q in qs {
             for c in q.consumers() {
-                let owner = c.channel.conn.info.get().map(|i| i.user.clone());
+                let owner = c
+                    .channel
+                    .as_any()
+                    .downcast_ref::<ChannelShared>()
+                    .and_then(|ch| ch.conn.info.get())
+                    .map(|i| i.user.clone());
                 if owner.is_some_and(|u| auth.sees_connection_of(&u)) {
                     out.push(consumer_json(s, &q, &c));
                 }

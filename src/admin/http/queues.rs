@@ -190,10 +190,7 @@ async fn remove(
     check_not_exclusive(&queue)?;
     let flag = |k: &str| q.get(k).is_some_and(|v| v == "true");
     match vh.delete_queue(&name, flag("if-unused"), flag("if-empty"), 0)? {
-        Some(d) => {
-            crate::session::handlers::notify_deleted_consumers(&d.consumers);
-            no_content()
-        }
+        Some(_) => no_content(),
         None => Err(ApiError::not_found()),
     }
 }
