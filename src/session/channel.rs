@@ -18,7 +18,7 @@ use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::protocol::methods::{Method, Publish, write_method};
 use crate::queue::Queue;
 use crate::routing::exchange::Exchange;
-use crate::session::connection::ConnCtx;
+use crate::session::context::ConnCtx;
 use crate::session::delivery::{ChannelShared, Consumer, QueuedMessage, Unacked};
 use crate::session::outbound::ConnectionHandle;
 use crate::vhost::deadletter::Reason;

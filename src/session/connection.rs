@@ -23,8 +23,8 @@ use crate::broker::Broker;
 use crate::protocol::codec::{FRAME_MIN_SIZE, Frame, HEARTBEAT, PROTOCOL_HEADER, parse_frame};
 use crate::protocol::error::{AmqpError, AmqpResult, Scope, code};
 use crate::protocol::methods::{Method, decode, ids, write_method};
-use crate::queue::Queue;
 use crate::session::channel::Channel;
+use crate::session::context::ConnCtx;
 use crate::session::outbound::{ConnEvent, ConnectionHandle};
 use crate::session::server::HandshakeSlot;
 use crate::session::tls::TlsSession;
@@ -53,87 +53,6 @@ const CONNECTION_CLOSE_OK: (u16, u16) = (10, 51);
 
 fn close_ok_method() -> AMQPClass {
     AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {}))
-}
-
-/// Per-connection state the method handlers need.
-pub struct ConnCtx {
-    /// The broker.
-    pub broker: Arc<Broker>,
-    /// The outbound side.
-    pub handle: Arc<ConnectionHandle>,
-    /// The vhost opened by connection.open.
-    pub vhost: Arc<VHost>,
-    /// The authenticated user.
-    pub user: String,
-    /// Exclusive queues declared by this connection, deleted when it closes.
-    pub exclusive_queues: Vec<Arc<Queue>>,
-    /// Channels with publisher confirms waiting to be sent.
-    pub confirms_due: Vec<u16>,
-    /// A queue that asked this connection's publishers to slow down.
-    pub flow_wait: Option<Arc<Queue>>,
-    /// A connection this one's direct replies filled beyond its outbound
-    /// cap: nothing more is read until it drains.
-    pub reply_wait: Option<Arc<ConnectionHandle>>,
-    /// The connection has published (alarms block only publishers).
-    pub published: bool,
-    perms: Option<Arc<crate::auth::Permissions>>,
-    perms_generation: u64,
-}
-
-impl ConnCtx {
-    /// The connection id.
-    pub fn id(&self) -> u64 {
-        self.handle.id
-    }
-
-    /// Checks the user's permission for an operation (RabbitMQ's rules).
-    pub fn check(
-        &mut self,
-        access: crate::auth::Access,
-        resource: crate::auth::Resource<'_>,
-    ) -> AmqpResult<()> {
-        self.refresh_permissions();
-        crate::auth::check(
-            self.perms.as_deref(),
-            &self.user,
-            &self.vhost.name,
-            access,
-            resource,
-        )
-    }
-
-    /// Checks the read and write permissions a declaration naming a
-    /// dead-letter or alternate exchange needs (`auth::check_exchange_argument`).
-    pub fn check_exchange_argument(
-        &mut self,
-        declared: crate::auth::Resource<'_>,
-        arguments: &amq_protocol::types::FieldTable,
-    ) -> AmqpResult<()> {
-        self.refresh_permissions();
-        crate::auth::check_exchange_argument(
-            self.perms.as_deref(),
-            &self.user,
-            &self.vhost.name,
-            declared,
-            arguments,
-        )
-    }
-
-    /// Reloads the cached permissions if users or permissions changed;
-    /// returns the generation they are current for.
-    pub fn refresh_permissions(&mut self) -> u64 {
-        let generation = self.broker.auth_generation();
-        if generation != self.perms_generation {
-            self.perms = self.broker.permissions(&self.user, &self.vhost.name);
-            self.perms_generation = generation;
-        }
-        generation
-    }
-
-    /// Appends a method frame to the outbound buffer.
-    pub fn send(&self, channel: u16, class: AMQPClass) {
-        self.handle.write(|out| write_method(out, channel, &class));
-    }
 }
 
 /// Serves one plain TCP client connection until it closes.
@@ -237,19 +156,7 @@ async fn serve_stream<R, W>(
         Ok(Ok(Some(hs))) => {
             tracing::info!(%peer, id, user = %hs.user.escape_debug(), vhost = %hs.vhost.name.escape_debug(), "connection opened");
             let mut conn = Connection {
-                ctx: ConnCtx {
-                    broker: broker.clone(),
-                    handle: handle.clone(),
-                    vhost: hs.vhost,
-                    user: hs.user,
-                    exclusive_queues: Vec::new(),
-                    confirms_due: Vec::new(),
-                    flow_wait: None,
-                    reply_wait: None,
-                    published: false,
-                    perms: None,
-                    perms_generation: 0,
-                },
+                ctx: ConnCtx::new(broker.clone(), handle.clone(), hs.vhost, hs.user),
                 channels: HashMap::new(),
                 channel_max: hs.channel_max,
                 heartbeat: hs.heartbeat,

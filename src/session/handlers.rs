@@ -12,7 +12,7 @@ use crate::auth::{Access, Resource};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::queue::QueueConfig;
 use crate::session::channel::{Channel, ChannelConsumer, Outcome, requeue};
-use crate::session::connection::ConnCtx;
+use crate::session::context::ConnCtx;
 use crate::session::delivery::Consumer;
 use crate::vhost::{DestName, ExchangeDeclare};
 

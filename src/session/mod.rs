@@ -1,8 +1,9 @@
 //! One client's session: listeners (`server`, `tls`), the connection's
-//! handshake and frame loop (`connection`), channels with publish, confirms
-//! and transactions (`channel`), AMQP method handlers (`handlers`), the
-//! consumer side of a channel (`delivery`), and the socket writer shared by
-//! the connection's tasks and the queues that deliver to it (`outbound`).
+//! handshake and frame loop (`connection`), the state every handler takes
+//! (`context`), channels with publish, confirms and transactions
+//! (`channel`), AMQP method handlers (`handlers`), the consumer side of a
+//! channel (`delivery`), and the socket writer shared by the connection's
+//! tasks and the queues that deliver to it (`outbound`).
 //!
 //! Owns: everything per connection. May use: every layer below
 //! (`broker`, `vhost`, `routing`, `queue`, `store`, `message`, `protocol`,
@@ -10,6 +11,7 @@
 
 pub mod channel;
 pub mod connection;
+pub mod context;
 pub mod delivery;
 pub mod handlers;
 pub mod outbound;
