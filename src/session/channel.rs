@@ -20,6 +20,7 @@ use crate::queue::Queue;
 use crate::routing::exchange::Exchange;
 use crate::session::context::ConnCtx;
 use crate::session::delivery::{ChannelShared, Consumer, QueuedMessage, Unacked};
+use crate::session::method_ids::{BASIC_CLASS, BASIC_PUBLISH, InMethod};
 use crate::session::outbound::ConnectionHandle;
 use crate::vhost::deadletter::Reason;
 use crate::vhost::direct_reply;
@@ -176,7 +177,7 @@ fn expected_header(got: &str) -> AmqpError {
         code::UNEXPECTED_FRAME,
         format!("expected content header for class 60, {got}"),
     )
-    .with_method(60, 40)
+    .in_method(BASIC_PUBLISH)
 }
 
 fn unexpected_in_body() -> AmqpError {
@@ -184,7 +185,7 @@ fn unexpected_in_body() -> AmqpError {
         code::UNEXPECTED_FRAME,
         "expected content body, got non content body frame instead",
     )
-    .with_method(60, 40)
+    .in_method(BASIC_PUBLISH)
 }
 
 impl Channel {
@@ -253,7 +254,7 @@ impl Channel {
                 "content header frame too short",
             ));
         };
-        if class_id != 60 {
+        if class_id != BASIC_CLASS {
             return Err(expected_header(&format!(
                 "got one for class {class_id} instead"
             )));
@@ -270,7 +271,7 @@ impl Channel {
                 code::PRECONDITION_FAILED,
                 format!("message size {size} is larger than configured max size {max}"),
             )
-            .with_method(60, 40));
+            .in_method(BASIC_PUBLISH));
         }
         if size == 0 {
             return self.publish(ctx, publish, payload, Bytes::new());

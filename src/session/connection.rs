@@ -25,6 +25,10 @@ use crate::protocol::error::{AmqpError, AmqpResult, Scope, code};
 use crate::protocol::methods::{Method, decode, ids, write_method};
 use crate::session::channel::Channel;
 use crate::session::context::ConnCtx;
+use crate::session::method_ids::{
+    BASIC_PUBLISH, CHANNEL_CLOSE, CHANNEL_CLOSE_OK, CONNECTION_CLOSE, CONNECTION_CLOSE_OK,
+    CONNECTION_OPEN, InMethod,
+};
 use crate::session::outbound::{ConnEvent, ConnectionHandle};
 use crate::session::server::HandshakeSlot;
 use crate::session::tls::TlsSession;
@@ -45,11 +49,6 @@ const LINGER: Duration = Duration::from_secs(3);
 
 /// How long the writer may take to flush the last frames once lingering ends.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
-
-/// (class, method) of connection.close.
-const CONNECTION_CLOSE: (u16, u16) = (10, 50);
-/// (class, method) of connection.close-ok.
-const CONNECTION_CLOSE_OK: (u16, u16) = (10, 51);
 
 fn close_ok_method() -> AMQPClass {
     AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {}))
@@ -639,14 +638,14 @@ async fn handshake<R: AsyncRead + Unpin>(
             code::NOT_ALLOWED,
             format!("vhost {vhost_name} not found"),
         )
-        .with_method(10, 40));
+        .in_method(CONNECTION_OPEN));
     };
     if broker.permissions(&user, vhost_name).is_none() {
         return Err(AmqpError::connection(
             code::NOT_ALLOWED,
             format!("access to vhost '{vhost_name}' refused for user '{user}'"),
         )
-        .with_method(10, 40));
+        .in_method(CONNECTION_OPEN));
     }
     // The limit check and the registration happen under one lock, so two
     // connections opening at once cannot both take the last slot.
@@ -698,7 +697,7 @@ fn check_connection_limits(broker: &Broker, vhost: &str) -> AmqpResult<()> {
             code::NOT_ALLOWED,
             format!("connection limit ({max}) is reached"),
         )
-        .with_method(10, 40));
+        .in_method(CONNECTION_OPEN));
     }
     let max = limits.max_connections_per_vhost as usize;
     if max != 0
@@ -712,7 +711,7 @@ fn check_connection_limits(broker: &Broker, vhost: &str) -> AmqpResult<()> {
             code::NOT_ALLOWED,
             format!("access to vhost '{vhost}' refused: connection limit ({max}) is reached"),
         )
-        .with_method(10, 40));
+        .in_method(CONNECTION_OPEN));
     }
     Ok(())
 }
@@ -952,10 +951,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 {
                     // Only close and close-ok matter on a closing channel (spec 4.2.2).
                     match (class_id, method_id) {
-                        (20, 41) => {
+                        CHANNEL_CLOSE_OK => {
                             self.channels.remove(&channel);
                         }
-                        (20, 40) => {
+                        CHANNEL_CLOSE => {
                             self.ctx.send(channel, crate::session::channel::close_ok());
                         }
                         _ => {}
@@ -963,7 +962,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     return Ok(true);
                 }
                 let method = decode(payload)?;
-                if (class_id, method_id) == (20, 40)
+                if (class_id, method_id) == CHANNEL_CLOSE
                     && let Some(mut ch) = self.channels.remove(&channel)
                 {
                     ch.flush_confirms(&self.ctx);
@@ -991,7 +990,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 Some(ch) => {
                     let r = ch
                         .handle_header(&mut self.ctx, payload)
-                        .map_err(|e| e.with_method(60, 40));
+                        .map_err(|e| e.in_method(BASIC_PUBLISH));
                     self.after_channel_result(channel, r)
                 }
                 None => Err(unexpected_frame("content header", channel)),
@@ -1001,7 +1000,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 Some(ch) => {
                     let r = ch
                         .handle_body(&mut self.ctx, payload)
-                        .map_err(|e| e.with_method(60, 40));
+                        .map_err(|e| e.in_method(BASIC_PUBLISH));
                     self.after_channel_result(channel, r)
                 }
                 None => Err(unexpected_frame("content body", channel)),

@@ -1,7 +1,8 @@
 //! One client's session: listeners (`server`, `tls`), the connection's
 //! handshake and frame loop (`connection`), the state every handler takes
 //! (`context`), channels with publish, confirms and transactions
-//! (`channel`), AMQP method handlers (`handlers`), the consumer side of a
+//! (`channel`), AMQP method handlers (`handlers`) and the (class, method)
+//! ids the frame loop names (`method_ids`), the consumer side of a
 //! channel (`delivery`), and the socket writer shared by the connection's
 //! tasks and the queues that deliver to it (`outbound`).
 //!
@@ -14,6 +15,7 @@ pub mod connection;
 pub mod context;
 pub mod delivery;
 pub mod handlers;
+pub mod method_ids;
 pub mod outbound;
 pub mod server;
 pub mod tls;
