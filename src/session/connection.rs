@@ -1,5 +1,6 @@
-//! One client connection: the handshake, the frame loop, heartbeats, and
-//! closing (in both directions).
+//! One client connection: accepting it (TCP or TLS), the protocol header,
+//! the frame loop, heartbeats, and closing (in both directions). The
+//! handshake itself is in `handshake`, frame reading in `reader`.
 //!
 //! The connection's task reads frames, keeps per-channel state (`Channel`)
 //! and runs the method handlers in `channel` and `handlers`. Outbound frames
@@ -12,27 +13,23 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{AMQPClass, connection as conn_m};
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
-use crate::protocol::codec::{FRAME_MIN_SIZE, Frame, HEARTBEAT, PROTOCOL_HEADER, parse_frame};
+use crate::protocol::codec::{FRAME_MIN_SIZE, Frame, HEARTBEAT, PROTOCOL_HEADER};
 use crate::protocol::error::{AmqpError, AmqpResult, Scope, code};
 use crate::protocol::methods::{Method, decode, ids, write_method};
 use crate::session::channel::Channel;
 use crate::session::context::ConnCtx;
-use crate::session::method_ids::{
-    BASIC_PUBLISH, CHANNEL_CLOSE, CHANNEL_CLOSE_OK, CONNECTION_CLOSE, CONNECTION_CLOSE_OK,
-    CONNECTION_OPEN, InMethod,
-};
+use crate::session::handshake::{Handshake, Peer, handshake};
+use crate::session::method_ids::{BASIC_PUBLISH, CHANNEL_CLOSE, CHANNEL_CLOSE_OK, InMethod};
 use crate::session::outbound::{ConnEvent, ConnectionHandle};
+use crate::session::reader::{Reader, close_ok_method};
 use crate::session::server::HandshakeSlot;
 use crate::session::tls::TlsSession;
-use crate::vhost::VHost;
 
 /// Longest a publishing connection pauses for one flow-control wait.
 const FLOW_PAUSE_MAX: Duration = Duration::from_millis(20);
@@ -40,19 +37,12 @@ const FLOW_PAUSE_MAX: Duration = Duration::from_millis(20);
 /// How often a connection looks for deliveries past their consumer timeout.
 const CONSUMER_TIMEOUT_CHECK: Duration = Duration::from_secs(1);
 
-/// How long warren waits for connection.close-ok after sending connection.close.
-const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// How long a closed connection's socket stays open for the client to read
 /// the last frames and close its side.
 const LINGER: Duration = Duration::from_secs(3);
 
 /// How long the writer may take to flush the last frames once lingering ends.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
-
-fn close_ok_method() -> AMQPClass {
-    AMQPClass::Connection(conn_m::AMQPMethod::CloseOk(conn_m::CloseOk {}))
-}
 
 /// Serves one plain TCP client connection until it closes.
 /// `slot` counts it against `[limits] max_handshaking_connections` until
@@ -99,13 +89,6 @@ pub async fn serve_tls(
     serve_stream(broker, rd, wr, Peer { peer, local }, Some(session), slot).await;
 }
 
-/// The two ends of a client's TCP connection.
-#[derive(Clone, Copy)]
-struct Peer {
-    peer: SocketAddr,
-    local: SocketAddr,
-}
-
 /// Runs the AMQP connection over any byte stream (a TCP socket's halves, or
 /// a TLS stream's); generic, so the plain TCP path has no indirection.
 async fn serve_stream<R, W>(
@@ -122,29 +105,13 @@ async fn serve_stream<R, W>(
     let id = broker.next_connection_id();
     let peer = ends.peer;
     let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
-
-    // The protocol header comes before anything else.
-    let mut header = [0u8; 8];
-    match tokio::time::timeout(timeout, rd.read_exact(&mut header)).await {
-        // The second form is the 0-9 header some old clients send; RabbitMQ accepts it.
-        Ok(Ok(_)) if &header == PROTOCOL_HEADER || &header == b"AMQP\x01\x01\x00\x09" => {}
-        Ok(Ok(_)) => {
-            tracing::info!(%peer, "bad protocol header {:?}; closing", String::from_utf8_lossy(&header));
-            let _ = wr.write_all(PROTOCOL_HEADER).await;
-            let _ = wr.shutdown().await;
-            return;
-        }
-        _ => return,
+    if !protocol_header(&mut rd, &mut wr, timeout, peer).await {
+        return;
     }
-
     let (handle, events) = ConnectionHandle::new(id, FRAME_MIN_SIZE);
     let meta = broker.durability.meta.get().map(|m| m.subscribe());
     let writer = tokio::spawn(handle.clone().run_writer(wr, meta));
-    let mut reader = Reader {
-        rd,
-        buf: BytesMut::with_capacity(64 * 1024),
-        frame_max: FRAME_MIN_SIZE,
-    };
+    let mut reader = Reader::new(rd);
     let hs = tokio::time::timeout(
         timeout,
         handshake(&broker, &handle, &mut reader, ends, tls.as_ref()),
@@ -152,22 +119,7 @@ async fn serve_stream<R, W>(
     .await;
     drop(slot);
     let linger = match hs {
-        Ok(Ok(Some(hs))) => {
-            tracing::info!(%peer, id, user = %hs.user.escape_debug(), vhost = %hs.vhost.name.escape_debug(), "connection opened");
-            let mut conn = Connection {
-                ctx: ConnCtx::new(broker.clone(), handle.clone(), hs.vhost, hs.user),
-                channels: HashMap::new(),
-                channel_max: hs.channel_max,
-                heartbeat: hs.heartbeat,
-                reader,
-                peer,
-            };
-            let peer_alive = conn.run(events).await;
-            conn.cleanup();
-            broker.unregister(id);
-            tracing::info!(%peer, id, "connection closed");
-            peer_alive.then_some(conn.reader)
-        }
+        Ok(Ok(Some(hs))) => run_opened(&broker, &handle, events, hs, reader, peer).await,
         // A refused login without authentication_failure_close: the
         // socket just closes, as from RabbitMQ.
         Ok(Ok(None)) => None,
@@ -185,6 +137,56 @@ async fn serve_stream<R, W>(
         }
     };
     finish(&handle, writer, linger).await;
+}
+
+/// Reads the protocol header, which comes before anything else; a wrong
+/// one is answered with the header warren speaks, and the socket closed.
+/// Returns whether the connection goes on.
+async fn protocol_header<R, W>(rd: &mut R, wr: &mut W, timeout: Duration, peer: SocketAddr) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut header = [0u8; 8];
+    match tokio::time::timeout(timeout, rd.read_exact(&mut header)).await {
+        // The second form is the 0-9 header some old clients send; RabbitMQ accepts it.
+        Ok(Ok(_)) if &header == PROTOCOL_HEADER || &header == b"AMQP\x01\x01\x00\x09" => true,
+        Ok(Ok(_)) => {
+            tracing::info!(%peer, "bad protocol header {:?}; closing", String::from_utf8_lossy(&header));
+            let _ = wr.write_all(PROTOCOL_HEADER).await;
+            let _ = wr.shutdown().await;
+            false
+        }
+        _ => false,
+    }
+}
+
+/// Runs an opened connection's frame loop to its end, then releases what
+/// it holds and unregisters it. Returns the reader if the peer may still be
+/// there (see `finish`).
+async fn run_opened<R: AsyncRead + Unpin>(
+    broker: &Arc<Broker>,
+    handle: &Arc<ConnectionHandle>,
+    events: mpsc::UnboundedReceiver<ConnEvent>,
+    hs: Handshake,
+    reader: Reader<R>,
+    peer: SocketAddr,
+) -> Option<Reader<R>> {
+    let id = handle.id;
+    tracing::info!(%peer, id, user = %hs.user.escape_debug(), vhost = %hs.vhost.name.escape_debug(), "connection opened");
+    let mut conn = Connection {
+        ctx: ConnCtx::new(broker.clone(), handle.clone(), hs.vhost, hs.user),
+        channels: HashMap::new(),
+        channel_max: hs.channel_max,
+        heartbeat: hs.heartbeat,
+        reader,
+        peer,
+    };
+    let peer_alive = conn.run(events).await;
+    conn.cleanup();
+    broker.unregister(id);
+    tracing::info!(%peer, id, "connection closed");
+    peer_alive.then_some(conn.reader)
 }
 
 /// Closes a connection's socket without destroying what is in flight.
@@ -212,508 +214,6 @@ async fn finish<R: AsyncRead + Unpin>(
         // A client that reads nothing: give up on it.
         abort.abort();
     }
-}
-
-/// Buffered frame reader.
-struct Reader<R> {
-    rd: R,
-    buf: BytesMut,
-    frame_max: u32,
-}
-
-impl<R: AsyncRead + Unpin> Reader<R> {
-    /// Reads more bytes; returns false on end of stream or error.
-    async fn fill(&mut self) -> bool {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(64 * 1024);
-        }
-        matches!(self.rd.read_buf(&mut self.buf).await, Ok(n) if n > 0)
-    }
-
-    fn next_buffered(&mut self) -> AmqpResult<Option<Frame>> {
-        parse_frame(&mut self.buf, self.frame_max)
-    }
-
-    /// Reads the next frame, waiting for bytes as needed.
-    async fn next(&mut self) -> AmqpResult<Option<Frame>> {
-        loop {
-            if let Some(f) = self.next_buffered()? {
-                return Ok(Some(f));
-            }
-            if !self.fill().await {
-                return Ok(None);
-            }
-        }
-    }
-
-    /// After a close: reads and drops whatever arrives until the peer
-    /// closes its side (or the socket fails), answering connection.close
-    /// with close-ok.
-    async fn linger(&mut self, handle: &ConnectionHandle) {
-        loop {
-            match self.next().await {
-                Ok(Some(Frame::Method {
-                    channel: 0,
-                    payload,
-                })) if ids(&payload) == CONNECTION_CLOSE => {
-                    handle.write(|out| write_method(out, 0, &close_ok_method()));
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return,
-                Err(_) => break,
-            }
-        }
-        // Unparseable bytes: keep reading them away until the client closes.
-        loop {
-            self.buf.clear();
-            if !self.fill().await {
-                return;
-            }
-        }
-    }
-
-    /// After warren sent connection.close: reads until the client's
-    /// close-ok, discarding everything else (spec 4.2.2), for at most
-    /// `CLOSE_OK_TIMEOUT`. A connection.close crossing ours is answered with
-    /// close-ok. Returns whether the socket is worth lingering on: not once
-    /// the client sent close-ok (it sends nothing more; RabbitMQ closes at
-    /// once too), nor when it is silent or gone.
-    async fn await_close_ok(&mut self, handle: &ConnectionHandle) -> bool {
-        let wait = async {
-            loop {
-                match self.next().await {
-                    Ok(Some(Frame::Method {
-                        channel: 0,
-                        payload,
-                    })) if ids(&payload) == CONNECTION_CLOSE_OK => return false,
-                    Ok(Some(Frame::Method {
-                        channel: 0,
-                        payload,
-                    })) if ids(&payload) == CONNECTION_CLOSE => {
-                        handle.write(|out| write_method(out, 0, &close_ok_method()));
-                        return true;
-                    }
-                    Ok(Some(_)) => continue,
-                    _ => return false,
-                }
-            }
-        };
-        tokio::time::timeout(CLOSE_OK_TIMEOUT, wait)
-            .await
-            .unwrap_or(false)
-    }
-
-    /// Reads the next method on channel 0 during the handshake.
-    async fn expect_method(&mut self) -> AmqpResult<Option<AMQPClass>> {
-        loop {
-            match self.next().await? {
-                None => return Ok(None),
-                Some(Frame::Heartbeat { .. }) => continue,
-                Some(Frame::Method {
-                    channel: 0,
-                    payload,
-                }) => {
-                    return match decode(payload)? {
-                        Method::Other(c) => Ok(Some(c)),
-                        _ => Err(AmqpError::connection(
-                            code::COMMAND_INVALID,
-                            "expected a connection method during the handshake",
-                        )),
-                    };
-                }
-                Some(_) => {
-                    return Err(AmqpError::connection(
-                        code::UNEXPECTED_FRAME,
-                        "expected a connection method on channel 0 during the handshake",
-                    ));
-                }
-            }
-        }
-    }
-}
-
-struct Handshake {
-    vhost: Arc<VHost>,
-    user: String,
-    channel_max: u16,
-    heartbeat: u16,
-}
-
-fn server_properties() -> FieldTable {
-    let mut caps = FieldTable::default();
-    for c in [
-        "publisher_confirms",
-        "exchange_exchange_bindings",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "connection.blocked",
-        "authentication_failure_close",
-        "per_consumer_qos",
-        "direct_reply_to",
-        "consumer_priorities",
-    ] {
-        caps.insert(c.into(), AMQPValue::Boolean(true));
-    }
-    let mut p = FieldTable::default();
-    let s = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
-    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    // Clients and their test suites decide behaviour by these two (kombu
-    // picks RabbitMQ's per-consumer prefetch semantics from them,
-    // amqp091-go's RabbitMQ-specific tests gate on them): warren behaves as
-    // RabbitMQ 3.10 and says so, as its HTTP API does with
-    // rabbitmq_version. warren's own name and version follow.
-    p.insert("product".into(), s("RabbitMQ"));
-    p.insert(
-        "version".into(),
-        s(crate::admin::http::RABBITMQ_COMPAT_VERSION),
-    );
-    p.insert("warren_version".into(), s(env!("CARGO_PKG_VERSION")));
-    p.insert(
-        "platform".into(),
-        s(&format!(
-            "Rust ({} {})",
-            std::env::consts::OS,
-            std::env::consts::ARCH
-        )),
-    );
-    p.insert(
-        "information".into(),
-        s("warren, an AMQP 0-9-1 message broker compatible with RabbitMQ 3.10"),
-    );
-    p.insert("copyright".into(), s("The warren authors"));
-    p.insert("cluster_name".into(), s("warren"));
-    p
-}
-
-fn capability(props: &FieldTable, name: &str) -> bool {
-    match props.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(t)) => {
-            matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
-        }
-        _ => false,
-    }
-}
-
-/// Extracts (user, password) from a SASL response.
-fn sasl_credentials(mechanism: &str, response: &[u8]) -> AmqpResult<(String, String)> {
-    let refused = || {
-        AmqpError::connection(
-            code::ACCESS_REFUSED,
-            format!("malformed {mechanism} response"),
-        )
-    };
-    match mechanism {
-        "PLAIN" => {
-            let mut parts = response.split(|b| *b == 0);
-            let (_authz, user, pass) = (parts.next(), parts.next(), parts.next());
-            match (user, pass, parts.next()) {
-                (Some(u), Some(p), None) => Ok((
-                    String::from_utf8_lossy(u).into_owned(),
-                    String::from_utf8_lossy(p).into_owned(),
-                )),
-                _ => Err(refused()),
-            }
-        }
-        "AMQPLAIN" => {
-            // A field table without its length prefix.
-            let mut framed = (response.len() as u32).to_be_bytes().to_vec();
-            framed.extend_from_slice(response);
-            // Checked before anyone is authenticated: the library's decoder
-            // recurses once per nesting level and would overflow the stack.
-            crate::protocol::table_guard::check_field_table(&framed)?;
-            let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..])
-                .map_err(|_| refused())?;
-            let get = |k: &str| match table.inner().get(k) {
-                Some(AMQPValue::LongString(s)) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
-                _ => None,
-            };
-            match (get("LOGIN"), get("PASSWORD")) {
-                (Some(u), Some(p)) => Ok((u, p)),
-                _ => Err(refused()),
-            }
-        }
-        other => Err(AmqpError::connection(
-            code::COMMAND_INVALID,
-            format!("unknown authentication mechanism '{other}'"),
-        )),
-    }
-}
-
-/// Runs connection.start .. connection.open-ok. `Ok(None)`: the peer left
-/// (or was refused without a close frame, as RabbitMQ does).
-async fn handshake<R: AsyncRead + Unpin>(
-    broker: &Broker,
-    handle: &Arc<ConnectionHandle>,
-    reader: &mut Reader<R>,
-    ends: Peer,
-    tls: Option<&TlsSession>,
-) -> AmqpResult<Option<Handshake>> {
-    let peer = ends.peer;
-    let limits = &broker.config.amqp;
-    // EXTERNAL only where a verified client certificate names the user.
-    let mechanisms = if tls.is_some_and(TlsSession::has_peer_cert) {
-        "PLAIN AMQPLAIN EXTERNAL"
-    } else {
-        "PLAIN AMQPLAIN"
-    };
-    handle.write(|out| {
-        write_method(
-            out,
-            0,
-            &AMQPClass::Connection(conn_m::AMQPMethod::Start(conn_m::Start {
-                version_major: 0,
-                version_minor: 9,
-                server_properties: server_properties(),
-                mechanisms: mechanisms.into(),
-                locales: "en_US".into(),
-            })),
-        )
-    });
-    let Some(AMQPClass::Connection(conn_m::AMQPMethod::StartOk(start_ok))) =
-        reader.expect_method().await?
-    else {
-        return Err(AmqpError::connection(
-            code::COMMAND_INVALID,
-            "expected connection.start-ok",
-        ));
-    };
-    let failure_close = capability(&start_ok.client_properties, "authentication_failure_close");
-    let ip = peer.ip().to_canonical();
-    let mechanism = start_ok.mechanism.as_str().to_owned();
-    let (user, authenticated) = if mechanism == "EXTERNAL" {
-        // The user is the verified client certificate's CN; it must exist,
-        // its password is not checked (RabbitMQ's rabbit_auth_mechanism_ssl).
-        let Some(session) = tls.filter(|t| t.has_peer_cert()) else {
-            return Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "invalid authentication mechanism 'EXTERNAL'",
-            ));
-        };
-        match &session.peer_cn {
-            Some(cn) => {
-                let exists = broker.user(cn).is_some();
-                if !exists {
-                    tracing::warn!(%peer, user = %cn.escape_debug(),
-                        "authentication failed (EXTERNAL): no user '{}' (the client certificate's CN)", cn.escape_debug());
-                }
-                (cn.clone(), exists)
-            }
-            None => {
-                tracing::warn!(%peer, subject = ?session.peer_cert_subject,
-                    "authentication failed (EXTERNAL): the client certificate's subject has no CN");
-                (String::new(), false)
-            }
-        }
-    } else {
-        let (user, password) = sasl_credentials(&mechanism, start_ok.response.as_bytes())?;
-        let ok = broker.authenticate(&user, &password).is_some();
-        if !ok {
-            // Escaped: a pre-login name could otherwise forge log lines.
-            tracing::warn!(%peer, user = %user.escape_debug(), "authentication failed ({})", mechanism.escape_debug());
-        }
-        (user, ok)
-    };
-    let loopback_only = broker.config.auth.loopback_users.contains(&user);
-    if !authenticated || (loopback_only && !ip.is_loopback()) {
-        if authenticated {
-            tracing::warn!(%peer, user = %user.escape_debug(), "login refused: the user can only connect via localhost");
-        } else {
-            // Wrong logins are slowed down, per address and user name;
-            // the right password is never held up (login_limit.rs).
-            let r = broker.failed_logins.record_failure(ip, &user);
-            if r.first_delayed {
-                tracing::warn!(%peer, user = %user.escape_debug(),
-                    "{} failed logins in a row from {ip} for this user: refusals are now delayed", r.failures);
-            }
-            if !r.delay.is_zero() {
-                tokio::time::sleep(r.delay).await;
-            }
-        }
-        if failure_close {
-            return Err(AmqpError::connection(
-                code::ACCESS_REFUSED,
-                format!(
-                    "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-                ),
-            ));
-        }
-        return Ok(None);
-    }
-    broker.failed_logins.record_success(ip, &user);
-    handle.cancel_notify.store(
-        capability(&start_ok.client_properties, "consumer_cancel_notify"),
-        Ordering::Relaxed,
-    );
-    handle.blocked_notify.store(
-        capability(&start_ok.client_properties, "connection.blocked"),
-        Ordering::Relaxed,
-    );
-
-    handle.write(|out| {
-        write_method(
-            out,
-            0,
-            &AMQPClass::Connection(conn_m::AMQPMethod::Tune(conn_m::Tune {
-                channel_max: limits.channel_max,
-                frame_max: limits.frame_max,
-                heartbeat: limits.heartbeat,
-            })),
-        )
-    });
-    let Some(AMQPClass::Connection(conn_m::AMQPMethod::TuneOk(tune))) =
-        reader.expect_method().await?
-    else {
-        return Err(AmqpError::connection(
-            code::COMMAND_INVALID,
-            "expected connection.tune-ok",
-        ));
-    };
-    // As RabbitMQ: a client may lower the server's limits but not raise them.
-    if limits.frame_max != 0 && tune.frame_max > limits.frame_max {
-        return Err(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!(
-                "frame_max={} > {} max size",
-                tune.frame_max, limits.frame_max
-            ),
-        ));
-    }
-    if tune.frame_max != 0 && tune.frame_max < FRAME_MIN_SIZE {
-        return Err(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!("frame_max={} < {} min size", tune.frame_max, FRAME_MIN_SIZE),
-        ));
-    }
-    if limits.channel_max != 0 && tune.channel_max > limits.channel_max {
-        return Err(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!(
-                "channel_max={} > {} max allowed",
-                tune.channel_max, limits.channel_max
-            ),
-        ));
-    }
-    // 0 means "no limit", which is more than a limited server allows.
-    if tune.frame_max == 0 && limits.frame_max != 0 {
-        return Err(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!("frame_max=0 (unlimited) > {} max size", limits.frame_max),
-        ));
-    }
-    if tune.channel_max == 0 && limits.channel_max != 0 {
-        return Err(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!(
-                "channel_max=0 (unlimited) > {} max allowed",
-                limits.channel_max
-            ),
-        ));
-    }
-    let frame_max = tune.frame_max;
-    let channel_max = if tune.channel_max == 0 {
-        u16::MAX
-    } else {
-        tune.channel_max
-    };
-    reader.frame_max = frame_max;
-    handle.frame_max.store(
-        if frame_max == 0 { u32::MAX } else { frame_max },
-        Ordering::Relaxed,
-    );
-
-    let Some(AMQPClass::Connection(conn_m::AMQPMethod::Open(open))) =
-        reader.expect_method().await?
-    else {
-        return Err(AmqpError::connection(
-            code::COMMAND_INVALID,
-            "expected connection.open",
-        ));
-    };
-    let vhost_name = open.virtual_host.as_str();
-    let Some(vhost) = broker.vhost(vhost_name) else {
-        return Err(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!("vhost {vhost_name} not found"),
-        )
-        .in_method(CONNECTION_OPEN));
-    };
-    if broker.permissions(&user, vhost_name).is_none() {
-        return Err(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!("access to vhost '{vhost_name}' refused for user '{user}'"),
-        )
-        .in_method(CONNECTION_OPEN));
-    }
-    // The limit check and the registration happen under one lock, so two
-    // connections opening at once cannot both take the last slot.
-    let admission = ADMISSION.lock().unwrap_or_else(|e| e.into_inner());
-    check_connection_limits(broker, vhost_name)?;
-    let _ = handle.info.set(crate::session::outbound::ConnInfo {
-        peer,
-        local: ends.local,
-        user: user.clone(),
-        vhost: vhost_name.to_owned(),
-        client_properties: start_ok.client_properties.clone(),
-        connected_at: std::time::SystemTime::now(),
-        channel_max,
-        heartbeat: tune.heartbeat,
-        auth_mechanism: mechanism,
-        tls: tls.cloned(),
-    });
-    broker.register(handle.clone());
-    drop(admission);
-    handle.write(|out| {
-        write_method(
-            out,
-            0,
-            &AMQPClass::Connection(conn_m::AMQPMethod::OpenOk(conn_m::OpenOk {})),
-        )
-    });
-    Ok(Some(Handshake {
-        vhost,
-        user,
-        channel_max,
-        heartbeat: tune.heartbeat,
-    }))
-}
-
-/// Serialises connection-limit checks with registration.
-static ADMISSION: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// `[limits]` max_connections and max_connections_per_vhost, checked at
-/// connection.open (530 NOT_ALLOWED, as RabbitMQ's vhost connection limit).
-fn check_connection_limits(broker: &Broker, vhost: &str) -> AmqpResult<()> {
-    let limits = &broker.config.limits;
-    if limits.max_connections == 0 && limits.max_connections_per_vhost == 0 {
-        return Ok(());
-    }
-    let open = broker.connections();
-    let max = limits.max_connections as usize;
-    if max != 0 && open.len() >= max {
-        return Err(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!("connection limit ({max}) is reached"),
-        )
-        .in_method(CONNECTION_OPEN));
-    }
-    let max = limits.max_connections_per_vhost as usize;
-    if max != 0
-        && open
-            .iter()
-            .filter(|c| c.info.get().is_some_and(|i| i.vhost == vhost))
-            .count()
-            >= max
-    {
-        return Err(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!("access to vhost '{vhost}' refused: connection limit ({max}) is reached"),
-        )
-        .in_method(CONNECTION_OPEN));
-    }
-    Ok(())
 }
 
 /// connection.close for an error.

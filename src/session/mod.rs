@@ -1,5 +1,6 @@
 //! One client's session: listeners (`server`, `tls`), the connection's
-//! handshake and frame loop (`connection`), the state every handler takes
+//! frame loop (`connection`), its handshake (`handshake`) and frame reader
+//! (`reader`), the state every handler takes
 //! (`context`), channels with publish, confirms and transactions
 //! (`channel`), AMQP method handlers (`handlers`) and the (class, method)
 //! ids the frame loop names (`method_ids`), the consumer side of a
@@ -15,7 +16,9 @@ pub mod connection;
 pub mod context;
 pub mod delivery;
 pub mod handlers;
+mod handshake;
 pub mod method_ids;
 pub mod outbound;
+mod reader;
 pub mod server;
 pub mod tls;
