@@ -2,7 +2,7 @@
 //! frame loop (`connection`), its handshake (`handshake`) and frame reader
 //! (`reader`), the state every handler takes
 //! (`context`), channels with publish, confirms and transactions
-//! (`channel`), AMQP method handlers (`handlers`) and the (class, method)
+//! (`channel`), AMQP method handlers split by class (`handlers`) and the (class, method)
 //! ids the frame loop names (`method_ids`), the consumer side of a
 //! channel (`delivery`), and the socket writer shared by the connection's
 //! tasks and the queues that deliver to it (`outbound`).
