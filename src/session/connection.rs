@@ -15,17 +15,21 @@ use std::time::{Duration, Instant};
 use amq_protocol::protocol::{AMQPClass, connection as conn_m};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
+use crate::ops::alarms::Alarms;
 use crate::protocol::codec::{FRAME_MIN_SIZE, Frame, HEARTBEAT, PROTOCOL_HEADER};
 use crate::protocol::error::{AmqpError, AmqpResult, Scope, code};
 use crate::protocol::methods::{Method, decode, ids, write_method};
 use crate::session::channel::Channel;
 use crate::session::context::ConnCtx;
+use crate::session::flow::wait_unless_released;
 use crate::session::handshake::{Handshake, Peer, handshake};
-use crate::session::method_ids::{BASIC_PUBLISH, CHANNEL_CLOSE, CHANNEL_CLOSE_OK, InMethod};
+use crate::session::method_ids::{
+    BASIC_PUBLISH, CHANNEL_CLOSE, CHANNEL_CLOSE_OK, InMethod, MethodId,
+};
 use crate::session::outbound::{ConnEvent, ConnectionHandle};
 use crate::session::reader::{Reader, close_ok_method};
 use crate::session::server::HandshakeSlot;
@@ -245,6 +249,38 @@ enum End {
     Error(AmqpError),
 }
 
+/// What the frame loop keeps between turns.
+struct LoopState {
+    /// Heartbeats: every half interval.
+    ticker: tokio::time::Interval,
+    /// Consumer timeouts: every `CONSUMER_TIMEOUT_CHECK`.
+    timeout_check: tokio::time::Interval,
+    /// When the client last showed it is alive.
+    last_recv: Instant,
+    /// The writer's byte count at the last heartbeat tick.
+    written_at_tick: u64,
+    /// The message store's synced sequence (confirms wait for it).
+    durable_rx: Option<watch::Receiver<u64>>,
+    /// The same, watched for the store's backlog to shrink.
+    backlog_rx: Option<watch::Receiver<u64>>,
+    /// Resource alarms.
+    alarms: watch::Receiver<Alarms>,
+    /// The connection is blocked by an alarm.
+    blocked: bool,
+    /// The connection whose backlog holds reading back (see `hold`).
+    hold: Option<Arc<ConnectionHandle>>,
+    /// The writer's byte count while held back by the own backlog.
+    written_while_held: u64,
+}
+
+impl LoopState {
+    /// Whether the client's socket is read this turn: not while an alarm
+    /// blocks it, a backlog holds it back, or the store is behind.
+    fn reads(&self, store_held: bool) -> bool {
+        !self.blocked && self.hold.is_none() && !store_held
+    }
+}
+
 impl<R: AsyncRead + Unpin> Connection<R> {
     /// Runs the connection until it ends; returns whether the peer may
     /// still be there (so its last frames are worth draining).
@@ -260,7 +296,32 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         }
     }
 
+    /// Reads and handles frames until the connection ends. Each turn:
+    /// handle what is buffered, send due confirms, apply flow control, then
+    /// wait for bytes or anything else that needs the connection.
     async fn frame_loop(&mut self, events: &mut mpsc::UnboundedReceiver<ConnEvent>) -> End {
+        let mut st = self.loop_state();
+        loop {
+            if let Err(end) = self.handle_buffered(&mut st.hold) {
+                return end;
+            }
+            self.flush_confirms();
+            self.ctx
+                .handle
+                .channel_count
+                .store(self.channels.len() as u32, Ordering::Relaxed);
+            self.pause_for_queue_flow().await;
+            let store_held = self.store_held();
+            self.update_blocked(&mut st);
+            self.keep_alive_while_not_reading(&mut st, store_held);
+            if let Some(end) = self.wait(&mut st, events, store_held).await {
+                return end;
+            }
+        }
+    }
+
+    /// The frame loop's timers and subscriptions, at its start.
+    fn loop_state(&self) -> LoopState {
         let hb = self.heartbeat as u64;
         let tick = if hb == 0 {
             Duration::from_secs(3600)
@@ -271,156 +332,193 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut timeout_check = tokio::time::interval(CONSUMER_TIMEOUT_CHECK);
         timeout_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_recv = Instant::now();
-        let mut written_at_tick = 0u64;
-        let mut durable_rx = self.ctx.broker.durability.store().map(|s| s.subscribe());
-        let mut backlog_rx = self.ctx.broker.durability.store().map(|s| s.subscribe());
-        let mut alarms = self.ctx.broker.alarms.subscribe();
-        let mut blocked = false;
-        // The connection whose backlog holds reading back (see `hold`).
-        let mut hold: Option<Arc<ConnectionHandle>> = None;
-        let mut written_while_held = 0u64;
-        loop {
-            hold = match hold.take() {
-                Some(h) if !h.is_drained() => Some(h),
-                _ => self.hold(),
-            };
-            // Handle every complete frame already buffered, then flush
-            // confirms; stop early once a reply fills a backlog.
-            while hold.is_none() {
-                match self.reader.next_buffered() {
-                    Ok(Some(frame)) => match self.handle_frame_gated(frame) {
-                        Ok(true) => {}
-                        Ok(false) => return End::Closed,
-                        Err(e) => return End::Error(e),
-                    },
-                    Ok(None) => break,
-                    Err(e) => return End::Error(e),
-                }
-                hold = self.hold();
+        let store = self.ctx.broker.durability.store();
+        LoopState {
+            ticker,
+            timeout_check,
+            last_recv: Instant::now(),
+            written_at_tick: 0,
+            durable_rx: store.map(|s| s.subscribe()),
+            backlog_rx: store.map(|s| s.subscribe()),
+            alarms: self.ctx.broker.alarms.subscribe(),
+            blocked: false,
+            hold: None,
+            written_while_held: 0,
+        }
+    }
+
+    /// Handles every complete frame already buffered; stops early once a
+    /// reply fills a backlog (`hold`). `Err`: the connection ends.
+    fn handle_buffered(&mut self, hold: &mut Option<Arc<ConnectionHandle>>) -> Result<(), End> {
+        *hold = match hold.take() {
+            Some(h) if !h.is_drained() => Some(h),
+            _ => self.hold(),
+        };
+        while hold.is_none() {
+            match self.reader.next_buffered() {
+                Ok(Some(frame)) => match self.handle_frame_gated(frame) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(End::Closed),
+                    Err(e) => return Err(End::Error(e)),
+                },
+                Ok(None) => break,
+                Err(e) => return Err(End::Error(e)),
             }
-            self.flush_confirms();
+            *hold = self.hold();
+        }
+        Ok(())
+    }
+
+    /// Flow control: don't read more publishes until the queue's consumers
+    /// catch up. Bounded, so a connection that also consumes from that
+    /// queue still gets to read its acks.
+    async fn pause_for_queue_flow(&mut self) {
+        if let Some(q) = self.ctx.flow_wait.take() {
+            wait_unless_released(q.drained(), || q.is_pressured(), FLOW_PAUSE_MAX).await;
+        }
+    }
+
+    /// The message store's writer is behind (a disk slower than the
+    /// publishers): a connection that publishes reads nothing more until it
+    /// has caught up, so the writer's buffer is bounded.
+    fn store_held(&self) -> bool {
+        self.ctx.published
+            && self
+                .ctx
+                .broker
+                .durability
+                .store()
+                .is_some_and(|s| s.is_backlogged())
+    }
+
+    /// Alarms: a connection that publishes is not read from while an alarm
+    /// is on (RabbitMQ's connection.blocked); consumers go on. Clients that
+    /// asked are told when this changes.
+    fn update_blocked(&mut self, st: &mut LoopState) {
+        let alarm = *st.alarms.borrow_and_update();
+        let should_block = alarm.any() && self.ctx.published;
+        if should_block == st.blocked {
+            return;
+        }
+        st.blocked = should_block;
+        if self.ctx.handle.blocked_notify.load(Ordering::Relaxed) {
+            let m = if st.blocked {
+                conn_m::AMQPMethod::Blocked(conn_m::Blocked {
+                    reason: alarm.reason().into(),
+                })
+            } else {
+                conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})
+            };
+            self.ctx.send(0, AMQPClass::Connection(m));
+        }
+        tracing::info!(peer = %self.peer, "connection {}", if st.blocked { "blocked" } else { "unblocked" });
+    }
+
+    /// While the socket is not read, the peer's heartbeats wait in it: the
+    /// peer counts as alive. Held back by its own backlog, though, only
+    /// while the writer gets bytes out to it, so a peer that is gone is
+    /// still noticed after two heartbeats.
+    fn keep_alive_while_not_reading(&self, st: &mut LoopState, store_held: bool) {
+        let own_hold = st
+            .hold
+            .as_ref()
+            .is_some_and(|h| Arc::ptr_eq(h, &self.ctx.handle));
+        if own_hold {
+            let written = self.ctx.handle.bytes_written();
+            if written != st.written_while_held {
+                st.written_while_held = written;
+                st.last_recv = Instant::now();
+            }
+        } else if !st.reads(store_held) {
+            st.last_recv = Instant::now();
+        }
+    }
+
+    /// Waits for the next thing the connection must act on: bytes from the
+    /// client (unless reading is held back), the store syncing confirms,
+    /// events from queues and the writer, a held-back reason going away,
+    /// consumer timeouts, alarms and heartbeats. `Some`: the connection ends.
+    async fn wait(
+        &mut self,
+        st: &mut LoopState,
+        events: &mut mpsc::UnboundedReceiver<ConnEvent>,
+        store_held: bool,
+    ) -> Option<End> {
+        let waiting_for_store = !self.ctx.confirms_due.is_empty() && st.durable_rx.is_some();
+        let reads = st.reads(store_held);
+        tokio::select! {
+            biased;
+            synced = async {
+                match st.durable_rx.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            }, if waiting_for_store => {
+                if !synced {
+                    st.durable_rx = None;
+                }
+            }
+            ev = events.recv() => match ev {
+                Some(ConnEvent::Writable) => self.redispatch_all(),
+                Some(ConnEvent::WriteFailed) | None => return Some(End::Gone),
+                Some(ConnEvent::Close(code, text)) => {
+                    return Some(End::Error(AmqpError::connection(code, text)));
+                }
+            },
+            _ = async {
+                if let Some(h) = &st.hold {
+                    h.drained(Duration::from_secs(1)).await;
+                }
+            }, if st.hold.is_some() => {}
+            _ = async {
+                match st.backlog_rx.as_mut() {
+                    Some(rx) => {
+                        let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }, if store_held => {}
+            ok = self.reader.fill(), if reads => {
+                if !ok {
+                    return Some(End::Gone);
+                }
+                st.last_recv = Instant::now();
+            }
+            _ = st.timeout_check.tick(), if self.has_unacked() => {
+                if let Err(e) = self.check_consumer_timeouts() {
+                    return Some(End::Error(e));
+                }
+            }
+            changed = st.alarms.changed() => {
+                if changed.is_err() {
+                    return Some(End::Gone);
+                }
+            }
+            _ = st.ticker.tick() => return self.heartbeat_tick(st),
+        }
+        None
+    }
+
+    /// Every half heartbeat interval: ends the connection after two
+    /// intervals without a frame from the client, and sends a heartbeat if
+    /// nothing else went out since the last tick.
+    fn heartbeat_tick(&self, st: &mut LoopState) -> Option<End> {
+        let hb = self.heartbeat as u64;
+        if hb == 0 {
+            return None;
+        }
+        if st.last_recv.elapsed() > Duration::from_secs(hb * 2) {
+            tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {hb}s");
+            return Some(End::Gone);
+        }
+        let written = self.ctx.handle.bytes_written();
+        if written == st.written_at_tick && self.ctx.handle.pending_bytes() == 0 {
             self.ctx
                 .handle
-                .channel_count
-                .store(self.channels.len() as u32, Ordering::Relaxed);
-            if let Some(q) = self.ctx.flow_wait.take() {
-                // Flow control: don't read more publishes until the queue's
-                // consumers catch up. Bounded, so a connection that also
-                // consumes from that queue still gets to read its acks.
-                let drained = q.drained();
-                tokio::pin!(drained);
-                drained.as_mut().enable();
-                if q.is_pressured() {
-                    let _ = tokio::time::timeout(FLOW_PAUSE_MAX, drained).await;
-                }
-            }
-            // The message store's writer is behind (a disk slower than the
-            // publishers): a connection that publishes reads nothing more
-            // until it has caught up, so the writer's buffer is bounded.
-            let store_held = self.ctx.published
-                && self
-                    .ctx
-                    .broker
-                    .durability
-                    .store()
-                    .is_some_and(|s| s.is_backlogged());
-            let waiting_for_store = !self.ctx.confirms_due.is_empty() && durable_rx.is_some();
-            // Alarms: a connection that publishes is not read from while an
-            // alarm is on (RabbitMQ's connection.blocked); consumers go on.
-            let alarm = *alarms.borrow_and_update();
-            let should_block = alarm.any() && self.ctx.published;
-            if should_block != blocked {
-                blocked = should_block;
-                if self.ctx.handle.blocked_notify.load(Ordering::Relaxed) {
-                    let m = if blocked {
-                        conn_m::AMQPMethod::Blocked(conn_m::Blocked {
-                            reason: alarm.reason().into(),
-                        })
-                    } else {
-                        conn_m::AMQPMethod::Unblocked(conn_m::Unblocked {})
-                    };
-                    self.ctx.send(0, AMQPClass::Connection(m));
-                }
-                tracing::info!(peer = %self.peer, "connection {}", if blocked { "blocked" } else { "unblocked" });
-            }
-            let own_hold = hold
-                .as_ref()
-                .is_some_and(|h| Arc::ptr_eq(h, &self.ctx.handle));
-            if own_hold {
-                // Not reading because the peer does not read: it counts as
-                // alive while the writer gets bytes out to it, so a peer
-                // that is gone is still noticed after two heartbeats.
-                let written = self.ctx.handle.bytes_written();
-                if written != written_while_held {
-                    written_while_held = written;
-                    last_recv = Instant::now();
-                }
-            } else if blocked || hold.is_some() || store_held {
-                // Not reading: the peer's heartbeats wait in the socket.
-                last_recv = Instant::now();
-            }
-            tokio::select! {
-                biased;
-                synced = async {
-                    match durable_rx.as_mut() {
-                        Some(rx) => rx.changed().await.is_ok(),
-                        None => std::future::pending().await,
-                    }
-                }, if waiting_for_store => {
-                    if !synced {
-                        durable_rx = None;
-                    }
-                }
-                ev = events.recv() => match ev {
-                    Some(ConnEvent::Writable) => self.redispatch_all(),
-                    Some(ConnEvent::WriteFailed) | None => return End::Gone,
-                    Some(ConnEvent::Close(code, text)) => return End::Error(AmqpError::connection(code, text)),
-                },
-                _ = async {
-                    if let Some(h) = &hold {
-                        h.drained(Duration::from_secs(1)).await;
-                    }
-                }, if hold.is_some() => {}
-                _ = async {
-                    match backlog_rx.as_mut() {
-                        Some(rx) => {
-                            let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
-                        }
-                        None => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }, if store_held => {}
-                ok = self.reader.fill(), if !blocked && hold.is_none() && !store_held => {
-                    if !ok {
-                        return End::Gone;
-                    }
-                    last_recv = Instant::now();
-                }
-                _ = timeout_check.tick(), if self.has_unacked() => {
-                    if let Err(e) = self.check_consumer_timeouts() {
-                        return End::Error(e);
-                    }
-                }
-                changed = alarms.changed() => {
-                    if changed.is_err() {
-                        return End::Gone;
-                    }
-                }
-                _ = ticker.tick() => {
-                    if hb > 0 {
-                        if last_recv.elapsed() > Duration::from_secs(hb * 2) {
-                            tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {hb}s");
-                            return End::Gone;
-                        }
-                        let written = self.ctx.handle.bytes_written();
-                        if written == written_at_tick && self.ctx.handle.pending_bytes() == 0 {
-                            self.ctx.handle.write(|out| out.extend_from_slice(&HEARTBEAT));
-                        }
-                        written_at_tick = self.ctx.handle.bytes_written();
-                    }
-                }
-            }
+                .write(|out| out.extend_from_slice(&HEARTBEAT));
         }
+        st.written_at_tick = self.ctx.handle.bytes_written();
+        None
     }
 
     /// `handle_frame`, forgetting afterwards which definitions change this
@@ -444,67 +542,79 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 channel: 0,
                 payload,
             } => self.connection_method(payload),
-            Frame::Method { channel, payload } => {
-                let (class_id, method_id) = ids(&payload);
-                if let Some(ch) = self.channels.get_mut(&channel)
-                    && ch.closing
-                {
-                    // Only close and close-ok matter on a closing channel (spec 4.2.2).
-                    match (class_id, method_id) {
-                        CHANNEL_CLOSE_OK => {
-                            self.channels.remove(&channel);
-                        }
-                        CHANNEL_CLOSE => {
-                            self.ctx.send(channel, crate::session::channel::close_ok());
-                        }
-                        _ => {}
-                    }
-                    return Ok(true);
-                }
-                let method = decode(payload)?;
-                if (class_id, method_id) == CHANNEL_CLOSE
-                    && let Some(mut ch) = self.channels.remove(&channel)
-                {
-                    ch.flush_confirms(&self.ctx);
-                    ch.shutdown(&mut self.ctx);
-                    self.ctx.send(channel, crate::session::channel::close_ok());
-                    return Ok(true);
-                }
-                if !self.channels.contains_key(&channel) {
-                    self.check_channel_count()?;
-                    return self
-                        .open_channel(channel, method)
-                        .map_err(|e| e.with_method(class_id, method_id));
-                }
-                let result = match self.channels.get_mut(&channel) {
-                    Some(ch) => ch.handle_method(&mut self.ctx, method),
-                    None => Ok(()),
-                };
-                self.after_channel_result(
-                    channel,
-                    result.map_err(|e| e.with_method(class_id, method_id)),
-                )
+            Frame::Method { channel, payload } => self.channel_method(channel, payload),
+            Frame::Header { channel, payload } => {
+                self.content_frame(channel, "content header", |ch, ctx| {
+                    ch.handle_header(ctx, payload)
+                })
             }
-            Frame::Header { channel, payload } => match self.channels.get_mut(&channel) {
-                Some(ch) if ch.closing => Ok(true),
-                Some(ch) => {
-                    let r = ch
-                        .handle_header(&mut self.ctx, payload)
-                        .map_err(|e| e.in_method(BASIC_PUBLISH));
-                    self.after_channel_result(channel, r)
-                }
-                None => Err(unexpected_frame("content header", channel)),
-            },
-            Frame::Body { channel, payload } => match self.channels.get_mut(&channel) {
-                Some(ch) if ch.closing => Ok(true),
-                Some(ch) => {
-                    let r = ch
-                        .handle_body(&mut self.ctx, payload)
-                        .map_err(|e| e.in_method(BASIC_PUBLISH));
-                    self.after_channel_result(channel, r)
-                }
-                None => Err(unexpected_frame("content body", channel)),
-            },
+            Frame::Body { channel, payload } => {
+                self.content_frame(channel, "content body", |ch, ctx| {
+                    ch.handle_body(ctx, payload)
+                })
+            }
+        }
+    }
+
+    /// A method frame on a channel: close and close-ok are the frame loop's
+    /// (it owns the channel table), as is channel.open; the rest goes to
+    /// the channel.
+    fn channel_method(&mut self, channel: u16, payload: bytes::Bytes) -> AmqpResult<bool> {
+        let method_id = ids(&payload);
+        if self.channels.get(&channel).is_some_and(|ch| ch.closing) {
+            self.on_closing_channel(channel, method_id);
+            return Ok(true);
+        }
+        let method = decode(payload)?;
+        if method_id == CHANNEL_CLOSE
+            && let Some(mut ch) = self.channels.remove(&channel)
+        {
+            ch.flush_confirms(&self.ctx);
+            ch.shutdown(&mut self.ctx);
+            self.ctx.send(channel, crate::session::channel::close_ok());
+            return Ok(true);
+        }
+        if !self.channels.contains_key(&channel) {
+            self.check_channel_count()?;
+            return self
+                .open_channel(channel, method)
+                .map_err(|e| e.in_method(method_id));
+        }
+        let result = match self.channels.get_mut(&channel) {
+            Some(ch) => ch.handle_method(&mut self.ctx, method),
+            None => Ok(()),
+        };
+        self.after_channel_result(channel, result.map_err(|e| e.in_method(method_id)))
+    }
+
+    /// Only close and close-ok matter on a closing channel (spec 4.2.2).
+    fn on_closing_channel(&mut self, channel: u16, method_id: MethodId) {
+        match method_id {
+            CHANNEL_CLOSE_OK => {
+                self.channels.remove(&channel);
+            }
+            CHANNEL_CLOSE => {
+                self.ctx.send(channel, crate::session::channel::close_ok());
+            }
+            _ => {}
+        }
+    }
+
+    /// A content header or body frame (`what`): handled by its channel
+    /// (ignored on a closing one); errors are basic.publish's.
+    fn content_frame(
+        &mut self,
+        channel: u16,
+        what: &str,
+        handle: impl FnOnce(&mut Channel, &mut ConnCtx) -> AmqpResult<()>,
+    ) -> AmqpResult<bool> {
+        match self.channels.get_mut(&channel) {
+            Some(ch) if ch.closing => Ok(true),
+            Some(ch) => {
+                let r = handle(ch, &mut self.ctx).map_err(|e| e.in_method(BASIC_PUBLISH));
+                self.after_channel_result(channel, r)
+            }
+            None => Err(unexpected_frame(what, channel)),
         }
     }
 
@@ -566,8 +676,9 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         }
     }
 
+    /// A method frame on channel 0 once the connection is open.
     fn connection_method(&mut self, payload: bytes::Bytes) -> AmqpResult<bool> {
-        let (class_id, method_id) = ids(&payload);
+        let method_id = ids(&payload);
         match decode(payload)? {
             Method::Other(AMQPClass::Connection(conn_m::AMQPMethod::Close(c))) => {
                 tracing::debug!(peer = %self.peer, "client closed the connection: {} {}", c.reply_code, c.reply_text.as_str().escape_debug());
@@ -590,7 +701,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 code::CHANNEL_ERROR,
                 "unexpected method in connection state running",
             )
-            .with_method(class_id, method_id)),
+            .in_method(method_id)),
         }
     }
 

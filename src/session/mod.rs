@@ -15,6 +15,7 @@ pub mod channel;
 pub mod connection;
 pub mod context;
 pub mod delivery;
+pub mod flow;
 pub mod handlers;
 mod handshake;
 pub mod method_ids;
