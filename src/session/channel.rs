@@ -428,10 +428,6 @@ impl Channel {
         mandatory: bool,
         cc: &[String],
     ) -> (Option<u64>, bool) {
-        let mut sync_seq = None;
-        let mut refused = false;
-        let mut queues = std::mem::take(&mut self.route_buf);
-        queues.clear();
         let rk = String::from_utf8_lossy(msg.routing_key());
         if x.name.is_empty()
             && rk.starts_with(direct_reply::PREFIX)
@@ -443,43 +439,15 @@ impl Channel {
             if target.over_cap() {
                 ctx.reply_wait = Some(target);
             }
-            self.route_buf = queues;
             return (None, false);
         }
-        let mut headers = || msg.properties().and_then(|p| p.headers().clone());
-        ctx.vhost.route(x, &rk, &mut headers, &mut queues);
-        if !cc.is_empty() {
-            for key in cc {
-                ctx.vhost.route(x, key, &mut headers, &mut queues);
-            }
-            // A queue reached by several keys gets one copy.
-            queues.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
-            queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        }
+        let mut queues = std::mem::take(&mut self.route_buf);
+        queues.clear();
+        route(ctx, x, &msg, &rk, cc, &mut queues);
+        let mut sync_seq = None;
+        let mut refused = false;
         if queues.is_empty() {
-            let s = &ctx.handle.stats; // stats
-            (if mandatory {
-                &s.return_unroutable
-            } else {
-                &s.drop_unroutable
-            })
-            .fetch_add(1, Relaxed);
-            if mandatory {
-                let frame_max = ctx
-                    .handle
-                    .frame_max
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                    reply_code: code::NO_ROUTE,
-                    reply_text: "NO_ROUTE".into(),
-                    exchange: String::from_utf8_lossy(msg.exchange()).as_ref().into(),
-                    routing_key: rk.as_ref().into(),
-                }));
-                ctx.handle.write(|out| {
-                    write_method(out, self.id, &ret);
-                    msg.write_content(out, self.id, frame_max);
-                });
-            }
+            self.unroutable(ctx, &msg, &rk, mandatory);
         } else {
             let e = crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store(), ttl);
             sync_seq = e.sync_seq;
@@ -491,6 +459,35 @@ impl Channel {
         }
         self.route_buf = queues;
         (sync_seq, refused)
+    }
+
+    /// A message no queue takes: counted, and returned to the publisher
+    /// (basic.return, 312 NO_ROUTE) if mandatory.
+    fn unroutable(&self, ctx: &ConnCtx, msg: &Message, rk: &str, mandatory: bool) {
+        let s = &ctx.handle.stats; // stats
+        (if mandatory {
+            &s.return_unroutable
+        } else {
+            &s.drop_unroutable
+        })
+        .fetch_add(1, Relaxed);
+        if !mandatory {
+            return;
+        }
+        let frame_max = ctx
+            .handle
+            .frame_max
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+            reply_code: code::NO_ROUTE,
+            reply_text: "NO_ROUTE".into(),
+            exchange: String::from_utf8_lossy(msg.exchange()).as_ref().into(),
+            routing_key: rk.into(),
+        }));
+        ctx.handle.write(|out| {
+            write_method(out, self.id, &ret);
+            msg.write_content(out, self.id, frame_max);
+        });
     }
 
     /// Sends basic.ack for everything published since the last flush.
@@ -701,6 +698,29 @@ impl Channel {
             &header,
             msg.body_bytes(),
         ))
+    }
+}
+
+/// The queues `x` routes a message to, by its routing key `rk` and its
+/// CC/BCC keys `cc`, into `queues`; a queue reached by several keys is in
+/// it once.
+fn route(
+    ctx: &ConnCtx,
+    x: &Arc<Exchange>,
+    msg: &Message,
+    rk: &str,
+    cc: &[String],
+    queues: &mut Vec<Arc<Queue>>,
+) {
+    let mut headers = || msg.properties().and_then(|p| p.headers().clone());
+    ctx.vhost.route(x, rk, &mut headers, queues);
+    if !cc.is_empty() {
+        for key in cc {
+            ctx.vhost.route(x, key, &mut headers, queues);
+        }
+        // A queue reached by several keys gets one copy.
+        queues.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+        queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
     }
 }
 

@@ -1,11 +1,11 @@
 //! One client's session: listeners (`server`, `tls`), the connection's
 //! frame loop (`connection`), its handshake (`handshake`) and frame reader
-//! (`reader`), the state every handler takes
-//! (`context`), channels with publish, confirms and transactions
-//! (`channel`), AMQP method handlers split by class (`handlers`) and the (class, method)
-//! ids the frame loop names (`method_ids`), the consumer side of a
-//! channel (`delivery`), and the socket writer shared by the connection's
-//! tasks and the queues that deliver to it (`outbound`).
+//! (`reader`), the state every handler takes (`context`), channels with
+//! publish, confirms and transactions (`channel`), AMQP method handlers
+//! split by class (`handlers`), the (class, method) ids the frame loop
+//! names (`method_ids`), publisher flow-control waits (`flow`), the
+//! consumer side of a channel (`delivery`), and the socket writer shared by
+//! the connection's tasks and the queues that deliver to it (`outbound`).
 //!
 //! Owns: everything per connection. May use: every layer below
 //! (`broker`, `vhost`, `routing`, `queue`, `store`, `message`, `protocol`,
