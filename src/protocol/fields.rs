@@ -158,7 +158,7 @@ fn value_from_json(v: &Value) -> AMQPValue {
             Some(i) => AMQPValue::LongLongInt(i),
             None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
         },
-        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
+        Value::String(s) => long_string(s),
         Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
             a.iter().map(value_from_json).collect::<Vec<_>>(),
         )),

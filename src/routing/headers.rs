@@ -37,10 +37,8 @@
 //! tables in wire order, while [`FieldTable`] is sorted, so key order inside
 //! a nested table does not matter here.
 
+use crate::protocol::fields::{erlang_binary, erlang_term, erlang_type};
 use amq_protocol::types::{AMQPValue, DecimalValue, FieldArray, FieldTable};
-// TODO(issue 12 merge): session still names it here.
-pub use crate::protocol::fields::erlang_type;
-use crate::protocol::fields::{erlang_binary, erlang_term};
 
 /// How a binding combines its arguments (the `x-match` argument).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

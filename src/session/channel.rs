@@ -19,8 +19,9 @@ use crate::protocol::methods::{Method, Publish, write_method};
 use crate::queue::Queue;
 use crate::queue::consumer::{Consumer, QueuedMessage};
 use crate::routing::exchange::Exchange;
-use crate::session::connection::ConnCtx;
+use crate::session::context::ConnCtx;
 use crate::session::delivery::{ChannelShared, Unacked};
+use crate::session::method_ids::{BASIC_CLASS, BASIC_PUBLISH, InMethod};
 use crate::session::outbound::ConnectionHandle;
 use crate::vhost::deadletter::Reason;
 use crate::vhost::direct_reply;
@@ -177,7 +178,7 @@ fn expected_header(got: &str) -> AmqpError {
         code::UNEXPECTED_FRAME,
         format!("expected content header for class 60, {got}"),
     )
-    .with_method(60, 40)
+    .in_method(BASIC_PUBLISH)
 }
 
 fn unexpected_in_body() -> AmqpError {
@@ -185,7 +186,7 @@ fn unexpected_in_body() -> AmqpError {
         code::UNEXPECTED_FRAME,
         "expected content body, got non content body frame instead",
     )
-    .with_method(60, 40)
+    .in_method(BASIC_PUBLISH)
 }
 
 impl Channel {
@@ -254,7 +255,7 @@ impl Channel {
                 "content header frame too short",
             ));
         };
-        if class_id != 60 {
+        if class_id != BASIC_CLASS {
             return Err(expected_header(&format!(
                 "got one for class {class_id} instead"
             )));
@@ -271,7 +272,7 @@ impl Channel {
                 code::PRECONDITION_FAILED,
                 format!("message size {size} is larger than configured max size {max}"),
             )
-            .with_method(60, 40));
+            .in_method(BASIC_PUBLISH));
         }
         if size == 0 {
             return self.publish(ctx, publish, payload, Bytes::new());
@@ -428,10 +429,6 @@ impl Channel {
         mandatory: bool,
         cc: &[String],
     ) -> (Option<u64>, bool) {
-        let mut sync_seq = None;
-        let mut refused = false;
-        let mut queues = std::mem::take(&mut self.route_buf);
-        queues.clear();
         let rk = String::from_utf8_lossy(msg.routing_key());
         if x.name.is_empty()
             && rk.starts_with(direct_reply::PREFIX)
@@ -443,43 +440,15 @@ impl Channel {
             if target.over_cap() {
                 ctx.reply_wait = Some(target);
             }
-            self.route_buf = queues;
             return (None, false);
         }
-        let mut headers = || msg.properties().and_then(|p| p.headers().clone());
-        ctx.vhost.route(x, &rk, &mut headers, &mut queues);
-        if !cc.is_empty() {
-            for key in cc {
-                ctx.vhost.route(x, key, &mut headers, &mut queues);
-            }
-            // A queue reached by several keys gets one copy.
-            queues.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
-            queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        }
+        let mut queues = std::mem::take(&mut self.route_buf);
+        queues.clear();
+        route(ctx, x, &msg, &rk, cc, &mut queues);
+        let mut sync_seq = None;
+        let mut refused = false;
         if queues.is_empty() {
-            let s = &ctx.handle.stats; // stats
-            (if mandatory {
-                &s.return_unroutable
-            } else {
-                &s.drop_unroutable
-            })
-            .fetch_add(1, Relaxed);
-            if mandatory {
-                let frame_max = ctx
-                    .handle
-                    .frame_max
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                    reply_code: code::NO_ROUTE,
-                    reply_text: "NO_ROUTE".into(),
-                    exchange: String::from_utf8_lossy(msg.exchange()).as_ref().into(),
-                    routing_key: rk.as_ref().into(),
-                }));
-                ctx.handle.write(|out| {
-                    write_method(out, self.id, &ret);
-                    msg.write_content(out, self.id, frame_max);
-                });
-            }
+            self.unroutable(ctx, &msg, &rk, mandatory);
         } else {
             let e = crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store(), ttl);
             sync_seq = e.sync_seq;
@@ -491,6 +460,35 @@ impl Channel {
         }
         self.route_buf = queues;
         (sync_seq, refused)
+    }
+
+    /// A message no queue takes: counted, and returned to the publisher
+    /// (basic.return, 312 NO_ROUTE) if mandatory.
+    fn unroutable(&self, ctx: &ConnCtx, msg: &Message, rk: &str, mandatory: bool) {
+        let s = &ctx.handle.stats; // stats
+        (if mandatory {
+            &s.return_unroutable
+        } else {
+            &s.drop_unroutable
+        })
+        .fetch_add(1, Relaxed);
+        if !mandatory {
+            return;
+        }
+        let frame_max = ctx
+            .handle
+            .frame_max
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+            reply_code: code::NO_ROUTE,
+            reply_text: "NO_ROUTE".into(),
+            exchange: String::from_utf8_lossy(msg.exchange()).as_ref().into(),
+            routing_key: rk.into(),
+        }));
+        ctx.handle.write(|out| {
+            write_method(out, self.id, &ret);
+            msg.write_content(out, self.id, frame_max);
+        });
     }
 
     /// Sends basic.ack for everything published since the last flush.
@@ -704,6 +702,29 @@ impl Channel {
     }
 }
 
+/// The queues `x` routes a message to, by its routing key `rk` and its
+/// CC/BCC keys `cc`, into `queues`; a queue reached by several keys is in
+/// it once.
+fn route(
+    ctx: &ConnCtx,
+    x: &Arc<Exchange>,
+    msg: &Message,
+    rk: &str,
+    cc: &[String],
+    queues: &mut Vec<Arc<Queue>>,
+) {
+    let mut headers = || msg.properties().and_then(|p| p.headers().clone());
+    ctx.vhost.route(x, rk, &mut headers, queues);
+    if !cc.is_empty() {
+        for key in cc {
+            ctx.vhost.route(x, key, &mut headers, queues);
+        }
+        // A queue reached by several keys gets one copy.
+        queues.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+        queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    }
+}
+
 /// A publish a transaction holds until commit: exchange, message, its TTL,
 /// mandatory, and its CC/BCC routing keys.
 type HeldPublish = (Arc<Exchange>, Message, Option<u64>, bool, Vec<String>);
@@ -726,13 +747,7 @@ fn sender_selected(msg: Message) -> AmqpResult<(Message, Vec<String>)> {
             None => {}
             Some(AMQPValue::FieldArray(a)) => {
                 for v in a.as_slice() {
-                    match v {
-                        AMQPValue::LongString(s) => {
-                            keys.push(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                        }
-                        AMQPValue::ShortString(s) => keys.push(s.as_str().to_owned()),
-                        _ => {}
-                    }
+                    keys.extend(crate::protocol::fields::string(v));
                 }
             }
             Some(other) => {
@@ -740,7 +755,7 @@ fn sender_selected(msg: Message) -> AmqpResult<(Message, Vec<String>)> {
                     code::PRECONDITION_FAILED,
                     format!(
                         "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
-                        crate::routing::headers::erlang_type(other)
+                        crate::protocol::fields::erlang_type(other)
                     ),
                 ));
             }

@@ -1,0 +1,122 @@
+//! `ConnCtx`: the per-connection state every method handler takes (the
+//! broker, the connection's outbound handle, its vhost and user, cached
+//! permissions, and what the frame loop must act on after a frame: due
+//! confirms, flow control, direct-reply backpressure).
+//!
+//! Owns: the handler-facing view of one open connection. The connection's
+//! frame loop (`connection`) creates it after connection.open and is the
+//! only one that keeps it; channels and handlers borrow it per frame.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::AMQPClass;
+
+use crate::broker::Broker;
+use crate::protocol::error::AmqpResult;
+use crate::protocol::methods::write_method;
+use crate::queue::Queue;
+use crate::session::outbound::ConnectionHandle;
+use crate::vhost::VHost;
+
+/// Per-connection state the method handlers need.
+pub struct ConnCtx {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// The outbound side.
+    pub handle: Arc<ConnectionHandle>,
+    /// The vhost opened by connection.open.
+    pub vhost: Arc<VHost>,
+    /// The authenticated user.
+    pub user: String,
+    /// Exclusive queues declared by this connection, deleted when it closes.
+    pub exclusive_queues: Vec<Arc<Queue>>,
+    /// Channels with publisher confirms waiting to be sent.
+    pub confirms_due: Vec<u16>,
+    /// A queue that asked this connection's publishers to slow down.
+    pub flow_wait: Option<Arc<Queue>>,
+    /// A connection this one's direct replies filled beyond its outbound
+    /// cap: nothing more is read until it drains.
+    pub reply_wait: Option<Arc<ConnectionHandle>>,
+    /// The connection has published (alarms block only publishers).
+    pub published: bool,
+    perms: Option<Arc<crate::auth::Permissions>>,
+    perms_generation: u64,
+}
+
+impl ConnCtx {
+    /// The context of a connection just opened by `user` on `vhost`.
+    pub fn new(
+        broker: Arc<Broker>,
+        handle: Arc<ConnectionHandle>,
+        vhost: Arc<VHost>,
+        user: String,
+    ) -> ConnCtx {
+        ConnCtx {
+            broker,
+            handle,
+            vhost,
+            user,
+            exclusive_queues: Vec::new(),
+            confirms_due: Vec::new(),
+            flow_wait: None,
+            reply_wait: None,
+            published: false,
+            perms: None,
+            perms_generation: 0,
+        }
+    }
+
+    /// The connection id.
+    pub fn id(&self) -> u64 {
+        self.handle.id
+    }
+
+    /// Checks the user's permission for an operation (RabbitMQ's rules).
+    pub fn check(
+        &mut self,
+        access: crate::auth::Access,
+        resource: crate::auth::Resource<'_>,
+    ) -> AmqpResult<()> {
+        self.refresh_permissions();
+        crate::auth::check(
+            self.perms.as_deref(),
+            &self.user,
+            &self.vhost.name,
+            access,
+            resource,
+        )
+    }
+
+    /// Checks the read and write permissions a declaration naming a
+    /// dead-letter or alternate exchange needs (`auth::check_exchange_argument`).
+    pub fn check_exchange_argument(
+        &mut self,
+        declared: crate::auth::Resource<'_>,
+        arguments: &amq_protocol::types::FieldTable,
+    ) -> AmqpResult<()> {
+        self.refresh_permissions();
+        crate::auth::check_exchange_argument(
+            self.perms.as_deref(),
+            &self.user,
+            &self.vhost.name,
+            declared,
+            arguments,
+        )
+    }
+
+    /// Reloads the cached permissions if users or permissions changed;
+    /// returns the generation they are current for.
+    pub fn refresh_permissions(&mut self) -> u64 {
+        let generation = self.broker.auth_generation();
+        if generation != self.perms_generation {
+            self.perms = self.broker.permissions(&self.user, &self.vhost.name);
+            self.perms_generation = generation;
+        }
+        generation
+    }
+
+    /// Appends a method frame to the outbound buffer.
+    pub fn send(&self, channel: u16, class: AMQPClass) {
+        self.handle.write(|out| write_method(out, channel, &class));
+    }
+}

@@ -1,0 +1,182 @@
+//! The queue class: queue.declare, queue.bind, queue.unbind, queue.purge
+//! and queue.delete.
+
+use amq_protocol::protocol::{AMQPClass, queue};
+
+use crate::auth::{Access, Resource};
+use crate::protocol::error::AmqpResult;
+use crate::queue::QueueConfig;
+use crate::session::channel::Channel;
+use crate::session::context::ConnCtx;
+use crate::session::handlers::{generated_name, not_from_client, queue_name};
+use crate::vhost::DestName;
+
+/// Dispatches a queue-class method.
+pub(super) fn handle(ch: &mut Channel, ctx: &mut ConnCtx, m: queue::AMQPMethod) -> AmqpResult<()> {
+    match m {
+        queue::AMQPMethod::Declare(d)
+            if d.passive && d.queue.as_str() == crate::vhost::direct_reply::QUEUE =>
+        {
+            declare_reply_queue(ch, ctx, d);
+            Ok(())
+        }
+        queue::AMQPMethod::Declare(d) => declare(ch, ctx, d),
+        queue::AMQPMethod::Bind(b) => bind(ch, ctx, b),
+        queue::AMQPMethod::Unbind(b) => unbind(ch, ctx, b),
+        queue::AMQPMethod::Purge(p) => purge(ch, ctx, p),
+        queue::AMQPMethod::Delete(d) => delete(ch, ctx, d),
+        _ => Err(not_from_client()),
+    }
+}
+
+/// A passive queue.declare of the direct reply-to pseudo-queue: it exists.
+fn declare_reply_queue(ch: &Channel, ctx: &ConnCtx, d: queue::Declare) {
+    if !d.nowait {
+        ctx.send(
+            ch.id,
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                queue: d.queue,
+                message_count: 0,
+                consumer_count: 0,
+            })),
+        );
+    }
+}
+
+/// queue.declare: name the queue, check the user may, declare it in the
+/// vhost (an exclusive one the connection deletes when it closes), reply.
+fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult<()> {
+    let name = declared_name(ch, &d);
+    if !d.passive {
+        check_declare(ctx, &name, &d)?;
+    }
+    let server_named = d.queue.as_str().is_empty() && !d.passive;
+    let config = QueueConfig {
+        durable: d.durable,
+        exclusive_owner: d.exclusive.then_some(ctx.id()),
+        auto_delete: d.auto_delete,
+        arguments: d.arguments,
+    };
+    let (q, created) = ctx
+        .vhost
+        .declare_queue(&name, server_named, d.passive, config, ctx.id())?;
+    if created && q.config.exclusive_owner.is_some() {
+        ctx.exclusive_queues.push(q.clone());
+    }
+    ch.last_queue = Some(name.clone());
+    if !d.nowait {
+        ctx.send(
+            ch.id,
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                queue: name.into(),
+                message_count: q.message_count(),
+                consumer_count: q.consumer_count(),
+            })),
+        );
+    }
+    Ok(())
+}
+
+/// The name a queue.declare declares: its own, the channel's last queue
+/// for a passive declare of "", or a server-generated one.
+fn declared_name(ch: &Channel, d: &queue::Declare) -> String {
+    match d.queue.as_str() {
+        "" if d.passive => ch.last_queue.clone().unwrap_or_default(),
+        "" => generated_name("amq.gen-"),
+        n => n.to_owned(),
+    }
+}
+
+/// A (non-passive) queue.declare's checks: configure permission on the
+/// queue, permissions on a dead-letter exchange it names, the queue limit.
+fn check_declare(ctx: &mut ConnCtx, name: &str, d: &queue::Declare) -> AmqpResult<()> {
+    ctx.check(Access::Configure, Resource::Queue(name))?;
+    ctx.check_exchange_argument(Resource::Queue(name), &d.arguments)?;
+    ctx.broker.check_queue_limit(&ctx.vhost, name)
+}
+
+/// queue.bind; with neither queue nor routing key, the channel's last
+/// queue is bound with its name as the key.
+fn bind(ch: &mut Channel, ctx: &mut ConnCtx, b: queue::Bind) -> AmqpResult<()> {
+    let name = queue_name(ch, b.queue.as_str())?;
+    check_bind_queue(ctx, b.exchange.as_str(), &name)?;
+    let rk = if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() {
+        name.clone()
+    } else {
+        b.routing_key.as_str().to_owned()
+    };
+    ctx.vhost.bind(
+        b.exchange.as_str(),
+        DestName::Queue(&name),
+        &rk,
+        &b.arguments,
+        ctx.id(),
+    )?;
+    if !b.nowait {
+        ctx.send(
+            ch.id,
+            AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+        );
+    }
+    Ok(())
+}
+
+/// queue.unbind.
+fn unbind(ch: &mut Channel, ctx: &mut ConnCtx, b: queue::Unbind) -> AmqpResult<()> {
+    let name = queue_name(ch, b.queue.as_str())?;
+    check_bind_queue(ctx, b.exchange.as_str(), &name)?;
+    ctx.vhost.unbind(
+        b.exchange.as_str(),
+        DestName::Queue(&name),
+        b.routing_key.as_str(),
+        &b.arguments,
+        ctx.id(),
+    )?;
+    ctx.send(
+        ch.id,
+        AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+    );
+    Ok(())
+}
+
+/// queue.bind/unbind: write on the queue, read on the exchange.
+fn check_bind_queue(ctx: &mut ConnCtx, exchange: &str, queue: &str) -> AmqpResult<()> {
+    ctx.check(Access::Write, Resource::Queue(queue))?;
+    ctx.check(Access::Read, Resource::Exchange(exchange))
+}
+
+/// queue.purge.
+fn purge(ch: &mut Channel, ctx: &mut ConnCtx, p: queue::Purge) -> AmqpResult<()> {
+    let name = queue_name(ch, p.queue.as_str())?;
+    ctx.check(Access::Read, Resource::Queue(&name))?;
+    let q = ctx.vhost.queue_or_404(&name)?;
+    q.check_exclusive(ctx.id())?;
+    let message_count = q.purge();
+    if !p.nowait {
+        ctx.send(
+            ch.id,
+            AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count })),
+        );
+    }
+    Ok(())
+}
+
+/// queue.delete: the vhost cancels its consumers (clients that asked are told).
+fn delete(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Delete) -> AmqpResult<()> {
+    let name = queue_name(ch, d.queue.as_str())?;
+    ctx.check(Access::Configure, Resource::Queue(&name))?;
+    let deleted = ctx
+        .vhost
+        .delete_queue(&name, d.if_unused, d.if_empty, ctx.id())?;
+    let message_count = deleted.as_ref().map_or(0, |d| d.message_count);
+    ctx.exclusive_queues.retain(|q| !q.is_deleted());
+    if !d.nowait {
+        ctx.send(
+            ch.id,
+            AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                message_count,
+            })),
+        );
+    }
+    Ok(())
+}
