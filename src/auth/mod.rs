@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
-use crate::protocol::error::{AmqpError, code};
+use crate::protocol::error::{AmqpError, AmqpResult, code};
 
 /// The hashing algorithm name RabbitMQ writes in definitions.
 pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
@@ -211,6 +211,21 @@ pub fn check_exchange_argument(
         Access::Write,
         Resource::Exchange(&target),
     )
+}
+
+/// RabbitMQ's user_id validation: a message may name only the user who
+/// publishes it in its user_id property, unless that user is tagged
+/// `impersonator` (406 PRECONDITION_FAILED otherwise). `user` is the
+/// publishing user as stored (absent if deleted meanwhile), `name` the name
+/// it logged in with.
+pub fn check_user_id(user: Option<&User>, name: &str, claimed: &str) -> AmqpResult<()> {
+    if claimed == name || user.is_some_and(|u| u.has_tag("impersonator")) {
+        return Ok(());
+    }
+    Err(AmqpError::channel(
+        code::PRECONDITION_FAILED,
+        format!("user_id property set to '{claimed}' but authenticated user was '{name}'"),
+    ))
 }
 
 #[cfg(test)]

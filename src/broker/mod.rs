@@ -18,7 +18,6 @@ use crate::auth::{Permissions, User, hash_password, verify_password};
 use crate::ops::config::Config;
 use crate::ops::stats::Stats;
 use crate::schema::{PermissionDef, Tags, UserDef};
-use crate::session::outbound::{ConnEvent, ConnectionHandle};
 use crate::store::meta::MetaOp;
 use crate::vhost::Durability;
 use crate::vhost::VHost;
@@ -35,7 +34,7 @@ pub struct Broker {
     /// Bumped on every user or permission change, so connections can cache.
     auth_generation: AtomicU64,
     next_connection_id: AtomicU64,
-    connections: Mutex<HashMap<u64, Arc<ConnectionHandle>>>,
+    connections: Mutex<HashMap<u64, Arc<dyn Client>>>,
     /// Durable state: definitions log and message store (see `store`).
     pub durability: Arc<Durability>,
     /// Memory and disk alarms (see `alarms`).
@@ -166,11 +165,11 @@ impl Broker {
     /// Closes every client connection with 320 CONNECTION_FORCED and syncs
     /// the message store (clean shutdown). Waits at most `grace`.
     pub async fn shutdown(&self, grace: std::time::Duration) {
-        for c in self.connections() {
-            c.send_event(ConnEvent::Close(
+        for c in self.clients() {
+            c.close(
                 crate::protocol::error::code::CONNECTION_FORCED,
                 "broker forced connection closure with reason 'shutdown'".into(),
-            ));
+            );
         }
         let deadline = std::time::Instant::now() + grace;
         while !self.connections.lock().is_empty() && std::time::Instant::now() < deadline {
@@ -249,12 +248,12 @@ impl Broker {
             perms.remove(name);
         }
         self.bump_auth();
-        for c in self.connections() {
+        for c in self.clients() {
             if c.vhost_name().as_deref() == Some(name) {
-                c.send_event(ConnEvent::Close(
+                c.close(
                     crate::protocol::error::code::CONNECTION_FORCED,
                     format!("vhost '{name}' is deleted"),
-                ));
+                );
             }
         }
         self.stats.retired_vhosts.add(&vh.queue_totals());
@@ -391,11 +390,11 @@ impl Broker {
     }
 
     /// Records a live connection.
-    pub fn register(&self, h: Arc<ConnectionHandle>) {
+    pub fn register(&self, h: Arc<dyn Client>) {
         self.stats
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
-        self.connections.lock().insert(h.id, h);
+        self.connections.lock().insert(h.id(), h);
     }
 
     /// Forgets a closed connection (keeping its counts in the totals).
@@ -403,20 +402,50 @@ impl Broker {
         let h = self.connections.lock().remove(&id);
         if let Some(h) = h {
             let r = &self.stats.retired_connections;
-            r.add(&h.stats.snapshot());
-            r.add_channels(h.stats.channels_opened.load(Ordering::Relaxed));
+            r.add(&h.stats().snapshot());
+            r.add_channels(h.stats().channels_opened.load(Ordering::Relaxed));
         }
     }
 
-    /// A live connection by id.
-    pub fn connection(&self, id: u64) -> Option<Arc<ConnectionHandle>> {
-        self.connections.lock().get(&id).cloned()
+    /// A live connection by id, as the session type `T` that registered it.
+    pub fn connection<T: Client>(&self, id: u64) -> Option<Arc<T>> {
+        let c = self.connections.lock().get(&id).cloned()?;
+        c.into_any().downcast().ok()
     }
 
-    /// Live connections.
-    pub fn connections(&self) -> Vec<Arc<ConnectionHandle>> {
+    /// Live connections, as the session type `T` that registered them.
+    pub fn connections<T: Client>(&self) -> Vec<Arc<T>> {
+        self.clients()
+            .into_iter()
+            .filter_map(|c| c.into_any().downcast().ok())
+            .collect()
+    }
+
+    /// How many connections are live.
+    pub fn connection_count(&self) -> usize {
+        self.connections.lock().len()
+    }
+
+    fn clients(&self) -> Vec<Arc<dyn Client>> {
         self.connections.lock().values().cloned().collect()
     }
+}
+
+/// A client connection as the broker sees it: the broker keeps the
+/// registry and closes connections (shutdown, vhost deleted); the session
+/// layer's `ConnectionHandle` implements it, and the layers that own that
+/// type get it back with `Broker::connections::<T>()`.
+pub trait Client: std::any::Any + Send + Sync + std::fmt::Debug {
+    /// Broker-unique connection id.
+    fn id(&self) -> u64;
+    /// The vhost it opened, once its handshake is done.
+    fn vhost_name(&self) -> Option<String>;
+    /// Closes it with connection.close (`code`, `text`).
+    fn close(&self, code: u16, text: String);
+    /// Its message counters.
+    fn stats(&self) -> &crate::ops::stats::ConnStats;
+    /// Itself as `Any`, to get the concrete type back.
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// Creates the data directory, private to the broker's user: it holds

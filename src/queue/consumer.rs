@@ -38,6 +38,10 @@ pub trait ConsumerChannel: Send + Sync + std::fmt::Debug {
         remaining: u32,
     ) -> bool;
 
+    /// Writes a direct reply-to message to consumer `consumer_tag` (no
+    /// queue, no ack). Returns false if the channel is closing.
+    fn deliver_direct(&self, consumer_tag: &[u8], msg: &Message) -> bool;
+
     /// Tells the client the broker cancelled its consumer `consumer_tag`
     /// (the queue was deleted), if the client asked for such notifications.
     fn notify_cancel(&self, consumer_tag: &[u8]);

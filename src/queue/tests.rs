@@ -50,6 +50,12 @@ impl ConsumerChannel for Recorder {
         true
     }
 
+    fn deliver_direct(&self, consumer_tag: &[u8], msg: &Message) -> bool {
+        let tag = String::from_utf8_lossy(consumer_tag).into_owned();
+        self.delivered.lock().push((tag, text(msg), false));
+        true
+    }
+
     fn notify_cancel(&self, consumer_tag: &[u8]) {
         self.cancelled
             .lock()

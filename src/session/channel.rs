@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, tx};
 use bytes::{Bytes, BytesMut};
 
-use crate::auth::{Access, Resource, User};
+use crate::auth::{Access, Resource};
 use crate::message::{Message, header_class_and_size, parse_properties};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::protocol::methods::{Method, Publish, write_method};
@@ -134,21 +134,6 @@ pub struct Channel {
     pub reply_consumer: Option<(String, Bytes)>,
     exchange_cache: Option<(Bytes, Arc<Exchange>, u64)>,
     route_buf: Vec<Arc<Queue>>,
-}
-
-/// RabbitMQ's user_id validation: a message may name only the user who
-/// publishes it in its user_id property, unless that user is tagged
-/// `impersonator` (406 PRECONDITION_FAILED otherwise). `user` is the
-/// publishing user as stored (absent if deleted meanwhile), `name` the name
-/// it logged in with.
-pub fn check_user_id(user: Option<&User>, name: &str, claimed: &str) -> AmqpResult<()> {
-    if claimed == name || user.is_some_and(|u| u.has_tag("impersonator")) {
-        return Ok(());
-    }
-    Err(AmqpError::channel(
-        code::PRECONDITION_FAILED,
-        format!("user_id property set to '{claimed}' but authenticated user was '{name}'"),
-    ))
 }
 
 /// channel.close for an error.
@@ -373,7 +358,7 @@ impl Channel {
                 && claimed.as_str() != ctx.user
             {
                 let user = ctx.broker.user(&ctx.user);
-                check_user_id(user.as_ref(), &ctx.user, claimed.as_str())?;
+                crate::auth::check_user_id(user.as_ref(), &ctx.user, claimed.as_str())?;
             }
         }
         let ttl = match msg.expiration() {
@@ -437,8 +422,10 @@ impl Channel {
             // A direct reply: straight to the waiting consumer. If that
             // connection's backlog is over the cap, this one stops reading
             // until it drains.
-            if target.over_cap() {
-                ctx.reply_wait = Some(target);
+            if let Some(target) = target.as_any().downcast_ref::<ChannelShared>()
+                && target.conn.over_cap()
+            {
+                ctx.reply_wait = Some(target.conn.clone());
             }
             return (None, false);
         }

@@ -164,19 +164,6 @@ impl ChannelShared {
         ch
     }
 
-    /// Delivers a direct reply-to message to this channel's reply consumer
-    /// (no ack: it is settled on delivery). False if the channel is closing.
-    pub fn deliver_direct(&self, consumer_tag: &[u8], msg: &crate::message::Message) -> bool {
-        let mut st = self.state.lock();
-        if !st.open {
-            return false;
-        }
-        let tag = st.next_tag;
-        st.next_tag += 1;
-        self.write_delivery(consumer_tag, tag, false, msg);
-        true
-    }
-
     /// Writes basic.deliver and the message's content frames.
     #[inline]
     fn write_delivery(
@@ -337,6 +324,19 @@ impl ChannelShared {
 }
 
 impl ConsumerChannel for ChannelShared {
+    /// Delivers a direct reply-to message to this channel's reply consumer
+    /// (no ack: it is settled on delivery). False if the channel is closing.
+    fn deliver_direct(&self, consumer_tag: &[u8], msg: &Message) -> bool {
+        let mut st = self.state.lock();
+        if !st.open {
+            return false;
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        self.write_delivery(consumer_tag, tag, false, msg);
+        true
+    }
+
     /// Delivers `msg` if the consumer's prefetch, its channel and its socket
     /// allow; the queue calls this with its own lock held. `take` is called
     /// only when the delivery goes ahead.

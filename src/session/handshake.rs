@@ -494,7 +494,7 @@ fn check_connection_limits(broker: &Broker, vhost: &str) -> AmqpResult<()> {
     if limits.max_connections == 0 && limits.max_connections_per_vhost == 0 {
         return Ok(());
     }
-    let open = broker.connections();
+    let open = broker.connections::<ConnectionHandle>();
     let max = limits.max_connections as usize;
     if max != 0 && open.len() >= max {
         return Err(AmqpError::connection(

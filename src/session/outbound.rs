@@ -348,6 +348,28 @@ impl ConnectionHandle {
     }
 }
 
+impl crate::broker::Client for ConnectionHandle {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn vhost_name(&self) -> Option<String> {
+        ConnectionHandle::vhost_name(self)
+    }
+
+    fn close(&self, code: u16, text: String) {
+        self.send_event(ConnEvent::Close(code, text));
+    }
+
+    fn stats(&self) -> &crate::ops::stats::ConnStats {
+        &self.stats
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

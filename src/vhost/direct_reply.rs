@@ -12,8 +12,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::message::Message;
-use crate::session::delivery::ChannelShared;
-use crate::session::outbound::ConnectionHandle;
+use crate::queue::consumer::ConsumerChannel;
 
 /// The pseudo-queue name clients consume from and put in `reply_to`.
 pub const QUEUE: &str = "amq.rabbitmq.reply-to";
@@ -23,18 +22,35 @@ pub const PREFIX: &str = "amq.rabbitmq.reply-to.";
 /// The reply consumers of one vhost, by key.
 #[derive(Debug, Default)]
 pub struct Replies {
-    consumers: Mutex<HashMap<String, (Weak<ChannelShared>, Bytes)>>,
+    consumers: Mutex<HashMap<String, ReplyConsumer>>,
+}
+
+/// A channel's reply consumer: where replies go, and its consumer tag.
+#[derive(Debug, Clone)]
+struct ReplyConsumer {
+    channel: Weak<dyn ConsumerChannel>,
+    tag: Bytes,
 }
 
 impl Replies {
     /// Registers a channel's reply consumer; returns its key.
-    pub fn register(&self, channel: &Arc<ChannelShared>, consumer_tag: Bytes) -> String {
+    pub fn register<C: ConsumerChannel + 'static>(
+        &self,
+        channel: &Arc<C>,
+        consumer_tag: Bytes,
+    ) -> String {
+        let channel: Weak<dyn ConsumerChannel> =
+            Arc::downgrade(channel) as Weak<dyn ConsumerChannel>;
         let mut raw = [0u8; 16];
         let _ = getrandom::fill(&mut raw);
         let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        self.consumers
-            .lock()
-            .insert(key.clone(), (Arc::downgrade(channel), consumer_tag));
+        self.consumers.lock().insert(
+            key.clone(),
+            ReplyConsumer {
+                channel,
+                tag: consumer_tag,
+            },
+        );
         key
     }
 
@@ -44,15 +60,15 @@ impl Replies {
     }
 
     /// Delivers a reply published with routing key `PREFIX<key>`; returns
-    /// the connection it was written to, or None if no such consumer exists
-    /// (any more). The publisher pauses while that connection is over its
-    /// outbound cap, so a client that does not read its replies cannot grow
-    /// the broker's memory.
-    pub fn deliver(&self, routing_key: &str, msg: &Message) -> Option<Arc<ConnectionHandle>> {
+    /// the channel it was written to, or None if no such consumer exists
+    /// (any more). The publisher pauses while that channel's connection is
+    /// over its outbound cap, so a client that does not read its replies
+    /// cannot grow the broker's memory.
+    pub fn deliver(&self, routing_key: &str, msg: &Message) -> Option<Arc<dyn ConsumerChannel>> {
         let key = routing_key.strip_prefix(PREFIX)?;
-        let (channel, tag) = self.consumers.lock().get(key).cloned()?;
+        let ReplyConsumer { channel, tag } = self.consumers.lock().get(key).cloned()?;
         match channel.upgrade() {
-            Some(ch) => ch.deliver_direct(&tag, msg).then(|| ch.conn.clone()),
+            Some(ch) => ch.deliver_direct(&tag, msg).then_some(ch),
             None => {
                 self.unregister(key);
                 None

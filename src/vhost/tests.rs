@@ -6,11 +6,13 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::VHost;
+use crate::message::Message;
 use crate::queue::consumer::{Consumer, ConsumerChannel, QueuedMessage};
 use crate::queue::{Queue, QueueConfig};
 
+/// Records cancelled consumer tags and direct replies.
 #[derive(Debug, Default)]
-struct Cancelled(Mutex<Vec<String>>);
+struct Cancelled(Mutex<Vec<String>>, Mutex<Vec<String>>);
 
 impl ConsumerChannel for Cancelled {
     fn try_deliver(
@@ -24,6 +26,13 @@ impl ConsumerChannel for Cancelled {
 
     fn deliver_get(&self, _: &Arc<Queue>, _: &QueuedMessage, _: bool, _: u32) -> bool {
         false
+    }
+
+    fn deliver_direct(&self, consumer_tag: &[u8], msg: &Message) -> bool {
+        let tag = String::from_utf8_lossy(consumer_tag);
+        let body = String::from_utf8_lossy(msg.body());
+        self.1.lock().push(format!("{tag}:{body}"));
+        true
     }
 
     fn notify_cancel(&self, consumer_tag: &[u8]) {
@@ -89,4 +98,24 @@ fn removing_a_queue_by_any_path_cancels_its_consumers() {
     assert_eq!(*ch.0.lock(), ["c1", "c2"]);
     assert!(deleted.is_deleted() && removed.is_deleted());
     assert!(vh.queue("deleted").is_none() && vh.queue("removed").is_none());
+}
+
+#[test]
+fn a_direct_reply_goes_to_the_registered_channel_until_it_is_gone() {
+    let vh = VHost::new("v");
+    let ch = Arc::new(Cancelled::default());
+    let key = vh.replies.register(&ch, Bytes::from_static(b"rpc"));
+    let routing_key = format!("{}{key}", super::direct_reply::PREFIX);
+    let reply = Message::new(
+        b"",
+        routing_key.as_bytes(),
+        &[0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0],
+        Bytes::from_static(b"ok"),
+    );
+    assert!(vh.replies.deliver(&routing_key, &reply).is_some());
+    assert_eq!(*ch.1.lock(), ["rpc:ok"]);
+    drop(ch);
+    assert!(vh.replies.deliver(&routing_key, &reply).is_none());
+    let unknown = format!("{}nobody", super::direct_reply::PREFIX);
+    assert!(vh.replies.deliver(&unknown, &reply).is_none());
 }

@@ -53,7 +53,7 @@ fn channel_name(b: &Broker, i: &ConnInfo, number: u16) -> String {
 fn visible(s: &AppState, auth: &Auth) -> Vec<(Arc<ConnectionHandle>, ConnInfo)> {
     let mut out: Vec<_> = s
         .broker
-        .connections()
+        .connections::<ConnectionHandle>()
         .into_iter()
         .filter_map(|c| {
             let i = c.info.get()?.clone();

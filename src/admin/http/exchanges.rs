@@ -313,7 +313,7 @@ async fn publish(
     }
     let props = object_field(&m, "properties")?;
     if let Some(claimed) = short(&props, "user_id")? {
-        crate::session::channel::check_user_id(Some(&auth.user), &auth.user.name, claimed.as_str())
+        crate::auth::check_user_id(Some(&auth.user), &auth.user.name, claimed.as_str())
             .map_err(ApiError::with_reply_code)?;
     }
     let header = content_header(&props, body.len() as u64)?;

@@ -72,7 +72,7 @@ pub fn render(s: &AppState) -> String {
         format!("{uptime:.3}"),
     );
 
-    let conns = b.connections();
+    let conns = b.connections::<crate::session::outbound::ConnectionHandle>();
     let open_conns = conns.iter().filter(|c| c.info.get().is_some()).count() as u64;
     let channels: u64 = conns
         .iter()

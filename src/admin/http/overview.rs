@@ -93,7 +93,7 @@ async fn overview(axum::extract::State(s): St, auth: Auth) -> ApiResult {
         }
     }
     let conns: Vec<_> = b
-        .connections()
+        .connections::<crate::session::outbound::ConnectionHandle>()
         .into_iter()
         .filter(|c| {
             c.info
@@ -168,7 +168,7 @@ fn node_json(s: &AppState) -> Value {
         "disk_free_alarm": r.disk_free_alarm,
         "fd_used": r.fd_used,
         "fd_total": r.fd_total,
-        "sockets_used": b.connections().len(),
+        "sockets_used": b.connection_count(),
         "uptime": uptime,
         "processors": system::processors(),
         "rates_mode": "basic",

@@ -63,7 +63,9 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
     m.insert("exclusive_consumer_tag".into(), Value::Null);
     m.insert("effective_policy_definition".into(), json!({}));
     if let Some(owner) = q.config.exclusive_owner
-        && let Some(c) = s.broker.connection(owner)
+        && let Some(c) = s
+            .broker
+            .connection::<crate::session::outbound::ConnectionHandle>(owner)
         && let Some(i) = c.info.get()
     {
         m.insert(

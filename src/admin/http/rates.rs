@@ -204,7 +204,7 @@ impl Rates {
             vhosts.insert(name, sample);
         }
         let mut conns = HashMap::new();
-        for c in b.connections() {
+        for c in b.connections::<crate::session::outbound::ConnectionHandle>() {
             conns.insert(c.id, step(s.conns.get(&c.id), c.stats.snapshot(), [0; 3]));
         }
         let global = step(Some(&s.global), global_totals(b), g_depth);
@@ -237,7 +237,7 @@ pub fn queue_depth(q: &crate::queue::Queue) -> [u64; 3] {
 /// (deleted ones included).
 pub fn global_totals(b: &Broker) -> MsgTotals {
     let mut t = b.stats.retired_connections.totals();
-    for c in b.connections() {
+    for c in b.connections::<crate::session::outbound::ConnectionHandle>() {
         t.add(&c.stats.snapshot());
     }
     t.publish += b

@@ -22,7 +22,7 @@ impl StoreAges {
     /// One pass over every channel's unacked deliveries.
     pub fn collect(b: &Broker) -> StoreAges {
         let mut unacked = HashMap::new();
-        for c in b.connections() {
+        for c in b.connections::<crate::session::outbound::ConnectionHandle>() {
             for ch in c.channels() {
                 ch.oldest_unacked_stored(&mut unacked);
             }
