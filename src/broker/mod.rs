@@ -145,7 +145,7 @@ impl Broker {
             {
                 Some(q) => {
                     count += msgs.len();
-                    q.restore(msgs);
+                    q.recover(msgs);
                 }
                 None => {
                     tracing::warn!(

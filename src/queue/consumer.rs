@@ -61,7 +61,7 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// Message store id, for persistent messages in a durable queue.
     pub stored: Option<u64>,
-    /// When it expires (`queue::now_ms` clock, per-queue or per-message
+    /// When it expires (`ops::clock::now_ms` clock, per-queue or per-message
     /// TTL); 0 for never.
     pub deadline: u64,
 }

@@ -89,7 +89,7 @@ pub struct Queue {
     pub stats: crate::ops::stats::QueueStats,
     /// Its virtual host (dead-lettering, expiry).
     owner: Weak<dyn QueueOwner>,
-    /// When it was last used (`timers::now_ms`), for x-expires.
+    /// When it was last used (`ops::clock::now_ms`), for x-expires.
     last_used: AtomicU64,
     /// x-consumer-timeout (or the policy's consumer-timeout), ms; 0: the
     /// broker's `[limits] consumer_timeout`.
@@ -169,7 +169,7 @@ pub trait QueueOwner: Send + Sync {
 /// What was left of a queue when it was deleted.
 #[derive(Debug)]
 pub struct Deleted {
-    /// QueuedMessage messages dropped.
+    /// Ready messages dropped.
     pub message_count: u32,
     /// Consumers that were attached.
     pub consumers: Vec<Arc<Consumer>>,
@@ -675,14 +675,9 @@ impl Queue {
         n
     }
 
-    /// QueuedMessage messages (what queue.declare-ok reports).
+    /// Ready messages (what queue.declare-ok reports).
     pub fn message_count(&self) -> u32 {
         self.state.lock().ready.len() as u32
-    }
-
-    /// QueuedMessage messages currently paged out to disk.
-    pub fn paged_count(&self) -> usize {
-        self.state.lock().ready.paged()
     }
 
     /// The store id of its oldest ready persistent message, if any (see
@@ -765,7 +760,7 @@ impl Queue {
     /// They stay in the store's segments until the queue's head reaches
     /// them. Recovered messages get the queue's TTL and their own
     /// expiration afresh (the store does not keep enqueue times).
-    pub fn restore(self: &Arc<Self>, msgs: Vec<RecoveredMessage>) {
+    pub fn recover(self: &Arc<Self>, msgs: Vec<RecoveredMessage>) {
         let mut st = self.state.lock();
         let now = now_ms();
         let queue_ttl = st.args.message_ttl;

@@ -104,11 +104,6 @@ impl ReadyQueue {
         self.lists().all(ReadyList::is_empty)
     }
 
-    /// Messages paged out (or still in the store).
-    pub fn paged(&self) -> usize {
-        self.lists().map(ReadyList::paged).sum()
-    }
-
     /// Body bytes of the ready messages.
     pub fn body_bytes(&self) -> usize {
         self.lists().map(ReadyList::body_bytes).sum()

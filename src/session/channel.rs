@@ -642,7 +642,7 @@ impl Channel {
         tx.publishes.clear();
         tx.bytes = 0;
         let back: Vec<Unacked> = tx.settles.drain(..).map(|(u, _)| u).collect();
-        self.shared.restore(back);
+        self.shared.unsettle(back);
     }
 
     /// Closes the channel's deliveries: cancels its consumers (auto-deleting

@@ -93,7 +93,7 @@ pub struct Unacked {
     pub stored: Option<u64>,
     /// Its expiry, kept should it be requeued.
     pub deadline: u64,
-    /// When it was delivered (`timers::coarse_ms`), for consumer timeouts.
+    /// When it was delivered (`ops::clock::coarse_ms`), for consumer timeouts.
     pub delivered_at: u64,
 }
 
@@ -245,11 +245,6 @@ impl ChannelShared {
         self.settle(0, true).unwrap_or_default()
     }
 
-    /// Sets channel.flow.
-    pub fn set_flow(&self, active: bool) {
-        self.state.lock().flow = active;
-    }
-
     /// Sets the channel-wide prefetch (basic.qos global=true).
     pub fn set_global_prefetch(&self, count: u16) {
         self.state.lock().global_prefetch = count;
@@ -310,7 +305,7 @@ fn unknown_tag(tag: DeliveryTag) -> AmqpError {
 
 impl ChannelShared {
     /// Puts settled deliveries back as unacked (tx.rollback).
-    pub fn restore(&self, items: Vec<Unacked>) {
+    pub fn unsettle(&self, items: Vec<Unacked>) {
         let mut st = self.state.lock();
         for u in items {
             u.queue.stats.unacked.fetch_add(1, Ordering::Relaxed);

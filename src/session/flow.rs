@@ -1,6 +1,7 @@
 //! Publisher flow control's one waiting primitive: wait for a "released"
 //! notification, bounded, unless the reason to wait is already gone. The
-//! frame loop uses it to pause a publisher while a queue it filled drains.
+//! frame loop uses it to pause a publisher while a queue it filled drains,
+//! and `ConnectionHandle::drained` while a consumer's socket backlog drains.
 //!
 //! Owns: the register-then-check-then-wait order that makes such waits
 //! lose no wakeup. The decisions (when a publisher is held back, for how

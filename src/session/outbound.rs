@@ -199,13 +199,12 @@ impl ConnectionHandle {
     /// Waits until the backlog is below LOW_WATER or the connection is
     /// closing (or `max` has passed: the caller looks again).
     pub async fn drained(&self, max: std::time::Duration) {
-        let notified = self.drained.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.pending.load(Ordering::SeqCst) < LOW_WATER || self.is_closing() {
-            return;
-        }
-        let _ = tokio::time::timeout(max, notified).await;
+        crate::session::flow::wait_unless_released(
+            self.drained.notified(),
+            || !self.is_drained(),
+            max,
+        )
+        .await;
     }
 
     /// Whether a connection held back by this backlog may go on.

@@ -259,15 +259,8 @@ pub fn properties_to_json(p: &BasicProperties) -> Value {
 /// properties given in RabbitMQ's JSON form.
 pub fn content_header(props: &Map<String, Value>, size: u64) -> Result<Vec<u8>, ApiError> {
     let p = properties_from_json(props)?;
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&60u16.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&size.to_be_bytes());
-    let ctx = amq_protocol::frame::WriteContext::from(Vec::new());
-    let ctx = amq_protocol::protocol::basic::gen_properties(&p)(ctx)
-        .map_err(|e| ApiError::bad_request(format!("cannot encode properties: {e:?}")))?;
-    out.extend_from_slice(&ctx.write);
-    Ok(out)
+    crate::message::content_header(&p, size)
+        .ok_or_else(|| ApiError::bad_request("cannot encode properties"))
 }
 
 async fn publish(
