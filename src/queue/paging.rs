@@ -6,7 +6,9 @@
 //! file for a batch) and only their position stays in memory, about 40
 //! bytes a message. When the head of the queue reaches paged messages, a
 //! batch of them is read back with one read. Transient and persistent
-//! messages are paged alike.
+//! messages are paged alike. Recovered messages stay in the message store
+//! until the head reaches them, and are read back the same way
+//! (`read_back`: one algorithm for page files and store segments).
 //!
 //! Page files are chunks of at most `chunk_bytes` (the memory limit,
 //! between 64 KiB and 4 MiB), numbered in write order. Each counts the
@@ -18,23 +20,20 @@
 //! page files).
 
 use std::collections::VecDeque;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::message::{Message, MessageRef};
 use crate::session::delivery::QueuedMessage;
-use crate::store::record::{self, Next, Record};
+use crate::store::record;
 use crate::store::{Loc, MessageStore};
 
 mod pager;
+mod read_back;
 use pager::{CHUNK_MAX, CHUNK_MIN, Pager};
-
-/// Bytes read back per page-in.
-const PAGE_IN_BYTES: usize = 1 << 20;
 
 #[derive(Debug)]
 enum Slot {
@@ -239,12 +238,10 @@ impl ReadyList {
     /// the list is empty.
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
         loop {
-            let read = match self.entries.front()?.slot {
-                Slot::Mem(_) => break,
-                Slot::Paged { .. } => self.page_in(),
-                Slot::Stored { .. } => self.read_stored(),
-            };
-            if !read {
+            if let Slot::Mem(_) = self.entries.front()?.slot {
+                break;
+            }
+            if !self.read_back_head() {
                 self.drop_unreadable_head();
             }
             // Entries that failed were dropped; the head is now in memory,
@@ -428,193 +425,6 @@ impl ReadyList {
         }
         p.paged += self.entries.len() - start;
         self.mem_bytes -= freed;
-    }
-
-    /// Reads the run of store-resident messages at the head back (one read
-    /// per run of nearby records in one segment). Those that cannot be
-    /// read are logged and dropped. False if nothing could be tried.
-    fn read_stored(&mut self) -> bool {
-        let Some(store) = self.store.clone() else {
-            return false;
-        };
-        let Some(&Entry {
-            slot: Slot::Stored {
-                seg, offset: first, ..
-            },
-            ..
-        }) = self.entries.front()
-        else {
-            return false;
-        };
-        let mut n = 0;
-        let mut end = first;
-        for e in &self.entries {
-            let Slot::Stored {
-                seg: s,
-                offset,
-                len,
-            } = e.slot
-            else {
-                break;
-            };
-            if n > 0
-                && (s != seg || offset < end || (offset + len - first) as usize > PAGE_IN_BYTES)
-            {
-                break;
-            }
-            end = offset + len;
-            n += 1;
-        }
-        let data = store.read_span(seg, first, (end - first) as usize);
-        let mut loaded = 0;
-        for e in self.entries.range_mut(..n) {
-            let Slot::Stored { offset, len, .. } = e.slot else {
-                break;
-            };
-            let at = (offset - first) as usize;
-            let m = match &data {
-                Ok(d) => decode_message(d, at, len),
-                // The span read failed: try this record on its own, so a
-                // bad spot costs only the records on it.
-                Err(_) => store
-                    .read_span(seg, offset, len as usize)
-                    .ok()
-                    .and_then(|d| decode_message(&d, 0, len)),
-            };
-            let Some(m) = m else {
-                tracing::error!(
-                    "cannot read a recovered message back from store segment {seg} at {offset}: {}",
-                    data.as_ref()
-                        .err()
-                        .map_or("bad record".to_owned(), |e| e.to_string())
-                );
-                continue;
-            };
-            self.mem_bytes += cost(&m);
-            self.body_bytes += m.body_len();
-            e.slot = Slot::Mem(m);
-            loaded += 1;
-        }
-        self.in_store -= n;
-        if loaded < n {
-            self.drop_unloaded(n);
-        }
-        true
-    }
-
-    /// Reads the run of paged messages at the head back with one read.
-    /// Those that cannot be read are logged and dropped with their counts.
-    /// False if nothing could be tried.
-    fn page_in(&mut self) -> bool {
-        let Some(p) = &mut self.pager else {
-            return false;
-        };
-        // The run of paged entries at the head that are contiguous in one
-        // page file.
-        let mut n = 0;
-        let (mut chunk, mut first, mut end) = (0u32, 0u64, 0u64);
-        for e in &self.entries {
-            let Slot::Paged {
-                chunk: c,
-                offset,
-                len,
-                ..
-            } = e.slot
-            else {
-                break;
-            };
-            let offset = u64::from(offset);
-            if n == 0 {
-                (chunk, first, end) = (c, offset, offset);
-            }
-            if c != chunk || offset != end || (end - first) as usize >= PAGE_IN_BYTES {
-                break;
-            }
-            end = offset + len as u64;
-            n += 1;
-        }
-        let file = p.file(chunk);
-        let mut data = vec![0u8; (end - first) as usize];
-        let read = file.map(|f| f.read_exact_at(&mut data, first));
-        let data = Bytes::from(data);
-        let mut loaded = 0;
-        let mut lost_body = 0usize;
-        for e in self.entries.range_mut(..n) {
-            let Slot::Paged {
-                offset, len, body, ..
-            } = e.slot
-            else {
-                break;
-            };
-            let offset = u64::from(offset);
-            let at = (offset - first) as usize;
-            let decoded = match (&read, file) {
-                (Some(Ok(())), _) => decode_message(&data, at, len),
-                // The batch read failed: try this record on its own, so a
-                // bad spot costs only the records on it.
-                (Some(Err(_)), Some(f)) => {
-                    let mut one = vec![0u8; len as usize];
-                    f.read_exact_at(&mut one, offset)
-                        .ok()
-                        .and_then(|()| decode_message(&Bytes::from(one), 0, len))
-                }
-                _ => None,
-            };
-            let m = match decoded {
-                Some(m) => m,
-                None => {
-                    match &read {
-                        Some(Err(e)) => tracing::error!(
-                            "cannot read a paged message back from {}: {e}; it is lost",
-                            p.path(chunk).display()
-                        ),
-                        _ => tracing::error!(
-                            "a paged message in {} is unreadable; it is lost",
-                            p.path(chunk).display()
-                        ),
-                    }
-                    lost_body += body as usize;
-                    continue;
-                }
-            };
-            self.mem_bytes += cost(&m);
-            e.slot = Slot::Mem(m);
-            loaded += 1;
-        }
-        p.paged -= n;
-        p.release(chunk, n);
-        self.body_bytes = self.body_bytes.saturating_sub(lost_body);
-        if p.paged == 0 {
-            // Nothing paged: no page file is needed (whatever the counts say).
-            p.reset();
-        }
-        if loaded < n {
-            // Drop entries that could not be read rather than loop on them.
-            self.drop_unloaded(n);
-        }
-        n > 0
-    }
-}
-
-/// The message in the enqueue record at `data[at..at + len]`.
-fn decode_message(data: &Bytes, at: usize, len: u32) -> Option<Message> {
-    match record::next(&data.slice(at..at + len as usize)) {
-        Next::Record(
-            Record::Enqueue {
-                exchange,
-                routing_key,
-                header,
-                body,
-                ..
-            },
-            _,
-        ) => Some(Message::new(
-            &exchange,
-            &routing_key,
-            &header,
-            Bytes::copy_from_slice(&body),
-        )),
-        _ => None,
     }
 }
 
