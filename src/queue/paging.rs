@@ -237,22 +237,20 @@ impl ReadyList {
     /// error costs the messages it hit and nothing else. `None` only when
     /// the list is empty.
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
-        loop {
-            if let Slot::Mem(_) = self.entries.front()?.slot {
-                break;
+        let (msg, seq, stored, deadline) = loop {
+            let e = self.entries.pop_front()?;
+            match e.slot {
+                Slot::Mem(msg) => break (msg, e.seq, e.stored, e.deadline),
+                slot => self.entries.push_front(Entry { slot, ..e }),
             }
             if !self.read_back_head() {
                 self.drop_unreadable_head();
             }
             // Entries that failed were dropped; the head is now in memory,
             // or the start of the next run on disk.
-        }
-        let e = self.entries.pop_front()?;
-        self.persistent -= usize::from(e.stored != 0);
-        let (seq, redelivered) = (e.seq(), e.seq & REDELIVERED != 0);
-        let Slot::Mem(msg) = e.slot else {
-            return None; // not reached: the loop leaves only at a Mem head
         };
+        self.persistent -= usize::from(stored != 0);
+        let (seq, redelivered) = (seq & !REDELIVERED, seq & REDELIVERED != 0);
         self.mem_bytes = self.mem_bytes.saturating_sub(cost(&msg));
         self.body_bytes = self.body_bytes.saturating_sub(msg.body_len());
         let cap = self.entries.capacity();
@@ -264,36 +262,26 @@ impl ReadyList {
             msg,
             seq,
             redelivered,
-            stored: (e.stored != 0).then_some(e.stored),
-            deadline: e.deadline,
+            stored: (stored != 0).then_some(stored),
+            deadline,
         })
     }
 
-    /// Drops the head entry, which cannot be read at all (no page file or
-    /// no store to read it from), keeping the counts right.
+    /// Drops the head entry, on disk and unreadable (no page files or no
+    /// store to read it from), keeping the counts right.
     fn drop_unreadable_head(&mut self) {
         let Some(e) = self.entries.pop_front() else {
             return;
         };
         self.persistent -= usize::from(e.stored != 0);
-        match e.slot {
-            Slot::Paged { body, chunk, .. } => {
-                if let Some(p) = &mut self.pager {
-                    p.paged = p.paged.saturating_sub(1);
-                    p.release(chunk, 1);
-                }
-                self.body_bytes = self.body_bytes.saturating_sub(body as usize);
+        if let Slot::Paged { body, chunk, .. } = e.slot {
+            if let Some(p) = &mut self.pager {
+                p.paged = p.paged.saturating_sub(1);
+                p.release(chunk, 1);
             }
-            Slot::Stored { .. } => self.in_store = self.in_store.saturating_sub(1),
-            Slot::Mem(m) => {
-                // Not reached (only unreadable heads come here); keep it.
-                self.entries.push_front(Entry {
-                    slot: Slot::Mem(m),
-                    ..e
-                });
-                self.persistent += usize::from(e.stored != 0);
-                return;
-            }
+            self.body_bytes = self.body_bytes.saturating_sub(body as usize);
+        } else if let Slot::Stored { .. } = e.slot {
+            self.in_store = self.in_store.saturating_sub(1);
         }
         tracing::error!("a queued message cannot be read back from disk and is lost");
     }

@@ -38,7 +38,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
 use crate::message::Message;
-use disk::{Disk, ReadFile, RealDisk};
+use disk::{Disk, ReadFile};
 use live::Live;
 use record::{ACK, DELIVERED, DROP_QUEUE, QueueKey};
 
@@ -223,22 +223,9 @@ fn list_segments(disk: &dyn Disk, dir: &Path) -> std::io::Result<Vec<u64>> {
 }
 
 impl MessageStore {
-    /// Opens the store in `dir` (created if missing), recovering what the
-    /// segments hold. Torn tails are truncated; corrupt records are skipped
-    /// and reported. `fsync`: sync before advancing the durable sequence.
-    pub fn open(dir: &Path, fsync: bool) -> std::io::Result<(Arc<MessageStore>, Recovered)> {
-        Self::open_on(
-            Arc::new(RealDisk),
-            dir,
-            StoreOptions {
-                fsync,
-                ..StoreOptions::default()
-            },
-        )
-    }
-
-    /// `open` on any `Disk`, with explicit options.
-    /// `open` on any `Disk`, with explicit options.
+    /// Opens the store in `dir` (created if missing) on `disk`, recovering
+    /// what the segments hold (see `recovery`). Torn tails are truncated;
+    /// corrupt records are skipped and reported.
     pub fn open_on(
         disk: Arc<dyn Disk>,
         dir: &Path,
@@ -411,15 +398,6 @@ impl MessageStore {
         self.durable.subscribe()
     }
 
-    /// Bytes in segment files.
-    pub fn disk_bytes(&self) -> u64 {
-        list_segments(&*self.disk, &self.dir)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|n| self.disk.len(&segment_path(&self.dir, *n)).ok())
-            .sum()
-    }
-
     /// When stored message `id` was written to disk (wall-clock ms since
     /// the epoch, to the second), if it is still held; `None` while it is
     /// still in the writer's buffer or once no queue holds it. One lock and
@@ -450,7 +428,8 @@ impl MessageStore {
     }
 
     /// An fsync failed: the store stopped confirming (the broker aborts).
-    pub fn has_failed(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
 
