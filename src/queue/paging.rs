@@ -338,6 +338,8 @@ impl ReadyList {
         }
     }
 
+    /// Writes the newest in-memory messages to page files until the
+    /// memory they hold is back to half the limit.
     fn page_out(&mut self) {
         let Some(p) = &mut self.pager else { return };
         let target = p.cfg.limit / 2;
@@ -354,47 +356,7 @@ impl ReadyList {
         if start == self.entries.len() {
             return;
         }
-        // Records go to the current page file until it is full, then to
-        // new ones: one buffer (and one write) per file.
-        let mut writes: Vec<(u32, BytesMut, usize)> = Vec::new();
-        let (mut chunk, mut at) = match p.chunks.back() {
-            Some(c) if (c.len as usize) < p.chunk_bytes => (c.no, c.len as usize),
-            _ => (p.next_chunk, 0),
-        };
-        let mut buf = BytesMut::new();
-        let mut count = 0;
-        let mut spans = Vec::with_capacity(self.entries.len() - start);
-        for e in self.entries.range(start..) {
-            if let Slot::Mem(m) = &e.slot {
-                if at + buf.len() >= p.chunk_bytes && at + buf.len() > 0 {
-                    if !buf.is_empty() {
-                        writes.push((chunk, std::mem::take(&mut buf), count));
-                    }
-                    chunk = chunk.wrapping_add(1);
-                    (at, count) = (0, 0);
-                }
-                let before = buf.len();
-                record::encode_enqueue(
-                    &mut buf,
-                    0,
-                    &[],
-                    m.exchange(),
-                    m.routing_key(),
-                    m.header(),
-                    m.body(),
-                );
-                count += 1;
-                spans.push((
-                    chunk,
-                    u32::try_from(at + before).unwrap_or(u32::MAX),
-                    (buf.len() - before) as u32,
-                    u32::try_from(m.body_len()).unwrap_or(u32::MAX),
-                ));
-            }
-        }
-        if !buf.is_empty() {
-            writes.push((chunk, buf, count));
-        }
+        let (writes, spans) = encode_pages(p, self.entries.range(start..));
         if let Err(e) = p.write(writes) {
             tracing::error!(
                 "cannot page queue messages to {}: {e}; keeping them in memory",
@@ -414,6 +376,61 @@ impl ReadyList {
         p.paged += self.entries.len() - start;
         self.mem_bytes -= freed;
     }
+}
+
+/// Where a paged message's record is: page file, offset, length, and its
+/// body bytes (the fields of `Slot::Paged`).
+type PagedAt = (u32, u32, u32, u32);
+
+/// The page-file records of `entries` (all in memory), for `p` to write:
+/// records go to the current page file until it is full, then to new
+/// ones, one buffer (and one write) per file. Returns the writes (file,
+/// buffer, messages in it) and each message's (file, offset, length, body
+/// bytes).
+fn encode_pages(
+    p: &Pager,
+    entries: std::collections::vec_deque::Iter<'_, Entry>,
+) -> (Vec<(u32, BytesMut, usize)>, Vec<PagedAt>) {
+    let mut writes: Vec<(u32, BytesMut, usize)> = Vec::new();
+    let (mut chunk, mut at) = match p.chunks.back() {
+        Some(c) if (c.len as usize) < p.chunk_bytes => (c.no, c.len as usize),
+        _ => (p.next_chunk, 0),
+    };
+    let mut buf = BytesMut::new();
+    let mut count = 0;
+    let mut spans = Vec::with_capacity(entries.len());
+    for e in entries {
+        if let Slot::Mem(m) = &e.slot {
+            if at + buf.len() >= p.chunk_bytes && at + buf.len() > 0 {
+                if !buf.is_empty() {
+                    writes.push((chunk, std::mem::take(&mut buf), count));
+                }
+                chunk = chunk.wrapping_add(1);
+                (at, count) = (0, 0);
+            }
+            let before = buf.len();
+            record::encode_enqueue(
+                &mut buf,
+                0,
+                &[],
+                m.exchange(),
+                m.routing_key(),
+                m.header(),
+                m.body(),
+            );
+            count += 1;
+            spans.push((
+                chunk,
+                u32::try_from(at + before).unwrap_or(u32::MAX),
+                (buf.len() - before) as u32,
+                u32::try_from(m.body_len()).unwrap_or(u32::MAX),
+            ));
+        }
+    }
+    if !buf.is_empty() {
+        writes.push((chunk, buf, count));
+    }
+    (writes, spans)
 }
 
 #[cfg(test)]
