@@ -6,7 +6,9 @@
 //! file for a batch) and only their position stays in memory, about 40
 //! bytes a message. When the head of the queue reaches paged messages, a
 //! batch of them is read back with one read. Transient and persistent
-//! messages are paged alike.
+//! messages are paged alike. Recovered messages stay in the message store
+//! until the head reaches them, and are read back the same way
+//! (`read_back`: one algorithm for page files and store segments).
 //!
 //! Page files are chunks of at most `chunk_bytes` (the memory limit,
 //! between 64 KiB and 4 MiB), numbered in write order. Each counts the
@@ -18,23 +20,20 @@
 //! page files).
 
 use std::collections::VecDeque;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::message::Message;
 use crate::queue::consumer::QueuedMessage;
-use crate::store::record::{self, Next, Record};
+use crate::store::record;
 use crate::store::{Loc, MessageStore};
 
 mod pager;
+mod read_back;
 use pager::{CHUNK_MAX, CHUNK_MIN, Pager};
-
-/// Bytes read back per page-in.
-const PAGE_IN_BYTES: usize = 1 << 20;
 
 #[derive(Debug)]
 enum Slot {
@@ -238,24 +237,20 @@ impl ReadyList {
     /// error costs the messages it hit and nothing else. `None` only when
     /// the list is empty.
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
-        loop {
-            let read = match self.entries.front()?.slot {
-                Slot::Mem(_) => break,
-                Slot::Paged { .. } => self.page_in(),
-                Slot::Stored { .. } => self.read_stored(),
-            };
-            if !read {
+        let (msg, seq, stored, deadline) = loop {
+            let e = self.entries.pop_front()?;
+            match e.slot {
+                Slot::Mem(msg) => break (msg, e.seq, e.stored, e.deadline),
+                slot => self.entries.push_front(Entry { slot, ..e }),
+            }
+            if !self.read_back_head() {
                 self.drop_unreadable_head();
             }
             // Entries that failed were dropped; the head is now in memory,
             // or the start of the next run on disk.
-        }
-        let e = self.entries.pop_front()?;
-        self.persistent -= usize::from(e.stored != 0);
-        let (seq, redelivered) = (e.seq(), e.seq & REDELIVERED != 0);
-        let Slot::Mem(msg) = e.slot else {
-            return None; // not reached: the loop leaves only at a Mem head
         };
+        self.persistent -= usize::from(stored != 0);
+        let (seq, redelivered) = (seq & !REDELIVERED, seq & REDELIVERED != 0);
         self.mem_bytes = self.mem_bytes.saturating_sub(cost(&msg));
         self.body_bytes = self.body_bytes.saturating_sub(msg.body_len());
         let cap = self.entries.capacity();
@@ -267,36 +262,26 @@ impl ReadyList {
             msg,
             seq,
             redelivered,
-            stored: (e.stored != 0).then_some(e.stored),
-            deadline: e.deadline,
+            stored: (stored != 0).then_some(stored),
+            deadline,
         })
     }
 
-    /// Drops the head entry, which cannot be read at all (no page file or
-    /// no store to read it from), keeping the counts right.
+    /// Drops the head entry, on disk and unreadable (no page files or no
+    /// store to read it from), keeping the counts right.
     fn drop_unreadable_head(&mut self) {
         let Some(e) = self.entries.pop_front() else {
             return;
         };
         self.persistent -= usize::from(e.stored != 0);
-        match e.slot {
-            Slot::Paged { body, chunk, .. } => {
-                if let Some(p) = &mut self.pager {
-                    p.paged = p.paged.saturating_sub(1);
-                    p.release(chunk, 1);
-                }
-                self.body_bytes = self.body_bytes.saturating_sub(body as usize);
+        if let Slot::Paged { body, chunk, .. } = e.slot {
+            if let Some(p) = &mut self.pager {
+                p.paged = p.paged.saturating_sub(1);
+                p.release(chunk, 1);
             }
-            Slot::Stored { .. } => self.in_store = self.in_store.saturating_sub(1),
-            Slot::Mem(m) => {
-                // Not reached (only unreadable heads come here); keep it.
-                self.entries.push_front(Entry {
-                    slot: Slot::Mem(m),
-                    ..e
-                });
-                self.persistent += usize::from(e.stored != 0);
-                return;
-            }
+            self.body_bytes = self.body_bytes.saturating_sub(body as usize);
+        } else if let Slot::Stored { .. } = e.slot {
+            self.in_store = self.in_store.saturating_sub(1);
         }
         tracing::error!("a queued message cannot be read back from disk and is lost");
     }
@@ -353,6 +338,8 @@ impl ReadyList {
         }
     }
 
+    /// Writes the newest in-memory messages to page files until the
+    /// memory they hold is back to half the limit.
     fn page_out(&mut self) {
         let Some(p) = &mut self.pager else { return };
         let target = p.cfg.limit / 2;
@@ -369,47 +356,7 @@ impl ReadyList {
         if start == self.entries.len() {
             return;
         }
-        // Records go to the current page file until it is full, then to
-        // new ones: one buffer (and one write) per file.
-        let mut writes: Vec<(u32, BytesMut, usize)> = Vec::new();
-        let (mut chunk, mut at) = match p.chunks.back() {
-            Some(c) if (c.len as usize) < p.chunk_bytes => (c.no, c.len as usize),
-            _ => (p.next_chunk, 0),
-        };
-        let mut buf = BytesMut::new();
-        let mut count = 0;
-        let mut spans = Vec::with_capacity(self.entries.len() - start);
-        for e in self.entries.range(start..) {
-            if let Slot::Mem(m) = &e.slot {
-                if at + buf.len() >= p.chunk_bytes && at + buf.len() > 0 {
-                    if !buf.is_empty() {
-                        writes.push((chunk, std::mem::take(&mut buf), count));
-                    }
-                    chunk = chunk.wrapping_add(1);
-                    (at, count) = (0, 0);
-                }
-                let before = buf.len();
-                record::encode_enqueue(
-                    &mut buf,
-                    0,
-                    &[],
-                    m.exchange(),
-                    m.routing_key(),
-                    m.header(),
-                    m.body(),
-                );
-                count += 1;
-                spans.push((
-                    chunk,
-                    u32::try_from(at + before).unwrap_or(u32::MAX),
-                    (buf.len() - before) as u32,
-                    u32::try_from(m.body_len()).unwrap_or(u32::MAX),
-                ));
-            }
-        }
-        if !buf.is_empty() {
-            writes.push((chunk, buf, count));
-        }
+        let (writes, spans) = encode_pages(p, self.entries.range(start..));
         if let Err(e) = p.write(writes) {
             tracing::error!(
                 "cannot page queue messages to {}: {e}; keeping them in memory",
@@ -429,193 +376,61 @@ impl ReadyList {
         p.paged += self.entries.len() - start;
         self.mem_bytes -= freed;
     }
-
-    /// Reads the run of store-resident messages at the head back (one read
-    /// per run of nearby records in one segment). Those that cannot be
-    /// read are logged and dropped. False if nothing could be tried.
-    fn read_stored(&mut self) -> bool {
-        let Some(store) = self.store.clone() else {
-            return false;
-        };
-        let Some(&Entry {
-            slot: Slot::Stored {
-                seg, offset: first, ..
-            },
-            ..
-        }) = self.entries.front()
-        else {
-            return false;
-        };
-        let mut n = 0;
-        let mut end = first;
-        for e in &self.entries {
-            let Slot::Stored {
-                seg: s,
-                offset,
-                len,
-            } = e.slot
-            else {
-                break;
-            };
-            if n > 0
-                && (s != seg || offset < end || (offset + len - first) as usize > PAGE_IN_BYTES)
-            {
-                break;
-            }
-            end = offset + len;
-            n += 1;
-        }
-        let data = store.read_span(seg, first, (end - first) as usize);
-        let mut loaded = 0;
-        for e in self.entries.range_mut(..n) {
-            let Slot::Stored { offset, len, .. } = e.slot else {
-                break;
-            };
-            let at = (offset - first) as usize;
-            let m = match &data {
-                Ok(d) => decode_message(d, at, len),
-                // The span read failed: try this record on its own, so a
-                // bad spot costs only the records on it.
-                Err(_) => store
-                    .read_span(seg, offset, len as usize)
-                    .ok()
-                    .and_then(|d| decode_message(&d, 0, len)),
-            };
-            let Some(m) = m else {
-                tracing::error!(
-                    "cannot read a recovered message back from store segment {seg} at {offset}: {}",
-                    data.as_ref()
-                        .err()
-                        .map_or("bad record".to_owned(), |e| e.to_string())
-                );
-                continue;
-            };
-            self.mem_bytes += cost(&m);
-            self.body_bytes += m.body_len();
-            e.slot = Slot::Mem(m);
-            loaded += 1;
-        }
-        self.in_store -= n;
-        if loaded < n {
-            self.drop_unloaded(n);
-        }
-        true
-    }
-
-    /// Reads the run of paged messages at the head back with one read.
-    /// Those that cannot be read are logged and dropped with their counts.
-    /// False if nothing could be tried.
-    fn page_in(&mut self) -> bool {
-        let Some(p) = &mut self.pager else {
-            return false;
-        };
-        // The run of paged entries at the head that are contiguous in one
-        // page file.
-        let mut n = 0;
-        let (mut chunk, mut first, mut end) = (0u32, 0u64, 0u64);
-        for e in &self.entries {
-            let Slot::Paged {
-                chunk: c,
-                offset,
-                len,
-                ..
-            } = e.slot
-            else {
-                break;
-            };
-            let offset = u64::from(offset);
-            if n == 0 {
-                (chunk, first, end) = (c, offset, offset);
-            }
-            if c != chunk || offset != end || (end - first) as usize >= PAGE_IN_BYTES {
-                break;
-            }
-            end = offset + len as u64;
-            n += 1;
-        }
-        let file = p.file(chunk);
-        let mut data = vec![0u8; (end - first) as usize];
-        let read = file.map(|f| f.read_exact_at(&mut data, first));
-        let data = Bytes::from(data);
-        let mut loaded = 0;
-        let mut lost_body = 0usize;
-        for e in self.entries.range_mut(..n) {
-            let Slot::Paged {
-                offset, len, body, ..
-            } = e.slot
-            else {
-                break;
-            };
-            let offset = u64::from(offset);
-            let at = (offset - first) as usize;
-            let decoded = match (&read, file) {
-                (Some(Ok(())), _) => decode_message(&data, at, len),
-                // The batch read failed: try this record on its own, so a
-                // bad spot costs only the records on it.
-                (Some(Err(_)), Some(f)) => {
-                    let mut one = vec![0u8; len as usize];
-                    f.read_exact_at(&mut one, offset)
-                        .ok()
-                        .and_then(|()| decode_message(&Bytes::from(one), 0, len))
-                }
-                _ => None,
-            };
-            let m = match decoded {
-                Some(m) => m,
-                None => {
-                    match &read {
-                        Some(Err(e)) => tracing::error!(
-                            "cannot read a paged message back from {}: {e}; it is lost",
-                            p.path(chunk).display()
-                        ),
-                        _ => tracing::error!(
-                            "a paged message in {} is unreadable; it is lost",
-                            p.path(chunk).display()
-                        ),
-                    }
-                    lost_body += body as usize;
-                    continue;
-                }
-            };
-            self.mem_bytes += cost(&m);
-            e.slot = Slot::Mem(m);
-            loaded += 1;
-        }
-        p.paged -= n;
-        p.release(chunk, n);
-        self.body_bytes = self.body_bytes.saturating_sub(lost_body);
-        if p.paged == 0 {
-            // Nothing paged: no page file is needed (whatever the counts say).
-            p.reset();
-        }
-        if loaded < n {
-            // Drop entries that could not be read rather than loop on them.
-            self.drop_unloaded(n);
-        }
-        n > 0
-    }
 }
 
-/// The message in the enqueue record at `data[at..at + len]`.
-fn decode_message(data: &Bytes, at: usize, len: u32) -> Option<Message> {
-    match record::next(&data.slice(at..at + len as usize)) {
-        Next::Record(
-            Record::Enqueue {
-                exchange,
-                routing_key,
-                header,
-                body,
-                ..
-            },
-            _,
-        ) => Some(Message::new(
-            &exchange,
-            &routing_key,
-            &header,
-            Bytes::copy_from_slice(&body),
-        )),
-        _ => None,
+/// Where a paged message's record is: page file, offset, length, and its
+/// body bytes (the fields of `Slot::Paged`).
+type PagedAt = (u32, u32, u32, u32);
+
+/// The page-file records of `entries` (all in memory), for `p` to write:
+/// records go to the current page file until it is full, then to new
+/// ones, one buffer (and one write) per file. Returns the writes (file,
+/// buffer, messages in it) and each message's (file, offset, length, body
+/// bytes).
+fn encode_pages(
+    p: &Pager,
+    entries: std::collections::vec_deque::Iter<'_, Entry>,
+) -> (Vec<(u32, BytesMut, usize)>, Vec<PagedAt>) {
+    let mut writes: Vec<(u32, BytesMut, usize)> = Vec::new();
+    let (mut chunk, mut at) = match p.chunks.back() {
+        Some(c) if (c.len as usize) < p.chunk_bytes => (c.no, c.len as usize),
+        _ => (p.next_chunk, 0),
+    };
+    let mut buf = BytesMut::new();
+    let mut count = 0;
+    let mut spans = Vec::with_capacity(entries.len());
+    for e in entries {
+        if let Slot::Mem(m) = &e.slot {
+            if at + buf.len() >= p.chunk_bytes && at + buf.len() > 0 {
+                if !buf.is_empty() {
+                    writes.push((chunk, std::mem::take(&mut buf), count));
+                }
+                chunk = chunk.wrapping_add(1);
+                (at, count) = (0, 0);
+            }
+            let before = buf.len();
+            record::encode_enqueue(
+                &mut buf,
+                0,
+                &[],
+                m.exchange(),
+                m.routing_key(),
+                m.header(),
+                m.body(),
+            );
+            count += 1;
+            spans.push((
+                chunk,
+                u32::try_from(at + before).unwrap_or(u32::MAX),
+                (buf.len() - before) as u32,
+                u32::try_from(m.body_len()).unwrap_or(u32::MAX),
+            ));
+        }
     }
+    if !buf.is_empty() {
+        writes.push((chunk, buf, count));
+    }
+    (writes, spans)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// An open file the store appends to.
 pub trait AppendFile: Send + Debug {
@@ -43,8 +43,6 @@ pub trait Disk: Send + Sync + Debug {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (files created or removed) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// A file's length.
-    fn len(&self, path: &Path) -> io::Result<u64>;
     /// When a file was last written (recovered segments are dated by it);
     /// a disk that does not know says so with an error.
     fn modified(&self, _path: &Path) -> io::Result<std::time::SystemTime> {
@@ -112,18 +110,9 @@ impl Disk for RealDisk {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::File::open(dir)?.sync_all()
     }
-    fn len(&self, path: &Path) -> io::Result<u64> {
-        Ok(std::fs::metadata(path)?.len())
-    }
     fn modified(&self, path: &Path) -> io::Result<std::time::SystemTime> {
         std::fs::metadata(path)?.modified()
     }
-}
-
-/// The directory a path is in (for `sync_dir` after creating or removing it).
-pub fn parent(path: &Path) -> PathBuf {
-    path.parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_owned)
 }
 
 #[cfg(test)]
@@ -137,6 +126,7 @@ pub mod sim {
     use super::*;
     use parking_lot::Mutex;
     use std::collections::{BTreeMap, BTreeSet};
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     /// Operations a fault can be injected into.
@@ -479,14 +469,6 @@ pub mod sim {
             st.durable_names.extend(in_dir);
             st.removed.retain(|p, _| p.parent() != Some(dir));
             Ok(())
-        }
-
-        fn len(&self, path: &Path) -> io::Result<u64> {
-            let st = self.0.lock();
-            st.files
-                .get(path)
-                .map(|f| f.data.len() as u64)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
         }
     }
 }

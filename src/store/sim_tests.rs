@@ -31,6 +31,9 @@ struct Held {
     ack_seq: Option<u64>,
 }
 
+/// What the model knows: each queue's messages, by (queue, id).
+type Model = BTreeMap<(usize, u64), Held>;
+
 /// A tiny deterministic generator (splitmix64).
 struct Rng(u64);
 
@@ -105,7 +108,7 @@ fn check_recovery(
     round: usize,
     store: &MessageStore,
     recovered: &Recovered,
-    model: &mut BTreeMap<(usize, u64), Held>,
+    model: &mut Model,
     durable: u64,
 ) {
     let mut found: BTreeSet<(usize, u64)> = BTreeSet::new();
@@ -174,7 +177,7 @@ fn check_recovery(
 fn run_seed(seed: u64, rounds: usize, ops: usize) {
     let mut rng = Rng(seed);
     let run = Run::new(seed);
-    let mut model: BTreeMap<(usize, u64), Held> = BTreeMap::new();
+    let mut model = Model::new();
     let mut durable_before_crash = 0u64;
     for round in 0..=rounds {
         let (store, recovered) = run.open();
@@ -194,77 +197,7 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
             if run.fatal.load(Ordering::SeqCst) {
                 break; // the process would have aborted: crash now
             }
-            match rng.below(100) {
-                // Publish to one or two queues.
-                0..=49 => {
-                    let a = rng.below(3) as usize;
-                    let b = (a + 1 + rng.below(2) as usize) % 3;
-                    let qs: Vec<usize> = if rng.chance(30) { vec![a, b] } else { vec![a] };
-                    let names: Vec<(&str, &str)> = qs.iter().map(|&q| ("/", QUEUES[q])).collect();
-                    // The id is taken inside enqueue; the body is derived
-                    // from it, so peek at the next id first.
-                    let id = store.pending.lock().next_id;
-                    let body = body_of(id);
-                    let msg = Message::new(b"", b"rk", &header(body.len()), Bytes::from(body));
-                    let (got, seq) = store.enqueue(&names, &msg);
-                    assert_eq!(got, id);
-                    for q in qs {
-                        model.insert(
-                            (q, id),
-                            Held {
-                                enq_seq: seq,
-                                ack_seq: None,
-                            },
-                        );
-                    }
-                }
-                // Ack a few held messages of one queue.
-                50..=79 => {
-                    let q = rng.below(3) as usize;
-                    let held: Vec<u64> = model
-                        .iter()
-                        .filter(|((mq, _), h)| *mq == q && h.ack_seq.is_none())
-                        .map(|((_, id), _)| *id)
-                        .collect();
-                    if held.is_empty() {
-                        continue;
-                    }
-                    let n = 1 + rng.below(4) as usize;
-                    let ids: Vec<u64> = (0..n)
-                        .map(|_| held[rng.below(held.len() as u64) as usize])
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect();
-                    let seq = store.ack("/", QUEUES[q], &ids);
-                    for id in ids {
-                        if let Some(h) = model.get_mut(&(q, id)) {
-                            h.ack_seq = Some(seq);
-                        }
-                    }
-                }
-                // Record deliveries.
-                80..=84 => {
-                    let q = rng.below(3) as usize;
-                    let ids: Vec<u64> = model
-                        .keys()
-                        .filter(|(mq, _)| *mq == q)
-                        .take(3)
-                        .map(|(_, id)| *id)
-                        .collect();
-                    store.delivered("/", QUEUES[q], &ids);
-                }
-                // Wait a moment for the writer (a confirm round trip).
-                85..=92 => std::thread::sleep(Duration::from_micros(rng.below(300))),
-                // Faults.
-                _ => match rng.below(6) {
-                    0 => run.disk.fail(Op::Write, 1 + rng.below(2) as u32),
-                    1 => run.disk.fail(Op::Create, 1),
-                    2 => run.disk.fail(Op::Remove, 1),
-                    3 => run.disk.fail(Op::SyncDir, 1),
-                    4 if rng.chance(20) => run.disk.fail(Op::Sync, 1),
-                    _ => run.disk.fail(Op::Truncate, 1),
-                },
-            }
+            random_op(&mut rng, &run, &store, &mut model);
         }
         // Let the writer catch up sometimes, sometimes not at all.
         if rng.chance(50) {
@@ -275,6 +208,93 @@ fn run_seed(seed: u64, rounds: usize, ops: usize) {
         store.close();
         drop(store);
         run.disk.restart();
+    }
+}
+
+/// One random operation on the store (publish, ack, delivery, a wait or a
+/// fault), mirrored in the model.
+fn random_op(rng: &mut Rng, run: &Run, store: &MessageStore, model: &mut Model) {
+    match rng.below(100) {
+        // Publish to one or two queues.
+        0..=49 => publish(rng, store, model),
+        // Ack a few held messages of one queue.
+        50..=79 => ack_some(rng, store, model),
+        // Record deliveries.
+        80..=84 => {
+            let q = rng.below(3) as usize;
+            let ids: Vec<u64> = model
+                .keys()
+                .filter(|(mq, _)| *mq == q)
+                .take(3)
+                .map(|(_, id)| *id)
+                .collect();
+            store.delivered("/", QUEUES[q], &ids);
+        }
+        // Wait a moment for the writer (a confirm round trip).
+        85..=92 => std::thread::sleep(Duration::from_micros(rng.below(300))),
+        // Faults.
+        _ => inject_fault(rng, &run.disk),
+    }
+}
+
+/// Publishes a message to one or two queues.
+fn publish(rng: &mut Rng, store: &MessageStore, model: &mut Model) {
+    let a = rng.below(3) as usize;
+    let b = (a + 1 + rng.below(2) as usize) % 3;
+    let qs: Vec<usize> = if rng.chance(30) { vec![a, b] } else { vec![a] };
+    let names: Vec<(&str, &str)> = qs.iter().map(|&q| ("/", QUEUES[q])).collect();
+    // The id is taken inside enqueue; the body is derived
+    // from it, so peek at the next id first.
+    let id = store.pending.lock().next_id;
+    let body = body_of(id);
+    let msg = Message::new(b"", b"rk", &header(body.len()), Bytes::from(body));
+    let (got, seq) = store.enqueue(&names, &msg);
+    assert_eq!(got, id);
+    for q in qs {
+        model.insert(
+            (q, id),
+            Held {
+                enq_seq: seq,
+                ack_seq: None,
+            },
+        );
+    }
+}
+
+/// Acks a few held messages of one queue.
+fn ack_some(rng: &mut Rng, store: &MessageStore, model: &mut Model) {
+    let q = rng.below(3) as usize;
+    let held: Vec<u64> = model
+        .iter()
+        .filter(|((mq, _), h)| *mq == q && h.ack_seq.is_none())
+        .map(|((_, id), _)| *id)
+        .collect();
+    if held.is_empty() {
+        return;
+    }
+    let n = 1 + rng.below(4) as usize;
+    let ids: Vec<u64> = (0..n)
+        .map(|_| held[rng.below(held.len() as u64) as usize])
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let seq = store.ack("/", QUEUES[q], &ids);
+    for id in ids {
+        if let Some(h) = model.get_mut(&(q, id)) {
+            h.ack_seq = Some(seq);
+        }
+    }
+}
+
+/// Makes the next one or two of some disk operation fail.
+fn inject_fault(rng: &mut Rng, disk: &SimDisk) {
+    match rng.below(6) {
+        0 => disk.fail(Op::Write, 1 + rng.below(2) as u32),
+        1 => disk.fail(Op::Create, 1),
+        2 => disk.fail(Op::Remove, 1),
+        3 => disk.fail(Op::SyncDir, 1),
+        4 if rng.chance(20) => disk.fail(Op::Sync, 1),
+        _ => disk.fail(Op::Truncate, 1),
     }
 }
 

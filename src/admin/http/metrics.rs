@@ -16,6 +16,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::broker::Broker;
+use crate::queue::Queue;
+
 use super::store_age::StoreAges;
 use super::system::Resources;
 use super::{AppState, RABBITMQ_COMPAT_VERSION, St, rates};
@@ -48,6 +51,19 @@ impl Out {
 pub fn render(s: &AppState) -> String {
     let b = &s.broker;
     let mut o = Out(String::with_capacity(16 * 1024));
+    identity(&mut o, s);
+    connections(&mut o, b);
+    let queues = objects(&mut o, b);
+    global_messages(&mut o, b);
+    per_queue(&mut o, b, &queues);
+    store(&mut o, b);
+    resources(&mut o, b);
+    o.0
+}
+
+/// Build, node and uptime.
+fn identity(o: &mut Out, s: &AppState) {
+    let b = &s.broker;
     o.head("rabbitmq_build_info", "untyped", "Build information");
     let _ = writeln!(
         o.0,
@@ -71,7 +87,10 @@ pub fn render(s: &AppState) -> String {
         "Seconds since the broker started",
         format!("{uptime:.3}"),
     );
+}
 
+/// Connections and channels: open now, opened and closed in all.
+fn connections(o: &mut Out, b: &Broker) {
     let conns = b.connections::<crate::session::outbound::ConnectionHandle>();
     let open_conns = conns.iter().filter(|c| c.info.get().is_some()).count() as u64;
     let channels: u64 = conns
@@ -120,7 +139,11 @@ pub fn render(s: &AppState) -> String {
         "Total number of channels closed",
         chans_opened.saturating_sub(channels),
     );
+}
 
+/// Counts of consumers, queues, exchanges and vhosts; returns every queue,
+/// by vhost and then by name.
+fn objects(o: &mut Out, b: &Broker) -> Vec<Arc<Queue>> {
     let vhosts = b.vhosts();
     let mut queues = Vec::new();
     let mut exchanges = 0u64;
@@ -150,7 +173,11 @@ pub fn render(s: &AppState) -> String {
         "Virtual hosts available",
         vhosts.len(),
     );
+    queues
+}
 
+/// The broker-wide message counters (`rabbitmq_global_messages_*`).
+fn global_messages(o: &mut Out, b: &Broker) {
     let t = rates::global_totals(b);
     let g = "rabbitmq_global_messages";
     for (name, help, v) in [
@@ -223,54 +250,60 @@ pub fn render(s: &AppState) -> String {
     ] {
         o.one(&format!("{g}_{name}"), "counter", help, v);
     }
+}
 
-    let per_queue: [(&str, &str, &str); 9] = [
-        (
-            "rabbitmq_queue_messages",
-            "gauge",
-            "Messages ready and unacknowledged",
-        ),
-        (
-            "rabbitmq_queue_messages_ready",
-            "gauge",
-            "Messages ready to be delivered",
-        ),
-        (
-            "rabbitmq_queue_messages_unacked",
-            "gauge",
-            "Messages delivered and not yet acknowledged",
-        ),
-        (
-            "rabbitmq_queue_consumers",
-            "gauge",
-            "Consumers on the queue",
-        ),
-        (
-            "rabbitmq_queue_messages_published_total",
-            "counter",
-            "Messages enqueued",
-        ),
-        (
-            "rabbitmq_queue_messages_delivered_total",
-            "counter",
-            "Messages delivered (consume and get)",
-        ),
-        (
-            "rabbitmq_queue_messages_redelivered_total",
-            "counter",
-            "Messages redelivered",
-        ),
-        (
-            "rabbitmq_queue_messages_acked_total",
-            "counter",
-            "Messages acknowledged",
-        ),
-        (
-            "warren_queue_oldest_stored_message_age_seconds",
-            "gauge",
-            "Seconds since the oldest message the queue holds in the message store (ready or unacked) was written; 0 for none",
-        ),
-    ];
+/// The per-queue metrics: name, type, help; in the order of the values
+/// `per_queue` computes for each queue.
+const PER_QUEUE: [(&str, &str, &str); 9] = [
+    (
+        "rabbitmq_queue_messages",
+        "gauge",
+        "Messages ready and unacknowledged",
+    ),
+    (
+        "rabbitmq_queue_messages_ready",
+        "gauge",
+        "Messages ready to be delivered",
+    ),
+    (
+        "rabbitmq_queue_messages_unacked",
+        "gauge",
+        "Messages delivered and not yet acknowledged",
+    ),
+    (
+        "rabbitmq_queue_consumers",
+        "gauge",
+        "Consumers on the queue",
+    ),
+    (
+        "rabbitmq_queue_messages_published_total",
+        "counter",
+        "Messages enqueued",
+    ),
+    (
+        "rabbitmq_queue_messages_delivered_total",
+        "counter",
+        "Messages delivered (consume and get)",
+    ),
+    (
+        "rabbitmq_queue_messages_redelivered_total",
+        "counter",
+        "Messages redelivered",
+    ),
+    (
+        "rabbitmq_queue_messages_acked_total",
+        "counter",
+        "Messages acknowledged",
+    ),
+    (
+        "warren_queue_oldest_stored_message_age_seconds",
+        "gauge",
+        "Seconds since the oldest message the queue holds in the message store (ready or unacked) was written; 0 for none",
+    ),
+];
+
+/// One series per queue for each per-queue metric.
+fn per_queue(o: &mut Out, b: &Broker, queues: &[Arc<Queue>]) {
     let ages = StoreAges::collect(b);
     let rows: Vec<(String, [u64; 9])> = queues
         .iter()
@@ -293,13 +326,16 @@ pub fn render(s: &AppState) -> String {
             )
         })
         .collect();
-    for (i, (name, kind, help)) in per_queue.iter().enumerate() {
+    for (i, (name, kind, help)) in PER_QUEUE.iter().enumerate() {
         o.head(name, kind, help);
         for (labels, vals) in &rows {
             let _ = writeln!(o.0, "{name}{{{labels}}} {}", vals[i]);
         }
     }
+}
 
+/// The message store's segment files.
+fn store(o: &mut Out, b: &Broker) {
     let (segments, oldest) = b.durability.store().map_or((0, None), |st| st.segments());
     o.one(
         "warren_store_segments",
@@ -313,7 +349,10 @@ pub fn render(s: &AppState) -> String {
         "Seconds since the oldest message store segment still on disk was started (a pinned message keeps it); 0 for none",
         oldest.map_or(0, |t| crate::store::wall_ms().saturating_sub(t) / 1000),
     );
+}
 
+/// Memory, disk, file descriptors and the alarms on them.
+fn resources(o: &mut Out, b: &Broker) {
     let r = Resources::now(b);
     o.one(
         "rabbitmq_process_resident_memory_bytes",
@@ -369,7 +408,6 @@ pub fn render(s: &AppState) -> String {
         "1 if the file descriptor limit alarm is in effect",
         0,
     );
-    o.0
 }
 
 async fn metrics(State(s): St) -> Response {

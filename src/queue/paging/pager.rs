@@ -68,9 +68,8 @@ impl Pager {
                 });
                 self.next_chunk = no.wrapping_add(1);
             }
-            let Some(c) = self.chunks.back_mut() else {
-                continue; // not reached: pushed above
-            };
+            let last = self.chunks.len() - 1; // not empty: pushed above
+            let c = &mut self.chunks[last];
             let Some(f) = &c.file else {
                 return Err(std::io::Error::other("page file lost"));
             };

@@ -1,5 +1,7 @@
 //! Unit tests of the ready list and its page files.
 
+use bytes::Bytes;
+
 use super::*;
 
 fn msg(i: u32) -> QueuedMessage {
