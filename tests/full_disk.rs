@@ -203,3 +203,73 @@ async fn a_full_disk_holds_confirms_until_acked_space_is_reclaimed_and_loses_not
     assert_eq!(message_count(&ch, "waiting").await, 20);
     assert_eq!(message_count(&ch, "backlog").await, 0);
 }
+
+/// Writes `path` until the file system is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("the filler file");
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
+
+/// A definitions change the log cannot write (the disk is full) is refused
+/// and undone: 541 INTERNAL_ERROR over AMQP, 500 over HTTP, and the queue
+/// does not exist afterwards, in memory or after a restart. Once there is
+/// room again, changes go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_that_cannot_be_written_is_refused_and_undone() {
+    let fs = match Tmpfs::mount("8m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!(
+                "skipped: cannot mount a tmpfs to fill ({why}); run as root to test a full disk"
+            );
+            return;
+        }
+    };
+    let data = tempfile::tempdir_in(fs.0.path()).expect("a data directory on the tmpfs");
+    let mut w = Warren::start_in(data, "[alarms]\ndisk_free_limit = 0");
+    let filler = fs.0.path().join("filler");
+    fill(&filler);
+
+    let (_c, ch) = w.channel().await;
+    let e = ch
+        .queue_declare("refused".into(), durable(), FieldTable::default())
+        .await
+        .expect_err("declare-ok for a queue that is not on disk");
+    assert_eq!(reply_code(&e), Some(541), "{e:?}");
+    assert!(
+        reply_text(&e).contains("cannot write definitions"),
+        "{}",
+        reply_text(&e)
+    );
+
+    let (status, body) = w.api(
+        "PUT",
+        "/api/queues/%2f/refused-http",
+        Some(&serde_json::json!({"durable": true})),
+    );
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"], "internal_error");
+
+    // Undone: neither queue exists.
+    for q in ["refused", "refused-http"] {
+        let (status, _) = w.api("GET", &format!("/api/queues/%2f/{q}"), None);
+        assert_eq!(status, 404, "{q} exists after its declaration failed");
+    }
+    assert!(w.is_running(), "a full disk stopped warren");
+
+    // Room again: the same declaration goes through and survives a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let (_c, ch) = w.channel().await;
+    ch.queue_declare("refused".into(), durable(), FieldTable::default())
+        .await
+        .expect("declare once there is room");
+    w.kill();
+    w.restart();
+    for (q, want) in [("refused", 200), ("refused-http", 404)] {
+        let (status, _) = w.api("GET", &format!("/api/queues/%2f/{q}"), None);
+        assert_eq!(status, want, "{q} after a restart");
+    }
+}

@@ -387,6 +387,35 @@ pub fn apply_logged(broker: &Broker, op: MetaOp) {
     }
 }
 
+/// Reverts a change whose write to the definitions log failed (it never
+/// reached the disk), given what it replaced: the inverse change is applied
+/// as at replay. A deleted queue or exchange comes back empty and unbound
+/// (its messages and bindings went with it), a deleted vhost comes back
+/// empty; everything else is restored exactly.
+pub fn undo(broker: &Broker, op: MetaOp, prior: Option<MetaOp>) {
+    let what = format!("{op:?}");
+    let inverse = match op {
+        MetaOp::PutUser(u) => prior.or(Some(MetaOp::DeleteUser(u.name))),
+        MetaOp::PutVhost(v) => Some(MetaOp::DeleteVhost(v)),
+        MetaOp::DeleteVhost(v) => Some(MetaOp::PutVhost(v)),
+        MetaOp::SetPermissions(p) => prior.or(Some(MetaOp::ClearPermissions(p.user, p.vhost))),
+        MetaOp::PutPolicy(p) => prior.or(Some(MetaOp::DeletePolicy(p.vhost, p.name))),
+        MetaOp::DeclareExchange(x) => Some(MetaOp::DeleteExchange(x.vhost, x.name)),
+        MetaOp::DeclareQueue(q) => Some(MetaOp::DeleteQueue(q.vhost, q.name)),
+        MetaOp::Bind(b) => Some(MetaOp::Unbind(b)),
+        MetaOp::Unbind(b) => Some(MetaOp::Bind(b)),
+        MetaOp::DeleteUser(_)
+        | MetaOp::ClearPermissions(..)
+        | MetaOp::DeletePolicy(..)
+        | MetaOp::DeleteExchange(..)
+        | MetaOp::DeleteQueue(..) => prior,
+    };
+    tracing::warn!("undoing a definitions change that could not be written: {what}");
+    if let Some(inverse) = inverse {
+        apply_logged(broker, inverse);
+    }
+}
+
 /// Loads a definitions file into the broker (config `load_definitions`).
 pub fn load_file(broker: &Broker, path: &std::path::Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path)

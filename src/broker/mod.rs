@@ -88,6 +88,12 @@ impl Broker {
         let count = broker.restore_messages(&store, recovered);
         let log = meta::compact_and_open(&dir, &definitions::export(&broker))
             .map_err(|e| format!("cannot write definitions to {}: {e}", dir.display()))?;
+        let weak = Arc::downgrade(&broker);
+        log.set_undo(move |op, prior| {
+            if let Some(broker) = weak.upgrade() {
+                definitions::undo(&broker, op, prior);
+            }
+        });
         let _ = broker.durability.meta.set(log);
         if existing {
             tracing::info!(
@@ -307,21 +313,23 @@ impl Broker {
 
     /// Creates or replaces a user.
     pub fn put_user(&self, user: User) {
-        self.durability.record(MetaOp::PutUser(UserDef {
-            name: user.name.clone(),
-            password_hash: user.password_hash.clone(),
-            hashing_algorithm: crate::auth::HASHING_ALGORITHM.into(),
-            password: None,
-            tags: Tags::List(user.tags.clone()),
-        }));
+        let prior = self
+            .user(&user.name)
+            .map(|old| MetaOp::PutUser(user_def(&old)));
+        self.durability
+            .record_replacing(MetaOp::PutUser(user_def(&user)), prior);
         self.users.write().insert(user.name.clone(), user);
         self.bump_auth();
     }
 
     /// Deletes a user and their permissions; returns false if missing.
     pub fn delete_user(&self, name: &str) -> bool {
-        let existed = self.users.write().remove(name).is_some();
-        self.durability.record(MetaOp::DeleteUser(name.to_owned()));
+        let removed = self.users.write().remove(name);
+        let existed = removed.is_some();
+        self.durability.record_replacing(
+            MetaOp::DeleteUser(name.to_owned()),
+            removed.map(|old| MetaOp::PutUser(user_def(&old))),
+        );
         self.permissions.write().remove(name);
         self.bump_auth();
         existed
@@ -346,14 +354,13 @@ impl Broker {
 
     /// Sets a user's permissions in a vhost.
     pub fn set_permissions(&self, user: &str, vhost: &str, perms: Permissions) {
-        self.durability
-            .record(MetaOp::SetPermissions(PermissionDef {
-                user: user.to_owned(),
-                vhost: vhost.to_owned(),
-                configure: perms.configure.clone(),
-                write: perms.write.clone(),
-                read: perms.read.clone(),
-            }));
+        let prior = self
+            .permissions(user, vhost)
+            .map(|old| MetaOp::SetPermissions(permission_def(user, vhost, &old)));
+        self.durability.record_replacing(
+            MetaOp::SetPermissions(permission_def(user, vhost, &perms)),
+            prior,
+        );
         self.permissions
             .write()
             .entry(user.to_owned())
@@ -364,8 +371,13 @@ impl Broker {
 
     /// Removes a user's permissions in a vhost; returns false if none.
     pub fn clear_permissions(&self, user: &str, vhost: &str) -> bool {
-        self.durability
-            .record(MetaOp::ClearPermissions(user.to_owned(), vhost.to_owned()));
+        let prior = self
+            .permissions(user, vhost)
+            .map(|old| MetaOp::SetPermissions(permission_def(user, vhost, &old)));
+        self.durability.record_replacing(
+            MetaOp::ClearPermissions(user.to_owned(), vhost.to_owned()),
+            prior,
+        );
         let removed = self
             .permissions
             .write()
@@ -458,4 +470,26 @@ fn make_private_dir(dir: &std::path::Path) -> Result<(), String> {
         tracing::warn!("cannot make {} private (0700): {e}", dir.display());
     }
     Ok(())
+}
+
+/// A user as the definitions log writes it.
+fn user_def(user: &User) -> UserDef {
+    UserDef {
+        name: user.name.clone(),
+        password_hash: user.password_hash.clone(),
+        hashing_algorithm: crate::auth::HASHING_ALGORITHM.into(),
+        password: None,
+        tags: Tags::List(user.tags.clone()),
+    }
+}
+
+/// Permissions as the definitions log writes them.
+fn permission_def(user: &str, vhost: &str, perms: &Permissions) -> PermissionDef {
+    PermissionDef {
+        user: user.to_owned(),
+        vhost: vhost.to_owned(),
+        configure: perms.configure.clone(),
+        write: perms.write.clone(),
+        read: perms.read.clone(),
+    }
 }

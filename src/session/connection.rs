@@ -113,7 +113,7 @@ async fn serve_stream<R, W>(
         return;
     }
     let (handle, events) = ConnectionHandle::new(id, FRAME_MIN_SIZE);
-    let meta = broker.durability.meta.get().map(|m| m.subscribe());
+    let meta = broker.durability.meta.get().cloned();
     let writer = tokio::spawn(handle.clone().run_writer(wr, meta));
     let mut reader = Reader::new(rd);
     let hs = tokio::time::timeout(
@@ -525,7 +525,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     /// thread appended (its replies were gated on it; see outbound.rs).
     fn handle_frame_gated(&mut self, frame: Frame) -> AmqpResult<bool> {
         crate::store::meta::take_appended();
-        let r = self.handle_frame(frame);
+        let id = self.ctx.handle.id;
+        let r = crate::session::outbound::replying_for(id, || self.handle_frame(frame));
         crate::store::meta::take_appended();
         r
     }

@@ -23,6 +23,23 @@ pub const HIGH_WATER: usize = 1 << 20;
 /// The writer wakes the connection again when the backlog drops below this.
 pub const LOW_WATER: usize = HIGH_WATER / 4;
 
+thread_local! {
+    /// The connection whose frame this thread is handling (0: none): only
+    /// its replies wait for the definitions changes the frame made. Bytes
+    /// written meanwhile to other connections (deliveries, cancels) and
+    /// bytes written outside a frame (the handshake) are not gated on them.
+    static REPLYING_FOR: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` (the handling of one of connection `id`'s frames) with that
+/// connection's replies gated on the definitions changes `f` makes.
+pub fn replying_for<R>(id: u64, f: impl FnOnce() -> R) -> R {
+    let outer = REPLYING_FOR.with(|c| c.replace(id));
+    let r = f();
+    REPLYING_FOR.with(|c| c.set(outer));
+    r
+}
+
 /// Events other tasks send to a connection's task.
 #[derive(Debug)]
 pub enum ConnEvent {
@@ -73,6 +90,10 @@ pub struct ConnectionHandle {
     /// Definitions change (sequence number) that the bytes in `buf` may
     /// not be sent before (see `write`).
     meta_gate: AtomicU64,
+    /// This connection's own definitions changes not yet checked by the
+    /// writer (ranges of sequence numbers): if one could not be written,
+    /// the connection is closed with 541 instead of sending its replies.
+    meta_own: Mutex<std::collections::VecDeque<(u64, u64)>>,
     /// Woken when the backlog falls below LOW_WATER, and when the writer ends.
     drained: Notify,
     /// Negotiated frame_max (bytes, including frame overhead).
@@ -105,6 +126,7 @@ impl ConnectionHandle {
             closing: AtomicBool::new(false),
             throttled: AtomicBool::new(false),
             meta_gate: AtomicU64::new(0),
+            meta_own: Mutex::new(std::collections::VecDeque::new()),
             drained: Notify::new(),
             frame_max: AtomicU32::new(frame_max),
             cancel_notify: AtomicBool::new(false),
@@ -124,11 +146,16 @@ impl ConnectionHandle {
         // A reply written after a definitions change (declare-ok) must not
         // leave before the change is on disk: raise the gate first, under
         // the same lock the writer takes the bytes under.
-        let meta = crate::store::meta::appended_on_this_thread();
+        let (first, meta) = if REPLYING_FOR.with(std::cell::Cell::get) == self.id {
+            crate::store::meta::appended_on_this_thread()
+        } else {
+            (0, 0)
+        };
         let (r, was_empty, added) = {
             let mut buf = self.buf.lock();
             if meta > 0 {
                 self.meta_gate.fetch_max(meta, Ordering::Relaxed);
+                self.note_own_change(first, meta);
             }
             let before = buf.len();
             let r = f(&mut buf);
@@ -145,6 +172,37 @@ impl ConnectionHandle {
             self.notify.notify_one();
         }
         r
+    }
+
+    /// Remembers changes `first..=last` as this connection's, merging with
+    /// the range before (one frame usually appends one change).
+    fn note_own_change(&self, first: u64, last: u64) {
+        let mut own = self.meta_own.lock();
+        match own.back_mut() {
+            Some(r) if first <= r.1 + 1 => r.1 = r.1.max(last),
+            _ => own.push_back((first, last)),
+        }
+    }
+
+    /// After the definitions log settled up to `settled`: the error of this
+    /// connection's first failed change among those now settled, if any.
+    fn own_change_failed(
+        &self,
+        meta: &crate::store::meta::MetaLog,
+        settled: u64,
+    ) -> Option<String> {
+        let mut own = self.meta_own.lock();
+        let mut failure = None;
+        while let Some(&(first, last)) = own.front() {
+            if last > settled {
+                break;
+            }
+            own.pop_front();
+            if failure.is_none() {
+                failure = meta.failure(first, last);
+            }
+        }
+        failure
     }
 
     /// Whether queues may hand this connection more deliveries now. When not,
@@ -268,7 +326,7 @@ impl ConnectionHandle {
     pub async fn run_writer<W: AsyncWrite + Unpin>(
         self: Arc<Self>,
         socket: W,
-        meta: Option<tokio::sync::watch::Receiver<u64>>,
+        meta: Option<Arc<crate::store::meta::MetaLog>>,
     ) {
         self.write_loop(socket, meta).await;
         // Nobody waits for this connection's backlog any more.
@@ -279,8 +337,9 @@ impl ConnectionHandle {
     async fn write_loop<W: AsyncWrite + Unpin>(
         &self,
         mut socket: W,
-        mut meta: Option<tokio::sync::watch::Receiver<u64>>,
+        meta: Option<Arc<crate::store::meta::MetaLog>>,
     ) {
+        let mut settled = meta.as_ref().map(|m| m.subscribe());
         let mut spare = BytesMut::with_capacity(16 * 1024);
         // Written since the last flush. A TCP socket's flush does nothing;
         // a TLS stream may hold the last record until flushed, so the writer
@@ -297,15 +356,26 @@ impl ConnectionHandle {
                 }
             };
             // These bytes include a reply to a definitions change: send them
-            // once the change is on disk.
+            // once the change is on disk. If a change of this connection's
+            // could not be written (it was undone), its reply must not go:
+            // the connection closes with 541 INTERNAL_ERROR instead.
             if swapped
                 && gate > 0
-                && let Some(rx) = meta.as_mut()
+                && let (Some(rx), Some(log)) = (settled.as_mut(), meta.as_ref())
             {
                 while *rx.borrow_and_update() < gate {
                     if rx.changed().await.is_err() {
                         break;
                     }
+                }
+                if let Some(e) = self.own_change_failed(log, *rx.borrow()) {
+                    self.wrote(spare.len());
+                    spare.clear();
+                    self.send_event(ConnEvent::Close(
+                        crate::protocol::error::code::INTERNAL_ERROR,
+                        format!("cannot write definitions to disk ({e}); the change was undone"),
+                    ));
+                    continue;
                 }
             }
             if !swapped {

@@ -55,50 +55,95 @@ pub enum MetaOp {
 /// thread writes and syncs for everyone at once (group commit), so many
 /// clients declaring durable queues at once cost one fsync per batch and
 /// no tokio worker ever waits for the disk. Whoever must not answer before
-/// a change is durable waits for `durable_seq` to reach the change's
-/// sequence number: connections gate their outbound bytes on it
-/// (`ConnectionHandle::write`), the HTTP API awaits it before replying.
-#[derive(Debug)]
+/// a change is durable waits for `settled_seq` to reach the change's
+/// sequence number and then asks `failure` whether it was written:
+/// connections gate their outbound bytes on it (`ConnectionHandle::write`)
+/// and close with 541 INTERNAL_ERROR when a change of theirs failed; the
+/// HTTP API answers 500 then. A change whose write fails (a full disk) is
+/// cut back from the file and undone in memory (`set_undo`).
 pub struct MetaLog {
     path: PathBuf,
     pending: Mutex<MetaPending>,
     wake: parking_lot::Condvar,
-    durable: tokio::sync::watch::Sender<u64>,
+    /// The last change settled: written and synced, or failed and undone.
+    settled: tokio::sync::watch::Sender<u64>,
+    /// Changes whose write failed (ranges of sequence numbers, most recent
+    /// last, at most `FAILED_KEPT`), with the error.
+    failed: Mutex<std::collections::VecDeque<Failed>>,
+    /// Undoes a change whose write failed (set by the broker).
+    undo: std::sync::OnceLock<Box<UndoFn>>,
     stopping: std::sync::atomic::AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+impl std::fmt::Debug for MetaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaLog")
+            .field("path", &self.path)
+            .field("settled", &*self.settled.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Undoes a change (first argument) whose write failed, given what it
+/// replaced (second).
+type UndoFn = dyn Fn(MetaOp, Option<MetaOp>) + Send + Sync;
+
+/// A change and what it replaced (the change that puts that back).
+type Change = (MetaOp, Option<MetaOp>);
+
+/// A batch of changes the log could not write.
+#[derive(Debug, Clone)]
+struct Failed {
+    first: u64,
+    last: u64,
+    error: String,
+}
+
+/// How many failed batches are remembered for the connections and HTTP
+/// requests still waiting on them.
+const FAILED_KEPT: usize = 4096;
 
 #[derive(Debug, Default)]
 struct MetaPending {
     buf: Vec<u8>,
     seq: u64,
+    /// The changes in `buf`, each with what it replaced (for undoing it).
+    ops: Vec<Change>,
 }
 
 thread_local! {
-    /// The last change this thread appended (0: none since `take_appended`).
-    static APPENDED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The first and last change this thread appended since
+    /// `take_appended` ((0, 0): none).
+    static APPENDED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    /// Set while a failed change is undone: what the undo does is not logged
+    /// (the change it reverts never reached the disk).
+    static UNDOING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The sequence number of the last definitions change this thread appended
-/// since the last `take_appended` (0: none). Connections raise their
-/// outbound gate to it before writing a reply.
-pub fn appended_on_this_thread() -> u64 {
+/// The first and last definitions change this thread appended since the
+/// last `take_appended` ((0, 0): none). Connections raise their outbound
+/// gate to the last one before writing a reply, and check the range for a
+/// failed write.
+pub fn appended_on_this_thread() -> (u64, u64) {
     APPENDED.with(std::cell::Cell::get)
 }
 
 /// Forgets what this thread appended (a connection, after each frame).
-pub fn take_appended() -> u64 {
-    APPENDED.with(|c| c.replace(0))
+pub fn take_appended() -> (u64, u64) {
+    APPENDED.with(|c| c.replace((0, 0)))
 }
 
 impl MetaLog {
     fn start(file: File, path: PathBuf) -> std::io::Result<std::sync::Arc<MetaLog>> {
-        let (durable, _) = tokio::sync::watch::channel(0);
+        let (settled, _) = tokio::sync::watch::channel(0);
         let log = std::sync::Arc::new(MetaLog {
             path,
             pending: Mutex::new(MetaPending::default()),
             wake: parking_lot::Condvar::new(),
-            durable,
+            settled,
+            failed: Mutex::new(std::collections::VecDeque::new()),
+            undo: std::sync::OnceLock::new(),
             stopping: Default::default(),
             writer: Mutex::new(None),
         });
@@ -112,10 +157,22 @@ impl MetaLog {
         Ok(log)
     }
 
-    /// Appends a change; returns its sequence number (durable once
-    /// `durable_seq` reaches it).
+    /// Appends a change; returns its sequence number (settled once
+    /// `settled_seq` reaches it; `failure` then says whether it was
+    /// written). Returns 0 and appends nothing while a failed change is
+    /// being undone.
     pub fn record(&self, op: &MetaOp) -> u64 {
-        let mut line = match serde_json::to_vec(op) {
+        self.record_replacing(op.clone(), None)
+    }
+
+    /// `record` for a change that replaced or removed `prior` (the change
+    /// that would put it back), so that the change can be undone exactly if
+    /// its write fails.
+    pub fn record_replacing(&self, op: MetaOp, prior: Option<MetaOp>) -> u64 {
+        if UNDOING.with(std::cell::Cell::get) {
+            return 0;
+        }
+        let mut line = match serde_json::to_vec(&op) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("cannot encode definitions change {op:?}: {e}");
@@ -125,12 +182,22 @@ impl MetaLog {
         line.push(b'\n');
         let mut p = self.pending.lock();
         p.buf.extend_from_slice(&line);
+        p.ops.push((op, prior));
         p.seq += 1;
         let seq = p.seq;
         drop(p);
-        APPENDED.with(|c| c.set(seq));
+        APPENDED.with(|c| {
+            let (first, _) = c.get();
+            c.set((if first == 0 { seq } else { first }, seq));
+        });
         self.wake.notify_one();
         seq
+    }
+
+    /// Sets what undoes a change whose write failed: called with the change
+    /// and what it replaced, on the log's writer thread, with logging off.
+    pub fn set_undo(&self, undo: impl Fn(MetaOp, Option<MetaOp>) + Send + Sync + 'static) {
+        let _ = self.undo.set(Box::new(undo));
     }
 
     /// The last change appended.
@@ -138,23 +205,39 @@ impl MetaLog {
         self.pending.lock().seq
     }
 
-    /// The last change on disk (synced).
-    pub fn durable_seq(&self) -> u64 {
-        *self.durable.borrow()
+    /// The last change settled: on disk, or failed and undone.
+    pub fn settled_seq(&self) -> u64 {
+        *self.settled.borrow()
     }
 
-    /// Notified whenever `durable_seq` advances.
+    /// Notified whenever `settled_seq` advances.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.durable.subscribe()
+        self.settled.subscribe()
     }
 
-    /// Waits until change `seq` is on disk.
-    pub async fn wait_durable(&self, seq: u64) {
-        let mut rx = self.durable.subscribe();
+    /// Why a change numbered in `first..=last` could not be written, if one
+    /// could not (only meaningful once they are settled).
+    pub fn failure(&self, first: u64, last: u64) -> Option<String> {
+        let failed = self.failed.lock();
+        failed
+            .iter()
+            .rev()
+            .find(|f| f.first <= last && first <= f.last)
+            .map(|f| f.error.clone())
+    }
+
+    /// Waits until changes up to `seq` are settled; the error if one of
+    /// `first..=seq` could not be written.
+    pub async fn wait_settled(&self, first: u64, seq: u64) -> Result<(), String> {
+        let mut rx = self.settled.subscribe();
         while *rx.borrow_and_update() < seq {
             if rx.changed().await.is_err() {
-                return;
+                break;
             }
+        }
+        match self.failure(first, seq) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -173,28 +256,14 @@ impl MetaLog {
 
     fn run_writer(&self, mut file: File) {
         let mut written = file.metadata().map_or(0, |m| m.len());
-        loop {
-            let (buf, seq) = {
-                let mut p = self.pending.lock();
-                while p.buf.is_empty() {
-                    if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
-                        return;
-                    }
-                    self.wake
-                        .wait_for(&mut p, std::time::Duration::from_millis(100));
-                }
-                (std::mem::take(&mut p.buf), p.seq)
-            };
-            // A failed write is cut back and retried (replies wait); a
-            // failed sync is fatal, as for the message store.
-            while let Err(e) = file.write_all(&buf) {
-                tracing::error!("cannot write {}: {e}; retrying", self.path.display());
-                while let Err(e) = file.set_len(written) {
-                    tracing::error!("cannot cut {} back: {e}; retrying", self.path.display());
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(500));
+        while let Some((buf, seq, ops)) = self.next_batch() {
+            let first = seq + 1 - ops.len() as u64;
+            if let Err(e) = file.write_all(&buf) {
+                self.fail(&mut file, written, first, seq, ops, &e);
+                continue;
             }
+            // A failed sync leaves unknown what is on disk: stop, as the
+            // message store does, so that recovery runs from what is there.
             if let Err(e) = file.sync_data() {
                 tracing::error!(
                     "cannot sync {} ({e}): stopping warren so that recovery runs from what is on disk",
@@ -203,8 +272,72 @@ impl MetaLog {
                 std::process::abort();
             }
             written += buf.len() as u64;
-            self.durable.send_replace(seq);
+            self.settled.send_replace(seq);
         }
+    }
+
+    /// Takes what is pending; None once the log is closed and empty.
+    fn next_batch(&self) -> Option<(Vec<u8>, u64, Vec<Change>)> {
+        let mut p = self.pending.lock();
+        while p.buf.is_empty() {
+            if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            self.wake
+                .wait_for(&mut p, std::time::Duration::from_millis(100));
+        }
+        Some((
+            std::mem::take(&mut p.buf),
+            p.seq,
+            std::mem::take(&mut p.ops),
+        ))
+    }
+
+    /// A batch could not be written: cut the file back to its last whole
+    /// change, undo the batch's changes newest first, and settle them as
+    /// failed, so that whoever made them is told (541 over AMQP, 500 over
+    /// HTTP) instead of being answered as if they were on disk.
+    fn fail(
+        &self,
+        file: &mut File,
+        written: u64,
+        first: u64,
+        last: u64,
+        ops: Vec<Change>,
+        e: &std::io::Error,
+    ) {
+        tracing::error!(
+            "cannot write {}: {e}; {} definitions change(s) refused and undone",
+            self.path.display(),
+            ops.len()
+        );
+        // Cut back what part of the batch reached the file, if any.
+        let grew = file.metadata().map_or(true, |m| m.len() != written);
+        if grew && let Err(e) = file.set_len(written).and_then(|()| file.sync_data()) {
+            tracing::error!(
+                "cannot cut {} back after a failed write ({e}): stopping warren so that recovery runs from what is on disk",
+                self.path.display()
+            );
+            std::process::abort();
+        }
+        if let Some(undo) = self.undo.get() {
+            UNDOING.with(|u| u.set(true));
+            for (op, prior) in ops.into_iter().rev() {
+                undo(op, prior);
+            }
+            UNDOING.with(|u| u.set(false));
+        }
+        let mut failed = self.failed.lock();
+        if failed.len() == FAILED_KEPT {
+            failed.pop_front();
+        }
+        failed.push_back(Failed {
+            first,
+            last,
+            error: e.to_string(),
+        });
+        drop(failed);
+        self.settled.send_replace(last);
     }
 }
 
@@ -361,7 +494,8 @@ mod tests {
         let second = log.record(&MetaOp::DeleteQueue("/".into(), "kept".into()));
         assert_eq!(second, first + 1);
         log.close();
-        assert_eq!(log.durable_seq(), second);
+        assert_eq!(log.settled_seq(), second);
+        assert_eq!(log.failure(first, second), None);
 
         let read_back = read(dir.path()).unwrap();
         assert_eq!(read_back.snapshot, Some(snapshot));
@@ -389,5 +523,54 @@ mod tests {
         std::fs::write(dir.path().join("definitions.json"), "{not json").unwrap();
         let e = read(dir.path()).unwrap_err();
         assert!(e.contains("definitions.json"), "{e}");
+    }
+
+    /// A write that fails (here: /dev/full, "no space left on device") is
+    /// settled as failed, its changes are undone newest first with what
+    /// they replaced, and nothing the undo does is logged again.
+    #[test]
+    fn a_change_whose_write_fails_is_settled_as_failed_and_undone() {
+        let Ok(full) = OpenOptions::new().write(true).open("/dev/full") else {
+            eprintln!("skipped: no /dev/full");
+            return;
+        };
+        let log = MetaLog::start(full, PathBuf::from("/dev/full")).unwrap();
+        let undone = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = undone.clone();
+        let relog = log.clone();
+        log.set_undo(move |op, prior| {
+            // Undoing logs nothing: the change never reached the disk.
+            assert_eq!(relog.record(&MetaOp::PutVhost("undo".into())), 0);
+            seen.lock().push((op, prior));
+        });
+        let first = log.record(&MetaOp::DeclareQueue(queue("q1")));
+        let second = log.record_replacing(
+            MetaOp::DeleteQueue("/".into(), "q0".into()),
+            Some(MetaOp::DeclareQueue(queue("q0"))),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while log.settled_seq() < second {
+            assert!(std::time::Instant::now() < deadline, "never settled");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let why = log.failure(first, second).expect("the write failed");
+        assert!(why.contains("No space left"), "{why}");
+        assert_eq!(log.failure(second + 1, second + 5), None);
+        let undone = undone.lock();
+        let mut names: Vec<String> = undone
+            .iter()
+            .map(|(op, prior)| match (op, prior) {
+                (MetaOp::DeleteQueue(_, n), Some(MetaOp::DeclareQueue(q))) => {
+                    format!("delete {n}, prior {}", q.name)
+                }
+                (MetaOp::DeclareQueue(q), None) => format!("declare {}", q.name),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        // (Newest first within a batch; the two may be written apart.)
+        names.sort();
+        assert_eq!(names, ["declare q1", "delete q0, prior q0"]);
+        drop(undone);
+        log.close();
     }
 }

@@ -335,14 +335,13 @@ impl VHost {
                 p.apply_to
             ));
         }
-        self.durability.record(MetaOp::PutPolicy(PolicyDef {
-            vhost: self.name.to_string(),
-            name: p.name.clone(),
-            pattern: p.pattern.clone(),
-            apply_to: p.apply_to.clone(),
-            definition: p.definition.clone(),
-            priority: p.priority,
-        }));
+        let prior = self
+            .policies
+            .read()
+            .get(&p.name)
+            .map(|old| MetaOp::PutPolicy(self.policy_def(old)));
+        self.durability
+            .record_replacing(MetaOp::PutPolicy(self.policy_def(&p)), prior);
         self.policies.write().insert(p.name.clone(), p);
         self.reapply_policies();
         Ok(())
@@ -350,13 +349,28 @@ impl VHost {
 
     /// Deletes a policy; returns false if missing.
     pub fn delete_policy(&self, name: &str) -> bool {
-        let existed = self.policies.write().remove(name).is_some();
-        if existed {
-            self.durability
-                .record(MetaOp::DeletePolicy(self.name.to_string(), name.to_owned()));
+        let removed = self.policies.write().remove(name);
+        let existed = removed.is_some();
+        if let Some(old) = removed {
+            self.durability.record_replacing(
+                MetaOp::DeletePolicy(self.name.to_string(), name.to_owned()),
+                Some(MetaOp::PutPolicy(self.policy_def(&old))),
+            );
             self.reapply_policies();
         }
         existed
+    }
+
+    /// A policy as the definitions log writes it.
+    fn policy_def(&self, p: &Policy) -> PolicyDef {
+        PolicyDef {
+            vhost: self.name.to_string(),
+            name: p.name.clone(),
+            pattern: p.pattern.clone(),
+            apply_to: p.apply_to.clone(),
+            definition: p.definition.clone(),
+            priority: p.priority,
+        }
     }
 
     /// All exchanges.
@@ -500,10 +514,19 @@ impl VHost {
         self.exchanges.write().remove(&x.name);
         x.mark_deleted();
         if x.durable {
-            self.durability.record(MetaOp::DeleteExchange(
-                self.name.to_string(),
-                x.name.clone(),
-            ));
+            let prior = MetaOp::DeclareExchange(ExchangeDef {
+                name: x.name.clone(),
+                vhost: self.name.to_string(),
+                kind: x.kind.as_str().into(),
+                durable: true,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: table_to_json(&x.arguments),
+            });
+            self.durability.record_replacing(
+                MetaOp::DeleteExchange(self.name.to_string(), x.name.clone()),
+                Some(prior),
+            );
         }
         let dest = Dest::Exchange(x.clone());
         for other in self.exchanges() {
@@ -673,8 +696,17 @@ impl VHost {
     fn unregister_queue(&self, q: &Arc<Queue>) -> Deleted {
         self.queues.write().remove(&q.name);
         if q.is_persistent() {
-            self.durability
-                .record(MetaOp::DeleteQueue(self.name.to_string(), q.name.clone()));
+            let prior = MetaOp::DeclareQueue(QueueDef {
+                name: q.name.clone(),
+                vhost: self.name.to_string(),
+                durable: true,
+                auto_delete: q.config.auto_delete,
+                arguments: table_to_json(&q.config.arguments),
+            });
+            self.durability.record_replacing(
+                MetaOp::DeleteQueue(self.name.to_string(), q.name.clone()),
+                Some(prior),
+            );
         }
         self.retired.add(&q.stats.snapshot());
         let dest = Dest::Queue(q.clone());
@@ -883,8 +915,14 @@ pub struct Durability {
 impl Durability {
     /// Logs a definitions change, if logging is on.
     pub fn record(&self, op: MetaOp) {
+        self.record_replacing(op, None);
+    }
+
+    /// Logs a change that replaced or removed `prior` (the change that
+    /// puts it back if this one cannot be written; see `MetaLog`).
+    pub fn record_replacing(&self, op: MetaOp, prior: Option<MetaOp>) {
         if let Some(m) = self.meta.get() {
-            m.record(&op);
+            m.record_replacing(op, prior);
         }
     }
 

@@ -122,7 +122,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// A request that changed definitions is answered once the change is on
-/// disk (the definitions log group-commits; see store/meta.rs).
+/// disk (the definitions log group-commits; see store/meta.rs). If a change
+/// made while the request ran could not be written, it has been undone and
+/// the answer is 500 internal_error instead.
 async fn durable_before_reply(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     req: axum::extract::Request,
@@ -132,9 +134,21 @@ async fn durable_before_reply(
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
     );
+    let meta = state.broker.durability.meta.get().filter(|_| changes);
+    let before = meta.map_or(0, |m| m.appended_seq());
     let resp = next.run(req).await;
-    if changes && let Some(m) = state.broker.durability.meta.get() {
-        m.wait_durable(m.appended_seq()).await;
+    if let Some(m) = meta {
+        let after = m.appended_seq();
+        if after > before
+            && let Err(e) = m.wait_settled(before + 1, after).await
+        {
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("cannot write definitions to disk ({e}); the change was undone"),
+            )
+            .into_response();
+        }
     }
     resp
 }
