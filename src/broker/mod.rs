@@ -69,6 +69,15 @@ impl Broker {
     /// (or creates the defaults on first run) and the message store, and
     /// puts recovered messages back in their queues.
     pub fn open(config: Config) -> Result<Arc<Broker>, String> {
+        Self::open_on(config, Arc::new(crate::store::disk::RealDisk))
+    }
+
+    /// `open` with the message store on `disk` (tests run the broker on a
+    /// disk that is slow or fails on command).
+    pub fn open_on(
+        config: Config,
+        disk: Arc<dyn crate::store::disk::Disk>,
+    ) -> Result<Arc<Broker>, String> {
         use crate::store::meta;
         let dir = config.data_dir.clone();
         make_private_dir(&dir)?;
@@ -79,7 +88,7 @@ impl Broker {
             Self::new(config)
         };
         let started = std::time::Instant::now();
-        let (store, recovered) = broker.open_store(&dir)?;
+        let (store, recovered) = broker.open_store(&dir, disk)?;
         if existing {
             let logged =
                 meta::read(&dir).map_err(|e| format!("cannot recover definitions: {e}"))?;
@@ -109,9 +118,10 @@ impl Broker {
     fn open_store(
         &self,
         dir: &std::path::Path,
+        disk: Arc<dyn crate::store::disk::Disk>,
     ) -> Result<(Arc<crate::store::MessageStore>, crate::store::Recovered), String> {
         let (store, recovered) = crate::store::MessageStore::open_on(
-            Arc::new(crate::store::disk::RealDisk),
+            disk,
             &dir.join("messages"),
             crate::store::StoreOptions {
                 fsync: self.config.storage.fsync,

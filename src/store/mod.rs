@@ -388,6 +388,14 @@ impl MessageStore {
         self.backlog.load(Ordering::Relaxed) > BACKLOG_MAX
     }
 
+    /// Bytes waiting for the writer.
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes that wait for the writer before publishers pause.
+    pub const BACKLOG_MAX: usize = BACKLOG_MAX;
+
     /// The highest sequence number that is on disk (and synced, if fsync is on).
     pub fn durable_seq(&self) -> u64 {
         *self.durable.borrow()
