@@ -82,10 +82,12 @@ async fn connect(port: u16) -> Connection {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_slower_than_the_publishers_bounds_the_write_buffer_and_serves_others() {
     let data = tempfile::tempdir().unwrap();
-    let mut config = warren::Config::default();
-    config.data_dir = data.path().to_path_buf();
-    config.bind = vec!["127.0.0.1".parse().unwrap()];
-    config.port = 0;
+    let config = warren::Config {
+        data_dir: data.path().to_path_buf(),
+        bind: vec!["127.0.0.1".parse().unwrap()],
+        port: 0,
+        ..Default::default()
+    };
     let broker = warren::Broker::open_on(config, Arc::new(SlowDisk)).expect("open warren");
     let listeners = warren::session::server::bind(&broker).expect("bind");
     let port = listeners[0].local_addr().unwrap().port();
