@@ -3,9 +3,13 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing_subscriber::EnvFilter;
+use warren::Broker;
 use warren::ops::config::{Config, Overrides};
 
 /// warren: an AMQP 0-9-1 message broker that speaks to RabbitMQ's clients.
@@ -56,17 +60,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
-    let args = Args::parse();
-    let overrides = Overrides {
-        config: args.config,
-        bind: args.bind.map(|b| b.0),
-        port: args.port,
-        http_port: args.http_port,
-        tls_port: args.tls_port,
-        data_dir: args.data_dir,
-        log_level: args.log_level,
-    };
-    let config = match Config::load(&overrides) {
+    let config = match Config::load(&overrides(Args::parse())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("warren: {e}");
@@ -85,12 +79,7 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&config.log_level);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -102,112 +91,170 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let broker = match warren::Broker::open(config) {
-            Ok(b) => b,
+    runtime.block_on(run(config, tls))
+}
+
+/// The command line's settings, to lay over the environment and the file.
+fn overrides(args: Args) -> Overrides {
+    Overrides {
+        config: args.config,
+        bind: args.bind.map(|b| b.0),
+        port: args.port,
+        http_port: args.http_port,
+        tls_port: args.tls_port,
+        data_dir: args.data_dir,
+        log_level: args.log_level,
+    }
+}
+
+/// Logs to stderr at the configured level (info if it does not parse),
+/// coloured only on a terminal.
+fn init_logging(log_level: &str) {
+    let filter = EnvFilter::try_new(log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Opens the broker, binds every listener and serves until a signal, then
+/// shuts down.
+async fn run(config: Config, tls: Option<TlsAcceptor>) -> ExitCode {
+    let broker = match warren::Broker::open(config) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = load_definitions(&broker) {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    warren::ops::alarms::spawn_monitor(
+        broker.config.alarms.clone(),
+        broker.config.data_dir.clone(),
+        broker.alarms.clone(),
+    );
+    let listeners = match bind_amqp(&broker) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tls_listeners = match tls {
+        Some(acceptor) => match bind_amqps(&broker) {
+            Ok(ls) => Some((ls, acceptor)),
             Err(e) => {
-                tracing::error!("{e}");
+                tracing::error!("TLS: {e}");
                 return ExitCode::FAILURE;
             }
-        };
-        if let Some(path) = broker.config.load_definitions.clone() {
-            match warren::broker::definitions::load_file(&broker, &path) {
-                Ok(problems) => {
-                    for p in &problems {
-                        tracing::warn!("definitions {}: {}", path.display(), p.escape_debug());
-                    }
-                    tracing::info!("imported definitions from {}", path.display());
-                }
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+        },
+        None => None,
+    };
+    let http = match bind_http(&broker) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("HTTP: {e}");
+            return ExitCode::FAILURE;
         }
-        warren::ops::alarms::spawn_monitor(
-            broker.config.alarms.clone(),
-            broker.config.data_dir.clone(),
-            broker.alarms.clone(),
-        );
-        let listeners = match warren::session::server::bind(&broker) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        for l in &listeners {
-            if let Ok(addr) = l.local_addr() {
-                tracing::info!(
-                    "warren {} listening for AMQP on {addr} (data dir {})",
-                    env!("CARGO_PKG_VERSION"),
-                    broker.config.data_dir.display()
-                );
-            }
+    };
+    tokio::spawn(warren::admin::http::serve(broker.clone(), http));
+    serve_until_signal(&broker, listeners, tls_listeners).await;
+    // The listeners are closed now: no new connections.
+    tracing::info!("shutting down: closing client connections and syncing the message store");
+    broker.shutdown(std::time::Duration::from_secs(5)).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Imports the config's `load_definitions` file, if any, logging each
+/// problem; an unreadable or unparsable file is an error.
+fn load_definitions(broker: &Broker) -> Result<(), String> {
+    if let Some(path) = broker.config.load_definitions.clone() {
+        let problems = warren::broker::definitions::load_file(broker, &path)?;
+        for p in &problems {
+            tracing::warn!("definitions {}: {}", path.display(), p.escape_debug());
         }
-        let tls_listeners = match tls {
-            Some(acceptor) => match warren::session::server::bind_tls(&broker) {
-                Ok(ls) => {
-                    for l in &ls {
-                        if let Ok(addr) = l.local_addr() {
-                            tracing::info!(
-                                "listening for AMQP over TLS on {addr}{}",
-                                if broker.config.tls.verify_peer {
-                                    " (client certificates verified; EXTERNAL offered)"
-                                } else {
-                                    ""
-                                }
-                            );
-                        }
-                    }
-                    Some((ls, acceptor))
-                }
-                Err(e) => {
-                    tracing::error!("TLS: {e}");
-                    return ExitCode::FAILURE;
-                }
-            },
-            None => None,
-        };
-        let http = match warren::session::server::bind_all(
-            broker
-                .config
-                .http_bind
-                .as_deref()
-                .unwrap_or(&broker.config.bind),
-            broker.config.http_port,
-        ) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("HTTP: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        for l in &http {
-            if let Ok(addr) = l.local_addr() {
-                tracing::info!("management API and metrics on http://{addr}/");
-            }
+        tracing::info!("imported definitions from {}", path.display());
+    }
+    Ok(())
+}
+
+/// Binds the AMQP listeners and logs each address.
+fn bind_amqp(broker: &Broker) -> Result<Vec<TcpListener>, String> {
+    let listeners = warren::session::server::bind(broker)?;
+    for l in &listeners {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(
+                "warren {} listening for AMQP on {addr} (data dir {})",
+                env!("CARGO_PKG_VERSION"),
+                broker.config.data_dir.display()
+            );
         }
-        tokio::spawn(warren::admin::http::serve(broker.clone(), http));
-        let amqps = async {
-            match tls_listeners {
-                Some((l, acceptor)) => {
-                    warren::session::server::serve_tls(broker.clone(), l, acceptor).await
+    }
+    Ok(listeners)
+}
+
+/// Binds the AMQP-over-TLS listeners and logs each address.
+fn bind_amqps(broker: &Broker) -> Result<Vec<TcpListener>, String> {
+    let ls = warren::session::server::bind_tls(broker)?;
+    for l in &ls {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(
+                "listening for AMQP over TLS on {addr}{}",
+                if broker.config.tls.verify_peer {
+                    " (client certificates verified; EXTERNAL offered)"
+                } else {
+                    ""
                 }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = warren::session::server::serve(broker.clone(), listeners) => {}
-            _ = amqps => {}
-            _ = shutdown_signal() => {}
+            );
         }
-        // The listeners are closed now: no new connections.
-        tracing::info!("shutting down: closing client connections and syncing the message store");
-        broker.shutdown(std::time::Duration::from_secs(5)).await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
-    })
+    }
+    Ok(ls)
+}
+
+/// Binds the management API and metrics listeners (`http_bind`, else the
+/// AMQP addresses) and logs each address.
+fn bind_http(broker: &Broker) -> Result<Vec<TcpListener>, String> {
+    let http = warren::session::server::bind_all(
+        broker
+            .config
+            .http_bind
+            .as_deref()
+            .unwrap_or(&broker.config.bind),
+        broker.config.http_port,
+    )?;
+    for l in &http {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!("management API and metrics on http://{addr}/");
+        }
+    }
+    Ok(http)
+}
+
+/// Serves AMQP (and AMQPS, if bound) until a listener fails or SIGTERM or
+/// SIGINT arrives; the listeners are dropped on return.
+async fn serve_until_signal(
+    broker: &Arc<Broker>,
+    listeners: Vec<TcpListener>,
+    tls_listeners: Option<(Vec<TcpListener>, TlsAcceptor)>,
+) {
+    let amqps = async {
+        match tls_listeners {
+            Some((l, acceptor)) => {
+                warren::session::server::serve_tls(broker.clone(), l, acceptor).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = warren::session::server::serve(broker.clone(), listeners) => {}
+        _ = amqps => {}
+        _ = shutdown_signal() => {}
+    }
 }
 
 async fn shutdown_signal() {

@@ -4,16 +4,18 @@
 //! durable definitions at start (`apply_logged` for the change log). The
 //! data types are in `crate::schema`.
 
+use amq_protocol::types::FieldTable;
 use serde_json::{Map, Value};
 
 use crate::auth::{HASHING_ALGORITHM, Permissions, User, hash_password};
 use crate::broker::Broker;
 use crate::protocol::fields::{table_from_json, table_to_json, unchecked_table_from_json};
+use crate::protocol::table_guard::check_short_string;
 use crate::queue::QueueConfig;
-use crate::routing::exchange::Dest;
+use crate::routing::exchange::{Dest, Exchange};
 use crate::schema::*;
 use crate::store::meta::MetaOp;
-use crate::vhost::{DestName, ExchangeDeclare, Policy};
+use crate::vhost::{DestName, ExchangeDeclare, Policy, VHost};
 
 /// Exports the broker's definitions: all users, vhosts, permissions and
 /// policies; durable, non-exclusive exchanges and queues (not the default or
@@ -24,8 +26,18 @@ pub fn export(broker: &Broker) -> Definitions {
         rabbit_version: Some(format!("warren {}", env!("CARGO_PKG_VERSION"))),
         ..Default::default()
     };
+    export_users(broker, &mut d.users);
+    export_permissions(broker, &mut d.permissions);
+    for vh in broker.vhosts() {
+        export_vhost(&vh, &mut d);
+    }
+    sort_for_export(&mut d);
+    d
+}
+
+fn export_users(broker: &Broker, users: &mut Vec<UserDef>) {
     for u in broker.users() {
-        d.users.push(UserDef {
+        users.push(UserDef {
             name: u.name.clone(),
             password_hash: u.password_hash.clone(),
             hashing_algorithm: HASHING_ALGORITHM.into(),
@@ -33,8 +45,11 @@ pub fn export(broker: &Broker) -> Definitions {
             tags: Tags::List(u.tags.clone()),
         });
     }
+}
+
+fn export_permissions(broker: &Broker, permissions: &mut Vec<PermissionDef>) {
     for (user, vhost, p) in broker.all_permissions() {
-        d.permissions.push(PermissionDef {
+        permissions.push(PermissionDef {
             user,
             vhost,
             configure: p.configure.clone(),
@@ -42,64 +57,79 @@ pub fn export(broker: &Broker) -> Definitions {
             read: p.read.clone(),
         });
     }
-    for vh in broker.vhosts() {
-        let v = vh.name.to_string();
-        d.vhosts.push(VhostDef { name: v.clone() });
-        for p in vh.policies() {
-            d.policies.push(PolicyDef {
+}
+
+/// One vhost's part of an export: the vhost itself, its policies, its
+/// durable non-exclusive queues, then its durable exchanges with their
+/// bindings.
+fn export_vhost(vh: &VHost, d: &mut Definitions) {
+    let v = vh.name.to_string();
+    d.vhosts.push(VhostDef { name: v.clone() });
+    for p in vh.policies() {
+        d.policies.push(PolicyDef {
+            vhost: v.clone(),
+            name: p.name,
+            pattern: p.pattern,
+            apply_to: p.apply_to,
+            definition: p.definition,
+            priority: p.priority,
+        });
+    }
+    for q in vh.queues() {
+        if q.config.durable && q.config.exclusive_owner.is_none() {
+            d.queues.push(QueueDef {
+                name: q.name.clone(),
                 vhost: v.clone(),
-                name: p.name,
-                pattern: p.pattern,
-                apply_to: p.apply_to,
-                definition: p.definition,
-                priority: p.priority,
+                durable: true,
+                auto_delete: q.config.auto_delete,
+                arguments: table_to_json(&q.config.arguments),
             });
         }
-        for q in vh.queues() {
-            if q.config.durable && q.config.exclusive_owner.is_none() {
-                d.queues.push(QueueDef {
-                    name: q.name.clone(),
-                    vhost: v.clone(),
-                    durable: true,
-                    auto_delete: q.config.auto_delete,
-                    arguments: table_to_json(&q.config.arguments),
-                });
-            }
-        }
-        for x in vh.exchanges() {
-            if x.durable && !x.name.is_empty() && !x.name.starts_with("amq.") {
-                d.exchanges.push(ExchangeDef {
-                    name: x.name.clone(),
-                    vhost: v.clone(),
-                    kind: x.kind.as_str().into(),
-                    durable: true,
-                    auto_delete: x.auto_delete,
-                    internal: x.internal,
-                    arguments: table_to_json(&x.arguments),
-                });
-            }
-            if !x.durable || x.name.is_empty() {
-                continue;
-            }
-            for (dest, b) in x.bindings() {
-                let (destination, destination_type) = match &dest {
-                    Dest::Queue(q) if q.config.durable && q.config.exclusive_owner.is_none() => {
-                        (q.name.clone(), "queue")
-                    }
-                    Dest::Exchange(x2) if x2.durable => (x2.name.clone(), "exchange"),
-                    _ => continue,
-                };
-                d.bindings.push(BindingDef {
-                    source: x.name.clone(),
-                    vhost: v.clone(),
-                    destination,
-                    destination_type: destination_type.into(),
-                    routing_key: b.routing_key.clone(),
-                    arguments: table_to_json(&b.arguments),
-                });
-            }
-        }
     }
+    for x in vh.exchanges() {
+        if x.durable && !x.name.is_empty() && !x.name.starts_with("amq.") {
+            d.exchanges.push(ExchangeDef {
+                name: x.name.clone(),
+                vhost: v.clone(),
+                kind: x.kind.as_str().into(),
+                durable: true,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: table_to_json(&x.arguments),
+            });
+        }
+        if !x.durable || x.name.is_empty() {
+            continue;
+        }
+        export_bindings(&x, &v, &mut d.bindings);
+    }
+}
+
+/// The bindings from one durable exchange whose destination is durable
+/// too (and, for a queue, not exclusive).
+fn export_bindings(x: &Exchange, vhost: &str, bindings: &mut Vec<BindingDef>) {
+    for (dest, b) in x.bindings() {
+        let (destination, destination_type) = match &dest {
+            Dest::Queue(q) if q.config.durable && q.config.exclusive_owner.is_none() => {
+                (q.name.clone(), "queue")
+            }
+            Dest::Exchange(x2) if x2.durable => (x2.name.clone(), "exchange"),
+            _ => continue,
+        };
+        bindings.push(BindingDef {
+            source: x.name.clone(),
+            vhost: vhost.to_string(),
+            destination,
+            destination_type: destination_type.into(),
+            routing_key: b.routing_key.clone(),
+            arguments: table_to_json(&b.arguments),
+        });
+    }
+}
+
+/// Sorts every list of an export by its key, so two exports of the same
+/// state are identical.
+fn sort_for_export(d: &mut Definitions) {
     d.users.sort_by(|a, b| a.name.cmp(&b.name));
     d.vhosts.sort_by(|a, b| a.name.cmp(&b.name));
     d.permissions
@@ -126,7 +156,6 @@ pub fn export(broker: &Broker) -> Definitions {
                 &b.routing_key,
             ))
     });
-    d
 }
 
 /// Imports definitions into the broker. Entities that already exist are
@@ -153,22 +182,38 @@ fn import_with(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
 
 fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
     let mut errors = Vec::new();
-    let table_from_json = |m: &Map<String, Value>| {
-        if limits {
-            table_from_json(m)
-        } else {
-            Ok(unchecked_table_from_json(m))
-        }
-    };
-    let short = crate::protocol::table_guard::check_short_string;
-    for v in &d.vhosts {
-        if let Err(e) = short("vhost", &v.name) {
+    import_vhosts(broker, &d.vhosts, &mut errors);
+    import_users(broker, &d.users, &mut errors);
+    import_permissions(broker, &d.permissions, &mut errors);
+    import_policies(broker, &d.policies, &mut errors);
+    import_exchanges(broker, &d.exchanges, limits, &mut errors);
+    import_queues(broker, &d.queues, limits, &mut errors);
+    import_bindings(broker, &d.bindings, limits, &mut errors);
+    errors
+}
+
+/// An argument table from JSON: checked against today's limits on import,
+/// read back as it is when the broker restores what it stored.
+fn arguments_from_json(m: &Map<String, Value>, limits: bool) -> Result<FieldTable, String> {
+    if limits {
+        table_from_json(m)
+    } else {
+        Ok(unchecked_table_from_json(m))
+    }
+}
+
+fn import_vhosts(broker: &Broker, vhosts: &[VhostDef], errors: &mut Vec<String>) {
+    for v in vhosts {
+        if let Err(e) = check_short_string("vhost", &v.name) {
             errors.push(e);
             continue;
         }
         broker.add_vhost(&v.name);
     }
-    for u in &d.users {
+}
+
+fn import_users(broker: &Broker, users: &[UserDef], errors: &mut Vec<String>) {
+    for u in users {
         if !u.hashing_algorithm.is_empty() && u.hashing_algorithm != HASHING_ALGORITHM {
             errors.push(format!(
                 "user '{}': unsupported hashing algorithm '{}' (only {HASHING_ALGORITHM})",
@@ -186,7 +231,10 @@ fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
             tags: u.tags.to_vec(),
         });
     }
-    for p in &d.permissions {
+}
+
+fn import_permissions(broker: &Broker, permissions: &[PermissionDef], errors: &mut Vec<String>) {
+    for p in permissions {
         // Stored permissions for a user or vhost that does not exist would
         // grant access to whoever creates it later.
         if broker.user(&p.user).is_none() {
@@ -205,7 +253,10 @@ fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
             Err(e) => errors.push(format!("permissions of '{}' in '{}': {e}", p.user, p.vhost)),
         }
     }
-    for p in &d.policies {
+}
+
+fn import_policies(broker: &Broker, policies: &[PolicyDef], errors: &mut Vec<String>) {
+    for p in policies {
         let Some(vh) = broker.vhost(&p.vhost) else {
             errors.push(format!("policy '{}': no vhost '{}'", p.name, p.vhost));
             continue;
@@ -220,16 +271,24 @@ fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
             errors.push(format!("policy '{}': {e}", p.name));
         }
     }
-    for x in &d.exchanges {
+}
+
+fn import_exchanges(
+    broker: &Broker,
+    exchanges: &[ExchangeDef],
+    limits: bool,
+    errors: &mut Vec<String>,
+) {
+    for x in exchanges {
         let Some(vh) = broker.vhost(&x.vhost) else {
             errors.push(format!("exchange '{}': no vhost '{}'", x.name, x.vhost));
             continue;
         };
-        if let Err(e) = short("exchange", &x.name) {
+        if let Err(e) = check_short_string("exchange", &x.name) {
             errors.push(e);
             continue;
         }
-        let arguments = match table_from_json(&x.arguments) {
+        let arguments = match arguments_from_json(&x.arguments, limits) {
             Ok(a) => a,
             Err(e) => {
                 errors.push(format!("exchange '{}': arguments: {e}", x.name));
@@ -249,12 +308,15 @@ fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
             errors.push(format!("exchange '{}': {}", x.name, e.text));
         }
     }
-    for q in &d.queues {
+}
+
+fn import_queues(broker: &Broker, queues: &[QueueDef], limits: bool, errors: &mut Vec<String>) {
+    for q in queues {
         let Some(vh) = broker.vhost(&q.vhost) else {
             errors.push(format!("queue '{}': no vhost '{}'", q.name, q.vhost));
             continue;
         };
-        if let Err(e) = short("queue", &q.name) {
+        if let Err(e) = check_short_string("queue", &q.name) {
             errors.push(e);
             continue;
         }
@@ -262,7 +324,7 @@ fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
             errors.push(e.text);
             continue;
         }
-        let arguments = match table_from_json(&q.arguments) {
+        let arguments = match arguments_from_json(&q.arguments, limits) {
             Ok(a) => a,
             Err(e) => {
                 errors.push(format!("queue '{}': arguments: {e}", q.name));
@@ -279,7 +341,15 @@ fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
             errors.push(format!("queue '{}': {}", q.name, e.text));
         }
     }
-    for b in &d.bindings {
+}
+
+fn import_bindings(
+    broker: &Broker,
+    bindings: &[BindingDef],
+    limits: bool,
+    errors: &mut Vec<String>,
+) {
+    for b in bindings {
         let Some(vh) = broker.vhost(&b.vhost) else {
             errors.push(format!(
                 "binding from '{}': no vhost '{}'",
@@ -291,14 +361,14 @@ fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
             "exchange" => DestName::Exchange(&b.destination),
             _ => DestName::Queue(&b.destination),
         };
-        if let Err(e) = short("routing_key", &b.routing_key) {
+        if let Err(e) = check_short_string("routing_key", &b.routing_key) {
             errors.push(format!(
                 "binding '{}' -> '{}': {e}",
                 b.source, b.destination
             ));
             continue;
         }
-        let arguments = match table_from_json(&b.arguments) {
+        let arguments = match arguments_from_json(&b.arguments, limits) {
             Ok(a) => a,
             Err(e) => {
                 errors.push(format!(
@@ -315,7 +385,6 @@ fn import_all(broker: &Broker, d: &Definitions, limits: bool) -> Vec<String> {
             ));
         }
     }
-    errors
 }
 
 /// Applies what an earlier run left on disk: the snapshot, then each

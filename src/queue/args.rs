@@ -74,111 +74,35 @@ impl QueueArgs {
     /// Validates and reads a declare's arguments; errors are RabbitMQ's
     /// 406 PRECONDITION_FAILED texts.
     pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<QueueArgs> {
-        let t = args.inner();
-        let invalid = |arg: &str, why: String| {
-            AmqpError::channel(
-                code::PRECONDITION_FAILED,
-                format!("invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}': {why}"),
-            )
-        };
-        let non_neg = |arg: &str, zero_ok: bool| -> AmqpResult<Option<u64>> {
-            let Some(v) = t.get(arg) else { return Ok(None) };
-            let Some(n) = integer(v) else {
-                return Err(invalid(
-                    arg,
-                    format!("\"expected integer, got {}\"", erlang_type(v)),
-                ));
-            };
-            if n < 0 {
-                return Err(invalid(arg, format!("{{value_negative,{n}}}")));
-            }
-            if n == 0 && !zero_ok {
-                return Err(invalid(arg, "{value_zero,0}".to_owned()));
-            }
-            Ok(Some(n as u64))
-        };
+        let r = ArgReader { args, queue, vhost };
         let mut a = QueueArgs {
-            message_ttl: non_neg("x-message-ttl", true)?,
-            expires: non_neg("x-expires", false)?,
-            max_length: non_neg("x-max-length", true)?,
-            max_length_bytes: non_neg("x-max-length-bytes", true)?,
-            consumer_timeout: non_neg("x-consumer-timeout", false)?,
+            message_ttl: r.non_negative("x-message-ttl", true)?,
+            expires: r.non_negative("x-expires", false)?,
+            max_length: r.non_negative("x-max-length", true)?,
+            max_length_bytes: r.non_negative("x-max-length-bytes", true)?,
+            consumer_timeout: r.non_negative("x-consumer-timeout", false)?,
             ..Default::default()
         };
-        if let Some(v) = t.get("x-overflow") {
-            let Some(s) = string(v) else {
-                return Err(invalid(
-                    "x-overflow",
-                    format!("{{unacceptable_type,{}}}", erlang_type(v)),
-                ));
-            };
-            a.overflow = Overflow::parse(&s)
-                .ok_or_else(|| invalid("x-overflow", "invalid_overflow".into()))?;
+        if let Some(overflow) = r.overflow()? {
+            a.overflow = overflow;
         }
-        if let Some(v) = t.get("x-dead-letter-exchange") {
-            let Some(s) = string(v) else {
-                return Err(AmqpError::channel(
-                    code::PRECONDITION_FAILED,
-                    format!(
-                        "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{queue}' in vhost '{vhost}'",
-                        erlang_type(v)
-                    ),
-                ));
-            };
+        if let Some(s) = r.dead_letter_string("x-dead-letter-exchange")? {
             a.dlx = Some(s);
         }
-        if let Some(v) = t.get("x-dead-letter-routing-key") {
-            let Some(s) = string(v) else {
-                return Err(AmqpError::channel(
-                    code::PRECONDITION_FAILED,
-                    format!(
-                        "invalid type '{}' for arg 'x-dead-letter-routing-key' in queue '{queue}' in vhost '{vhost}'",
-                        erlang_type(v)
-                    ),
-                ));
-            };
+        if let Some(s) = r.dead_letter_string("x-dead-letter-routing-key")? {
             if a.dlx.is_none() {
-                return Err(invalid(
+                return Err(r.invalid(
                     "x-dead-letter-routing-key",
                     "routing_key_but_no_dlx_defined".into(),
                 ));
             }
             a.dlrk = Some(s);
         }
-        if let Some(v) = t.get("x-single-active-consumer") {
-            match v {
-                AMQPValue::Boolean(b) => a.single_active = *b,
-                other => {
-                    return Err(invalid(
-                        "x-single-active-consumer",
-                        format!("{{unacceptable_type,{}}}", erlang_type(other)),
-                    ));
-                }
-            }
+        if let Some(single_active) = r.single_active()? {
+            a.single_active = single_active;
         }
-        if let Some(v) = t.get("x-max-priority")
-            && let Some(n) = integer(v)
-        {
-            if n < 0 {
-                return Err(invalid("x-max-priority", format!("{{value_negative,{n}}}")));
-            }
-            if n > 255 {
-                return Err(invalid(
-                    "x-max-priority",
-                    format!("{{max_value_exceeded,{n}}}"),
-                ));
-            }
-        }
-        if let Some(v) = t.get("x-queue-mode")
-            && let Some(s) = string(v)
-            && s != "default"
-            && s != "lazy"
-        {
-            return Err(invalid(
-                "x-queue-mode",
-                format!("\"unsupported queue mode '{s}'\""),
-            ));
-        }
+        r.check_max_priority()?;
+        r.check_queue_mode()?;
         Ok(a)
     }
 
@@ -253,6 +177,121 @@ impl QueueArgs {
             self.overflow = o;
         }
         self
+    }
+}
+
+/// Reads one declare's arguments, naming the queue and vhost in its
+/// errors as RabbitMQ does.
+struct ArgReader<'a> {
+    args: &'a FieldTable,
+    queue: &'a str,
+    vhost: &'a str,
+}
+
+impl ArgReader<'_> {
+    fn get(&self, arg: &str) -> Option<&AMQPValue> {
+        self.args.inner().get(arg)
+    }
+
+    /// RabbitMQ's "invalid arg" refusal.
+    fn invalid(&self, arg: &str, why: String) -> AmqpError {
+        let (queue, vhost) = (self.queue, self.vhost);
+        AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            format!("invalid arg '{arg}' for queue '{queue}' in vhost '{vhost}': {why}"),
+        )
+    }
+
+    /// An integer argument that may not be negative (nor zero unless
+    /// `zero_ok`).
+    fn non_negative(&self, arg: &str, zero_ok: bool) -> AmqpResult<Option<u64>> {
+        let Some(v) = self.get(arg) else {
+            return Ok(None);
+        };
+        let Some(n) = integer(v) else {
+            return Err(self.invalid(arg, format!("\"expected integer, got {}\"", erlang_type(v))));
+        };
+        if n < 0 {
+            return Err(self.invalid(arg, format!("{{value_negative,{n}}}")));
+        }
+        if n == 0 && !zero_ok {
+            return Err(self.invalid(arg, "{value_zero,0}".to_owned()));
+        }
+        Ok(Some(n as u64))
+    }
+
+    /// x-overflow: one of the three modes, as a string.
+    fn overflow(&self) -> AmqpResult<Option<Overflow>> {
+        let Some(v) = self.get("x-overflow") else {
+            return Ok(None);
+        };
+        let Some(s) = string(v) else {
+            return Err(self.invalid(
+                "x-overflow",
+                format!("{{unacceptable_type,{}}}", erlang_type(v)),
+            ));
+        };
+        Overflow::parse(&s)
+            .map(Some)
+            .ok_or_else(|| self.invalid("x-overflow", "invalid_overflow".into()))
+    }
+
+    /// x-dead-letter-exchange or x-dead-letter-routing-key: a string, or
+    /// RabbitMQ's "invalid type" refusal.
+    fn dead_letter_string(&self, arg: &str) -> AmqpResult<Option<String>> {
+        let Some(v) = self.get(arg) else {
+            return Ok(None);
+        };
+        let Some(s) = string(v) else {
+            let (queue, vhost) = (self.queue, self.vhost);
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!(
+                    "invalid type '{}' for arg '{arg}' in queue '{queue}' in vhost '{vhost}'",
+                    erlang_type(v)
+                ),
+            ));
+        };
+        Ok(Some(s))
+    }
+
+    /// x-single-active-consumer: a boolean.
+    fn single_active(&self) -> AmqpResult<Option<bool>> {
+        match self.get("x-single-active-consumer") {
+            None => Ok(None),
+            Some(AMQPValue::Boolean(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.invalid(
+                "x-single-active-consumer",
+                format!("{{unacceptable_type,{}}}", erlang_type(other)),
+            )),
+        }
+    }
+
+    /// x-max-priority, when an integer, is within 0..=255.
+    fn check_max_priority(&self) -> AmqpResult<()> {
+        if let Some(v) = self.get("x-max-priority")
+            && let Some(n) = integer(v)
+        {
+            if n < 0 {
+                return Err(self.invalid("x-max-priority", format!("{{value_negative,{n}}}")));
+            }
+            if n > 255 {
+                return Err(self.invalid("x-max-priority", format!("{{max_value_exceeded,{n}}}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// x-queue-mode, when a string, is "default" or "lazy".
+    fn check_queue_mode(&self) -> AmqpResult<()> {
+        if let Some(v) = self.get("x-queue-mode")
+            && let Some(s) = string(v)
+            && s != "default"
+            && s != "lazy"
+        {
+            return Err(self.invalid("x-queue-mode", format!("\"unsupported queue mode '{s}'\"")));
+        }
+        Ok(())
     }
 }
 

@@ -73,71 +73,19 @@ pub fn copy(
         Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
         _ => Vec::new(),
     };
-    let same = |v: &AMQPValue| match v {
-        AMQPValue::FieldTable(t) => {
-            text(t.inner().get("queue")).as_deref() == Some(queue)
-                && text(t.inner().get("reason")).as_deref() == Some(reason.as_str())
-        }
-        _ => false,
-    };
-    let entry = match deaths.iter().position(same) {
+    let entry = match deaths.iter().position(|v| is_death_in(v, queue, reason)) {
         Some(i) => {
-            let AMQPValue::FieldTable(mut t) = deaths.remove(i) else {
+            let AMQPValue::FieldTable(t) = deaths.remove(i) else {
                 unreachable!("matched a table")
             };
-            let count = match t.inner().get("count") {
-                Some(AMQPValue::LongLongInt(n)) => *n,
-                Some(AMQPValue::LongInt(n)) => *n as i64,
-                _ => 0,
-            };
-            // The count came from the client: i64::MAX stays i64::MAX.
-            t.insert(
-                "count".into(),
-                AMQPValue::LongLongInt(count.saturating_add(1)),
-            );
-            t
+            counted_again(t)
         }
-        None => {
-            let mut t = FieldTable::default();
-            t.insert("count".into(), AMQPValue::LongLongInt(1));
-            t.insert("reason".into(), long_string(reason.as_str()));
-            t.insert("queue".into(), long_string(queue));
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            t.insert("time".into(), AMQPValue::Timestamp(now));
-            t.insert("exchange".into(), long_string(&exchange));
-            t.insert(
-                "routing-keys".into(),
-                AMQPValue::FieldArray(FieldArray::from(vec![long_string(&rk)])),
-            );
-            if let Some(e) = props.expiration() {
-                t.insert("original-expiration".into(), long_string(e.as_str()));
-            }
-            t
-        }
+        None => first_death(queue, reason, &exchange, &rk, &props),
     };
     deaths.insert(0, AMQPValue::FieldTable(entry));
-    let history: Vec<(String, String)> = deaths
-        .iter()
-        .filter_map(|v| match v {
-            AMQPValue::FieldTable(t) => Some((
-                text(t.inner().get("queue")).unwrap_or_default(),
-                text(t.inner().get("reason")).unwrap_or_default(),
-            )),
-            _ => None,
-        })
-        .collect();
+    let history = death_history(&deaths);
     headers.insert("x-death".into(), AMQPValue::FieldArray(deaths.into()));
-    for (k, v) in [
-        ("x-first-death-exchange", exchange.as_str()),
-        ("x-first-death-queue", queue),
-        ("x-first-death-reason", reason.as_str()),
-    ] {
-        if !headers.contains_key(k) {
-            headers.insert(k.into(), long_string(v));
-        }
-    }
+    add_first_death_headers(&mut headers, &exchange, queue, reason);
     let props = without_expiration(&props).with_headers(headers);
     let header = crate::message::content_header(&props, msg.body_len() as u64)?;
     let routing_key = dlrk.unwrap_or(&rk);
@@ -150,6 +98,86 @@ pub fn copy(
         ),
         deaths: history,
     })
+}
+
+/// Whether an x-death entry records a death in `queue` for `reason`.
+fn is_death_in(v: &AMQPValue, queue: &str, reason: Reason) -> bool {
+    match v {
+        AMQPValue::FieldTable(t) => {
+            text(t.inner().get("queue")).as_deref() == Some(queue)
+                && text(t.inner().get("reason")).as_deref() == Some(reason.as_str())
+        }
+        _ => false,
+    }
+}
+
+/// An existing x-death entry with its count raised by one.
+fn counted_again(mut t: FieldTable) -> FieldTable {
+    let count = match t.inner().get("count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => *n as i64,
+        _ => 0,
+    };
+    // The count came from the client: i64::MAX stays i64::MAX.
+    t.insert(
+        "count".into(),
+        AMQPValue::LongLongInt(count.saturating_add(1)),
+    );
+    t
+}
+
+/// The x-death entry for a message's first death in `queue` for `reason`.
+fn first_death(
+    queue: &str,
+    reason: Reason,
+    exchange: &str,
+    rk: &str,
+    props: &BasicProperties,
+) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert("count".into(), AMQPValue::LongLongInt(1));
+    t.insert("reason".into(), long_string(reason.as_str()));
+    t.insert("queue".into(), long_string(queue));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    t.insert("time".into(), AMQPValue::Timestamp(now));
+    t.insert("exchange".into(), long_string(exchange));
+    t.insert(
+        "routing-keys".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![long_string(rk)])),
+    );
+    if let Some(e) = props.expiration() {
+        t.insert("original-expiration".into(), long_string(e.as_str()));
+    }
+    t
+}
+
+/// (queue, reason) of each x-death entry, in order.
+fn death_history(deaths: &[AMQPValue]) -> Vec<(String, String)> {
+    deaths
+        .iter()
+        .filter_map(|v| match v {
+            AMQPValue::FieldTable(t) => Some((
+                text(t.inner().get("queue")).unwrap_or_default(),
+                text(t.inner().get("reason")).unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sets the x-first-death-* headers unless an earlier death set them.
+fn add_first_death_headers(headers: &mut FieldTable, exchange: &str, queue: &str, reason: Reason) {
+    for (k, v) in [
+        ("x-first-death-exchange", exchange),
+        ("x-first-death-queue", queue),
+        ("x-first-death-reason", reason.as_str()),
+    ] {
+        if !headers.contains_key(k) {
+            headers.insert(k.into(), long_string(v));
+        }
+    }
 }
 
 /// RabbitMQ's cycle rule: a copy is not delivered back to a queue it

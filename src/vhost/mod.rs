@@ -393,41 +393,63 @@ impl VHost {
             )
         })?;
         let _defs = self.definitions.lock();
-        let x = match self.exchange(&d.name) {
-            Some(x) => x,
-            None => {
-                if d.name.starts_with("amq.") {
-                    return Err(AmqpError::channel(
-                        code::ACCESS_REFUSED,
-                        format!(
-                            "exchange name '{}' contains reserved prefix 'amq.*'",
-                            d.name
-                        ),
-                    ));
-                }
-                let x = Exchange::new(
-                    d.name.clone(),
-                    kind,
-                    d.durable,
-                    d.auto_delete,
-                    d.internal,
-                    d.arguments.clone(),
-                );
-                self.exchanges.write().insert(d.name.clone(), x.clone());
-                if x.durable {
-                    self.durability.record(MetaOp::DeclareExchange(ExchangeDef {
-                        name: x.name.clone(),
-                        vhost: self.name.to_string(),
-                        kind: x.kind.as_str().into(),
-                        durable: true,
-                        auto_delete: x.auto_delete,
-                        internal: x.internal,
-                        arguments: table_to_json(&x.arguments),
-                    }));
-                }
-                return Ok(x);
+        match self.exchange(&d.name) {
+            Some(x) => {
+                self.check_exchange_equivalent(&x, d, kind)?;
+                Ok(x)
             }
-        };
+            None => self.create_exchange_locked(d, kind),
+        }
+    }
+
+    /// Creates a declared exchange that does not exist yet (refusing the
+    /// reserved `amq.` prefix) and logs it if durable. The caller holds the
+    /// definitions lock.
+    fn create_exchange_locked(
+        &self,
+        d: &ExchangeDeclare,
+        kind: ExchangeKind,
+    ) -> AmqpResult<Arc<Exchange>> {
+        if d.name.starts_with("amq.") {
+            return Err(AmqpError::channel(
+                code::ACCESS_REFUSED,
+                format!(
+                    "exchange name '{}' contains reserved prefix 'amq.*'",
+                    d.name
+                ),
+            ));
+        }
+        let x = Exchange::new(
+            d.name.clone(),
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments.clone(),
+        );
+        self.exchanges.write().insert(d.name.clone(), x.clone());
+        if x.durable {
+            self.durability.record(MetaOp::DeclareExchange(ExchangeDef {
+                name: x.name.clone(),
+                vhost: self.name.to_string(),
+                kind: x.kind.as_str().into(),
+                durable: true,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: table_to_json(&x.arguments),
+            }));
+        }
+        Ok(x)
+    }
+
+    /// A redeclaration must match the existing exchange's type, flags and
+    /// alternate exchange; otherwise RabbitMQ's "inequivalent arg" error.
+    fn check_exchange_equivalent(
+        &self,
+        x: &Exchange,
+        d: &ExchangeDeclare,
+        kind: ExchangeKind,
+    ) -> AmqpResult<()> {
         let what = "exchange";
         let (n, v) = (&d.name, &*self.name);
         if x.kind != kind {
@@ -478,7 +500,7 @@ impl VHost {
             let a = describe_args(got, cur);
             return Err(inequivalent_raw(what, "alternate-exchange", n, v, a.0, a.1));
         }
-        Ok(x)
+        Ok(())
     }
 
     /// exchange.delete.
@@ -563,45 +585,72 @@ impl VHost {
         let _defs = self.definitions.lock();
         if let Some(q) = self.queue(name) {
             q.check_exclusive(conn_id)?;
-            let (what, v) = ("queue", &*self.name);
-            let c = &q.config;
-            if c.durable != config.durable {
-                return Err(inequivalent(
-                    what,
-                    "durable",
-                    name,
-                    v,
-                    config.durable.to_string(),
-                    c.durable.to_string(),
-                ));
-            }
-            if config.exclusive_owner.is_some() != c.exclusive_owner.is_some() {
-                // RabbitMQ reports an exclusive mismatch as a lock, not an inequivalence.
-                return Err(Queue::locked_error(name, v));
-            }
-            if c.auto_delete != config.auto_delete {
-                return Err(inequivalent(
-                    what,
-                    "auto_delete",
-                    name,
-                    v,
-                    config.auto_delete.to_string(),
-                    c.auto_delete.to_string(),
-                ));
-            }
-            for arg in QUEUE_EQUIVALENCE_ARGS {
-                let (got, cur) = (
-                    config.arguments.inner().get(*arg),
-                    c.arguments.inner().get(*arg),
-                );
-                if !same_value(got, cur) {
-                    let a = describe_args(got, cur);
-                    return Err(inequivalent_raw(what, arg, name, v, a.0, a.1));
-                }
-            }
+            self.check_queue_equivalent(&q, name, &config)?;
             q.touch();
             return Ok((q, false));
         }
+        let q = self.create_queue_locked(name, server_named, config, args)?;
+        Ok((q, true))
+    }
+
+    /// A redeclaration must match the existing queue's durability,
+    /// exclusivity, auto-delete and the arguments RabbitMQ compares.
+    fn check_queue_equivalent(
+        &self,
+        q: &Queue,
+        name: &str,
+        config: &QueueConfig,
+    ) -> AmqpResult<()> {
+        let (what, v) = ("queue", &*self.name);
+        let c = &q.config;
+        if c.durable != config.durable {
+            return Err(inequivalent(
+                what,
+                "durable",
+                name,
+                v,
+                config.durable.to_string(),
+                c.durable.to_string(),
+            ));
+        }
+        if config.exclusive_owner.is_some() != c.exclusive_owner.is_some() {
+            // RabbitMQ reports an exclusive mismatch as a lock, not an inequivalence.
+            return Err(Queue::locked_error(name, v));
+        }
+        if c.auto_delete != config.auto_delete {
+            return Err(inequivalent(
+                what,
+                "auto_delete",
+                name,
+                v,
+                config.auto_delete.to_string(),
+                c.auto_delete.to_string(),
+            ));
+        }
+        for arg in QUEUE_EQUIVALENCE_ARGS {
+            let (got, cur) = (
+                config.arguments.inner().get(*arg),
+                c.arguments.inner().get(*arg),
+            );
+            if !same_value(got, cur) {
+                let a = describe_args(got, cur);
+                return Err(inequivalent_raw(what, arg, name, v, a.0, a.1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a declared queue that does not exist yet (refusing the
+    /// reserved `amq.` prefix unless server-named), logs it if it is to
+    /// persist, and applies policies to its arguments. The caller holds the
+    /// definitions lock.
+    fn create_queue_locked(
+        &self,
+        name: &str,
+        server_named: bool,
+        config: QueueConfig,
+        args: QueueArgs,
+    ) -> AmqpResult<Arc<Queue>> {
         if name.starts_with("amq.") && !server_named {
             return Err(AmqpError::channel(
                 code::ACCESS_REFUSED,
@@ -632,7 +681,7 @@ impl VHost {
             args,
         );
         self.queues.write().insert(name.to_owned(), q.clone());
-        Ok((q, true))
+        Ok(q)
     }
 
     /// queue.delete with RabbitMQ's if-unused / if-empty checks. Returns what

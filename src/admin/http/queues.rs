@@ -19,6 +19,7 @@ use super::{
 };
 use crate::auth::{Access, Resource};
 use crate::protocol::fields::table_to_json;
+use crate::queue::consumer::QueuedMessage;
 use crate::queue::{Queue, QueueConfig};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -215,76 +216,116 @@ async fn get_messages(
     auth.check(&s.broker, &vhost, Access::Read, Resource::Queue(&name))?;
     // RabbitMQ's answer here keeps the AMQP code in the reason.
     check_not_exclusive(&q).map_err(ApiError::with_reply_code)?;
-    let m = body.object().await?;
-    let count = match m.get("count") {
-        None => 1,
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| ApiError::bad_request("count must be a non-negative integer"))?,
-    } as usize;
-    let ackmode = str_field(&m, "ackmode", "")?;
-    let requeue = match ackmode.as_str() {
-        "ack_requeue_true" | "reject_requeue_true" => true,
-        "ack_requeue_false" | "reject_requeue_false" => false,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "ackmode must be one of ack_requeue_true, ack_requeue_false, \
-                 reject_requeue_true, reject_requeue_false, not '{other}'"
-            )));
-        }
-    };
-    let encoding = str_field(&m, "encoding", "auto")?;
-    if encoding != "auto" && encoding != "base64" {
-        return Err(ApiError::bad_request("encoding must be auto or base64"));
-    }
-    let truncate = m
-        .get("truncate")
-        .and_then(Value::as_u64)
-        .map(|n| n as usize);
-    let taken = q.take(count);
+    let req = GetRequest::parse(&body.object().await?)?;
+    let taken = q.take(req.count);
     let mut remaining = q.message_count() as usize + taken.len();
     let mut out = Vec::with_capacity(taken.len());
     for r in &taken {
-        let (msg, redelivered) = (&r.msg, &r.redelivered);
         remaining -= 1;
         // Counted as a basic.get settled at once (acked, or requeued).
-        q.stats.delivered(true, false, *redelivered);
+        q.stats.delivered(true, false, r.redelivered);
         q.stats.settled();
-        if ackmode == "ack_requeue_false" {
+        if req.ackmode == "ack_requeue_false" {
             q.stats
                 .ack
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let body = msg.body();
-        let shown = &body[..truncate.map_or(body.len(), |t| t.min(body.len()))];
-        let (payload, enc) = match std::str::from_utf8(shown) {
-            Ok(text) if encoding == "auto" => (text.to_owned(), "string"),
-            _ => (
-                base64::engine::general_purpose::STANDARD.encode(shown),
-                "base64",
-            ),
-        };
-        let props = msg
-            .properties()
-            .map_or_else(|| json!({}), |p| super::exchanges::properties_to_json(&p));
-        out.push(json!({
-            "payload_bytes": body.len(),
-            "redelivered": redelivered,
-            "exchange": String::from_utf8_lossy(msg.exchange()),
-            "routing_key": String::from_utf8_lossy(msg.routing_key()),
-            "message_count": remaining,
-            "properties": props,
-            "payload": payload,
-            "payload_encoding": enc,
-        }));
+        out.push(fetched_message_json(r, remaining, &req));
     }
-    if requeue {
+    settle_fetched(&q, taken, &req);
+    ok(Value::Array(out))
+}
+
+/// The body of `POST /api/queues/{vhost}/{name}/get`.
+struct GetRequest {
+    /// How many messages to take.
+    count: usize,
+    /// One of RabbitMQ's four ack modes.
+    ackmode: String,
+    /// Whether the ack mode puts the messages back.
+    requeue: bool,
+    /// "auto" (text when UTF-8) or "base64".
+    encoding: String,
+    /// Bytes of each payload to show, if limited.
+    truncate: Option<usize>,
+}
+
+impl GetRequest {
+    /// Reads and checks the request, field by field as RabbitMQ does.
+    fn parse(m: &Map<String, Value>) -> Result<GetRequest, ApiError> {
+        let count = match m.get("count") {
+            None => 1,
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .ok_or_else(|| ApiError::bad_request("count must be a non-negative integer"))?,
+        } as usize;
+        let ackmode = str_field(m, "ackmode", "")?;
+        let requeue = match ackmode.as_str() {
+            "ack_requeue_true" | "reject_requeue_true" => true,
+            "ack_requeue_false" | "reject_requeue_false" => false,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "ackmode must be one of ack_requeue_true, ack_requeue_false, \
+                     reject_requeue_true, reject_requeue_false, not '{other}'"
+                )));
+            }
+        };
+        let encoding = str_field(m, "encoding", "auto")?;
+        if encoding != "auto" && encoding != "base64" {
+            return Err(ApiError::bad_request("encoding must be auto or base64"));
+        }
+        let truncate = m
+            .get("truncate")
+            .and_then(Value::as_u64)
+            .map(|n| n as usize);
+        Ok(GetRequest {
+            count,
+            ackmode,
+            requeue,
+            encoding,
+            truncate,
+        })
+    }
+}
+
+/// One fetched message as RabbitMQ shows it, with `remaining` messages
+/// left behind it.
+fn fetched_message_json(r: &QueuedMessage, remaining: usize, req: &GetRequest) -> Value {
+    let (msg, redelivered) = (&r.msg, &r.redelivered);
+    let body = msg.body();
+    let shown = &body[..req.truncate.map_or(body.len(), |t| t.min(body.len()))];
+    let (payload, enc) = match std::str::from_utf8(shown) {
+        Ok(text) if req.encoding == "auto" => (text.to_owned(), "string"),
+        _ => (
+            base64::engine::general_purpose::STANDARD.encode(shown),
+            "base64",
+        ),
+    };
+    let props = msg
+        .properties()
+        .map_or_else(|| json!({}), |p| super::exchanges::properties_to_json(&p));
+    json!({
+        "payload_bytes": body.len(),
+        "redelivered": redelivered,
+        "exchange": String::from_utf8_lossy(msg.exchange()),
+        "routing_key": String::from_utf8_lossy(msg.routing_key()),
+        "message_count": remaining,
+        "properties": props,
+        "payload": payload,
+        "payload_encoding": enc,
+    })
+}
+
+/// Settles fetched messages as the ack mode says: requeued, or acked in
+/// the store (and dead-lettered when rejected).
+fn settle_fetched(q: &Arc<Queue>, taken: Vec<QueuedMessage>, req: &GetRequest) {
+    if req.requeue {
         q.requeue(taken);
     } else {
         let ids: Vec<u64> = taken.iter().filter_map(|r| r.stored).collect();
         q.store_ack(&ids);
-        if ackmode == "reject_requeue_false" {
+        if req.ackmode == "reject_requeue_false" {
             q.dead_letter(
                 taken
                     .into_iter()
@@ -293,5 +334,4 @@ async fn get_messages(
             );
         }
     }
-    ok(Value::Array(out))
 }

@@ -1,6 +1,7 @@
 //! What each warrenctl command asks the API and prints.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use serde_json::{Map, Value, json};
@@ -168,149 +169,176 @@ fn done(s: &Settings, what: String) {
 }
 
 pub fn run(s: &Settings, cmd: Command) -> Result<(), Failure> {
-    let c = &s.client;
-    let vh = seg(&s.vhost);
     match cmd {
         Command::Status => status(s),
         Command::Health { check } => health(s, check),
         Command::List { what, all_vhosts } => list(s, what, all_vhosts),
         Command::Declare { what } => declare(s, what),
         Command::Delete { what } => delete(s, what),
-        Command::Close { name, reason } => {
-            let path = format!("/api/connections/{}", seg(&name));
-            c.call("GET", &path, None)?;
-            c.delete_with_reason(&path, &reason)?;
-            done(s, format!("closed connection {name}"));
-            Ok(())
-        }
-        Command::Purge { queue } => {
-            c.call(
-                "DELETE",
-                &format!("/api/queues/{vh}/{}/contents", seg(&queue)),
-                None,
-            )?;
-            done(s, format!("purged queue {queue}"));
-            Ok(())
-        }
+        Command::Close { name, reason } => close(s, &name, &reason),
+        Command::Purge { queue } => purge(s, &queue),
         Command::Publish {
             exchange,
             routing_key,
             payload,
             properties,
             headers,
-        } => {
-            let payload = match payload {
-                Some(p) => p,
-                None => {
-                    let mut buf = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut buf)
-                        .map_err(|e| Failure::new(format!("cannot read standard input: {e}")))?;
-                    buf
-                }
-            };
-            let mut props = pairs(&properties)?;
-            if !headers.is_empty() {
-                props.insert("headers".into(), Value::Object(pairs(&headers)?));
-            }
-            let x = if exchange.is_empty() {
-                "amq.default"
-            } else {
-                &exchange
-            };
-            let body = json!({
-                "routing_key": routing_key,
-                "payload": payload,
-                "payload_encoding": "string",
-                "properties": props,
-            });
-            let v = c.call(
-                "POST",
-                &format!("/api/exchanges/{vh}/{}/publish", seg(x)),
-                Some(&body),
-            )?;
-            print(s, &v, |v| {
-                if v["routed"] == true {
-                    "routed\n".into()
-                } else {
-                    "not routed (no queue matched)\n".into()
-                }
-            });
-            Ok(())
-        }
+        } => publish(s, &exchange, &routing_key, payload, &properties, &headers),
         Command::Get {
             queue,
             count,
             requeue,
-        } => {
-            let body = json!({
-                "count": count,
-                "ackmode": if requeue { "ack_requeue_true" } else { "ack_requeue_false" },
-                "encoding": "auto",
-            });
-            let v = c.call(
-                "POST",
-                &format!("/api/queues/{vh}/{}/get", seg(&queue)),
-                Some(&body),
-            )?;
-            print(s, &v, |v| {
-                table::of(
-                    v,
-                    &[
-                        ("routing_key", "routing_key"),
-                        ("exchange", "exchange"),
-                        ("redelivered", "redelivered"),
-                        ("message_count", "message_count"),
-                        ("payload_bytes", "payload_bytes"),
-                        ("payload", "payload"),
-                    ],
-                )
-            });
-            Ok(())
-        }
-        Command::Export { file, vhost_only } => {
-            let path = if vhost_only {
-                format!("/api/definitions/{vh}")
-            } else {
-                "/api/definitions".into()
-            };
-            let v = c.call("GET", &path, None)?;
-            let text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
-            match file.filter(|f| f.as_os_str() != "-") {
-                Some(f) => {
-                    std::fs::write(&f, text)
-                        .map_err(|e| Failure::new(format!("cannot write {}: {e}", f.display())))?;
-                    if s.format == Format::Table {
-                        eprintln!("exported definitions to {}", f.display());
-                    }
-                }
-                None => print!("{text}"),
-            }
-            Ok(())
-        }
-        Command::Import { file, vhost_only } => {
-            let text = if file.as_os_str() == "-" {
-                let mut buf = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut buf)
-                    .map_err(|e| Failure::new(format!("cannot read standard input: {e}")))?;
-                buf
-            } else {
-                std::fs::read_to_string(&file)
-                    .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?
-            };
-            let doc: Value = serde_json::from_str(&text)
-                .map_err(|e| Failure::new(format!("{} is not valid JSON: {e}", file.display())))?;
-            let path = if vhost_only {
-                format!("/api/definitions/{vh}")
-            } else {
-                "/api/definitions".into()
-            };
-            c.call("POST", &path, Some(&doc))?;
-            done(s, format!("imported definitions from {}", file.display()));
-            Ok(())
-        }
+        } => get(s, &queue, count, requeue),
+        Command::Export { file, vhost_only } => export(s, file, vhost_only),
+        Command::Import { file, vhost_only } => import(s, &file, vhost_only),
     }
+}
+
+/// Closes a client connection by name, checking first that it exists.
+fn close(s: &Settings, name: &str, reason: &str) -> Result<(), Failure> {
+    let c = &s.client;
+    let path = format!("/api/connections/{}", seg(name));
+    c.call("GET", &path, None)?;
+    c.delete_with_reason(&path, reason)?;
+    done(s, format!("closed connection {name}"));
+    Ok(())
+}
+
+fn purge(s: &Settings, queue: &str) -> Result<(), Failure> {
+    let vh = seg(&s.vhost);
+    s.client.call(
+        "DELETE",
+        &format!("/api/queues/{vh}/{}/contents", seg(queue)),
+        None,
+    )?;
+    done(s, format!("purged queue {queue}"));
+    Ok(())
+}
+
+/// Publishes one message through the API; the payload is read from
+/// standard input when not given.
+fn publish(
+    s: &Settings,
+    exchange: &str,
+    routing_key: &str,
+    payload: Option<String>,
+    properties: &[String],
+    headers: &[String],
+) -> Result<(), Failure> {
+    let vh = seg(&s.vhost);
+    let payload = match payload {
+        Some(p) => p,
+        None => read_stdin()?,
+    };
+    let mut props = pairs(properties)?;
+    if !headers.is_empty() {
+        props.insert("headers".into(), Value::Object(pairs(headers)?));
+    }
+    let x = if exchange.is_empty() {
+        "amq.default"
+    } else {
+        exchange
+    };
+    let body = json!({
+        "routing_key": routing_key,
+        "payload": payload,
+        "payload_encoding": "string",
+        "properties": props,
+    });
+    let v = s.client.call(
+        "POST",
+        &format!("/api/exchanges/{vh}/{}/publish", seg(x)),
+        Some(&body),
+    )?;
+    print(s, &v, |v| {
+        if v["routed"] == true {
+            "routed\n".into()
+        } else {
+            "not routed (no queue matched)\n".into()
+        }
+    });
+    Ok(())
+}
+
+/// Fetches messages from a queue, requeued or removed.
+fn get(s: &Settings, queue: &str, count: u32, requeue: bool) -> Result<(), Failure> {
+    let vh = seg(&s.vhost);
+    let body = json!({
+        "count": count,
+        "ackmode": if requeue { "ack_requeue_true" } else { "ack_requeue_false" },
+        "encoding": "auto",
+    });
+    let v = s.client.call(
+        "POST",
+        &format!("/api/queues/{vh}/{}/get", seg(queue)),
+        Some(&body),
+    )?;
+    print(s, &v, |v| {
+        table::of(
+            v,
+            &[
+                ("routing_key", "routing_key"),
+                ("exchange", "exchange"),
+                ("redelivered", "redelivered"),
+                ("message_count", "message_count"),
+                ("payload_bytes", "payload_bytes"),
+                ("payload", "payload"),
+            ],
+        )
+    });
+    Ok(())
+}
+
+/// The definitions endpoint: the whole broker's, or the vhost's.
+fn definitions_path(s: &Settings, vhost_only: bool) -> String {
+    if vhost_only {
+        format!("/api/definitions/{}", seg(&s.vhost))
+    } else {
+        "/api/definitions".into()
+    }
+}
+
+/// Writes the definitions to `file`, or to standard output.
+fn export(s: &Settings, file: Option<PathBuf>, vhost_only: bool) -> Result<(), Failure> {
+    let v = s
+        .client
+        .call("GET", &definitions_path(s, vhost_only), None)?;
+    let text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+    match file.filter(|f| f.as_os_str() != "-") {
+        Some(f) => {
+            std::fs::write(&f, text)
+                .map_err(|e| Failure::new(format!("cannot write {}: {e}", f.display())))?;
+            if s.format == Format::Table {
+                eprintln!("exported definitions to {}", f.display());
+            }
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// Reads definitions from `file` ("-": standard input) and posts them.
+fn import(s: &Settings, file: &Path, vhost_only: bool) -> Result<(), Failure> {
+    let text = if file.as_os_str() == "-" {
+        read_stdin()?
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?
+    };
+    let doc: Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::new(format!("{} is not valid JSON: {e}", file.display())))?;
+    s.client
+        .call("POST", &definitions_path(s, vhost_only), Some(&doc))?;
+    done(s, format!("imported definitions from {}", file.display()));
+    Ok(())
+}
+
+fn read_stdin() -> Result<String, Failure> {
+    let mut buf = String::new();
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .map_err(|e| Failure::new(format!("cannot read standard input: {e}")))?;
+    Ok(buf)
 }
 
 fn status(s: &Settings) -> Result<(), Failure> {
@@ -322,6 +350,15 @@ fn status(s: &Settings) -> Result<(), Failure> {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
+    print_overview(&o);
+    if let Some(n) = node.as_ref().and_then(|n| n.get(0)) {
+        print_node(n);
+    }
+    Ok(())
+}
+
+/// The overview's lines of `status`: version, listeners, totals, rates.
+fn print_overview(o: &Value) {
     let t = &o["object_totals"];
     let q = &o["queue_totals"];
     let m = &o["message_stats"];
@@ -369,42 +406,43 @@ fn status(s: &Settings) -> Result<(), Failure> {
         rate("deliver_get"),
         rate("ack")
     );
-    if let Some(n) = node.as_ref().and_then(|n| n.get(0)) {
-        let mib = |k: &str| n[k].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
-        let secs = n["uptime"].as_u64().unwrap_or(0) / 1000;
-        println!(
-            "uptime:      {}h {}m {}s",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        );
-        println!(
-            "memory:      {:.1} MiB used, alarm above {:.1} MiB",
-            mib("mem_used"),
-            mib("mem_limit")
-        );
-        println!(
-            "disk:        {:.1} MiB free, alarm below {:.1} MiB",
-            mib("disk_free"),
-            mib("disk_free_limit")
-        );
-        let mut alarms = Vec::new();
-        if n["mem_alarm"] == true {
-            alarms.push("memory");
-        }
-        if n["disk_free_alarm"] == true {
-            alarms.push("disk");
-        }
-        println!(
-            "alarms:      {}",
-            if alarms.is_empty() {
-                "none".into()
-            } else {
-                alarms.join(", ")
-            }
-        );
+}
+
+/// The node's lines of `status`: uptime, memory, disk, alarms.
+fn print_node(n: &Value) {
+    let mib = |k: &str| n[k].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
+    let secs = n["uptime"].as_u64().unwrap_or(0) / 1000;
+    println!(
+        "uptime:      {}h {}m {}s",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    println!(
+        "memory:      {:.1} MiB used, alarm above {:.1} MiB",
+        mib("mem_used"),
+        mib("mem_limit")
+    );
+    println!(
+        "disk:        {:.1} MiB free, alarm below {:.1} MiB",
+        mib("disk_free"),
+        mib("disk_free_limit")
+    );
+    let mut alarms = Vec::new();
+    if n["mem_alarm"] == true {
+        alarms.push("memory");
     }
-    Ok(())
+    if n["disk_free_alarm"] == true {
+        alarms.push("disk");
+    }
+    println!(
+        "alarms:      {}",
+        if alarms.is_empty() {
+            "none".into()
+        } else {
+            alarms.join(", ")
+        }
+    );
 }
 
 fn health(s: &Settings, check: HealthCheck) -> Result<(), Failure> {
@@ -462,130 +500,8 @@ fn health(s: &Settings, check: HealthCheck) -> Result<(), Failure> {
 }
 
 fn list(s: &Settings, what: ListWhat, all_vhosts: bool) -> Result<(), Failure> {
-    let vh = seg(&s.vhost);
-    let scoped = |base: &str| {
-        if all_vhosts {
-            format!("/api/{base}")
-        } else {
-            format!("/api/{base}/{vh}")
-        }
-    };
-    let (path, cols): (String, Vec<(&str, &str)>) = match what {
-        ListWhat::Exchanges => (
-            scoped("exchanges"),
-            vec![
-                ("name", "name"),
-                ("type", "type"),
-                ("durable", "durable"),
-                ("auto_delete", "auto_delete"),
-                ("internal", "internal"),
-                ("arguments", "arguments"),
-            ],
-        ),
-        ListWhat::Queues => (
-            scoped("queues"),
-            vec![
-                ("name", "name"),
-                ("messages", "messages"),
-                ("ready", "messages_ready"),
-                ("unacked", "messages_unacknowledged"),
-                ("consumers", "consumers"),
-                ("durable", "durable"),
-                ("auto_delete", "auto_delete"),
-                ("exclusive", "exclusive"),
-                ("arguments", "arguments"),
-            ],
-        ),
-        ListWhat::Bindings => (
-            scoped("bindings"),
-            vec![
-                ("source", "source"),
-                ("destination", "destination"),
-                ("destination_type", "destination_type"),
-                ("routing_key", "routing_key"),
-                ("arguments", "arguments"),
-                ("properties_key", "properties_key"),
-            ],
-        ),
-        ListWhat::Vhosts => (
-            "/api/vhosts".into(),
-            vec![
-                ("name", "name"),
-                ("messages", "messages"),
-                ("ready", "messages_ready"),
-                ("unacked", "messages_unacknowledged"),
-            ],
-        ),
-        ListWhat::Users => (
-            "/api/users".into(),
-            vec![("name", "name"), ("tags", "tags")],
-        ),
-        ListWhat::Permissions => (
-            if all_vhosts {
-                "/api/permissions".into()
-            } else {
-                format!("/api/vhosts/{vh}/permissions")
-            },
-            vec![
-                ("user", "user"),
-                ("vhost", "vhost"),
-                ("configure", "configure"),
-                ("write", "write"),
-                ("read", "read"),
-            ],
-        ),
-        ListWhat::Policies => (
-            scoped("policies"),
-            vec![
-                ("name", "name"),
-                ("pattern", "pattern"),
-                ("apply-to", "apply-to"),
-                ("definition", "definition"),
-                ("priority", "priority"),
-            ],
-        ),
-        ListWhat::Connections => (
-            if all_vhosts {
-                "/api/connections".into()
-            } else {
-                format!("/api/vhosts/{vh}/connections")
-            },
-            vec![
-                ("name", "name"),
-                ("user", "user"),
-                ("vhost", "vhost"),
-                ("channels", "channels"),
-                ("state", "state"),
-                ("client", "client_properties.product"),
-            ],
-        ),
-        ListWhat::Channels => (
-            if all_vhosts {
-                "/api/channels".into()
-            } else {
-                format!("/api/vhosts/{vh}/channels")
-            },
-            vec![
-                ("name", "name"),
-                ("user", "user"),
-                ("consumers", "consumer_count"),
-                ("unacked", "messages_unacknowledged"),
-                ("global_prefetch", "global_prefetch_count"),
-            ],
-        ),
-        ListWhat::Consumers => (
-            scoped("consumers"),
-            vec![
-                ("queue", "queue.name"),
-                ("consumer_tag", "consumer_tag"),
-                ("channel", "channel_details.name"),
-                ("ack_required", "ack_required"),
-                ("prefetch", "prefetch_count"),
-                ("exclusive", "exclusive"),
-            ],
-        ),
-    };
-    let mut cols = cols;
+    let path = list_path(what, all_vhosts, &seg(&s.vhost));
+    let mut cols = list_columns(what).to_vec();
     if all_vhosts
         && !matches!(
             what,
@@ -602,121 +518,268 @@ fn list(s: &Settings, what: ListWhat, all_vhosts: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn declare(s: &Settings, what: Declare) -> Result<(), Failure> {
-    let c = &s.client;
-    let vh = seg(&s.vhost);
+/// Where a listing comes from: across all vhosts, or the vhost `vh`
+/// (already a path segment); vhosts and users are never scoped.
+fn list_path(what: ListWhat, all_vhosts: bool, vh: &str) -> String {
+    // Most listings take the vhost after their name, a few under the vhost.
+    let scoped = |base: &str| {
+        if all_vhosts {
+            format!("/api/{base}")
+        } else {
+            format!("/api/{base}/{vh}")
+        }
+    };
+    let under_vhost = |base: &str| {
+        if all_vhosts {
+            format!("/api/{base}")
+        } else {
+            format!("/api/vhosts/{vh}/{base}")
+        }
+    };
     match what {
+        ListWhat::Exchanges => scoped("exchanges"),
+        ListWhat::Queues => scoped("queues"),
+        ListWhat::Bindings => scoped("bindings"),
+        ListWhat::Vhosts => "/api/vhosts".into(),
+        ListWhat::Users => "/api/users".into(),
+        ListWhat::Permissions => under_vhost("permissions"),
+        ListWhat::Policies => scoped("policies"),
+        ListWhat::Connections => under_vhost("connections"),
+        ListWhat::Channels => under_vhost("channels"),
+        ListWhat::Consumers => scoped("consumers"),
+    }
+}
+
+/// A listing's table columns: (heading, field path).
+type Columns = &'static [(&'static str, &'static str)];
+
+const EXCHANGE_COLUMNS: Columns = &[
+    ("name", "name"),
+    ("type", "type"),
+    ("durable", "durable"),
+    ("auto_delete", "auto_delete"),
+    ("internal", "internal"),
+    ("arguments", "arguments"),
+];
+
+const QUEUE_COLUMNS: Columns = &[
+    ("name", "name"),
+    ("messages", "messages"),
+    ("ready", "messages_ready"),
+    ("unacked", "messages_unacknowledged"),
+    ("consumers", "consumers"),
+    ("durable", "durable"),
+    ("auto_delete", "auto_delete"),
+    ("exclusive", "exclusive"),
+    ("arguments", "arguments"),
+];
+
+const BINDING_COLUMNS: Columns = &[
+    ("source", "source"),
+    ("destination", "destination"),
+    ("destination_type", "destination_type"),
+    ("routing_key", "routing_key"),
+    ("arguments", "arguments"),
+    ("properties_key", "properties_key"),
+];
+
+const VHOST_COLUMNS: Columns = &[
+    ("name", "name"),
+    ("messages", "messages"),
+    ("ready", "messages_ready"),
+    ("unacked", "messages_unacknowledged"),
+];
+
+const USER_COLUMNS: Columns = &[("name", "name"), ("tags", "tags")];
+
+const PERMISSION_COLUMNS: Columns = &[
+    ("user", "user"),
+    ("vhost", "vhost"),
+    ("configure", "configure"),
+    ("write", "write"),
+    ("read", "read"),
+];
+
+const POLICY_COLUMNS: Columns = &[
+    ("name", "name"),
+    ("pattern", "pattern"),
+    ("apply-to", "apply-to"),
+    ("definition", "definition"),
+    ("priority", "priority"),
+];
+
+const CONNECTION_COLUMNS: Columns = &[
+    ("name", "name"),
+    ("user", "user"),
+    ("vhost", "vhost"),
+    ("channels", "channels"),
+    ("state", "state"),
+    ("client", "client_properties.product"),
+];
+
+const CHANNEL_COLUMNS: Columns = &[
+    ("name", "name"),
+    ("user", "user"),
+    ("consumers", "consumer_count"),
+    ("unacked", "messages_unacknowledged"),
+    ("global_prefetch", "global_prefetch_count"),
+];
+
+const CONSUMER_COLUMNS: Columns = &[
+    ("queue", "queue.name"),
+    ("consumer_tag", "consumer_tag"),
+    ("channel", "channel_details.name"),
+    ("ack_required", "ack_required"),
+    ("prefetch", "prefetch_count"),
+    ("exclusive", "exclusive"),
+];
+
+fn list_columns(what: ListWhat) -> Columns {
+    match what {
+        ListWhat::Exchanges => EXCHANGE_COLUMNS,
+        ListWhat::Queues => QUEUE_COLUMNS,
+        ListWhat::Bindings => BINDING_COLUMNS,
+        ListWhat::Vhosts => VHOST_COLUMNS,
+        ListWhat::Users => USER_COLUMNS,
+        ListWhat::Permissions => PERMISSION_COLUMNS,
+        ListWhat::Policies => POLICY_COLUMNS,
+        ListWhat::Connections => CONNECTION_COLUMNS,
+        ListWhat::Channels => CHANNEL_COLUMNS,
+        ListWhat::Consumers => CONSUMER_COLUMNS,
+    }
+}
+
+fn declare(s: &Settings, what: Declare) -> Result<(), Failure> {
+    let (method, path, what_done) = declare_target(s, &what)?;
+    let body = declare_body(what)?;
+    s.client.call(method, &path, Some(&body))?;
+    done(s, what_done);
+    Ok(())
+}
+
+/// Where a declaration goes: the method, the path, and what to print once
+/// it is done.
+fn declare_target(s: &Settings, what: &Declare) -> Result<(&'static str, String, String), Failure> {
+    let vh = seg(&s.vhost);
+    Ok(match what {
+        Declare::Exchange { name, .. } => (
+            "PUT",
+            format!("/api/exchanges/{vh}/{}", seg(name)),
+            format!("declared exchange {name}"),
+        ),
+        Declare::Queue { name, .. } => (
+            "PUT",
+            format!("/api/queues/{vh}/{}", seg(name)),
+            format!("declared queue {name}"),
+        ),
+        Declare::Binding {
+            source,
+            destination,
+            destination_type,
+            ..
+        } => {
+            let k = dest_kind(destination_type)?;
+            (
+                "POST",
+                format!(
+                    "/api/bindings/{vh}/e/{}/{k}/{}",
+                    seg(source),
+                    seg(destination)
+                ),
+                format!("bound {destination_type} {destination} to exchange {source}"),
+            )
+        }
+        Declare::Vhost { name } => (
+            "PUT",
+            format!("/api/vhosts/{}", seg(name)),
+            format!("declared vhost {name}"),
+        ),
+        Declare::User { name, .. } => (
+            "PUT",
+            format!("/api/users/{}", seg(name)),
+            format!("declared user {name}"),
+        ),
+        Declare::Permission { username: user, .. } => (
+            "PUT",
+            format!("/api/permissions/{vh}/{}", seg(user)),
+            format!("set permissions of {user} in vhost {}", s.vhost),
+        ),
+        Declare::Policy { name, .. } => (
+            "PUT",
+            format!("/api/policies/{vh}/{}", seg(name)),
+            format!("declared policy {name}"),
+        ),
+    })
+}
+
+/// What a declaration sends: the object's settings as the API takes them.
+fn declare_body(what: Declare) -> Result<Value, Failure> {
+    Ok(match what {
         Declare::Exchange {
-            name,
             r#type,
             durable,
             auto_delete,
             internal,
             arguments,
+            ..
         } => {
-            let body = json!({"type": r#type, "durable": durable, "auto_delete": auto_delete, "internal": internal, "arguments": pairs(&arguments)?});
-            c.call(
-                "PUT",
-                &format!("/api/exchanges/{vh}/{}", seg(&name)),
-                Some(&body),
-            )?;
-            done(s, format!("declared exchange {name}"));
+            json!({"type": r#type, "durable": durable, "auto_delete": auto_delete, "internal": internal, "arguments": pairs(&arguments)?})
         }
         Declare::Queue {
-            name,
             durable,
             auto_delete,
             arguments,
+            ..
         } => {
-            let body = json!({"durable": durable, "auto_delete": auto_delete, "arguments": pairs(&arguments)?});
-            c.call(
-                "PUT",
-                &format!("/api/queues/{vh}/{}", seg(&name)),
-                Some(&body),
-            )?;
-            done(s, format!("declared queue {name}"));
+            json!({"durable": durable, "auto_delete": auto_delete, "arguments": pairs(&arguments)?})
         }
         Declare::Binding {
-            source,
-            destination,
-            destination_type,
             routing_key,
             arguments,
-        } => {
-            let k = dest_kind(&destination_type)?;
-            let body = json!({"routing_key": routing_key, "arguments": pairs(&arguments)?});
-            c.call(
-                "POST",
-                &format!(
-                    "/api/bindings/{vh}/e/{}/{k}/{}",
-                    seg(&source),
-                    seg(&destination)
-                ),
-                Some(&body),
-            )?;
-            done(
-                s,
-                format!("bound {destination_type} {destination} to exchange {source}"),
-            );
-        }
-        Declare::Vhost { name } => {
-            c.call(
-                "PUT",
-                &format!("/api/vhosts/{}", seg(&name)),
-                Some(&json!({})),
-            )?;
-            done(s, format!("declared vhost {name}"));
-        }
+            ..
+        } => json!({"routing_key": routing_key, "arguments": pairs(&arguments)?}),
+        Declare::Vhost { .. } => json!({}),
         Declare::User {
-            name,
             new_password,
             password_hash,
             tags,
-        } => {
-            let mut body = json!({"tags": tags});
-            if let Some(p) = new_password {
-                body["password"] = p.into();
-            } else if let Some(h) = password_hash {
-                body["password_hash"] = h.into();
-            }
-            c.call("PUT", &format!("/api/users/{}", seg(&name)), Some(&body))?;
-            done(s, format!("declared user {name}"));
-        }
+            ..
+        } => user_body(tags, new_password, password_hash),
         Declare::Permission {
-            username: user,
             configure,
             write,
             read,
-        } => {
-            let body = json!({"configure": configure, "write": write, "read": read});
-            c.call(
-                "PUT",
-                &format!("/api/permissions/{vh}/{}", seg(&user)),
-                Some(&body),
-            )?;
-            done(s, format!("set permissions of {user} in vhost {}", s.vhost));
-        }
+            ..
+        } => json!({"configure": configure, "write": write, "read": read}),
         Declare::Policy {
-            name,
             pattern,
             definition,
             apply_to,
             priority,
+            ..
         } => {
-            let def: Value = serde_json::from_str(&definition)
-                .ok()
-                .filter(Value::is_object)
-                .ok_or_else(|| Failure::new("--definition must be a JSON object"))?;
-            let body = json!({"pattern": pattern, "definition": def, "apply-to": apply_to, "priority": priority});
-            c.call(
-                "PUT",
-                &format!("/api/policies/{vh}/{}", seg(&name)),
-                Some(&body),
-            )?;
-            done(s, format!("declared policy {name}"));
+            json!({"pattern": pattern, "definition": policy_definition(&definition)?, "apply-to": apply_to, "priority": priority})
         }
+    })
+}
+
+/// A user's body: its tags and its password, else its password hash.
+fn user_body(tags: String, new_password: Option<String>, password_hash: Option<String>) -> Value {
+    let mut body = json!({"tags": tags});
+    if let Some(p) = new_password {
+        body["password"] = p.into();
+    } else if let Some(h) = password_hash {
+        body["password_hash"] = h.into();
     }
-    Ok(())
+    body
+}
+
+/// A policy's `--definition`, which must be a JSON object.
+fn policy_definition(definition: &str) -> Result<Value, Failure> {
+    serde_json::from_str(definition)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| Failure::new("--definition must be a JSON object"))
 }
 
 fn dest_kind(t: &str) -> Result<&'static str, Failure> {
@@ -730,7 +793,6 @@ fn dest_kind(t: &str) -> Result<&'static str, Failure> {
 }
 
 fn delete(s: &Settings, what: Delete) -> Result<(), Failure> {
-    let c = &s.client;
     let vh = seg(&s.vhost);
     let (path, what) = match what {
         Delete::Exchange { name, if_unused } => (
@@ -745,54 +807,31 @@ fn delete(s: &Settings, what: Delete) -> Result<(), Failure> {
             name,
             if_unused,
             if_empty,
-        } => {
-            let mut q = Vec::new();
-            if if_unused {
-                q.push("if-unused=true");
-            }
-            if if_empty {
-                q.push("if-empty=true");
-            }
-            let qs = if q.is_empty() {
-                String::new()
-            } else {
-                format!("?{}", q.join("&"))
-            };
-            (
-                format!("/api/queues/{vh}/{}{qs}", seg(&name)),
-                format!("queue {name}"),
-            )
-        }
+        } => (
+            format!(
+                "/api/queues/{vh}/{}{}",
+                seg(&name),
+                queue_delete_query(if_unused, if_empty)
+            ),
+            format!("queue {name}"),
+        ),
         Delete::Binding {
             source,
             destination,
             destination_type,
             routing_key,
             properties_key,
-        } => {
-            let k = dest_kind(&destination_type)?;
-            let base = format!(
-                "/api/bindings/{vh}/e/{}/{k}/{}",
-                seg(&source),
-                seg(&destination)
-            );
-            let key = match properties_key {
-                Some(p) => p,
-                None => {
-                    let list = c.call("GET", &base, None)?;
-                    list.as_array()
-                        .and_then(|a| a.iter().find(|b| b["routing_key"] == routing_key.as_str()))
-                        .map(|b| cell(pick(b, "properties_key")))
-                        .ok_or_else(|| Failure::new(format!(
-                            "not found: no binding from {source} to {destination} with routing key '{routing_key}'"
-                        )))?
-                }
-            };
-            (
-                format!("{base}/{}", seg(&key)),
-                format!("binding {source} -> {destination}"),
-            )
-        }
+        } => (
+            binding_path(
+                s,
+                &source,
+                &destination,
+                &destination_type,
+                &routing_key,
+                properties_key,
+            )?,
+            format!("binding {source} -> {destination}"),
+        ),
         Delete::Vhost { name } => (
             format!("/api/vhosts/{}", seg(&name)),
             format!("vhost {name}"),
@@ -807,7 +846,55 @@ fn delete(s: &Settings, what: Delete) -> Result<(), Failure> {
             format!("policy {name}"),
         ),
     };
-    c.call("DELETE", &path, None)?;
+    s.client.call("DELETE", &path, None)?;
     done(s, format!("deleted {what}"));
     Ok(())
+}
+
+/// The query string of a queue deletion's conditions ("" for none).
+fn queue_delete_query(if_unused: bool, if_empty: bool) -> String {
+    let mut q = Vec::new();
+    if if_unused {
+        q.push("if-unused=true");
+    }
+    if if_empty {
+        q.push("if-empty=true");
+    }
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+/// One binding's path: by its properties key, or found by routing key in
+/// the listing of the bindings between the two ends.
+fn binding_path(
+    s: &Settings,
+    source: &str,
+    destination: &str,
+    destination_type: &str,
+    routing_key: &str,
+    properties_key: Option<String>,
+) -> Result<String, Failure> {
+    let vh = seg(&s.vhost);
+    let k = dest_kind(destination_type)?;
+    let base = format!(
+        "/api/bindings/{vh}/e/{}/{k}/{}",
+        seg(source),
+        seg(destination)
+    );
+    let key = match properties_key {
+        Some(p) => p,
+        None => {
+            let list = s.client.call("GET", &base, None)?;
+            list.as_array()
+                .and_then(|a| a.iter().find(|b| b["routing_key"] == routing_key))
+                .map(|b| cell(pick(b, "properties_key")))
+                .ok_or_else(|| Failure::new(format!(
+                    "not found: no binding from {source} to {destination} with routing key '{routing_key}'"
+                )))?
+        }
+    };
+    Ok(format!("{base}/{}", seg(&key)))
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{AMQPClass, basic};
 use clap::Args;
+use hdrhistogram::Histogram;
 
 use crate::Common;
 use crate::client;
@@ -235,6 +236,59 @@ pub async fn run(c: Common, mut l: Load, mode: Mode) -> Result<(), String> {
     plan.setup(&mut sr, &mut sw, &l).await?;
 
     let n_consumers = l.consumers.unwrap_or(plan.queues.len());
+    let mut tasks = start_consumers(&c, &l, &plan, n_consumers, &stats).await?;
+    start_publishers(&c, &l, &plan, size, rate, &stats, &mut tasks).await?;
+
+    let client_cpu = CpuMeter::start(None);
+    let broker_cpu = c.broker_pid.map(|p| CpuMeter::start(Some(p)));
+    let sampled = sample_each_second(&c, &l, warmup, &stats, &tasks).await;
+    stats.stop.store(true, Ordering::Relaxed);
+    let elapsed = sampled.start.elapsed().as_secs_f64();
+    let measured_s = (elapsed - warmup as f64).max(1e-9);
+    let published = stats.published.load(Ordering::Relaxed);
+    let consumed = stats.consumed.load(Ordering::Relaxed);
+    let client_pct = client_cpu.percent();
+    let broker_pct = broker_cpu.and_then(|m| m.percent());
+    let broker_rss = c.broker_pid.and_then(stats::rss_bytes);
+    join_or_abort(tasks).await?;
+    let publish_rate = (published - sampled.measured_p) as f64 / measured_s;
+    let consume_rate = (consumed - sampled.measured_c) as f64 / measured_s;
+    let outcome = Outcome {
+        n_consumers,
+        size,
+        rate,
+        warmup,
+        elapsed,
+        published,
+        consumed,
+        publish_rate,
+        consume_rate,
+        latency: sampled.total,
+        client_pct,
+        broker_pct,
+        broker_rss,
+    };
+    print_summary(&c, &l, mode, &plan, &outcome);
+    if rate > 0 && publish_rate < rate as f64 * 0.95 {
+        eprintln!("warning: published {publish_rate:.0} msg/s, below the target {rate} msg/s");
+    }
+    let _ = plan.teardown(&mut sr, &mut sw).await;
+    client::close(sr, sw).await;
+    Ok(())
+}
+
+/// A publisher's or consumer's task.
+type ClientTask = tokio::task::JoinHandle<Result<(), String>>;
+
+/// Connects the consumers, consumer j on queue j mod Q, and spawns their
+/// tasks.
+async fn start_consumers(
+    c: &Common,
+    l: &Load,
+    plan: &Plan,
+    n_consumers: usize,
+    stats: &Arc<Stats>,
+) -> Result<Vec<ClientTask>, String> {
     let mut tasks = Vec::new();
     for j in 0..n_consumers {
         let (mut r, mut w) = client::connect(&c.uri).await?;
@@ -242,6 +296,20 @@ pub async fn run(c: Common, mut l: Load, mode: Mode) -> Result<(), String> {
         client::consume(&mut r, &mut w, q, l.prefetch, l.auto_ack).await?;
         tasks.push(tokio::spawn(consume(r, w, l.clone(), stats.clone())));
     }
+    Ok(tasks)
+}
+
+/// Connects the publishers, each with its share of the total rate, and
+/// spawns their tasks after the consumers'.
+async fn start_publishers(
+    c: &Common,
+    l: &Load,
+    plan: &Plan,
+    size: usize,
+    rate: u64,
+    stats: &Arc<Stats>,
+    tasks: &mut Vec<ClientTask>,
+) -> Result<(), String> {
     for i in 0..l.publishers {
         let (mut r, mut w) = client::connect(&c.uri).await?;
         if l.confirm > 0 {
@@ -261,9 +329,30 @@ pub async fn run(c: Common, mut l: Load, mode: Mode) -> Result<(), String> {
         };
         tasks.push(tokio::spawn(publish(r, w, p, stats.clone())));
     }
+    Ok(())
+}
 
-    let client_cpu = CpuMeter::start(None);
-    let broker_cpu = c.broker_pid.map(|p| CpuMeter::start(Some(p)));
+/// What the once-a-second sampling saw.
+struct Sampled {
+    /// When sampling started.
+    start: Instant,
+    /// Latencies after the warm-up.
+    total: Histogram<u64>,
+    /// Published and consumed counts when the warm-up ended.
+    measured_p: u64,
+    measured_c: u64,
+}
+
+/// Samples the counters and latencies once a second for the run's
+/// duration (or until a task ends), printing a line each second unless
+/// the output is JSON.
+async fn sample_each_second(
+    c: &Common,
+    l: &Load,
+    warmup: u64,
+    stats: &Stats,
+    tasks: &[ClientTask],
+) -> Sampled {
     let start = Instant::now();
     let mut total = stats::histogram();
     let (mut last_p, mut last_c) = (0, 0);
@@ -307,14 +396,17 @@ pub async fn run(c: Common, mut l: Load, mode: Mode) -> Result<(), String> {
             break;
         }
     }
-    stats.stop.store(true, Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    let measured_s = (elapsed - warmup as f64).max(1e-9);
-    let published = stats.published.load(Ordering::Relaxed);
-    let consumed = stats.consumed.load(Ordering::Relaxed);
-    let client_pct = client_cpu.percent();
-    let broker_pct = broker_cpu.and_then(|m| m.percent());
-    let broker_rss = c.broker_pid.and_then(stats::rss_bytes);
+    Sampled {
+        start,
+        total,
+        measured_p,
+        measured_c,
+    }
+}
+
+/// Ends the run's tasks: a finished one's error is the run's failure, the
+/// others are aborted.
+async fn join_or_abort(tasks: Vec<ClientTask>) -> Result<(), String> {
     let mut failure = None;
     for task in tasks {
         if task.is_finished() {
@@ -325,35 +417,56 @@ pub async fn run(c: Common, mut l: Load, mode: Mode) -> Result<(), String> {
             task.abort();
         }
     }
-    if let Some(e) = failure {
-        return Err(e);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    let publish_rate = (published - measured_p) as f64 / measured_s;
-    let consume_rate = (consumed - measured_c) as f64 / measured_s;
+}
+
+/// A finished run's figures, for its summary.
+struct Outcome {
+    n_consumers: usize,
+    size: usize,
+    rate: u64,
+    warmup: u64,
+    elapsed: f64,
+    published: u64,
+    consumed: u64,
+    publish_rate: f64,
+    consume_rate: f64,
+    latency: Histogram<u64>,
+    client_pct: Option<f64>,
+    broker_pct: Option<f64>,
+    broker_rss: Option<u64>,
+}
+
+/// Prints a run's summary, as JSON or as two lines of text.
+fn print_summary(c: &Common, l: &Load, mode: Mode, plan: &Plan, o: &Outcome) {
+    let (publish_rate, consume_rate) = (o.publish_rate, o.consume_rate);
     let summary = serde_json::json!({
         "mode": mode.name(),
         "publishers": l.publishers,
-        "consumers": n_consumers,
+        "consumers": o.n_consumers,
         "queues": plan.queues.len(),
         "exchange_type": plan.kind,
         "bindings": plan.bindings.len(),
-        "size": size,
-        "duration_s": elapsed,
-        "warmup_s": warmup,
-        "published": published,
-        "consumed": consumed,
+        "size": o.size,
+        "duration_s": o.elapsed,
+        "warmup_s": o.warmup,
+        "published": o.published,
+        "consumed": o.consumed,
         "publish_rate": publish_rate,
         "consume_rate": consume_rate,
-        "target_rate": rate,
-        "latency_us": stats::percentiles_us(&total),
+        "target_rate": o.rate,
+        "latency_us": stats::percentiles_us(&o.latency),
         "confirm": l.confirm,
         "persistent": l.persistent,
         "prefetch": l.prefetch,
         "multi_ack": l.multi_ack,
         "auto_ack": l.auto_ack,
-        "client_cpu_pct": client_pct.map(r1),
-        "broker_cpu_pct": broker_pct.map(r1),
-        "broker_rss_bytes": broker_rss,
+        "client_cpu_pct": o.client_pct.map(r1),
+        "broker_cpu_pct": o.broker_pct.map(r1),
+        "broker_rss_bytes": o.broker_rss,
     });
     if c.json {
         println!("{summary}");
@@ -365,18 +478,12 @@ pub async fn run(c: Common, mut l: Load, mode: Mode) -> Result<(), String> {
         );
         println!(
             "cpu: warrenperf {}%{}",
-            client_pct.map(r1).unwrap_or(0.0),
-            broker_pct
+            o.client_pct.map(r1).unwrap_or(0.0),
+            o.broker_pct
                 .map(|b| format!(", broker {}%", r1(b)))
                 .unwrap_or_default()
         );
     }
-    if rate > 0 && publish_rate < rate as f64 * 0.95 {
-        eprintln!("warning: published {publish_rate:.0} msg/s, below the target {rate} msg/s");
-    }
-    let _ = plan.teardown(&mut sr, &mut sw).await;
-    client::close(sr, sw).await;
-    Ok(())
 }
 
 /// What one publisher sends.
@@ -407,43 +514,22 @@ pub async fn publish(
 
 /// Publishes until `stats.stop` or until `limit` messages (0: no limit).
 pub async fn publish_n(
-    mut r: client::Reader,
+    r: client::Reader,
     mut w: client::Writer,
     p: Publisher,
     stats: Arc<Stats>,
     limit: u64,
 ) -> Result<(), String> {
     // Confirms (and any close) arrive on the reader, counted by its own task.
-    let confirmed = Arc::new(AtomicU64::new(0));
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let reader = {
-        let (confirmed, wake) = (confirmed.clone(), wake.clone());
-        tokio::spawn(async move {
-            loop {
-                match r.method().await? {
-                    AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => {
-                        confirmed.fetch_max(a.delivery_tag, Ordering::Relaxed);
-                        wake.notify_one();
-                    }
-                    AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => {
-                        return Err::<(), String>(format!(
-                            "broker nacked publish {}",
-                            n.delivery_tag
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-        })
-    };
+    let confirms = ConfirmReader::spawn(r);
     let mut body = vec![0u8; p.size];
     let started = Instant::now();
     let mut sent: u64 = 0;
     let mut key = 0;
     const BATCH: u64 = 64;
     while !stats.stopped() && (limit == 0 || sent < limit) {
-        if reader.is_finished() {
-            return match reader.await {
+        if confirms.task.is_finished() {
+            return match confirms.task.await {
                 Ok(Err(e)) => Err(e),
                 _ => Err("publisher connection closed".into()),
             };
@@ -462,12 +548,7 @@ pub async fn publish_n(
             n = n.min(due - sent);
         }
         if p.confirm > 0 {
-            while sent - confirmed.load(Ordering::Relaxed) + n > p.confirm.max(n) {
-                if reader.is_finished() || stats.stopped() {
-                    break;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(100), wake.notified()).await;
-            }
+            confirms.wait_for_window(sent, n, p.confirm, &stats).await;
         }
         body[..8].copy_from_slice(&stats.now_ns().to_le_bytes());
         for _ in 0..n {
@@ -483,17 +564,75 @@ pub async fn publish_n(
     }
     if p.confirm > 0 {
         // Wait (briefly) for the last confirms, so a counted message was taken.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while confirmed.load(Ordering::Relaxed) < sent
-            && Instant::now() < deadline
-            && !reader.is_finished()
-        {
-            let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
-        }
+        confirms.wait_for_all(sent).await;
     }
-    reader.abort();
+    confirms.task.abort();
     drop(w);
     Ok(())
+}
+
+/// A publisher's reader task: it counts confirms, and ends with an error
+/// on a nack (or when the connection closes).
+struct ConfirmReader {
+    /// Highest delivery tag confirmed.
+    confirmed: Arc<AtomicU64>,
+    /// Woken on each confirm.
+    wake: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl ConfirmReader {
+    fn spawn(mut r: client::Reader) -> ConfirmReader {
+        let confirmed = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let task = {
+            let (confirmed, wake) = (confirmed.clone(), wake.clone());
+            tokio::spawn(async move {
+                loop {
+                    match r.method().await? {
+                        AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => {
+                            confirmed.fetch_max(a.delivery_tag, Ordering::Relaxed);
+                            wake.notify_one();
+                        }
+                        AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => {
+                            return Err::<(), String>(format!(
+                                "broker nacked publish {}",
+                                n.delivery_tag
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
+        ConfirmReader {
+            confirmed,
+            wake,
+            task,
+        }
+    }
+
+    /// Waits until `n` more messages after `sent` fit in the confirm
+    /// `window` (or the reader ends, or the run stops).
+    async fn wait_for_window(&self, sent: u64, n: u64, window: u64, stats: &Stats) {
+        while sent - self.confirmed.load(Ordering::Relaxed) + n > window.max(n) {
+            if self.task.is_finished() || stats.stopped() {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.wake.notified()).await;
+        }
+    }
+
+    /// Waits up to 5 s for all `sent` messages to be confirmed.
+    async fn wait_for_all(&self, sent: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.confirmed.load(Ordering::Relaxed) < sent
+            && Instant::now() < deadline
+            && !self.task.is_finished()
+        {
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.wake.notified()).await;
+        }
+    }
 }
 
 /// Consumes until aborted, recording latency and acking every `multi_ack`.

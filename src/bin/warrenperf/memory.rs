@@ -122,56 +122,9 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss(c);
     let stats = Arc::new(Stats::new());
-    let timeout = Duration::from_secs(f.timeout);
 
-    // Fill.
-    let t0 = Instant::now();
-    let np = f.publishers.max(1) as u64;
-    let mut pubs = JoinSet::new();
-    for i in 0..np {
-        let (mut r, mut w) = client::connect(&c.uri).await?;
-        if f.confirm > 0 {
-            client::confirm_select(&mut r, &mut w).await?;
-        }
-        let share = f.messages / np + u64::from(i < f.messages % np);
-        let p = Publisher {
-            exchange: Vec::new(),
-            keys: vec![f.queue.clone().into_bytes()],
-            size: f.size.max(8),
-            rate: 0,
-            confirm: f.confirm as u64,
-            persistent: f.persistent,
-        };
-        pubs.spawn(load::publish_n(r, w, p, stats.clone(), share));
-    }
-    while let Some(res) = pubs.join_next().await {
-        res.map_err(|e| e.to_string())??;
-    }
-    let sent_s = t0.elapsed().as_secs_f64();
-    // The broker may still be taking in what is in flight: wait until it holds all.
-    let mut count = 0;
-    while t0.elapsed() < timeout {
-        count = client::message_count(&mut sr, &mut sw, &f.queue).await?;
-        if count as u64 >= f.messages {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if (count as u64) < f.messages {
-        return Err(format!(
-            "the queue holds {count} of {} messages after {}s",
-            f.messages, f.timeout
-        ));
-    }
-    let fill_s = t0.elapsed().as_secs_f64();
+    let fill_s = fill(&f, &stats, &mut sr, &mut sw).await?;
     let fill_rate = f.messages as f64 / fill_s;
-    say(
-        c,
-        format!(
-            "filled {} messages in {fill_s:.2} s ({fill_rate:.0} msg/s; sent in {sent_s:.2} s)",
-            f.messages
-        ),
-    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_full = rss(c);
     say(
@@ -199,26 +152,90 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
         return Ok(());
     }
 
-    // Drain.
-    let consume_opts = Load {
-        publishers: 0,
-        consumers: Some(f.consumers),
-        size: f.size,
-        duration: 0,
-        queue: f.queue.clone(),
-        queues: None,
-        exchange_type: None,
-        routing_key: None,
-        bindings: None,
-        queue_type: None,
-        prefetch: f.prefetch,
-        multi_ack: f.multi_ack,
-        auto_ack: false,
-        confirm: 0,
-        persistent: false,
-        rate: None,
-        warmup: None,
-    };
+    let drain_s = drain(&f, &stats).await?;
+    client::delete_queue(&mut sr, &mut sw, &f.queue).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = rss(c);
+    print_fill_drain_summary(
+        &f,
+        FillDrainMeasured {
+            fill_s,
+            drain_s,
+            rss_before,
+            rss_full,
+            rss_after,
+        },
+    );
+    client::close(sr, sw).await;
+    Ok(())
+}
+
+/// The fill phase: the publishers send their shares of the messages, then
+/// the queue is polled until it holds them all. Returns the seconds taken.
+async fn fill(
+    f: &FillDrain,
+    stats: &Arc<Stats>,
+    sr: &mut client::Reader,
+    sw: &mut client::Writer,
+) -> Result<f64, String> {
+    let c = &f.common;
+    let timeout = Duration::from_secs(f.timeout);
+    let t0 = Instant::now();
+    let np = f.publishers.max(1) as u64;
+    let mut pubs = JoinSet::new();
+    for i in 0..np {
+        let (mut r, mut w) = client::connect(&c.uri).await?;
+        if f.confirm > 0 {
+            client::confirm_select(&mut r, &mut w).await?;
+        }
+        let share = f.messages / np + u64::from(i < f.messages % np);
+        let p = Publisher {
+            exchange: Vec::new(),
+            keys: vec![f.queue.clone().into_bytes()],
+            size: f.size.max(8),
+            rate: 0,
+            confirm: f.confirm as u64,
+            persistent: f.persistent,
+        };
+        pubs.spawn(load::publish_n(r, w, p, stats.clone(), share));
+    }
+    while let Some(res) = pubs.join_next().await {
+        res.map_err(|e| e.to_string())??;
+    }
+    let sent_s = t0.elapsed().as_secs_f64();
+    // The broker may still be taking in what is in flight: wait until it holds all.
+    let mut count = 0;
+    while t0.elapsed() < timeout {
+        count = client::message_count(sr, sw, &f.queue).await?;
+        if count as u64 >= f.messages {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if (count as u64) < f.messages {
+        return Err(format!(
+            "the queue holds {count} of {} messages after {}s",
+            f.messages, f.timeout
+        ));
+    }
+    let fill_s = t0.elapsed().as_secs_f64();
+    let fill_rate = f.messages as f64 / fill_s;
+    say(
+        c,
+        format!(
+            "filled {} messages in {fill_s:.2} s ({fill_rate:.0} msg/s; sent in {sent_s:.2} s)",
+            f.messages
+        ),
+    );
+    Ok(fill_s)
+}
+
+/// The drain phase: consumers take every message from the queue. Returns
+/// the seconds taken.
+async fn drain(f: &FillDrain, stats: &Arc<Stats>) -> Result<f64, String> {
+    let c = &f.common;
+    let timeout = Duration::from_secs(f.timeout);
+    let consume_opts = drain_options(f);
     let mut consumers = Vec::new();
     for _ in 0..f.consumers.max(1) {
         let (mut r, mut w) = client::connect(&c.uri).await?;
@@ -253,15 +270,58 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
             f.messages
         ),
     );
-    client::delete_queue(&mut sr, &mut sw, &f.queue).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = rss(c);
+    Ok(drain_s)
+}
+
+/// The consumers' options for the drain (no publishers, no deadline).
+fn drain_options(f: &FillDrain) -> Load {
+    Load {
+        publishers: 0,
+        consumers: Some(f.consumers),
+        size: f.size,
+        duration: 0,
+        queue: f.queue.clone(),
+        queues: None,
+        exchange_type: None,
+        routing_key: None,
+        bindings: None,
+        queue_type: None,
+        prefetch: f.prefetch,
+        multi_ack: f.multi_ack,
+        auto_ack: false,
+        confirm: 0,
+        persistent: false,
+        rate: None,
+        warmup: None,
+    }
+}
+
+/// What a fill-drain run measured.
+struct FillDrainMeasured {
+    fill_s: f64,
+    drain_s: f64,
+    rss_before: Option<u64>,
+    rss_full: Option<u64>,
+    rss_after: Option<u64>,
+}
+
+/// Prints a fill-drain run's summary, as JSON or one line of text.
+fn print_fill_drain_summary(f: &FillDrain, m: FillDrainMeasured) {
+    let FillDrainMeasured {
+        fill_s,
+        drain_s,
+        rss_before,
+        rss_full,
+        rss_after,
+    } = m;
+    let fill_rate = f.messages as f64 / fill_s;
+    let drain_rate = f.messages as f64 / drain_s;
     let per_msg = per(rss_full, rss_before, f.messages);
     let summary = serde_json::json!({
         "mode": "fill-drain",
         "messages": f.messages,
         "size": f.size.max(8),
-        "publishers": np,
+        "publishers": f.publishers.max(1) as u64,
         "consumers": f.consumers.max(1),
         "fill_s": fill_s,
         "fill_rate": fill_rate,
@@ -272,7 +332,7 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
         "rss_after_bytes": rss_after,
         "rss_per_message_bytes": per_msg,
     });
-    if c.json {
+    if f.common.json {
         println!("{summary}");
     } else {
         println!(
@@ -283,8 +343,6 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
             per_msg.map(|b| b.to_string()).unwrap_or_else(|| "?".into())
         );
     }
-    client::close(sr, sw).await;
-    Ok(())
 }
 
 /// Opens N idle connections and reports the broker's RSS per connection.
