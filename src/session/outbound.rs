@@ -334,6 +334,31 @@ impl ConnectionHandle {
         self.drained.notify_waiters();
     }
 
+    /// Waits until the definitions log has settled up to `gate`. False if
+    /// a change of this connection's could not be written (it was undone):
+    /// its reply must not go, and the connection is closed with 541
+    /// INTERNAL_ERROR instead.
+    async fn gate_passed(
+        &self,
+        gate: u64,
+        settled: &mut tokio::sync::watch::Receiver<u64>,
+        log: &crate::store::meta::MetaLog,
+    ) -> bool {
+        while *settled.borrow_and_update() < gate {
+            if settled.changed().await.is_err() {
+                break;
+            }
+        }
+        let Some(e) = self.own_change_failed(log, *settled.borrow()) else {
+            return true;
+        };
+        self.send_event(ConnEvent::Close(
+            crate::protocol::error::code::INTERNAL_ERROR,
+            format!("cannot write definitions to disk ({e}); the change was undone"),
+        ));
+        false
+    }
+
     async fn write_loop<W: AsyncWrite + Unpin>(
         &self,
         mut socket: W,
@@ -356,27 +381,15 @@ impl ConnectionHandle {
                 }
             };
             // These bytes include a reply to a definitions change: send them
-            // once the change is on disk. If a change of this connection's
-            // could not be written (it was undone), its reply must not go:
-            // the connection closes with 541 INTERNAL_ERROR instead.
+            // once the change is on disk, or not at all if it failed.
             if swapped
                 && gate > 0
-                && let (Some(rx), Some(log)) = (settled.as_mut(), meta.as_ref())
+                && let (Some(rx), Some(log)) = (settled.as_mut(), meta.as_deref())
+                && !self.gate_passed(gate, rx, log).await
             {
-                while *rx.borrow_and_update() < gate {
-                    if rx.changed().await.is_err() {
-                        break;
-                    }
-                }
-                if let Some(e) = self.own_change_failed(log, *rx.borrow()) {
-                    self.wrote(spare.len());
-                    spare.clear();
-                    self.send_event(ConnEvent::Close(
-                        crate::protocol::error::code::INTERNAL_ERROR,
-                        format!("cannot write definitions to disk ({e}); the change was undone"),
-                    ));
-                    continue;
-                }
+                self.wrote(spare.len());
+                spare.clear();
+                continue;
             }
             if !swapped {
                 if unflushed {
