@@ -13,7 +13,7 @@ use amq_protocol::protocol::{AMQPClass, basic, channel as chan_m, tx};
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{Access, Resource};
-use crate::message::{Message, header_class_and_size, parse_properties};
+use crate::message::{Message, header_class_and_size, properties_valid};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::protocol::methods::{Method, Publish, write_method};
 use crate::queue::Queue;
@@ -245,7 +245,7 @@ impl Channel {
                 "got one for class {class_id} instead"
             )));
         }
-        if parse_properties(&payload).is_none() {
+        if !properties_valid(&payload) {
             return Err(AmqpError::connection(
                 code::SYNTAX_ERROR,
                 "malformed message properties in content header",
