@@ -400,7 +400,11 @@ mod tests {
             assert!(properties_valid(sample));
             for cut in 0..sample.len() {
                 let h = &sample[..cut];
-                assert_eq!(properties_valid(h), parse_properties(h).is_some(), "cut {cut}");
+                assert_eq!(
+                    properties_valid(h),
+                    parse_properties(h).is_some(),
+                    "cut {cut}"
+                );
             }
             for _ in 0..5000 {
                 let mut h = sample.clone();
