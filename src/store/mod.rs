@@ -130,7 +130,7 @@ pub struct MessageStore {
     backlog: std::sync::atomic::AtomicUsize,
     live: Mutex<Live>,
     /// The segment file last read from (recovered messages).
-    reader: Mutex<Option<(u32, Box<dyn ReadFile>)>>,
+    reader: Mutex<Option<(u32, Arc<dyn ReadFile>)>>,
     stopping: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -369,15 +369,24 @@ impl MessageStore {
     /// Reads `len` bytes at `offset` of segment `seg` (recovered messages
     /// are read back when their queue reaches them).
     pub fn read_span(&self, seg: u32, offset: u32, len: usize) -> std::io::Result<Bytes> {
-        let mut cache = self.reader.lock();
-        let f = match cache.take() {
-            Some((s, f)) if s == seg => f,
-            _ => self.disk.open_read(&segment_path(&self.dir, seg as u64))?,
+        // The lock covers only the choice of file: the read itself (pread,
+        // safe on a shared descriptor) runs without it, so queues reading
+        // recovered messages do not wait for each other's disk reads.
+        let cached = match &*self.reader.lock() {
+            Some((s, f)) if *s == seg => Some(f.clone()),
+            _ => None,
+        };
+        let f = match cached {
+            Some(f) => f,
+            None => {
+                let f: Arc<dyn ReadFile> =
+                    Arc::from(self.disk.open_read(&segment_path(&self.dir, seg as u64))?);
+                *self.reader.lock() = Some((seg, f.clone()));
+                f
+            }
         };
         let mut buf = vec![0u8; len];
-        let r = f.read_exact_at(&mut buf, offset as u64);
-        *cache = Some((seg, f));
-        r?;
+        f.read_exact_at(&mut buf, offset as u64)?;
         Ok(Bytes::from(buf))
     }
 
