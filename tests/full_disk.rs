@@ -37,6 +37,22 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// `mount`, or None (the test then passes, saying it was skipped) where
+    /// mounting is not allowed.
+    fn mount_or_skip(size: &str) -> Option<Tmpfs> {
+        match Tmpfs::mount(size) {
+            Ok(fs) => Some(fs),
+            Err(why) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs to fill ({why}); run as root to test a full disk"
+                );
+                None
+            }
+        }
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
@@ -88,14 +104,8 @@ async fn message_count(ch: &Channel, queue: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_holds_confirms_until_acked_space_is_reclaimed_and_loses_nothing_confirmed() {
-    let fs = match Tmpfs::mount("24m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!(
-                "skipped: cannot mount a tmpfs to fill ({why}); run as root to test a full disk"
-            );
-            return;
-        }
+    let Some(fs) = Tmpfs::mount_or_skip("24m") else {
+        return;
     };
     let data = tempfile::tempdir_in(fs.0.path()).expect("a data directory on the tmpfs");
     // No disk alarm: the store itself meets the full disk.
@@ -219,14 +229,8 @@ fn fill(path: &std::path::Path) {
 /// room again, changes go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_definition_that_cannot_be_written_is_refused_and_undone() {
-    let fs = match Tmpfs::mount("8m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!(
-                "skipped: cannot mount a tmpfs to fill ({why}); run as root to test a full disk"
-            );
-            return;
-        }
+    let Some(fs) = Tmpfs::mount_or_skip("8m") else {
+        return;
     };
     let data = tempfile::tempdir_in(fs.0.path()).expect("a data directory on the tmpfs");
     let mut w = Warren::start_in(data, "[alarms]\ndisk_free_limit = 0");

@@ -462,35 +462,21 @@ impl VHost {
                 x.kind.as_str().into(),
             ));
         }
-        if x.durable != d.durable {
-            return Err(inequivalent(
-                what,
-                "durable",
-                n,
-                v,
-                d.durable.to_string(),
-                x.durable.to_string(),
-            ));
-        }
-        if x.auto_delete != d.auto_delete {
-            return Err(inequivalent(
-                what,
-                "auto_delete",
-                n,
-                v,
-                d.auto_delete.to_string(),
-                x.auto_delete.to_string(),
-            ));
-        }
-        if x.internal != d.internal {
-            return Err(inequivalent(
-                what,
-                "internal",
-                n,
-                v,
-                d.internal.to_string(),
-                x.internal.to_string(),
-            ));
+        for (field, got, cur) in [
+            ("durable", d.durable, x.durable),
+            ("auto_delete", d.auto_delete, x.auto_delete),
+            ("internal", d.internal, x.internal),
+        ] {
+            if got != cur {
+                return Err(inequivalent(
+                    what,
+                    field,
+                    n,
+                    v,
+                    got.to_string(),
+                    cur.to_string(),
+                ));
+            }
         }
         let (got, cur) = (
             d.arguments.inner().get("alternate-exchange"),
