@@ -6,6 +6,9 @@
 //! client's header table order is preserved. Small messages live in a single
 //! allocation; bodies above `INLINE_BODY_MAX` stay zero-copy slices of the
 //! read buffer.
+//!
+//! Owns: one message and reading its properties from the raw header. May
+//! use: `protocol`, `ops`.
 
 use amq_protocol::protocol::BasicProperties;
 use bytes::{BufMut, Bytes, BytesMut};

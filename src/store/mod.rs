@@ -18,6 +18,10 @@
 //! This file holds the store's handle and its public operations: open,
 //! append (enqueue, ack, delivered, drop queue), read back, and the
 //! durable sequence.
+//!
+//! Owns: the message log and the definitions log (`meta`) on disk. May use:
+//! `schema`, `message`, `protocol`, `ops`; it knows nothing of queues,
+//! vhosts or the broker.
 
 pub mod disk;
 mod live;
