@@ -249,6 +249,25 @@ async fn a_definition_that_cannot_be_written_is_refused_and_undone() {
         reply_text(&e)
     );
 
+    // A nowait declaration has no reply to hold back, but the connection
+    // must still hear of it: its next reply is replaced by the 541.
+    let (_c, ch) = w.channel().await;
+    ch.queue_declare(
+        "refused-nowait".into(),
+        QueueDeclareOptions {
+            nowait: true,
+            ..durable()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let e = ch
+        .basic_qos(10, BasicQosOptions::default())
+        .await
+        .expect_err("qos-ok after a nowait declaration that was undone");
+    assert_eq!(reply_code(&e), Some(541), "{e:?}");
+
     let (status, body) = w.api(
         "PUT",
         "/api/queues/%2f/refused-http",
@@ -258,7 +277,7 @@ async fn a_definition_that_cannot_be_written_is_refused_and_undone() {
     assert_eq!(body["error"], "internal_error");
 
     // Undone: neither queue exists.
-    for q in ["refused", "refused-http"] {
+    for q in ["refused", "refused-nowait", "refused-http"] {
         let (status, _) = w.api("GET", &format!("/api/queues/%2f/{q}"), None);
         assert_eq!(status, 404, "{q} exists after its declaration failed");
     }

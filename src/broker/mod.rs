@@ -323,12 +323,12 @@ impl Broker {
 
     /// Creates or replaces a user.
     pub fn put_user(&self, user: User) {
-        let prior = self
-            .user(&user.name)
-            .map(|old| MetaOp::PutUser(user_def(&old)));
+        // Applied before it is logged, here and below: the undo of a failed
+        // write (on the log's thread) then always comes after the change.
+        let op = MetaOp::PutUser(user_def(&user));
+        let prior = self.users.write().insert(user.name.clone(), user);
         self.durability
-            .record_replacing(MetaOp::PutUser(user_def(&user)), prior);
-        self.users.write().insert(user.name.clone(), user);
+            .record_replacing(op, prior.map(|old| MetaOp::PutUser(user_def(&old))));
         self.bump_auth();
     }
 
@@ -364,35 +364,32 @@ impl Broker {
 
     /// Sets a user's permissions in a vhost.
     pub fn set_permissions(&self, user: &str, vhost: &str, perms: Permissions) {
+        let op = MetaOp::SetPermissions(permission_def(user, vhost, &perms));
         let prior = self
-            .permissions(user, vhost)
-            .map(|old| MetaOp::SetPermissions(permission_def(user, vhost, &old)));
-        self.durability.record_replacing(
-            MetaOp::SetPermissions(permission_def(user, vhost, &perms)),
-            prior,
-        );
-        self.permissions
+            .permissions
             .write()
             .entry(user.to_owned())
             .or_default()
             .insert(vhost.to_owned(), Arc::new(perms));
+        self.durability.record_replacing(
+            op,
+            prior.map(|old| MetaOp::SetPermissions(permission_def(user, vhost, &old))),
+        );
         self.bump_auth();
     }
 
     /// Removes a user's permissions in a vhost; returns false if none.
     pub fn clear_permissions(&self, user: &str, vhost: &str) -> bool {
         let prior = self
-            .permissions(user, vhost)
-            .map(|old| MetaOp::SetPermissions(permission_def(user, vhost, &old)));
-        self.durability.record_replacing(
-            MetaOp::ClearPermissions(user.to_owned(), vhost.to_owned()),
-            prior,
-        );
-        let removed = self
             .permissions
             .write()
             .get_mut(user)
-            .is_some_and(|m| m.remove(vhost).is_some());
+            .and_then(|m| m.remove(vhost));
+        let removed = prior.is_some();
+        self.durability.record_replacing(
+            MetaOp::ClearPermissions(user.to_owned(), vhost.to_owned()),
+            prior.map(|old| MetaOp::SetPermissions(permission_def(user, vhost, &old))),
+        );
         self.bump_auth();
         removed
     }

@@ -521,13 +521,17 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         None
     }
 
-    /// `handle_frame`, forgetting afterwards which definitions change this
-    /// thread appended (its replies were gated on it; see outbound.rs).
+    /// `handle_frame`, then gating what the connection writes next on the
+    /// definitions changes the frame made (its own replies already were;
+    /// a `nowait` method wrote none) and forgetting them (see outbound.rs).
     fn handle_frame_gated(&mut self, frame: Frame) -> AmqpResult<bool> {
         crate::store::meta::take_appended();
         let id = self.ctx.handle.id;
         let r = crate::session::outbound::replying_for(id, || self.handle_frame(frame));
-        crate::store::meta::take_appended();
+        let (first, last) = crate::store::meta::take_appended();
+        if last > 0 {
+            self.ctx.handle.gate_on_changes(first, last);
+        }
         r
     }
 

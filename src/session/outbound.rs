@@ -174,6 +174,16 @@ impl ConnectionHandle {
         r
     }
 
+    /// After one of this connection's frames made definitions changes
+    /// `first..=last`: whatever it writes from now on waits for them, and
+    /// their failure closes it with 541, even when the frame itself wrote
+    /// nothing (a `nowait` method).
+    pub fn gate_on_changes(&self, first: u64, last: u64) {
+        let _buf = self.buf.lock();
+        self.meta_gate.fetch_max(last, Ordering::Relaxed);
+        self.note_own_change(first, last);
+    }
+
     /// Remembers changes `first..=last` as this connection's, merging with
     /// the range before (one frame usually appends one change).
     fn note_own_change(&self, first: u64, last: u64) {
@@ -184,17 +194,15 @@ impl ConnectionHandle {
         }
     }
 
-    /// After the definitions log settled up to `settled`: the error of this
-    /// connection's first failed change among those now settled, if any.
-    fn own_change_failed(
-        &self,
-        meta: &crate::store::meta::MetaLog,
-        settled: u64,
-    ) -> Option<String> {
+    /// Once the definitions log has settled up to `gate` (the gate of the
+    /// bytes just taken): the error of this connection's first failed
+    /// change among those the bytes wait for, if any. Later changes are
+    /// checked with the bytes that wait for them.
+    fn own_change_failed(&self, meta: &crate::store::meta::MetaLog, gate: u64) -> Option<String> {
         let mut own = self.meta_own.lock();
         let mut failure = None;
         while let Some(&(first, last)) = own.front() {
-            if last > settled {
+            if last > gate {
                 break;
             }
             own.pop_front();
@@ -349,7 +357,7 @@ impl ConnectionHandle {
                 break;
             }
         }
-        let Some(e) = self.own_change_failed(log, *settled.borrow()) else {
+        let Some(e) = self.own_change_failed(log, gate) else {
             return true;
         };
         self.send_event(ConnEvent::Close(

@@ -7,7 +7,7 @@
 //! durable queues stays linear.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -112,6 +112,12 @@ struct MetaPending {
     ops: Vec<Change>,
 }
 
+tokio::task_local! {
+    /// The changes appended by the task running one HTTP request (first,
+    /// last), so that its answer reports its own changes' failure only.
+    pub static REQUEST_CHANGES: std::sync::Arc<Mutex<(u64, u64)>>;
+}
+
 thread_local! {
     /// The first and last change this thread appended since
     /// `take_appended` ((0, 0): none).
@@ -190,6 +196,10 @@ impl MetaLog {
             let (first, _) = c.get();
             c.set((if first == 0 { seq } else { first }, seq));
         });
+        let _ = REQUEST_CHANGES.try_with(|r| {
+            let mut r = r.lock();
+            *r = (if r.0 == 0 { seq } else { r.0 }, seq);
+        });
         self.wake.notify_one();
         seq
     }
@@ -226,18 +236,13 @@ impl MetaLog {
             .map(|f| f.error.clone())
     }
 
-    /// Waits until changes up to `seq` are settled; the error if one of
-    /// `first..=seq` could not be written.
-    pub async fn wait_settled(&self, first: u64, seq: u64) -> Result<(), String> {
+    /// Waits until changes up to `seq` are settled.
+    pub async fn wait_settled(&self, seq: u64) {
         let mut rx = self.settled.subscribe();
         while *rx.borrow_and_update() < seq {
             if rx.changed().await.is_err() {
                 break;
             }
-        }
-        match self.failure(first, seq) {
-            Some(e) => Err(e),
-            None => Ok(()),
         }
     }
 
@@ -311,9 +316,19 @@ impl MetaLog {
             self.path.display(),
             ops.len()
         );
-        // Cut back what part of the batch reached the file, if any.
+        // Cut back what part of the batch reached the file, if any, and
+        // put the write position back there (the file is not opened in
+        // append mode: cutting alone would leave a hole of zeros before the
+        // next batch, and an unreadable log).
         let grew = file.metadata().map_or(true, |m| m.len() != written);
-        if grew && let Err(e) = file.set_len(written).and_then(|()| file.sync_data()) {
+        let cut = if grew {
+            file.set_len(written)
+                .and_then(|()| file.sync_data())
+                .and_then(|()| file.seek(std::io::SeekFrom::Start(written)).map(drop))
+        } else {
+            file.seek(std::io::SeekFrom::Start(written)).map(drop)
+        };
+        if let Err(e) = cut {
             tracing::error!(
                 "cannot cut {} back after a failed write ({e}): stopping warren so that recovery runs from what is on disk",
                 self.path.display()
@@ -572,5 +587,30 @@ mod tests {
         assert_eq!(names, ["declare q1", "delete q0, prior q0"]);
         drop(undone);
         log.close();
+    }
+
+    /// A write that reached the file in part is cut back and the write
+    /// position put back too, so the next batch follows the last whole
+    /// change with no hole of zeros in between (the log stays readable).
+    #[test]
+    fn a_partly_written_batch_leaves_no_hole_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = compact_and_open(dir.path(), &Definitions::default()).unwrap();
+        let good = serde_json::to_vec(&MetaOp::PutVhost("a".into())).unwrap();
+        let path = log_path(dir.path());
+        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all(&good).unwrap();
+        file.write_all(b"\n").unwrap();
+        let written = good.len() as u64 + 1;
+        file.write_all(b"{\"put_vhost\":\"par").unwrap();
+        let err = std::io::Error::from_raw_os_error(28);
+        log.fail(&mut file, written, 1, 1, Vec::new(), &err);
+        file.write_all(&good).unwrap();
+        file.write_all(b"\n").unwrap();
+        drop(file);
+        log.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains('\0'), "a hole in the log: {text:?}");
+        assert_eq!(log_ops(&text).unwrap().len(), 2);
     }
 }

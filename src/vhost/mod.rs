@@ -335,14 +335,14 @@ impl VHost {
                 p.apply_to
             ));
         }
-        let prior = self
-            .policies
-            .read()
-            .get(&p.name)
-            .map(|old| MetaOp::PutPolicy(self.policy_def(old)));
-        self.durability
-            .record_replacing(MetaOp::PutPolicy(self.policy_def(&p)), prior);
-        self.policies.write().insert(p.name.clone(), p);
+        // Applied before it is logged: the undo of a failed write (on the
+        // log's thread) then always comes after the change.
+        let op = MetaOp::PutPolicy(self.policy_def(&p));
+        let prior = self.policies.write().insert(p.name.clone(), p);
+        self.durability.record_replacing(
+            op,
+            prior.map(|old| MetaOp::PutPolicy(self.policy_def(&old))),
+        );
         self.reapply_policies();
         Ok(())
     }

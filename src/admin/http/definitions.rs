@@ -96,10 +96,19 @@ async fn export_vhost(
 /// Imports a document on a blocking thread: a large import must not hold
 /// up the runtime that serves AMQP connections.
 async fn apply(s: Arc<AppState>, doc: serde_json::Map<String, Value>) -> ApiResult {
+    // The import's changes still count as this request's (see
+    // `durable_before_reply`).
+    let own = crate::store::meta::REQUEST_CHANGES
+        .try_with(Arc::clone)
+        .ok();
     let problems = tokio::task::spawn_blocking(move || {
         let defs: crate::schema::Definitions = serde_json::from_value(Value::Object(doc))
             .map_err(|e| ApiError::bad_request(format!("invalid definitions: {e}")))?;
-        Ok::<_, ApiError>(definitions::import(&s.broker, &defs))
+        let import = || definitions::import(&s.broker, &defs);
+        Ok::<_, ApiError>(match own {
+            Some(own) => crate::store::meta::REQUEST_CHANGES.sync_scope(own, import),
+            None => import(),
+        })
     })
     .await
     .map_err(|_| ApiError::bad_request("definitions import failed"))??;

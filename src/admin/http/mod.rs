@@ -135,20 +135,27 @@ async fn durable_before_reply(
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
     );
     let meta = state.broker.durability.meta.get().filter(|_| changes);
-    let before = meta.map_or(0, |m| m.appended_seq());
-    let resp = next.run(req).await;
-    if let Some(m) = meta {
-        let after = m.appended_seq();
-        if after > before
-            && let Err(e) = m.wait_settled(before + 1, after).await
-        {
-            return ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                format!("cannot write definitions to disk ({e}); the change was undone"),
-            )
-            .into_response();
-        }
+    let Some(m) = meta else {
+        return next.run(req).await;
+    };
+    // The changes this request's own task appends (not other clients').
+    let own = Arc::new(parking_lot::Mutex::new((0u64, 0u64)));
+    let resp = crate::store::meta::REQUEST_CHANGES
+        .scope(own.clone(), next.run(req))
+        .await;
+    // Whatever was appended while the request ran is settled before the
+    // answer; only the request's own changes can make it a 500.
+    m.wait_settled(m.appended_seq()).await;
+    let (first, last) = *own.lock();
+    if last > 0
+        && let Some(e) = m.failure(first, last)
+    {
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("cannot write definitions to disk ({e}); the change was undone"),
+        )
+        .into_response();
     }
     resp
 }
