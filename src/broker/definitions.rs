@@ -36,26 +36,12 @@ pub fn export(broker: &Broker) -> Definitions {
 }
 
 fn export_users(broker: &Broker, users: &mut Vec<UserDef>) {
-    for u in broker.users() {
-        users.push(UserDef {
-            name: u.name.clone(),
-            password_hash: u.password_hash.clone(),
-            hashing_algorithm: HASHING_ALGORITHM.into(),
-            password: None,
-            tags: Tags::List(u.tags.clone()),
-        });
-    }
+    users.extend(broker.users().iter().map(super::user_def));
 }
 
 fn export_permissions(broker: &Broker, permissions: &mut Vec<PermissionDef>) {
     for (user, vhost, p) in broker.all_permissions() {
-        permissions.push(PermissionDef {
-            user,
-            vhost,
-            configure: p.configure.clone(),
-            write: p.write.clone(),
-            read: p.read.clone(),
-        });
+        permissions.push(super::permission_def(&user, &vhost, &p));
     }
 }
 
@@ -66,37 +52,16 @@ fn export_vhost(vh: &VHost, d: &mut Definitions) {
     let v = vh.name.to_string();
     d.vhosts.push(VhostDef { name: v.clone() });
     for p in vh.policies() {
-        d.policies.push(PolicyDef {
-            vhost: v.clone(),
-            name: p.name,
-            pattern: p.pattern,
-            apply_to: p.apply_to,
-            definition: p.definition,
-            priority: p.priority,
-        });
+        d.policies.push(vh.policy_def(&p));
     }
     for q in vh.queues() {
-        if q.config.durable && q.config.exclusive_owner.is_none() {
-            d.queues.push(QueueDef {
-                name: q.name.clone(),
-                vhost: v.clone(),
-                durable: true,
-                auto_delete: q.config.auto_delete,
-                arguments: table_to_json(&q.config.arguments),
-            });
+        if q.is_persistent() {
+            d.queues.push(vh.queue_def(&q.name, &q.config));
         }
     }
     for x in vh.exchanges() {
         if x.durable && !x.name.is_empty() && !x.name.starts_with("amq.") {
-            d.exchanges.push(ExchangeDef {
-                name: x.name.clone(),
-                vhost: v.clone(),
-                kind: x.kind.as_str().into(),
-                durable: true,
-                auto_delete: x.auto_delete,
-                internal: x.internal,
-                arguments: table_to_json(&x.arguments),
-            });
+            d.exchanges.push(vh.exchange_def(&x));
         }
         if !x.durable || x.name.is_empty() {
             continue;

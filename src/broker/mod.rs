@@ -479,8 +479,8 @@ fn make_private_dir(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A user as the definitions log writes it.
-fn user_def(user: &User) -> UserDef {
+/// A user as the definitions log and exports write it.
+pub(crate) fn user_def(user: &User) -> UserDef {
     UserDef {
         name: user.name.clone(),
         password_hash: user.password_hash.clone(),
@@ -490,8 +490,8 @@ fn user_def(user: &User) -> UserDef {
     }
 }
 
-/// Permissions as the definitions log writes them.
-fn permission_def(user: &str, vhost: &str, perms: &Permissions) -> PermissionDef {
+/// Permissions as the definitions log and exports write them.
+pub(crate) fn permission_def(user: &str, vhost: &str, perms: &Permissions) -> PermissionDef {
     PermissionDef {
         user: user.to_owned(),
         vhost: vhost.to_owned(),

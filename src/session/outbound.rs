@@ -146,10 +146,12 @@ impl ConnectionHandle {
         // A reply written after a definitions change (declare-ok) must not
         // leave before the change is on disk: raise the gate first, under
         // the same lock the writer takes the bytes under.
-        let (first, meta) = if REPLYING_FOR.with(std::cell::Cell::get) == self.id {
-            crate::store::meta::appended_on_this_thread()
-        } else {
-            (0, 0)
+        // Almost every write follows no definitions change: one
+        // thread-local read, and the connection check only after a change.
+        let (first, meta) = match crate::store::meta::appended_on_this_thread() {
+            (_, 0) => (0, 0),
+            _ if REPLYING_FOR.with(std::cell::Cell::get) != self.id => (0, 0),
+            changes => changes,
         };
         let (r, was_empty, added) = {
             let mut buf = self.buf.lock();
@@ -362,7 +364,7 @@ impl ConnectionHandle {
         };
         self.send_event(ConnEvent::Close(
             crate::protocol::error::code::INTERNAL_ERROR,
-            format!("cannot write definitions to disk ({e}); the change was undone"),
+            crate::store::meta::refusal(&e),
         ));
         false
     }

@@ -92,6 +92,12 @@ type UndoFn = dyn Fn(MetaOp, Option<MetaOp>) + Send + Sync;
 /// A change and what it replaced (the change that puts that back).
 type Change = (MetaOp, Option<MetaOp>);
 
+/// What a client whose change could not be written is told (541 over
+/// AMQP, 500 over HTTP).
+pub fn refusal(error: &str) -> String {
+    format!("cannot write definitions to disk ({error}); the change was undone")
+}
+
 /// A batch of changes the log could not write.
 #[derive(Debug, Clone)]
 struct Failed {

@@ -361,8 +361,32 @@ impl VHost {
         existed
     }
 
-    /// A policy as the definitions log writes it.
-    fn policy_def(&self, p: &Policy) -> PolicyDef {
+    /// A durable exchange as the definitions log and exports write it.
+    pub fn exchange_def(&self, x: &Exchange) -> ExchangeDef {
+        ExchangeDef {
+            name: x.name.clone(),
+            vhost: self.name.to_string(),
+            kind: x.kind.as_str().into(),
+            durable: true,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments: table_to_json(&x.arguments),
+        }
+    }
+
+    /// A durable queue as the definitions log and exports write it.
+    pub fn queue_def(&self, name: &str, config: &QueueConfig) -> QueueDef {
+        QueueDef {
+            name: name.to_owned(),
+            vhost: self.name.to_string(),
+            durable: true,
+            auto_delete: config.auto_delete,
+            arguments: table_to_json(&config.arguments),
+        }
+    }
+
+    /// A policy as the definitions log and exports write it.
+    pub fn policy_def(&self, p: &Policy) -> PolicyDef {
         PolicyDef {
             vhost: self.name.to_string(),
             name: p.name.clone(),
@@ -429,15 +453,8 @@ impl VHost {
         );
         self.exchanges.write().insert(d.name.clone(), x.clone());
         if x.durable {
-            self.durability.record(MetaOp::DeclareExchange(ExchangeDef {
-                name: x.name.clone(),
-                vhost: self.name.to_string(),
-                kind: x.kind.as_str().into(),
-                durable: true,
-                auto_delete: x.auto_delete,
-                internal: x.internal,
-                arguments: table_to_json(&x.arguments),
-            }));
+            self.durability
+                .record(MetaOp::DeclareExchange(self.exchange_def(&x)));
         }
         Ok(x)
     }
@@ -522,15 +539,7 @@ impl VHost {
         self.exchanges.write().remove(&x.name);
         x.mark_deleted();
         if x.durable {
-            let prior = MetaOp::DeclareExchange(ExchangeDef {
-                name: x.name.clone(),
-                vhost: self.name.to_string(),
-                kind: x.kind.as_str().into(),
-                durable: true,
-                auto_delete: x.auto_delete,
-                internal: x.internal,
-                arguments: table_to_json(&x.arguments),
-            });
+            let prior = MetaOp::DeclareExchange(self.exchange_def(x));
             self.durability.record_replacing(
                 MetaOp::DeleteExchange(self.name.to_string(), x.name.clone()),
                 Some(prior),
@@ -646,13 +655,8 @@ impl VHost {
         let persistent = config.durable && config.exclusive_owner.is_none();
         let store = self.durability.store().filter(|_| persistent).cloned();
         if persistent {
-            self.durability.record(MetaOp::DeclareQueue(QueueDef {
-                name: name.to_owned(),
-                vhost: self.name.to_string(),
-                durable: true,
-                auto_delete: config.auto_delete,
-                arguments: table_to_json(&config.arguments),
-            }));
+            self.durability
+                .record(MetaOp::DeclareQueue(self.queue_def(name, &config)));
         }
         let paging = self.durability.paging.get().cloned();
         let args = self.effective_args(name, args);
@@ -731,13 +735,7 @@ impl VHost {
     fn unregister_queue(&self, q: &Arc<Queue>) -> Deleted {
         self.queues.write().remove(&q.name);
         if q.is_persistent() {
-            let prior = MetaOp::DeclareQueue(QueueDef {
-                name: q.name.clone(),
-                vhost: self.name.to_string(),
-                durable: true,
-                auto_delete: q.config.auto_delete,
-                arguments: table_to_json(&q.config.arguments),
-            });
+            let prior = MetaOp::DeclareQueue(self.queue_def(&q.name, &q.config));
             self.durability.record_replacing(
                 MetaOp::DeleteQueue(self.name.to_string(), q.name.clone()),
                 Some(prior),

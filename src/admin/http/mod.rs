@@ -153,7 +153,7 @@ async fn durable_before_reply(
         return ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
-            format!("cannot write definitions to disk ({e}); the change was undone"),
+            crate::store::meta::refusal(&e),
         )
         .into_response();
     }
