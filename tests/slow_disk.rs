@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren::store::MessageStore;
 use warren::store::disk::{AppendFile, Disk, ReadFile, RealDisk};
 
@@ -70,15 +70,6 @@ impl Disk for SlowDisk {
     }
 }
 
-async fn connect(port: u16) -> Connection {
-    Connection::connect(
-        &format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
-        ConnectionProperties::default(),
-    )
-    .await
-    .expect("connect to the in-process warren")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_slower_than_the_publishers_bounds_the_write_buffer_and_serves_others() {
     let data = tempfile::tempdir().unwrap();
@@ -95,7 +86,7 @@ async fn a_disk_slower_than_the_publishers_bounds_the_write_buffer_and_serves_ot
     let store: Arc<MessageStore> = broker.durability.store().unwrap().clone();
 
     // A transient queue filled before the slow phase, for a consumer.
-    let filler = connect(port).await;
+    let filler = common::connect_in_process(port).await;
     let fch = filler.create_channel().await.unwrap();
     fch.queue_declare(
         "side".into(),
@@ -134,7 +125,7 @@ async fn a_disk_slower_than_the_publishers_bounds_the_write_buffer_and_serves_ot
     let publisher = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let conn = connect(port).await;
+            let conn = common::connect_in_process(port).await;
             let ch = conn.create_channel().await.unwrap();
             ch.queue_declare(
                 "slow".into(),
@@ -172,7 +163,7 @@ async fn a_disk_slower_than_the_publishers_bounds_the_write_buffer_and_serves_ot
     // Meanwhile a consumer on its own connection takes the side queue, and
     // a client that never publishes gets its declarations answered.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let consumer_conn = connect(port).await;
+    let consumer_conn = common::connect_in_process(port).await;
     let cch = consumer_conn.create_channel().await.unwrap();
     cch.basic_qos(100, BasicQosOptions::default())
         .await
@@ -198,7 +189,7 @@ async fn a_disk_slower_than_the_publishers_bounds_the_write_buffer_and_serves_ot
     }
     let consumed_in = started.elapsed();
 
-    let other = connect(port).await;
+    let other = common::connect_in_process(port).await;
     let och = other.create_channel().await.unwrap();
     let mut slowest = Duration::ZERO;
     for i in 0..20 {

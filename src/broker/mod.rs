@@ -121,7 +121,7 @@ impl Broker {
         disk: Arc<dyn crate::store::disk::Disk>,
     ) -> Result<(Arc<crate::store::MessageStore>, crate::store::Recovered), String> {
         let (store, recovered) = crate::store::MessageStore::open_on(
-            disk,
+            disk.clone(),
             &dir.join("messages"),
             crate::store::StoreOptions {
                 fsync: self.config.storage.fsync,
@@ -140,6 +140,7 @@ impl Broker {
             .set(crate::queue::paging::PagingConfig {
                 dir: paging_dir,
                 limit: self.config.storage.queue_memory_limit,
+                disk,
             });
         Ok((store, recovered))
     }

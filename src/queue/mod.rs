@@ -1,9 +1,11 @@
 //! A queue: its ready messages, its consumers, and round-robin dispatch.
 //!
-//! The queue's state sits behind a mutex held for microseconds. Whoever
-//! changes the queue (a publisher's task enqueueing, a connection acking and
-//! freeing prefetch, a consumer arriving) runs `dispatch`, which hands ready
-//! messages to consumers in turn, within their prefetch limits.
+//! The queue's state sits behind a mutex held for microseconds, never
+//! across disk I/O. Whoever changes the queue (a publisher's task
+//! enqueueing, a connection acking and freeing prefetch, a consumer
+//! arriving, a paging thread that read messages back) runs `dispatch`,
+//! which hands ready messages to consumers in turn, within their prefetch
+//! limits.
 //!
 //! Owns: one queue's messages and consumers: arguments (`args`), the ready
 //! list with priorities (`ready`) and paging to disk (`paging`). May use:
@@ -28,7 +30,7 @@ use consumer::{Consumer, ConsumerChannel, QueuedMessage};
 
 use crate::ops::clock::now_ms;
 use crate::queue::args::{Overflow, QueueArgs};
-use crate::queue::paging::PagingConfig;
+use crate::queue::paging::{Front, PagingConfig, ReadDone};
 use crate::queue::ready::ReadyQueue;
 use timers::Kind;
 
@@ -55,6 +57,9 @@ struct QueueState {
     /// Messages that left by expiry or a length limit, to dead-letter once
     /// the lock is released.
     dead: Vec<(QueuedMessage, Reason)>,
+    /// Messages that left the same way from disk, unread (nothing to
+    /// dead-letter): their store ids, and whether they expired.
+    dropped: Vec<(Option<u64>, Reason)>,
     /// When the armed message timer fires (0: none armed).
     timer_at: u64,
 }
@@ -84,6 +89,9 @@ pub struct Queue {
     state: Mutex<QueueState>,
     deleted: AtomicBool,
     drained: tokio::sync::Notify,
+    /// Messages were read back from disk (a basic.get waiting for its
+    /// head to load tries again).
+    loaded: tokio::sync::Notify,
     store: Option<Arc<MessageStore>>,
     /// Message counters (management API, metrics).
     pub stats: crate::ops::stats::QueueStats,
@@ -166,6 +174,17 @@ pub trait QueueOwner: Send + Sync {
     fn remove_expired(&self, queue: &Arc<Queue>) -> bool;
 }
 
+/// What basic.get found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Got {
+    /// A message, sent to the channel.
+    Message,
+    /// Nothing (the channel sends get-empty).
+    Empty,
+    /// The next message is being read back from disk.
+    Loading,
+}
+
 /// What was left of a queue when it was deleted.
 #[derive(Debug)]
 pub struct Deleted {
@@ -191,23 +210,32 @@ impl Queue {
         note_queue_timeout(args.consumer_timeout);
         let consumer_timeout = AtomicU64::new(args.consumer_timeout.unwrap_or(0));
         let unacked_budget = paging.as_ref().map_or(0, |p| p.limit);
-        let q = Arc::new(Queue {
-            name,
-            vhost,
-            config,
-            state: Mutex::new(QueueState {
-                ready: ReadyQueue::new(paging, levels),
-                args,
-                ..Default::default()
-            }),
-            deleted: AtomicBool::new(false),
-            drained: tokio::sync::Notify::new(),
-            store,
-            stats: Default::default(),
-            owner,
-            last_used: AtomicU64::new(now_ms()),
-            consumer_timeout,
-            unacked_budget,
+        let q = Arc::new_cyclic(|me: &Weak<Queue>| {
+            let me = me.clone();
+            let on_read = Arc::new(move |done: ReadDone| {
+                if let Some(q) = me.upgrade() {
+                    q.page_in_done(done);
+                }
+            });
+            Queue {
+                name,
+                vhost,
+                config,
+                state: Mutex::new(QueueState {
+                    ready: ReadyQueue::new(paging, levels, on_read),
+                    args,
+                    ..Default::default()
+                }),
+                deleted: AtomicBool::new(false),
+                drained: tokio::sync::Notify::new(),
+                loaded: tokio::sync::Notify::new(),
+                store,
+                stats: Default::default(),
+                owner,
+                last_used: AtomicU64::new(now_ms()),
+                consumer_timeout,
+                unacked_budget,
+            }
         });
         q.arm_expiry();
         q
@@ -308,11 +336,44 @@ impl Queue {
             if d == 0 || d > now || (d == now && !inclusive) {
                 return;
             }
-            let Some(r) = st.ready.pop_front() else {
+            if !Self::take_head(st, Reason::Expired) {
                 return;
-            };
-            st.dead.push((r, Reason::Expired));
+            }
         }
+    }
+
+    /// Takes the head message for `why` (dead-lettered if the queue has a
+    /// dead-letter exchange, else dropped, unread if it is on disk); false
+    /// if the list is empty or its head is loading.
+    fn take_head(st: &mut QueueState, why: Reason) -> bool {
+        match st.ready.take_front(st.args.dlx.is_some()) {
+            Front::Msg(r) => st.dead.push((r, why)),
+            Front::Dropped(id) => st.dropped.push((id, why)),
+            Front::Loading | Front::Empty => return false,
+        }
+        true
+    }
+
+    /// Messages were read back from disk (on a paging I/O thread): they
+    /// take their place, and what waited for them goes on.
+    fn page_in_done(self: &Arc<Self>, done: ReadDone) {
+        let mut st = self.state.lock();
+        st.ready.install(done);
+        self.enforce_limits(&mut st, 0);
+        self.dispatch_locked(&mut st);
+        self.finish(st);
+        self.loaded.notify_waiters();
+    }
+
+    /// Completes when messages were read back from disk (register with
+    /// `Notified::enable` before checking `is_loading`).
+    pub fn loaded(&self) -> tokio::sync::futures::Notified<'_> {
+        self.loaded.notified()
+    }
+
+    /// Whether the next message is being read back from disk.
+    pub fn is_loading(&self) -> bool {
+        self.state.lock().ready.is_loading()
     }
 
     /// Drops (or dead-letters) head messages beyond x-max-length and
@@ -321,14 +382,16 @@ impl Queue {
     fn enforce_limits(&self, st: &mut QueueState, now: u64) {
         if let Some(max) = st.args.max_length {
             while st.ready.len() as u64 > max {
-                let Some(r) = st.ready.pop_front() else { break };
-                st.dead.push((r, Reason::Maxlen));
+                if !Self::take_head(st, Reason::Maxlen) {
+                    break;
+                }
             }
         }
         if let Some(max) = st.args.max_length_bytes {
             while st.ready.body_bytes() as u64 > max {
-                let Some(r) = st.ready.pop_front() else { break };
-                st.dead.push((r, Reason::Maxlen));
+                if !Self::take_head(st, Reason::Maxlen) {
+                    break;
+                }
             }
         }
         if st.ready.front_deadline() != 0 {
@@ -346,18 +409,28 @@ impl Queue {
             st.timer_at = d;
             timers::schedule(d, Kind::MessageTtl, Arc::downgrade(self));
         }
-        if st.dead.is_empty() {
+        if st.dead.is_empty() && st.dropped.is_empty() {
             return;
         }
         let dead = std::mem::take(&mut st.dead);
+        let dropped = std::mem::take(&mut st.dropped);
         if st.flow_waiting && st.ready.len() < FLOW_LOW {
             st.flow_waiting = false;
             self.drained.notify_waiters();
         }
         drop(st);
-        let ids: Vec<u64> = dead.iter().filter_map(|(r, _)| r.stored).collect();
+        let ids: Vec<u64> = dead
+            .iter()
+            .filter_map(|(r, _)| r.stored)
+            .chain(dropped.iter().filter_map(|(id, _)| *id))
+            .collect();
         self.store_ack(&ids);
-        let expired = dead.iter().filter(|(_, w)| *w == Reason::Expired).count();
+        let expired = dead
+            .iter()
+            .map(|(_, w)| w)
+            .chain(dropped.iter().map(|(_, w)| w))
+            .filter(|w| **w == Reason::Expired)
+            .count();
         self.stats
             .expired
             .fetch_add(expired as u64, Ordering::Relaxed);
@@ -495,7 +568,8 @@ impl Queue {
         }
     }
 
-    /// Drops expired messages at the head; false when nothing is ready.
+    /// Drops expired messages at the head; false when nothing is ready
+    /// (or the head is being read back from disk: its arrival dispatches).
     fn ready_head(&self, st: &mut QueueState, now: &mut u64) -> bool {
         if st.ready.front_deadline() != 0 {
             if *now == 0 {
@@ -503,7 +577,7 @@ impl Queue {
             }
             self.expire_head(st, *now, false);
         }
-        !st.ready.is_empty()
+        st.ready.head_ready()
     }
 
     /// Consumers of mixed priorities: each message goes to the highest
@@ -564,9 +638,10 @@ impl Queue {
         }
     }
 
-    /// basic.get: hands the next message to `channel`. Returns false if the
-    /// queue is empty.
-    pub fn get(self: &Arc<Self>, channel: &dyn ConsumerChannel, no_ack: bool) -> bool {
+    /// basic.get: hands the next message to `channel` (`Got`), or finds
+    /// the queue empty, or finds its next message being read back from
+    /// disk (`Loading`: try again when `loaded` fires).
+    pub fn get(self: &Arc<Self>, channel: &dyn ConsumerChannel, no_ack: bool) -> Got {
         let mut st = self.state.lock();
         if st.args.expires.is_some() {
             self.touch();
@@ -574,19 +649,26 @@ impl Queue {
         if st.ready.front_deadline() != 0 {
             self.expire_head(&mut st, now_ms(), true);
         }
-        let Some(r) = st.ready.pop_front() else {
-            self.stats.get_empty.fetch_add(1, Ordering::Relaxed);
-            self.finish(st);
-            return false;
+        let r = match st.ready.take_front(true) {
+            Front::Msg(r) => r,
+            Front::Loading => {
+                self.finish(st);
+                return Got::Loading;
+            }
+            Front::Dropped(_) | Front::Empty => {
+                self.stats.get_empty.fetch_add(1, Ordering::Relaxed);
+                self.finish(st);
+                return Got::Empty;
+            }
         };
         let remaining = st.ready.len() as u32;
         if !channel.deliver_get(self, &r, no_ack, remaining) {
             st.ready.push_front(r);
             self.finish(st);
-            return false;
+            return Got::Empty;
         }
         self.finish(st);
-        true
+        Got::Message
     }
 
     /// Puts messages back at their original positions, flagged redelivered,
@@ -707,12 +789,31 @@ impl Queue {
     pub fn take(&self, n: usize) -> Vec<QueuedMessage> {
         let mut st = self.state.lock();
         let n = n.min(st.ready.len());
-        let out: Vec<_> = (0..n).filter_map(|_| st.ready.pop_front()).collect();
+        let out: Vec<_> = (0..n).map_while(|_| st.ready.pop_front()).collect();
         if st.flow_waiting && st.ready.len() < FLOW_LOW {
             st.flow_waiting = false;
             self.drained.notify_waiters();
         }
         out
+    }
+
+    /// `take`, waiting (up to `wait` in all) for messages being read back
+    /// from disk rather than returning fewer.
+    pub async fn take_loaded(&self, n: usize, wait: std::time::Duration) -> Vec<QueuedMessage> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            let loaded = self.loaded();
+            tokio::pin!(loaded);
+            loaded.as_mut().enable();
+            out.extend(self.take(n - out.len()));
+            if out.len() >= n || !self.is_loading() {
+                return out;
+            }
+            if tokio::time::timeout_at(deadline, loaded).await.is_err() {
+                return out;
+            }
+        }
     }
 
     /// Marks the queue deleted and empties it.

@@ -10,6 +10,15 @@
 //! until the head reaches them, and are read back the same way
 //! (`read_back`: one algorithm for page files and store segments).
 //!
+//! No disk I/O happens here: writes, reads and deletions are handed to the
+//! paging I/O threads (`io`), so a queue's lock is never held across a
+//! disk access. A write is handed over with its buffer, which serves the
+//! records until it is written. A read completes later: meanwhile the head
+//! is *loading* (`Front::Loading`), and the queue delivers again when the
+//! read's callback installs the messages (`install`). The next batch is
+//! asked for when half of the last one has been taken, so a consumer
+//! draining a paged queue rarely waits.
+//!
 //! Page files are chunks of at most `chunk_bytes` (the memory limit,
 //! between 64 KiB and 4 MiB), numbered in write order. Each counts the
 //! messages in it not yet read back, and is deleted when that reaches
@@ -28,12 +37,15 @@ use bytes::BytesMut;
 
 use crate::message::Message;
 use crate::queue::consumer::QueuedMessage;
+use crate::store::disk::Disk;
 use crate::store::record;
 use crate::store::{Loc, MessageStore};
 
+pub mod io;
 mod pager;
 mod read_back;
-use pager::{CHUNK_MAX, CHUNK_MIN, Pager};
+pub use io::{OnRead, ReadDone};
+use pager::Pager;
 
 #[derive(Debug)]
 enum Slot {
@@ -83,11 +95,38 @@ pub struct PagingConfig {
     pub dir: PathBuf,
     /// Bytes of message data a queue keeps in memory before paging.
     pub limit: usize,
+    /// The file system page files are on (a test may slow it or fail it).
+    pub disk: Arc<dyn Disk>,
+}
+
+/// What `ReadyList::take_front` found at the head.
+#[derive(Debug)]
+pub enum Front {
+    /// The head message, taken.
+    Msg(QueuedMessage),
+    /// The head was on disk and was dropped unread (no body was wanted):
+    /// its store id, if persistent.
+    Dropped(Option<u64>),
+    /// The head is on disk and being read back: try again when the read
+    /// completes (the list's `OnRead` is called).
+    Loading,
+    /// No messages.
+    Empty,
+}
+
+/// A read back in progress: its number, the file, and the records asked
+/// for (offset, length).
+#[derive(Debug)]
+struct Reading {
+    ticket: u64,
+    file: read_back::DiskFile,
+    records: Vec<(u32, u32)>,
 }
 
 /// A queue's ready messages in order, some of them possibly on disk.
-#[derive(Debug, Default)]
 pub struct ReadyList {
+    /// Identifies the list to its read callbacks (and names its page files).
+    id: u64,
     entries: VecDeque<Entry>,
     mem_bytes: usize,
     /// Body bytes of all ready messages (x-max-length-bytes; recovered
@@ -100,6 +139,25 @@ pub struct ReadyList {
     /// `oldest_stored` at once).
     persistent: usize,
     store: Option<Arc<MessageStore>>,
+    /// Where completed reads go.
+    on_read: OnRead,
+    /// The read in progress, if any.
+    reading: Option<Reading>,
+    next_ticket: u64,
+    /// Messages of the last read batch not yet taken, and how many of them
+    /// may remain when the next batch is asked for.
+    runway: usize,
+    ahead_at: usize,
+}
+
+impl std::fmt::Debug for ReadyList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyList")
+            .field("id", &self.id)
+            .field("len", &self.entries.len())
+            .field("paged", &self.paged())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Memory a message accounts for (data plus bookkeeping).
@@ -116,28 +174,33 @@ fn to_entry(m: QueuedMessage) -> Entry {
     }
 }
 
-static PAGE_FILE_IDS: AtomicU64 = AtomicU64::new(1);
+static LIST_IDS: AtomicU64 = AtomicU64::new(1);
 
 impl ReadyList {
-    /// A list that pages beyond `paging`'s limit (never, if None).
-    pub fn new(paging: Option<PagingConfig>) -> ReadyList {
+    /// A list that pages beyond `paging`'s limit (never, if None); reads
+    /// back from disk complete through `on_read`.
+    pub fn new(paging: Option<PagingConfig>, on_read: OnRead) -> ReadyList {
+        let id = LIST_IDS.fetch_add(1, Ordering::Relaxed);
         ReadyList {
+            id,
             entries: VecDeque::new(),
             mem_bytes: 0,
             body_bytes: 0,
             in_store: 0,
             persistent: 0,
             store: None,
-            pager: paging.map(|cfg| Pager {
-                chunk_bytes: cfg.limit.clamp(CHUNK_MIN, CHUNK_MAX),
-                cfg,
-                id: PAGE_FILE_IDS.fetch_add(1, Ordering::Relaxed),
-                chunks: VecDeque::new(),
-                next_chunk: 0,
-                paged: 0,
-                failed: false,
-            }),
+            pager: paging.map(|cfg| Pager::new(cfg, id)),
+            on_read,
+            reading: None,
+            next_ticket: 1,
+            runway: 0,
+            ahead_at: 0,
         }
+    }
+
+    /// The id its read callbacks carry.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Number of ready messages.
@@ -229,25 +292,39 @@ impl ReadyList {
         self.entries.insert(pos, to_entry(m));
     }
 
-    /// Takes the head message, reading it (and the paged ones after it) back
-    /// from disk if needed.
+    /// Takes the head message if it is in memory (`Front::Msg`). A head on
+    /// disk is read back in the background (`Front::Loading`) unless
+    /// `need_body` is false: then it is dropped unread (`Front::Dropped`),
+    /// as expiry and length limits do when nothing is dead-lettered.
     ///
     /// A message that cannot be read back (an I/O error or a damaged record)
     /// is logged and dropped with its counts; the next one is tried, so an
-    /// error costs the messages it hit and nothing else. `None` only when
-    /// the list is empty.
-    pub fn pop_front(&mut self) -> Option<QueuedMessage> {
-        let (msg, seq, stored, deadline) = loop {
-            let e = self.entries.pop_front()?;
-            match e.slot {
-                Slot::Mem(msg) => break (msg, e.seq, e.stored, e.deadline),
-                slot => self.entries.push_front(Entry { slot, ..e }),
+    /// error costs the messages it hit and nothing else.
+    pub fn take_front(&mut self, need_body: bool) -> Front {
+        let Some(head) = self.entries.front() else {
+            return Front::Empty;
+        };
+        if !matches!(head.slot, Slot::Mem(_)) {
+            if !need_body {
+                let stored = self.drop_head();
+                return Front::Dropped(stored);
             }
-            if !self.read_back_head() {
-                self.drop_unreadable_head();
+            if !self.head_ready() {
+                return if self.entries.is_empty() {
+                    Front::Empty
+                } else {
+                    Front::Loading
+                };
             }
-            // Entries that failed were dropped; the head is now in memory,
-            // or the start of the next run on disk.
+        }
+        let Some(Entry {
+            slot: Slot::Mem(msg),
+            seq,
+            stored,
+            deadline,
+        }) = self.entries.pop_front()
+        else {
+            unreachable!("head_ready leaves the head in memory");
         };
         self.persistent -= usize::from(stored != 0);
         let (seq, redelivered) = (seq & !REDELIVERED, seq & REDELIVERED != 0);
@@ -258,7 +335,8 @@ impl ReadyList {
             // A drained queue gives back the memory its backlog needed.
             self.entries.shrink_to(self.entries.len() * 2);
         }
-        Some(QueuedMessage {
+        self.taken_from_runway();
+        Front::Msg(QueuedMessage {
             msg,
             seq,
             redelivered,
@@ -267,23 +345,45 @@ impl ReadyList {
         })
     }
 
-    /// Drops the head entry, on disk and unreadable (no page files or no
-    /// store to read it from), keeping the counts right.
-    fn drop_unreadable_head(&mut self) {
-        let Some(e) = self.entries.pop_front() else {
-            return;
-        };
-        self.persistent -= usize::from(e.stored != 0);
-        if let Slot::Paged { body, chunk, .. } = e.slot {
-            if let Some(p) = &mut self.pager {
-                p.paged = p.paged.saturating_sub(1);
-                p.release(chunk, 1);
-            }
-            self.body_bytes = self.body_bytes.saturating_sub(body as usize);
-        } else if let Slot::Stored { .. } = e.slot {
-            self.in_store = self.in_store.saturating_sub(1);
+    /// The head message if it is in memory (see `take_front`); `None`
+    /// when the list is empty or its head is loading.
+    pub fn pop_front(&mut self) -> Option<QueuedMessage> {
+        match self.take_front(true) {
+            Front::Msg(m) => Some(m),
+            _ => None,
         }
-        tracing::error!("a queued message cannot be read back from disk and is lost");
+    }
+
+    /// Whether a read back is in progress.
+    pub fn is_loading(&self) -> bool {
+        self.reading.is_some()
+    }
+
+    /// Drops the head entry, on disk, keeping the counts right; returns
+    /// its store id.
+    fn drop_head(&mut self) -> Option<u64> {
+        let e = self.entries.pop_front()?;
+        self.forget_on_disk(&e);
+        (e.stored != 0).then_some(e.stored)
+    }
+
+    /// Counts an on-disk entry as gone (dropped or lost).
+    fn forget_on_disk(&mut self, e: &Entry) {
+        self.persistent -= usize::from(e.stored != 0);
+        match e.slot {
+            Slot::Paged { body, chunk, .. } => {
+                if let Some(p) = &mut self.pager {
+                    p.paged = p.paged.saturating_sub(1);
+                    p.release(chunk, 1);
+                    if p.paged == 0 {
+                        p.reset();
+                    }
+                }
+                self.body_bytes = self.body_bytes.saturating_sub(body as usize);
+            }
+            Slot::Stored { .. } => self.in_store = self.in_store.saturating_sub(1),
+            Slot::Mem(_) => {}
+        }
     }
 
     /// Store ids of all ready messages.
@@ -311,20 +411,6 @@ impl ReadyList {
             .min()
     }
 
-    /// Drops the entries among the first `n` that could not be loaded
-    /// into memory (rather than loop on them).
-    fn drop_unloaded(&mut self, n: usize) {
-        let mut i = 0;
-        let mut gone = 0;
-        self.entries.retain(|e| {
-            i += 1;
-            let keep = i > n || matches!(e.slot, Slot::Mem(_));
-            gone += usize::from(!keep && e.stored != 0);
-            keep
-        });
-        self.persistent -= gone;
-    }
-
     /// Drops everything.
     pub fn clear(&mut self) {
         self.entries.clear();
@@ -332,6 +418,8 @@ impl ReadyList {
         self.persistent = 0;
         self.mem_bytes = 0;
         self.body_bytes = 0;
+        self.reading = None;
+        self.runway = 0;
         if let Some(p) = &mut self.pager {
             p.paged = 0;
             p.reset();
@@ -342,6 +430,10 @@ impl ReadyList {
     /// memory they hold is back to half the limit.
     fn page_out(&mut self) {
         let Some(p) = &mut self.pager else { return };
+        p.sweep();
+        if p.failed {
+            return;
+        }
         let target = p.cfg.limit / 2;
         // The newest in-memory messages, back to front, until enough is freed.
         let mut start = self.entries.len();
@@ -357,14 +449,7 @@ impl ReadyList {
             return;
         }
         let (writes, spans) = encode_pages(p, self.entries.range(start..));
-        if let Err(e) = p.write(writes) {
-            tracing::error!(
-                "cannot page queue messages to {}: {e}; keeping them in memory",
-                p.cfg.dir.display()
-            );
-            p.failed = true;
-            return;
-        }
+        p.write(writes);
         for (e, (chunk, offset, len, body)) in self.entries.range_mut(start..).zip(spans) {
             e.slot = Slot::Paged {
                 chunk,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::message::Message;
 use crate::queue::consumer::QueuedMessage;
-use crate::queue::paging::{PagingConfig, ReadyList};
+use crate::queue::paging::{Front, OnRead, PagingConfig, ReadDone, ReadyList};
 use crate::store::{Loc, MessageStore};
 
 /// Ready messages, per priority level.
@@ -16,7 +16,6 @@ use crate::store::{Loc, MessageStore};
 /// arrives: its list (and with it its pager and page file) is made then and
 /// dropped again when the level drains. So `x-max-priority = 255` costs no
 /// more than a plain queue until 256 priorities are actually in use.
-#[derive(Debug)]
 pub struct ReadyQueue {
     /// The levels holding messages, lowest first: (level, its list). Level
     /// `p` holds messages of priority `p` (the top level also those above
@@ -26,31 +25,49 @@ pub struct ReadyQueue {
     max: Option<u8>,
     /// Paging for a new level's list (its share of the queue's budget).
     paging: Option<PagingConfig>,
+    /// Where its lists' reads back complete.
+    on_read: OnRead,
+}
+
+impl std::fmt::Debug for ReadyQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyQueue")
+            .field("levels", &self.levels)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ReadyQueue {
     fn default() -> Self {
-        ReadyQueue::new(None, None)
+        ReadyQueue::new(None, None, std::sync::Arc::new(|_| {}))
     }
 }
 
 impl ReadyQueue {
     /// Ready lists for priorities 0..=`max_priority` (one when None); the
     /// paging budget is shared between the levels.
-    pub fn new(paging: Option<PagingConfig>, max_priority: Option<u8>) -> ReadyQueue {
+    /// Reads back from disk complete through `on_read` (which hands them
+    /// to `install`).
+    pub fn new(
+        paging: Option<PagingConfig>,
+        max_priority: Option<u8>,
+        on_read: OnRead,
+    ) -> ReadyQueue {
         let n = max_priority.map_or(1, |m| m as usize + 1);
         let paging = paging.map(|mut p| {
             p.limit /= n;
             p
         });
         let levels = match max_priority {
-            None => vec![(0, ReadyList::new(paging.clone()))],
+            None => vec![(0, ReadyList::new(paging.clone(), on_read.clone()))],
             Some(_) => Vec::new(),
         };
         ReadyQueue {
             levels,
             max: max_priority,
             paging,
+            on_read,
         }
     }
 
@@ -70,8 +87,8 @@ impl ReadyQueue {
         let i = match self.levels.binary_search_by_key(&level, |(l, _)| *l) {
             Ok(i) => i,
             Err(i) => {
-                self.levels
-                    .insert(i, (level, ReadyList::new(self.paging.clone())));
+                let list = ReadyList::new(self.paging.clone(), self.on_read.clone());
+                self.levels.insert(i, (level, list));
                 i
             }
         };
@@ -137,23 +154,70 @@ impl ReadyQueue {
         self.top().map_or(0, ReadyList::front_deadline)
     }
 
-    /// Takes the message to deliver next: the oldest of the highest priority.
-    /// A level whose messages all turn out unreadable yields to the next;
-    /// a level that drains is dropped (a plain queue keeps its one list).
-    pub fn pop_front(&mut self) -> Option<QueuedMessage> {
+    /// Takes the message to deliver next: the oldest of the highest
+    /// priority (see `ReadyList::take_front`). A level whose messages all
+    /// turn out unreadable yields to the next; a level that drains is
+    /// dropped (a plain queue keeps its one list).
+    pub fn take_front(&mut self, need_body: bool) -> Front {
         if self.max.is_none() {
-            return self.levels.first_mut()?.1.pop_front();
+            return match self.levels.first_mut() {
+                Some((_, l)) => l.take_front(need_body),
+                None => Front::Empty,
+            };
         }
         while let Some((_, top)) = self.levels.last_mut() {
-            let m = top.pop_front();
+            let m = top.take_front(need_body);
             if top.is_empty() {
                 self.levels.pop();
             }
-            if m.is_some() {
+            if !matches!(m, Front::Empty) {
                 return m;
             }
         }
-        None
+        Front::Empty
+    }
+
+    /// The message to deliver next, if it is in memory (`None`: empty, or
+    /// its head is loading).
+    pub fn pop_front(&mut self) -> Option<QueuedMessage> {
+        match self.take_front(true) {
+            Front::Msg(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Whether the message to deliver next is in memory; if it is on disk
+    /// it is asked for, and the queue delivers again when it is installed.
+    pub fn head_ready(&mut self) -> bool {
+        if self.max.is_none() {
+            return self.levels.first_mut().is_some_and(|(_, l)| l.head_ready());
+        }
+        while let Some((_, top)) = self.levels.last_mut() {
+            if top.head_ready() {
+                return true;
+            }
+            if !top.is_empty() {
+                return false;
+            }
+            self.levels.pop();
+        }
+        false
+    }
+
+    /// Whether the message to deliver next is being read back.
+    pub fn is_loading(&self) -> bool {
+        self.top().is_some_and(ReadyList::is_loading)
+    }
+
+    /// A read back completed: its list takes the messages.
+    pub fn install(&mut self, done: ReadDone) {
+        let Some(i) = self.levels.iter().position(|(_, l)| l.id() == done.list) else {
+            return; // the level drained and was dropped meanwhile
+        };
+        self.levels[i].1.install(done);
+        if self.max.is_some() && self.levels[i].1.is_empty() {
+            self.levels.remove(i);
+        }
     }
 
     /// The oldest store id among the ready messages (see
@@ -208,6 +272,10 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    fn noop() -> OnRead {
+        Arc::new(|_| {})
+    }
+
     fn msg(seq: u64, priority: Option<u8>) -> QueuedMessage {
         let mut h = vec![0, 60, 0, 0];
         h.extend_from_slice(&1u64.to_be_bytes());
@@ -229,7 +297,7 @@ mod tests {
 
     #[test]
     fn higher_priorities_come_first_and_order_holds_within_one() {
-        let mut r = ReadyQueue::new(None, Some(5));
+        let mut r = ReadyQueue::new(None, Some(5), noop());
         for (seq, p) in [
             (0, None),
             (1, Some(3)),
@@ -249,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_requeued_message_returns_to_its_place_in_its_level() {
-        let mut r = ReadyQueue::new(None, Some(2));
+        let mut r = ReadyQueue::new(None, Some(2), noop());
         for seq in 0..3 {
             r.push_back(msg(seq, Some(1)));
         }
@@ -265,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_plain_queue_ignores_priorities() {
-        let mut r = ReadyQueue::new(None, None);
+        let mut r = ReadyQueue::new(None, None, noop());
         r.push_back(msg(0, Some(0)));
         r.push_back(msg(1, Some(9)));
         assert_eq!(r.pop_front().unwrap().seq, 0);
@@ -277,8 +345,9 @@ mod tests {
         let paging = PagingConfig {
             dir: dir.path().to_owned(),
             limit: 64 << 20,
+            disk: Arc::new(crate::store::disk::RealDisk),
         };
-        let mut r = ReadyQueue::new(Some(paging), Some(255));
+        let mut r = ReadyQueue::new(Some(paging), Some(255), noop());
         assert_eq!(
             r.levels_in_use(),
             0,

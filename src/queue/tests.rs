@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 
 use super::args::QueueArgs;
 use super::consumer::{Consumer, ConsumerChannel, QueuedMessage};
-use super::{Queue, QueueConfig, QueueOwner, Reason};
+use super::{Got, Queue, QueueConfig, QueueOwner, Reason};
 use crate::message::Message;
 
 /// A channel that takes every delivery it is offered, up to `room`, and
@@ -157,7 +157,7 @@ fn a_channel_without_room_leaves_messages_ready_until_asked_again() {
     assert_eq!(ch.delivered.lock().len(), 1);
     assert_eq!(q.message_count(), 2);
     // basic.get takes the head regardless of the consumer.
-    assert!(q.get(&*ch, true));
+    assert_eq!(q.get(&*ch, true), Got::Message);
     assert_eq!(*ch.got.lock(), ["2"]);
     assert_eq!(q.message_count(), 1);
 }
@@ -169,7 +169,7 @@ fn requeued_messages_come_back_first_and_flagged_redelivered() {
     q.publish(message("1"), None, None);
     q.publish(message("2"), None, None);
     let first = Arc::new(Recorder::default());
-    assert!(q.get(&*first, false));
+    assert_eq!(q.get(&*first, false), Got::Message);
     assert_eq!(q.message_count(), 1);
     // Put "1" back where it was (seq 0 is older than "2").
     q.requeue(vec![QueuedMessage {

@@ -23,6 +23,7 @@ use crate::ops::alarms::Alarms;
 use crate::protocol::codec::{FRAME_MIN_SIZE, Frame, HEARTBEAT, PROTOCOL_HEADER};
 use crate::protocol::error::{AmqpError, AmqpResult, Scope, code};
 use crate::protocol::methods::{Method, decode, ids, write_method};
+use crate::queue::Got;
 use crate::session::channel::Channel;
 use crate::session::context::ConnCtx;
 use crate::session::flow::wait_unless_released;
@@ -354,7 +355,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             Some(h) if !h.is_drained() => Some(h),
             _ => self.hold(),
         };
-        while hold.is_none() {
+        self.retry_get();
+        while hold.is_none() && self.ctx.get_wait.is_none() {
             match self.reader.next_buffered() {
                 Ok(Some(frame)) => match self.handle_frame_gated(frame) {
                     Ok(true) => {}
@@ -367,6 +369,27 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             *hold = self.hold();
         }
         Ok(())
+    }
+
+    /// A basic.get that found its queue's next message being read back
+    /// from disk is tried again; until it is answered (get-ok or
+    /// get-empty), nothing more from the client is handled, so replies keep
+    /// their order.
+    fn retry_get(&mut self) {
+        let Some(pg) = self.ctx.get_wait.take() else {
+            return;
+        };
+        let Some(ch) = self.channels.get(&pg.channel).filter(|ch| !ch.closing) else {
+            return;
+        };
+        let shared = ch.shared.clone();
+        let id = self.ctx.handle.id;
+        let got = crate::session::outbound::replying_for(id, || pg.queue.get(&*shared, pg.no_ack));
+        match got {
+            Got::Message => {}
+            Got::Empty => crate::session::handlers::basic::send_get_empty(&self.ctx, pg.channel),
+            Got::Loading => self.ctx.get_wait = Some(pg),
+        }
     }
 
     /// Flow control: don't read more publishes until the queue's consumers
@@ -383,12 +406,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     /// has caught up, so the writer's buffer is bounded.
     fn store_held(&self) -> bool {
         self.ctx.published
-            && self
-                .ctx
-                .broker
-                .durability
-                .store()
-                .is_some_and(|s| s.is_backlogged())
+            && (crate::queue::paging::io::is_backlogged()
+                || self
+                    .ctx
+                    .broker
+                    .durability
+                    .store()
+                    .is_some_and(|s| s.is_backlogged()))
     }
 
     /// Alarms: a connection that publishes is not read from while an alarm
@@ -429,7 +453,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 st.written_while_held = written;
                 st.last_recv = Instant::now();
             }
-        } else if !st.reads(store_held) {
+        } else if !st.reads(store_held) || self.ctx.get_wait.is_some() {
             st.last_recv = Instant::now();
         }
     }
@@ -445,7 +469,8 @@ impl<R: AsyncRead + Unpin> Connection<R> {
         store_held: bool,
     ) -> Option<End> {
         let waiting_for_store = !self.ctx.confirms_due.is_empty() && st.durable_rx.is_some();
-        let reads = st.reads(store_held);
+        let loading = self.ctx.get_wait.as_ref().map(|g| g.queue.clone());
+        let reads = st.reads(store_held) && loading.is_none();
         tokio::select! {
             biased;
             synced = async {
@@ -478,6 +503,16 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     None => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }, if store_held => {}
+            _ = async {
+                if let Some(q) = &loading {
+                    let loaded = q.loaded();
+                    tokio::pin!(loaded);
+                    loaded.as_mut().enable();
+                    if q.is_loading() {
+                        let _ = tokio::time::timeout(Duration::from_millis(200), loaded).await;
+                    }
+                }
+            }, if loading.is_some() => {}
             ok = self.reader.fill(), if reads => {
                 if !ok {
                     return Some(End::Gone);

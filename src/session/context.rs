@@ -18,6 +18,16 @@ use crate::queue::Queue;
 use crate::session::outbound::ConnectionHandle;
 use crate::vhost::VHost;
 
+/// A basic.get waiting for its queue's head to be read back from disk.
+pub struct PendingGet {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// The channel it came on.
+    pub channel: u16,
+    /// Its no-ack flag.
+    pub no_ack: bool,
+}
+
 /// Per-connection state the method handlers need.
 pub struct ConnCtx {
     /// The broker.
@@ -37,6 +47,9 @@ pub struct ConnCtx {
     /// A connection this one's direct replies filled beyond its outbound
     /// cap: nothing more is read until it drains.
     pub reply_wait: Option<Arc<ConnectionHandle>>,
+    /// A basic.get whose message is being read back from disk: nothing
+    /// more is handled until it is answered.
+    pub get_wait: Option<PendingGet>,
     /// The connection has published (alarms block only publishers).
     pub published: bool,
     perms: Option<Arc<crate::auth::Permissions>>,
@@ -60,6 +73,7 @@ impl ConnCtx {
             confirms_due: Vec::new(),
             flow_wait: None,
             reply_wait: None,
+            get_wait: None,
             published: false,
             perms: None,
             perms_generation: 0,

@@ -115,6 +115,118 @@ impl Disk for RealDisk {
     }
 }
 
+/// A disk that stalls on command: the real file system, except that
+/// reads and writes of the files it applies to wait while its gate is
+/// shut. For fault tests of code that must not wait for the disk (a
+/// stalled disk must stall only what is on it).
+pub mod gated {
+    use super::*;
+    use parking_lot::{Condvar, Mutex};
+    use std::sync::Arc;
+
+    /// Shut: reads and writes wait until it opens.
+    #[derive(Debug, Default)]
+    pub struct Gate {
+        shut: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl Gate {
+        /// Shuts (true) or opens the gate.
+        pub fn set_shut(&self, shut: bool) {
+            *self.shut.lock() = shut;
+            self.opened.notify_all();
+        }
+
+        fn pass(&self) {
+            let mut shut = self.shut.lock();
+            while *shut {
+                self.opened.wait(&mut shut);
+            }
+        }
+    }
+
+    /// The real file system, gated for the files whose path has a
+    /// component named `only` (every file if None).
+    #[derive(Debug)]
+    pub struct GatedDisk {
+        /// The gate.
+        pub gate: Arc<Gate>,
+        /// The path component that selects gated files.
+        pub only: Option<&'static str>,
+    }
+
+    #[derive(Debug)]
+    struct Gated<T>(Arc<Gate>, T);
+
+    impl AppendFile for Gated<Box<dyn AppendFile>> {
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.0.pass();
+            self.1.write_all(buf)
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            self.1.sync_data()
+        }
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            self.1.set_len(len)
+        }
+    }
+
+    impl ReadFile for Gated<Box<dyn ReadFile>> {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.0.pass();
+            self.1.read_exact_at(buf, offset)
+        }
+    }
+
+    impl GatedDisk {
+        fn applies(&self, path: &Path) -> bool {
+            self.only
+                .is_none_or(|c| path.components().any(|p| p.as_os_str() == c))
+        }
+    }
+
+    impl Disk for GatedDisk {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            RealDisk.create_dir_all(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            RealDisk.list(dir)
+        }
+        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+            RealDisk.read(path)
+        }
+        fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+            let f = RealDisk.open_append(path)?;
+            Ok(if self.applies(path) {
+                Box::new(Gated(self.gate.clone(), f))
+            } else {
+                f
+            })
+        }
+        fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
+            let f = RealDisk.open_read(path)?;
+            Ok(if self.applies(path) {
+                Box::new(Gated(self.gate.clone(), f))
+            } else {
+                f
+            })
+        }
+        fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+            RealDisk.truncate(path, len)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            RealDisk.remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            RealDisk.sync_dir(dir)
+        }
+        fn modified(&self, path: &Path) -> io::Result<std::time::SystemTime> {
+            RealDisk.modified(path)
+        }
+    }
+}
+
 #[cfg(test)]
 pub mod sim {
     //! A simulated disk: files live in memory, split into what was synced

@@ -22,6 +22,17 @@ pub struct Warren {
     config_path: std::path::PathBuf,
 }
 
+/// A lapin connection as guest to a warren run in the test's own process
+/// (`Broker::open_on`) on `port`.
+pub async fn connect_in_process(port: u16) -> Connection {
+    Connection::connect(
+        &format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect to the in-process warren")
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

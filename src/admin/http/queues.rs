@@ -217,7 +217,9 @@ async fn get_messages(
     // RabbitMQ's answer here keeps the AMQP code in the reason.
     check_not_exclusive(&q).map_err(ApiError::with_reply_code)?;
     let req = GetRequest::parse(&body.object().await?)?;
-    let taken = q.take(req.count);
+    let taken = q
+        .take_loaded(req.count, std::time::Duration::from_secs(5))
+        .await;
     let mut remaining = q.message_count() as usize + taken.len();
     let mut out = Vec::with_capacity(taken.len());
     for r in &taken {

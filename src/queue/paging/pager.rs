@@ -1,15 +1,16 @@
 //! A queue's page files: chunks of at most `chunk_bytes`, numbered in
 //! write order, each deleted once every message in it was read back or
-//! dropped (see the module above).
+//! dropped (see the module above). The pager only keeps the books: the
+//! writes, reads and deletions run on the paging I/O threads (`io`).
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::PagingConfig;
+use super::io::{self, PageWrite};
 
 /// Smallest and largest page file.
 pub(super) const CHUNK_MIN: usize = 64 << 10;
@@ -18,7 +19,8 @@ pub(super) const CHUNK_MAX: usize = 4 << 20;
 #[derive(Debug)]
 pub(super) struct Pager {
     pub(super) cfg: PagingConfig,
-    /// This list's page files are `<id>.<chunk>.page`.
+    /// This list's page files are `<id>.<chunk>.page`; its I/O goes to
+    /// the paging thread this id picks.
     pub(super) id: u64,
     /// Page files, oldest first (chunk numbers increasing).
     pub(super) chunks: VecDeque<Chunk>,
@@ -27,70 +29,88 @@ pub(super) struct Pager {
     /// A page file is full beyond this.
     pub(super) chunk_bytes: usize,
     pub(super) paged: usize,
+    /// A write failed: nothing more is paged out.
     pub(super) failed: bool,
+    /// Buffers handed to the paging thread that it has not written yet,
+    /// or failed to write (their records are read from here).
+    pub(super) in_flight: VecDeque<Arc<PageWrite>>,
 }
 
 /// One page file.
 #[derive(Debug)]
 pub(super) struct Chunk {
     pub(super) no: u32,
-    pub(super) file: Option<File>,
-    /// Bytes written to it.
+    /// Bytes handed over for it.
     pub(super) len: u64,
     /// Messages in it not yet read back or dropped; at zero it is deleted.
     pub(super) unread: usize,
 }
 
 impl Pager {
+    pub(super) fn new(cfg: PagingConfig, id: u64) -> Pager {
+        Pager {
+            chunk_bytes: cfg.limit.clamp(CHUNK_MIN, CHUNK_MAX),
+            cfg,
+            id,
+            chunks: VecDeque::new(),
+            next_chunk: 0,
+            paged: 0,
+            failed: false,
+            in_flight: VecDeque::new(),
+        }
+    }
+
     pub(super) fn path(&self, chunk: u32) -> PathBuf {
         self.cfg.dir.join(format!("{}.{chunk}.page", self.id))
     }
 
-    /// Writes each buffer at the end of its page file (the current one or
-    /// new ones, numbered in order), and counts its messages as unread.
-    /// On an error nothing is counted: the messages stay in memory.
-    pub(super) fn write(&mut self, writes: Vec<(u32, BytesMut, usize)>) -> std::io::Result<()> {
-        let mut done = Vec::with_capacity(writes.len());
+    /// Hands each buffer to the paging thread, to be appended to its page
+    /// file (the current one or new ones, numbered in order), and counts
+    /// its messages as unread.
+    pub(super) fn write(&mut self, writes: Vec<(u32, BytesMut, usize)>) {
         for (no, buf, count) in writes {
             if self.chunks.back().is_none_or(|c| c.no != no) {
-                std::fs::create_dir_all(&self.cfg.dir)?;
-                let file = OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .write(true)
-                    .truncate(true)
-                    .open(self.path(no))?;
                 self.chunks.push_back(Chunk {
                     no,
-                    file: Some(file),
                     len: 0,
                     unread: 0,
                 });
                 self.next_chunk = no.wrapping_add(1);
             }
+            let path = self.path(no);
             let last = self.chunks.len() - 1; // not empty: pushed above
             let c = &mut self.chunks[last];
-            let Some(f) = &c.file else {
-                return Err(std::io::Error::other("page file lost"));
-            };
-            f.write_all_at(&buf, c.len)?;
-            c.len += buf.len() as u64;
-            done.push((no, count));
+            let len = buf.len() as u64;
+            let w = io::write(
+                self.id,
+                self.cfg.disk.clone(),
+                path,
+                no,
+                c.len,
+                buf.freeze(),
+            );
+            c.len += len;
+            c.unread += count;
+            self.in_flight.push_back(w);
         }
-        for (no, count) in done {
-            if let Some(c) = self.chunks.iter_mut().find(|c| c.no == no) {
-                c.unread += count;
-            }
-        }
-        Ok(())
     }
 
-    /// The open page file `chunk`, if it still exists.
-    pub(super) fn file(&self, chunk: u32) -> Option<&File> {
-        self.chunks
+    /// Forgets buffers the paging thread has written; notes a failed one
+    /// (paging stops: what is in memory stays there).
+    pub(super) fn sweep(&mut self) {
+        self.in_flight.retain(|w| !w.is_written());
+        if !self.failed && self.in_flight.iter().any(|w| w.has_failed()) {
+            self.failed = true;
+        }
+    }
+
+    /// The record at `offset..offset + len` of page file `chunk` while it
+    /// is still (or, the write having failed, only) in a buffer.
+    pub(super) fn buffered(&self, chunk: u32, offset: u32, len: u32) -> Option<Bytes> {
+        self.in_flight
             .iter()
-            .find(|c| c.no == chunk)
-            .and_then(|c| c.file.as_ref())
+            .filter(|w| w.chunk == chunk)
+            .find_map(|w| w.record(u64::from(offset), u64::from(len)))
     }
 
     /// `n` messages of page file `chunk` were read back or dropped; a file
@@ -104,24 +124,21 @@ impl Pager {
         if c.unread == 0
             && let Some(c) = self.chunks.remove(i)
         {
-            self.delete(c);
+            self.delete(c.no);
         }
     }
 
-    pub(super) fn delete(&self, c: Chunk) {
-        if c.file.is_some()
-            && let Err(e) = std::fs::remove_file(self.path(c.no))
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!("cannot delete page file {}: {e}", self.path(c.no).display());
-        }
+    fn delete(&mut self, chunk: u32) {
+        self.in_flight.retain(|w| w.chunk != chunk);
+        io::delete(self.id, self.cfg.disk.clone(), self.path(chunk));
     }
 
     /// Deletes every page file (nothing paged any more).
     pub(super) fn reset(&mut self) {
         while let Some(c) = self.chunks.pop_front() {
-            self.delete(c);
+            self.delete(c.no);
         }
+        self.in_flight.clear();
     }
 }
 

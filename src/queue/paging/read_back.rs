@@ -2,25 +2,20 @@
 //! queue's page files and recovered messages from the message store's
 //! segments, with one algorithm for both. The run of on-disk entries at
 //! the head that sit in one file, in order and within `PAGE_IN_BYTES`, is
-//! read with one read; when that read fails each record is read on its
-//! own, so a bad spot costs only the records on it. A record that cannot
-//! be read or decoded is logged and dropped with its counts.
+//! asked for with one read, which a paging I/O thread does (`io`); when
+//! it completes, `install` puts the messages in place of their entries.
+//! Records still in a page-out buffer are taken from it at once. A record
+//! that cannot be read or decoded is logged and dropped with its counts.
 
-use std::os::unix::fs::FileExt;
-
-use bytes::Bytes;
-
-use super::{ReadyList, Slot, cost};
-use crate::message::Message;
-use crate::store::MessageStore;
-use crate::store::record::{self, Next, Record};
+use super::io::{self, ReadDone, Source};
+use super::{Entry, Reading, ReadyList, Slot, cost};
 
 /// Bytes read back per read.
 const PAGE_IN_BYTES: usize = 1 << 20;
 
 /// The file an on-disk entry's record is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DiskFile {
+pub(super) enum DiskFile {
     /// The queue's page file (chunk) of this number.
     Page(u32),
     /// The message store's segment of this number (a recovered message).
@@ -41,152 +36,255 @@ impl Slot {
     }
 }
 
-/// An open file records are read back from.
-enum Source<'a> {
-    /// A page file (`None`: no longer open).
-    Page(Option<&'a std::fs::File>),
-    /// A segment of the message store.
-    Store(&'a MessageStore, u32),
-}
-
-impl Source<'_> {
-    /// `len` bytes at `offset`.
-    fn read(&self, offset: u32, len: usize) -> std::io::Result<Bytes> {
-        match self {
-            Source::Page(Some(f)) => {
-                let mut buf = vec![0u8; len];
-                f.read_exact_at(&mut buf, u64::from(offset))?;
-                Ok(Bytes::from(buf))
+impl ReadyList {
+    /// Whether the head is in memory. A head on disk is taken from a
+    /// page-out buffer if it is still in one, else read back in the
+    /// background (false: loading, or the list is empty). Entries that
+    /// cannot be read at all are dropped.
+    pub fn head_ready(&mut self) -> bool {
+        loop {
+            let Some(head) = self.entries.front() else {
+                return false;
+            };
+            if head.slot.on_disk().is_none() {
+                return true;
             }
-            Source::Page(None) => Err(std::io::Error::other("page file lost")),
-            Source::Store(store, seg) => store.read_span(*seg, offset, len),
+            if self.reading.is_some() {
+                return false;
+            }
+            if self.load_from_buffers() {
+                continue;
+            }
+            if self.request_read(0) {
+                return false;
+            }
+            // Nothing to read it from (no page file or store).
+            if let Some(e) = self.entries.pop_front() {
+                self.forget_on_disk(&e);
+                tracing::error!("a queued message cannot be read back from disk and is lost");
+            }
         }
     }
-}
 
-impl ReadyList {
-    /// Reads the run of on-disk entries at the head back into memory (see
-    /// the module doc). Those that cannot be read are logged and dropped
-    /// with their counts. False if nothing could be tried (no page file or
-    /// store to read from).
-    pub(super) fn read_back_head(&mut self) -> bool {
-        let Some((file, first, end, n)) = self.head_run() else {
+    /// Takes the on-disk entries at the head whose records are still in a
+    /// page-out buffer from it (as many as one read would bring back);
+    /// false if the head's is not.
+    fn load_from_buffers(&mut self) -> bool {
+        let Some(p) = &mut self.pager else {
             return false;
         };
-        let Some((read, err)) = self.read_run(file, first, end, n) else {
-            return false;
-        };
+        p.sweep();
         let mut loaded = 0;
-        let mut lost_body = 0usize;
-        let mut lost = Vec::new();
-        for (e, m) in self.entries.range_mut(..n).zip(read) {
-            let Some(m) = m else {
-                if let Some((_, offset, _)) = e.slot.on_disk() {
-                    lost.push(offset);
-                }
-                if let Slot::Paged { body, .. } = e.slot {
-                    lost_body += body as usize;
-                }
-                continue;
+        let mut bytes = 0usize;
+        for e in &mut self.entries {
+            let Slot::Paged {
+                chunk, offset, len, ..
+            } = e.slot
+            else {
+                break;
+            };
+            bytes += len as usize;
+            if loaded > 0 && bytes > PAGE_IN_BYTES {
+                break;
+            }
+            let Some(m) = p
+                .buffered(chunk, offset, len)
+                .and_then(|b| io::decode_message(&b))
+            else {
+                break;
             };
             self.mem_bytes += cost(&m);
-            if let Slot::Stored { .. } = e.slot {
-                // Recovered messages' bodies count once read.
-                self.body_bytes += m.body_len();
-            }
             e.slot = Slot::Mem(m);
+            p.paged -= 1;
+            p.release(chunk, 1);
             loaded += 1;
         }
-        for offset in lost {
-            self.log_lost(file, offset, err.as_ref());
+        if loaded > 0 && p.paged == 0 {
+            p.reset();
         }
-        self.body_bytes = self.body_bytes.saturating_sub(lost_body);
-        self.read_back_done(file, n);
-        if loaded < n {
-            // Drop entries that could not be read rather than loop on them.
-            self.drop_unloaded(n);
-        }
+        loaded > 0
+    }
+
+    /// Asks for the run of on-disk entries starting at index `start` to be
+    /// read back; false if there is nothing to read it from.
+    fn request_read(&mut self, start: usize) -> bool {
+        let Some((file, first, end, records)) = self.run_at(start) else {
+            return false;
+        };
+        let source = match file {
+            DiskFile::Page(chunk) => match &self.pager {
+                Some(p) if p.chunks.iter().any(|c| c.no == chunk) => {
+                    Source::Page(p.cfg.disk.clone(), p.path(chunk))
+                }
+                _ => return false,
+            },
+            DiskFile::Store(seg) => match &self.store {
+                Some(s) => Source::Store(s.clone(), seg),
+                None => return false,
+            },
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        io::read(io::ReadRequest {
+            source,
+            first,
+            end,
+            records: records.clone(),
+            list: self.id,
+            ticket,
+            done: self.on_read.clone(),
+        });
+        self.reading = Some(Reading {
+            ticket,
+            file,
+            records,
+        });
         true
     }
 
-    /// The run of on-disk entries at the head that one read brings back:
-    /// in the head's file, in order, their records within `PAGE_IN_BYTES`
-    /// of the first (the head's own always counts). Returns the file, the
-    /// span `first..end` the run covers, and its length.
-    fn head_run(&self) -> Option<(DiskFile, u32, u64, usize)> {
-        let (file, first, _) = self.entries.front()?.slot.on_disk()?;
-        let mut n = 0;
+    /// The run of on-disk entries from index `start` that one read brings
+    /// back: in one file, in order, their records within `PAGE_IN_BYTES`
+    /// of the first (the first's own always counts). Returns the file, the
+    /// span `first..end` the run covers, and each record's offset and length.
+    #[allow(clippy::type_complexity)]
+    fn run_at(&self, start: usize) -> Option<(DiskFile, u32, u64, Vec<(u32, u32)>)> {
+        let (file, first, _) = self.entries.get(start)?.slot.on_disk()?;
+        let mut records = Vec::new();
         let mut end = u64::from(first);
-        for e in &self.entries {
+        for e in self.entries.range(start..) {
             let Some((f, offset, len)) = e.slot.on_disk() else {
                 break;
             };
-            let (offset, len) = (u64::from(offset), u64::from(len));
-            if n > 0
-                && (f != file
-                    || offset < end
-                    || (offset + len - u64::from(first)) as usize > PAGE_IN_BYTES)
+            let (o, l) = (u64::from(offset), u64::from(len));
+            if !records.is_empty()
+                && (f != file || o < end || (o + l - u64::from(first)) as usize > PAGE_IN_BYTES)
             {
                 break;
             }
-            end = offset + len;
-            n += 1;
+            end = o + l;
+            records.push((offset, len));
         }
-        Some((file, first, end, n))
+        Some((file, first, end, records))
     }
 
-    /// Reads the `n` entries at the head, all in `file` within
-    /// `first..end`: one message (or `None`) each, and the error of the
-    /// one read if it failed. `None` when there is no page file or store
-    /// to read from.
-    fn read_run(
-        &self,
-        file: DiskFile,
-        first: u32,
-        end: u64,
-        n: usize,
-    ) -> Option<(Vec<Option<Message>>, Option<std::io::Error>)> {
-        let source = match file {
-            DiskFile::Page(chunk) => Source::Page(self.pager.as_ref()?.file(chunk)),
-            DiskFile::Store(seg) => Source::Store(self.store.as_deref()?, seg),
+    /// A read completed: its messages replace their entries (those still
+    /// in the list: some may have been dropped meanwhile); records that
+    /// could not be read are logged and their entries dropped. A read
+    /// that is no longer wanted (the list was cleared) is ignored.
+    pub fn install(&mut self, done: ReadDone) {
+        if self
+            .reading
+            .as_ref()
+            .is_none_or(|r| r.ticket != done.ticket)
+        {
+            return;
+        }
+        let Some(Reading { file, records, .. }) = self.reading.take() else {
+            return;
         };
-        let data = source.read(first, (end - u64::from(first)) as usize);
-        let mut out = Vec::with_capacity(n);
-        for e in self.entries.range(..n) {
-            let Some((_, offset, len)) = e.slot.on_disk() else {
+        if let Some(p) = &mut self.pager {
+            p.sweep();
+        }
+        let mut results = records.iter().zip(done.msgs).peekable();
+        let mut installed = 0;
+        let mut lost = Vec::new();
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            let Some((f, offset, len)) = e.slot.on_disk() else {
+                continue; // in memory: a requeued message, say
+            };
+            if f != file {
+                break;
+            }
+            // Records of the run dropped meanwhile are skipped.
+            while results.next_if(|((o, _), _)| *o < offset).is_some() {}
+            let Some(((_, _), m)) = results.next_if(|((o, _), _)| *o == offset) else {
                 break;
             };
-            out.push(match &data {
-                Ok(d) => decode_message(d, (offset - first) as usize, len),
-                // The run's read failed: try this record on its own, so a
-                // bad spot costs only the records on it.
-                Err(_) => source
-                    .read(offset, len as usize)
-                    .ok()
-                    .and_then(|d| decode_message(&d, 0, len)),
+            // A record the read could not get may still be in a buffer
+            // whose write failed.
+            let m = m.or_else(|| match (file, &self.pager) {
+                (DiskFile::Page(chunk), Some(p)) => p
+                    .buffered(chunk, offset, len)
+                    .and_then(|b| io::decode_message(&b)),
+                _ => None,
             });
-        }
-        Some((out, data.err()))
-    }
-
-    /// `n` entries of `file` were read back (or lost): they are no longer
-    /// on disk, and a page file with none left unread is deleted.
-    fn read_back_done(&mut self, file: DiskFile, n: usize) {
-        match file {
-            DiskFile::Store(_) => self.in_store -= n,
-            DiskFile::Page(chunk) => {
-                let Some(p) = &mut self.pager else {
-                    return;
-                };
-                p.paged -= n;
-                p.release(chunk, n);
-                if p.paged == 0 {
-                    // Nothing paged: no page file is needed (whatever the
-                    // counts say).
-                    p.reset();
+            let Some(m) = m else {
+                lost.push((i, offset));
+                continue;
+            };
+            self.mem_bytes += cost(&m);
+            match e.slot {
+                Slot::Stored { .. } => {
+                    // Recovered messages' bodies count once read.
+                    self.body_bytes += m.body_len();
+                    self.in_store -= 1;
                 }
+                Slot::Paged { chunk, .. } => {
+                    if let Some(p) = &mut self.pager {
+                        p.paged -= 1;
+                        p.release(chunk, 1);
+                    }
+                }
+                Slot::Mem(_) => {}
+            }
+            e.slot = Slot::Mem(m);
+            installed += 1;
+            if results.peek().is_none() {
+                break;
             }
         }
+        for &(_, offset) in &lost {
+            self.log_lost(file, offset, done.err.as_ref());
+        }
+        for &(i, _) in lost.iter().rev() {
+            if let Some(e) = self.entries.remove(i) {
+                self.forget_on_disk(&e);
+            }
+        }
+        if let Some(p) = &mut self.pager
+            && p.paged == 0
+        {
+            // Nothing paged: no page file is needed (whatever the counts say).
+            p.reset();
+        }
+        self.runway = installed;
+        self.ahead_at = installed / 2;
+        if installed == 0 {
+            // Nothing came back; start on what is at the head now.
+            self.read_ahead();
+        }
+    }
+
+    /// A message was taken from memory: once half the last batch is
+    /// gone, the next one is asked for.
+    pub(super) fn taken_from_runway(&mut self) {
+        if self.runway == 0 {
+            return;
+        }
+        self.runway -= 1;
+        if self.runway <= self.ahead_at {
+            self.runway = 0;
+            self.read_ahead();
+        }
+    }
+
+    /// Asks for the first run on disk to be read back, if there is one and
+    /// no read is in progress.
+    fn read_ahead(&mut self) {
+        if self.reading.is_some() || self.paged() == 0 {
+            return;
+        }
+        let Some(start) = self
+            .entries
+            .iter()
+            .position(|e: &Entry| e.slot.on_disk().is_some())
+        else {
+            return;
+        };
+        if start == 0 && self.load_from_buffers() {
+            return;
+        }
+        self.request_read(start);
     }
 
     /// Logs a message lost because its record at `offset` of `file` could
@@ -213,27 +311,5 @@ impl ReadyList {
                 }
             }
         }
-    }
-}
-
-/// The message in the enqueue record at `data[at..at + len]`.
-fn decode_message(data: &Bytes, at: usize, len: u32) -> Option<Message> {
-    match record::next(&data.slice(at..at + len as usize)) {
-        Next::Record(
-            Record::Enqueue {
-                exchange,
-                routing_key,
-                header,
-                body,
-                ..
-            },
-            _,
-        ) => Some(Message::new(
-            &exchange,
-            &routing_key,
-            &header,
-            Bytes::copy_from_slice(&body),
-        )),
-        _ => None,
     }
 }

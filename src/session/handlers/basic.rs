@@ -9,9 +9,10 @@ use bytes::Bytes;
 
 use crate::auth::{Access, Resource};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
+use crate::queue::Got;
 use crate::queue::consumer::Consumer;
 use crate::session::channel::{Channel, ChannelConsumer, Outcome, requeue};
-use crate::session::context::ConnCtx;
+use crate::session::context::{ConnCtx, PendingGet};
 use crate::session::handlers::{detach_consumer, generated_name, not_from_client, queue_name};
 
 /// Dispatches a basic-class method.
@@ -92,13 +93,26 @@ fn get(ch: &mut Channel, ctx: &mut ConnCtx, g: basic::Get) -> AmqpResult<()> {
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
-    if !q.get(&*ch.shared, g.no_ack) {
-        ctx.send(
-            ch.id,
-            AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-        );
+    match q.get(&*ch.shared, g.no_ack) {
+        Got::Message => {}
+        Got::Empty => send_get_empty(ctx, ch.id),
+        Got::Loading => {
+            ctx.get_wait = Some(PendingGet {
+                queue: q,
+                channel: ch.id,
+                no_ack: g.no_ack,
+            });
+        }
     }
     Ok(())
+}
+
+/// basic.get-empty on `channel`.
+pub fn send_get_empty(ctx: &ConnCtx, channel: u16) {
+    ctx.send(
+        channel,
+        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+    );
 }
 
 /// What basic.reject or basic.nack does with a delivery.

@@ -15,7 +15,7 @@ use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::session::channel::{Channel, ChannelConsumer};
 use crate::session::context::ConnCtx;
 
-mod basic;
+pub(crate) mod basic;
 mod channel;
 mod confirm;
 mod exchange;
