@@ -94,6 +94,7 @@ impl Broker {
                 meta::read(&dir).map_err(|e| format!("cannot recover definitions: {e}"))?;
             definitions::recover(&broker, logged);
         }
+        broker.remove_stream_orphans();
         let count = broker.restore_messages(&store, recovered);
         let log = meta::compact_and_open(&dir, &definitions::export(&broker))
             .map_err(|e| format!("cannot write definitions to {}: {e}", dir.display()))?;
@@ -140,9 +141,28 @@ impl Broker {
             .set(crate::queue::paging::PagingConfig {
                 dir: paging_dir,
                 limit: self.config.storage.queue_memory_limit,
-                disk,
+                disk: disk.clone(),
             });
+        let _ = self.durability.streams.set(crate::queue::stream::Streams {
+            dir: dir.join("streams"),
+            disk,
+            fsync: self.config.storage.fsync,
+        });
         Ok((store, recovered))
+    }
+
+    /// Removes the logs of streams the definitions no longer have.
+    fn remove_stream_orphans(&self) {
+        let Some(streams) = self.durability.streams.get() else {
+            return;
+        };
+        let mut keep = Vec::new();
+        for v in self.vhosts() {
+            for q in v.queues().iter().filter(|q| q.stream().is_some()) {
+                keep.push((v.name.to_string(), q.name.clone()));
+            }
+        }
+        streams.remove_orphans(&keep);
     }
 
     /// Puts recovered messages back in their queues; those of queues that
@@ -194,6 +214,13 @@ impl Broker {
         }
         if let Some(store) = self.durability.store() {
             store.close();
+        }
+        for v in self.vhosts() {
+            for q in v.queues() {
+                if let Some(s) = q.stream() {
+                    s.log().close();
+                }
+            }
         }
         if let Some(meta) = self.durability.meta.get() {
             meta.close();

@@ -15,6 +15,7 @@ pub mod args;
 pub mod consumer;
 pub mod paging;
 pub mod ready;
+pub mod stream;
 pub mod timers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -105,6 +106,9 @@ pub struct Queue {
     /// Most unacked body bytes a channel may hold before this queue stops
     /// delivering to it (`[storage] queue_memory_limit`; 0: no limit).
     unacked_budget: usize,
+    /// A stream queue's log and cursors (its messages are there, not in
+    /// `state`).
+    stream: Option<Arc<stream::Stream>>,
 }
 
 /// The shortest x-consumer-timeout any queue was ever given (ms; 0: none):
@@ -138,6 +142,9 @@ pub struct Enqueued {
     pub pressured: Option<Arc<Queue>>,
     /// A queue refused it (x-overflow reject-publish): confirm with a nack.
     pub rejected: bool,
+    /// Streams it was appended to, with its offset in each: a confirm
+    /// waits until each stream has made that offset durable.
+    pub streams: Vec<(Arc<stream::Stream>, u64)>,
 }
 
 /// Why a message was dead-lettered (the `reason` of its x-death entry).
@@ -206,6 +213,32 @@ impl Queue {
         paging: Option<PagingConfig>,
         args: QueueArgs,
     ) -> Arc<Queue> {
+        Self::build(name, vhost, owner, config, store, paging, args, None)
+    }
+
+    /// A stream queue over `stream` (see `stream`).
+    pub fn new_stream(
+        name: String,
+        vhost: Arc<str>,
+        owner: Weak<dyn QueueOwner>,
+        config: QueueConfig,
+        stream: Arc<stream::Stream>,
+    ) -> Arc<Queue> {
+        let args = QueueArgs::default();
+        Self::build(name, vhost, owner, config, None, None, args, Some(stream))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        name: String,
+        vhost: Arc<str>,
+        owner: Weak<dyn QueueOwner>,
+        config: QueueConfig,
+        store: Option<Arc<MessageStore>>,
+        paging: Option<PagingConfig>,
+        args: QueueArgs,
+        stream: Option<Arc<stream::Stream>>,
+    ) -> Arc<Queue> {
         let levels = max_priority(&config.arguments);
         note_queue_timeout(args.consumer_timeout);
         let consumer_timeout = AtomicU64::new(args.consumer_timeout.unwrap_or(0));
@@ -235,8 +268,12 @@ impl Queue {
                 last_used: AtomicU64::new(now_ms()),
                 consumer_timeout,
                 unacked_budget,
+                stream,
             }
         });
+        if let Some(s) = &q.stream {
+            s.attach(Arc::downgrade(&q));
+        }
         q.arm_expiry();
         q
     }
@@ -466,6 +503,17 @@ impl Queue {
         stored: Option<u64>,
         ttl: Option<u64>,
     ) -> Enqueued {
+        if let Some(s) = &self.stream {
+            if self.is_deleted() {
+                return Enqueued::default();
+            }
+            let offset = s.publish(&msg);
+            self.stats.publish.fetch_add(1, Ordering::Relaxed);
+            return Enqueued {
+                streams: vec![(s.clone(), offset)],
+                ..Enqueued::default()
+            };
+        }
         let mut st = self.state.lock();
         if self.is_deleted() {
             // Deleted a moment ago: the stored copy is not this queue's.
@@ -544,6 +592,10 @@ impl Queue {
 
     /// Delivers ready messages to consumers that can take them.
     pub fn dispatch(self: &Arc<Self>) {
+        if let Some(s) = &self.stream {
+            s.dispatch(self);
+            return;
+        }
         let mut st = self.state.lock();
         self.dispatch_locked(&mut st);
         self.finish(st);
@@ -674,7 +726,8 @@ impl Queue {
     /// Puts messages back at their original positions, flagged redelivered,
     /// and delivers again.
     pub fn requeue(self: &Arc<Self>, mut items: Vec<QueuedMessage>) {
-        if items.is_empty() {
+        if items.is_empty() || self.stream.is_some() {
+            // A stream keeps every message: nothing goes back.
             return;
         }
         let mut st = self.state.lock();
@@ -701,6 +754,25 @@ impl Queue {
 
     /// Attaches a consumer, enforcing exclusive consumers as RabbitMQ does.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<()> {
+        self.add_consumer_at(consumer, stream::args::StartAt::Next)
+    }
+
+    /// Attaches a consumer; a stream's consumer starts at `start` (other
+    /// queues ignore it).
+    pub fn add_consumer_at(
+        self: &Arc<Self>,
+        consumer: Arc<Consumer>,
+        start: stream::args::StartAt,
+    ) -> AmqpResult<()> {
+        if let Some(s) = &self.stream {
+            if self.is_deleted() {
+                return Err(AmqpError::no_queue(&self.name, &self.vhost));
+            }
+            // Exclusive consumers are not exclusive on a stream (RabbitMQ).
+            s.add_consumer(self, consumer, start);
+            self.touch();
+            return Ok(());
+        }
         let mut st = self.state.lock();
         if self.is_deleted() {
             return Err(AmqpError::no_queue(&self.name, &self.vhost));
@@ -736,6 +808,10 @@ impl Queue {
     /// Detaches a consumer. Returns true if the queue is auto-delete and has
     /// just lost its last consumer, so the caller should delete it.
     pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+        if let Some(s) = &self.stream {
+            s.remove_consumer(consumer);
+            return false;
+        }
         let mut st = self.state.lock();
         let before = st.consumers.len();
         st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
@@ -759,6 +835,9 @@ impl Queue {
 
     /// Ready messages (what queue.declare-ok reports).
     pub fn message_count(&self) -> u32 {
+        if let Some(s) = &self.stream {
+            return u32::try_from(s.message_count()).unwrap_or(u32::MAX);
+        }
         self.state.lock().ready.len() as u32
     }
 
@@ -775,11 +854,17 @@ impl Queue {
 
     /// Attached consumers.
     pub fn consumer_count(&self) -> u32 {
+        if let Some(s) = &self.stream {
+            return s.consumers().len() as u32;
+        }
         self.state.lock().consumers.len() as u32
     }
 
     /// Attached consumers (for listings).
     pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        if let Some(s) = &self.stream {
+            return s.consumers();
+        }
         self.state.lock().consumers.clone()
     }
 
@@ -818,6 +903,13 @@ impl Queue {
 
     /// Marks the queue deleted and empties it.
     pub fn mark_deleted(&self) -> Deleted {
+        if let Some(s) = &self.stream {
+            self.deleted.store(true, Ordering::Release);
+            return Deleted {
+                message_count: 0,
+                consumers: s.delete(),
+            };
+        }
         let mut st = self.state.lock();
         self.deleted.store(true, Ordering::Release);
         self.drained.notify_waiters();
@@ -832,6 +924,11 @@ impl Queue {
             message_count,
             consumers,
         }
+    }
+
+    /// The stream, if this is a stream queue.
+    pub fn stream(&self) -> Option<&Arc<stream::Stream>> {
+        self.stream.as_ref()
     }
 
     /// Whether the queue keeps persistent messages on disk (durable, not exclusive).
@@ -925,9 +1022,10 @@ pub fn enqueue_routed(
     if let Some(store) = store
         && msg.is_persistent()
     {
+        // Streams keep their messages in their own logs.
         let durable: Vec<(&str, &str)> = queues
             .iter()
-            .filter(|q| q.is_persistent())
+            .filter(|q| q.is_persistent() && q.stream.is_none())
             .map(|q| (&*q.vhost, q.name.as_str()))
             .collect();
         if !durable.is_empty() {
@@ -941,8 +1039,13 @@ pub fn enqueue_routed(
         ..Enqueued::default()
     };
     for q in queues {
-        let id = if q.is_persistent() { stored } else { None };
+        let id = if q.is_persistent() && q.stream.is_none() {
+            stored
+        } else {
+            None
+        };
         let e = q.publish(msg.clone(), id, ttl);
+        out.streams.extend(e.streams);
         out.rejected |= e.rejected;
         if e.pressured.is_some() {
             out.pressured = e.pressured;

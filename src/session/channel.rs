@@ -44,6 +44,20 @@ enum Content {
     },
 }
 
+/// The streams a message was appended to, with its offset in each.
+type StreamWaits = Vec<(Arc<crate::queue::stream::Stream>, u64)>;
+
+/// A confirm-mode publish waiting for durability.
+#[derive(Debug)]
+struct Unsynced {
+    /// Its publish sequence number (the delivery tag of its confirm).
+    publish: u64,
+    /// The store sequence it waits for (0: none).
+    store: u64,
+    /// The stream offsets it waits for.
+    streams: StreamWaits,
+}
+
 /// What a settled delivery becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -122,8 +136,8 @@ pub struct Channel {
     pub confirm: bool,
     publish_seq: u64,
     confirmed: u64,
-    /// (publish seq, store seq) of stored messages not yet synced.
-    unsynced: std::collections::VecDeque<(u64, u64)>,
+    /// Published messages waiting for the store or a stream to sync.
+    unsynced: std::collections::VecDeque<Unsynced>,
     /// Publish seqs a queue refused (x-overflow reject-publish): nacked.
     refused: std::collections::VecDeque<u64>,
     /// tx.commit-ok waits for this store seq.
@@ -382,12 +396,18 @@ impl Channel {
             tx.publishes.push((x, msg, ttl, p.mandatory, cc));
             return tx.hold(n);
         }
-        let (stored, refused) = self.route_and_enqueue(ctx, &x, msg, ttl, p.mandatory, &cc);
+        let (stored, refused, streams) =
+            self.route_and_enqueue(ctx, &x, msg, ttl, p.mandatory, &cc);
         if self.confirm {
             self.publish_seq += 1;
-            if let Some(seq) = stored {
-                // Confirmed only once the store has synced it.
-                self.unsynced.push_back((self.publish_seq, seq));
+            if stored.is_some() || !streams.is_empty() {
+                // Confirmed only once the store (and each stream's log)
+                // has synced it.
+                self.unsynced.push_back(Unsynced {
+                    publish: self.publish_seq,
+                    store: stored.unwrap_or(0),
+                    streams,
+                });
             }
             if refused {
                 self.refused.push_back(self.publish_seq);
@@ -413,7 +433,7 @@ impl Channel {
         ttl: Option<u64>,
         mandatory: bool,
         cc: &[String],
-    ) -> (Option<u64>, bool) {
+    ) -> (Option<u64>, bool, StreamWaits) {
         let rk = String::from_utf8_lossy(msg.routing_key());
         if x.name.is_empty()
             && rk.starts_with(direct_reply::PREFIX)
@@ -427,26 +447,28 @@ impl Channel {
             {
                 ctx.reply_wait = Some(target.conn.clone());
             }
-            return (None, false);
+            return (None, false, Vec::new());
         }
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         route(ctx, x, &msg, &rk, cc, &mut queues);
         let mut sync_seq = None;
         let mut refused = false;
+        let mut streams = Vec::new();
         if queues.is_empty() {
             self.unroutable(ctx, &msg, &rk, mandatory);
         } else {
             let e = crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store(), ttl);
             sync_seq = e.sync_seq;
             refused = e.rejected;
+            streams = e.streams;
             if e.pressured.is_some() {
                 ctx.flow_wait = e.pressured;
             }
             queues.clear();
         }
         self.route_buf = queues;
-        (sync_seq, refused)
+        (sync_seq, refused, streams)
     }
 
     /// A message no queue takes: counted, and returned to the publisher
@@ -490,11 +512,12 @@ impl Channel {
             .durability
             .store()
             .map_or(u64::MAX, |s| s.durable_seq());
-        while self
-            .unsynced
-            .front()
-            .is_some_and(|(_, seq)| *seq <= durable)
-        {
+        while self.unsynced.front().is_some_and(|u| {
+            u.store <= durable
+                && u.streams
+                    .iter()
+                    .all(|(s, offset)| s.log().durable_offset() > *offset)
+        }) {
             self.unsynced.pop_front();
         }
         if let Some(at) = self.commit_ok_at
@@ -509,7 +532,7 @@ impl Channel {
         let upto = self
             .unsynced
             .front()
-            .map_or(self.publish_seq, |(p, _)| p - 1);
+            .map_or(self.publish_seq, |u| u.publish - 1);
         // Refused messages are nacked in their turn: acks up to one, the
         // nack, then on.
         while let Some(&r) = self.refused.front()
@@ -556,6 +579,18 @@ impl Channel {
     /// ack / nack / reject.
     pub fn settle(&mut self, tag: u64, multiple: bool, outcome: Outcome) -> AmqpResult<()> {
         let settled = self.shared.settle(tag, multiple)?;
+        if outcome != Outcome::Ack
+            && let Some(q) = settled
+                .iter()
+                .map(|u| &u.queue)
+                .find(|q| q.stream().is_some())
+        {
+            // A stream keeps every message: nothing to reject or requeue.
+            let what = "basic.nack and basic.reject";
+            return Err(crate::queue::stream::args::not_supported(
+                what, &q.name, &q.vhost,
+            ));
+        }
         if let Some(tx) = &mut self.tx {
             let n = settled.iter().map(|u| u.msg.body_len()).sum();
             tx.settles.extend(settled.into_iter().map(|u| (u, outcome)));
@@ -615,7 +650,7 @@ impl Channel {
         tx.bytes = 0;
         let mut last_stored = None;
         for (x, msg, ttl, mandatory, cc) in publishes {
-            if let (Some(seq), _) = self.route_and_enqueue(ctx, &x, msg, ttl, mandatory, &cc) {
+            if let (Some(seq), ..) = self.route_and_enqueue(ctx, &x, msg, ttl, mandatory, &cc) {
                 last_stored = Some(seq);
             }
         }

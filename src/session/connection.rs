@@ -264,6 +264,8 @@ struct LoopState {
     durable_rx: Option<watch::Receiver<u64>>,
     /// The same, watched for the store's backlog to shrink.
     backlog_rx: Option<watch::Receiver<u64>>,
+    /// Streams making entries durable (confirms may wait for them).
+    stream_rx: watch::Receiver<u64>,
     /// Resource alarms.
     alarms: watch::Receiver<Alarms>,
     /// The connection is blocked by an alarm.
@@ -341,6 +343,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             written_at_tick: 0,
             durable_rx: store.map(|s| s.subscribe()),
             backlog_rx: store.map(|s| s.subscribe()),
+            stream_rx: crate::queue::stream::durable_watch(),
             alarms: self.ctx.broker.alarms.subscribe(),
             blocked: false,
             hold: None,
@@ -407,6 +410,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     fn store_held(&self) -> bool {
         self.ctx.published
             && (crate::queue::paging::io::is_backlogged()
+                || crate::queue::stream::is_backlogged()
                 || self
                     .ctx
                     .broker
@@ -483,6 +487,7 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     st.durable_rx = None;
                 }
             }
+            _ = st.stream_rx.changed(), if store_held || !self.ctx.confirms_due.is_empty() => {}
             ev = events.recv() => match ev {
                 Some(ConnEvent::Writable) => self.redispatch_all(),
                 Some(ConnEvent::WriteFailed) | None => return Some(End::Gone),

@@ -29,6 +29,7 @@ pub mod meta;
 mod reclaim;
 pub mod record;
 mod recovery;
+pub mod stream;
 mod writer;
 
 use std::collections::HashMap;

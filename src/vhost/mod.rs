@@ -23,6 +23,8 @@ use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::protocol::fields::table_to_json;
 use crate::queue::args::QueueArgs;
 use crate::queue::paging::PagingConfig;
+use crate::queue::stream::Streams;
+use crate::queue::stream::args::{self as stream_args, QueueType, StreamArgs};
 use crate::queue::{Deleted, Queue, QueueConfig, QueueOwner, Reason};
 use crate::routing::exchange::{Dest, Exchange, ExchangeKind};
 use crate::schema::{BindingDef, ExchangeDef, PolicyDef, QueueDef};
@@ -95,6 +97,15 @@ const QUEUE_EQUIVALENCE_ARGS: &[&str] = &[
     "x-queue-mode",
     "x-queue-type",
     "x-single-active-consumer",
+];
+
+/// The same for streams (RabbitMQ compares their retention, not the
+/// classic arguments, which a new stream refuses anyway).
+const STREAM_EQUIVALENCE_ARGS: &[&str] = &[
+    "x-max-age",
+    "x-max-length-bytes",
+    "x-queue-type",
+    "x-stream-max-segment-size-bytes",
 ];
 
 /// The received/current parts of an argument inequivalence, as RabbitMQ
@@ -186,6 +197,17 @@ fn inequivalent_raw(
             "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received {got} but current is {cur}"
         ),
     )
+}
+
+/// Only the server names queues `amq.*` (and recovery, which restores them).
+fn check_reserved_name(name: &str, server_named: bool) -> AmqpResult<()> {
+    if name.starts_with("amq.") && !server_named {
+        return Err(AmqpError::channel(
+            code::ACCESS_REFUSED,
+            format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+        ));
+    }
+    Ok(())
 }
 
 fn default_exchange_refused() -> AmqpError {
@@ -302,6 +324,15 @@ impl VHost {
         best.cloned()
     }
 
+    /// A stream's effective retention: its arguments, completed by its policy.
+    fn effective_stream_args(&self, name: &str, args: &FieldTable) -> StreamArgs {
+        let own = stream_args::lenient(args);
+        match self.queue_policy(name) {
+            Some(p) => own.with_policy(&p.definition),
+            None => own,
+        }
+    }
+
     /// A queue's effective arguments: its own, completed by its policy.
     fn effective_args(&self, name: &str, args: QueueArgs) -> QueueArgs {
         match self.queue_policy(name) {
@@ -313,6 +344,10 @@ impl VHost {
     /// Re-applies policies to every queue (after a policy change).
     fn reapply_policies(&self) {
         for q in self.queues() {
+            if let Some(s) = q.stream() {
+                s.set_args(self.effective_stream_args(&q.name, &q.config.arguments));
+                continue;
+            }
             let own = QueueArgs::lenient(&q.config.arguments);
             q.set_args(self.effective_args(&q.name, own));
         }
@@ -576,7 +611,13 @@ impl VHost {
             q.touch();
             return Ok((q, false));
         }
-        let args = QueueArgs::parse(&config.arguments, name, &self.name)?;
+        let kind = stream_args::queue_type(&config.arguments, name, &self.name)?;
+        // A stream's arguments are checked when it is created: a redeclare
+        // is only compared (as RabbitMQ does).
+        let args = match kind {
+            QueueType::Stream => None,
+            _ => Some(QueueArgs::parse(&config.arguments, name, &self.name)?),
+        };
         let _defs = self.definitions.lock();
         if let Some(q) = self.queue(name) {
             q.check_exclusive(conn_id)?;
@@ -584,7 +625,10 @@ impl VHost {
             q.touch();
             return Ok((q, false));
         }
-        let q = self.create_queue_locked(name, server_named, config, args)?;
+        let q = match args {
+            Some(args) => self.create_queue_locked(name, server_named, config, args)?,
+            None => self.create_stream_locked(name, server_named, config)?,
+        };
         Ok((q, true))
     }
 
@@ -622,7 +666,12 @@ impl VHost {
                 c.auto_delete.to_string(),
             ));
         }
-        for arg in QUEUE_EQUIVALENCE_ARGS {
+        let args = if q.stream().is_some() {
+            STREAM_EQUIVALENCE_ARGS
+        } else {
+            QUEUE_EQUIVALENCE_ARGS
+        };
+        for arg in args {
             let (got, cur) = (
                 config.arguments.inner().get(*arg),
                 c.arguments.inner().get(*arg),
@@ -646,12 +695,7 @@ impl VHost {
         config: QueueConfig,
         args: QueueArgs,
     ) -> AmqpResult<Arc<Queue>> {
-        if name.starts_with("amq.") && !server_named {
-            return Err(AmqpError::channel(
-                code::ACCESS_REFUSED,
-                format!("queue name '{name}' contains reserved prefix 'amq.*'"),
-            ));
-        }
+        check_reserved_name(name, server_named)?;
         let persistent = config.durable && config.exclusive_owner.is_none();
         let store = self.durability.store().filter(|_| persistent).cloned();
         if persistent {
@@ -674,6 +718,49 @@ impl VHost {
         Ok(q)
     }
 
+    /// Creates a declared stream that does not exist yet: checks it as
+    /// RabbitMQ does, opens (or recovers) its log, logs the declaration.
+    /// The caller holds the definitions lock.
+    fn create_stream_locked(
+        &self,
+        name: &str,
+        server_named: bool,
+        config: QueueConfig,
+    ) -> AmqpResult<Arc<Queue>> {
+        stream_args::check_declare(
+            name,
+            &self.name,
+            false,
+            config.durable,
+            config.exclusive_owner.is_some(),
+            config.auto_delete,
+            &config.arguments,
+        )?;
+        check_reserved_name(name, server_named)?;
+        let Some(streams) = self.durability.streams.get() else {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!(
+                    "cannot declare stream '{name}': this broker runs without a data directory"
+                ),
+            ));
+        };
+        let args = self.effective_stream_args(name, &config.arguments);
+        let stream = streams.open(&self.name, name, args).map_err(|e| {
+            tracing::error!(queue = %name.escape_debug(), "cannot open a stream's log: {e}");
+            AmqpError::channel(
+                code::INTERNAL_ERROR,
+                format!("cannot open the log of stream '{name}': {e}"),
+            )
+        })?;
+        self.durability
+            .record(MetaOp::DeclareQueue(self.queue_def(name, &config)));
+        let owner: Weak<dyn QueueOwner> = self.me.clone();
+        let q = Queue::new_stream(name.to_owned(), self.name.clone(), owner, config, stream);
+        self.queues.write().insert(name.to_owned(), q.clone());
+        Ok(q)
+    }
+
     /// queue.delete with RabbitMQ's if-unused / if-empty checks. Returns what
     /// the queue held (None if there was no such queue).
     pub fn delete_queue(
@@ -688,13 +775,15 @@ impl VHost {
             return Ok(None);
         };
         q.check_exclusive(conn_id)?;
-        if if_unused && q.consumer_count() > 0 {
+        // A stream is neither "in use" nor "not empty" here (RabbitMQ).
+        let stream = q.stream().is_some();
+        if if_unused && !stream && q.consumer_count() > 0 {
             return Err(AmqpError::channel(
                 code::PRECONDITION_FAILED,
                 format!("queue '{name}' in vhost '{}' in use", self.name),
             ));
         }
-        if if_empty && q.message_count() > 0 {
+        if if_empty && !stream && q.message_count() > 0 {
             return Err(AmqpError::channel(
                 code::PRECONDITION_FAILED,
                 format!("queue '{name}' in vhost '{}' not empty", self.name),
@@ -943,6 +1032,8 @@ pub struct Durability {
     pub store: std::sync::OnceLock<Arc<MessageStore>>,
     /// Where and when long queues page messages to disk.
     pub paging: std::sync::OnceLock<PagingConfig>,
+    /// Where streams keep their logs.
+    pub streams: std::sync::OnceLock<Streams>,
 }
 
 impl Durability {

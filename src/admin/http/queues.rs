@@ -54,7 +54,12 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
     );
     m.insert("node".into(), s.node.clone().into());
     m.insert("state".into(), "running".into());
-    m.insert("type".into(), "classic".into());
+    let kind = if q.stream().is_some() {
+        "stream"
+    } else {
+        "classic"
+    };
+    m.insert("type".into(), kind.into());
     m.insert("consumers".into(), consumers.into());
     m.insert(
         "consumer_utilisation".into(),

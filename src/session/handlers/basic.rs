@@ -11,6 +11,7 @@ use crate::auth::{Access, Resource};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::queue::Got;
 use crate::queue::consumer::Consumer;
+use crate::queue::stream::args::{self as stream_args, StartAt};
 use crate::session::channel::{Channel, ChannelConsumer, Outcome, requeue};
 use crate::session::context::{ConnCtx, PendingGet};
 use crate::session::handlers::{detach_consumer, generated_name, not_from_client, queue_name};
@@ -93,6 +94,13 @@ fn get(ch: &mut Channel, ctx: &mut ConnCtx, g: basic::Get) -> AmqpResult<()> {
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
+    if q.stream().is_some() {
+        return Err(stream_args::not_supported(
+            "basic.get",
+            &name,
+            &ctx.vhost.name,
+        ));
+    }
     match q.get(&*ch.shared, g.no_ack) {
         Got::Message => {}
         Got::Empty => send_get_empty(ctx, ch.id),
@@ -158,6 +166,14 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     let tag_str = consumer_tag(&c);
     let tag = Bytes::from(tag_str.clone().into_bytes());
     check_new_consumer(ch, ctx, &tag, &tag_str)?;
+    let start = match q.stream() {
+        None => StartAt::Next,
+        Some(_) => {
+            let v = &ctx.vhost.name;
+            stream_args::check_consume(&name, v, ch.consumer_prefetch, c.no_ack, &c.arguments)?;
+            stream_args::start_at(&c.arguments, &name, v, crate::store::wall_ms())?
+        }
+    };
     let priority = consumer_priority(ctx, &name, &c)?;
     let consumer = Consumer::with_priority(
         tag.clone(),
@@ -170,7 +186,7 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     // consume-ok must reach the client before the first delivery: attach the
     // consumer paused, reply, then let the queue deliver.
     consumer.deactivate();
-    q.add_consumer(consumer.clone())?;
+    q.add_consumer_at(consumer.clone(), start)?;
     ch.consumers.insert(
         tag,
         ChannelConsumer {

@@ -4,8 +4,9 @@
 use amq_protocol::protocol::{AMQPClass, queue};
 
 use crate::auth::{Access, Resource};
-use crate::protocol::error::AmqpResult;
+use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::queue::QueueConfig;
+use crate::queue::stream::args::{self as stream_args, QueueType};
 use crate::session::channel::Channel;
 use crate::session::context::ConnCtx;
 use crate::session::handlers::{generated_name, not_from_client, queue_name};
@@ -51,6 +52,14 @@ fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult
         check_declare(ctx, &name, &d)?;
     }
     let server_named = d.queue.as_str().is_empty() && !d.passive;
+    if server_named
+        && stream_args::queue_type(&d.arguments, &name, &ctx.vhost.name)? == QueueType::Stream
+    {
+        return Err(AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            "Cannot declare a server-named queue for type rabbit_stream_queue",
+        ));
+    }
     let config = QueueConfig {
         durable: d.durable,
         exclusive_owner: d.exclusive.then_some(ctx.id()),
@@ -70,7 +79,12 @@ fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult
             AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
                 queue: name.into(),
                 message_count: q.message_count(),
-                consumer_count: q.consumer_count(),
+                // RabbitMQ reports no consumers for a stream.
+                consumer_count: if q.stream().is_some() {
+                    0
+                } else {
+                    q.consumer_count()
+                },
             })),
         );
     }
@@ -151,6 +165,13 @@ fn purge(ch: &mut Channel, ctx: &mut ConnCtx, p: queue::Purge) -> AmqpResult<()>
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
+    if q.stream().is_some() {
+        return Err(stream_args::not_supported(
+            "queue.purge",
+            &name,
+            &ctx.vhost.name,
+        ));
+    }
     let message_count = q.purge();
     if !p.nowait {
         ctx.send(
