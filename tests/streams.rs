@@ -635,3 +635,78 @@ async fn a_consumer_far_behind_reads_everything_in_order_while_publishing_goes_o
     }
     publisher.await.unwrap();
 }
+
+/// A tracked consumer with tag `tag` (`x-stream-offset: null` when `null`,
+/// else `x-stream-automatic-offset-tracking: true` from `first`).
+async fn tracked_consumer(
+    conn: &lapin::Connection,
+    stream: &str,
+    tag: &str,
+    null: bool,
+) -> (Channel, Consumer) {
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    if null {
+        args.insert("x-stream-offset".into(), AMQPValue::Void);
+    } else {
+        args.insert("x-stream-offset".into(), ls("first"));
+        args.insert(
+            "x-stream-automatic-offset-tracking".into(),
+            AMQPValue::Boolean(true),
+        );
+    }
+    let c = within(
+        "basic.consume-ok",
+        ch.basic_consume(
+            stream.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            args,
+        ),
+    )
+    .await
+    .expect("consume");
+    (ch, c)
+}
+
+#[tokio::test]
+async fn a_tracked_consumer_resumes_after_its_last_ack_across_restarts() {
+    let mut w = Warren::start();
+    {
+        let conn = w.connect().await;
+        let ch = confirm_channel(&conn).await;
+        declare_stream(&ch, "tracked", &[]).await;
+        publish_confirmed(&ch, "tracked", 0, 20).await;
+        for null in [false, true] {
+            let tag = if null { "by-null" } else { "by-flag" };
+            let (cch, mut c) = tracked_consumer(&conn, "tracked", tag, null).await;
+            assert_eq!(take_acked(&mut c, 4).await, expected(0..4));
+            // Delivered but not acked: not counted as read.
+            let _unacked = next(&mut c).await;
+            cch.close(200, "".into()).await.unwrap();
+            let (_cch, mut c) = tracked_consumer(&conn, "tracked", tag, null).await;
+            assert_eq!(take_acked(&mut c, 3).await, expected(4..7), "{tag}");
+        }
+        // Another tag starts from the beginning; an untracked consumer of
+        // the same tag is not moved.
+        let (_cch, mut c) = tracked_consumer(&conn, "tracked", "other", false).await;
+        assert_eq!(take_acked(&mut c, 1).await, expected(0..1));
+        // Positions are written within a fraction of a second.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    w.kill();
+    w.restart();
+    let conn = w.connect().await;
+    let (_cch, mut c) = tracked_consumer(&conn, "tracked", "by-flag", false).await;
+    assert_eq!(take_acked(&mut c, 2).await, expected(7..9));
+    let (_cch, mut c) = tracked_consumer(&conn, "tracked", "other", false).await;
+    assert_eq!(take_acked(&mut c, 1).await, expected(1..2));
+    // A clean stop writes what is pending at once.
+    drop(c);
+    w.terminate();
+    w.restart();
+    let conn = w.connect().await;
+    let (_cch, mut c) = tracked_consumer(&conn, "tracked", "other", false).await;
+    assert_eq!(take_acked(&mut c, 1).await, expected(2..3));
+}

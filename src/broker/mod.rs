@@ -218,6 +218,7 @@ impl Broker {
         for v in self.vhosts() {
             for q in v.queues() {
                 if let Some(s) = q.stream() {
+                    s.write_offsets_now();
                     s.log().close();
                 }
             }

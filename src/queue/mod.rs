@@ -334,6 +334,11 @@ impl Queue {
             return;
         }
         match kind {
+            Kind::StreamOffsets => {
+                if let Some(s) = &self.stream {
+                    s.flush_offsets();
+                }
+            }
             Kind::MessageTtl => {
                 let mut st = self.state.lock();
                 st.timer_at = 0;
@@ -754,7 +759,7 @@ impl Queue {
 
     /// Attaches a consumer, enforcing exclusive consumers as RabbitMQ does.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<()> {
-        self.add_consumer_at(consumer, stream::args::StartAt::Next)
+        self.add_consumer_at(consumer, stream::args::Start::default())
     }
 
     /// Attaches a consumer; a stream's consumer starts at `start` (other
@@ -762,7 +767,7 @@ impl Queue {
     pub fn add_consumer_at(
         self: &Arc<Self>,
         consumer: Arc<Consumer>,
-        start: stream::args::StartAt,
+        start: stream::args::Start,
     ) -> AmqpResult<()> {
         if let Some(s) = &self.stream {
             if self.is_deleted() {

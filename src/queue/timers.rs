@@ -21,6 +21,8 @@ pub enum Kind {
     MessageTtl,
     /// The queue's x-expires.
     QueueExpiry,
+    /// A stream's tracked consumer offsets are due to be written.
+    StreamOffsets,
 }
 
 struct Timer {

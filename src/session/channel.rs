@@ -605,6 +605,9 @@ impl Channel {
         for u in &settled {
             if outcome == Outcome::Ack {
                 u.queue.stats.ack.fetch_add(1, Relaxed); // stats
+                if let (Some(s), Some(c)) = (u.queue.stream(), &u.consumer) {
+                    s.acked(&u.queue, c, u.seq);
+                }
             }
             if u.consumer.is_some() && !wake.iter().any(|q| Arc::ptr_eq(q, &u.queue)) {
                 wake.push(u.queue.clone());

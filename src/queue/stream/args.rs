@@ -312,6 +312,54 @@ pub enum StartAt {
     Timestamp(u64),
 }
 
+/// Where a stream consumer starts, and whether the broker keeps its
+/// position (server-side offset tracking under its consumer tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// Where it starts when no position was kept for it.
+    pub at: StartAt,
+    /// Its position is tracked: it resumes after the last message it acked.
+    pub tracked: bool,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Start {
+            at: StartAt::Next,
+            tracked: false,
+        }
+    }
+}
+
+/// Reads a stream consumer's start (`x-stream-offset`) and offset tracking
+/// (`x-stream-automatic-offset-tracking: true`, or `x-stream-offset:
+/// null`, which also starts at `first`, as LavinMQ has them).
+pub fn start(args: &FieldTable, queue: &str, vhost: &str, now_ms: u64) -> AmqpResult<Start> {
+    let tracked = match args.inner().get("x-stream-automatic-offset-tracking") {
+        None => false,
+        Some(AMQPValue::Boolean(b)) => *b,
+        Some(v) => {
+            let why = format!("{{unacceptable_type,{}}}", value_type(v));
+            return Err(invalid(
+                "x-stream-automatic-offset-tracking",
+                queue,
+                vhost,
+                &why,
+            ));
+        }
+    };
+    if let Some(AMQPValue::Void) = args.inner().get("x-stream-offset") {
+        return Ok(Start {
+            at: StartAt::First,
+            tracked: true,
+        });
+    }
+    Ok(Start {
+        at: start_at(args, queue, vhost, now_ms)?,
+        tracked,
+    })
+}
+
 /// Reads `x-stream-offset` from basic.consume's arguments; `now_ms` is
 /// the wall clock (an interval counts back from it).
 pub fn start_at(args: &FieldTable, queue: &str, vhost: &str, now_ms: u64) -> AmqpResult<StartAt> {

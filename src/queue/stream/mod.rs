@@ -14,6 +14,7 @@
 //! each ack lets one more go, as RabbitMQ's streams do over AMQP 0-9-1.
 
 pub mod args;
+pub mod tracking;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -30,7 +31,8 @@ use crate::queue::Queue;
 use crate::queue::consumer::{Consumer, QueuedMessage};
 use crate::store::disk::Disk;
 use crate::store::stream::{Entry, StreamLog, StreamOptions};
-use args::{StartAt, StreamArgs};
+use args::{Start, StartAt, StreamArgs};
+use tracking::Tracked;
 
 /// How much one read hands a consumer at most (whole chunks are read;
 /// entries before the consumer's offset are skipped).
@@ -97,13 +99,10 @@ impl Streams {
             max_age_ms: args.max_age_ms,
             ..StreamOptions::default()
         };
-        let log = StreamLog::open(
-            self.disk.clone(),
-            self.dir_of(vhost, name),
-            opts,
-            on_durable,
-        )?;
-        let s = Stream::new(log, args);
+        let dir = self.dir_of(vhost, name);
+        let log = StreamLog::open(self.disk.clone(), dir.clone(), opts, on_durable)?;
+        let tracked = Tracked::open(self.disk.clone(), &dir);
+        let s = Stream::new(log, args, tracked);
         let _ = cell.set(Arc::downgrade(&s));
         Ok(s)
     }
@@ -150,6 +149,8 @@ pub struct Stream {
     deleted: AtomicBool,
     /// This stream's share of `BACKLOG`.
     accounted: AtomicUsize,
+    /// Positions of consumers whose offsets the broker tracks.
+    tracked: Mutex<Tracked>,
 }
 
 /// One consumer's position in the stream.
@@ -164,11 +165,13 @@ struct Reader {
     decoded: Option<QueuedMessage>,
     /// A read for this consumer is under way.
     reading: bool,
+    /// Its position is tracked under its consumer tag.
+    tracked: bool,
 }
 
 impl Stream {
     /// A stream over `log`, with its effective retention.
-    pub fn new(log: Arc<StreamLog>, args: StreamArgs) -> Arc<Stream> {
+    pub fn new(log: Arc<StreamLog>, args: StreamArgs, tracked: Tracked) -> Arc<Stream> {
         Arc::new(Stream {
             log,
             queue: OnceLock::new(),
@@ -176,6 +179,7 @@ impl Stream {
             args: Mutex::new(args),
             deleted: AtomicBool::new(false),
             accounted: AtomicUsize::new(0),
+            tracked: Mutex::new(tracked),
         })
     }
 
@@ -251,15 +255,19 @@ impl Stream {
             .collect()
     }
 
-    /// Attaches a consumer starting at `start`, and delivers what it may.
-    pub fn add_consumer(&self, queue: &Arc<Queue>, consumer: Arc<Consumer>, start: StartAt) {
+    /// Attaches a consumer starting at `start` (after its tracked position,
+    /// if it is tracked and has one), and delivers what it may.
+    pub fn add_consumer(&self, queue: &Arc<Queue>, consumer: Arc<Consumer>, start: Start) {
         let log = &self.log;
-        let next = match start {
-            StartAt::First => log.first_offset(),
-            StartAt::Last => log.last_chunk_offset(),
-            StartAt::Next => log.next_offset(),
-            StartAt::Offset(n) => n.max(log.first_offset()),
-            StartAt::Timestamp(ms) => log.offset_at_timestamp(ms),
+        let kept = if start.tracked {
+            let tag = consumer.tag_str();
+            self.tracked.lock().next.get(&tag).copied()
+        } else {
+            None
+        };
+        let next = match kept {
+            Some(n) => n.max(log.first_offset()),
+            None => Self::resolve(log, start.at),
         };
         let mut readers = self.readers.lock();
         readers.push(Reader {
@@ -268,8 +276,78 @@ impl Stream {
             ready: VecDeque::new(),
             decoded: None,
             reading: false,
+            tracked: start.tracked,
         });
         self.dispatch_locked(queue, &mut readers);
+    }
+
+    /// The offset `at` names now.
+    fn resolve(log: &StreamLog, at: StartAt) -> u64 {
+        match at {
+            StartAt::First => log.first_offset(),
+            StartAt::Last => log.last_chunk_offset(),
+            StartAt::Next => log.next_offset(),
+            StartAt::Offset(n) => n.max(log.first_offset()),
+            StartAt::Timestamp(ms) => log.offset_at_timestamp(ms),
+        }
+    }
+
+    /// `consumer` acked the message at `offset`: a tracked consumer's
+    /// position moves past it (written within `tracking::FLUSH_DELAY_MS`).
+    pub fn acked(&self, queue: &Arc<Queue>, consumer: &Arc<Consumer>, offset: u64) {
+        let is_tracked = self
+            .readers
+            .lock()
+            .iter()
+            .any(|r| r.tracked && Arc::ptr_eq(&r.consumer, consumer));
+        if !is_tracked {
+            return;
+        }
+        let mut t = self.tracked.lock();
+        let next = t.next.entry(consumer.tag_str()).or_insert(0);
+        if offset < *next {
+            return;
+        }
+        *next = offset + 1;
+        t.dirty = true;
+        if !t.scheduled {
+            t.scheduled = true;
+            let at = crate::ops::clock::now_ms() + tracking::FLUSH_DELAY_MS;
+            let kind = crate::queue::timers::Kind::StreamOffsets;
+            crate::queue::timers::schedule(at, kind, Arc::downgrade(queue));
+        }
+    }
+
+    /// Writes the tracked positions, if they changed, on a reader thread
+    /// (the timer thread does no I/O).
+    pub fn flush_offsets(&self) {
+        let snapshot = {
+            let mut t = self.tracked.lock();
+            t.scheduled = false;
+            if !t.dirty || self.deleted.load(Ordering::Acquire) {
+                return;
+            }
+            t.snapshot()
+        };
+        spawn_read(Box::new(move || {
+            if let Err(e) = snapshot.write() {
+                tracing::warn!("writing a stream's tracked offsets: {e}");
+            }
+        }));
+    }
+
+    /// Writes the tracked positions now, on this thread (shutdown).
+    pub fn write_offsets_now(&self) {
+        let snapshot = {
+            let mut t = self.tracked.lock();
+            if !t.dirty || self.deleted.load(Ordering::Acquire) {
+                return;
+            }
+            t.snapshot()
+        };
+        if let Err(e) = snapshot.write() {
+            tracing::warn!("writing a stream's tracked offsets: {e}");
+        }
     }
 
     /// Detaches a consumer; whether it was attached.

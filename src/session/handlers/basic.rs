@@ -11,7 +11,7 @@ use crate::auth::{Access, Resource};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::queue::Got;
 use crate::queue::consumer::Consumer;
-use crate::queue::stream::args::{self as stream_args, StartAt};
+use crate::queue::stream::args::{self as stream_args, Start};
 use crate::session::channel::{Channel, ChannelConsumer, Outcome, requeue};
 use crate::session::context::{ConnCtx, PendingGet};
 use crate::session::handlers::{detach_consumer, generated_name, not_from_client, queue_name};
@@ -167,11 +167,11 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     let tag = Bytes::from(tag_str.clone().into_bytes());
     check_new_consumer(ch, ctx, &tag, &tag_str)?;
     let start = match q.stream() {
-        None => StartAt::Next,
+        None => Start::default(),
         Some(_) => {
             let v = &ctx.vhost.name;
             stream_args::check_consume(&name, v, ch.consumer_prefetch, c.no_ack, &c.arguments)?;
-            stream_args::start_at(&c.arguments, &name, v, crate::store::wall_ms())?
+            stream_args::start(&c.arguments, &name, v, crate::store::wall_ms())?
         }
     };
     let priority = consumer_priority(ctx, &name, &c)?;
