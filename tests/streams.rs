@@ -710,3 +710,88 @@ async fn a_tracked_consumer_resumes_after_its_last_ack_across_restarts() {
     let (_cch, mut c) = tracked_consumer(&conn, "tracked", "other", false).await;
     assert_eq!(take_acked(&mut c, 1).await, expected(2..3));
 }
+
+#[tokio::test]
+async fn filtering_consumers_get_only_the_values_they_ask_for() {
+    let w = Warren::start();
+    let conn = w.connect().await;
+    let ch = confirm_channel(&conn).await;
+    declare_stream(&ch, "colours", &[]).await;
+    // Batches of one colour each, so most chunks hold one value.
+    let colours = [Some("red"), Some("blue"), None, Some("green"), Some("red")];
+    let mut n = 0;
+    let mut expect: std::collections::HashMap<&str, Vec<i64>> = Default::default();
+    for colour in colours {
+        let mut pending = Vec::new();
+        for _ in 0..20 {
+            let mut props = BasicProperties::default();
+            if let Some(c) = colour {
+                let mut h = FieldTable::default();
+                h.insert("x-stream-filter-value".into(), ls(c));
+                props = props.with_headers(h);
+            }
+            pending.push(
+                ch.basic_publish(
+                    "".into(),
+                    "colours".into(),
+                    BasicPublishOptions::default(),
+                    colour.unwrap_or("none").as_bytes(),
+                    props,
+                )
+                .await
+                .unwrap(),
+            );
+            expect.entry(colour.unwrap_or("none")).or_default().push(n);
+            n += 1;
+        }
+        for p in pending {
+            assert!(p.await.unwrap().is_ack());
+        }
+    }
+    let check = |filter: AMQPValue, unfiltered: bool, want: &[&str]| {
+        let conn = &conn;
+        let mut offsets: Vec<i64> = want.iter().flat_map(|c| expect[c].clone()).collect();
+        offsets.sort_unstable();
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        async move {
+            let ch = conn.create_channel().await.unwrap();
+            ch.basic_qos(1000, BasicQosOptions::default())
+                .await
+                .unwrap();
+            let mut args = FieldTable::default();
+            args.insert("x-stream-offset".into(), ls("first"));
+            args.insert("x-stream-filter".into(), filter);
+            if unfiltered {
+                args.insert("x-stream-match-unfiltered".into(), AMQPValue::Boolean(true));
+            }
+            let mut c = ch
+                .basic_consume(
+                    "colours".into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await
+                .unwrap();
+            let got = collect_for(&mut c, Duration::from_millis(800), 1000).await;
+            let got_offsets: Vec<i64> = got.iter().map(offset_of).collect();
+            assert_eq!(got_offsets, offsets, "filter {want:?}");
+            for d in &got {
+                let body = String::from_utf8_lossy(&d.data).into_owned();
+                assert!(want.contains(&body), "{body} delivered to {want:?}");
+            }
+        }
+    };
+    check(ls("red"), false, &["red"]).await;
+    check(ls("green"), true, &["green", "none"]).await;
+    let list = AMQPValue::FieldArray(vec![ls("blue"), ls("red")].into());
+    check(list, false, &["blue", "red"]).await;
+    // Without a filter, everything.
+    let (_ch, mut c) = stream_consumer(&conn, "colours", 1000, Some(ls("first"))).await;
+    assert_eq!(
+        collect_for(&mut c, Duration::from_millis(800), 1000)
+            .await
+            .len(),
+        100
+    );
+}

@@ -759,7 +759,7 @@ impl Queue {
 
     /// Attaches a consumer, enforcing exclusive consumers as RabbitMQ does.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<()> {
-        self.add_consumer_at(consumer, stream::args::Start::default())
+        self.add_consumer_at(consumer, stream::args::Start::default(), None)
     }
 
     /// Attaches a consumer; a stream's consumer starts at `start` (other
@@ -768,13 +768,14 @@ impl Queue {
         self: &Arc<Self>,
         consumer: Arc<Consumer>,
         start: stream::args::Start,
+        filter: Option<stream::Filter>,
     ) -> AmqpResult<()> {
         if let Some(s) = &self.stream {
             if self.is_deleted() {
                 return Err(AmqpError::no_queue(&self.name, &self.vhost));
             }
             // Exclusive consumers are not exclusive on a stream (RabbitMQ).
-            s.add_consumer(self, consumer, start);
+            s.add_consumer(self, consumer, start, filter);
             self.touch();
             return Ok(());
         }

@@ -53,7 +53,7 @@ use super::{FatalHook, supervised, wall_ms};
 pub const DEFAULT_SEGMENT_MAX: u64 = 500_000_000;
 
 /// Bytes of a chunk header.
-pub const CHUNK_HEADER_LEN: usize = 40;
+pub const CHUNK_HEADER_LEN: usize = 64;
 
 /// Bytes before each entry's data in a chunk: length and timestamp.
 pub const ENTRY_HEADER_LEN: usize = 12;
@@ -132,11 +132,60 @@ pub struct Entry {
     pub data: Bytes,
 }
 
+/// Bytes of a chunk's filter (a Bloom filter of the filter values of its
+/// entries; RabbitMQ's default x-stream-filter-size-bytes).
+pub const FILTER_BYTES: usize = 16;
+
+/// A chunk has entries that carry a filter value.
+const HAS_FILTERED: u8 = 1;
+/// A chunk has entries without one.
+const HAS_UNFILTERED: u8 = 2;
+
+/// The two bits a filter value sets in a chunk's Bloom filter.
+fn filter_bits(value: &[u8]) -> [usize; 2] {
+    let h = crc32fast::hash(value);
+    let g = crc32fast::hash(&[value, b"\x01"].concat());
+    let bits = FILTER_BYTES * 8;
+    [h as usize % bits, g as usize % bits]
+}
+
+/// What a filtered reader wants (x-stream-filter, x-stream-match-unfiltered).
+#[derive(Debug, Clone, Default)]
+pub struct ReadFilter {
+    bits: Vec<[usize; 2]>,
+    match_unfiltered: bool,
+}
+
+impl ReadFilter {
+    /// Chunks that may hold an entry with one of `values`, and with
+    /// `match_unfiltered` chunks holding entries without a value.
+    pub fn new<'a>(
+        values: impl IntoIterator<Item = &'a [u8]>,
+        match_unfiltered: bool,
+    ) -> ReadFilter {
+        ReadFilter {
+            bits: values.into_iter().map(filter_bits).collect(),
+            match_unfiltered,
+        }
+    }
+
+    /// Whether a chunk with this filter and flags may hold what it wants.
+    fn may_match(&self, bloom: &[u8; FILTER_BYTES], flags: u8) -> bool {
+        let set = |b: usize| bloom[b / 8] & (1 << (b % 8)) != 0;
+        (self.match_unfiltered && flags & HAS_UNFILTERED != 0)
+            || (flags & HAS_FILTERED != 0 && self.bits.iter().any(|[a, b]| set(*a) && set(*b)))
+    }
+}
+
 /// A chunk header, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
     first: u64,
     count: u32,
+    /// HAS_FILTERED | HAS_UNFILTERED.
+    flags: u8,
+    /// The Bloom filter of its entries' filter values.
+    bloom: [u8; FILTER_BYTES],
     ts: u64,
     data_len: u32,
     data_crc: u32,
@@ -168,13 +217,15 @@ impl Header {
         let mut b = [0u8; CHUNK_HEADER_LEN];
         b[0..4].copy_from_slice(&MAGIC);
         b[4] = VERSION;
+        b[5] = self.flags;
         b[8..16].copy_from_slice(&self.first.to_be_bytes());
         b[16..20].copy_from_slice(&self.count.to_be_bytes());
         b[20..28].copy_from_slice(&self.ts.to_be_bytes());
         b[28..32].copy_from_slice(&self.data_len.to_be_bytes());
         b[32..36].copy_from_slice(&self.data_crc.to_be_bytes());
-        let crc = crc32fast::hash(&b[..36]);
-        b[36..40].copy_from_slice(&crc.to_be_bytes());
+        b[36..36 + FILTER_BYTES].copy_from_slice(&self.bloom);
+        let crc = crc32fast::hash(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_be_bytes());
         b
     }
 
@@ -182,15 +233,19 @@ impl Header {
         if b.len() < CHUNK_HEADER_LEN || b[0..4] != MAGIC {
             return Parsed::Bad;
         }
-        if crc32fast::hash(&b[..36]) != be_u32(b, 36) {
+        if crc32fast::hash(&b[..60]) != be_u32(b, 60) {
             return Parsed::Bad;
         }
         if b[4] > VERSION {
             return Parsed::Newer(b[4]);
         }
+        let mut bloom = [0u8; FILTER_BYTES];
+        bloom.copy_from_slice(&b[36..36 + FILTER_BYTES]);
         let h = Header {
             first: be_u64(b, 8),
             count: be_u32(b, 16),
+            flags: b[5],
+            bloom,
             ts: be_u64(b, 20),
             data_len: be_u32(b, 28),
             data_crc: be_u32(b, 32),
@@ -333,6 +388,9 @@ struct ChunkIdx {
     pos: u64,
     count: u32,
     data_len: u32,
+    /// Its header's filter flags and Bloom filter.
+    flags: u8,
+    bloom: [u8; FILTER_BYTES],
 }
 
 impl ChunkIdx {
@@ -451,6 +509,8 @@ struct Open {
     first: u64,
     count: u32,
     ts: u64,
+    flags: u8,
+    bloom: [u8; FILTER_BYTES],
 }
 
 /// What was appended and the writer has not taken yet: chunks laid out
@@ -463,7 +523,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn add(&mut self, offset: u64, data: &[u8], ts: u64) {
+    fn add(&mut self, offset: u64, data: &[u8], ts: u64, filter: Option<&[u8]>) {
         let len = self.buf.len();
         let full = self.chunks.last().is_none_or(|c| {
             let data_len = len - c.at - CHUNK_HEADER_LEN;
@@ -478,6 +538,8 @@ impl Pending {
                 first: offset,
                 count: 0,
                 ts: 0,
+                flags: 0,
+                bloom: [0; FILTER_BYTES],
             });
         }
         self.buf.put_u32(data.len() as u32);
@@ -486,6 +548,15 @@ impl Pending {
         if let Some(c) = self.chunks.last_mut() {
             c.count += 1;
             c.ts = c.ts.max(ts);
+            match filter {
+                Some(v) => {
+                    c.flags |= HAS_FILTERED;
+                    for b in filter_bits(v) {
+                        c.bloom[b / 8] |= 1 << (b % 8);
+                    }
+                }
+                None => c.flags |= HAS_UNFILTERED,
+            }
         }
     }
 }
@@ -496,6 +567,8 @@ struct Sealed {
     first: u64,
     count: u32,
     ts: u64,
+    flags: u8,
+    bloom: [u8; FILTER_BYTES],
     /// Where it starts in the batch.
     at: usize,
     /// Header and data.
@@ -511,6 +584,8 @@ fn seal(mut buf: BytesMut, chunks: Vec<Open>) -> (Bytes, Vec<Sealed>) {
         let header = Header {
             first: c.first,
             count: c.count,
+            flags: c.flags,
+            bloom: c.bloom,
             ts: c.ts,
             data_len: data.len() as u32,
             data_crc: crc32fast::hash(data),
@@ -520,6 +595,8 @@ fn seal(mut buf: BytesMut, chunks: Vec<Open>) -> (Bytes, Vec<Sealed>) {
             first: c.first,
             count: c.count,
             ts: c.ts,
+            flags: c.flags,
+            bloom: c.bloom,
             at: c.at,
             len: end - c.at,
         });
@@ -603,6 +680,8 @@ fn scan_segment(disk: &dyn Disk, path: &Path, base: u64, newest_ts: &mut u64) ->
             pos,
             count: h.count,
             data_len: h.data_len,
+            flags: h.flags,
+            bloom: h.bloom,
         });
         next += u64::from(h.count);
         pos = end;
@@ -819,6 +898,13 @@ impl StreamLog {
     ///
     /// If `data` is longer than `MAX_ENTRY` (4 GiB): no AMQP message is.
     pub fn append(&self, data: &[u8], timestamp: u64) -> u64 {
+        self.append_filtered(data, timestamp, None)
+    }
+
+    /// `append` with the entry's filter value (x-stream-filter-value), if
+    /// it has one: chunks record which values they hold, so filtered
+    /// readers skip chunks without reading them.
+    pub fn append_filtered(&self, data: &[u8], timestamp: u64, filter: Option<&[u8]>) -> u64 {
         assert!(
             data.len() <= MAX_ENTRY,
             "stream entry of {} bytes",
@@ -832,7 +918,7 @@ impl StreamLog {
         if self.stopping.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire) {
             return offset;
         }
-        p.add(offset, data, timestamp);
+        p.add(offset, data, timestamp, filter);
         self.backlog.store(p.buf.len(), Ordering::Relaxed);
         drop(p);
         self.wake.notify_one();
@@ -881,27 +967,57 @@ impl StreamLog {
     /// read (entries before `from` in the first are skipped); recent ones
     /// come from memory. Blocking (disk reads): run it off async workers.
     pub fn read(&self, from: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
+        self.read_filtered(from, max_bytes, None).map(|(e, _)| e)
+    }
+
+    /// `read`, skipping whole chunks that `filter` rules out (they are not
+    /// read). Also returns the offset the read looked up to: a reader whose
+    /// chunks were all skipped goes on from there.
+    pub fn read_filtered(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        filter: Option<&ReadFilter>,
+    ) -> io::Result<(Vec<Entry>, u64)> {
         loop {
-            let (start, plan) = self.plan_read(from, max_bytes);
+            let (start, plan, scanned) = self.plan_read(from, max_bytes, filter);
             match self.read_planned(start, &plan, max_bytes) {
                 // Retention deleted the segment between planning and
                 // reading: read again from where the log now starts.
                 Err(_) if self.first_offset() > start => continue,
-                done => return done,
+                done => return done.map(|e| (e, scanned)),
             }
         }
     }
 
-    /// Chooses the chunks a read decodes (under the lock: no I/O).
-    fn plan_read(&self, from: u64, max_bytes: usize) -> (u64, Vec<Planned>) {
+    /// Most chunks one filtered read looks at (skipped ones included), so
+    /// that a read over a long run of unmatched chunks stays short.
+    const SCAN_CHUNKS: usize = 4096;
+
+    /// Chooses the chunks a read decodes (under the lock: no I/O), and the
+    /// offset it looked up to.
+    fn plan_read(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        filter: Option<&ReadFilter>,
+    ) -> (u64, Vec<Planned>, u64) {
         let st = self.state.lock();
         let from = from.max(self.first_offset());
         let mut plan = Vec::new();
         let mut planned = 0usize;
         let mut i = st.index.partition_point(|c| c.end() <= from);
+        let mut scanned = from;
+        let mut looked = 0;
         while let Some(c) = st.index.get(i) {
-            if !plan.is_empty() && planned >= max_bytes {
+            if !plan.is_empty() && planned >= max_bytes || looked >= Self::SCAN_CHUNKS {
                 break;
+            }
+            looked += 1;
+            i += 1;
+            scanned = c.end();
+            if filter.is_some_and(|f| !f.may_match(&c.bloom, c.flags)) {
+                continue;
             }
             planned += c.data_len as usize;
             plan.push(Planned {
@@ -909,9 +1025,8 @@ impl StreamLog {
                 segment: st.segment_of(c.first).map_or(0, |s| s.base),
                 cached: st.cached(c.first),
             });
-            i += 1;
         }
-        (from, plan)
+        (from, plan, scanned)
     }
 
     fn read_planned(
@@ -1188,6 +1303,8 @@ impl StreamLog {
                 pos: active.written + (c.at - head.at) as u64,
                 count: c.count,
                 data_len: (c.len - CHUNK_HEADER_LEN) as u32,
+                flags: c.flags,
+                bloom: c.bloom,
             });
             // Only the chunks near the batch's end can stay in the cache:
             // copying the others would be wasted.

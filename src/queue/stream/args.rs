@@ -393,6 +393,21 @@ pub fn start_at(args: &FieldTable, queue: &str, vhost: &str, now_ms: u64) -> Amq
     })
 }
 
+/// A consumer's filter (`x-stream-filter`: a string or an array of
+/// strings; `x-stream-match-unfiltered`: a boolean). Values of other types
+/// are ignored, as RabbitMQ 3.10 ignores the arguments altogether.
+pub fn filter(args: &FieldTable) -> Option<(Vec<String>, bool)> {
+    let values: Vec<String> = match args.inner().get("x-stream-filter")? {
+        AMQPValue::FieldArray(a) => a.as_slice().iter().filter_map(string).collect(),
+        v => vec![string(v)?],
+    };
+    let unfiltered = matches!(
+        args.inner().get("x-stream-match-unfiltered"),
+        Some(AMQPValue::Boolean(true))
+    );
+    Some((values, unfiltered))
+}
+
 /// Refusals of what a stream consumer may not ask for, in RabbitMQ's
 /// order: a prefetch must be set, acks must be manual, no x-priority.
 pub fn check_consume(

@@ -30,7 +30,7 @@ use crate::message::Message;
 use crate::queue::Queue;
 use crate::queue::consumer::{Consumer, QueuedMessage};
 use crate::store::disk::Disk;
-use crate::store::stream::{Entry, StreamLog, StreamOptions};
+use crate::store::stream::{Entry, ReadFilter, StreamLog, StreamOptions};
 use args::{Start, StartAt, StreamArgs};
 use tracking::Tracked;
 
@@ -167,6 +167,8 @@ struct Reader {
     reading: bool,
     /// Its position is tracked under its consumer tag.
     tracked: bool,
+    /// What it asked to receive (None: everything).
+    filter: Option<Arc<Filter>>,
 }
 
 impl Stream {
@@ -235,7 +237,11 @@ impl Stream {
                 + msg.body_len(),
         );
         encode(msg, &mut buf);
-        let offset = self.log.append(&buf, crate::store::wall_ms());
+        let filter = filter_value(msg);
+        let filter = filter.as_deref().map(str::as_bytes);
+        let offset = self
+            .log
+            .append_filtered(&buf, crate::store::wall_ms(), filter);
         self.accounted.fetch_add(buf.len(), Ordering::Relaxed);
         BACKLOG.fetch_add(buf.len(), Ordering::Relaxed);
         offset
@@ -257,7 +263,13 @@ impl Stream {
 
     /// Attaches a consumer starting at `start` (after its tracked position,
     /// if it is tracked and has one), and delivers what it may.
-    pub fn add_consumer(&self, queue: &Arc<Queue>, consumer: Arc<Consumer>, start: Start) {
+    pub fn add_consumer(
+        &self,
+        queue: &Arc<Queue>,
+        consumer: Arc<Consumer>,
+        start: Start,
+        filter: Option<Filter>,
+    ) {
         let log = &self.log;
         let kept = if start.tracked {
             let tag = consumer.tag_str();
@@ -277,6 +289,7 @@ impl Stream {
             decoded: None,
             reading: false,
             tracked: start.tracked,
+            filter: filter.map(Arc::new),
         });
         self.dispatch_locked(queue, &mut readers);
     }
@@ -380,7 +393,15 @@ impl Stream {
             if r.decoded.is_none() {
                 let Some(e) = r.ready.pop_front() else { break };
                 match decode(&e) {
-                    Some(m) => r.decoded = Some(m),
+                    Some((_, value))
+                        if r.filter
+                            .as_ref()
+                            .is_some_and(|f| !f.wants(value.as_deref())) =>
+                    {
+                        r.next = e.offset + 1;
+                        continue;
+                    }
+                    Some((m, _)) => r.decoded = Some(m),
                     None => {
                         tracing::error!(queue = %queue.name.escape_debug(), offset = e.offset, "stream entry does not decode; skipped");
                         r.next = e.offset + 1;
@@ -401,17 +422,24 @@ impl Stream {
         }
         if !r.reading && r.next < durable && r.consumer.is_active() {
             r.reading = true;
-            self.start_read(queue, r.consumer.clone(), r.next);
+            self.start_read(queue, r.consumer.clone(), r.filter.clone(), r.next);
         }
     }
 
     /// Reads entries from `from` for `consumer` on a reader thread; the
     /// result goes to `read_done`.
-    fn start_read(&self, queue: &Arc<Queue>, consumer: Arc<Consumer>, from: u64) {
+    fn start_read(
+        &self,
+        queue: &Arc<Queue>,
+        consumer: Arc<Consumer>,
+        filter: Option<Arc<Filter>>,
+        from: u64,
+    ) {
         let log = self.log.clone();
         let queue: Weak<Queue> = Arc::downgrade(queue);
         spawn_read(Box::new(move || {
-            let got = log.read(from, READ_BYTES);
+            let chunks = filter.as_ref().map(|f| &f.chunks);
+            let got = log.read_filtered(from, READ_BYTES, chunks);
             if let Some(q) = queue.upgrade()
                 && let Some(s) = q.stream()
             {
@@ -425,7 +453,7 @@ impl Stream {
         queue: &Arc<Queue>,
         consumer: &Arc<Consumer>,
         from: u64,
-        got: std::io::Result<Vec<Entry>>,
+        got: std::io::Result<(Vec<Entry>, u64)>,
     ) {
         let mut readers = self.readers.lock();
         let Some(r) = readers
@@ -436,12 +464,11 @@ impl Stream {
         };
         r.reading = false;
         match got {
-            Ok(entries) if r.next == from => {
-                if let Some(first) = entries.first() {
-                    // Retention may have removed what the consumer was at:
-                    // it goes on from the oldest entry kept.
-                    r.next = r.next.max(first.offset);
-                }
+            Ok((entries, scanned)) if r.next == from => {
+                // Retention may have removed what the consumer was at, or
+                // its filter skipped chunks: it goes on from the first
+                // entry read, or past everything looked at.
+                r.next = r.next.max(entries.first().map_or(scanned, |e| e.offset));
                 let next = r.next;
                 r.ready
                     .extend(entries.into_iter().filter(|e| e.offset >= next));
@@ -485,7 +512,7 @@ fn encode(msg: &Message, buf: &mut BytesMut) {
 
 /// The message an entry holds, with its offset added to its headers as
 /// `x-stream-offset` (a signed 64-bit integer, after the publisher's own).
-fn decode(e: &Entry) -> Option<QueuedMessage> {
+fn decode(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
     let d = &e.data;
     let mut at = 0usize;
     let mut take = |n: usize| -> Option<std::ops::Range<usize>> {
@@ -505,19 +532,70 @@ fn decode(e: &Entry) -> Option<QueuedMessage> {
     let body: Bytes = d.slice(at..);
     let props = crate::message::parse_properties(&d[h])?;
     let mut headers = props.headers().clone().unwrap_or_else(FieldTable::default);
+    let filter = headers
+        .inner()
+        .get(FILTER_VALUE)
+        .and_then(crate::protocol::fields::string);
     headers.insert(
         "x-stream-offset".into(),
         AMQPValue::LongLongInt(i64::try_from(e.offset).unwrap_or(i64::MAX)),
     );
     let props = props.with_headers(headers);
     let header = crate::message::content_header(&props, body.len() as u64)?;
-    Some(QueuedMessage {
+    let m = QueuedMessage {
         msg: Message::new(&d[x], &d[k], &header, body),
         seq: e.offset,
         redelivered: false,
         stored: None,
         deadline: 0,
-    })
+    };
+    Some((m, filter))
+}
+
+/// The header a publisher sets a message's filter value in.
+const FILTER_VALUE: &str = "x-stream-filter-value";
+
+/// A message's filter value, read only when it has headers.
+fn filter_value(msg: &Message) -> Option<String> {
+    let h = msg.header();
+    // Property flags are at 12..14; bit 13 says headers are present.
+    if h.len() < 14 || u16::from_be_bytes([h[12], h[13]]) & 0x2000 == 0 {
+        return None;
+    }
+    let props = msg.properties()?;
+    let headers = props.headers().as_ref()?;
+    crate::protocol::fields::string(headers.inner().get(FILTER_VALUE)?)
+}
+
+/// What a filtering consumer receives (x-stream-filter and
+/// x-stream-match-unfiltered, as in RabbitMQ 3.13): whole chunks without
+/// a wanted value are skipped unread, and the rest is checked message by
+/// message, so the consumer gets exactly the messages it asked for.
+#[derive(Debug)]
+pub struct Filter {
+    values: Vec<String>,
+    match_unfiltered: bool,
+    chunks: ReadFilter,
+}
+
+impl Filter {
+    /// A filter for `values` (and messages without a value when
+    /// `match_unfiltered`).
+    pub fn new(values: Vec<String>, match_unfiltered: bool) -> Filter {
+        let chunks = ReadFilter::new(values.iter().map(|v| v.as_bytes()), match_unfiltered);
+        Filter {
+            values,
+            match_unfiltered,
+            chunks,
+        }
+    }
+
+    fn wants(&self, value: Option<&str>) -> bool {
+        match value {
+            Some(v) => self.values.iter().any(|w| w == v),
+            None => self.match_unfiltered,
+        }
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -566,10 +644,12 @@ mod tests {
             .with_headers({
                 let mut t = FieldTable::default();
                 t.insert("a".into(), AMQPValue::LongInt(1));
+                t.insert(FILTER_VALUE.into(), AMQPValue::LongString("red".into()));
                 t
             });
         let header = crate::message::content_header(&props, 5).unwrap();
         let msg = Message::new(b"x", b"key", &header, Bytes::from_static(b"hello"));
+        assert_eq!(filter_value(&msg).as_deref(), Some("red"));
         let mut buf = BytesMut::new();
         encode(&msg, &mut buf);
         let e = Entry {
@@ -577,7 +657,8 @@ mod tests {
             timestamp: 0,
             data: buf.freeze(),
         };
-        let q = decode(&e).unwrap();
+        let (q, filter) = decode(&e).unwrap();
+        assert_eq!(filter.as_deref(), Some("red"));
         assert_eq!(q.seq, 42);
         assert_eq!(q.msg.exchange(), b"x");
         assert_eq!(q.msg.routing_key(), b"key");

@@ -166,12 +166,15 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     let tag_str = consumer_tag(&c);
     let tag = Bytes::from(tag_str.clone().into_bytes());
     check_new_consumer(ch, ctx, &tag, &tag_str)?;
-    let start = match q.stream() {
-        None => Start::default(),
+    let (start, filter) = match q.stream() {
+        None => (Start::default(), None),
         Some(_) => {
             let v = &ctx.vhost.name;
             stream_args::check_consume(&name, v, ch.consumer_prefetch, c.no_ack, &c.arguments)?;
-            stream_args::start(&c.arguments, &name, v, crate::store::wall_ms())?
+            let start = stream_args::start(&c.arguments, &name, v, crate::store::wall_ms())?;
+            let filter = stream_args::filter(&c.arguments)
+                .map(|(values, unfiltered)| crate::queue::stream::Filter::new(values, unfiltered));
+            (start, filter)
         }
     };
     let priority = consumer_priority(ctx, &name, &c)?;
@@ -186,7 +189,7 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     // consume-ok must reach the client before the first delivery: attach the
     // consumer paused, reply, then let the queue deliver.
     consumer.deactivate();
-    q.add_consumer_at(consumer.clone(), start)?;
+    q.add_consumer_at(consumer.clone(), start, filter)?;
     ch.consumers.insert(
         tag,
         ChannelConsumer {

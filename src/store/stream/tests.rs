@@ -442,6 +442,8 @@ fn garbage_tail_and_stray_segments_are_cleaned() {
     let header = Header {
         first: 40,
         count: 1,
+        flags: 0,
+        bloom: [0; FILTER_BYTES],
         ts: 0,
         data_len: 100,
         data_crc: 0,
@@ -468,14 +470,16 @@ fn garbage_tail_and_stray_segments_are_cleaned() {
     let mut b = Header {
         first: 45,
         count: 1,
+        flags: 0,
+        bloom: [0; FILTER_BYTES],
         ts: 0,
         data_len: 12,
         data_crc: 0,
     }
     .encode();
     b[4] = VERSION + 1;
-    let crc = crc32fast::hash(&b[..36]);
-    b[36..].copy_from_slice(&crc.to_be_bytes());
+    let crc = crc32fast::hash(&b[..60]);
+    b[60..].copy_from_slice(&crc.to_be_bytes());
     let mut f = h
         .disk
         .open_append(&segment_path(&h.dir, last))
@@ -725,4 +729,65 @@ fn real_disk_round_trip_and_delete() {
     assert!(log.segments() > 2);
     log.delete().expect("delete");
     assert!(!dir.exists());
+}
+
+#[test]
+fn filtered_reads_skip_chunks_without_the_wanted_values_unread() {
+    let h = Harness::new(11);
+    let log = h.open(StreamOptions {
+        tail_cache_bytes: 0,
+        ..h.options(1 << 20)
+    });
+    // One chunk per group (each waits for the last to be durable).
+    type Group<'a> = (&'a [u8], Option<&'a [u8]>, u64);
+    let groups: [Group; 4] = [
+        (b"b", Some(b"blue"), 3),
+        (b"r", Some(b"red"), 2),
+        (b"u", None, 2),
+        (b"b", Some(b"blue"), 1),
+    ];
+    let mut n = 0;
+    for (data, filter, count) in groups {
+        for _ in 0..count {
+            log.append_filtered(data, 0, filter);
+        }
+        n += count;
+        wait_durable(&log, n);
+    }
+    let offsets = |f: &ReadFilter| {
+        let before = log.disk_reads();
+        let (e, scanned) = log.read_filtered(0, 1 << 20, Some(f)).expect("read");
+        let got: Vec<(u64, Bytes)> = e.into_iter().map(|e| (e.offset, e.data)).collect();
+        (got, scanned, log.disk_reads() - before)
+    };
+    let red = ReadFilter::new([&b"red"[..]], false);
+    let (got, scanned, reads) = offsets(&red);
+    assert_eq!(
+        got,
+        vec![(3, Bytes::from_static(b"r")), (4, Bytes::from_static(b"r"))]
+    );
+    assert_eq!(scanned, 8, "the read looked through the whole log");
+    assert_eq!(reads, 1, "only the matching chunk was read");
+    let red_or_none = ReadFilter::new([&b"red"[..]], true);
+    let (got, _, _) = offsets(&red_or_none);
+    assert_eq!(
+        got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6]
+    );
+    let blue = ReadFilter::new([&b"blue"[..], &b"green"[..]], false);
+    let (got, _, _) = offsets(&blue);
+    assert_eq!(
+        got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        vec![0, 1, 2, 7]
+    );
+    let (got, scanned, reads) = offsets(&ReadFilter::new([&b"green"[..]], false));
+    assert!(got.is_empty() && reads == 0, "nothing green: {got:?}");
+    assert_eq!(scanned, 8);
+    // Unfiltered reads see everything, and filters survive a restart.
+    assert_eq!(read_all(&log, 0).len(), 8);
+    log.close();
+    let log = h.open(h.options(1 << 20));
+    let (e, _) = log.read_filtered(0, 1 << 20, Some(&red)).expect("read");
+    assert_eq!(e.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![3, 4]);
+    log.close();
 }
