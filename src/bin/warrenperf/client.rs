@@ -416,6 +416,18 @@ pub async fn consume(
     prefetch: u16,
     no_ack: bool,
 ) -> Result<()> {
+    consume_with(r, w, queue_name, prefetch, no_ack, FieldTable::default()).await
+}
+
+/// `consume` with basic.consume arguments (e.g. x-stream-offset).
+pub async fn consume_with(
+    r: &mut Reader,
+    w: &mut Writer,
+    queue_name: &str,
+    prefetch: u16,
+    no_ack: bool,
+    arguments: FieldTable,
+) -> Result<()> {
     w.method(
         1,
         AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
@@ -432,7 +444,7 @@ pub async fn consume(
             no_ack,
             exclusive: false,
             nowait: false,
-            arguments: FieldTable::default(),
+            arguments,
         })),
     );
     w.flush().await?;

@@ -52,6 +52,10 @@ pub struct FillDrain {
     /// Give up after this many seconds per phase.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// x-queue-type of the queue (e.g. `stream`: declared durable, and
+    /// drained from x-stream-offset `first`).
+    #[arg(long)]
+    pub queue_type: Option<String>,
     /// Stop after the fill and leave the queue full (e.g. to measure a
     /// broker's recovery of it after a restart).
     #[arg(long)]
@@ -118,7 +122,9 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
     let c = &f.common;
     let (mut sr, mut sw) = client::connect(&c.uri).await?;
     client::delete_queue(&mut sr, &mut sw, &f.queue).await?;
-    client::declare_queue(&mut sr, &mut sw, &f.queue, f.persistent, None).await?;
+    let durable = f.persistent || f.queue_type.as_deref() == Some("stream");
+    let kind = f.queue_type.as_deref();
+    client::declare_queue(&mut sr, &mut sw, &f.queue, durable, kind).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss(c);
     let stats = Arc::new(Stats::new());
@@ -239,7 +245,14 @@ async fn drain(f: &FillDrain, stats: &Arc<Stats>) -> Result<f64, String> {
     let mut consumers = Vec::new();
     for _ in 0..f.consumers.max(1) {
         let (mut r, mut w) = client::connect(&c.uri).await?;
-        client::consume(&mut r, &mut w, &f.queue, f.prefetch, false).await?;
+        let mut args = amq_protocol::types::FieldTable::default();
+        if f.queue_type.as_deref() == Some("stream") {
+            args.insert(
+                "x-stream-offset".into(),
+                amq_protocol::types::AMQPValue::LongString("first".into()),
+            );
+        }
+        client::consume_with(&mut r, &mut w, &f.queue, f.prefetch, false, args).await?;
         consumers.push(tokio::spawn(load::consume(
             r,
             w,
