@@ -795,3 +795,34 @@ async fn filtering_consumers_get_only_the_values_they_ask_for() {
         100
     );
 }
+
+#[tokio::test]
+async fn a_policy_sets_retention_and_the_listing_shows_a_stream() {
+    let w = Warren::start();
+    let body = serde_json::json!({
+        "pattern": "^pol$",
+        "apply-to": "queues",
+        "definition": {"max-length-bytes": 20000, "stream-max-segment-size-bytes": 5000},
+    });
+    let (status, _) = w.api("PUT", "/api/policies/%2F/streams", Some(&body));
+    assert!(status == 201 || status == 204, "policy: {status}");
+    let conn = w.connect().await;
+    let ch = confirm_channel(&conn).await;
+    declare_stream(&ch, "pol", &[]).await;
+    let body = vec![b'p'; 500];
+    for _ in 0..20 {
+        publish_copies(&ch, "pol", &body, 10).await;
+    }
+    let (_ch, mut c) = stream_consumer(&conn, "pol", 1000, Some(ls("first"))).await;
+    let got = collect_for(&mut c, Duration::from_millis(800), 1000).await;
+    let first = got.first().map(offset_of);
+    assert!(
+        first.is_some_and(|o| o > 0),
+        "retention by policy: starts at {first:?}"
+    );
+    assert_eq!(got.last().map(offset_of), Some(199));
+    let (status, q) = w.api("GET", "/api/queues/%2F/pol", None);
+    assert_eq!(status, 200);
+    assert_eq!(q["type"], "stream");
+    assert_eq!(q["messages_ready"].as_u64(), Some(got.len() as u64));
+}
