@@ -184,6 +184,16 @@ async fn fill(ch: &Channel, queue: &str, n: usize, size: usize) {
 
 /// A small paging budget, so a queue of big messages costs little RAM
 /// and what the tests measure is the outbound side.
+/// Messages (of 1 MiB) in the paged queues of the unacked cases: 150 by
+/// default, `WARREN_HOSTILE_QUEUE_MIB=1024` for the 1 GiB run recorded in
+/// docs/benchmarks.md.
+fn paged_mib() -> usize {
+    std::env::var("WARREN_HOSTILE_QUEUE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150)
+}
+
 const SMALL_QUEUES: &str = "[storage]\nqueue_memory_limit = 4194304\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +343,8 @@ async fn a_prefetch_0_consumer_that_never_acks_holds_at_most_the_queue_memory_bu
     let (_c, ch) = w.channel().await;
     let queue = unique("paged");
     declare(&ch, &queue).await;
-    fill(&ch, &queue, 150, MIB as usize).await;
+    let n = paged_mib();
+    fill(&ch, &queue, n, MIB as usize).await;
     let mut witness = Witness::start(&w).await;
     witness.round_trip().await;
     let before = rss(&w);
@@ -350,7 +361,7 @@ async fn a_prefetch_0_consumer_that_never_acks_holds_at_most_the_queue_memory_bu
         "the broker grew {} MiB for a consumer that never acks",
         grown / MIB
     );
-    let held = collect_for(&mut hog, Duration::from_millis(500), 150).await;
+    let held = collect_for(&mut hog, Duration::from_millis(500), n).await;
     assert!(
         !held.is_empty() && held.len() < 20,
         "{} messages delivered unacked, expected about the 4 MiB budget",
@@ -363,6 +374,68 @@ async fn a_prefetch_0_consumer_that_never_acks_holds_at_most_the_queue_memory_bu
         .unwrap();
     let more = collect_for(&mut hog, Duration::from_secs(5), 1).await;
     assert_eq!(more.len(), 1, "no delivery after the ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_basic_get_client_that_never_acks_holds_at_most_the_queue_memory_budget() {
+    let w = Warren::start_with(SMALL_QUEUES);
+    let (_c, ch) = w.channel().await;
+    let queue = unique("gets");
+    declare(&ch, &queue).await;
+    let n = paged_mib();
+    fill(&ch, &queue, n, MIB as usize).await;
+    let mut witness = Witness::start(&w).await;
+    witness.round_trip().await;
+    let before = rss(&w);
+
+    // basic.get with manual ack, read, never acked: every message of the
+    // queue would be read back and held unacked in RAM.
+    let (_hog, hch) = w.channel().await;
+    let mut got = Vec::new();
+    let peak = tokio::select! {
+        peak = witness.keep_going(&w, Duration::from_secs(3)) => peak,
+        _ = async {
+            while let Some(m) = hch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .unwrap()
+            {
+                got.push(m.delivery.delivery_tag);
+            }
+            std::future::pending::<()>().await
+        } => unreachable!(),
+    };
+    let grown = peak.saturating_sub(before);
+    println!(
+        "broker RSS grew {} MiB; {} gets answered",
+        grown / MIB,
+        got.len()
+    );
+    assert!(
+        grown < 40 * MIB,
+        "the broker grew {} MiB for a get client that never acks",
+        grown / MIB
+    );
+    assert!(
+        !got.is_empty() && got.len() < 20,
+        "{} messages got unacked, expected about the 4 MiB budget",
+        got.len()
+    );
+    // The rest is still queued, and acking makes room for the next get.
+    let last = *got.last().unwrap();
+    hch.basic_ack(last, BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    let more = hch
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message after the ack");
+    assert_eq!(
+        more.message_count as usize,
+        n - got.len() - 1,
+        "messages left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -513,10 +513,7 @@ impl Channel {
             .store()
             .map_or(u64::MAX, |s| s.durable_seq());
         while self.unsynced.front().is_some_and(|u| {
-            u.store <= durable
-                && u.streams
-                    .iter()
-                    .all(|(s, offset)| s.log().durable_offset() > *offset)
+            u.store <= durable && u.streams.iter().all(|(s, offset)| s.is_settled(*offset))
         }) {
             self.unsynced.pop_front();
         }

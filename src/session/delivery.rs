@@ -65,6 +65,11 @@ impl DeliveryState {
         std::mem::take(&mut self.over_budget)
     }
 
+    /// Body bytes of the unacked deliveries (consumers and basic.get).
+    pub fn unacked_bytes(&self) -> usize {
+        self.unacked_bytes
+    }
+
     fn add_unacked(&mut self, u: Unacked) {
         self.unacked_bytes += u.msg.body_len();
         let pos = self.unacked.partition_point(|x| x.tag < u.tag);

@@ -210,6 +210,13 @@ impl Stream {
         }
     }
 
+    /// Whether a publish appended at `offset` may be confirmed: it is
+    /// durable, or the stream was deleted (its messages with it, as for
+    /// any deleted queue).
+    pub fn is_settled(&self, offset: u64) -> bool {
+        self.log.durable_offset() > offset || self.deleted.load(Ordering::Acquire)
+    }
+
     /// Its log.
     pub fn log(&self) -> &Arc<StreamLog> {
         &self.log

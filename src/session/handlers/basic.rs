@@ -101,6 +101,15 @@ fn get(ch: &mut Channel, ctx: &mut ConnCtx, g: basic::Get) -> AmqpResult<()> {
             &ctx.vhost.name,
         ));
     }
+    // The same budget as a consumer's: a channel holding more unacked
+    // bodies than its queue may keep in RAM gets nothing more until it
+    // settles some (a client that gets and never acks would otherwise read
+    // a whole paged queue into memory).
+    let budget = q.unacked_budget();
+    if !g.no_ack && budget != 0 && ch.shared.state.lock().unacked_bytes() >= budget {
+        send_get_empty(ctx, ch.id);
+        return Ok(());
+    }
     match q.get(&*ch.shared, g.no_ack) {
         Got::Message => {}
         Got::Empty => send_get_empty(ctx, ch.id),
