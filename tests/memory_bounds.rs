@@ -81,6 +81,23 @@ impl Witness {
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
 
+    /// Round trips `gap` apart until `stop` is set; returns their times.
+    async fn sample_until(
+        &mut self,
+        stop: &std::sync::atomic::AtomicBool,
+        gap: Duration,
+    ) -> Vec<Duration> {
+        let mut took = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            let t = std::time::Instant::now();
+            self.round_trip().await;
+            took.push(t.elapsed());
+            tokio::time::sleep(gap).await;
+        }
+        took.sort();
+        took
+    }
+
     /// Round trips for `d`, sampling the broker's RSS; returns the peak.
     /// Prints the round trips' latency (for docs/benchmarks.md; debug
     /// builds under test load, so it is not asserted).
@@ -547,4 +564,101 @@ async fn a_client_that_stops_reading_altogether_is_dropped_after_two_missed_hear
     }
     let _ = s.shutdown(Shutdown::Both);
     writer.join().unwrap();
+}
+
+/// p50 / p99 / max of sorted round trips, for the printout.
+fn percentiles(took: &[Duration]) -> String {
+    let at = |q: usize| took[(took.len() * q / 100).min(took.len() - 1)];
+    format!(
+        "n {}, p50 {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        at(50),
+        at(99),
+        took[took.len() - 1]
+    )
+}
+
+/// 1,000 durable queues declared from 50 connections at once: each
+/// declaration is a definitions-log write with an fsync, group-committed
+/// on the definitions thread, so the storm must not park the tokio workers
+/// that serve a client on another connection. The round trips are printed
+/// (docs/benchmarks.md records a release run); the test asserts the
+/// witness kept going during the storm and every queue exists after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_durable_declarations_leaves_other_clients_served() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let w = Warren::start();
+    let mut witness = Witness::start(&w).await;
+    witness.round_trip().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.store(true, Ordering::Release);
+        })
+    };
+    let before = witness.sample_until(&stop, Duration::from_millis(1)).await;
+    timer.await.unwrap();
+
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(w.channel().await);
+    }
+    let storm_done = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let done = storm_done.clone();
+        let prefix = unique("storm");
+        let chans: Vec<Channel> = clients.iter().map(|(_, ch)| ch.clone()).collect();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut all = Vec::new();
+            for (i, ch) in chans.into_iter().enumerate() {
+                let prefix = prefix.clone();
+                all.push(tokio::spawn(async move {
+                    for j in 0..20 {
+                        let opts = QueueDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        };
+                        let name = format!("{prefix}-{i}-{j}");
+                        ch.queue_declare(name.as_str().into(), opts, FieldTable::default())
+                            .await
+                            .expect("durable queue.declare");
+                    }
+                }));
+            }
+            for t in all {
+                t.await.unwrap();
+            }
+            done.store(true, Ordering::Release);
+            (started.elapsed(), prefix)
+        })
+    };
+    let during = witness
+        .sample_until(&storm_done, Duration::from_millis(1))
+        .await;
+    let (took, prefix) = storm.await.unwrap();
+    println!("1000 durable queues from 50 connections in {took:?}");
+    println!("witness before: {}", percentiles(&before));
+    println!("witness during: {}", percentiles(&during));
+    assert!(
+        !during.is_empty(),
+        "no round trip completed during the storm"
+    );
+    let (_c, ch) = w.channel().await;
+    for i in 0..50 {
+        for j in 0..20 {
+            let opts = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let name = format!("{prefix}-{i}-{j}");
+            ch.queue_declare(name.as_str().into(), opts, FieldTable::default())
+                .await
+                .expect("a declared queue exists");
+        }
+    }
+    witness.round_trip().await;
 }
