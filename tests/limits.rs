@@ -253,6 +253,62 @@ async fn consumers_beyond_max_consumers_per_channel_are_refused_with_530() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_beyond_max_consumers_per_queue_are_refused_with_406() {
+    let w = Warren::start_with("[limits]\nmax_consumers_per_queue = 3\n");
+    let queue = unique("perq");
+    let (_c1, ch1) = w.channel().await;
+    let (c2, ch2) = w.channel().await;
+    support::declare(&ch1, &queue).await;
+    // Three consumers from two connections fill the queue's limit.
+    let mut consumers = Vec::new();
+    for ch in [&ch1, &ch1, &ch2] {
+        consumers.push(
+            ch.basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let ch3 = c2.create_channel().await.unwrap();
+    let e = ch3
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&e), Some(406), "{e}");
+    assert_eq!(
+        reply_text(&e),
+        format!(
+            "PRECONDITION_FAILED - reached maximum (3) of consumers on queue '{queue}' in vhost '/'"
+        )
+    );
+    // A channel error: the connection goes on, and a cancelled consumer
+    // makes room.
+    ch2.basic_cancel(consumers[2].tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    let ch4 = c2.create_channel().await.unwrap();
+    ch4.basic_consume(
+        queue.as_str().into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("a consumer after one was cancelled");
+    // Another queue is not affected.
+    round_trip(&ch1, &unique("perq-other")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_over_max_tx_bytes_is_closed_with_406_and_rolled_back() {
     let w = Warren::start_with("[limits]\nmax_tx_bytes = 1048576\n");
     let (c, ch) = w.channel().await;

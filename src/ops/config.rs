@@ -137,6 +137,8 @@ pub struct LimitsConfig {
     pub max_queues_per_vhost: u32,
     /// Consumers per channel (basic.consume beyond: 530).
     pub max_consumers_per_channel: u32,
+    /// Consumers per queue (basic.consume beyond: channel error 406).
+    pub max_consumers_per_queue: u32,
     /// Milliseconds a delivery may stay unacked before its channel is
     /// closed with 406 and the message requeued (RabbitMQ's
     /// consumer_timeout, 30 minutes); 0 disables.
@@ -156,6 +158,7 @@ impl Default for LimitsConfig {
             max_connections_per_vhost: 0,
             max_queues_per_vhost: 0,
             max_consumers_per_channel: 10_000,
+            max_consumers_per_queue: 50_000,
             consumer_timeout: 1_800_000,
             max_tx_bytes: 64 * 1024 * 1024,
             max_handshaking_connections: 1000,
@@ -530,6 +533,7 @@ mod tests {
         assert_eq!(c.limits.max_connections_per_vhost, 0);
         assert_eq!(c.limits.max_queues_per_vhost, 0);
         assert_eq!(c.limits.max_consumers_per_channel, 10_000);
+        assert_eq!(c.limits.max_consumers_per_queue, 50_000);
         assert_eq!(c.limits.max_tx_bytes, d.limits.max_tx_bytes);
         assert_eq!(
             c.limits.max_handshaking_connections,

@@ -9,9 +9,9 @@ use bytes::Bytes;
 
 use crate::auth::{Access, Resource};
 use crate::protocol::error::{AmqpError, AmqpResult, code};
-use crate::queue::Got;
 use crate::queue::consumer::Consumer;
 use crate::queue::stream::args::{self as stream_args, Start};
+use crate::queue::{Got, Queue};
 use crate::session::channel::{Channel, ChannelConsumer, Outcome, requeue};
 use crate::session::context::{ConnCtx, PendingGet};
 use crate::session::handlers::{detach_consumer, generated_name, not_from_client, queue_name};
@@ -175,6 +175,7 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     let tag_str = consumer_tag(&c);
     let tag = Bytes::from(tag_str.clone().into_bytes());
     check_new_consumer(ch, ctx, &tag, &tag_str)?;
+    check_queue_consumers(ctx, &q, &name)?;
     let (start, filter) = match q.stream() {
         None => (Start::default(), None),
         Some(_) => {
@@ -232,6 +233,23 @@ fn check_new_consumer(
         return Err(AmqpError::connection(
             code::NOT_ALLOWED,
             format!("reached maximum ({max}) of consumers per channel"),
+        ));
+    }
+    Ok(())
+}
+
+/// A queue takes at most `[limits] max_consumers_per_queue` consumers
+/// (checked at basic.consume, so concurrent consumes on several channels
+/// may pass it by a few); beyond it, channel error 406.
+fn check_queue_consumers(ctx: &ConnCtx, q: &Queue, name: &str) -> AmqpResult<()> {
+    let max = ctx.broker.config.limits.max_consumers_per_queue;
+    if max != 0 && q.consumer_count() >= max {
+        return Err(AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            format!(
+                "reached maximum ({max}) of consumers on queue '{name}' in vhost '{}'",
+                ctx.vhost.name
+            ),
         ));
     }
     Ok(())
