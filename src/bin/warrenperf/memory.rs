@@ -56,6 +56,11 @@ pub struct FillDrain {
     /// drained from x-stream-offset `first`).
     #[arg(long)]
     pub queue_type: Option<String>,
+    /// With a stream: consumer i of N starts at offset i*M/N instead of
+    /// `first`, so the drain's consumers read at different offsets (the
+    /// drain rate then counts every delivery, M*(N+1)/2 in all).
+    #[arg(long)]
+    pub stream_spread: bool,
     /// Stop after the fill and leave the queue full (e.g. to measure a
     /// broker's recovery of it after a restart).
     #[arg(long)]
@@ -158,7 +163,7 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
         return Ok(());
     }
 
-    let drain_s = drain(&f, &stats).await?;
+    let (drain_s, delivered) = drain(&f, &stats).await?;
     client::delete_queue(&mut sr, &mut sw, &f.queue).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss(c);
@@ -167,6 +172,7 @@ pub async fn fill_drain(f: FillDrain) -> Result<(), String> {
         FillDrainMeasured {
             fill_s,
             drain_s,
+            delivered,
             rss_before,
             rss_full,
             rss_after,
@@ -237,20 +243,30 @@ async fn fill(
 }
 
 /// The drain phase: consumers take every message from the queue. Returns
-/// the seconds taken.
-async fn drain(f: &FillDrain, stats: &Arc<Stats>) -> Result<f64, String> {
+/// the seconds taken and the deliveries made.
+async fn drain(f: &FillDrain, stats: &Arc<Stats>) -> Result<(f64, u64), String> {
     let c = &f.common;
     let timeout = Duration::from_secs(f.timeout);
     let consume_opts = drain_options(f);
     let mut consumers = Vec::new();
-    for _ in 0..f.consumers.max(1) {
+    let n = f.consumers.max(1) as u64;
+    let stream = f.queue_type.as_deref() == Some("stream");
+    // What the drain must deliver: each stream consumer reads from its
+    // start to the end; a queue's consumers share the messages.
+    let mut expected = if stream { 0 } else { f.messages };
+    for i in 0..n {
         let (mut r, mut w) = client::connect(&c.uri).await?;
         let mut args = amq_protocol::types::FieldTable::default();
-        if f.queue_type.as_deref() == Some("stream") {
-            args.insert(
-                "x-stream-offset".into(),
-                amq_protocol::types::AMQPValue::LongString("first".into()),
-            );
+        if stream {
+            use amq_protocol::types::AMQPValue;
+            let start = if f.stream_spread { i * f.messages / n } else { 0 };
+            expected += f.messages - start;
+            let offset = if f.stream_spread {
+                AMQPValue::LongLongInt(start as i64)
+            } else {
+                AMQPValue::LongString("first".into())
+            };
+            args.insert("x-stream-offset".into(), offset);
         }
         client::consume_with(&mut r, &mut w, &f.queue, f.prefetch, false, args).await?;
         consumers.push(tokio::spawn(load::consume(
@@ -261,7 +277,7 @@ async fn drain(f: &FillDrain, stats: &Arc<Stats>) -> Result<f64, String> {
         )));
     }
     let t1 = Instant::now();
-    while stats.consumed.load(Ordering::Relaxed) < f.messages {
+    while stats.consumed.load(Ordering::Relaxed) < expected {
         if t1.elapsed() > timeout || consumers.iter().any(|t| t.is_finished()) {
             break;
         }
@@ -272,18 +288,15 @@ async fn drain(f: &FillDrain, stats: &Arc<Stats>) -> Result<f64, String> {
     for t in consumers {
         t.abort();
     }
-    if drained < f.messages {
-        return Err(format!("drained only {drained} of {} messages", f.messages));
+    if drained < expected {
+        return Err(format!("drained only {drained} of {expected} messages"));
     }
-    let drain_rate = f.messages as f64 / drain_s;
+    let drain_rate = expected as f64 / drain_s;
     say(
         c,
-        format!(
-            "drained {} messages in {drain_s:.2} s ({drain_rate:.0} msg/s)",
-            f.messages
-        ),
+        format!("drained {expected} messages in {drain_s:.2} s ({drain_rate:.0} msg/s)"),
     );
-    Ok(drain_s)
+    Ok((drain_s, expected))
 }
 
 /// The consumers' options for the drain (no publishers, no deadline).
@@ -313,6 +326,9 @@ fn drain_options(f: &FillDrain) -> Load {
 struct FillDrainMeasured {
     fill_s: f64,
     drain_s: f64,
+    /// Deliveries in the drain (more than the messages when several
+    /// stream consumers each read the stream).
+    delivered: u64,
     rss_before: Option<u64>,
     rss_full: Option<u64>,
     rss_after: Option<u64>,
@@ -323,12 +339,13 @@ fn print_fill_drain_summary(f: &FillDrain, m: FillDrainMeasured) {
     let FillDrainMeasured {
         fill_s,
         drain_s,
+        delivered,
         rss_before,
         rss_full,
         rss_after,
     } = m;
     let fill_rate = f.messages as f64 / fill_s;
-    let drain_rate = f.messages as f64 / drain_s;
+    let drain_rate = delivered as f64 / drain_s;
     let per_msg = per(rss_full, rss_before, f.messages);
     let summary = serde_json::json!({
         "mode": "fill-drain",
@@ -340,6 +357,7 @@ fn print_fill_drain_summary(f: &FillDrain, m: FillDrainMeasured) {
         "fill_rate": fill_rate,
         "drain_s": drain_s,
         "drain_rate": drain_rate,
+        "delivered": delivered,
         "rss_before_bytes": rss_before,
         "rss_full_bytes": rss_full,
         "rss_after_bytes": rss_after,
