@@ -259,7 +259,11 @@ async fn drain(f: &FillDrain, stats: &Arc<Stats>) -> Result<(f64, u64), String> 
         let mut args = amq_protocol::types::FieldTable::default();
         if stream {
             use amq_protocol::types::AMQPValue;
-            let start = if f.stream_spread { i * f.messages / n } else { 0 };
+            let start = if f.stream_spread {
+                i * f.messages / n
+            } else {
+                0
+            };
             expected += f.messages - start;
             let offset = if f.stream_spread {
                 AMQPValue::LongLongInt(start as i64)
