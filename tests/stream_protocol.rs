@@ -1,0 +1,485 @@
+//! The RabbitMQ Stream protocol (port 5552) against a real warren, with
+//! RabbitMQ's Rust stream client: login, streams created and deleted,
+//! publishing with confirms and deduplication, the offset
+//! specifications, stored offsets, interop with AMQP 0-9-1 both ways, and
+//! a consumer far behind.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use common::*;
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use rabbitmq_stream_client::error::{
+    ClientError, ConsumerStoreOffsetError, StreamCreateError, StreamDeleteError,
+};
+use rabbitmq_stream_client::types::{ByteCapacity, Message, OffsetSpecification, ResponseCode};
+use rabbitmq_stream_client::{Consumer, Environment};
+use support::within;
+
+async fn env(w: &Warren) -> Environment {
+    env_as(w, "guest", "guest", "/").await.expect("connect")
+}
+
+async fn env_as(
+    w: &Warren,
+    user: &str,
+    pass: &str,
+    vhost: &str,
+) -> Result<Environment, ClientError> {
+    within(
+        "stream connection",
+        Environment::builder()
+            .host("127.0.0.1")
+            .port(w.stream_port)
+            .username(user)
+            .password(pass)
+            .virtual_host(vhost)
+            .build(),
+    )
+    .await
+}
+
+async fn create(env: &Environment, name: &str) {
+    within("create", env.stream_creator().create(name))
+        .await
+        .expect("create stream");
+}
+
+fn msg(body: String) -> Message {
+    Message::builder().body(body).build()
+}
+
+/// Publishes "m<i>" for i in `range`, each batch confirmed.
+async fn publish(env: &Environment, stream: &str, range: std::ops::Range<usize>) {
+    let producer = within("producer", env.producer().build(stream))
+        .await
+        .expect("producer");
+    let msgs: Vec<usize> = range.collect();
+    for batch in msgs.chunks(500) {
+        let batch = batch.iter().map(|i| msg(format!("m{i}"))).collect();
+        let st = within("confirms", producer.batch_send_with_confirm(batch))
+            .await
+            .expect("publish");
+        assert!(st.iter().all(|s| s.confirmed()));
+    }
+    producer.close().await.expect("close producer");
+}
+
+async fn consumer(env: &Environment, stream: &str, at: OffsetSpecification) -> Consumer {
+    within("consumer", env.consumer().offset(at).build(stream))
+        .await
+        .expect("consumer")
+}
+
+/// The next `n` deliveries: (offset, body).
+async fn take(c: &mut Consumer, n: usize) -> Vec<(u64, String)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let d = within("delivery", c.next())
+            .await
+            .expect("consumer open")
+            .expect("delivery");
+        let body = String::from_utf8(d.message().data().unwrap_or_default().to_vec()).unwrap();
+        out.push((d.offset(), body));
+    }
+    out
+}
+
+/// No delivery arrives within a short while.
+async fn quiet(c: &mut Consumer) {
+    let got = tokio::time::timeout(Duration::from_millis(300), c.next()).await;
+    assert!(got.is_err(), "unexpected delivery: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_with_credentials_and_refuses_a_wrong_password() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "s").await;
+    let err = env_as(&w, "guest", "wrong", "/")
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            ClientError::RequestError(ResponseCode::AuthenticationFailure)
+        ),
+        "{err:?}"
+    );
+    let err = env_as(&w, "guest", "guest", "no-such-vhost")
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            ClientError::RequestError(ResponseCode::VirtualHostAccessFailure)
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_and_deletes_streams_visible_over_amqp() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    let created = e
+        .stream_creator()
+        .max_length(ByteCapacity::MB(5))
+        .max_segment_size(ByteCapacity::MB(1))
+        .max_age(Duration::from_secs(3600))
+        .create("events")
+        .await;
+    assert!(created.is_ok(), "{created:?}");
+    match e.stream_creator().create("events").await {
+        Err(StreamCreateError::Create { status, .. }) => {
+            assert_eq!(status, ResponseCode::StreamAlreadyExists)
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same stream queue AMQP 0-9-1 declares: a passive declare finds
+    // it, and a redeclare with the same arguments is accepted.
+    let (_c, ch) = w.channel().await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    let ok = ch
+        .queue_declare(
+            "events".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let (status, body) = w.api("GET", "/api/queues/%2f/events", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["type"], "stream", "{body}");
+    within("delete", e.delete_stream("events")).await.unwrap();
+    match e.delete_stream("events").await {
+        Err(StreamDeleteError::Delete { status, .. }) => {
+            assert_eq!(status, ResponseCode::StreamDoesNotExist)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_with_confirms_and_reads_from_each_offset_specification() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "s").await;
+    let before = warren_now_ms();
+    publish(&e, "s", 0..10).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let middle = warren_now_ms();
+    publish(&e, "s", 10..20).await;
+
+    let mut first = consumer(&e, "s", OffsetSpecification::First).await;
+    let got = take(&mut first, 20).await;
+    let want: Vec<(u64, String)> = (0..20).map(|i| (i as u64, format!("m{i}"))).collect();
+    assert_eq!(got, want);
+
+    let mut at = consumer(&e, "s", OffsetSpecification::Offset(15)).await;
+    assert_eq!(take(&mut at, 1).await, vec![(15, "m15".to_string())]);
+
+    let mut ts = consumer(&e, "s", OffsetSpecification::Timestamp(middle)).await;
+    assert_eq!(take(&mut ts, 1).await, vec![(10, "m10".to_string())]);
+    let mut ts0 = consumer(&e, "s", OffsetSpecification::Timestamp(before)).await;
+    assert_eq!(take(&mut ts0, 1).await[0].0, 0);
+
+    // Last: the last chunk (the second batch was one chunk or more; its
+    // first delivery is at or after offset 10); Next: only what comes after.
+    let mut last = consumer(&e, "s", OffsetSpecification::Last).await;
+    let l = take(&mut last, 1).await;
+    assert!(l[0].0 >= 10 && l[0].0 < 20, "{l:?}");
+    let mut next = consumer(&e, "s", OffsetSpecification::Next).await;
+    quiet(&mut next).await;
+    publish(&e, "s", 20..21).await;
+    assert_eq!(take(&mut next, 1).await, vec![(20, "m20".to_string())]);
+    assert_eq!(take(&mut first, 1).await, vec![(20, "m20".to_string())]);
+}
+
+fn warren_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_producer_is_deduplicated_across_reconnects_and_restarts() {
+    let mut w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "dedup").await;
+    let mut p = e.producer().name("app-1").build("dedup").await.unwrap();
+    for i in 0..10u64 {
+        let m = Message::builder()
+            .body(format!("m{i}"))
+            .publishing_id(i)
+            .build();
+        assert!(p.send_with_confirm(m).await.unwrap().confirmed());
+    }
+    p.close().await.unwrap();
+
+    // Reconnected: the sequence is where it was; ids already stored are
+    // confirmed, not stored again.
+    let mut p = e.producer().name("app-1").build("dedup").await.unwrap();
+    let client = rabbitmq_stream_client::Client::connect(
+        rabbitmq_stream_client::ClientOptions::builder()
+            .host("127.0.0.1")
+            .port(w.stream_port)
+            .build(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        client
+            .query_publisher_sequence("app-1", "dedup")
+            .await
+            .unwrap(),
+        9
+    );
+    let again = Message::builder().body("dup").publishing_id(5).build();
+    assert!(p.send_with_confirm(again).await.unwrap().confirmed());
+    let new = Message::builder().body("m10").publishing_id(10).build();
+    assert!(p.send_with_confirm(new).await.unwrap().confirmed());
+    p.close().await.unwrap();
+    client.close().await.unwrap();
+
+    let mut c = consumer(&e, "dedup", OffsetSpecification::First).await;
+    let got = take(&mut c, 11).await;
+    assert_eq!(got.last().unwrap(), &(10, "m10".to_string()));
+    assert!(got.iter().all(|(_, b)| b != "dup"));
+    quiet(&mut c).await;
+    drop(c);
+    e.delete_stream("nonexistent").await.ok();
+
+    // Across a clean restart too.
+    w.terminate();
+    w.restart();
+    let e = env(&w).await;
+    let mut p = e.producer().name("app-1").build("dedup").await.unwrap();
+    let dup = Message::builder().body("dup").publishing_id(10).build();
+    assert!(p.send_with_confirm(dup).await.unwrap().confirmed());
+    let m = Message::builder().body("m11").publishing_id(11).build();
+    assert!(p.send_with_confirm(m).await.unwrap().confirmed());
+    let mut c = consumer(&e, "dedup", OffsetSpecification::Offset(10)).await;
+    assert_eq!(
+        take(&mut c, 2).await,
+        vec![(10, "m10".to_string()), (11, "m11".to_string())]
+    );
+    quiet(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_and_queries_a_consumer_offset() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "track").await;
+    publish(&e, "track", 0..5).await;
+    let c = e
+        .consumer()
+        .name("reader")
+        .offset(OffsetSpecification::First)
+        .build("track")
+        .await
+        .unwrap();
+    match c.query_offset().await {
+        Err(ConsumerStoreOffsetError::Client(ClientError::RequestError(code))) => {
+            assert_eq!(code, ResponseCode::OffsetNotFound)
+        }
+        other => panic!("{other:?}"),
+    }
+    c.store_offset(3).await.unwrap();
+    let mut stored = 0;
+    for _ in 0..50 {
+        if let Ok(n) = c.query_offset().await {
+            stored = n;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp091_messages_reach_stream_consumers_with_their_properties() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "mixed").await;
+    let (_c, ch) = w.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("colour".into(), AMQPValue::LongString("red".into()));
+    headers.insert("n".into(), AMQPValue::LongInt(42));
+    let props = lapin::BasicProperties::default()
+        .with_content_type("text/plain".into())
+        .with_message_id("id-1".into())
+        .with_correlation_id("corr".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    ch.basic_publish(
+        "".into(),
+        "mixed".into(),
+        BasicPublishOptions::default(),
+        b"hello",
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let mut c = consumer(&e, "mixed", OffsetSpecification::First).await;
+    let d = within("delivery", c.next()).await.unwrap().unwrap();
+    let m = d.message();
+    assert_eq!(m.data(), Some(&b"hello"[..]));
+    let p = m.properties().expect("properties");
+    let text = format!("{p:?}");
+    assert!(text.contains("text/plain"), "{text}");
+    assert!(text.contains("id-1"), "{text}");
+    assert!(text.contains("corr"), "{text}");
+    let app = format!(
+        "{:?}",
+        m.application_properties().expect("application properties")
+    );
+    assert!(app.contains("colour") && app.contains("red"), "{app}");
+    assert!(app.contains("42"), "{app}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_messages_reach_amqp091_consumers_with_their_properties() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "mixed").await;
+    let producer = e.producer().build("mixed").await.unwrap();
+    let m = Message::builder()
+        .body("from-stream")
+        .properties()
+        .content_type("application/json")
+        .message_id("mid".to_string())
+        .message_builder()
+        .application_properties()
+        .insert("region", "eu")
+        .insert("count", 7i32)
+        .message_builder()
+        .build();
+    assert!(producer.send_with_confirm(m).await.unwrap().confirmed());
+
+    let (_c, ch) = w.channel().await;
+    ch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut cons = ch
+        .basic_consume(
+            "mixed".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    let d = within("delivery", cons.next()).await.unwrap().unwrap();
+    assert_eq!(&d.data[..], b"from-stream");
+    let p = &d.properties;
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("mid"));
+    let h = p.headers().as_ref().expect("headers").inner();
+    assert_eq!(h.get("region"), Some(&AMQPValue::LongString("eu".into())));
+    assert_eq!(h.get("count"), Some(&AMQPValue::LongInt(7)));
+    assert_eq!(h.get("x-stream-offset"), Some(&AMQPValue::LongLongInt(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_far_behind_reads_everything_in_order() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "big").await;
+    const N: usize = 200_000;
+    let producer = e.producer().batch_size(1000).build("big").await.unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for i in 0..N {
+        let d = done.clone();
+        producer
+            .send(msg(format!("m{i}")), move |r| {
+                let d = d.clone();
+                async move {
+                    if r.is_ok_and(|s| s.confirmed()) {
+                        d.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+            .await
+            .unwrap();
+    }
+    eprintln!("sent {N}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while done.load(std::sync::atomic::Ordering::Relaxed) < N {
+        let n = done.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(std::time::Instant::now() < deadline, "confirms: {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("confirmed {N}");
+    let mut c = consumer(&e, "big", OffsetSpecification::First).await;
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        let d = within("delivery", c.next()).await.unwrap().unwrap();
+        assert_eq!(d.offset(), i as u64);
+        if i % 50_000 == 0 || i == N - 1 {
+            assert_eq!(d.message().data(), Some(format!("m{i}").as_bytes()));
+        }
+    }
+    eprintln!("read {N} messages in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_are_checked_as_rabbitmq_checks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.keep().join("defs.json");
+    let defs = serde_json::json!({
+        "users": [{"name": "bob", "password_hash": warren::auth::hash_password("s3cret"),
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+        "vhosts": [{"name": "app"}],
+        "permissions": [{"user": "bob", "vhost": "app",
+                         "configure": "^bob-.*", "write": "^bob-.*", "read": "^bob-.*"}],
+    });
+    std::fs::write(&path, defs.to_string()).unwrap();
+    let w = Warren::start_with(&format!("load_definitions = {:?}", path.to_str().unwrap()));
+    let err = env_as(&w, "bob", "s3cret", "/")
+        .await
+        .err()
+        .expect("no access to /");
+    assert!(
+        matches!(
+            err,
+            ClientError::RequestError(ResponseCode::VirtualHostAccessFailure)
+        ),
+        "{err:?}"
+    );
+    let e = env_as(&w, "bob", "s3cret", "app").await.unwrap();
+    create(&e, "bob-ok").await;
+    match e.stream_creator().create("other").await {
+        Err(StreamCreateError::Create { status, .. }) => {
+            assert_eq!(status, ResponseCode::AccessRefused)
+        }
+        other => panic!("{other:?}"),
+    }
+}
