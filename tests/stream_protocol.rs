@@ -283,7 +283,7 @@ async fn a_named_producer_is_deduplicated_across_reconnects_and_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_and_queries_a_consumer_offset() {
-    let w = Warren::start();
+    let mut w = Warren::start();
     let e = env(&w).await;
     create(&e, "track").await;
     publish(&e, "track", 0..5).await;
@@ -310,6 +310,20 @@ async fn stores_and_queries_a_consumer_offset() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(stored, 3);
+    // The stored offset survives a restart.
+    c.handle().close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.terminate();
+    w.restart();
+    let e = env(&w).await;
+    let c = e
+        .consumer()
+        .name("reader")
+        .offset(OffsetSpecification::First)
+        .build("track")
+        .await
+        .unwrap();
+    assert_eq!(c.query_offset().await.unwrap(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,4 +496,135 @@ async fn permissions_are_checked_as_rabbitmq_checks_them() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+// --- Raw frames: what the client library never sends -----------------------
+
+/// A raw stream-protocol connection.
+struct Raw(tokio::net::TcpStream);
+
+impl Raw {
+    async fn connect(w: &Warren) -> Raw {
+        Raw(tokio::net::TcpStream::connect(("127.0.0.1", w.stream_port))
+            .await
+            .unwrap())
+    }
+
+    async fn send(&mut self, key: u16, body: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut f = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&key.to_be_bytes());
+        f.extend_from_slice(&1u16.to_be_bytes());
+        f.extend_from_slice(body);
+        self.0.write_all(&f).await.unwrap();
+    }
+
+    /// The next frame: key and the bytes after the version.
+    async fn recv(&mut self) -> Option<(u16, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut size = [0u8; 4];
+        within("frame", self.0.read_exact(&mut size)).await.ok()?;
+        let mut f = vec![0u8; u32::from_be_bytes(size) as usize];
+        within("frame", self.0.read_exact(&mut f)).await.ok()?;
+        Some((u16::from_be_bytes([f[0], f[1]]), f[4..].to_vec()))
+    }
+
+    /// Frames until one with `key`.
+    async fn until(&mut self, key: u16) -> Vec<u8> {
+        loop {
+            let (k, body) = self.recv().await.expect("a frame");
+            if k == key {
+                return body;
+            }
+        }
+    }
+
+    /// Logs in as guest and opens `/`.
+    async fn open(w: &Warren) -> Raw {
+        let mut r = Raw::connect(w).await;
+        r.send(0x0011, &[0, 0, 0, 1, 0, 0, 0, 0]).await;
+        r.until(0x8011).await;
+        r.send(0x0012, &[0, 0, 0, 2]).await;
+        r.until(0x8012).await;
+        let mut auth = vec![0, 0, 0, 3, 0, 5];
+        auth.extend_from_slice(b"PLAIN");
+        let plain = b"\0guest\0guest";
+        auth.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+        auth.extend_from_slice(plain);
+        r.send(0x0013, &auth).await;
+        assert_eq!(r.until(0x8013).await[4..6], [0, 1]);
+        let tune = r.until(0x0014).await;
+        r.send(0x0014, &tune).await;
+        r.send(0x0015, &[0, 0, 0, 4, 0, 1, b'/']).await;
+        assert_eq!(r.until(0x8015).await[4..6], [0, 1]);
+        r
+    }
+}
+
+/// A Close frame's code.
+fn close_code(body: &[u8]) -> u16 {
+    u16::from_be_bytes([body[4], body[5]])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_the_connection_with_the_protocol_codes() {
+    let w = Warren::start();
+    // Before Open, a frame over 8192 bytes is refused unread.
+    let mut r = Raw::connect(&w).await;
+    r.0.try_write(&100_000u32.to_be_bytes()).unwrap();
+    assert_eq!(close_code(&r.until(0x0016).await), 0x0e);
+    // An unknown command.
+    let mut r = Raw::open(&w).await;
+    r.send(0x0077, &[0, 0, 0, 9]).await;
+    assert_eq!(close_code(&r.until(0x0016).await), 0x0d);
+    // A truncated command (Create without its stream name).
+    let mut r = Raw::open(&w).await;
+    r.send(0x000d, &[0, 0, 0, 9, 0, 50]).await;
+    assert_eq!(close_code(&r.until(0x0016).await), 0x0d);
+    // A command before the handshake is done.
+    let mut r = Raw::connect(&w).await;
+    r.send(0x000d, &[0, 0, 0, 9, 0, 1, b's', 0, 0, 0, 0]).await;
+    assert_eq!(close_code(&r.until(0x0016).await), 0x0d);
+    // The broker is still fine.
+    let e = env(&w).await;
+    create(&e, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_publishers_and_subscriptions_get_their_error_codes() {
+    let w = Warren::start();
+    let mut r = Raw::open(&w).await;
+    // Publish from publisher 7, never declared: PublishError 0x12 per id.
+    let mut publish = vec![7, 0, 0, 0, 1];
+    publish.extend_from_slice(&42u64.to_be_bytes());
+    publish.extend_from_slice(&[0, 0, 0, 1, 0x40]);
+    r.send(0x0002, &publish).await;
+    let err = r.until(0x0004).await;
+    assert_eq!(err[0], 7);
+    assert_eq!(&err[5..13], &42u64.to_be_bytes());
+    assert_eq!(&err[13..15], &[0, 0x12]);
+    // Credit for subscription 3, never subscribed: the Credit response.
+    r.send(0x0009, &[3, 0, 1]).await;
+    assert_eq!(r.until(0x8009).await, vec![0, 0x04, 3]);
+    // Declaring a publisher on a stream that does not exist: 0x02.
+    r.send(0x0001, &[0, 0, 0, 5, 1, 0, 0, 0, 2, b'n', b'o'])
+        .await;
+    assert_eq!(r.until(0x8001).await, vec![0, 0, 0, 5, 0, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_stream_tells_its_subscribers() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "doomed").await;
+    let mut r = Raw::open(&w).await;
+    let mut sub = vec![0, 0, 0, 8, 1, 0, 6];
+    sub.extend_from_slice(b"doomed");
+    sub.extend_from_slice(&[0, 1, 0, 10, 0, 0, 0, 0]);
+    r.send(0x0007, &sub).await;
+    assert_eq!(r.until(0x8007).await, vec![0, 0, 0, 8, 0, 1]);
+    e.delete_stream("doomed").await.unwrap();
+    let update = r.until(0x0010).await;
+    assert_eq!(&update[..2], &[0, 2]);
+    assert_eq!(&update[4..], b"doomed");
 }
