@@ -628,3 +628,48 @@ async fn deleting_a_stream_tells_its_subscribers() {
     assert_eq!(&update[..2], &[0, 2]);
     assert_eq!(&update[4..], b"doomed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtering_subscription_skips_chunks_without_its_values() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "colours").await;
+    let producer = e
+        .producer()
+        .filter_value_extractor(|m: &Message| {
+            String::from_utf8_lossy(m.data().unwrap_or_default())
+                .split('-')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .build("colours")
+        .await
+        .unwrap();
+    // Each confirmed batch is its own chunk: blue, red, blue.
+    for colour in ["blue", "red", "blue"] {
+        let batch = (0..3).map(|i| msg(format!("{colour}-{i}"))).collect();
+        let st = producer.batch_send_with_confirm(batch).await.unwrap();
+        assert!(st.iter().all(|s| s.confirmed()));
+    }
+    let mut c = e
+        .consumer()
+        .offset(OffsetSpecification::First)
+        .filter_input(Some(rabbitmq_stream_client::FilterConfiguration::new(
+            vec!["red".into()],
+            false,
+        )))
+        .build("colours")
+        .await
+        .unwrap();
+    let got = take(&mut c, 3).await;
+    assert_eq!(
+        got,
+        vec![
+            (3, "red-0".to_string()),
+            (4, "red-1".to_string()),
+            (5, "red-2".to_string())
+        ]
+    );
+    quiet(&mut c).await;
+}

@@ -10,7 +10,10 @@
 //! timestamp, epoch 0, first offset, CRC-32 of the data, data length, no
 //! trailer, no Bloom filter), then each entry as a simple entry (a 0 bit,
 //! its 31-bit size, its bytes) holding the AMQP 1.0 message. Only durable
-//! entries are read. Each Deliver takes one credit.
+//! entries are read. Each Deliver takes one credit. A subscription with
+//! `filter.N` properties reads only the chunks whose Bloom filter may hold
+//! one of its values (and, with `match-unfiltered`, chunks with messages
+//! without one); as in RabbitMQ, the client checks each message.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,7 +26,7 @@ use super::connection::{Conn, End, Res};
 use super::{code, key};
 use crate::auth::Access;
 use crate::queue::Queue;
-use crate::store::stream::{Entry, StreamLog};
+use crate::store::stream::{Entry, ReadFilter, StreamLog};
 
 /// How much one read takes from the log at most.
 const READ_BYTES: usize = 1 << 20;
@@ -49,6 +52,8 @@ pub struct Subscription {
     reading: bool,
     /// Tells this subscription's reads from an earlier one's of the same id.
     token: u64,
+    /// `filter.N` / `match-unfiltered`: chunks that cannot match are skipped.
+    filter: Option<Arc<ReadFilter>>,
 }
 
 /// A finished read.
@@ -56,7 +61,7 @@ pub struct ReadDone {
     id: u8,
     token: u64,
     from: u64,
-    got: std::io::Result<Vec<Entry>>,
+    got: std::io::Result<(Vec<Entry>, u64)>,
 }
 
 static TOKENS: AtomicU64 = AtomicU64::new(1);
@@ -72,7 +77,7 @@ impl Conn {
             _ => None,
         };
         let credit = f.u16()?;
-        let _properties = f.string_map()?;
+        let filter = read_filter(&f.string_map()?);
         let c = match self.stream_queue(&name) {
             _ if self.subs.contains_key(&id) => code::SUBSCRIPTION_ID_ALREADY_EXISTS,
             None => code::STREAM_DOES_NOT_EXIST,
@@ -89,6 +94,7 @@ impl Conn {
                         pending: VecDeque::new(),
                         reading: false,
                         token: TOKENS.fetch_add(1, Ordering::Relaxed),
+                        filter,
                     };
                     self.subs.insert(id, sub);
                     code::OK
@@ -171,12 +177,11 @@ impl Conn {
         }
         sub.reading = false;
         match done.got {
-            Ok(entries) if sub.next == done.from => {
-                // Retention may have removed what it was at: it goes on
-                // from the first entry read.
-                if let Some(first) = entries.first() {
-                    sub.next = sub.next.max(first.offset);
-                }
+            Ok((entries, scanned)) if sub.next == done.from => {
+                // Retention may have removed what it was at, or its filter
+                // skipped chunks: it goes on from the first entry read, or
+                // past everything looked at.
+                sub.next = sub.next.max(entries.first().map_or(scanned, |e| e.offset));
                 let next = sub.next;
                 sub.pending
                     .extend(entries.into_iter().filter(|e| e.offset >= next));
@@ -189,6 +194,24 @@ impl Conn {
         }
         self.pump(done.id).await
     }
+}
+
+/// The chunk filter Subscribe's properties ask for (`filter.0`, `filter.1`,
+/// ... and `match-unfiltered`), as RabbitMQ applies it: whole chunks that
+/// hold no wanted value are skipped; the client checks each message.
+fn read_filter(props: &[(String, String)]) -> Option<Arc<ReadFilter>> {
+    let values: Vec<&[u8]> = props
+        .iter()
+        .filter(|(k, _)| k.starts_with("filter."))
+        .map(|(_, v)| v.as_bytes())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let unfiltered = props
+        .iter()
+        .any(|(k, v)| k == "match-unfiltered" && v == "true");
+    Some(Arc::new(ReadFilter::new(values, unfiltered)))
 }
 
 /// The offset a subscription starts at; None for an unknown type.
@@ -211,8 +234,9 @@ fn start_read(sub: &mut Subscription, id: u8, tx: &tokio::sync::mpsc::UnboundedS
     }
     sub.reading = true;
     let (log, from, token, tx) = (sub.log.clone(), sub.next, sub.token, tx.clone());
+    let filter = sub.filter.clone();
     tokio::task::spawn_blocking(move || {
-        let got = log.read(from, READ_BYTES);
+        let got = log.read_filtered(from, READ_BYTES, filter.as_deref());
         let _ = tx.send(ReadDone {
             id,
             token,
