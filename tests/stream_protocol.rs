@@ -673,3 +673,81 @@ async fn a_filtering_subscription_skips_chunks_without_its_values() {
     );
     quiet(&mut c).await;
 }
+
+fn routing_key_of(m: &Message) -> String {
+    String::from_utf8_lossy(m.data().unwrap_or_default())
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn super_streams_route_messages_to_their_partitions() {
+    use rabbitmq_stream_client::types::{RoutingKeyRoutingStrategy, RoutingStrategy};
+    let w = Warren::start();
+    let e = env(&w).await;
+    within(
+        "create super stream",
+        e.stream_creator().create_super_stream("orders", 3, None),
+    )
+    .await
+    .unwrap();
+    let client = rabbitmq_stream_client::Client::connect(
+        rabbitmq_stream_client::ClientOptions::builder()
+            .host("127.0.0.1")
+            .port(w.stream_port)
+            .build(),
+    )
+    .await
+    .unwrap();
+    let parts = client.partitions("orders".into()).await.unwrap().streams;
+    assert_eq!(parts, vec!["orders-0", "orders-1", "orders-2"]);
+    let route = client.route("2".into(), "orders".into()).await.unwrap();
+    assert_eq!(route.streams, vec!["orders-2"]);
+    let none = client.partitions("nope".into()).await.unwrap();
+    assert!(!none.is_ok() && none.streams.is_empty());
+
+    // The routing-key strategy asks Route and publishes to the partition.
+    static EXTRACT: fn(&Message) -> String = routing_key_of;
+    let mut p = e
+        .super_stream_producer(RoutingStrategy::RoutingKeyStrategy(
+            RoutingKeyRoutingStrategy {
+                routing_extractor: &EXTRACT,
+            },
+        ))
+        .build("orders")
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for m in ["1:a", "2:b", "1:c"] {
+        let tx = tx.clone();
+        p.send(msg(m.into()), move |r| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(r.is_ok_and(|s| s.confirmed()));
+            }
+        })
+        .await
+        .unwrap();
+    }
+    for _ in 0..3 {
+        assert!(within("confirm", rx.recv()).await.unwrap());
+    }
+    let mut c1 = consumer(&e, "orders-1", OffsetSpecification::First).await;
+    assert_eq!(
+        take(&mut c1, 2).await,
+        vec![(0, "1:a".to_string()), (1, "1:c".to_string())]
+    );
+    let mut c2 = consumer(&e, "orders-2", OffsetSpecification::First).await;
+    assert_eq!(take(&mut c2, 1).await, vec![(0, "2:b".to_string())]);
+
+    // Deleting the super stream removes the exchange and its partitions.
+    within("delete super stream", e.delete_super_stream("orders"))
+        .await
+        .unwrap();
+    let (status, _) = w.api("GET", "/api/exchanges/%2f/orders", None);
+    assert_eq!(status, 404);
+    let (status, _) = w.api("GET", "/api/queues/%2f/orders-0", None);
+    assert_eq!(status, 404);
+}

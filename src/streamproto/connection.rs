@@ -242,6 +242,10 @@ impl Conn {
             key::METADATA => self.metadata(&mut f).await,
             key::STREAM_STATS => self.stream_stats(&mut f).await,
             key::EXCHANGE_COMMAND_VERSIONS => self.exchange_command_versions(&mut f).await,
+            key::CREATE_SUPER_STREAM => self.create_super_stream(&mut f).await,
+            key::DELETE_SUPER_STREAM => self.delete_super_stream(&mut f).await,
+            key::PARTITIONS => self.partitions(&mut f).await,
+            key::ROUTE => self.route(&mut f).await,
             key::HEARTBEAT => Ok(()),
             key::CLOSE => self.close_requested(&mut f).await,
             k if k & 0x8000 != 0 => Ok(()), // a response (to our Close, say)
@@ -284,6 +288,10 @@ impl Conn {
             (key::CLOSE, 1, 1),
             (key::EXCHANGE_COMMAND_VERSIONS, 1, 1),
             (key::STREAM_STATS, 1, 1),
+            (key::ROUTE, 1, 1),
+            (key::PARTITIONS, 1, 1),
+            (key::CREATE_SUPER_STREAM, 1, 1),
+            (key::DELETE_SUPER_STREAM, 1, 1),
         ];
         let mut o = Out::response(key::EXCHANGE_COMMAND_VERSIONS, corr, code::OK);
         o.u32(versions.len() as u32);

@@ -43,7 +43,7 @@ impl Conn {
         self.respond(key::CREATE, corr, c).await
     }
 
-    fn create_stream(&self, name: &str, args: &[(String, String)]) -> u16 {
+    pub fn create_stream(&self, name: &str, args: &[(String, String)]) -> u16 {
         let Some(vhost) = self.vhost.clone() else {
             return code::INTERNAL_ERROR;
         };

@@ -14,6 +14,8 @@
 //!   QueryPublisherSequence, DeletePublisher, deduplication.
 //! - `subscribe`: Subscribe, Credit, Unsubscribe, Deliver (the osiris chunk
 //!   format built from the log's entries).
+//! - `superstream`: CreateSuperStream, DeleteSuperStream, Partitions,
+//!   Route (a direct exchange with partition streams bound to it).
 //!
 //! A stream here is a queue of type stream in the vhost's definitions: what
 //! one protocol creates the other sees. Entries carry a format byte
@@ -27,6 +29,7 @@ mod handshake;
 mod manage;
 mod publish;
 mod subscribe;
+mod superstream;
 
 use std::sync::Arc;
 
@@ -61,8 +64,12 @@ pub mod key {
     pub const OPEN: u16 = 0x0015;
     pub const CLOSE: u16 = 0x0016;
     pub const HEARTBEAT: u16 = 0x0017;
+    pub const ROUTE: u16 = 0x0018;
+    pub const PARTITIONS: u16 = 0x0019;
     pub const EXCHANGE_COMMAND_VERSIONS: u16 = 0x001b;
     pub const STREAM_STATS: u16 = 0x001c;
+    pub const CREATE_SUPER_STREAM: u16 = 0x001d;
+    pub const DELETE_SUPER_STREAM: u16 = 0x001e;
 }
 
 /// Response codes, named as in the protocol's reference.
