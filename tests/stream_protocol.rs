@@ -429,6 +429,7 @@ async fn a_consumer_far_behind_reads_everything_in_order() {
     create(&e, "big").await;
     const N: usize = 200_000;
     let producer = e.producer().batch_size(1000).build("big").await.unwrap();
+    let publish_started = std::time::Instant::now();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for i in 0..N {
         let d = done.clone();
@@ -444,14 +445,16 @@ async fn a_consumer_far_behind_reads_everything_in_order() {
             .await
             .unwrap();
     }
-    eprintln!("sent {N}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while done.load(std::sync::atomic::Ordering::Relaxed) < N {
         let n = done.load(std::sync::atomic::Ordering::Relaxed);
         assert!(std::time::Instant::now() < deadline, "confirms: {n}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("confirmed {N}");
+    eprintln!(
+        "published and confirmed {N} in {:?}",
+        publish_started.elapsed()
+    );
     let mut c = consumer(&e, "big", OffsetSpecification::First).await;
     let started = std::time::Instant::now();
     for i in 0..N {
