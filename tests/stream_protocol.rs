@@ -754,3 +754,33 @@ async fn super_streams_route_messages_to_their_partitions() {
     let (status, _) = w.api("GET", "/api/queues/%2f/orders-0", None);
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_of_a_single_active_consumer_group_receives() {
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "sac").await;
+    let sac = |e: &Environment| {
+        e.consumer()
+            .name("group")
+            .enable_single_active_consumer(true)
+            .offset(OffsetSpecification::First)
+            .build("sac")
+    };
+    let mut first = within("first", sac(&e)).await.unwrap();
+    let e2 = env(&w).await;
+    let mut second = within("second", sac(&e2)).await.unwrap();
+    publish(&e, "sac", 0..3).await;
+    let got = take(&mut first, 3).await;
+    assert_eq!(got[2], (2, "m2".to_string()));
+    quiet(&mut second).await;
+    // The active one goes: the next is told (ConsumerUpdate) and, as the
+    // client answers without a listener, starts at "next".
+    first.handle().close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&e, "sac", 3..5).await;
+    assert_eq!(
+        take(&mut second, 2).await,
+        vec![(3, "m3".to_string()), (4, "m4".to_string())]
+    );
+}

@@ -87,7 +87,9 @@ pub struct Conn {
     pub publishers: HashMap<u8, Publisher>,
     pub subs: HashMap<u8, Subscription>,
     pub reads_tx: mpsc::UnboundedSender<ReadDone>,
-    correlation: u32,
+    /// Where other connections tell this one a subscription became active.
+    pub sac_tx: mpsc::UnboundedSender<super::sac::Activate>,
+    pub correlation: u32,
 }
 
 /// Serves one accepted socket until it closes.
@@ -97,6 +99,7 @@ pub async fn run(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let (tx, frames) = mpsc::channel(FRAMES_QUEUED);
     let reader = tokio::spawn(read_loop(r, frame_max.clone(), tx));
     let (reads_tx, mut reads_rx) = mpsc::unbounded_channel();
+    let (sac_tx, mut sac_rx) = mpsc::unbounded_channel();
     let mut c = Conn {
         broker,
         peer,
@@ -110,11 +113,12 @@ pub async fn run(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         publishers: HashMap::new(),
         subs: HashMap::new(),
         reads_tx,
+        sac_tx,
         correlation: 0,
     };
     let timeout = Duration::from_secs(c.broker.config.amqp.handshake_timeout.max(1));
     let end = match tokio::time::timeout(timeout, c.handshake()).await {
-        Ok(Ok(())) => c.main_loop(&mut reads_rx).await,
+        Ok(Ok(())) => c.main_loop(&mut reads_rx, &mut sac_rx).await,
         Ok(Err(e)) => Err(e),
         Err(_) => Err(End::Done),
     };
@@ -184,7 +188,11 @@ impl Conn {
         let _ = self.out.shutdown().await;
     }
 
-    async fn main_loop(&mut self, reads: &mut mpsc::UnboundedReceiver<ReadDone>) -> Res {
+    async fn main_loop(
+        &mut self,
+        reads: &mut mpsc::UnboundedReceiver<ReadDone>,
+        sac: &mut mpsc::UnboundedReceiver<super::sac::Activate>,
+    ) -> Res {
         let mut durable = crate::queue::stream::durable_watch();
         let beat = Duration::from_secs(self.heartbeat.max(1) as u64);
         let mut tick = tokio::time::interval(beat.min(Duration::from_millis(500)));
@@ -206,6 +214,7 @@ impl Conn {
                     self.pump_all().await?;
                 },
                 Some(done) = reads.recv() => self.read_done(done).await?,
+                Some(a) = sac.recv() => self.activate(a).await?,
                 _ = tick.tick() => {
                     self.check_deleted().await?;
                     self.pump_all().await?;
@@ -246,6 +255,7 @@ impl Conn {
             key::DELETE_SUPER_STREAM => self.delete_super_stream(&mut f).await,
             key::PARTITIONS => self.partitions(&mut f).await,
             key::ROUTE => self.route(&mut f).await,
+            0x801a => self.consumer_update_response(&mut f).await,
             key::HEARTBEAT => Ok(()),
             key::CLOSE => self.close_requested(&mut f).await,
             k if k & 0x8000 != 0 => Ok(()), // a response (to our Close, say)
@@ -292,6 +302,7 @@ impl Conn {
             (key::PARTITIONS, 1, 1),
             (key::CREATE_SUPER_STREAM, 1, 1),
             (key::DELETE_SUPER_STREAM, 1, 1),
+            (key::CONSUMER_UPDATE, 1, 1),
         ];
         let mut o = Out::response(key::EXCHANGE_COMMAND_VERSIONS, corr, code::OK);
         o.u32(versions.len() as u32);
@@ -335,6 +346,7 @@ impl Conn {
         self.subs.retain(|_, s| {
             let keep = !s.queue.is_deleted();
             if !keep {
+                s.leave_group();
                 gone.push(s.queue.name.clone());
             }
             keep
@@ -353,6 +365,9 @@ impl Conn {
     /// by their confirms; subscriptions just stop.
     fn cleanup(&mut self) {
         self.publishers.clear();
+        for s in self.subs.values() {
+            s.leave_group();
+        }
         self.subs.clear();
     }
 }

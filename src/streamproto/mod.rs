@@ -14,6 +14,7 @@
 //!   QueryPublisherSequence, DeletePublisher, deduplication.
 //! - `subscribe`: Subscribe, Credit, Unsubscribe, Deliver (the osiris chunk
 //!   format built from the log's entries).
+//! - `sac`: single active consumer groups (ConsumerUpdate).
 //! - `superstream`: CreateSuperStream, DeleteSuperStream, Partitions,
 //!   Route (a direct exchange with partition streams bound to it).
 //!
@@ -28,6 +29,7 @@ mod connection;
 mod handshake;
 mod manage;
 mod publish;
+mod sac;
 mod subscribe;
 mod superstream;
 
@@ -65,6 +67,7 @@ pub mod key {
     pub const CLOSE: u16 = 0x0016;
     pub const HEARTBEAT: u16 = 0x0017;
     pub const ROUTE: u16 = 0x0018;
+    pub const CONSUMER_UPDATE: u16 = 0x001a;
     pub const PARTITIONS: u16 = 0x0019;
     pub const EXCHANGE_COMMAND_VERSIONS: u16 = 0x001b;
     pub const STREAM_STATS: u16 = 0x001c;

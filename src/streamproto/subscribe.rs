@@ -23,6 +23,7 @@ use bytes::{BufMut, Bytes};
 
 use super::codec::{Fields, Out};
 use super::connection::{Conn, End, Res};
+use super::sac::{self, Activate, GroupKey};
 use super::{code, key};
 use crate::auth::Access;
 use crate::queue::Queue;
@@ -54,6 +55,12 @@ pub struct Subscription {
     token: u64,
     /// `filter.N` / `match-unfiltered`: chunks that cannot match are skipped.
     filter: Option<Arc<ReadFilter>>,
+    /// Its single-active-consumer group, if any.
+    pub group: Option<GroupKey>,
+    /// Delivers (false while another member of its group is active).
+    active: bool,
+    /// The correlation id of the ConsumerUpdate it was sent, unanswered.
+    update: Option<u32>,
 }
 
 /// A finished read.
@@ -77,11 +84,14 @@ impl Conn {
             _ => None,
         };
         let credit = f.u16()?;
-        let filter = read_filter(&f.string_map()?);
+        let props = f.string_map()?;
+        let filter = read_filter(&props);
+        let group = self.group_of(&name, &props);
         let c = match self.stream_queue(&name) {
             _ if self.subs.contains_key(&id) => code::SUBSCRIPTION_ID_ALREADY_EXISTS,
             None => code::STREAM_DOES_NOT_EXIST,
             Some(_) if !self.allowed(Access::Read, &name) => code::ACCESS_REFUSED,
+            Some(_) if group == Some(None) => code::PRECONDITION_FAILED,
             Some(q) => match start_offset(q.stream().ok_or(End::Done)?.log(), kind, value) {
                 None => code::PRECONDITION_FAILED,
                 Some(next) => {
@@ -95,6 +105,9 @@ impl Conn {
                         reading: false,
                         token: TOKENS.fetch_add(1, Ordering::Relaxed),
                         filter,
+                        group: group.clone().flatten(),
+                        active: group.is_none(),
+                        update: None,
                     };
                     self.subs.insert(id, sub);
                     code::OK
@@ -102,6 +115,14 @@ impl Conn {
             },
         };
         self.respond(key::SUBSCRIBE, corr, c).await?;
+        if c == code::OK
+            && let Some(sub) = self.subs.get(&id)
+            && let Some(g) = sub.group.clone()
+            && sac::join(g, self.sac_tx.clone(), id, sub.token)
+        {
+            let token = sub.token;
+            self.activate(Activate { sub: id, token }).await?;
+        }
         if c == code::OK {
             self.flush().await?;
             self.pump(id).await?;
@@ -129,7 +150,11 @@ impl Conn {
     pub async fn unsubscribe(&mut self, f: &mut Fields) -> Res {
         let corr = f.u32()?;
         let id = f.u8()?;
-        let c = if self.subs.remove(&id).is_some() {
+        let removed = self.subs.remove(&id);
+        if let Some(s) = &removed {
+            s.leave_group();
+        }
+        let c = if removed.is_some() {
             code::OK
         } else {
             code::SUBSCRIPTION_ID_DOES_NOT_EXIST
@@ -154,7 +179,7 @@ impl Conn {
             let Some(sub) = self.subs.get_mut(&id) else {
                 return Ok(());
             };
-            if sub.credit == 0 || sub.queue.is_deleted() {
+            if sub.credit == 0 || !sub.active || sub.queue.is_deleted() {
                 return Ok(());
             }
             if sub.pending.is_empty() {
@@ -193,6 +218,69 @@ impl Conn {
             }
         }
         self.pump(done.id).await
+    }
+}
+
+impl Subscription {
+    /// Leaves its single-active-consumer group (the next member becomes
+    /// active).
+    pub fn leave_group(&self) {
+        if let Some(g) = &self.group {
+            sac::leave(g, self.token);
+        }
+    }
+}
+
+impl Conn {
+    /// The group Subscribe's properties ask for: None without
+    /// `single-active-consumer: true`, Some(None) when it has no `name`.
+    fn group_of(&self, stream: &str, props: &[(String, String)]) -> Option<Option<GroupKey>> {
+        let get = |k: &str| props.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
+        if get("single-active-consumer") != Some("true") {
+            return None;
+        }
+        let vhost = self.vhost.as_ref()?.name.to_string();
+        Some(get("name").map(|n| (vhost, stream.to_owned(), n.to_owned())))
+    }
+
+    /// Tells subscription `a.sub` it is the active one (ConsumerUpdate);
+    /// it delivers once the client answers.
+    pub async fn activate(&mut self, a: Activate) -> Res {
+        self.correlation += 1;
+        let corr = self.correlation;
+        let Some(sub) = self.subs.get_mut(&a.sub).filter(|s| s.token == a.token) else {
+            return Ok(());
+        };
+        sub.update = Some(corr);
+        let mut o = Out::new(key::CONSUMER_UPDATE, 1);
+        o.u32(corr).u8(a.sub).u8(1);
+        self.send(&o.finish()).await
+    }
+
+    /// The client's answer to ConsumerUpdate: the offset to start from
+    /// (type 0: where the subscription is).
+    pub async fn consumer_update_response(&mut self, f: &mut Fields) -> Res {
+        let corr = f.u32()?;
+        let _code = f.u16()?;
+        let kind = f.u16()?;
+        let value = match kind {
+            4 | 5 => Some(f.u64()?),
+            _ => None,
+        };
+        let found = self.subs.iter_mut().find(|(_, s)| s.update == Some(corr));
+        let Some((id, sub)) = found else {
+            return Ok(());
+        };
+        let id = *id;
+        if kind != 0
+            && let Some(next) = start_offset(&sub.log, kind, value)
+        {
+            sub.next = next;
+            sub.pending.clear();
+        }
+        sub.update = None;
+        sub.active = true;
+        self.pump(id).await
     }
 }
 
