@@ -11,7 +11,8 @@
 //! flight (writes are awaited: a client that does not read stops its
 //! connection, and the reader task then stops reading its socket). While
 //! the streams' write backlog is over `BACKLOG_MAX`, the task takes no
-//! frames, so publishers stop being read.
+//! frames, so publishers stop being read. A write that makes no progress
+//! for two heartbeat intervals (at least 30 s) ends the connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +39,9 @@ const FRAMES_QUEUED: usize = 8;
 /// Publishing ids a connection may have waiting for confirms; beyond, its
 /// frames are not read until confirms catch up.
 const UNCONFIRMED_MAX: usize = 100_000;
+
+/// The shortest time a write may wait for a client to read.
+const WRITE_TIMEOUT_MIN: Duration = Duration::from_secs(30);
 
 /// The frame max until Open succeeds (RabbitMQ's `initial_frame_max`).
 pub const INITIAL_FRAME_MAX: u32 = 8192;
@@ -157,16 +161,30 @@ impl Conn {
         }
     }
 
-    /// Queues a frame for the socket (flushed after each event).
+    /// Queues a frame for the socket (flushed after each event). A write
+    /// that cannot go on for `write_timeout` (a client that stopped
+    /// reading) ends the connection.
     pub async fn send(&mut self, frame: &[u8]) -> Res {
-        self.out.write_all(frame).await?;
-        Ok(())
+        let limit = self.write_timeout();
+        match tokio::time::timeout(limit, self.out.write_all(frame)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(End::Done),
+        }
     }
 
-    /// Writes what is buffered.
+    /// Writes what is buffered (within `write_timeout`).
     pub async fn flush(&mut self) -> Res {
-        self.out.flush().await?;
-        Ok(())
+        let limit = self.write_timeout();
+        match tokio::time::timeout(limit, self.out.flush()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(End::Done),
+        }
+    }
+
+    /// How long a write may wait for the client to read: two heartbeat
+    /// intervals, at least `WRITE_TIMEOUT_MIN`.
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(2 * self.heartbeat as u64).max(WRITE_TIMEOUT_MIN)
     }
 
     /// Sends Close and waits briefly for its response.
@@ -174,7 +192,15 @@ impl Conn {
         self.correlation += 1;
         let mut o = Out::new(key::CLOSE, 1);
         o.u32(self.correlation).u16(code).string(reason);
-        if self.send(&o.finish()).await.is_err() || self.flush().await.is_err() {
+        let frame = o.finish();
+        let sent = async {
+            self.send(&frame).await?;
+            self.flush().await
+        };
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(1), sent).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
         let wait = async {
