@@ -784,3 +784,18 @@ async fn only_the_first_of_a_single_active_consumer_group_receives() {
         vec![(3, "m3".to_string()), (4, "m4".to_string())]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_survive_a_crash() {
+    let mut w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "safe").await;
+    publish(&e, "safe", 0..1000).await;
+    w.kill();
+    w.restart();
+    let e = env(&w).await;
+    let mut c = consumer(&e, "safe", OffsetSpecification::First).await;
+    let got = take(&mut c, 1000).await;
+    assert_eq!(got[999], (999, "m999".to_string()));
+    quiet(&mut c).await;
+}

@@ -96,8 +96,31 @@ pub struct Conn {
     pub correlation: u32,
 }
 
+/// One of `[limits] max_handshaking_connections`, shared with AMQP: taken
+/// at accept, given back when the handshake ends.
+struct Handshaking(Arc<Broker>);
+
+impl Handshaking {
+    fn take(broker: &Arc<Broker>) -> Option<Handshaking> {
+        let max = broker.config.limits.max_handshaking_connections;
+        let prev = broker.handshaking.fetch_add(1, Ordering::AcqRel);
+        let slot = Handshaking(broker.clone());
+        (max == 0 || prev < max).then_some(slot)
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves one accepted socket until it closes.
 pub async fn run(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
+    let Some(slot) = Handshaking::take(&broker) else {
+        tracing::warn!(%peer, "closing a new stream connection: too many connections are in their handshake (limits.max_handshaking_connections)");
+        return;
+    };
     let (r, w) = socket.into_split();
     let frame_max = Arc::new(AtomicU32::new(INITIAL_FRAME_MAX));
     let (tx, frames) = mpsc::channel(FRAMES_QUEUED);
@@ -121,7 +144,9 @@ pub async fn run(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         correlation: 0,
     };
     let timeout = Duration::from_secs(c.broker.config.amqp.handshake_timeout.max(1));
-    let end = match tokio::time::timeout(timeout, c.handshake()).await {
+    let handshake = tokio::time::timeout(timeout, c.handshake()).await;
+    drop(slot);
+    let end = match handshake {
         Ok(Ok(())) => c.main_loop(&mut reads_rx, &mut sac_rx).await,
         Ok(Err(e)) => Err(e),
         Err(_) => Err(End::Done),
