@@ -544,6 +544,11 @@ impl Raw {
 
     /// Logs in as guest and opens `/`.
     async fn open(w: &Warren) -> Raw {
+        Raw::open_vhost(w, "/").await
+    }
+
+    /// Logs in as guest and opens `vhost`.
+    async fn open_vhost(w: &Warren, vhost: &str) -> Raw {
         let mut r = Raw::connect(w).await;
         r.send(0x0011, &[0, 0, 0, 1, 0, 0, 0, 0]).await;
         r.until(0x8011).await;
@@ -558,7 +563,9 @@ impl Raw {
         assert_eq!(r.until(0x8013).await[4..6], [0, 1]);
         let tune = r.until(0x0014).await;
         r.send(0x0014, &tune).await;
-        r.send(0x0015, &[0, 0, 0, 4, 0, 1, b'/']).await;
+        let mut open = vec![0, 0, 0, 4, 0, vhost.len() as u8];
+        open.extend_from_slice(vhost.as_bytes());
+        r.send(0x0015, &open).await;
         assert_eq!(r.until(0x8015).await[4..6], [0, 1]);
         r
     }
@@ -798,4 +805,15 @@ async fn confirmed_messages_survive_a_crash() {
     let got = take(&mut c, 1000).await;
     assert_eq!(got[999], (999, "m999".to_string()));
     quiet(&mut c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_vhost_closes_its_stream_connections() {
+    let w = Warren::start();
+    assert_eq!(w.api("PUT", "/api/vhosts/v2", None).0, 201);
+    let perms = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
+    w.api("PUT", "/api/permissions/v2/guest", Some(&perms));
+    let mut r = Raw::open_vhost(&w, "v2").await;
+    assert_eq!(w.api("DELETE", "/api/vhosts/v2", None).0, 204);
+    r.until(0x0016).await;
 }

@@ -96,6 +96,34 @@ pub struct Conn {
     pub correlation: u32,
 }
 
+/// An open stream connection as the broker sees it: counted with the
+/// others, and closed at shutdown or when its vhost is deleted.
+#[derive(Debug)]
+pub struct StreamClient {
+    id: u64,
+    vhost: String,
+    close: mpsc::UnboundedSender<String>,
+    stats: crate::ops::stats::ConnStats,
+}
+
+impl crate::broker::Client for StreamClient {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn vhost_name(&self) -> Option<String> {
+        Some(self.vhost.clone())
+    }
+    fn close(&self, _code: u16, text: String) {
+        let _ = self.close.send(text);
+    }
+    fn stats(&self) -> &crate::ops::stats::ConnStats {
+        &self.stats
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
 /// One of `[limits] max_handshaking_connections`, shared with AMQP: taken
 /// at accept, given back when the handshake ends.
 struct Handshaking(Arc<Broker>);
@@ -127,6 +155,7 @@ pub async fn run(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let reader = tokio::spawn(read_loop(r, frame_max.clone(), tx));
     let (reads_tx, mut reads_rx) = mpsc::unbounded_channel();
     let (sac_tx, mut sac_rx) = mpsc::unbounded_channel();
+    let (close_tx, mut close_rx) = mpsc::unbounded_channel();
     let mut c = Conn {
         broker,
         peer,
@@ -146,8 +175,24 @@ pub async fn run(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let timeout = Duration::from_secs(c.broker.config.amqp.handshake_timeout.max(1));
     let handshake = tokio::time::timeout(timeout, c.handshake()).await;
     drop(slot);
+    let id = c.broker.next_connection_id();
     let end = match handshake {
-        Ok(Ok(())) => c.main_loop(&mut reads_rx, &mut sac_rx).await,
+        Ok(Ok(())) => {
+            let vhost = c
+                .vhost
+                .as_ref()
+                .map_or(String::new(), |v| v.name.to_string());
+            let client = StreamClient {
+                id,
+                vhost,
+                close: close_tx,
+                stats: Default::default(),
+            };
+            c.broker.register(Arc::new(client));
+            let end = c.main_loop(&mut reads_rx, &mut sac_rx, &mut close_rx).await;
+            c.broker.unregister(id);
+            end
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(End::Done),
     };
@@ -243,6 +288,7 @@ impl Conn {
         &mut self,
         reads: &mut mpsc::UnboundedReceiver<ReadDone>,
         sac: &mut mpsc::UnboundedReceiver<super::sac::Activate>,
+        closing: &mut mpsc::UnboundedReceiver<String>,
     ) -> Res {
         let mut durable = crate::queue::stream::durable_watch();
         let beat = Duration::from_secs(self.heartbeat.max(1) as u64);
@@ -266,6 +312,7 @@ impl Conn {
                 },
                 Some(done) = reads.recv() => self.read_done(done).await?,
                 Some(a) = sac.recv() => self.activate(a).await?,
+                Some(text) = closing.recv() => return Err(End::Close(code::OK, text)),
                 _ = tick.tick() => {
                     self.check_deleted().await?;
                     self.pump_all().await?;
