@@ -21,6 +21,7 @@ pub mod routing;
 pub mod schema;
 pub mod session;
 pub mod store;
+pub mod streamproto;
 pub mod vhost;
 
 pub use broker::Broker;

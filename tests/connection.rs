@@ -516,6 +516,7 @@ fn spawn_with(
     let http = free_port();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));
     cmd.args(args)
+        .args(["--stream-port", "0"])
         .arg("--port")
         .arg(port.to_string())
         .arg("--http-port")

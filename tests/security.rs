@@ -116,6 +116,7 @@ fn the_nesting_that_used_to_wipe_every_definition_is_refused_and_two_restarts_ke
 /// after 20 s (it started) is killed and reported as such.
 fn start_again(w: &Warren) -> (std::process::ExitStatus, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--stream-port", "0"])
         .arg("--config")
         .arg(w.dir.path().join("test.toml"))
         .arg("--port")
@@ -452,6 +453,7 @@ fn a_user_name_with_newlines_cannot_forge_log_lines() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--stream-port", "0"])
         .arg("--data-dir")
         .arg(dir.path())
         .arg("--port")

@@ -480,6 +480,7 @@ fn run_to_exit(config: &str) -> (Option<i32>, String) {
     let path = dir.path().join("warren.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--stream-port", "0"])
         .arg("--config")
         .arg(&path)
         .arg("--port")

@@ -35,6 +35,9 @@ struct Args {
     /// TLS (amqps) port, used when [tls] cert and key are set [default: 5671].
     #[arg(long, env = "WARREN_TLS_PORT", value_name = "N")]
     tls_port: Option<u16>,
+    /// RabbitMQ Stream protocol port; 0 disables it [default: 5552].
+    #[arg(long, env = "WARREN_STREAM_PORT", value_name = "N")]
+    stream_port: Option<u16>,
     /// Data directory [default: ~/.local/share/warren].
     #[arg(long, env = "WARREN_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -102,6 +105,7 @@ fn overrides(args: Args) -> Overrides {
         port: args.port,
         http_port: args.http_port,
         tls_port: args.tls_port,
+        stream_port: args.stream_port,
         data_dir: args.data_dir,
         log_level: args.log_level,
     }
@@ -162,6 +166,17 @@ async fn run(config: Config, tls: Option<TlsAcceptor>) -> ExitCode {
         }
     };
     tokio::spawn(warren::admin::http::serve(broker.clone(), http));
+    if broker.config.stream.port != 0 {
+        match bind_stream(&broker) {
+            Ok(ls) => {
+                tokio::spawn(warren::streamproto::serve(broker.clone(), ls));
+            }
+            Err(e) => {
+                tracing::error!("stream protocol: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     serve_until_signal(&broker, listeners, tls_listeners).await;
     // The listeners are closed now: no new connections.
     tracing::info!("shutting down: closing client connections and syncing the message store");
@@ -211,6 +226,18 @@ fn bind_amqps(broker: &Broker) -> Result<Vec<TcpListener>, String> {
                     ""
                 }
             );
+        }
+    }
+    Ok(ls)
+}
+
+/// Binds the stream protocol listeners (the AMQP addresses, `[stream]
+/// port`) and logs each address.
+fn bind_stream(broker: &Broker) -> Result<Vec<TcpListener>, String> {
+    let ls = warren::session::server::bind_all(&broker.config.bind, broker.config.stream.port)?;
+    for l in &ls {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!("listening for the RabbitMQ Stream protocol on {addr}");
         }
     }
     Ok(ls)

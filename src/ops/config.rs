@@ -51,6 +51,41 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Limits of the management HTTP API's connections and requests.
     pub http: HttpConfig,
+    /// The RabbitMQ Stream protocol listener.
+    pub stream: StreamConfig,
+}
+
+/// The RabbitMQ Stream protocol listener (RabbitMQ's `stream.*` settings).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Port (RabbitMQ's default: 5552); 0 disables the listener. It binds
+    /// to the same addresses as AMQP (`bind`).
+    pub port: u16,
+    /// Host name the Metadata command gives clients for this node (the
+    /// host they connect to for a stream's leader). Default: the first
+    /// `bind` address, or the machine's host name when that address is
+    /// a wildcard.
+    pub advertised_host: Option<String>,
+    /// Port the Metadata command gives clients (default: `port`).
+    pub advertised_port: Option<u16>,
+    /// Largest frame the server proposes in Tune, in bytes (0: no limit).
+    pub frame_max: u32,
+    /// Heartbeat interval the server proposes in Tune, in seconds (0:
+    /// none).
+    pub heartbeat: u32,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            port: 5552,
+            advertised_host: None,
+            advertised_port: None,
+            frame_max: 1_048_576,
+            heartbeat: 60,
+        }
+    }
 }
 
 /// Limits of the management HTTP API (RabbitMQ's `management.http.*` and
@@ -295,6 +330,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -402,6 +438,8 @@ pub struct Overrides {
     pub http_port: Option<u16>,
     /// TLS listener port.
     pub tls_port: Option<u16>,
+    /// Stream protocol port (0: disabled).
+    pub stream_port: Option<u16>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
     /// Log filter.
@@ -448,6 +486,9 @@ impl Config {
         }
         if let Some(v) = o.tls_port {
             cfg.tls.port = v;
+        }
+        if let Some(v) = o.stream_port {
+            cfg.stream.port = v;
         }
         if let Some(v) = &o.data_dir {
             cfg.data_dir = v.clone();

@@ -17,6 +17,8 @@ pub struct Warren {
     pub http_port: u16,
     /// Its TLS (amqps) port, when started with `start_tls`.
     pub tls_port: Option<u16>,
+    /// Its RabbitMQ Stream protocol port (a free one of its own).
+    pub stream_port: u16,
     /// Its data directory.
     pub dir: tempfile::TempDir,
     config_path: std::path::PathBuf,
@@ -68,12 +70,14 @@ impl Warren {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/warren.toml"))
                 .expect("read config/warren.toml");
         std::fs::write(&config_path, merge_toml(&base, extra_config)).expect("write test config");
-        let (child, port, http_port, tls_port) = spawn(&config_path, dir.path(), None, tls);
+        let (child, [port, http_port, stream_port], tls_port) =
+            spawn(&config_path, dir.path(), None, tls);
         Warren {
             child,
             port,
             http_port,
             tls_port,
+            stream_port,
             dir,
             config_path,
         }
@@ -107,16 +111,17 @@ impl Warren {
     /// Starts warren again on the same data directory and port (after
     /// `kill` or `terminate`).
     pub fn restart(&mut self) {
-        let (child, port, http_port, tls_port) = spawn(
+        let (child, [port, http_port, stream_port], tls_port) = spawn(
             &self.config_path,
             self.dir.path(),
-            Some((self.port, self.http_port, self.tls_port)),
+            Some(([self.port, self.http_port, self.stream_port], self.tls_port)),
             self.tls_port.is_some(),
         );
         self.tls_port = tls_port;
         self.child = child;
         self.port = port;
         self.http_port = http_port;
+        self.stream_port = stream_port;
     }
 
     /// The process id.
@@ -200,12 +205,12 @@ impl Drop for Warren {
 fn spawn(
     config_path: &std::path::Path,
     data_dir: &std::path::Path,
-    ports: Option<(u16, u16, Option<u16>)>,
+    ports: Option<([u16; 3], Option<u16>)>,
     tls: bool,
-) -> (Child, u16, u16, Option<u16>) {
+) -> (Child, [u16; 3], Option<u16>) {
     for _attempt in 0..5 {
-        let (port, http_port, tls_port) =
-            ports.unwrap_or_else(|| (free_port(), free_port(), tls.then(free_port)));
+        let ([port, http_port, stream_port], tls_port) =
+            ports.unwrap_or_else(|| ([free_port(), free_port(), free_port()], tls.then(free_port)));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
         if let Some(p) = tls_port {
             cmd.arg("--tls-port").arg(p.to_string());
@@ -217,6 +222,8 @@ fn spawn(
             .arg(port.to_string())
             .arg("--http-port")
             .arg(http_port.to_string())
+            .arg("--stream-port")
+            .arg(stream_port.to_string())
             .arg("--data-dir")
             .arg(data_dir)
             .env(
@@ -233,9 +240,10 @@ fn spawn(
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && TcpStream::connect(("127.0.0.1", http_port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", stream_port)).is_ok()
                 && tls_port.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok())
             {
-                return (child, port, http_port, tls_port);
+                return (child, [port, http_port, stream_port], tls_port);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -237,7 +237,7 @@ impl Stream {
     /// log's durable offset passes it).
     pub fn publish(&self, msg: &Message) -> u64 {
         let mut buf = BytesMut::with_capacity(
-            2 + msg.exchange().len()
+            3 + msg.exchange().len()
                 + msg.routing_key().len()
                 + 4
                 + msg.header().len()
@@ -245,13 +245,48 @@ impl Stream {
         );
         encode(msg, &mut buf);
         let filter = filter_value(msg);
-        let filter = filter.as_deref().map(str::as_bytes);
+        self.append(&buf, filter.as_deref().map(str::as_bytes))
+    }
+
+    /// Appends an entry already in the stored form (`FORMAT_AMQP10` and an
+    /// AMQP 1.0 message, as a stream-protocol client sent it), with its
+    /// filter value; returns its offset.
+    pub fn append(&self, entry: &[u8], filter: Option<&[u8]>) -> u64 {
         let offset = self
             .log
-            .append_filtered(&buf, crate::store::wall_ms(), filter);
-        self.accounted.fetch_add(buf.len(), Ordering::Relaxed);
-        BACKLOG.fetch_add(buf.len(), Ordering::Relaxed);
+            .append_filtered(entry, crate::store::wall_ms(), filter);
+        self.accounted.fetch_add(entry.len(), Ordering::Relaxed);
+        BACKLOG.fetch_add(entry.len(), Ordering::Relaxed);
         offset
+    }
+
+    /// Whether the stream was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// The value tracked under `key` (a consumer's next offset, or a
+    /// publisher's highest sequence: see `streamproto`).
+    pub fn tracked(&self, key: &str) -> Option<u64> {
+        self.tracked.lock().next.get(key).copied()
+    }
+
+    /// Sets the value tracked under `key` (written within
+    /// `tracking::FLUSH_DELAY_MS`); `only_up`: never lowers it.
+    pub fn set_tracked(&self, queue: &Arc<Queue>, key: &str, value: u64, only_up: bool) {
+        let mut t = self.tracked.lock();
+        let cur = t.next.entry(key.to_owned()).or_insert(value);
+        if only_up && *cur > value {
+            return;
+        }
+        *cur = value;
+        t.dirty = true;
+        if !t.scheduled {
+            t.scheduled = true;
+            let at = crate::ops::clock::now_ms() + tracking::FLUSH_DELAY_MS;
+            let kind = crate::queue::timers::Kind::StreamOffsets;
+            crate::queue::timers::schedule(at, kind, Arc::downgrade(queue));
+        }
     }
 
     /// Entries kept (what queue.declare-ok and listings report).
@@ -505,9 +540,17 @@ impl Stream {
     }
 }
 
-/// An entry: exchange and routing key (each a length octet and bytes), the
-/// content header (length and bytes), the body.
+/// The first byte of a stored entry: an AMQP 0-9-1 message (`encode`).
+pub const FORMAT_AMQP091: u8 = 0;
+/// The first byte of a stored entry: an AMQP 1.0 message as a stream
+/// protocol client sent it.
+pub const FORMAT_AMQP10: u8 = 1;
+
+/// An entry: the format byte (`FORMAT_AMQP091`), exchange and routing key
+/// (each a length octet and bytes), the content header (length and bytes),
+/// the body.
 fn encode(msg: &Message, buf: &mut BytesMut) {
+    buf.put_u8(FORMAT_AMQP091);
     buf.put_u8(msg.exchange().len() as u8);
     buf.put_slice(msg.exchange());
     buf.put_u8(msg.routing_key().len() as u8);
@@ -520,8 +563,68 @@ fn encode(msg: &Message, buf: &mut BytesMut) {
 /// The message an entry holds, with its offset added to its headers as
 /// `x-stream-offset` (a signed 64-bit integer, after the publisher's own).
 fn decode(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
+    match *e.data.first()? {
+        FORMAT_AMQP091 => decode_091(e),
+        FORMAT_AMQP10 => decode_10(e),
+        _ => None,
+    }
+}
+
+/// An AMQP 1.0 entry as AMQP 0-9-1 consumers get it (RabbitMQ's mapping,
+/// `protocol::amqp10_map`), with an empty exchange and routing key (the
+/// stream protocol publishes to the stream, not through an exchange).
+fn decode_10(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
+    let data = &e.data[1..];
+    let m = crate::protocol::amqp10::Message::decode(data).ok()?;
+    let (props, body) = crate::protocol::amqp10_map::to_091(&m, data);
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let filter = headers
+        .inner()
+        .get(FILTER_VALUE)
+        .and_then(crate::protocol::fields::string);
+    headers.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongLongInt(i64::try_from(e.offset).unwrap_or(i64::MAX)),
+    );
+    let props = props.with_headers(headers);
+    let header = crate::message::content_header(&props, body.len() as u64)?;
+    let m = QueuedMessage {
+        msg: Message::new(b"", b"", &header, body),
+        seq: e.offset,
+        redelivered: false,
+        stored: None,
+        deadline: 0,
+    };
+    Some((m, filter))
+}
+
+/// An entry's message as AMQP 1.0 (what stream-protocol consumers get):
+/// as stored for `FORMAT_AMQP10`, converted for `FORMAT_AMQP091`. None: the
+/// entry does not decode.
+pub fn entry_as_amqp10(data: &Bytes) -> Option<Bytes> {
+    match *data.first()? {
+        FORMAT_AMQP10 => Some(data.slice(1..)),
+        FORMAT_AMQP091 => {
+            let e = Entry {
+                offset: 0,
+                timestamp: 0,
+                data: data.clone(),
+            };
+            let (q, _) = decode_091_parts(&e)?;
+            let props = q.msg.properties()?;
+            let m = crate::protocol::amqp10_map::from_091(&props, q.msg.body_bytes());
+            let mut out = Vec::with_capacity(data.len() + 64);
+            m.encode(&mut out);
+            Some(out.into())
+        }
+        _ => None,
+    }
+}
+
+/// An AMQP 0-9-1 entry's message as published (no offset header).
+fn decode_091_parts(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
     let d = &e.data;
-    let mut at = 0usize;
+    let mut at = 1usize;
     let mut take = |n: usize| -> Option<std::ops::Range<usize>> {
         let r = at..at.checked_add(n)?;
         (r.end <= d.len()).then(|| {
@@ -537,7 +640,19 @@ fn decode(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
     let hl = u32::from_be_bytes(d[hl].try_into().ok()?) as usize;
     let h = take(hl)?;
     let body: Bytes = d.slice(at..);
-    let props = crate::message::parse_properties(&d[h])?;
+    let m = QueuedMessage {
+        msg: Message::new(&d[x], &d[k], &d[h], body),
+        seq: e.offset,
+        redelivered: false,
+        stored: None,
+        deadline: 0,
+    };
+    Some((m, None))
+}
+
+fn decode_091(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
+    let (mut q, _) = decode_091_parts(e)?;
+    let props = q.msg.properties()?;
     let mut headers = props.headers().clone().unwrap_or_else(FieldTable::default);
     let filter = headers
         .inner()
@@ -548,15 +663,10 @@ fn decode(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
         AMQPValue::LongLongInt(i64::try_from(e.offset).unwrap_or(i64::MAX)),
     );
     let props = props.with_headers(headers);
+    let body = q.msg.body_bytes();
     let header = crate::message::content_header(&props, body.len() as u64)?;
-    let m = QueuedMessage {
-        msg: Message::new(&d[x], &d[k], &header, body),
-        seq: e.offset,
-        redelivered: false,
-        stored: None,
-        deadline: 0,
-    };
-    Some((m, filter))
+    q.msg = Message::new(q.msg.exchange(), q.msg.routing_key(), &header, body);
+    Some((q, filter))
 }
 
 /// The header a publisher sets a message's filter value in.
@@ -684,5 +794,42 @@ mod tests {
             data: e.data.slice(..5),
         };
         assert!(decode(&cut).is_none());
+        let unknown = Entry {
+            offset: 1,
+            timestamp: 0,
+            data: Bytes::from_static(&[9, 0, 0]),
+        };
+        assert!(decode(&unknown).is_none());
+    }
+
+    #[test]
+    fn an_amqp10_entry_decodes_for_amqp091_consumers() {
+        use crate::protocol::amqp10::{Body, Message as M10, Properties, Value};
+        let m = M10 {
+            properties: Some(Properties {
+                content_type: Some("text/plain".into()),
+                ..Properties::default()
+            }),
+            application_properties: Some(vec![(Value::String("k".into()), Value::Int(3))]),
+            body: Body::Data(vec![Bytes::from_static(b"hi")]),
+            ..M10::default()
+        };
+        let mut data = vec![FORMAT_AMQP10];
+        m.encode(&mut data);
+        let e = Entry {
+            offset: 7,
+            timestamp: 0,
+            data: data.into(),
+        };
+        let (q, _) = decode(&e).unwrap();
+        assert_eq!(q.msg.body(), b"hi");
+        let p = q.msg.properties().unwrap();
+        assert_eq!(p.content_type().as_ref().unwrap().as_str(), "text/plain");
+        let h = p.headers().clone().unwrap();
+        assert_eq!(h.inner().get("k"), Some(&AMQPValue::LongInt(3)));
+        assert_eq!(
+            h.inner().get("x-stream-offset"),
+            Some(&AMQPValue::LongLongInt(7))
+        );
     }
 }

@@ -1,0 +1,421 @@
+//! Subscriptions: Subscribe (first, last, next, an offset, a timestamp),
+//! Credit (in chunks, as the protocol counts it), Unsubscribe, and Deliver.
+//!
+//! A subscription reads the log from its next offset on tokio's blocking
+//! pool, `READ_BYTES` at a time and only when it has delivered all it read
+//! and has credit, so a subscriber far behind holds one batch in memory.
+//! What is read is sent as osiris chunks of consecutive entries (at most
+//! `CHUNK_BYTES` of data, within the frame max): the chunk header (magic
+//! and version 0x50, type 0 user, entry and record counts, first entry's
+//! timestamp, epoch 0, first offset, CRC-32 of the data, data length, no
+//! trailer, no Bloom filter), then each entry as a simple entry (a 0 bit,
+//! its 31-bit size, its bytes) holding the AMQP 1.0 message. Only durable
+//! entries are read. Each Deliver takes one credit. A subscription with
+//! `filter.N` properties reads only the chunks whose Bloom filter may hold
+//! one of its values (and, with `match-unfiltered`, chunks with messages
+//! without one); as in RabbitMQ, the client checks each message.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{BufMut, Bytes};
+
+use super::codec::{Fields, Out};
+use super::connection::{Conn, End, Res};
+use super::sac::{self, Activate, GroupKey};
+use super::{code, key};
+use crate::auth::Access;
+use crate::queue::Queue;
+use crate::store::stream::{Entry, ReadFilter, StreamLog};
+
+/// How much one read takes from the log at most.
+const READ_BYTES: usize = 1 << 20;
+
+/// Data bytes of one delivered chunk at most (one entry larger than this
+/// goes alone).
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The osiris chunk header's size.
+const CHUNK_HEADER: usize = 48;
+
+/// A subscription.
+pub struct Subscription {
+    pub queue: Arc<Queue>,
+    log: Arc<StreamLog>,
+    /// The offset of the next entry to deliver.
+    next: u64,
+    /// Chunks the client will take.
+    credit: u32,
+    /// Entries read and not delivered yet, from `next` on.
+    pending: VecDeque<Entry>,
+    /// A read is under way.
+    reading: bool,
+    /// Tells this subscription's reads from an earlier one's of the same id.
+    token: u64,
+    /// `filter.N` / `match-unfiltered`: chunks that cannot match are skipped.
+    filter: Option<Arc<ReadFilter>>,
+    /// Its single-active-consumer group, if any.
+    pub group: Option<GroupKey>,
+    /// Delivers (false while another member of its group is active).
+    active: bool,
+    /// The correlation id of the ConsumerUpdate it was sent, unanswered.
+    update: Option<u32>,
+}
+
+/// A finished read.
+pub struct ReadDone {
+    id: u8,
+    token: u64,
+    from: u64,
+    got: std::io::Result<(Vec<Entry>, u64)>,
+}
+
+static TOKENS: AtomicU64 = AtomicU64::new(1);
+
+impl Conn {
+    pub async fn subscribe(&mut self, f: &mut Fields) -> Res {
+        let corr = f.u32()?;
+        let id = f.u8()?;
+        let name = f.string()?;
+        let kind = f.u16()?;
+        let value = match kind {
+            4 | 5 => Some(f.u64()?),
+            _ => None,
+        };
+        let credit = f.u16()?;
+        let props = f.string_map()?;
+        let filter = read_filter(&props);
+        let group = self.group_of(&name, &props);
+        let c = match self.stream_queue(&name) {
+            _ if self.subs.contains_key(&id) => code::SUBSCRIPTION_ID_ALREADY_EXISTS,
+            None => code::STREAM_DOES_NOT_EXIST,
+            Some(_) if !self.allowed(Access::Read, &name) => code::ACCESS_REFUSED,
+            Some(_) if group == Some(None) => code::PRECONDITION_FAILED,
+            Some(q) => match start_offset(q.stream().ok_or(End::Done)?.log(), kind, value) {
+                None => code::PRECONDITION_FAILED,
+                Some(next) => {
+                    let log = q.stream().ok_or(End::Done)?.log().clone();
+                    let sub = Subscription {
+                        queue: q,
+                        log,
+                        next,
+                        credit: credit as u32,
+                        pending: VecDeque::new(),
+                        reading: false,
+                        token: TOKENS.fetch_add(1, Ordering::Relaxed),
+                        filter,
+                        group: group.clone().flatten(),
+                        active: group.is_none(),
+                        update: None,
+                    };
+                    self.subs.insert(id, sub);
+                    code::OK
+                }
+            },
+        };
+        self.respond(key::SUBSCRIBE, corr, c).await?;
+        if c == code::OK
+            && let Some(sub) = self.subs.get(&id)
+            && let Some(g) = sub.group.clone()
+            && sac::join(g, self.sac_tx.clone(), id, sub.token)
+        {
+            let token = sub.token;
+            self.activate(Activate { sub: id, token }).await?;
+        }
+        if c == code::OK {
+            self.flush().await?;
+            self.pump(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Credit: more chunks for a subscription (an unknown one gets the
+    /// only response this command has).
+    pub async fn credit(&mut self, f: &mut Fields) -> Res {
+        let id = f.u8()?;
+        let credit = f.u16()?;
+        let Some(sub) = self.subs.get_mut(&id) else {
+            let mut o = Out::new(key::CREDIT | 0x8000, 1);
+            o.u16(code::SUBSCRIPTION_ID_DOES_NOT_EXIST).u8(id);
+            return self.send(&o.finish()).await;
+        };
+        sub.credit = sub
+            .credit
+            .saturating_add(credit as u32)
+            .min(u16::MAX as u32);
+        self.pump(id).await
+    }
+
+    pub async fn unsubscribe(&mut self, f: &mut Fields) -> Res {
+        let corr = f.u32()?;
+        let id = f.u8()?;
+        let removed = self.subs.remove(&id);
+        if let Some(s) = &removed {
+            s.leave_group();
+        }
+        let c = if removed.is_some() {
+            code::OK
+        } else {
+            code::SUBSCRIPTION_ID_DOES_NOT_EXIST
+        };
+        self.respond(key::UNSUBSCRIBE, corr, c).await
+    }
+
+    /// Every subscription: deliver what credit allows, read more.
+    pub async fn pump_all(&mut self) -> Res {
+        let ids: Vec<u8> = self.subs.keys().copied().collect();
+        for id in ids {
+            self.pump(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers chunks of what subscription `id` has read while it has
+    /// credit; starts a read when it has delivered everything.
+    pub async fn pump(&mut self, id: u8) -> Res {
+        let limit = self.frame_limit();
+        loop {
+            let Some(sub) = self.subs.get_mut(&id) else {
+                return Ok(());
+            };
+            if sub.credit == 0 || !sub.active || sub.queue.is_deleted() {
+                return Ok(());
+            }
+            if sub.pending.is_empty() {
+                start_read(sub, id, &self.reads_tx);
+                return Ok(());
+            }
+            let frame = next_chunk(sub, id, limit);
+            sub.credit -= 1;
+            self.send(&frame).await?;
+        }
+    }
+
+    /// A read finished: its entries wait for credit.
+    pub async fn read_done(&mut self, done: ReadDone) -> Res {
+        let Some(sub) = self.subs.get_mut(&done.id) else {
+            return Ok(());
+        };
+        if sub.token != done.token {
+            return Ok(());
+        }
+        sub.reading = false;
+        match done.got {
+            Ok((entries, scanned)) if sub.next == done.from => {
+                // Retention may have removed what it was at, or its filter
+                // skipped chunks: it goes on from the first entry read, or
+                // past everything looked at.
+                sub.next = sub.next.max(entries.first().map_or(scanned, |e| e.offset));
+                let next = sub.next;
+                sub.pending
+                    .extend(entries.into_iter().filter(|e| e.offset >= next));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(stream = %sub.queue.name.escape_debug(), "stream read failed: {e}");
+                return Ok(());
+            }
+        }
+        self.pump(done.id).await
+    }
+}
+
+impl Subscription {
+    /// Leaves its single-active-consumer group (the next member becomes
+    /// active).
+    pub fn leave_group(&self) {
+        if let Some(g) = &self.group {
+            sac::leave(g, self.token);
+        }
+    }
+}
+
+impl Conn {
+    /// The group Subscribe's properties ask for: None without
+    /// `single-active-consumer: true`, Some(None) when it has no `name`.
+    fn group_of(&self, stream: &str, props: &[(String, String)]) -> Option<Option<GroupKey>> {
+        let get = |k: &str| props.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
+        if get("single-active-consumer") != Some("true") {
+            return None;
+        }
+        let vhost = self.vhost.as_ref()?.name.to_string();
+        Some(get("name").map(|n| (vhost, stream.to_owned(), n.to_owned())))
+    }
+
+    /// Tells subscription `a.sub` it is the active one (ConsumerUpdate);
+    /// it delivers once the client answers.
+    pub async fn activate(&mut self, a: Activate) -> Res {
+        self.correlation += 1;
+        let corr = self.correlation;
+        let Some(sub) = self.subs.get_mut(&a.sub).filter(|s| s.token == a.token) else {
+            return Ok(());
+        };
+        sub.update = Some(corr);
+        let mut o = Out::new(key::CONSUMER_UPDATE, 1);
+        o.u32(corr).u8(a.sub).u8(1);
+        self.send(&o.finish()).await
+    }
+
+    /// The client's answer to ConsumerUpdate: the offset to start from
+    /// (type 0: where the subscription is).
+    pub async fn consumer_update_response(&mut self, f: &mut Fields) -> Res {
+        let corr = f.u32()?;
+        let _code = f.u16()?;
+        let kind = f.u16()?;
+        let value = match kind {
+            4 | 5 => Some(f.u64()?),
+            _ => None,
+        };
+        let found = self.subs.iter_mut().find(|(_, s)| s.update == Some(corr));
+        let Some((id, sub)) = found else {
+            return Ok(());
+        };
+        let id = *id;
+        if kind != 0
+            && let Some(next) = start_offset(&sub.log, kind, value)
+        {
+            sub.next = next;
+            sub.pending.clear();
+        }
+        sub.update = None;
+        sub.active = true;
+        self.pump(id).await
+    }
+}
+
+/// The chunk filter Subscribe's properties ask for (`filter.0`, `filter.1`,
+/// ... and `match-unfiltered`), as RabbitMQ applies it: whole chunks that
+/// hold no wanted value are skipped; the client checks each message.
+fn read_filter(props: &[(String, String)]) -> Option<Arc<ReadFilter>> {
+    let values: Vec<&[u8]> = props
+        .iter()
+        .filter(|(k, _)| k.starts_with("filter."))
+        .map(|(_, v)| v.as_bytes())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let unfiltered = props
+        .iter()
+        .any(|(k, v)| k == "match-unfiltered" && v == "true");
+    Some(Arc::new(ReadFilter::new(values, unfiltered)))
+}
+
+/// The offset a subscription starts at; None for an unknown type.
+fn start_offset(log: &StreamLog, kind: u16, value: Option<u64>) -> Option<u64> {
+    Some(match (kind, value) {
+        (1, _) => log.first_offset(),
+        (2, _) => log.last_chunk_offset(),
+        (3, _) => log.next_offset(),
+        (4, Some(n)) => n.max(log.first_offset()),
+        (5, Some(ts)) => log.offset_at_timestamp((ts as i64).max(0) as u64),
+        _ => return None,
+    })
+}
+
+/// Starts a read of durable entries from the subscription's next offset,
+/// if none is under way and there are any.
+fn start_read(sub: &mut Subscription, id: u8, tx: &tokio::sync::mpsc::UnboundedSender<ReadDone>) {
+    if sub.reading || sub.next >= sub.log.durable_offset() {
+        return;
+    }
+    sub.reading = true;
+    let (log, from, token, tx) = (sub.log.clone(), sub.next, sub.token, tx.clone());
+    let filter = sub.filter.clone();
+    tokio::task::spawn_blocking(move || {
+        let got = log.read_filtered(from, READ_BYTES, filter.as_deref());
+        let _ = tx.send(ReadDone {
+            id,
+            token,
+            from,
+            got,
+        });
+    });
+}
+
+/// Takes the next chunk of consecutive entries off `pending` and builds
+/// its Deliver frame (within `frame_limit`).
+fn next_chunk(sub: &mut Subscription, id: u8, frame_limit: usize) -> Bytes {
+    let budget = CHUNK_BYTES.min(frame_limit.saturating_sub(CHUNK_HEADER + 16));
+    let mut entries: Vec<(u64, u64, Bytes)> = Vec::new();
+    let mut size = 0usize;
+    while let Some(e) = sub.pending.front() {
+        let consecutive = entries.last().is_none_or(|l| l.0 + 1 == e.offset);
+        if !consecutive || entries.len() == u16::MAX as usize {
+            break;
+        }
+        let msg = crate::queue::stream::entry_as_amqp10(&e.data).unwrap_or_else(|| {
+            tracing::error!(
+                offset = e.offset,
+                "stream entry does not decode; delivered empty"
+            );
+            Bytes::new()
+        });
+        if !entries.is_empty() && size + 4 + msg.len() > budget {
+            break;
+        }
+        size += 4 + msg.len();
+        entries.push((e.offset, e.timestamp, msg));
+        sub.pending.pop_front();
+    }
+    if let Some(last) = entries.last() {
+        sub.next = last.0 + 1;
+    }
+    deliver_frame(id, &entries)
+}
+
+/// Deliver (v1): subscription id and one osiris chunk.
+fn deliver_frame(id: u8, entries: &[(u64, u64, Bytes)]) -> Bytes {
+    let mut data = Vec::with_capacity(entries.iter().map(|e| 4 + e.2.len()).sum());
+    for (_, _, m) in entries {
+        data.put_u32(m.len() as u32 & 0x7fff_ffff);
+        data.put_slice(m);
+    }
+    let (first, ts) = entries.first().map_or((0, 0), |e| (e.0, e.1));
+    let n = entries.len();
+    let mut o = Out::new(key::DELIVER, 1);
+    o.u8(id).u8(0x50).u8(0).u16(n as u16).u32(n as u32);
+    o.i64(ts as i64).u64(0).u64(first);
+    o.u32(crc32fast::hash(&data)).u32(data.len() as u32).u32(0);
+    o.u32(0); // Bloom filter size and reserved
+    o.raw(&data);
+    o.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deliver_frame_holds_an_osiris_chunk() {
+        let entries = vec![
+            (10, 1_000, Bytes::from_static(b"ab")),
+            (11, 1_001, Bytes::from_static(b"cde")),
+        ];
+        let f = deliver_frame(3, &entries);
+        let mut p = Fields::new(f);
+        p.u32().unwrap(); // size
+        assert_eq!(p.u16().unwrap(), key::DELIVER);
+        assert_eq!(p.u16().unwrap(), 1);
+        assert_eq!(p.u8().unwrap(), 3);
+        assert_eq!(p.u8().unwrap(), 0x50);
+        assert_eq!(p.u8().unwrap(), 0);
+        assert_eq!(p.u16().unwrap(), 2);
+        assert_eq!(p.u32().unwrap(), 2);
+        assert_eq!(p.i64().unwrap(), 1_000);
+        assert_eq!(p.u64().unwrap(), 0);
+        assert_eq!(p.u64().unwrap(), 10);
+        let crc = p.u32().unwrap();
+        let len = p.u32().unwrap();
+        assert_eq!(len, 4 + 2 + 4 + 3);
+        assert_eq!(p.u32().unwrap(), 0);
+        assert_eq!(p.u32().unwrap(), 0);
+        assert_eq!(p.remaining(), len as usize);
+        let a = p.bytes().unwrap();
+        let b = p.bytes().unwrap();
+        assert_eq!((&a[..], &b[..]), (&b"ab"[..], &b"cde"[..]));
+        let data = [&[0, 0, 0, 2][..], b"ab", &[0, 0, 0, 3], b"cde"].concat();
+        assert_eq!(crc, crc32fast::hash(&data));
+    }
+}
