@@ -196,6 +196,50 @@ fn fill_drain_reports_rates_and_rss_per_message() {
 }
 
 #[test]
+fn stream_fill_and_drain_over_the_stream_protocol_and_over_amqp() {
+    let b = Broker::start();
+    // The stream protocol: append with confirms, then 3 consumers from first.
+    let port = b.0.stream_port.to_string();
+    let pid = b.pid();
+    let args = [
+        "stream-fill-drain",
+        "--port",
+        &port,
+        "-m",
+        "20000",
+        "-y",
+        "3",
+        "--json",
+        "--broker-pid",
+        &pid,
+    ];
+    let (ok, out, err) = warrenperf(&args);
+    assert!(ok, "warrenperf {args:?} failed: {err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["delivered"], 60000, "{v}");
+    assert!(f(&v, "fill_rate") > 1000.0, "{v}");
+    assert!(f(&v, "drain_rate") > 1000.0, "{v}");
+    // AMQP 0-9-1: 4 consumers at spread offsets read 20000 + 15000 + ...
+    let v = run_json(
+        &b,
+        "fill-drain",
+        &[
+            "-m",
+            "20000",
+            "--queue-type",
+            "stream",
+            "-y",
+            "4",
+            "--stream-spread",
+            "--confirm",
+            "100",
+        ],
+    );
+    assert_eq!(v["delivered"], 50000, "{v}");
+    assert!(f(&v, "drain_rate") > 1000.0, "{v}");
+}
+
+#[test]
 fn connections_and_queues_report_rss_per_item() {
     let b = Broker::start();
     let v = run_json(&b, "connections", &["-n", "50", "--hold", "0"]);

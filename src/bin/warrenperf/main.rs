@@ -10,6 +10,8 @@
 //! - `fill-drain`: publish M messages with no consumer, then drain them.
 //! - `connections`: open N idle connections; broker RSS per connection.
 //! - `queues`: declare N queues; broker RSS per queue.
+//! - `stream-fill-drain`: append M messages to a stream over the RabbitMQ
+//!   Stream protocol with confirms, then read them from `first`.
 //!
 //! Every subcommand prints a line a second (where it runs for a while) and a
 //! summary; `--json` prints the summary as one JSON object instead. Message
@@ -23,6 +25,7 @@ mod client;
 mod load;
 mod memory;
 mod stats;
+mod stream;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +53,9 @@ enum Command {
     Connections(memory::Connections),
     /// Declare --count queues; broker RSS per queue.
     Queues(memory::Queues),
+    /// Append --messages to a stream over the RabbitMQ Stream protocol
+    /// (port 5552) with confirms, then read them from `first`.
+    StreamFillDrain(stream::StreamFillDrain),
 }
 
 /// Options every subcommand takes.
@@ -80,16 +86,17 @@ pub struct LoadCmd {
 
 fn main() {
     let cli = Cli::parse();
-    let common = match &cli.command {
+    let threads = match &cli.command {
         Command::Throughput(c) | Command::Latency(c) | Command::Fanout(c) | Command::Topic(c) => {
-            &c.common
+            c.common.threads
         }
-        Command::FillDrain(c) => &c.common,
-        Command::Connections(c) => &c.common,
-        Command::Queues(c) => &c.common,
+        Command::FillDrain(c) => c.common.threads,
+        Command::Connections(c) => c.common.threads,
+        Command::Queues(c) => c.common.threads,
+        Command::StreamFillDrain(_) => None,
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = common.threads {
+    if let Some(n) = threads {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.enable_all().build().expect("tokio runtime");
@@ -102,6 +109,7 @@ fn main() {
             Command::FillDrain(c) => memory::fill_drain(c).await,
             Command::Connections(c) => memory::connections(c).await,
             Command::Queues(c) => memory::queues(c).await,
+            Command::StreamFillDrain(c) => stream::run(c).await,
         }
     });
     // Tasks still parked on sockets must not hold the process open.

@@ -1,0 +1,202 @@
+//! `stream-fill-drain`: the fill-drain measurement over the RabbitMQ Stream
+//! protocol (port 5552), with RabbitMQ's Rust stream client, so warren's
+//! and RabbitMQ's stream listeners are measured by the same client.
+//!
+//! It deletes and creates the stream, appends M messages with confirms
+//! (the client batches them), waits for every confirm, then has C consumers
+//! each read the whole stream from `first`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures_lite::StreamExt;
+use rabbitmq_stream_client::Environment;
+use rabbitmq_stream_client::types::{Message, OffsetSpecification};
+
+use crate::stats;
+
+/// `stream-fill-drain` options.
+#[derive(Args, Debug, Clone)]
+pub struct StreamFillDrain {
+    /// Stream protocol host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Stream protocol port.
+    #[arg(long, default_value_t = 5552)]
+    pub port: u16,
+    /// User name.
+    #[arg(long, default_value = "guest")]
+    pub user: String,
+    /// Password.
+    #[arg(long, default_value = "guest")]
+    pub password: String,
+    /// Virtual host.
+    #[arg(long, default_value = "/")]
+    pub vhost: String,
+    /// Messages to append.
+    #[arg(long, short = 'm', default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Body size in bytes.
+    #[arg(long, short = 's', default_value_t = 16)]
+    pub size: usize,
+    /// Messages handed to the client per batch_send.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Consumers, each reading the whole stream from `first`.
+    #[arg(long, short = 'y', default_value_t = 1)]
+    pub consumers: u64,
+    /// Stream name.
+    #[arg(long, default_value = "warrenperf-stream")]
+    pub stream: String,
+    /// Give up after this many seconds per phase.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// The broker's process id: report its RSS.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Runs the measurement and prints its summary.
+pub async fn run(f: StreamFillDrain) -> Result<(), String> {
+    let env = Environment::builder()
+        .host(&f.host)
+        .port(f.port)
+        .username(&f.user)
+        .password(&f.password)
+        .virtual_host(&f.vhost)
+        .build()
+        .await
+        .map_err(err)?;
+    let _ = env.delete_stream(&f.stream).await;
+    env.stream_creator().create(&f.stream).await.map_err(err)?;
+    let rss = || f.broker_pid.and_then(stats::rss_bytes);
+    let rss_before = rss();
+    let fill_s = fill(&f, &env).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_full = rss();
+    let drain_s = drain(&f, &env).await?;
+    env.delete_stream(&f.stream).await.map_err(err)?;
+    let fill_rate = f.messages as f64 / fill_s;
+    let delivered = f.messages * f.consumers.max(1);
+    let drain_rate = delivered as f64 / drain_s;
+    let summary = serde_json::json!({
+        "mode": "stream-fill-drain",
+        "messages": f.messages,
+        "size": f.size,
+        "consumers": f.consumers.max(1),
+        "fill_s": fill_s,
+        "fill_rate": fill_rate,
+        "drain_s": drain_s,
+        "drain_rate": drain_rate,
+        "delivered": delivered,
+        "rss_before_bytes": rss_before,
+        "rss_full_bytes": rss_full,
+    });
+    if f.json {
+        println!("{summary}");
+    } else {
+        println!("summary: append {fill_rate:.0} msg/s confirmed, consume {drain_rate:.0} msg/s");
+    }
+    Ok(())
+}
+
+/// Appends the messages in batches and waits for every confirm; returns
+/// the seconds from the first send to the last confirm.
+async fn fill(f: &StreamFillDrain, env: &Environment) -> Result<f64, String> {
+    let producer = env
+        .producer()
+        .batch_size(f.batch)
+        .build(&f.stream)
+        .await
+        .map_err(err)?;
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let body = vec![7u8; f.size];
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    while sent < f.messages {
+        let n = (f.messages - sent).min(f.batch as u64);
+        let batch = (0..n)
+            .map(|_| Message::builder().body(body.clone()).build())
+            .collect();
+        let (c, x) = (confirmed.clone(), failed.clone());
+        producer
+            .batch_send(batch, move |r| {
+                let ok = matches!(&r, Ok(s) if s.confirmed());
+                let counter = if ok { c.clone() } else { x.clone() };
+                async move {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .await
+            .map_err(err)?;
+        sent += n;
+    }
+    let deadline = t0 + Duration::from_secs(f.timeout);
+    while confirmed.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < f.messages {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} of {} confirmed after {} s",
+                confirmed.load(Ordering::Relaxed),
+                f.messages,
+                f.timeout
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let fill_s = t0.elapsed().as_secs_f64();
+    let _ = producer.close().await;
+    match failed.load(Ordering::Relaxed) {
+        0 => Ok(fill_s),
+        n => Err(format!("{n} messages not confirmed")),
+    }
+}
+
+/// Each consumer reads the whole stream from `first`; returns the seconds
+/// until the last of them has read every message.
+async fn drain(f: &StreamFillDrain, env: &Environment) -> Result<f64, String> {
+    let mut consumers = Vec::new();
+    for _ in 0..f.consumers.max(1) {
+        let c = env
+            .consumer()
+            .offset(OffsetSpecification::First)
+            .build(&f.stream)
+            .await
+            .map_err(err)?;
+        consumers.push(c);
+    }
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for mut c in consumers {
+        let n = f.messages;
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            while got < n {
+                match c.next().await {
+                    Some(Ok(_)) => got += 1,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err(format!("the subscription ended after {got}")),
+                }
+            }
+            let _ = c.handle().close().await;
+            Ok(())
+        }));
+    }
+    let limit = Duration::from_secs(f.timeout);
+    for t in tasks {
+        tokio::time::timeout(limit, t)
+            .await
+            .map_err(|_| format!("the drain took over {} s", f.timeout))?
+            .map_err(err)??;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
