@@ -275,11 +275,11 @@ impl Stream {
     /// `tracking::FLUSH_DELAY_MS`); `only_up`: never lowers it.
     pub fn set_tracked(&self, queue: &Arc<Queue>, key: &str, value: u64, only_up: bool) {
         let mut t = self.tracked.lock();
-        let cur = t.next.entry(key.to_owned()).or_insert(value);
-        if only_up && *cur > value {
+        let cur = t.next.get(key).copied();
+        if cur == Some(value) || (only_up && cur.is_some_and(|c| c > value)) {
             return;
         }
-        *cur = value;
+        t.next.insert(key.to_owned(), value);
         t.dirty = true;
         if !t.scheduled {
             t.scheduled = true;
@@ -358,19 +358,8 @@ impl Stream {
         if !is_tracked {
             return;
         }
-        let mut t = self.tracked.lock();
-        let next = t.next.entry(consumer.tag_str()).or_insert(0);
-        if offset < *next {
-            return;
-        }
-        *next = offset + 1;
-        t.dirty = true;
-        if !t.scheduled {
-            t.scheduled = true;
-            let at = crate::ops::clock::now_ms() + tracking::FLUSH_DELAY_MS;
-            let kind = crate::queue::timers::Kind::StreamOffsets;
-            crate::queue::timers::schedule(at, kind, Arc::downgrade(queue));
-        }
+        // The consumer resumes after its last ack.
+        self.set_tracked(queue, &consumer.tag_str(), offset + 1, true);
     }
 
     /// Writes the tracked positions, if they changed, on a reader thread
