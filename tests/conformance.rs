@@ -1,6 +1,7 @@
 //! Runs the third-party client conformance scripts (conformance/) against a
-//! real warren: pika (Python) and amqplib (Node.js). `scripts/test` installs
-//! both clients before running the suite.
+//! real warren: pika (Python) and amqplib (Node.js) over AMQP 0-9-1, rstream
+//! (Python) over the RabbitMQ Stream protocol. `scripts/test` installs the
+//! clients before running the suite.
 
 mod common;
 
@@ -16,6 +17,10 @@ fn run_script(program: &str, script: &str) {
             "AMQP_URL",
             format!("amqp://guest:guest@127.0.0.1:{}/%2F", w.port),
         )
+        .env("STREAM_HOST", "127.0.0.1")
+        .env("STREAM_PORT", w.stream_port.to_string())
+        // Every check must run: warren implements each command they use.
+        .env("STREAM_REQUIRE_ALL", "1")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} {script}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -41,4 +46,9 @@ fn pika_conformance_script_passes() {
 #[test]
 fn amqplib_conformance_script_passes() {
     run_script("node", "amqplib_conformance.js");
+}
+
+#[test]
+fn rstream_conformance_script_passes() {
+    run_script("python3", "rstream_conformance.py");
 }

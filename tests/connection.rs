@@ -243,6 +243,9 @@ fn a_slowed_down_client_without_authentication_failure_close_is_disconnected() {
         assert!(try_login(w.port, "guest", "wrong").is_err());
     }
     let (mut s, _) = start(w.port);
+    // Timed from before the send: the broker's delay may start before this
+    // thread runs again after the write.
+    let t0 = Instant::now();
     send_method(
         &mut s,
         0,
@@ -253,7 +256,6 @@ fn a_slowed_down_client_without_authentication_failure_close_is_disconnected() {
             locale: "en_US".into(),
         })),
     );
-    let t0 = Instant::now();
     let (got, closed) = read_until_closed(&mut s);
     assert!(closed, "the socket stayed open");
     assert!(got.is_empty(), "expected no reply, got {got:?}");

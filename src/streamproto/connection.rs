@@ -92,7 +92,7 @@ pub struct Conn {
     pub subs: HashMap<u8, Subscription>,
     pub reads_tx: mpsc::UnboundedSender<ReadDone>,
     /// Where other connections tell this one a subscription became active.
-    pub sac_tx: mpsc::UnboundedSender<super::sac::Activate>,
+    pub sac_tx: mpsc::UnboundedSender<super::sac::Update>,
     pub correlation: u32,
 }
 
@@ -287,7 +287,7 @@ impl Conn {
     async fn main_loop(
         &mut self,
         reads: &mut mpsc::UnboundedReceiver<ReadDone>,
-        sac: &mut mpsc::UnboundedReceiver<super::sac::Activate>,
+        sac: &mut mpsc::UnboundedReceiver<super::sac::Update>,
         closing: &mut mpsc::UnboundedReceiver<String>,
     ) -> Res {
         let mut durable = crate::queue::stream::durable_watch();
@@ -311,7 +311,7 @@ impl Conn {
                     self.pump_all().await?;
                 },
                 Some(done) = reads.recv() => self.read_done(done).await?,
-                Some(a) = sac.recv() => self.activate(a).await?,
+                Some(u) = sac.recv() => self.group_update(u).await?,
                 Some(text) = closing.recv() => return Err(End::Close(code::OK, text)),
                 _ = tick.tick() => {
                     self.check_deleted().await?;

@@ -23,7 +23,7 @@ use bytes::{BufMut, Bytes};
 
 use super::codec::{Fields, Out};
 use super::connection::{Conn, End, Res};
-use super::sac::{self, Activate, GroupKey};
+use super::sac::{self, GroupKey, Update};
 use super::{code, key};
 use crate::auth::Access;
 use crate::queue::Queue;
@@ -61,6 +61,8 @@ pub struct Subscription {
     active: bool,
     /// The correlation id of the ConsumerUpdate it was sent, unanswered.
     update: Option<u32>,
+    /// That ConsumerUpdate told it to step down (active = 0).
+    stepping_down: bool,
 }
 
 /// A finished read.
@@ -86,7 +88,7 @@ impl Conn {
         let credit = f.u16()?;
         let props = f.string_map()?;
         let filter = read_filter(&props);
-        let group = self.group_of(&name, &props);
+        let (group, partition) = self.group_of(&name, &props);
         let c = match self.stream_queue(&name) {
             _ if self.subs.contains_key(&id) => code::SUBSCRIPTION_ID_ALREADY_EXISTS,
             None => code::STREAM_DOES_NOT_EXIST,
@@ -108,6 +110,7 @@ impl Conn {
                         group: group.clone().flatten(),
                         active: group.is_none(),
                         update: None,
+                        stepping_down: false,
                     };
                     self.subs.insert(id, sub);
                     code::OK
@@ -118,10 +121,9 @@ impl Conn {
         if c == code::OK
             && let Some(sub) = self.subs.get(&id)
             && let Some(g) = sub.group.clone()
-            && sac::join(g, self.sac_tx.clone(), id, sub.token)
         {
-            let token = sub.token;
-            self.activate(Activate { sub: id, token }).await?;
+            // Whether it is active arrives through sac_tx, after this reply.
+            sac::join(g, partition, self.sac_tx.clone(), id, sub.token);
         }
         if c == code::OK {
             self.flush().await?;
@@ -233,32 +235,54 @@ impl Subscription {
 
 impl Conn {
     /// The group Subscribe's properties ask for: None without
-    /// `single-active-consumer: true`, Some(None) when it has no `name`.
-    fn group_of(&self, stream: &str, props: &[(String, String)]) -> Option<Option<GroupKey>> {
+    /// `single-active-consumer: true`, Some(None) when it has no `name`;
+    /// with the stream's index among the partitions of the super stream
+    /// its `super-stream` property names (0 when it names none, or one the
+    /// stream is not a partition of: a plain group).
+    fn group_of(
+        &self,
+        stream: &str,
+        props: &[(String, String)],
+    ) -> (Option<Option<GroupKey>>, usize) {
         let get = |k: &str| props.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
         if get("single-active-consumer") != Some("true") {
-            return None;
+            return (None, 0);
         }
-        let vhost = self.vhost.as_ref()?.name.to_string();
-        Some(get("name").map(|n| (vhost, stream.to_owned(), n.to_owned())))
+        let Some(vhost) = self.vhost.as_ref() else {
+            return (None, 0);
+        };
+        let partition = get("super-stream")
+            .and_then(|s| self.partitions_of(s).iter().position(|p| p == stream))
+            .unwrap_or(0);
+        let key = get("name").map(|n| (vhost.name.to_string(), stream.to_owned(), n.to_owned()));
+        (Some(key), partition)
     }
 
-    /// Tells subscription `a.sub` it is the active one (ConsumerUpdate);
-    /// it delivers once the client answers.
-    pub async fn activate(&mut self, a: Activate) -> Res {
+    /// What its group tells a subscription: become active, or step down.
+    pub async fn group_update(&mut self, u: Update) -> Res {
+        let (sub_id, token, active) = match u {
+            Update::Activate { sub, token } => (sub, token, true),
+            Update::StepDown { sub, token } => (sub, token, false),
+        };
         self.correlation += 1;
         let corr = self.correlation;
-        let Some(sub) = self.subs.get_mut(&a.sub).filter(|s| s.token == a.token) else {
+        let Some(sub) = self.subs.get_mut(&sub_id).filter(|s| s.token == token) else {
             return Ok(());
         };
         sub.update = Some(corr);
+        sub.stepping_down = !active;
+        if !active {
+            // No more deliveries from the moment it is told.
+            sub.active = false;
+        }
         let mut o = Out::new(key::CONSUMER_UPDATE, 1);
-        o.u32(corr).u8(a.sub).u8(1);
+        o.u32(corr).u8(sub_id).u8(active as u8);
         self.send(&o.finish()).await
     }
 
-    /// The client's answer to ConsumerUpdate: the offset to start from
-    /// (type 0: where the subscription is).
+    /// The client's answer to ConsumerUpdate: for an activation, the offset
+    /// to start from (type 0: where the subscription is); for a step-down,
+    /// the group may now activate another member.
     pub async fn consumer_update_response(&mut self, f: &mut Fields) -> Res {
         let corr = f.u32()?;
         let _code = f.u16()?;
@@ -272,13 +296,20 @@ impl Conn {
             return Ok(());
         };
         let id = *id;
+        sub.update = None;
+        if sub.stepping_down {
+            sub.stepping_down = false;
+            if let Some(g) = &sub.group {
+                sac::stepped_down(g, sub.token);
+            }
+            return Ok(());
+        }
         if kind != 0
             && let Some(next) = start_offset(&sub.log, kind, value)
         {
             sub.next = next;
             sub.pending.clear();
         }
-        sub.update = None;
         sub.active = true;
         self.pump(id).await
     }

@@ -124,7 +124,7 @@ impl Conn {
         Some(parts.into_iter().map(|(_, n)| n).collect())
     }
 
-    fn partitions_of(&self, name: &str) -> Vec<String> {
+    pub(super) fn partitions_of(&self, name: &str) -> Vec<String> {
         self.partitions_in(name, None).unwrap_or_default()
     }
 
