@@ -268,6 +268,17 @@ async fn the_plain_tcp_listener_works_alongside_tls() {
             .any(|l| l["protocol"] == "amqp/ssl" && l["port"] == tls_port(&w)),
         "{listeners:?}"
     );
+    for (protocol, port) in [
+        ("stream", w.stream_port),
+        ("stream/ssl", w.stream_tls_port.unwrap()),
+    ] {
+        assert!(
+            listeners
+                .iter()
+                .any(|l| l["protocol"] == protocol && l["port"] == port),
+            "no {protocol} listener on {port}: {listeners:?}"
+        );
+    }
     let _ = tls_conn.close(200, "".into()).await;
     let _ = plain_conn.close(200, "".into()).await;
 }
@@ -574,4 +585,148 @@ fn bad_certificate_or_key_files_stop_warren_with_a_message_naming_the_file() {
     let (code, err) = run_to_exit(&format!("[tls]\ncert = {:?}\n", pki.path("server.pem")));
     assert!(code.is_some_and(|c| c != 0), "{err}");
     assert!(err.contains("tls.key"), "{err}");
+}
+
+/// A stream-protocol environment over TLS trusting the test CA.
+async fn stream_env_tls(
+    w: &Warren,
+    pki: &Pki,
+) -> Result<rabbitmq_stream_client::Environment, rabbitmq_stream_client::error::ClientError> {
+    let tls = rabbitmq_stream_client::TlsConfiguration::builder()
+        .add_root_certificates(pki.path("ca.pem"))
+        .build()
+        .expect("stream TLS configuration");
+    within(
+        "stream TLS connection",
+        rabbitmq_stream_client::Environment::builder()
+            .host("127.0.0.1")
+            .port(w.stream_tls_port.expect("warren started with TLS"))
+            .tls(tls)
+            .build(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_protocol_over_tls_publishes_and_consumes_with_the_test_ca_trusted() {
+    use rabbitmq_stream_client::types::{Message, OffsetSpecification};
+    let pki = Pki::new();
+    let w = Warren::start_tls(&pki.config(""));
+    let env = stream_env_tls(&w, &pki).await.expect("connect over TLS");
+    within("create", env.stream_creator().create("tls-s"))
+        .await
+        .expect("create stream");
+    // The producer connects to the leader the Metadata command names: over
+    // TLS that must be the TLS port, or the client's TLS handshake fails.
+    let producer = within("producer", env.producer().build("tls-s"))
+        .await
+        .expect("producer over TLS");
+    let batch = (0..100)
+        .map(|i| Message::builder().body(format!("t{i}")).build())
+        .collect();
+    let st = within("confirms", producer.batch_send_with_confirm(batch))
+        .await
+        .expect("publish");
+    assert_eq!(st.len(), 100);
+    assert!(st.iter().all(|s| s.confirmed()));
+    producer.close().await.expect("close producer");
+
+    // Read back over TLS, and over the plain port: the same stream.
+    let plain = within(
+        "plain stream connection",
+        rabbitmq_stream_client::Environment::builder()
+            .host("127.0.0.1")
+            .port(w.stream_port)
+            .build(),
+    )
+    .await
+    .expect("connect to the plain port");
+    for e in [&env, &plain] {
+        let mut c = within(
+            "consumer",
+            e.consumer()
+                .offset(OffsetSpecification::First)
+                .build("tls-s"),
+        )
+        .await
+        .expect("consumer");
+        for i in 0..100u64 {
+            let d = within("delivery", futures_lite::StreamExt::next(&mut c))
+                .await
+                .expect("consumer open")
+                .expect("delivery");
+            assert_eq!(d.offset(), i);
+            let body = d.message().data().unwrap_or_default().to_vec();
+            assert_eq!(String::from_utf8(body).unwrap(), format!("t{i}"));
+        }
+        c.handle().close().await.expect("close consumer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_tls_port_refuses_plain_text_and_untrusted_server_certificates_fail() {
+    let pki = Pki::new();
+    let w = Warren::start_tls(&pki.config(""));
+    let port = w.stream_tls_port.expect("TLS");
+    // A plain-text client on the TLS port gets no stream protocol.
+    let plain = within(
+        "plain text on the TLS port",
+        rabbitmq_stream_client::Environment::builder()
+            .host("127.0.0.1")
+            .port(port)
+            .build(),
+    )
+    .await;
+    assert!(
+        plain.is_err(),
+        "a plain-text client logged in on the TLS port"
+    );
+    // A client that trusts another CA refuses warren's certificate.
+    let other = Pki::new();
+    let tls = rabbitmq_stream_client::TlsConfiguration::builder()
+        .add_root_certificates(other.path("ca.pem"))
+        .build()
+        .unwrap();
+    let r = within(
+        "TLS with another CA",
+        rabbitmq_stream_client::Environment::builder()
+            .host("127.0.0.1")
+            .port(port)
+            .tls(tls)
+            .build(),
+    )
+    .await;
+    assert!(
+        r.is_err(),
+        "the client accepted a certificate of an untrusted CA"
+    );
+    // And the broker goes on serving TLS clients that trust it.
+    stream_env_tls(&w, &pki).await.expect("a trusting client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fail_if_no_peer_cert_the_stream_tls_port_refuses_clients_without_a_certificate() {
+    let pki = Pki::new();
+    let w = Warren::start_tls(&pki.config("verify_peer = true\nfail_if_no_peer_cert = true\n"));
+    let r = stream_env_tls(&w, &pki).await;
+    assert!(r.is_err(), "a client without a certificate logged in");
+    // With a certificate from the trusted CA it logs in (PLAIN, as guest).
+    let id = pki.ca.client("stream-app");
+    std::fs::write(pki.dir.path().join("client.pem"), &id.cert).unwrap();
+    std::fs::write(pki.dir.path().join("client.key"), &id.key).unwrap();
+    let tls = rabbitmq_stream_client::TlsConfiguration::builder()
+        .add_root_certificates(pki.path("ca.pem"))
+        .add_client_certificates_keys(pki.path("client.pem"), pki.path("client.key"))
+        .build()
+        .unwrap();
+    within(
+        "stream TLS connection with a client certificate",
+        rabbitmq_stream_client::Environment::builder()
+            .host("127.0.0.1")
+            .port(w.stream_tls_port.unwrap())
+            .tls(tls)
+            .build(),
+    )
+    .await
+    .expect("a client with a trusted certificate");
 }

@@ -38,6 +38,10 @@ struct Args {
     /// RabbitMQ Stream protocol port; 0 disables it [default: 5552].
     #[arg(long, env = "WARREN_STREAM_PORT", value_name = "N")]
     stream_port: Option<u16>,
+    /// RabbitMQ Stream protocol over TLS port, used when [tls] cert and key
+    /// are set; 0 disables it [default: 5551].
+    #[arg(long, env = "WARREN_STREAM_TLS_PORT", value_name = "N")]
+    stream_tls_port: Option<u16>,
     /// Data directory [default: ~/.local/share/warren].
     #[arg(long, env = "WARREN_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -106,6 +110,7 @@ fn overrides(args: Args) -> Overrides {
         http_port: args.http_port,
         tls_port: args.tls_port,
         stream_port: args.stream_port,
+        stream_tls_port: args.stream_tls_port,
         data_dir: args.data_dir,
         log_level: args.log_level,
     }
@@ -148,6 +153,7 @@ async fn run(config: Config, tls: Option<TlsAcceptor>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let stream_tls = tls.clone();
     let tls_listeners = match tls {
         Some(acceptor) => match bind_amqps(&broker) {
             Ok(ls) => Some((ls, acceptor)),
@@ -173,6 +179,20 @@ async fn run(config: Config, tls: Option<TlsAcceptor>) -> ExitCode {
             }
             Err(e) => {
                 tracing::error!("stream protocol: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(acceptor) = stream_tls
+        && broker.config.stream.port != 0
+        && broker.config.stream.tls_port != 0
+    {
+        match bind_stream_tls(&broker) {
+            Ok(ls) => {
+                tokio::spawn(warren::streamproto::serve_tls(broker.clone(), ls, acceptor));
+            }
+            Err(e) => {
+                tracing::error!("stream protocol over TLS: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -238,6 +258,18 @@ fn bind_stream(broker: &Broker) -> Result<Vec<TcpListener>, String> {
     for l in &ls {
         if let Ok(addr) = l.local_addr() {
             tracing::info!("listening for the RabbitMQ Stream protocol on {addr}");
+        }
+    }
+    Ok(ls)
+}
+
+/// Binds the stream protocol's TLS listeners (the AMQP addresses, `[stream]
+/// tls_port`) and logs each address.
+fn bind_stream_tls(broker: &Broker) -> Result<Vec<TcpListener>, String> {
+    let ls = warren::session::server::bind_all(&broker.config.bind, broker.config.stream.tls_port)?;
+    for l in &ls {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!("listening for the RabbitMQ Stream protocol over TLS on {addr}");
         }
     }
     Ok(ls)

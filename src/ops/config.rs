@@ -62,6 +62,9 @@ pub struct StreamConfig {
     /// Port (RabbitMQ's default: 5552); 0 disables the listener. It binds
     /// to the same addresses as AMQP (`bind`).
     pub port: u16,
+    /// Port of the stream protocol over TLS (RabbitMQ's default: 5551),
+    /// on when `[tls]` has a certificate and key; 0 disables it.
+    pub tls_port: u16,
     /// Host name the Metadata command gives clients for this node (the
     /// host they connect to for a stream's leader). Default: the first
     /// `bind` address, or the machine's host name when that address is
@@ -69,6 +72,9 @@ pub struct StreamConfig {
     pub advertised_host: Option<String>,
     /// Port the Metadata command gives clients (default: `port`).
     pub advertised_port: Option<u16>,
+    /// Port the Metadata command gives clients connected over TLS
+    /// (default: `tls_port`).
+    pub advertised_tls_port: Option<u16>,
     /// Largest frame the server proposes in Tune, in bytes (0: no limit).
     pub frame_max: u32,
     /// Heartbeat interval the server proposes in Tune, in seconds (0:
@@ -80,8 +86,10 @@ impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
             port: 5552,
+            tls_port: 5551,
             advertised_host: None,
             advertised_port: None,
+            advertised_tls_port: None,
             frame_max: 1_048_576,
             heartbeat: 60,
         }
@@ -440,6 +448,8 @@ pub struct Overrides {
     pub tls_port: Option<u16>,
     /// Stream protocol port (0: disabled).
     pub stream_port: Option<u16>,
+    /// Stream protocol over TLS port (0: disabled).
+    pub stream_tls_port: Option<u16>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
     /// Log filter.
@@ -489,6 +499,9 @@ impl Config {
         }
         if let Some(v) = o.stream_port {
             cfg.stream.port = v;
+        }
+        if let Some(v) = o.stream_tls_port {
+            cfg.stream.tls_port = v;
         }
         if let Some(v) = &o.data_dir {
             cfg.data_dir = v.clone();

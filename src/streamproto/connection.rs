@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 
 use super::codec::{Fields, FrameError, Out, read_frame};
 use super::publish::Publisher;
@@ -76,6 +76,9 @@ impl From<std::io::Error> for End {
     }
 }
 
+/// The socket's write half: a TCP one, or a TLS stream's.
+type Writer = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+
 /// A connection's state.
 pub struct Conn {
     pub broker: Arc<Broker>,
@@ -85,7 +88,9 @@ pub struct Conn {
     /// The negotiated frame max (0: none), shared with the reader task.
     pub frame_max: Arc<AtomicU32>,
     pub heartbeat: u32,
-    out: BufWriter<OwnedWriteHalf>,
+    out: BufWriter<Writer>,
+    /// Connected over TLS (Metadata then advertises the TLS port).
+    pub tls: bool,
     frames: mpsc::Receiver<Result<Bytes, FrameError>>,
     pub last_read: Instant,
     pub publishers: HashMap<u8, Publisher>,
@@ -146,10 +151,53 @@ impl Drop for Handshaking {
 /// Serves one accepted socket until it closes.
 pub async fn run(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let Some(slot) = Handshaking::take(&broker) else {
-        tracing::warn!(%peer, "closing a new stream connection: too many connections are in their handshake (limits.max_handshaking_connections)");
+        refuse_handshaking(peer);
         return;
     };
     let (r, w) = socket.into_split();
+    serve(broker, slot, r, Box::new(w), peer, false).await;
+}
+
+/// Serves one socket accepted on the TLS port: the TLS handshake (within
+/// the handshake timeout, holding a handshake slot), then the protocol.
+pub async fn run_tls(
+    broker: Arc<Broker>,
+    acceptor: TlsAcceptor,
+    socket: TcpStream,
+    peer: SocketAddr,
+) {
+    let Some(slot) = Handshaking::take(&broker) else {
+        refuse_handshaking(peer);
+        return;
+    };
+    let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout.max(1));
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "stream protocol: TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "stream protocol: TLS handshake timed out");
+            return;
+        }
+    };
+    let (r, w) = tokio::io::split(stream);
+    serve(broker, slot, r, Box::new(w), peer, true).await;
+}
+
+fn refuse_handshaking(peer: SocketAddr) {
+    tracing::warn!(%peer, "closing a new stream connection: too many connections are in their handshake (limits.max_handshaking_connections)");
+}
+
+async fn serve<R: AsyncRead + Unpin + Send + 'static>(
+    broker: Arc<Broker>,
+    slot: Handshaking,
+    r: R,
+    w: Writer,
+    peer: SocketAddr,
+    tls: bool,
+) {
     let frame_max = Arc::new(AtomicU32::new(INITIAL_FRAME_MAX));
     let (tx, frames) = mpsc::channel(FRAMES_QUEUED);
     let reader = tokio::spawn(read_loop(r, frame_max.clone(), tx));
@@ -164,6 +212,7 @@ pub async fn run(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         frame_max,
         heartbeat: 0,
         out: BufWriter::with_capacity(64 * 1024, w),
+        tls,
         frames,
         last_read: Instant::now(),
         publishers: HashMap::new(),
@@ -204,8 +253,8 @@ pub async fn run(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     reader.abort();
 }
 
-async fn read_loop(
-    mut r: OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut r: R,
     max: Arc<AtomicU32>,
     tx: mpsc::Sender<Result<Bytes, FrameError>>,
 ) {

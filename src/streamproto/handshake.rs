@@ -168,7 +168,7 @@ impl Conn {
         self.frame_max
             .store(negotiate(s.frame_max, frame_max), Ordering::Relaxed);
         self.heartbeat = negotiate(s.heartbeat, heartbeat);
-        let (host, port) = super::advertised(&self.broker);
+        let (host, port) = super::advertised(&self.broker, self.tls);
         let port = port.to_string();
         let mut o = Out::response(key::OPEN, corr, code::OK);
         o.string_map(&[("advertised_host", &host), ("advertised_port", &port)]);

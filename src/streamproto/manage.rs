@@ -119,7 +119,7 @@ impl Conn {
         for _ in 0..n {
             names.push(f.string()?);
         }
-        let (host, port) = super::advertised(&self.broker);
+        let (host, port) = super::advertised(&self.broker, self.tls);
         // The response has no code of its own, only one per stream.
         let mut o = Out::new(key::METADATA | 0x8000, 1);
         o.u32(corr);

@@ -36,6 +36,7 @@ mod superstream;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
 
@@ -101,17 +102,31 @@ pub mod code {
 pub async fn serve(broker: Arc<Broker>, listeners: Vec<TcpListener>) {
     let mut tasks = tokio::task::JoinSet::new();
     for l in listeners {
-        tasks.spawn(serve_one(broker.clone(), l));
+        tasks.spawn(serve_one(broker.clone(), l, None));
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn serve_one(broker: Arc<Broker>, listener: TcpListener) {
+/// Accepts stream-protocol connections over TLS on every listener until
+/// dropped; each TLS handshake runs in its connection's own task.
+pub async fn serve_tls(broker: Arc<Broker>, listeners: Vec<TcpListener>, acceptor: TlsAcceptor) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in listeners {
+        tasks.spawn(serve_one(broker.clone(), l, Some(acceptor.clone())));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn serve_one(broker: Arc<Broker>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
-                tokio::spawn(connection::run(broker.clone(), socket, peer));
+                let broker = broker.clone();
+                match &tls {
+                    None => tokio::spawn(connection::run(broker, socket, peer)),
+                    Some(a) => tokio::spawn(connection::run_tls(broker, a.clone(), socket, peer)),
+                };
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait, go on.
@@ -122,10 +137,15 @@ async fn serve_one(broker: Arc<Broker>, listener: TcpListener) {
     }
 }
 
-/// The host and port Metadata gives clients for this node.
-fn advertised(broker: &Broker) -> (String, u32) {
+/// The host and port Metadata gives clients for this node: the TLS port to
+/// clients connected over TLS.
+fn advertised(broker: &Broker, tls: bool) -> (String, u32) {
     let s = &broker.config.stream;
-    let port = s.advertised_port.unwrap_or(s.port) as u32;
+    let port = if tls {
+        s.advertised_tls_port.unwrap_or(s.tls_port)
+    } else {
+        s.advertised_port.unwrap_or(s.port)
+    } as u32;
     if let Some(h) = &s.advertised_host {
         return (h.clone(), port);
     }

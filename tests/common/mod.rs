@@ -17,6 +17,8 @@ pub struct Warren {
     pub http_port: u16,
     /// Its TLS (amqps) port, when started with `start_tls`.
     pub tls_port: Option<u16>,
+    /// Its stream protocol over TLS port, when started with `start_tls`.
+    pub stream_tls_port: Option<u16>,
     /// Its RabbitMQ Stream protocol port (a free one of its own).
     pub stream_port: u16,
     /// Its data directory.
@@ -70,13 +72,14 @@ impl Warren {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/warren.toml"))
                 .expect("read config/warren.toml");
         std::fs::write(&config_path, merge_toml(&base, extra_config)).expect("write test config");
-        let (child, [port, http_port, stream_port], tls_port) =
+        let (child, [port, http_port, stream_port], tls_ports) =
             spawn(&config_path, dir.path(), None, tls);
         Warren {
             child,
             port,
             http_port,
-            tls_port,
+            tls_port: tls_ports.map(|p| p[0]),
+            stream_tls_port: tls_ports.map(|p| p[1]),
             stream_port,
             dir,
             config_path,
@@ -111,13 +114,15 @@ impl Warren {
     /// Starts warren again on the same data directory and port (after
     /// `kill` or `terminate`).
     pub fn restart(&mut self) {
-        let (child, [port, http_port, stream_port], tls_port) = spawn(
+        let tls_ports = self.tls_port.zip(self.stream_tls_port).map(|(a, b)| [a, b]);
+        let (child, [port, http_port, stream_port], tls_ports) = spawn(
             &self.config_path,
             self.dir.path(),
-            Some(([self.port, self.http_port, self.stream_port], self.tls_port)),
+            Some(([self.port, self.http_port, self.stream_port], tls_ports)),
             self.tls_port.is_some(),
         );
-        self.tls_port = tls_port;
+        self.tls_port = tls_ports.map(|p| p[0]);
+        self.stream_tls_port = tls_ports.map(|p| p[1]);
         self.child = child;
         self.port = port;
         self.http_port = http_port;
@@ -201,19 +206,25 @@ impl Drop for Warren {
 }
 
 /// Spawns warren and waits until it accepts connections; tries other ports
-/// if one is taken (unless `port` is given). With `tls`, also picks a TLS port.
+/// if one is taken (unless `port` is given). With `tls`, also picks TLS
+/// ports for AMQP and the stream protocol.
 fn spawn(
     config_path: &std::path::Path,
     data_dir: &std::path::Path,
-    ports: Option<([u16; 3], Option<u16>)>,
+    ports: Option<([u16; 3], Option<[u16; 2]>)>,
     tls: bool,
-) -> (Child, [u16; 3], Option<u16>) {
+) -> (Child, [u16; 3], Option<[u16; 2]>) {
     for _attempt in 0..5 {
-        let ([port, http_port, stream_port], tls_port) =
-            ports.unwrap_or_else(|| ([free_port(), free_port(), free_port()], tls.then(free_port)));
+        let ([port, http_port, stream_port], tls_ports) = ports.unwrap_or_else(|| {
+            (
+                [free_port(), free_port(), free_port()],
+                tls.then(|| [free_port(), free_port()]),
+            )
+        });
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
-        if let Some(p) = tls_port {
-            cmd.arg("--tls-port").arg(p.to_string());
+        if let Some([amqps, streams]) = tls_ports {
+            cmd.arg("--tls-port").arg(amqps.to_string());
+            cmd.arg("--stream-tls-port").arg(streams.to_string());
         }
         let mut child = cmd
             .arg("--config")
@@ -241,9 +252,12 @@ fn spawn(
             if TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && TcpStream::connect(("127.0.0.1", http_port)).is_ok()
                 && TcpStream::connect(("127.0.0.1", stream_port)).is_ok()
-                && tls_port.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok())
+                && tls_ports.is_none_or(|ps| {
+                    ps.iter()
+                        .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                })
             {
-                return (child, [port, http_port, stream_port], tls_port);
+                return (child, [port, http_port, stream_port], tls_ports);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -67,6 +67,16 @@ fn listeners(s: &AppState) -> Value {
             l.push(json!({"node": s.node, "protocol": "amqp/ssl", "ip_address": ip.to_string(), "port": c.tls.port}));
         }
     }
+    if c.stream.port != 0 {
+        for ip in &c.bind {
+            l.push(json!({"node": s.node, "protocol": "stream", "ip_address": ip.to_string(), "port": c.stream.port}));
+        }
+        if c.tls.enabled() && c.stream.tls_port != 0 {
+            for ip in &c.bind {
+                l.push(json!({"node": s.node, "protocol": "stream/ssl", "ip_address": ip.to_string(), "port": c.stream.tls_port}));
+            }
+        }
+    }
     for http in c.http_addrs() {
         l.push(json!({"node": s.node, "protocol": "http", "ip_address": http.ip().to_string(), "port": http.port()}));
         l.push(json!({"node": s.node, "protocol": "http/prometheus", "ip_address": http.ip().to_string(), "port": http.port()}));
