@@ -43,6 +43,21 @@ async fn env_as(
     .await
 }
 
+/// A low-level client (one connection, every command).
+async fn raw_client(w: &Warren) -> rabbitmq_stream_client::Client {
+    within(
+        "stream client",
+        rabbitmq_stream_client::Client::connect(
+            rabbitmq_stream_client::ClientOptions::builder()
+                .host("127.0.0.1")
+                .port(w.stream_port)
+                .build(),
+        ),
+    )
+    .await
+    .expect("connect a stream client")
+}
+
 async fn create(env: &Environment, name: &str) {
     within("create", env.stream_creator().create(name))
         .await
@@ -234,14 +249,7 @@ async fn a_named_producer_is_deduplicated_across_reconnects_and_restarts() {
     // Reconnected: the sequence is where it was; ids already stored are
     // confirmed, not stored again.
     let mut p = e.producer().name("app-1").build("dedup").await.unwrap();
-    let client = rabbitmq_stream_client::Client::connect(
-        rabbitmq_stream_client::ClientOptions::builder()
-            .host("127.0.0.1")
-            .port(w.stream_port)
-            .build(),
-    )
-    .await
-    .unwrap();
+    let client = raw_client(&w).await;
     assert_eq!(
         client
             .query_publisher_sequence("app-1", "dedup")
@@ -703,14 +711,7 @@ async fn super_streams_route_messages_to_their_partitions() {
     )
     .await
     .unwrap();
-    let client = rabbitmq_stream_client::Client::connect(
-        rabbitmq_stream_client::ClientOptions::builder()
-            .host("127.0.0.1")
-            .port(w.stream_port)
-            .build(),
-    )
-    .await
-    .unwrap();
+    let client = raw_client(&w).await;
     let parts = client.partitions("orders".into()).await.unwrap().streams;
     assert_eq!(parts, vec!["orders-0", "orders-1", "orders-2"]);
     let route = client.route("2".into(), "orders".into()).await.unwrap();
@@ -816,4 +817,101 @@ async fn deleting_a_vhost_closes_its_stream_connections() {
     let mut r = Raw::open_vhost(&w, "v2").await;
     assert_eq!(w.api("DELETE", "/api/vhosts/v2", None).0, 204);
     r.until(0x0016).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_a_deduplicating_publisher_keeps_every_confirmed_message_and_its_sequence() {
+    let mut w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "crash").await;
+    let confirmed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let mut p = e.producer().name("crash-p").build("crash").await.unwrap();
+    let sink = confirmed.clone();
+    let publisher = tokio::spawn(async move {
+        let mut next = 1u64;
+        loop {
+            let batch = (next..next + 200)
+                .map(|i| {
+                    Message::builder()
+                        .body(format!("m{i}"))
+                        .publishing_id(i)
+                        .build()
+                })
+                .collect();
+            next += 200;
+            let cb_sink = sink.clone();
+            let sent = p
+                .batch_send(batch, move |r| {
+                    if let Ok(s) = r
+                        && s.confirmed()
+                    {
+                        cb_sink.lock().unwrap().push(s.publishing_id());
+                    }
+                    async {}
+                })
+                .await;
+            if sent.is_err() {
+                return;
+            }
+            // Keep a bounded number in flight.
+            while next - 1 > confirmed_len(&sink) + 20_000 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    // Killed while confirms stream in.
+    within("confirms", async {
+        while confirmed_len(&confirmed) < 30_000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    w.kill();
+    let confirmed: Vec<u64> = confirmed.lock().unwrap().clone();
+    let top = *confirmed.iter().max().unwrap();
+    publisher.abort();
+    drop(e);
+    w.restart();
+
+    let e = env(&w).await;
+    let client = raw_client(&w).await;
+    let seq = client
+        .query_publisher_sequence("crash-p", "crash")
+        .await
+        .unwrap();
+    // Every stored message, in order, with the offset it was confirmed at.
+    let mut c = consumer(&e, "crash", OffsetSpecification::First).await;
+    let mut got = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), c.next()).await {
+        let d = d.expect("delivery");
+        let body = String::from_utf8(d.message().data().unwrap_or_default().to_vec()).unwrap();
+        got.push((d.offset(), body));
+    }
+    let n = got.len() as u64;
+    assert!(n >= top, "{top} confirmed, {n} stored");
+    for (k, (offset, body)) in got.iter().enumerate() {
+        assert_eq!(*offset, k as u64);
+        assert_eq!(body, &format!("m{}", k + 1));
+    }
+    // The sequence is exactly the highest id stored: lower, and a publisher
+    // resuming from it would store messages twice; higher, and it would
+    // lose the ones it resends.
+    assert_eq!(seq, n, "publisher sequence after the crash");
+    let mut p = e.producer().name("crash-p").build("crash").await.unwrap();
+    for i in n - 5..n + 5 {
+        let m = Message::builder()
+            .body(format!("m{i}"))
+            .publishing_id(i)
+            .build();
+        assert!(p.send_with_confirm(m).await.unwrap().confirmed());
+    }
+    let more = take(&mut c, 4).await;
+    assert_eq!(more.first().unwrap(), &(n, format!("m{}", n + 1)));
+    assert_eq!(more.last().unwrap(), &(n + 3, format!("m{}", n + 4)));
+    quiet(&mut c).await;
+    client.close().await.unwrap();
+}
+
+fn confirmed_len(v: &std::sync::Mutex<Vec<u64>>) -> u64 {
+    v.lock().unwrap().len() as u64
 }

@@ -8,14 +8,20 @@
 //! entries of one group commit:
 //!
 //! ```text
-//! chunk  = header data
-//! header = magic "WSTR" | version u8 (1) | 3 zero bytes | first offset u64
-//!          | entry count u32 | timestamp u64 (its newest entry's)
-//!          | data length u32 | crc32 of data u32 | crc32 of the 36 bytes before u32
-//! data   = entry*        entry = length u32 | timestamp u64 | bytes
+//! chunk   = header data trailer
+//! header  = magic "WSTR" | version u8 | flags u8 | trailer length u16
+//!           | first offset u64 | entry count u32 | timestamp u64 (its newest entry's)
+//!           | data length u32 | crc32 of data and trailer u32
+//!           | Bloom filter (24 bytes) | crc32 of the 60 bytes before u32
+//! data    = entry*        entry = length u32 | timestamp u64 | bytes
+//! trailer = count u16 | (name length u16 | name | sequence u64)*
 //! ```
 //!
-//! All big-endian. The header carries its own checksum so that a length or
+//! All big-endian. The trailer (version 2; a version 1 chunk has none)
+//! records, for each named writer (a stream-protocol publisher with a
+//! reference) with entries in the chunk, the highest publishing id among
+//! them: deduplication state that is durable exactly when those entries
+//! are, and that recovery reads back with them (`writer_sequences`). The header carries its own checksum so that a length or
 //! count is trusted only once it is known to be what was written; the data
 //! checksum catches a torn write. At open, recovery reads every chunk back
 //! and cuts the log at the first one that fails a check (later segments
@@ -62,7 +68,13 @@ pub const ENTRY_HEADER_LEN: usize = 12;
 pub const MAX_ENTRY: usize = u32::MAX as usize - ENTRY_HEADER_LEN;
 
 const MAGIC: [u8; 4] = *b"WSTR";
-const VERSION: u8 = 1;
+/// The newest chunk format: 2 has a trailer. Chunks without one are
+/// written as version 1, which older builds read.
+const VERSION: u8 = 2;
+
+/// A chunk's trailer stays under this size: a chunk takes no entry of a
+/// writer new to it beyond.
+const TRAILER_MAX: usize = 32 << 10;
 
 /// A chunk takes no more entries once its data reaches this size...
 const CHUNK_MAX_BYTES: usize = 1 << 20;
@@ -182,6 +194,8 @@ impl ReadFilter {
 struct Header {
     first: u64,
     count: u32,
+    /// Bytes of trailer after the data.
+    trailer_len: u16,
     /// HAS_FILTERED | HAS_UNFILTERED.
     flags: u8,
     /// The Bloom filter of its entries' filter values.
@@ -216,8 +230,9 @@ impl Header {
     fn encode(&self) -> [u8; CHUNK_HEADER_LEN] {
         let mut b = [0u8; CHUNK_HEADER_LEN];
         b[0..4].copy_from_slice(&MAGIC);
-        b[4] = VERSION;
+        b[4] = if self.trailer_len > 0 { 2 } else { 1 };
         b[5] = self.flags;
+        b[6..8].copy_from_slice(&self.trailer_len.to_be_bytes());
         b[8..16].copy_from_slice(&self.first.to_be_bytes());
         b[16..20].copy_from_slice(&self.count.to_be_bytes());
         b[20..28].copy_from_slice(&self.ts.to_be_bytes());
@@ -244,6 +259,7 @@ impl Header {
         let h = Header {
             first: be_u64(b, 8),
             count: be_u32(b, 16),
+            trailer_len: u16::from_be_bytes([b[6], b[7]]),
             flags: b[5],
             bloom,
             ts: be_u64(b, 20),
@@ -251,7 +267,7 @@ impl Header {
             data_crc: be_u32(b, 32),
         };
         let room = u64::from(h.count) * ENTRY_HEADER_LEN as u64;
-        if b[4] != VERSION
+        if !(b[4] == 2 || (b[4] == 1 && h.trailer_len == 0))
             || h.count == 0
             || u64::from(h.data_len) < room
             || h.first.checked_add(u64::from(h.count)).is_none()
@@ -294,6 +310,46 @@ fn walk_entries(
     } else {
         Err(Malformed)
     }
+}
+
+/// Decodes a chunk trailer into `into`, keeping each writer's highest
+/// sequence.
+fn read_trailer(
+    t: &[u8],
+    into: &mut std::collections::HashMap<String, u64>,
+) -> Result<(), Malformed> {
+    if t.is_empty() {
+        return Ok(());
+    }
+    let n = u16::from_be_bytes(
+        t.get(0..2)
+            .ok_or(Malformed)?
+            .try_into()
+            .map_err(|_| Malformed)?,
+    );
+    let mut at = 2usize;
+    for _ in 0..n {
+        let len = t.get(at..at + 2).ok_or(Malformed)?;
+        let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+        at += 2;
+        let name = t.get(at..at + len).ok_or(Malformed)?;
+        let name = std::str::from_utf8(name).map_err(|_| Malformed)?;
+        at += len;
+        let seq = be_u64(t.get(at..at + 8).ok_or(Malformed)?, 0);
+        at += 8;
+        let e = into.entry(name.to_owned()).or_insert(seq);
+        *e = (*e).max(seq);
+    }
+    if at == t.len() {
+        Ok(())
+    } else {
+        Err(Malformed)
+    }
+}
+
+/// Bytes a writer adds to a trailer.
+fn trailer_item_len(name: &str) -> usize {
+    2 + name.len() + 8
 }
 
 fn invalid_data(msg: String) -> io::Error {
@@ -388,6 +444,7 @@ struct ChunkIdx {
     pos: u64,
     count: u32,
     data_len: u32,
+    trailer_len: u16,
     /// Its header's filter flags and Bloom filter.
     flags: u8,
     bloom: [u8; FILTER_BYTES],
@@ -511,6 +568,12 @@ struct Open {
     ts: u64,
     flags: u8,
     bloom: [u8; FILTER_BYTES],
+    /// Named writers with entries in it, each with its highest sequence.
+    writers: Vec<(String, u64)>,
+    /// Bytes its trailer will take (0 without writers).
+    trailer_len: usize,
+    /// Its trailer is written: it takes no more entries.
+    closed: bool,
 }
 
 /// What was appended and the writer has not taken yet: chunks laid out
@@ -523,23 +586,42 @@ struct Pending {
 }
 
 impl Pending {
-    fn add(&mut self, offset: u64, data: &[u8], ts: u64, filter: Option<&[u8]>) {
+    fn add(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        ts: u64,
+        filter: Option<&[u8]>,
+        writer: Option<(&str, u64)>,
+    ) {
+        // A name no trailer can hold is not recorded (references are at
+        // most 256 bytes).
+        let writer = writer.filter(|(w, _)| trailer_item_len(w) <= TRAILER_MAX / 2);
         let len = self.buf.len();
         let full = self.chunks.last().is_none_or(|c| {
             let data_len = len - c.at - CHUNK_HEADER_LEN;
-            c.count >= CHUNK_MAX_ENTRIES
+            let new_writer = writer.filter(|(w, _)| !c.writers.iter().any(|(n, _)| n == w));
+            c.closed
+                || c.count >= CHUNK_MAX_ENTRIES
                 || data_len >= CHUNK_MAX_BYTES
                 || data_len + ENTRY_HEADER_LEN + data.len() > u32::MAX as usize
+                || new_writer
+                    .is_some_and(|(w, _)| c.trailer_len.max(2) + trailer_item_len(w) > TRAILER_MAX)
         });
         if full {
+            self.close_last();
+            let at = self.buf.len();
             self.buf.put_bytes(0, CHUNK_HEADER_LEN);
             self.chunks.push(Open {
-                at: len,
+                at,
                 first: offset,
                 count: 0,
                 ts: 0,
                 flags: 0,
                 bloom: [0; FILTER_BYTES],
+                writers: Vec::new(),
+                trailer_len: 0,
+                closed: false,
             });
         }
         self.buf.put_u32(data.len() as u32);
@@ -557,7 +639,39 @@ impl Pending {
                 }
                 None => c.flags |= HAS_UNFILTERED,
             }
+            if let Some((name, seq)) = writer {
+                match c.writers.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, s)) => *s = (*s).max(seq),
+                    None => {
+                        c.trailer_len = c.trailer_len.max(2) + trailer_item_len(name);
+                        c.writers.push((name.to_owned(), seq));
+                    }
+                }
+            }
         }
+    }
+
+    /// Writes the last chunk's trailer after its data: it takes no more
+    /// entries (the next one starts a chunk).
+    fn close_last(&mut self) {
+        let Some(c) = self.chunks.last_mut() else {
+            return;
+        };
+        if c.closed {
+            return;
+        }
+        c.closed = true;
+        if c.writers.is_empty() {
+            return;
+        }
+        let start = self.buf.len();
+        self.buf.put_u16(c.writers.len() as u16);
+        for (name, seq) in &c.writers {
+            self.buf.put_u16(name.len() as u16);
+            self.buf.put_slice(name.as_bytes());
+            self.buf.put_u64(*seq);
+        }
+        debug_assert_eq!(self.buf.len() - start, c.trailer_len);
     }
 }
 
@@ -571,8 +685,9 @@ struct Sealed {
     bloom: [u8; FILTER_BYTES],
     /// Where it starts in the batch.
     at: usize,
-    /// Header and data.
+    /// Header, data and trailer.
     len: usize,
+    trailer_len: u16,
 }
 
 /// Fills in the headers of the chunks in `buf`.
@@ -580,15 +695,16 @@ fn seal(mut buf: BytesMut, chunks: Vec<Open>) -> (Bytes, Vec<Sealed>) {
     let mut sealed = Vec::with_capacity(chunks.len());
     for (i, c) in chunks.iter().enumerate() {
         let end = chunks.get(i + 1).map_or(buf.len(), |n| n.at);
-        let data = &buf[c.at + CHUNK_HEADER_LEN..end];
+        let body = &buf[c.at + CHUNK_HEADER_LEN..end];
         let header = Header {
             first: c.first,
             count: c.count,
+            trailer_len: c.trailer_len as u16,
             flags: c.flags,
             bloom: c.bloom,
             ts: c.ts,
-            data_len: data.len() as u32,
-            data_crc: crc32fast::hash(data),
+            data_len: (body.len() - c.trailer_len) as u32,
+            data_crc: crc32fast::hash(body),
         };
         buf[c.at..c.at + CHUNK_HEADER_LEN].copy_from_slice(&header.encode());
         sealed.push(Sealed {
@@ -599,6 +715,7 @@ fn seal(mut buf: BytesMut, chunks: Vec<Open>) -> (Bytes, Vec<Sealed>) {
             bloom: c.bloom,
             at: c.at,
             len: end - c.at,
+            trailer_len: c.trailer_len as u16,
         });
     }
     (buf.freeze(), sealed)
@@ -629,6 +746,8 @@ struct Recovered {
     newest_ts: u64,
     next: u64,
     active: Active,
+    /// Each named writer's highest sequence in the kept chunks' trailers.
+    writers: std::collections::HashMap<String, u64>,
 }
 
 /// What one segment's scan found.
@@ -637,6 +756,8 @@ struct Scan {
     /// Where the last good chunk ends.
     valid_len: u64,
     size: u64,
+    /// Writer sequences from its good chunks' trailers.
+    writers: std::collections::HashMap<String, u64>,
 }
 
 /// Reads a segment's chunks back, checking each, and stops at the first
@@ -652,6 +773,7 @@ fn scan_segment(disk: &dyn Disk, path: &Path, base: u64, newest_ts: &mut u64) ->
         buf: Vec::new(),
     };
     let (mut pos, mut next, mut chunks) = (0u64, base, Vec::new());
+    let mut writers = std::collections::HashMap::new();
     while size - pos >= CHUNK_HEADER_LEN as u64 {
         let h = match Header::decode(win.get(pos, CHUNK_HEADER_LEN)?) {
             Parsed::Chunk(h) => h,
@@ -663,15 +785,23 @@ fn scan_segment(disk: &dyn Disk, path: &Path, base: u64, newest_ts: &mut u64) ->
                 )));
             }
         };
-        let end = pos + CHUNK_HEADER_LEN as u64 + u64::from(h.data_len);
+        let body_len = h.data_len as usize + h.trailer_len as usize;
+        let end = pos + CHUNK_HEADER_LEN as u64 + body_len as u64;
         if h.first != next || end > size {
             break;
         }
-        let data = win.get(pos + CHUNK_HEADER_LEN as u64, h.data_len as usize)?;
-        if crc32fast::hash(data) != h.data_crc
+        let body = win.get(pos + CHUNK_HEADER_LEN as u64, body_len)?;
+        let (data, trailer) = body.split_at(h.data_len as usize);
+        let mut found = std::collections::HashMap::new();
+        if crc32fast::hash(body) != h.data_crc
             || walk_entries(data, h.count, |_, _, _| true).is_err()
+            || read_trailer(trailer, &mut found).is_err()
         {
             break;
+        }
+        for (w, s) in found {
+            let e = writers.entry(w).or_insert(s);
+            *e = (*e).max(s);
         }
         *newest_ts = (*newest_ts).max(h.ts);
         chunks.push(ChunkIdx {
@@ -680,6 +810,7 @@ fn scan_segment(disk: &dyn Disk, path: &Path, base: u64, newest_ts: &mut u64) ->
             pos,
             count: h.count,
             data_len: h.data_len,
+            trailer_len: h.trailer_len,
             flags: h.flags,
             bloom: h.bloom,
         });
@@ -690,6 +821,7 @@ fn scan_segment(disk: &dyn Disk, path: &Path, base: u64, newest_ts: &mut u64) ->
         chunks,
         valid_len: pos,
         size,
+        writers,
     })
 }
 
@@ -765,8 +897,13 @@ fn recover(disk: &dyn Disk, dir: &Path) -> io::Result<Recovered> {
         newest_ts,
         next: base,
         active,
+        writers: std::collections::HashMap::new(),
     };
     for (base, scan) in kept {
+        for (w, s) in scan.writers {
+            let e = rec.writers.entry(w).or_insert(s);
+            *e = (*e).max(s);
+        }
         let mut seg = Segment::new(base);
         seg.bytes = scan.valid_len;
         seg.newest_ts = scan.chunks.last().map_or(0, |c| c.ts);
@@ -817,6 +954,8 @@ pub struct StreamLog {
     /// Chunks read from segment files (not the tail cache).
     disk_reads: AtomicU64,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Writer sequences recovery found in the chunk trailers.
+    recovered_writers: std::collections::HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for StreamLog {
@@ -874,6 +1013,7 @@ impl StreamLog {
             stopping: AtomicBool::new(false),
             disk_reads: AtomicU64::new(0),
             writer: Mutex::new(None),
+            recovered_writers: rec.writers,
         });
         // The policy may have tightened while the broker was stopped.
         log.apply_retention();
@@ -905,6 +1045,21 @@ impl StreamLog {
     /// it has one: chunks record which values they hold, so filtered
     /// readers skip chunks without reading them.
     pub fn append_filtered(&self, data: &[u8], timestamp: u64, filter: Option<&[u8]>) -> u64 {
+        self.append_entry(data, timestamp, filter, None)
+    }
+
+    /// `append_filtered` by a named writer with its sequence number (a
+    /// stream-protocol publisher's reference and publishing id): the chunk
+    /// that holds the entry records the writer's highest sequence in its
+    /// trailer, durable with the entry, and `writer_sequences` gives it
+    /// back after a restart.
+    pub fn append_entry(
+        &self,
+        data: &[u8],
+        timestamp: u64,
+        filter: Option<&[u8]>,
+        writer: Option<(&str, u64)>,
+    ) -> u64 {
         assert!(
             data.len() <= MAX_ENTRY,
             "stream entry of {} bytes",
@@ -918,11 +1073,17 @@ impl StreamLog {
         if self.stopping.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire) {
             return offset;
         }
-        p.add(offset, data, timestamp, filter);
+        p.add(offset, data, timestamp, filter, writer);
         self.backlog.store(p.buf.len(), Ordering::Relaxed);
         drop(p);
         self.wake.notify_one();
         offset
+    }
+
+    /// The highest sequence of each named writer found in the chunks on
+    /// disk when the log was opened (see `append_entry`).
+    pub fn writer_sequences(&self) -> &std::collections::HashMap<String, u64> {
+        &self.recovered_writers
     }
 
     /// Offsets below this are written (and synced, with fsync on):
@@ -1079,7 +1240,7 @@ impl StreamLog {
     /// index expects and that it is intact: nothing corrupt is returned.
     fn read_chunk(&self, c: &ChunkIdx, segment: u64) -> io::Result<Bytes> {
         let file = self.reader(segment)?;
-        let mut buf = vec![0u8; CHUNK_HEADER_LEN + c.data_len as usize];
+        let mut buf = vec![0u8; CHUNK_HEADER_LEN + c.data_len as usize + c.trailer_len as usize];
         file.read_exact_at(&mut buf, c.pos)?;
         self.disk_reads.fetch_add(1, Ordering::Relaxed);
         let intact = match Header::decode(&buf) {
@@ -1087,6 +1248,7 @@ impl StreamLog {
                 h.first == c.first
                     && h.count == c.count
                     && h.data_len == c.data_len
+                    && h.trailer_len == c.trailer_len
                     && crc32fast::hash(&buf[CHUNK_HEADER_LEN..]) == h.data_crc
             }
             _ => false,
@@ -1098,7 +1260,7 @@ impl StreamLog {
                 c.first
             )));
         }
-        Ok(Bytes::from(buf).slice(CHUNK_HEADER_LEN..))
+        Ok(Bytes::from(buf).slice(CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + c.data_len as usize))
     }
 
     /// The open file of a segment, opened (outside the lock) on first use.
@@ -1252,6 +1414,7 @@ impl StreamLog {
                 };
             }
         }
+        p.close_last();
         self.backlog.store(0, Ordering::Relaxed);
         Batch::Write(std::mem::take(&mut p.buf), std::mem::take(&mut p.chunks))
     }
@@ -1302,14 +1465,16 @@ impl StreamLog {
                 ts,
                 pos: active.written + (c.at - head.at) as u64,
                 count: c.count,
-                data_len: (c.len - CHUNK_HEADER_LEN) as u32,
+                data_len: (c.len - CHUNK_HEADER_LEN - c.trailer_len as usize) as u32,
+                trailer_len: c.trailer_len,
                 flags: c.flags,
                 bloom: c.bloom,
             });
             // Only the chunks near the batch's end can stay in the cache:
             // copying the others would be wasted.
             if batch.len() - c.at <= self.cache_max {
-                let data = Bytes::copy_from_slice(&batch[c.at + CHUNK_HEADER_LEN..c.at + c.len]);
+                let data_end = c.at + c.len - c.trailer_len as usize;
+                let data = Bytes::copy_from_slice(&batch[c.at + CHUNK_HEADER_LEN..data_end]);
                 st.cache_put(c.first, data, self.cache_max);
             }
         }

@@ -5,10 +5,13 @@
 //!
 //! Deduplication: a publisher declared with a reference has its highest
 //! publishing id per stream; a message whose id is not above it is
-//! confirmed and not appended. The highest id confirmed (durable) is kept
-//! in the stream's tracked map under `sequence_key(reference)` and so
-//! survives a restart (written within `tracking::FLUSH_DELAY_MS` of the
-//! confirm, and at shutdown).
+//! confirmed and not appended. Each appended entry carries (reference, id)
+//! into its chunk's trailer, so the highest id is durable exactly when the
+//! entries are and survives a crash (as osiris keeps writer sequences in
+//! its chunks); the stream's tracked map also keeps it under
+//! `sequence_key(reference)` (written within `tracking::FLUSH_DELAY_MS` of
+//! the confirm, and at shutdown), which outlives segments that retention
+//! removes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use super::connection::{Conn, Res};
 use super::{code, key};
 use crate::auth::Access;
 use crate::queue::Queue;
-use crate::queue::stream::FORMAT_AMQP10;
+use crate::queue::stream::{FORMAT_AMQP10, publisher_key as sequence_key};
 
 /// A declared publisher.
 pub struct Publisher {
@@ -52,12 +55,6 @@ impl Publisher {
         }
         (!ids.is_empty()).then_some(ids)
     }
-}
-
-/// The tracked-map key of a reference's highest publishing id (a
-/// consumer name cannot start with NUL over either protocol's clients).
-fn sequence_key(reference: &str) -> String {
-    format!("\u{0}publisher\u{0}{reference}")
 }
 
 impl Conn {
@@ -133,7 +130,8 @@ impl Conn {
                 .as_deref()
                 .filter(|v| !v.is_empty())
                 .map(str::as_bytes);
-            let offset = stream.append(&entry, filter);
+            let writer = p.reference.as_deref().map(|r| (r, pid));
+            let offset = stream.append(&entry, filter, writer);
             p.highest = Some(p.highest.map_or(pid, |h| h.max(pid)));
             p.pending.push_back((pid, Some(offset)));
         }

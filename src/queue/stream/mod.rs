@@ -127,6 +127,13 @@ impl Streams {
     }
 }
 
+/// The tracked-map key under which a stream-protocol publisher reference's
+/// highest publishing id is kept (a consumer name cannot start with NUL
+/// over either protocol's clients).
+pub fn publisher_key(reference: &str) -> String {
+    format!("\u{0}publisher\u{0}{reference}")
+}
+
 /// A stable 128-bit FNV-1a hash of vhost and name, in hex.
 fn dir_name(vhost: &str, name: &str) -> String {
     let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
@@ -173,7 +180,17 @@ struct Reader {
 
 impl Stream {
     /// A stream over `log`, with its effective retention.
-    pub fn new(log: Arc<StreamLog>, args: StreamArgs, tracked: Tracked) -> Arc<Stream> {
+    pub fn new(log: Arc<StreamLog>, args: StreamArgs, mut tracked: Tracked) -> Arc<Stream> {
+        // Publisher sequences recorded with the entries may be newer than
+        // the tracking file (written a moment after each confirm).
+        for (reference, seq) in log.writer_sequences() {
+            let key = publisher_key(reference);
+            let cur = tracked.next.get(&key).copied();
+            if cur.is_none_or(|c| c < *seq) {
+                tracked.next.insert(key, *seq);
+                tracked.dirty = true;
+            }
+        }
         Arc::new(Stream {
             log,
             queue: OnceLock::new(),
@@ -245,16 +262,18 @@ impl Stream {
         );
         encode(msg, &mut buf);
         let filter = filter_value(msg);
-        self.append(&buf, filter.as_deref().map(str::as_bytes))
+        self.append(&buf, filter.as_deref().map(str::as_bytes), None)
     }
 
     /// Appends an entry already in the stored form (`FORMAT_AMQP10` and an
     /// AMQP 1.0 message, as a stream-protocol client sent it), with its
-    /// filter value; returns its offset.
-    pub fn append(&self, entry: &[u8], filter: Option<&[u8]>) -> u64 {
+    /// filter value and, for a publisher with a reference, (reference,
+    /// publishing id), recorded durably with the entry for deduplication
+    /// (see `publisher_key`); returns its offset.
+    pub fn append(&self, entry: &[u8], filter: Option<&[u8]>, writer: Option<(&str, u64)>) -> u64 {
         let offset = self
             .log
-            .append_filtered(entry, crate::store::wall_ms(), filter);
+            .append_entry(entry, crate::store::wall_ms(), filter, writer);
         self.accounted.fetch_add(entry.len(), Ordering::Relaxed);
         BACKLOG.fetch_add(entry.len(), Ordering::Relaxed);
         offset
