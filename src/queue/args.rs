@@ -51,6 +51,9 @@ pub struct QueueArgs {
     pub single_active: bool,
     /// x-consumer-timeout, ms an unacked delivery may stay unacked.
     pub consumer_timeout: Option<u64>,
+    /// x-delivery-limit (quorum queues): returns a message may have before
+    /// it is dead-lettered or dropped.
+    pub delivery_limit: Option<u64>,
 }
 
 /// Integer value of an AMQP field, if it is an integer type (what RabbitMQ
@@ -81,6 +84,7 @@ impl QueueArgs {
             max_length: r.non_negative("x-max-length", true)?,
             max_length_bytes: r.non_negative("x-max-length-bytes", true)?,
             consumer_timeout: r.non_negative("x-consumer-timeout", false)?,
+            delivery_limit: crate::queue::quorum::delivery_limit(args),
             ..Default::default()
         };
         if let Some(overflow) = r.overflow()? {
@@ -133,6 +137,7 @@ impl QueueArgs {
                 a.dlrk = a.dlrk.or(p.dlrk);
                 a.single_active |= p.single_active;
                 a.consumer_timeout = a.consumer_timeout.or(p.consumer_timeout);
+                a.delivery_limit = a.delivery_limit.or(p.delivery_limit);
             }
         }
         a
@@ -157,6 +162,7 @@ impl QueueArgs {
             self.consumer_timeout,
             num("consumer-timeout").filter(|n| *n > 0),
         );
+        self.delivery_limit = min(self.delivery_limit, num("delivery-limit"));
         if self.dlx.is_none() {
             self.dlx = def
                 .get("dead-letter-exchange")

@@ -14,6 +14,7 @@
 pub mod args;
 pub mod consumer;
 pub mod paging;
+pub mod quorum;
 pub mod ready;
 pub mod stream;
 pub mod timers;
@@ -109,6 +110,10 @@ pub struct Queue {
     /// A stream queue's log and cursors (its messages are there, not in
     /// `state`).
     stream: Option<Arc<stream::Stream>>,
+    /// A quorum queue (`quorum`): deliveries carry x-delivery-count,
+    /// returned messages go to the back (or past x-delivery-limit, out),
+    /// and every message is stored whatever its delivery mode.
+    quorum: bool,
 }
 
 /// The shortest x-consumer-timeout any queue was ever given (ms; 0: none):
@@ -156,6 +161,8 @@ pub enum Reason {
     Expired,
     /// A length limit pushed it out (or refused it).
     Maxlen,
+    /// A quorum queue's x-delivery-limit: returned once too often.
+    DeliveryLimit,
 }
 
 impl Reason {
@@ -165,6 +172,7 @@ impl Reason {
             Reason::Rejected => "rejected",
             Reason::Expired => "expired",
             Reason::Maxlen => "maxlen",
+            Reason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -240,6 +248,12 @@ impl Queue {
         stream: Option<Arc<stream::Stream>>,
     ) -> Arc<Queue> {
         let levels = max_priority(&config.arguments);
+        let quorum = config
+            .arguments
+            .inner()
+            .get("x-queue-type")
+            .and_then(crate::protocol::fields::string)
+            .is_some_and(|t| t == "quorum");
         note_queue_timeout(args.consumer_timeout);
         let consumer_timeout = AtomicU64::new(args.consumer_timeout.unwrap_or(0));
         let unacked_budget = paging.as_ref().map_or(0, |p| p.limit);
@@ -269,6 +283,7 @@ impl Queue {
                 consumer_timeout,
                 unacked_budget,
                 stream,
+                quorum,
             }
         });
         if let Some(s) = &q.stream {
@@ -422,14 +437,17 @@ impl Queue {
     /// x-max-length-bytes, then expired ones. `now` is the time if the
     /// caller has read the clock, else 0 (read here only if needed).
     fn enforce_limits(&self, st: &mut QueueState, now: u64) {
-        if let Some(max) = st.args.max_length {
+        // reject-publish refuses new messages instead: nothing queued is
+        // dropped (a quorum queue may be one over, a lowered limit more).
+        let drop_head = st.args.overflow == Overflow::DropHead;
+        if let Some(max) = st.args.max_length.filter(|_| drop_head) {
             while st.ready.len() as u64 > max {
                 if !Self::take_head(st, Reason::Maxlen) {
                     break;
                 }
             }
         }
-        if let Some(max) = st.args.max_length_bytes {
+        if let Some(max) = st.args.max_length_bytes.filter(|_| drop_head) {
             while st.ready.body_bytes() as u64 > max {
                 if !Self::take_head(st, Reason::Maxlen) {
                     break;
@@ -479,11 +497,32 @@ impl Queue {
         self.dead_letter(dead.into_iter().map(|(r, why)| (r.msg, why)).collect());
     }
 
+    /// Whether it is a quorum queue.
+    pub fn is_quorum(&self) -> bool {
+        self.quorum
+    }
+
+    /// The message as a delivery from this queue carries it: from a quorum
+    /// queue, with its delivery count (0 until it is first returned).
+    pub fn for_delivery(&self, msg: Message) -> Message {
+        if self.quorum && !quorum::has_delivery_count(&msg) {
+            quorum::with_delivery_count(&msg, Some(0))
+        } else {
+            msg
+        }
+    }
+
     /// Dead-letters messages that left this queue (their store records
     /// already settled).
-    pub fn dead_letter(self: &Arc<Self>, items: Vec<(Message, Reason)>) {
+    pub fn dead_letter(self: &Arc<Self>, mut items: Vec<(Message, Reason)>) {
         if items.is_empty() {
             return;
+        }
+        if self.quorum {
+            // RabbitMQ dead-letters without the delivery count.
+            for (m, _) in &mut items {
+                *m = quorum::with_delivery_count(m, None);
+            }
         }
         if let Some(owner) = self.owner.upgrade() {
             owner.dead_letter(self, items);
@@ -572,8 +611,20 @@ impl Queue {
         }
     }
 
-    /// Whether one more message would exceed the queue's length limits.
+    /// Whether one more message would exceed the queue's length limits. A
+    /// quorum queue, as in RabbitMQ 3.10, refuses only once it is already
+    /// over a limit (so it takes one message beyond it).
     fn is_full(&self, st: &QueueState, msg: &Message) -> bool {
+        if self.quorum {
+            return st
+                .args
+                .max_length
+                .is_some_and(|m| st.ready.len() as u64 > m)
+                || st
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|m| st.ready.body_bytes() as u64 > m);
+        }
         st.args
             .max_length
             .is_some_and(|m| st.ready.len() as u64 >= m)
@@ -742,6 +793,12 @@ impl Queue {
             self.store_ack(&ids);
             return;
         }
+        if self.quorum {
+            self.return_to_back(&mut st, items);
+            self.dispatch_locked(&mut st);
+            self.finish(st);
+            return;
+        }
         // Highest seq first, so the common case (all older than what is ready)
         // is a run of push_front.
         items.sort_unstable_by_key(|r| std::cmp::Reverse(r.seq));
@@ -755,6 +812,30 @@ impl Queue {
         }
         self.dispatch_locked(&mut st);
         self.finish(st);
+    }
+
+    /// A quorum queue's returns: each message's delivery count goes up by
+    /// one; past x-delivery-limit it is dead-lettered (reason
+    /// `delivery_limit`) or dropped, otherwise it joins the back of the
+    /// queue, as RabbitMQ 3.10 puts returned messages.
+    fn return_to_back(&self, st: &mut QueueState, mut items: Vec<QueuedMessage>) {
+        items.sort_unstable_by_key(|r| r.seq);
+        let limit = st.args.delivery_limit;
+        for mut r in items {
+            let count = quorum::delivery_count(&r.msg) + 1;
+            if limit.is_some_and(|l| count > l) {
+                st.dead.push((r, Reason::DeliveryLimit));
+                continue;
+            }
+            r.msg = quorum::with_delivery_count(&r.msg, Some(count));
+            r.redelivered = true;
+            r.seq = st.next_seq;
+            st.next_seq += 1;
+            st.ready.push_back(r);
+        }
+        if st.ready.front_deadline() != 0 {
+            self.expire_head(st, now_ms(), true);
+        }
     }
 
     /// Attaches a consumer, enforcing exclusive consumers as RabbitMQ does.
@@ -988,6 +1069,12 @@ impl Queue {
         self.finish(st);
     }
 
+    /// Whether this queue stores a message (persistent or not) in the
+    /// message store.
+    fn keeps_on_disk(&self, persistent: bool) -> bool {
+        self.is_persistent() && self.stream.is_none() && (persistent || self.quorum)
+    }
+
     /// Whether `conn` may use this queue (exclusive queues belong to one connection).
     pub fn check_exclusive(&self, conn: u64) -> AmqpResult<()> {
         match self.config.exclusive_owner {
@@ -1025,13 +1112,15 @@ pub fn enqueue_routed(
 ) -> Enqueued {
     let mut stored = None;
     let mut sync_seq = None;
+    let persistent = msg.is_persistent();
     if let Some(store) = store
-        && msg.is_persistent()
+        && (persistent || queues.iter().any(|q| q.quorum))
     {
-        // Streams keep their messages in their own logs.
+        // Streams keep their messages in their own logs; quorum queues
+        // keep every message, whatever its delivery mode.
         let durable: Vec<(&str, &str)> = queues
             .iter()
-            .filter(|q| q.is_persistent() && q.stream.is_none())
+            .filter(|q| q.keeps_on_disk(persistent))
             .map(|q| (&*q.vhost, q.name.as_str()))
             .collect();
         if !durable.is_empty() {
@@ -1045,7 +1134,7 @@ pub fn enqueue_routed(
         ..Enqueued::default()
     };
     for q in queues {
-        let id = if q.is_persistent() && q.stream.is_none() {
+        let id = if q.keeps_on_disk(persistent) {
             stored
         } else {
             None

@@ -255,6 +255,11 @@ impl ChannelShared {
         self.state.lock().global_prefetch = count;
     }
 
+    /// The channel's global prefetch (basic.qos global=true; 0: none).
+    pub fn global_prefetch(&self) -> u16 {
+        self.state.lock().global_prefetch
+    }
+
     /// The consumer timeout (ms) an unacked delivery has outlived, if
     /// any: each delivery's queue's `x-consumer-timeout` (or policy), else
     /// `default`; 0 means none. Deliveries are in delivery order, so only
@@ -384,6 +389,7 @@ impl ConsumerChannel for ChannelShared {
             // The queue's last messages could not be read back from disk.
             return false;
         };
+        let msg = queue.for_delivery(msg);
         if let Some(id) = stored {
             queue.store_delivered(id, consumer.no_ack, redelivered);
         }
@@ -421,7 +427,8 @@ impl ConsumerChannel for ChannelShared {
         if !st.open {
             return false;
         }
-        let (msg, seq, redelivered, stored) = (m.msg.clone(), m.seq, m.redelivered, m.stored);
+        let msg = queue.for_delivery(m.msg.clone());
+        let (seq, redelivered, stored) = (m.seq, m.redelivered, m.stored);
         if let Some(id) = stored {
             queue.store_delivered(id, no_ack, redelivered);
         }

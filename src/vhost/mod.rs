@@ -619,6 +619,16 @@ impl VHost {
             _ => Some(QueueArgs::parse(&config.arguments, name, &self.name)?),
         };
         let _defs = self.definitions.lock();
+        if kind == QueueType::Quorum && self.queue(name).is_none() {
+            crate::queue::quorum::check_declare(
+                name,
+                &self.name,
+                config.durable,
+                config.exclusive_owner.is_some(),
+                config.auto_delete,
+                &config.arguments,
+            )?;
+        }
         if let Some(q) = self.queue(name) {
             q.check_exclusive(conn_id)?;
             self.check_queue_equivalent(&q, name, &config)?;
@@ -668,6 +678,8 @@ impl VHost {
         }
         let args = if q.stream().is_some() {
             STREAM_EQUIVALENCE_ARGS
+        } else if q.is_quorum() {
+            crate::queue::quorum::EQUIVALENCE_ARGS
         } else {
             QUEUE_EQUIVALENCE_ARGS
         };

@@ -56,6 +56,12 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
     m.insert("state".into(), "running".into());
     let kind = if q.stream().is_some() {
         "stream"
+    } else if q.is_quorum() {
+        // One node holds every quorum queue so far: it leads, alone.
+        m.insert("leader".into(), s.node.clone().into());
+        m.insert("members".into(), json!([s.node.clone()]));
+        m.insert("online".into(), json!([s.node.clone()]));
+        "quorum"
     } else {
         "classic"
     };

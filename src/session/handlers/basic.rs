@@ -176,6 +176,16 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     let tag = Bytes::from(tag_str.clone().into_bytes());
     check_new_consumer(ch, ctx, &tag, &tag_str)?;
     check_queue_consumers(ctx, &q, &name)?;
+    if q.is_quorum() && ch.shared.global_prefetch() != 0 {
+        // RabbitMQ closes the connection for this (540).
+        return Err(AmqpError::connection(
+            code::NOT_IMPLEMENTED,
+            format!(
+                "queue '{name}' in vhost '{}' does not support global qos",
+                ctx.vhost.name
+            ),
+        ));
+    }
     let (start, filter) = match q.stream() {
         None => (Start::default(), None),
         Some(_) => {

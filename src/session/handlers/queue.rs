@@ -52,13 +52,18 @@ fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult
         check_declare(ctx, &name, &d)?;
     }
     let server_named = d.queue.as_str().is_empty() && !d.passive;
-    if server_named
-        && stream_args::queue_type(&d.arguments, &name, &ctx.vhost.name)? == QueueType::Stream
-    {
-        return Err(AmqpError::channel(
-            code::PRECONDITION_FAILED,
-            "Cannot declare a server-named queue for type rabbit_stream_queue",
-        ));
+    if server_named {
+        let kind = match stream_args::queue_type(&d.arguments, &name, &ctx.vhost.name)? {
+            QueueType::Stream => Some("rabbit_stream_queue"),
+            QueueType::Quorum => Some("rabbit_quorum_queue"),
+            QueueType::Classic => None,
+        };
+        if let Some(kind) = kind {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!("Cannot declare a server-named queue for type {kind}"),
+            ));
+        }
     }
     let config = QueueConfig {
         durable: d.durable,

@@ -1,0 +1,403 @@
+//! Quorum queues (`x-queue-type: quorum`) on one node, as RabbitMQ 3.10.8
+//! answers its clients (conformance/probe_quorum.py and
+//! RABBITMQ_BEHAVIOUR.md, "Quorum queues"): declare refusals, the
+//! x-delivery-count header, x-delivery-limit with dead-lettering (reason
+//! delivery_limit), returns to the back of the queue, global QoS refused,
+//! reject-publish one over the limit, and transient messages kept across a
+//! crash.
+
+mod common;
+mod support;
+
+use common::*;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use support::*;
+
+fn qq(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert("x-queue-type".into(), s("quorum"));
+    for (k, v) in pairs {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn s(v: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()))
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+async fn declare(
+    ch: &Channel,
+    name: &str,
+    opts: QueueDeclareOptions,
+    args: FieldTable,
+) -> Result<lapin::Queue, lapin::Error> {
+    within(
+        "queue.declare reply",
+        ch.queue_declare(name.into(), opts, args),
+    )
+    .await
+}
+
+/// The refusal a declare gets: (code, text).
+async fn refusal(
+    w: &Warren,
+    name: &str,
+    opts: QueueDeclareOptions,
+    args: FieldTable,
+) -> (u16, String) {
+    let conn = w.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let e = declare(&ch, name, opts, args).await.expect_err("refused");
+    (reply_code(&e).unwrap_or(0), reply_text(&e))
+}
+
+fn delivery_count(props: &BasicProperties) -> Option<i64> {
+    match props.headers().as_ref()?.inner().get("x-delivery-count")? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        other => panic!("x-delivery-count of type {other:?}"),
+    }
+}
+
+async fn publish_with(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) {
+    within(
+        "basic.publish",
+        ch.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        ),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+}
+
+async fn confirm_channel(conn: &lapin::Connection) -> Channel {
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch
+}
+
+#[tokio::test]
+async fn declarations_are_checked_as_rabbitmq_checks_quorum_queues() {
+    let w = Warren::start();
+    let cases: Vec<(QueueDeclareOptions, FieldTable, &str)> = vec![
+        (
+            QueueDeclareOptions::default(),
+            qq(&[]),
+            "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'q1' in vhost '/'",
+        ),
+        (
+            QueueDeclareOptions {
+                exclusive: true,
+                ..durable()
+            },
+            qq(&[]),
+            "PRECONDITION_FAILED - invalid property 'exclusive-owner' for queue 'q1' in vhost '/'",
+        ),
+        (
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..durable()
+            },
+            qq(&[]),
+            "PRECONDITION_FAILED - invalid property 'auto-delete' for queue 'q1' in vhost '/'",
+        ),
+        (
+            durable(),
+            qq(&[("x-max-priority", AMQPValue::LongInt(5))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q1' in vhost '/' of queue type rabbit_quorum_queue",
+        ),
+        (
+            durable(),
+            qq(&[("x-queue-mode", s("lazy"))]),
+            "PRECONDITION_FAILED - invalid arg 'x-queue-mode' for queue 'q1' in vhost '/' of queue type rabbit_quorum_queue",
+        ),
+        (
+            durable(),
+            qq(&[("x-dead-letter-strategy", s("bogus"))]),
+            "PRECONDITION_FAILED - invalid arg 'x-dead-letter-strategy' for queue 'q1' in vhost '/': invalid_dlx_strategy",
+        ),
+        (
+            durable(),
+            qq(&[("x-quorum-initial-group-size", AMQPValue::LongInt(0))]),
+            "PRECONDITION_FAILED - invalid arg 'x-quorum-initial-group-size' for queue 'q1' in vhost '/': {value_zero,0}",
+        ),
+    ];
+    for (opts, args, text) in cases {
+        assert_eq!(refusal(&w, "q1", opts, args).await, (406, text.to_owned()));
+    }
+    let (code, text) = refusal(&w, "", durable(), qq(&[])).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            406,
+            "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue"
+        )
+    );
+
+    // What RabbitMQ accepts, and the arguments it compares on redeclare.
+    let conn = w.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let ok = qq(&[
+        ("x-delivery-limit", AMQPValue::LongInt(3)),
+        ("x-dead-letter-strategy", s("at-least-once")),
+        ("x-quorum-initial-group-size", AMQPValue::LongInt(3)),
+        ("x-overflow", s("reject-publish")),
+        ("x-single-active-consumer", AMQPValue::Boolean(true)),
+    ]);
+    declare(&ch, "q2", durable(), ok.clone()).await.unwrap();
+    declare(&ch, "q2", durable(), ok).await.unwrap();
+    let e = declare(
+        &ch,
+        "q2",
+        durable(),
+        qq(&[("x-delivery-limit", AMQPValue::LongInt(4))]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reply_code(&e), Some(406));
+    assert!(
+        reply_text(&e)
+            .starts_with("PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-strategy'")
+            || reply_text(&e)
+                .starts_with("PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit'"),
+        "{}",
+        reply_text(&e)
+    );
+    let (_, v) = w.api("GET", "/api/queues/%2f/q2", None);
+    assert_eq!(v["type"], "quorum", "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+#[tokio::test]
+async fn deliveries_count_returns_and_the_delivery_limit_dead_letters_without_the_count() {
+    let w = Warren::start();
+    let conn = w.connect().await;
+    let ch = confirm_channel(&conn).await;
+    declare(&ch, "dlq", durable(), FieldTable::default())
+        .await
+        .unwrap();
+    let args = qq(&[
+        ("x-delivery-limit", AMQPValue::LongInt(2)),
+        ("x-dead-letter-exchange", s("")),
+        ("x-dead-letter-routing-key", s("dlq")),
+    ]);
+    declare(&ch, "limited", durable(), args).await.unwrap();
+    publish_with(&ch, "limited", b"x", BasicProperties::default()).await;
+    // Delivered with counts 0, 1, 2 (redelivered after the first), then the
+    // third return passes the limit of 2.
+    for n in 0..3 {
+        let m = get_eventually(&ch, "limited").await;
+        assert_eq!(delivery_count(&m.delivery.properties), Some(n));
+        assert_eq!(m.delivery.redelivered, n > 0);
+        m.delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .unwrap();
+    }
+    let dead = get_eventually(&ch, "dlq").await;
+    assert_eq!(dead.delivery.data, b"x");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    assert!(
+        !headers.inner().contains_key("x-delivery-count"),
+        "{headers:?}"
+    );
+    assert_eq!(
+        headers.inner().get("x-first-death-reason"),
+        Some(&s("delivery_limit"))
+    );
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death").unwrap() else {
+        panic!("x-death");
+    };
+    let AMQPValue::FieldTable(d) = &deaths.as_slice()[0] else {
+        panic!("x-death entry");
+    };
+    assert_eq!(d.inner().get("reason"), Some(&s("delivery_limit")));
+    assert_eq!(d.inner().get("queue"), Some(&s("limited")));
+    assert!(get(&ch, "limited").await.is_none());
+
+    // Without a dead-letter exchange the message is dropped; a channel
+    // closing with it unacked counts as a return too.
+    declare(
+        &ch,
+        "limit1",
+        durable(),
+        qq(&[("x-delivery-limit", AMQPValue::LongInt(1))]),
+    )
+    .await
+    .unwrap();
+    publish_with(&ch, "limit1", b"y", BasicProperties::default()).await;
+    let m = get_eventually(&ch, "limit1").await;
+    m.delivery
+        .reject(BasicRejectOptions { requeue: true })
+        .await
+        .unwrap();
+    let other = conn.create_channel().await.unwrap();
+    let m = get_eventually(&other, "limit1").await;
+    assert_eq!(delivery_count(&m.delivery.properties), Some(1));
+    other.close(200, "bye".into()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(get(&ch, "limit1").await.is_none(), "dropped past the limit");
+}
+
+#[tokio::test]
+async fn a_returned_message_goes_to_the_back_and_priorities_are_ignored() {
+    let w = Warren::start();
+    let conn = w.connect().await;
+    let ch = confirm_channel(&conn).await;
+    declare(&ch, "order", durable(), qq(&[])).await.unwrap();
+    for (body, p) in [(b"r0", 1u8), (b"r1", 9), (b"r2", 5)] {
+        let props = BasicProperties::default().with_priority(p);
+        publish_with(&ch, "order", body, props).await;
+    }
+    let first = get_eventually(&ch, "order").await;
+    assert_eq!(first.delivery.data, b"r0");
+    first
+        .delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = get(&ch, "order").await {
+        got.push(String::from_utf8(m.delivery.data.clone()).unwrap());
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(got, ["r1", "r2", "r0"]);
+}
+
+#[tokio::test]
+async fn consuming_with_a_global_prefetch_closes_the_connection_with_540() {
+    let w = Warren::start();
+    let conn = w.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    declare(&ch, "gq", durable(), qq(&[])).await.unwrap();
+    ch.basic_qos(5, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    let e = within(
+        "basic.consume reply",
+        ch.basic_consume(
+            "gq".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(reply_code(&e), Some(540));
+    assert_eq!(
+        reply_text(&e),
+        "NOT_IMPLEMENTED - queue 'gq' in vhost '/' does not support global qos"
+    );
+    // The broker goes on serving others.
+    let conn = w.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(5, BasicQosOptions { global: false })
+        .await
+        .unwrap();
+    ch.basic_consume(
+        "gq".into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("a per-consumer prefetch is fine");
+}
+
+#[tokio::test]
+async fn reject_publish_takes_one_message_over_the_limit_as_rabbitmq_does() {
+    let w = Warren::start();
+    let conn = w.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let args = qq(&[
+        ("x-max-length", AMQPValue::LongInt(2)),
+        ("x-overflow", s("reject-publish")),
+    ]);
+    declare(&ch, "rp", durable(), args).await.unwrap();
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                "rp".into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        acks.push(c.is_ack());
+    }
+    assert_eq!(acks, [true, true, true, false, false]);
+    let q = declare(
+        &ch,
+        "rp",
+        QueueDeclareOptions {
+            passive: true,
+            ..durable()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(q.message_count(), 3);
+}
+
+#[tokio::test]
+async fn transient_messages_in_a_quorum_queue_survive_a_crash() {
+    let mut w = Warren::start();
+    {
+        let conn = w.connect().await;
+        let ch = confirm_channel(&conn).await;
+        declare(&ch, "keep", durable(), qq(&[])).await.unwrap();
+        declare(&ch, "classic", durable(), FieldTable::default())
+            .await
+            .unwrap();
+        for q in ["keep", "classic"] {
+            for i in 0..50 {
+                // delivery_mode 1: a classic queue forgets these at a restart.
+                let props = BasicProperties::default().with_delivery_mode(1);
+                publish_with(&ch, q, format!("{q}{i}").as_bytes(), props).await;
+            }
+        }
+    }
+    w.kill();
+    w.restart();
+    let conn = w.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = get(&ch, "keep").await {
+        got.push(String::from_utf8(m.delivery.data.clone()).unwrap());
+        assert_eq!(delivery_count(&m.delivery.properties), Some(0));
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let want: Vec<String> = (0..50).map(|i| format!("keep{i}")).collect();
+    assert_eq!(got, want);
+    assert!(get(&ch, "classic").await.is_none());
+}
