@@ -262,6 +262,156 @@ fn header_octet(h: &[u8], flag: u16) -> Option<u8> {
     h.get(at).copied()
 }
 
+/// What `header_put_long` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The key was there and is kept (`overwrite` false).
+    Kept,
+    /// The new content header payload.
+    Spliced(Vec<u8>),
+    /// Not done in place (the key holds another type, or the header does
+    /// not walk cleanly): decode and re-encode instead.
+    Fallback,
+}
+
+/// Sets `key` to the signed 64-bit integer `value` in the headers table of
+/// a raw content header payload without decoding the other properties:
+/// the table is walked entry by entry (values skipped by their type), a
+/// present `l` value is overwritten in place (if `overwrite`), a missing
+/// key is appended, and a missing table is inserted where it belongs.
+pub fn header_put_long(h: &[u8], key: &str, value: i64, overwrite: bool) -> Put {
+    if key.len() > 255 {
+        return Put::Fallback;
+    }
+    let Some((flags, at)) = headers_at(h) else {
+        return Put::Fallback;
+    };
+    let entry = |out: &mut Vec<u8>| {
+        out.push(key.len() as u8);
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'l');
+        out.extend_from_slice(&value.to_be_bytes());
+    };
+    let entry_len = 1 + key.len() + 1 + 8;
+    if flags & 0x2000 == 0 {
+        let mut out = Vec::with_capacity(h.len() + 4 + entry_len);
+        out.extend_from_slice(&h[..at]);
+        out.extend_from_slice(&(entry_len as u32).to_be_bytes());
+        entry(&mut out);
+        out.extend_from_slice(&h[at..]);
+        let f = (flags | 0x2000).to_be_bytes();
+        out[12] = f[0];
+        out[13] = f[1];
+        return Put::Spliced(out);
+    }
+    let Some(len) = h.get(at..at + 4) else {
+        return Put::Fallback;
+    };
+    let table_len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let start = at + 4;
+    let end = start + table_len;
+    let Some(table) = h.get(start..end) else {
+        return Put::Fallback;
+    };
+    let mut i = 0usize;
+    while i < table.len() {
+        let Some(&klen) = table.get(i) else {
+            return Put::Fallback;
+        };
+        let k = table.get(i + 1..i + 1 + klen as usize);
+        let vat = i + 1 + klen as usize;
+        let Some(size) = table.get(vat..).and_then(field_value_len) else {
+            return Put::Fallback;
+        };
+        if k == Some(key.as_bytes()) {
+            if !overwrite {
+                return Put::Kept;
+            }
+            if table[vat] != b'l' {
+                return Put::Fallback;
+            }
+            let mut out = h.to_vec();
+            let v = start + vat + 1;
+            out[v..v + 8].copy_from_slice(&value.to_be_bytes());
+            return Put::Spliced(out);
+        }
+        i = vat + size;
+    }
+    if i != table.len() {
+        return Put::Fallback;
+    }
+    let mut out = Vec::with_capacity(h.len() + entry_len);
+    out.extend_from_slice(&h[..at]);
+    out.extend_from_slice(&((table_len + entry_len) as u32).to_be_bytes());
+    out.extend_from_slice(table);
+    entry(&mut out);
+    out.extend_from_slice(&h[end..]);
+    Put::Spliced(out)
+}
+
+/// The long-string value of `key` in a raw content header payload's headers
+/// table, found by walking the table (None if absent or of another type).
+pub fn header_string(h: &[u8], key: &str) -> Option<String> {
+    let (flags, at) = headers_at(h)?;
+    if flags & 0x2000 == 0 {
+        return None;
+    }
+    let len = h.get(at..at + 4)?;
+    let table_len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let table = h.get(at + 4..at + 4 + table_len)?;
+    let mut i = 0usize;
+    while i < table.len() {
+        let klen = *table.get(i)? as usize;
+        let k = table.get(i + 1..i + 1 + klen)?;
+        let vat = i + 1 + klen;
+        let size = field_value_len(table.get(vat..)?)?;
+        if k == key.as_bytes() {
+            if table[vat] != b'S' {
+                return None;
+            }
+            let v = table.get(vat + 5..vat + size)?;
+            return std::str::from_utf8(v).ok().map(str::to_owned);
+        }
+        i = vat + size;
+    }
+    None
+}
+
+/// A content header payload's property flags and where its headers table
+/// is (or would go): after content-type and content-encoding.
+fn headers_at(h: &[u8]) -> Option<(u16, usize)> {
+    if h.len() < 14 {
+        return None;
+    }
+    let flags = u16::from_be_bytes([h[12], h[13]]);
+    let mut at = 14usize;
+    for bit in [0x8000u16, 0x4000] {
+        if flags & bit != 0 {
+            at += 1 + *h.get(at)? as usize;
+        }
+    }
+    (at <= h.len()).then_some((flags, at))
+}
+
+/// Bytes of one field value (type octet included) at the start of `v`.
+fn field_value_len(v: &[u8]) -> Option<usize> {
+    let long = |at: usize| -> Option<usize> {
+        let b = v.get(at..at + 4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let n = match *v.first()? {
+        b't' | b'b' | b'B' => 1,
+        b's' | b'u' | b'U' => 2,
+        b'I' | b'i' | b'f' => 4,
+        b'L' | b'l' | b'd' | b'T' => 8,
+        b'D' => 5,
+        b'V' => 0,
+        b'S' | b'A' | b'F' | b'x' => 4 + long(1)?,
+        _ => return None,
+    };
+    (v.len() > n).then_some(1 + n)
+}
+
 /// Parses a content header payload's properties; `None` if malformed.
 pub fn parse_properties(header: &[u8]) -> Option<BasicProperties> {
     use amq_protocol::frame::parsing::parse_content_header;
@@ -477,5 +627,136 @@ mod tests {
         }
         assert_eq!(total, 10_000);
         assert_eq!(frames, 3);
+    }
+}
+
+#[cfg(test)]
+mod put_tests {
+    use super::*;
+    use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
+
+    fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in pairs {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    }
+
+    /// Every property set the splice must walk past, with and without a
+    /// headers table of every field type.
+    fn cases() -> Vec<BasicProperties> {
+        let mut nested = FieldArray::default();
+        nested.push(AMQPValue::LongInt(7));
+        nested.push(AMQPValue::LongString(LongString::from("a")));
+        let rich = table(&[
+            ("bool", AMQPValue::Boolean(true)),
+            ("i8", AMQPValue::ShortShortInt(-1)),
+            ("u8", AMQPValue::ShortShortUInt(1)),
+            ("i16", AMQPValue::ShortInt(-2)),
+            ("i32", AMQPValue::LongInt(-3)),
+            ("i64", AMQPValue::LongLongInt(-4)),
+            ("f32", AMQPValue::Float(1.5)),
+            ("f64", AMQPValue::Double(2.5)),
+            ("ts", AMQPValue::Timestamp(99)),
+            ("str", AMQPValue::LongString(LongString::from("hello"))),
+            ("arr", AMQPValue::FieldArray(nested)),
+            (
+                "tbl",
+                AMQPValue::FieldTable(table(&[("in", AMQPValue::LongInt(1))])),
+            ),
+            ("void", AMQPValue::Void),
+            ("bytes", AMQPValue::ByteArray(vec![1u8, 2, 3].into())),
+        ]);
+        let base = BasicProperties::default();
+        vec![
+            base.clone(),
+            base.clone().with_delivery_mode(2).with_priority(4),
+            base.clone()
+                .with_content_type("text/plain".into())
+                .with_content_encoding("gzip".into())
+                .with_delivery_mode(1)
+                .with_expiration("1000".into())
+                .with_message_id("m".into()),
+            base.clone().with_headers(FieldTable::default()),
+            base.clone()
+                .with_content_type("a/b".into())
+                .with_headers(rich)
+                .with_priority(9)
+                .with_app_id("app".into()),
+        ]
+    }
+
+    #[test]
+    fn put_long_matches_decode_insert_encode_for_every_property_shape() {
+        for props in cases() {
+            let h = content_header(&props, 5).unwrap();
+            let Put::Spliced(out) = header_put_long(&h, "x-stream-offset", 42, true) else {
+                panic!("not spliced: {props:?}");
+            };
+            let mut want = props.clone();
+            let mut hs = props.headers().clone().unwrap_or_default();
+            hs.insert("x-stream-offset".into(), AMQPValue::LongLongInt(42));
+            want = want.with_headers(hs);
+            assert_eq!(parse_properties(&out), Some(want.clone()), "{props:?}");
+            assert_eq!(header_class_and_size(&out), Some((60, 5)));
+            // Set again: overwritten in place, same length.
+            let Put::Spliced(again) = header_put_long(&out, "x-stream-offset", -7, true) else {
+                panic!("not overwritten");
+            };
+            assert_eq!(again.len(), out.len());
+            let got = parse_properties(&again).unwrap();
+            assert_eq!(
+                got.headers()
+                    .as_ref()
+                    .unwrap()
+                    .inner()
+                    .get("x-stream-offset"),
+                Some(&AMQPValue::LongLongInt(-7))
+            );
+            assert_eq!(
+                header_put_long(&out, "x-stream-offset", 1, false),
+                Put::Kept
+            );
+        }
+    }
+
+    #[test]
+    fn put_long_falls_back_on_another_type_or_a_broken_table() {
+        let props = BasicProperties::default().with_headers(table(&[(
+            "k",
+            AMQPValue::LongString(LongString::from("v")),
+        )]));
+        let h = content_header(&props, 0).unwrap();
+        assert_eq!(header_put_long(&h, "k", 1, true), Put::Fallback);
+        assert_eq!(header_put_long(&h, "k", 1, false), Put::Kept);
+        let mut broken = h.clone();
+        let n = broken.len();
+        broken[n - 2] = b'?';
+        assert_eq!(header_put_long(&broken, "z", 1, true), Put::Fallback);
+        assert_eq!(header_put_long(&h[..16], "z", 1, true), Put::Fallback);
+    }
+}
+
+#[cfg(test)]
+mod string_tests {
+    use super::*;
+    use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+
+    #[test]
+    fn header_string_finds_a_long_string_past_other_entries() {
+        let mut t = FieldTable::default();
+        t.insert("a".into(), AMQPValue::LongLongInt(1));
+        t.insert("f".into(), AMQPValue::LongString(LongString::from("blue")));
+        t.insert("n".into(), AMQPValue::LongInt(2));
+        let props = BasicProperties::default()
+            .with_content_type("t".into())
+            .with_headers(t);
+        let h = content_header(&props, 1).unwrap();
+        assert_eq!(header_string(&h, "f").as_deref(), Some("blue"));
+        assert_eq!(header_string(&h, "n"), None);
+        assert_eq!(header_string(&h, "missing"), None);
+        let plain = content_header(&BasicProperties::default(), 1).unwrap();
+        assert_eq!(header_string(&plain, "f"), None);
     }
 }

@@ -505,10 +505,17 @@ impl Queue {
     /// The message as a delivery from this queue carries it: from a quorum
     /// queue, with its delivery count (0 until it is first returned).
     pub fn for_delivery(&self, msg: Message) -> Message {
-        if self.quorum && !quorum::has_delivery_count(&msg) {
-            quorum::with_delivery_count(&msg, Some(0))
-        } else {
-            msg
+        if !self.quorum {
+            return msg;
+        }
+        use crate::message::{Put, header_put_long};
+        match header_put_long(msg.header(), quorum::DELIVERY_COUNT, 0, false) {
+            Put::Kept => msg,
+            Put::Spliced(h) => {
+                Message::new(msg.exchange(), msg.routing_key(), &h, msg.body_bytes())
+            }
+            Put::Fallback if quorum::has_delivery_count(&msg) => msg,
+            Put::Fallback => quorum::with_delivery_count(&msg, Some(0)),
         }
     }
 

@@ -629,9 +629,16 @@ pub fn entry_as_amqp10(data: &Bytes) -> Option<Bytes> {
     }
 }
 
-/// An AMQP 0-9-1 entry's message as published (no offset header).
-fn decode_091_parts(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
-    let d = &e.data;
+/// Where an AMQP 0-9-1 entry's exchange, routing key and content header
+/// are, and where its body starts.
+type Parts = (
+    std::ops::Range<usize>,
+    std::ops::Range<usize>,
+    std::ops::Range<usize>,
+    usize,
+);
+
+fn entry_parts(d: &[u8]) -> Option<Parts> {
     let mut at = 1usize;
     let mut take = |n: usize| -> Option<std::ops::Range<usize>> {
         let r = at..at.checked_add(n)?;
@@ -647,6 +654,13 @@ fn decode_091_parts(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
     let hl = take(4)?;
     let hl = u32::from_be_bytes(d[hl].try_into().ok()?) as usize;
     let h = take(hl)?;
+    Some((x, k, h, at))
+}
+
+/// An AMQP 0-9-1 entry's message as published (no offset header).
+fn decode_091_parts(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
+    let d = &e.data;
+    let (x, k, h, at) = entry_parts(d)?;
     let body: Bytes = d.slice(at..);
     let m = QueuedMessage {
         msg: Message::new(&d[x], &d[k], &d[h], body),
@@ -659,6 +673,23 @@ fn decode_091_parts(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
 }
 
 fn decode_091(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
+    use crate::message::{Put, header_put_long, header_string};
+    let d = &e.data;
+    let (x, k, h, at) = entry_parts(d)?;
+    let offset = i64::try_from(e.offset).unwrap_or(i64::MAX);
+    // The offset header is spliced into the stored content header, the other
+    // properties left as they are (no decode and re-encode per delivery).
+    if let Put::Spliced(header) = header_put_long(&d[h.clone()], "x-stream-offset", offset, true) {
+        let filter = header_string(&d[h], FILTER_VALUE);
+        let m = QueuedMessage {
+            msg: Message::new(&d[x], &d[k], &header, d.slice(at..)),
+            seq: e.offset,
+            redelivered: false,
+            stored: None,
+            deadline: 0,
+        };
+        return Some((m, filter));
+    }
     let (mut q, _) = decode_091_parts(e)?;
     let props = q.msg.properties()?;
     let mut headers = props.headers().clone().unwrap_or_else(FieldTable::default);
