@@ -219,6 +219,16 @@ fn stream_fill_and_drain_over_the_stream_protocol_and_over_amqp() {
     assert_eq!(v["delivered"], 60000, "{v}");
     assert!(f(&v, "fill_rate") > 1000.0, "{v}");
     assert!(f(&v, "drain_rate") > 1000.0, "{v}");
+    // The same with warrenperf's own lean client: every record of every
+    // chunk counted by 2 consumers, in frames of 100 with a small window.
+    let args = [
+        "stream-raw", "--port", &port, "-m", "20001", "-y", "2", "--window", "1000", "--json",
+    ];
+    let (ok, out, err) = warrenperf(&args);
+    assert!(ok, "warrenperf {args:?} failed: {err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["delivered"], 40002, "{v}");
+    assert!(f(&v, "fill_rate") > 1000.0, "{v}");
     // AMQP 0-9-1: 4 consumers at spread offsets read 20000 + 15000 + ...
     let v = run_json(
         &b,

@@ -26,6 +26,7 @@ mod load;
 mod memory;
 mod stats;
 mod stream;
+mod stream_raw;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +57,9 @@ enum Command {
     /// Append --messages to a stream over the RabbitMQ Stream protocol
     /// (port 5552) with confirms, then read them from `first`.
     StreamFillDrain(stream::StreamFillDrain),
+    /// stream-fill-drain with warrenperf's own lean stream-protocol client
+    /// (no message decoding), so the broker is what is measured.
+    StreamRaw(stream_raw::StreamRaw),
 }
 
 /// Options every subcommand takes.
@@ -93,7 +97,7 @@ fn main() {
         Command::FillDrain(c) => c.common.threads,
         Command::Connections(c) => c.common.threads,
         Command::Queues(c) => c.common.threads,
-        Command::StreamFillDrain(_) => None,
+        Command::StreamFillDrain(_) | Command::StreamRaw(_) => None,
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
@@ -110,6 +114,7 @@ fn main() {
             Command::Connections(c) => memory::connections(c).await,
             Command::Queues(c) => memory::queues(c).await,
             Command::StreamFillDrain(c) => stream::run(c).await,
+            Command::StreamRaw(c) => stream_raw::run(c).await,
         }
     });
     // Tasks still parked on sockets must not hold the process open.
