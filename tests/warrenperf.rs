@@ -222,7 +222,16 @@ fn stream_fill_and_drain_over_the_stream_protocol_and_over_amqp() {
     // The same with warrenperf's own lean client: every record of every
     // chunk counted by 2 consumers, in frames of 100 with a small window.
     let args = [
-        "stream-raw", "--port", &port, "-m", "20001", "-y", "2", "--window", "1000", "--json",
+        "stream-raw",
+        "--port",
+        &port,
+        "-m",
+        "20001",
+        "-y",
+        "2",
+        "--window",
+        "1000",
+        "--json",
     ];
     let (ok, out, err) = warrenperf(&args);
     assert!(ok, "warrenperf {args:?} failed: {err}");

@@ -224,6 +224,28 @@ impl Out {
         self.buf.put_slice(b);
         self
     }
+    /// Room for `n` more bytes without growing.
+    pub fn reserve(&mut self, n: usize) -> &mut Out {
+        self.buf.reserve(n);
+        self
+    }
+    /// Bytes written so far (the size field included).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    /// Whether nothing follows the size, key and version (never).
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() <= 8
+    }
+    /// The bytes written from `at` on.
+    pub fn since(&self, at: usize) -> &[u8] {
+        &self.buf[at..]
+    }
+    /// Overwrites the u32 at `at` (a field written before its value was
+    /// known).
+    pub fn set_u32(&mut self, at: usize, v: u32) {
+        self.buf[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
     /// [Key Value] string pairs.
     pub fn string_map(&mut self, pairs: &[(&str, &str)]) -> &mut Out {
         self.u32(pairs.len() as u32);

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 
 use super::codec::{Fields, Out};
 use super::connection::{Conn, End, Res};
@@ -396,21 +396,26 @@ fn next_chunk(sub: &mut Subscription, id: u8, frame_limit: usize) -> Bytes {
     deliver_frame(id, &entries)
 }
 
-/// Deliver (v1): subscription id and one osiris chunk.
+/// Deliver (v1): subscription id and one osiris chunk, its entries written
+/// straight into the frame (one copy of each message).
 fn deliver_frame(id: u8, entries: &[(u64, u64, Bytes)]) -> Bytes {
-    let mut data = Vec::with_capacity(entries.iter().map(|e| 4 + e.2.len()).sum());
-    for (_, _, m) in entries {
-        data.put_u32(m.len() as u32 & 0x7fff_ffff);
-        data.put_slice(m);
-    }
+    let data_len: usize = entries.iter().map(|e| 4 + e.2.len()).sum();
     let (first, ts) = entries.first().map_or((0, 0), |e| (e.0, e.1));
     let n = entries.len();
     let mut o = Out::new(key::DELIVER, 1);
+    o.reserve(CHUNK_HEADER + 1 + data_len);
     o.u8(id).u8(0x50).u8(0).u16(n as u16).u32(n as u32);
     o.i64(ts as i64).u64(0).u64(first);
-    o.u32(crc32fast::hash(&data)).u32(data.len() as u32).u32(0);
+    let crc_at = o.len();
+    o.u32(0).u32(data_len as u32).u32(0);
     o.u32(0); // Bloom filter size and reserved
-    o.raw(&data);
+    let start = o.len();
+    for (_, _, m) in entries {
+        o.u32(m.len() as u32 & 0x7fff_ffff);
+        o.raw(m);
+    }
+    let crc = crc32fast::hash(o.since(start));
+    o.set_u32(crc_at, crc);
     o.finish()
 }
 

@@ -185,10 +185,7 @@ impl Conn {
     async fn read_frame(&mut self) -> Result<Vec<u8>, String> {
         let n = self.r.read_u32().await.map_err(|e| e.to_string())? as usize;
         let mut b = vec![0u8; n];
-        self.r
-            .read_exact(&mut b)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.r.read_exact(&mut b).await.map_err(|e| e.to_string())?;
         Ok(b)
     }
 
@@ -321,7 +318,11 @@ async fn fill(f: &StreamRaw) -> Result<f64, String> {
     while sent < total {
         while sent - confirmed.load(Ordering::Relaxed) >= f.window {
             if Instant::now() > deadline || reader.is_finished() {
-                return Err(format!("{} confirmed after {} s", confirmed.load(Ordering::Relaxed), f.timeout));
+                return Err(format!(
+                    "{} confirmed after {} s",
+                    confirmed.load(Ordering::Relaxed),
+                    f.timeout
+                ));
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
@@ -349,7 +350,13 @@ async fn fill(f: &StreamRaw) -> Result<f64, String> {
     let left = deadline.saturating_duration_since(Instant::now());
     tokio::time::timeout(left, reader)
         .await
-        .map_err(|_| format!("{} of {total} confirmed after {} s", confirmed.load(Ordering::Relaxed), f.timeout))?
+        .map_err(|_| {
+            format!(
+                "{} of {total} confirmed after {} s",
+                confirmed.load(Ordering::Relaxed),
+                f.timeout
+            )
+        })?
         .map_err(|e| e.to_string())??;
     Ok(t0.elapsed().as_secs_f64())
 }
