@@ -281,6 +281,7 @@ async fn a_named_producer_is_deduplicated_across_reconnects_and_restarts() {
     assert!(p.send_with_confirm(dup).await.unwrap().confirmed());
     let m = Message::builder().body("m11").publishing_id(11).build();
     assert!(p.send_with_confirm(m).await.unwrap().confirmed());
+    p.close().await.unwrap();
     let mut c = consumer(&e, "dedup", OffsetSpecification::Offset(10)).await;
     assert_eq!(
         take(&mut c, 2).await,
@@ -399,6 +400,7 @@ async fn stream_messages_reach_amqp091_consumers_with_their_properties() {
         .message_builder()
         .build();
     assert!(producer.send_with_confirm(m).await.unwrap().confirmed());
+    producer.close().await.unwrap();
 
     let (_c, ch) = w.channel().await;
     ch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
@@ -463,6 +465,11 @@ async fn a_consumer_far_behind_reads_everything_in_order() {
         "published and confirmed {N} in {:?}",
         publish_started.elapsed()
     );
+    // Closed, not dropped: the client's Drop blocks on an async lock and
+    // can spin forever on a runtime thread.
+    within("close producer", producer.close())
+        .await
+        .expect("close producer");
     let mut c = consumer(&e, "big", OffsetSpecification::First).await;
     let started = std::time::Instant::now();
     for i in 0..N {
@@ -670,6 +677,7 @@ async fn a_filtering_subscription_skips_chunks_without_its_values() {
         let st = producer.batch_send_with_confirm(batch).await.unwrap();
         assert!(st.iter().all(|s| s.confirmed()));
     }
+    producer.close().await.unwrap();
     let mut c = e
         .consumer()
         .offset(OffsetSpecification::First)
@@ -745,6 +753,7 @@ async fn super_streams_route_messages_to_their_partitions() {
     for _ in 0..3 {
         assert!(within("confirm", rx.recv()).await.unwrap());
     }
+    p.close().await.unwrap();
     let mut c1 = consumer(&e, "orders-1", OffsetSpecification::First).await;
     assert_eq!(
         take(&mut c1, 2).await,
@@ -905,6 +914,7 @@ async fn sigkill_under_a_deduplicating_publisher_keeps_every_confirmed_message_a
             .build();
         assert!(p.send_with_confirm(m).await.unwrap().confirmed());
     }
+    p.close().await.unwrap();
     let more = take(&mut c, 4).await;
     assert_eq!(more.first().unwrap(), &(n, format!("m{}", n + 1)));
     assert_eq!(more.last().unwrap(), &(n + 3, format!("m{}", n + 4)));

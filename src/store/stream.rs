@@ -82,6 +82,12 @@ const CHUNK_MAX_BYTES: usize = 1 << 20;
 /// of a chunk reads (and skips) little.
 const CHUNK_MAX_ENTRIES: u32 = 4096;
 
+/// Directories of logs being removed by `delete_in_background`.
+static DELETING: std::sync::LazyLock<Mutex<std::collections::HashSet<PathBuf>>> =
+    std::sync::LazyLock::new(Default::default);
+/// Signalled (with `DELETING`'s lock) when a removal is done.
+static DELETED: Condvar = Condvar::new();
+
 /// Recovery reads segments in windows of this size.
 const SCAN_WINDOW: usize = 4 << 20;
 
@@ -980,6 +986,14 @@ impl StreamLog {
         opts: StreamOptions,
         on_durable: Arc<dyn Fn() + Send + Sync>,
     ) -> io::Result<Arc<StreamLog>> {
+        // A log deleted in this directory a moment ago is still being
+        // removed: its files must not be mistaken for this one's.
+        {
+            let mut deleting = DELETING.lock();
+            while deleting.contains(&dir) {
+                DELETED.wait(&mut deleting);
+            }
+        }
         let rec = recover(&*disk, &dir)?;
         let first = rec.segments.front().map_or(rec.next, |s| s.base);
         let log = Arc::new(StreamLog {
@@ -1336,6 +1350,42 @@ impl StreamLog {
         }
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
+        }
+    }
+
+    /// Stops the writer, dropping what is pending, and removes every file
+    /// of the log and its directory (the stream was deleted) on a thread of
+    /// its own, so that the caller (a connection task holding its vhost's
+    /// definitions lock) never waits for a disk that has stopped answering.
+    /// Opening a log in the same directory waits until the removal is done.
+    pub fn delete_in_background(self: &Arc<Self>) {
+        {
+            let mut p = self.pending.lock();
+            p.buf = BytesMut::new();
+            p.chunks.clear();
+            self.stopping.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
+        DELETING.lock().insert(self.dir.clone());
+        let log = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("warren-stream-del".into())
+            .spawn(move || {
+                if let Err(e) = log.delete() {
+                    tracing::warn!("removing a deleted stream's files: {e}");
+                }
+                DELETING.lock().remove(&log.dir);
+                DELETED.notify_all();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(
+                "cannot start a thread to remove a stream's files ({e}); removing them now"
+            );
+            if let Err(e) = self.delete() {
+                tracing::warn!("removing a deleted stream's files: {e}");
+            }
+            DELETING.lock().remove(&self.dir);
+            DELETED.notify_all();
         }
     }
 

@@ -539,9 +539,10 @@ impl Stream {
     pub fn delete(&self) -> Vec<Arc<Consumer>> {
         self.deleted.store(true, Ordering::Release);
         let readers = std::mem::take(&mut *self.readers.lock());
-        if let Err(e) = self.log.delete() {
-            tracing::warn!("removing a deleted stream's files: {e}");
-        }
+        self.log.delete_in_background();
+        // Publishes still waiting for the disk are settled now (they went
+        // with the stream): wake their connections to confirm them.
+        note_durable();
         let acc = self.accounted.swap(0, Ordering::Relaxed);
         BACKLOG.fetch_sub(acc, Ordering::Relaxed);
         readers.into_iter().map(|r| r.consumer).collect()
