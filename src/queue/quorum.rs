@@ -60,21 +60,7 @@ pub fn check_declare(
     auto_delete: bool,
     args: &FieldTable,
 ) -> AmqpResult<()> {
-    let property = if !durable {
-        Some("non-durable")
-    } else if exclusive {
-        Some("exclusive-owner")
-    } else if auto_delete {
-        Some("auto-delete")
-    } else {
-        None
-    };
-    if let Some(p) = property {
-        return Err(AmqpError::channel(
-            code::PRECONDITION_FAILED,
-            format!("invalid property '{p}' for queue '{queue}' in vhost '{vhost}'"),
-        ));
-    }
+    crate::queue::stream::args::durable_only(queue, vhost, durable, exclusive, auto_delete)?;
     let refuse = |arg: &str, why: &str| {
         AmqpError::channel(
             code::PRECONDITION_FAILED,

@@ -17,9 +17,9 @@ use rabbitmq_stream_client::types::{Message, OffsetSpecification};
 
 use crate::stats;
 
-/// `stream-fill-drain` options.
+/// Where, and as whom, a stream-protocol measurement connects.
 #[derive(Args, Debug, Clone)]
-pub struct StreamFillDrain {
+pub struct StreamTarget {
     /// Stream protocol host.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -35,6 +35,13 @@ pub struct StreamFillDrain {
     /// Virtual host.
     #[arg(long, default_value = "/")]
     pub vhost: String,
+}
+
+/// `stream-fill-drain` options.
+#[derive(Args, Debug, Clone)]
+pub struct StreamFillDrain {
+    #[command(flatten)]
+    pub target: StreamTarget,
     /// Messages to append.
     #[arg(long, short = 'm', default_value_t = 1_000_000)]
     pub messages: u64,
@@ -67,12 +74,13 @@ fn err(e: impl std::fmt::Display) -> String {
 
 /// Runs the measurement and prints its summary.
 pub async fn run(f: StreamFillDrain) -> Result<(), String> {
+    let t = &f.target;
     let env = Environment::builder()
-        .host(&f.host)
-        .port(f.port)
-        .username(&f.user)
-        .password(&f.password)
-        .virtual_host(&f.vhost)
+        .host(&t.host)
+        .port(t.port)
+        .username(&t.user)
+        .password(&t.password)
+        .virtual_host(&t.vhost)
         .build()
         .await
         .map_err(err)?;

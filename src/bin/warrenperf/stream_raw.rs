@@ -22,25 +22,13 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::stats;
+use crate::stream::StreamTarget;
 
 /// `stream-raw` options.
 #[derive(Args, Debug, Clone)]
 pub struct StreamRaw {
-    /// Stream protocol host.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Stream protocol port.
-    #[arg(long, default_value_t = 5552)]
-    pub port: u16,
-    /// User name.
-    #[arg(long, default_value = "guest")]
-    pub user: String,
-    /// Password.
-    #[arg(long, default_value = "guest")]
-    pub password: String,
-    /// Virtual host.
-    #[arg(long, default_value = "/")]
-    pub vhost: String,
+    #[command(flatten)]
+    pub target: StreamTarget,
     /// Messages to append.
     #[arg(long, short = 'm', default_value_t = 1_000_000)]
     pub messages: u64,
@@ -135,6 +123,7 @@ struct Conn {
 
 impl Conn {
     async fn open(f: &StreamRaw) -> Result<Conn, String> {
+        let f = &f.target;
         let s = TcpStream::connect((f.host.as_str(), f.port))
             .await
             .map_err(|e| format!("connect {}:{}: {e}", f.host, f.port))?;

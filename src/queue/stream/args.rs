@@ -110,6 +110,33 @@ fn not_for_streams(arg: &str, queue: &str, vhost: &str) -> AmqpError {
     )
 }
 
+/// RabbitMQ's refusal of a stream or quorum queue that is not durable, is
+/// exclusive or auto-delete (the first of these it finds).
+pub fn durable_only(
+    queue: &str,
+    vhost: &str,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+) -> AmqpResult<()> {
+    let property = if !durable {
+        Some("non-durable")
+    } else if exclusive {
+        Some("exclusive-owner")
+    } else if auto_delete {
+        Some("auto-delete")
+    } else {
+        None
+    };
+    match property {
+        Some(p) => Err(AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            format!("invalid property '{p}' for queue '{queue}' in vhost '{vhost}'"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks a stream declaration: durable, not exclusive, not auto-delete,
 /// not server-named, no classic-only argument; reads its retention.
 pub fn check_declare(
@@ -127,21 +154,7 @@ pub fn check_declare(
             "Cannot declare a server-named queue for type rabbit_stream_queue",
         ));
     }
-    let property = if !durable {
-        Some("non-durable")
-    } else if exclusive {
-        Some("exclusive-owner")
-    } else if auto_delete {
-        Some("auto-delete")
-    } else {
-        None
-    };
-    if let Some(p) = property {
-        return Err(AmqpError::channel(
-            code::PRECONDITION_FAILED,
-            format!("invalid property '{p}' for queue '{queue}' in vhost '{vhost}'"),
-        ));
-    }
+    durable_only(queue, vhost, durable, exclusive, auto_delete)?;
     // The table is sorted by key, so the first refused argument by name is
     // the one reported, as RabbitMQ reports it.
     if let Some(arg) = args
