@@ -572,6 +572,12 @@ async fn deleting_a_stream_cancels_its_consumers_and_removes_its_files() {
     let end = within("consumer cancelled", c.next()).await;
     assert!(end.is_none(), "consumer ended by basic.cancel");
     assert!(cch.status().connected(), "its channel stays open");
+    // The files go on a thread of their own (a stalled disk must not hold
+    // queue.delete), a moment after delete-ok.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count() != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(count(), 0);
     declare_stream(&ch, "gone", &[]).await;
     let (_ch, mut c) = stream_consumer(&conn, "gone", 10, Some(ls("first"))).await;
