@@ -283,7 +283,7 @@ pub fn header_put_long(h: &[u8], key: &str, value: i64, overwrite: bool) -> Put 
     if key.len() > 255 {
         return Put::Fallback;
     }
-    let Some((flags, at)) = headers_at(h) else {
+    let Some((flags, at, table)) = headers_table(h) else {
         return Put::Fallback;
     };
     let entry = |out: &mut Vec<u8>| {
@@ -293,93 +293,54 @@ pub fn header_put_long(h: &[u8], key: &str, value: i64, overwrite: bool) -> Put 
         out.extend_from_slice(&value.to_be_bytes());
     };
     let entry_len = 1 + key.len() + 1 + 8;
-    if flags & 0x2000 == 0 {
+    let Some(range) = table else {
         let mut out = Vec::with_capacity(h.len() + 4 + entry_len);
         out.extend_from_slice(&h[..at]);
         out.extend_from_slice(&(entry_len as u32).to_be_bytes());
         entry(&mut out);
         out.extend_from_slice(&h[at..]);
-        let f = (flags | 0x2000).to_be_bytes();
-        out[12] = f[0];
-        out[13] = f[1];
+        out[12..14].copy_from_slice(&(flags | 0x2000).to_be_bytes());
         return Put::Spliced(out);
-    }
-    let Some(len) = h.get(at..at + 4) else {
-        return Put::Fallback;
     };
-    let table_len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let start = at + 4;
-    let end = start + table_len;
-    let Some(table) = h.get(start..end) else {
-        return Put::Fallback;
-    };
-    let mut i = 0usize;
-    while i < table.len() {
-        let Some(&klen) = table.get(i) else {
-            return Put::Fallback;
-        };
-        let k = table.get(i + 1..i + 1 + klen as usize);
-        let vat = i + 1 + klen as usize;
-        let Some(size) = table.get(vat..).and_then(field_value_len) else {
-            return Put::Fallback;
-        };
-        if k == Some(key.as_bytes()) {
-            if !overwrite {
-                return Put::Kept;
-            }
-            if table[vat] != b'l' {
-                return Put::Fallback;
-            }
+    match table_find(&h[range.clone()], key.as_bytes()) {
+        None => Put::Fallback,
+        Some(Some(_)) if !overwrite => Put::Kept,
+        Some(Some((vat, _))) if h[range.start + vat] != b'l' => Put::Fallback,
+        Some(Some((vat, _))) => {
             let mut out = h.to_vec();
-            let v = start + vat + 1;
+            let v = range.start + vat + 1;
             out[v..v + 8].copy_from_slice(&value.to_be_bytes());
-            return Put::Spliced(out);
+            Put::Spliced(out)
         }
-        i = vat + size;
+        Some(None) => {
+            let mut out = Vec::with_capacity(h.len() + entry_len);
+            out.extend_from_slice(&h[..at]);
+            out.extend_from_slice(&((range.len() + entry_len) as u32).to_be_bytes());
+            out.extend_from_slice(&h[range.clone()]);
+            entry(&mut out);
+            out.extend_from_slice(&h[range.end..]);
+            Put::Spliced(out)
+        }
     }
-    if i != table.len() {
-        return Put::Fallback;
-    }
-    let mut out = Vec::with_capacity(h.len() + entry_len);
-    out.extend_from_slice(&h[..at]);
-    out.extend_from_slice(&((table_len + entry_len) as u32).to_be_bytes());
-    out.extend_from_slice(table);
-    entry(&mut out);
-    out.extend_from_slice(&h[end..]);
-    Put::Spliced(out)
 }
 
 /// The long-string value of `key` in a raw content header payload's headers
 /// table, found by walking the table (None if absent or of another type).
 pub fn header_string(h: &[u8], key: &str) -> Option<String> {
-    let (flags, at) = headers_at(h)?;
-    if flags & 0x2000 == 0 {
+    let table = &h[headers_table(h)?.2?];
+    let (vat, size) = table_find(table, key.as_bytes())??;
+    if table[vat] != b'S' {
         return None;
     }
-    let len = h.get(at..at + 4)?;
-    let table_len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let table = h.get(at + 4..at + 4 + table_len)?;
-    let mut i = 0usize;
-    while i < table.len() {
-        let klen = *table.get(i)? as usize;
-        let k = table.get(i + 1..i + 1 + klen)?;
-        let vat = i + 1 + klen;
-        let size = field_value_len(table.get(vat..)?)?;
-        if k == key.as_bytes() {
-            if table[vat] != b'S' {
-                return None;
-            }
-            let v = table.get(vat + 5..vat + size)?;
-            return std::str::from_utf8(v).ok().map(str::to_owned);
-        }
-        i = vat + size;
-    }
-    None
+    std::str::from_utf8(table.get(vat + 5..vat + size)?)
+        .ok()
+        .map(str::to_owned)
 }
 
-/// A content header payload's property flags and where its headers table
-/// is (or would go): after content-type and content-encoding.
-fn headers_at(h: &[u8]) -> Option<(u16, usize)> {
+/// A content header payload's property flags, where its headers table's
+/// length field is (or would go: after content-type and content-encoding),
+/// and the table's bytes when it has one.
+fn headers_table(h: &[u8]) -> Option<(u16, usize, Option<std::ops::Range<usize>>)> {
     if h.len() < 14 {
         return None;
     }
@@ -390,7 +351,35 @@ fn headers_at(h: &[u8]) -> Option<(u16, usize)> {
             at += 1 + *h.get(at)? as usize;
         }
     }
-    (at <= h.len()).then_some((flags, at))
+    if at > h.len() {
+        return None;
+    }
+    if flags & 0x2000 == 0 {
+        return Some((flags, at, None));
+    }
+    let len = h.get(at..at + 4)?;
+    let start = at + 4;
+    let end = start + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    h.get(start..end)?;
+    Some((flags, at, Some(start..end)))
+}
+
+/// Where `key`'s value is in a headers table: its offset and length (type
+/// octet included); `Some(None)` when the table has no such key, `None`
+/// when the table does not walk cleanly to its end.
+fn table_find(table: &[u8], key: &[u8]) -> Option<Option<(usize, usize)>> {
+    let mut i = 0usize;
+    while i < table.len() {
+        let klen = *table.get(i)? as usize;
+        let k = table.get(i + 1..i + 1 + klen)?;
+        let vat = i + 1 + klen;
+        let size = field_value_len(table.get(vat..)?)?;
+        if k == key {
+            return Some(Some((vat, size)));
+        }
+        i = vat + size;
+    }
+    (i == table.len()).then_some(None)
 }
 
 /// Bytes of one field value (type octet included) at the start of `v`.

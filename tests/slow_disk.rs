@@ -73,16 +73,7 @@ impl Disk for SlowDisk {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_slower_than_the_publishers_bounds_the_write_buffer_and_serves_others() {
     let data = tempfile::tempdir().unwrap();
-    let config = warren::Config {
-        data_dir: data.path().to_path_buf(),
-        bind: vec!["127.0.0.1".parse().unwrap()],
-        port: 0,
-        ..Default::default()
-    };
-    let broker = warren::Broker::open_on(config, Arc::new(SlowDisk)).expect("open warren");
-    let listeners = warren::session::server::bind(&broker).expect("bind");
-    let port = listeners[0].local_addr().unwrap().port();
-    let server = tokio::spawn(warren::session::server::serve(broker.clone(), listeners));
+    let (broker, port, server) = common::serve_in_process(data.path(), Arc::new(SlowDisk), |_| {});
     let store: Arc<MessageStore> = broker.durability.store().unwrap().clone();
 
     // A transient queue filled before the slow phase, for a consumer.

@@ -47,23 +47,15 @@ const N: u32 = 8000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_page_disk_stalls_only_the_messages_on_it() {
     let data = tempfile::tempdir().unwrap();
-    let mut config = warren::Config {
-        data_dir: data.path().to_path_buf(),
-        bind: vec!["127.0.0.1".parse().unwrap()],
-        port: 0,
-        ..Default::default()
-    };
-    config.storage.queue_memory_limit = 256 * 1024;
     let gate = Arc::new(Gate::default());
     // Page files are under <data>/paging.
     let disk = GatedDisk {
         gate: gate.clone(),
         only: Some("paging"),
     };
-    let broker = warren::Broker::open_on(config, Arc::new(disk)).expect("open warren");
-    let listeners = warren::session::server::bind(&broker).expect("bind");
-    let port = listeners[0].local_addr().unwrap().port();
-    let server = tokio::spawn(warren::session::server::serve(broker.clone(), listeners));
+    let (_broker, port, server) = common::serve_in_process(data.path(), Arc::new(disk), |c| {
+        c.storage.queue_memory_limit = 256 * 1024;
+    });
 
     // 8 MB of 1 KiB messages through a 256 KiB memory limit: most are paged.
     let conn = common::connect_in_process(port).await;

@@ -18,21 +18,12 @@ use warren::store::disk::gated::{Gate, GatedDisk};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_waiting_on_a_stalled_stream_are_confirmed_when_it_is_deleted() {
     let data = tempfile::tempdir().unwrap();
-    let config = warren::Config {
-        data_dir: data.path().to_path_buf(),
-        bind: vec!["127.0.0.1".parse().unwrap()],
-        port: 0,
-        ..Default::default()
-    };
     let gate = Arc::new(Gate::default());
     let disk = GatedDisk {
         gate: gate.clone(),
         only: Some("streams"),
     };
-    let broker = warren::Broker::open_on(config, Arc::new(disk)).expect("open warren");
-    let listeners = warren::session::server::bind(&broker).expect("bind");
-    let port = listeners[0].local_addr().unwrap().port();
-    let server = tokio::spawn(warren::session::server::serve(broker.clone(), listeners));
+    let (_broker, port, server) = common::serve_in_process(data.path(), Arc::new(disk), |_| {});
 
     let conn = common::connect_in_process(port).await;
     let ch = conn.create_channel().await.unwrap();

@@ -37,6 +37,33 @@ pub async fn connect_in_process(port: u16) -> Connection {
     .expect("connect to the in-process warren")
 }
 
+/// A warren run in this test's process with its data in `data` on `disk`
+/// (one that is slow or fails on command), listening for AMQP on a free
+/// loopback port; `tune` adjusts its config first. Returns the broker, the
+/// port and the listener task. Call it inside a tokio runtime.
+pub fn serve_in_process(
+    data: &std::path::Path,
+    disk: std::sync::Arc<dyn warren::store::disk::Disk>,
+    tune: impl FnOnce(&mut warren::Config),
+) -> (
+    std::sync::Arc<warren::Broker>,
+    u16,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut config = warren::Config {
+        data_dir: data.to_path_buf(),
+        bind: vec!["127.0.0.1".parse().unwrap()],
+        port: 0,
+        ..Default::default()
+    };
+    tune(&mut config);
+    let broker = warren::Broker::open_on(config, disk).expect("open warren");
+    let listeners = warren::session::server::bind(&broker).expect("bind");
+    let port = listeners[0].local_addr().unwrap().port();
+    let server = tokio::spawn(warren::session::server::serve(broker.clone(), listeners));
+    (broker, port, server)
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

@@ -93,28 +93,62 @@ pub async fn run(f: StreamFillDrain) -> Result<(), String> {
     let rss_full = rss();
     let drain_s = drain(&f, &env).await?;
     env.delete_stream(&f.stream).await.map_err(err)?;
-    let fill_rate = f.messages as f64 / fill_s;
-    let delivered = f.messages * f.consumers.max(1);
-    let drain_rate = delivered as f64 / drain_s;
-    let summary = serde_json::json!({
-        "mode": "stream-fill-drain",
-        "messages": f.messages,
-        "size": f.size,
-        "consumers": f.consumers.max(1),
-        "fill_s": fill_s,
-        "fill_rate": fill_rate,
-        "drain_s": drain_s,
-        "drain_rate": drain_rate,
-        "delivered": delivered,
-        "rss_before_bytes": rss_before,
-        "rss_full_bytes": rss_full,
-    });
-    if f.json {
-        println!("{summary}");
-    } else {
-        println!("summary: append {fill_rate:.0} msg/s confirmed, consume {drain_rate:.0} msg/s");
-    }
+    let m = Measured {
+        mode: "stream-fill-drain",
+        messages: f.messages,
+        size: f.size as u64,
+        consumers: f.consumers.max(1),
+        fill_s,
+        drain_s,
+        rss_before,
+        rss_full,
+    };
+    m.report(serde_json::json!({}), f.json);
     Ok(())
+}
+
+/// What a stream fill-drain measured, and how it is reported.
+pub struct Measured {
+    pub mode: &'static str,
+    pub messages: u64,
+    pub size: u64,
+    pub consumers: u64,
+    pub fill_s: f64,
+    pub drain_s: f64,
+    pub rss_before: Option<u64>,
+    pub rss_full: Option<u64>,
+}
+
+impl Measured {
+    /// Prints the summary: one JSON object (with `extra`'s fields) or a line.
+    pub fn report(&self, extra: serde_json::Value, json: bool) {
+        let fill_rate = self.messages as f64 / self.fill_s;
+        let delivered = self.messages * self.consumers;
+        let drain_rate = delivered as f64 / self.drain_s;
+        let mut summary = serde_json::json!({
+            "mode": self.mode,
+            "messages": self.messages,
+            "size": self.size,
+            "consumers": self.consumers,
+            "fill_s": self.fill_s,
+            "fill_rate": fill_rate,
+            "drain_s": self.drain_s,
+            "drain_rate": drain_rate,
+            "delivered": delivered,
+            "rss_before_bytes": self.rss_before,
+            "rss_full_bytes": self.rss_full,
+        });
+        if let (Some(s), serde_json::Value::Object(e)) = (summary.as_object_mut(), extra) {
+            s.extend(e);
+        }
+        if json {
+            println!("{summary}");
+        } else {
+            println!(
+                "summary: append {fill_rate:.0} msg/s confirmed, consume {drain_rate:.0} msg/s"
+            );
+        }
+    }
 }
 
 /// Appends the messages in batches and waits for every confirm; returns

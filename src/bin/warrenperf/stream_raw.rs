@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::stats;
-use crate::stream::StreamTarget;
+use crate::stream::{Measured, StreamTarget};
 
 /// `stream-raw` options.
 #[derive(Args, Debug, Clone)]
@@ -240,29 +240,20 @@ pub async fn run(f: StreamRaw) -> Result<(), String> {
     admin
         .call(Frame::new(DELETE).u32(corr).string(&f.stream).done())
         .await?;
-    let fill_rate = f.messages as f64 / fill_s;
-    let delivered = f.messages * f.consumers.max(1);
-    let drain_rate = delivered as f64 / drain_s;
-    let summary = serde_json::json!({
-        "mode": "stream-raw",
-        "messages": f.messages,
-        "size": f.size,
-        "batch": f.batch,
-        "window": f.window,
-        "consumers": f.consumers.max(1),
-        "fill_s": fill_s,
-        "fill_rate": fill_rate,
-        "drain_s": drain_s,
-        "drain_rate": drain_rate,
-        "delivered": delivered,
-        "rss_before_bytes": rss_before,
-        "rss_full_bytes": rss_full,
-    });
-    if f.json {
-        println!("{summary}");
-    } else {
-        println!("summary: append {fill_rate:.0} msg/s confirmed, consume {drain_rate:.0} msg/s");
-    }
+    let m = Measured {
+        mode: "stream-raw",
+        messages: f.messages,
+        size: u64::from(f.size),
+        consumers: f.consumers.max(1),
+        fill_s,
+        drain_s,
+        rss_before,
+        rss_full,
+    };
+    m.report(
+        serde_json::json!({"batch": f.batch, "window": f.window}),
+        f.json,
+    );
     Ok(())
 }
 
