@@ -150,6 +150,64 @@ pub struct Entry {
     pub data: Bytes,
 }
 
+/// What `StreamLog::read_chunks` read.
+#[derive(Debug)]
+pub struct ChunkRead {
+    /// The chunks, in order.
+    pub chunks: Vec<Chunk>,
+    /// The offset the read looked up to (its filter may have skipped
+    /// chunks after the last one read): a reader goes on from there.
+    pub scanned: u64,
+    /// The memory chunks were read into, if any were read from disk: once
+    /// they are all dropped, `Bytes::try_into_mut` gets it back for
+    /// another read.
+    pub buffer: Option<Bytes>,
+}
+
+/// A chunk as read (`StreamLog::read_chunks`): checked, its entries in
+/// their stored layout.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The offset of its first entry.
+    pub first: u64,
+    /// How many entries it holds.
+    pub count: u32,
+    data: Bytes,
+}
+
+impl Chunk {
+    /// The offset after its last entry.
+    pub fn end(&self) -> u64 {
+        self.first + u64::from(self.count)
+    }
+
+    /// Bytes of its entries (their lengths and timestamps included).
+    pub fn data_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Visits its entries from offset `from` on, in order, with their
+    /// offset, timestamp and bytes, until `visit` returns false. Err if the
+    /// chunk's entries do not fit its data (they were checked when read:
+    /// not expected).
+    pub fn entries_from(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(u64, u64, &[u8]) -> bool,
+    ) -> io::Result<()> {
+        walk_entries(&self.data, self.count, |i, ts, range| {
+            let offset = self.first + u64::from(i);
+            offset < from || visit(offset, ts, &self.data[range])
+        })
+        .map_err(|_| {
+            invalid_data(format!(
+                "stream chunk at offset {} is malformed",
+                self.first
+            ))
+        })
+    }
+}
+
 /// Bytes of a chunk's filter (a Bloom filter of the filter values of its
 /// entries; RabbitMQ's default x-stream-filter-size-bytes).
 pub const FILTER_BYTES: usize = 16;
@@ -459,6 +517,11 @@ struct ChunkIdx {
 impl ChunkIdx {
     fn end(&self) -> u64 {
         self.first + u64::from(self.count)
+    }
+
+    /// Bytes it takes in its segment: header, data and trailer.
+    fn stored_len(&self) -> u64 {
+        CHUNK_HEADER_LEN as u64 + u64::from(self.data_len) + u64::from(self.trailer_len)
     }
 }
 
@@ -1154,13 +1217,107 @@ impl StreamLog {
         max_bytes: usize,
         filter: Option<&ReadFilter>,
     ) -> io::Result<(Vec<Entry>, u64)> {
+        self.read_with(from, max_bytes, filter, |start, plan| {
+            self.read_planned(start, plan, max_bytes)
+        })
+    }
+
+    /// Whole chunks (those `filter` does not rule out) from the one holding
+    /// `from` on, about `max_bytes` of entries (at least one chunk if there
+    /// is any), as stored: a stream-protocol reader turns each into one
+    /// delivery without handling its entries one by one. `reuse` is memory
+    /// to read into (`ChunkRead::buffer` of an earlier read whose chunks
+    /// are all gone): a reader that keeps reading maps no new pages.
+    pub fn read_chunks(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        filter: Option<&ReadFilter>,
+        reuse: Option<BytesMut>,
+    ) -> io::Result<ChunkRead> {
+        let mut reuse = reuse;
+        let ((chunks, buffer), scanned) = self.read_with(from, max_bytes, filter, |_, plan| {
+            self.fetch_all(plan, &mut reuse)
+        })?;
+        Ok(ChunkRead {
+            chunks,
+            scanned,
+            buffer,
+        })
+    }
+
+    /// Planned chunks: those next to each other in one segment (and not
+    /// cached) with one read, the first such run into `reuse` if it is
+    /// large enough. Also returns the buffer of that first run.
+    fn fetch_all(
+        &self,
+        plan: &[Planned],
+        reuse: &mut Option<BytesMut>,
+    ) -> io::Result<(Vec<Chunk>, Option<Bytes>)> {
+        let mut out = Vec::with_capacity(plan.len());
+        let mut first_buffer = None;
+        let mut i = 0;
+        while i < plan.len() {
+            let p = &plan[i];
+            if let Some(data) = &p.cached {
+                out.push(Chunk {
+                    first: p.chunk.first,
+                    count: p.chunk.count,
+                    data: data.clone(),
+                });
+                i += 1;
+                continue;
+            }
+            // The run of chunks that follow it on disk.
+            let mut j = i + 1;
+            let mut end = p.chunk.pos + p.chunk.stored_len();
+            while let Some(q) = plan.get(j) {
+                if q.cached.is_some() || q.segment != p.segment || q.chunk.pos != end {
+                    break;
+                }
+                end += q.chunk.stored_len();
+                j += 1;
+            }
+            let file = self.reader(p.segment)?;
+            let len = (end - p.chunk.pos) as usize;
+            let mut buf = reuse.take().unwrap_or_default();
+            buf.clear();
+            buf.resize(len, 0);
+            file.read_exact_at(&mut buf, p.chunk.pos)?;
+            self.disk_reads.fetch_add(1, Ordering::Relaxed);
+            let buf = buf.freeze();
+            let mut at = 0usize;
+            for q in &plan[i..j] {
+                let len = q.chunk.stored_len() as usize;
+                out.push(Chunk {
+                    first: q.chunk.first,
+                    count: q.chunk.count,
+                    data: self.checked(&q.chunk, buf.slice(at..at + len))?,
+                });
+                at += len;
+            }
+            first_buffer.get_or_insert(buf);
+            i = j;
+        }
+        Ok((out, first_buffer))
+    }
+
+    /// Plans a read and runs `read` on the plan, again if retention deleted
+    /// a planned segment in between.
+    fn read_with<T>(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        filter: Option<&ReadFilter>,
+        mut read: impl FnMut(u64, &[Planned]) -> io::Result<T>,
+    ) -> io::Result<(T, u64)> {
         loop {
             let (start, plan, scanned) = self.plan_read(from, max_bytes, filter);
-            match self.read_planned(start, &plan, max_bytes) {
+            match read(start, &plan) {
                 // Retention deleted the segment between planning and
                 // reading: read again from where the log now starts.
                 Err(_) if self.first_offset() > start => continue,
-                done => return done.map(|e| (e, scanned)),
+                done => return done.map(|t| (t, scanned)),
             }
         }
     }
@@ -1212,11 +1369,8 @@ impl StreamLog {
     ) -> io::Result<Vec<Entry>> {
         let mut out = Vec::new();
         let mut used = 0usize;
-        for p in plan {
-            let data = match &p.cached {
-                Some(d) => d.clone(),
-                None => self.read_chunk(&p.chunk, p.segment)?,
-            };
+        let (chunks, _) = self.fetch_all(plan, &mut None)?;
+        for (p, Chunk { data, .. }) in plan.iter().zip(chunks) {
             let c = &p.chunk;
             let mut full = false;
             let walked = walk_entries(&data, c.count, |i, ts, range| {
@@ -1250,13 +1404,9 @@ impl StreamLog {
         Ok(out)
     }
 
-    /// Reads a chunk's data from its segment, checking it is the chunk the
-    /// index expects and that it is intact: nothing corrupt is returned.
-    fn read_chunk(&self, c: &ChunkIdx, segment: u64) -> io::Result<Bytes> {
-        let file = self.reader(segment)?;
-        let mut buf = vec![0u8; CHUNK_HEADER_LEN + c.data_len as usize + c.trailer_len as usize];
-        file.read_exact_at(&mut buf, c.pos)?;
-        self.disk_reads.fetch_add(1, Ordering::Relaxed);
+    /// The data of chunk `c` from its bytes as stored (header, data,
+    /// trailer), if they are what the index expects and intact.
+    fn checked(&self, c: &ChunkIdx, buf: Bytes) -> io::Result<Bytes> {
         let intact = match Header::decode(&buf) {
             Parsed::Chunk(h) => {
                 h.first == c.first
@@ -1274,7 +1424,7 @@ impl StreamLog {
                 c.first
             )));
         }
-        Ok(Bytes::from(buf).slice(CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + c.data_len as usize))
+        Ok(buf.slice(CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + c.data_len as usize))
     }
 
     /// The open file of a segment, opened (outside the lock) on first use.

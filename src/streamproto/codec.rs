@@ -241,10 +241,10 @@ impl Out {
     pub fn since(&self, at: usize) -> &[u8] {
         &self.buf[at..]
     }
-    /// Overwrites the u32 at `at` (a field written before its value was
-    /// known).
-    pub fn set_u32(&mut self, at: usize, v: u32) {
-        self.buf[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    /// Overwrites the bytes at `at` with `b` (a field written before its
+    /// value was known).
+    pub fn set(&mut self, at: usize, b: &[u8]) {
+        self.buf[at..at + b.len()].copy_from_slice(b);
     }
     /// [Key Value] string pairs.
     pub fn string_map(&mut self, pairs: &[(&str, &str)]) -> &mut Out {

@@ -27,7 +27,7 @@ use super::sac::{self, GroupKey, Update};
 use super::{code, key};
 use crate::auth::Access;
 use crate::queue::Queue;
-use crate::store::stream::{Entry, ReadFilter, StreamLog};
+use crate::store::stream::{Chunk, ChunkRead, ReadFilter, StreamLog};
 
 /// How much one read takes from the log at most.
 const READ_BYTES: usize = 1 << 20;
@@ -47,8 +47,15 @@ pub struct Subscription {
     next: u64,
     /// Chunks the client will take.
     credit: u32,
-    /// Entries read and not delivered yet, from `next` on.
-    pending: VecDeque<Entry>,
+    /// Chunks read and not wholly delivered yet (`next` is in the first).
+    pending: VecDeque<Chunk>,
+    /// The offset the next read starts at: reads have looked at
+    /// everything before it.
+    read_to: u64,
+    /// Buffers of earlier reads, for later reads to reuse once their
+    /// chunks are delivered (at most two: one being delivered, one read
+    /// into; none once it has caught up).
+    spare: VecDeque<Bytes>,
     /// A read is under way.
     reading: bool,
     /// Tells this subscription's reads from an earlier one's of the same id.
@@ -70,7 +77,7 @@ pub struct ReadDone {
     id: u8,
     token: u64,
     from: u64,
-    got: std::io::Result<(Vec<Entry>, u64)>,
+    got: std::io::Result<ChunkRead>,
 }
 
 static TOKENS: AtomicU64 = AtomicU64::new(1);
@@ -104,6 +111,8 @@ impl Conn {
                         next,
                         credit: credit as u32,
                         pending: VecDeque::new(),
+                        read_to: next,
+                        spare: VecDeque::new(),
                         reading: false,
                         token: TOKENS.fetch_add(1, Ordering::Relaxed),
                         filter,
@@ -184,13 +193,17 @@ impl Conn {
             if sub.credit == 0 || !sub.active || sub.queue.is_deleted() {
                 return Ok(());
             }
-            if sub.pending.is_empty() {
+            // The next read runs while the last chunk read goes out.
+            if sub.pending.len() <= 1 {
                 start_read(sub, id, &self.reads_tx);
+            }
+            if sub.pending.is_empty() {
                 return Ok(());
             }
-            let frame = next_chunk(sub, id, limit);
-            sub.credit -= 1;
-            self.send(&frame).await?;
+            if let Some(frame) = next_chunk(sub, id, limit) {
+                sub.credit -= 1;
+                self.send(&frame).await?;
+            }
         }
     }
 
@@ -204,14 +217,29 @@ impl Conn {
         }
         sub.reading = false;
         match done.got {
-            Ok((entries, scanned)) if sub.next == done.from => {
-                // Retention may have removed what it was at, or its filter
-                // skipped chunks: it goes on from the first entry read, or
-                // past everything looked at.
-                sub.next = sub.next.max(entries.first().map_or(scanned, |e| e.offset));
+            Ok(ChunkRead {
+                chunks,
+                scanned,
+                buffer,
+            }) if sub.read_to == done.from => {
+                if let Some(b) = buffer {
+                    if sub.spare.len() == 2 {
+                        sub.spare.pop_front();
+                    }
+                    sub.spare.push_back(b);
+                }
+                // Reads go on past everything this one looked at (its
+                // filter may have skipped chunks). With nothing pending,
+                // delivery goes on from the first chunk read (retention
+                // may have removed what it was at), or past everything
+                // looked at.
+                sub.read_to = scanned.max(chunks.last().map_or(0, |c| c.end()));
+                if sub.pending.is_empty() {
+                    sub.next = sub.next.max(chunks.first().map_or(scanned, |c| c.first));
+                }
                 let next = sub.next;
                 sub.pending
-                    .extend(entries.into_iter().filter(|e| e.offset >= next));
+                    .extend(chunks.into_iter().filter(|c| c.end() > next));
             }
             Ok(_) => {}
             Err(e) => {
@@ -308,6 +336,7 @@ impl Conn {
             && let Some(next) = start_offset(&sub.log, kind, value)
         {
             sub.next = next;
+            sub.read_to = next;
             sub.pending.clear();
         }
         sub.active = true;
@@ -345,17 +374,32 @@ fn start_offset(log: &StreamLog, kind: u16, value: Option<u64>) -> Option<u64> {
     })
 }
 
-/// Starts a read of durable entries from the subscription's next offset,
-/// if none is under way and there are any.
+/// Starts a read of durable entries after those read so far, if none is
+/// under way and there are any.
 fn start_read(sub: &mut Subscription, id: u8, tx: &tokio::sync::mpsc::UnboundedSender<ReadDone>) {
-    if sub.reading || sub.next >= sub.log.durable_offset() {
+    if sub.reading {
+        return;
+    }
+    if sub.read_to >= sub.log.durable_offset() {
+        sub.spare.clear();
         return;
     }
     sub.reading = true;
-    let (log, from, token, tx) = (sub.log.clone(), sub.next, sub.token, tx.clone());
+    let mut reuse = None;
+    for _ in 0..sub.spare.len() {
+        match sub.spare.pop_front().map(Bytes::try_into_mut) {
+            Some(Ok(b)) => {
+                reuse = Some(b);
+                break;
+            }
+            Some(Err(b)) => sub.spare.push_back(b),
+            None => break,
+        }
+    }
+    let (log, from, token, tx) = (sub.log.clone(), sub.read_to, sub.token, tx.clone());
     let filter = sub.filter.clone();
     tokio::task::spawn_blocking(move || {
-        let got = log.read_filtered(from, READ_BYTES, filter.as_deref());
+        let got = log.read_chunks(from, READ_BYTES, filter.as_deref(), reuse);
         let _ = tx.send(ReadDone {
             id,
             token,
@@ -365,58 +409,101 @@ fn start_read(sub: &mut Subscription, id: u8, tx: &tokio::sync::mpsc::UnboundedS
     });
 }
 
-/// Takes the next chunk of consecutive entries off `pending` and builds
-/// its Deliver frame (within `frame_limit`).
-fn next_chunk(sub: &mut Subscription, id: u8, frame_limit: usize) -> Bytes {
+/// Builds the Deliver frame for the entries of the first pending chunk
+/// from the subscription's next offset on (within `frame_limit`; what does
+/// not fit goes in the next one) and moves past them. None if that chunk
+/// held nothing left to send.
+fn next_chunk(sub: &mut Subscription, id: u8, frame_limit: usize) -> Option<Bytes> {
     let budget = CHUNK_BYTES.min(frame_limit.saturating_sub(CHUNK_HEADER + 16));
-    let mut entries: Vec<(u64, u64, Bytes)> = Vec::new();
-    let mut size = 0usize;
-    while let Some(e) = sub.pending.front() {
-        let consecutive = entries.last().is_none_or(|l| l.0 + 1 == e.offset);
-        if !consecutive || entries.len() == u16::MAX as usize {
-            break;
-        }
-        let msg = crate::queue::stream::entry_as_amqp10(&e.data).unwrap_or_else(|| {
-            tracing::error!(
-                offset = e.offset,
-                "stream entry does not decode; delivered empty"
-            );
-            Bytes::new()
+    let chunk = sub.pending.front()?;
+    let mut d = Deliver::new(id, chunk.data_len());
+    let mut next = sub.next;
+    let walked = chunk.entries_from(sub.next, |offset, ts, data| {
+        let msg = crate::queue::stream::entry_as_amqp10(data).unwrap_or_else(|| {
+            tracing::error!(offset, "stream entry does not decode; delivered empty");
+            std::borrow::Cow::Borrowed(&[][..])
         });
-        if !entries.is_empty() && size + 4 + msg.len() > budget {
-            break;
+        if d.count > 0 && (d.data_len + 4 + msg.len() > budget || d.count == u16::MAX as usize) {
+            return false;
         }
-        size += 4 + msg.len();
-        entries.push((e.offset, e.timestamp, msg));
+        d.push(offset, ts, &msg);
+        next = offset + 1;
+        true
+    });
+    if let Err(e) = walked {
+        tracing::error!(stream = %sub.queue.name.escape_debug(), "{e}; skipped");
+        next = chunk.end();
+    }
+    if next >= chunk.end() {
         sub.pending.pop_front();
     }
-    if let Some(last) = entries.last() {
-        sub.next = last.0 + 1;
-    }
-    deliver_frame(id, &entries)
+    sub.next = next;
+    (d.count > 0).then(|| d.finish())
 }
 
-/// Deliver (v1): subscription id and one osiris chunk, its entries written
-/// straight into the frame (one copy of each message).
-fn deliver_frame(id: u8, entries: &[(u64, u64, Bytes)]) -> Bytes {
-    let data_len: usize = entries.iter().map(|e| 4 + e.2.len()).sum();
-    let (first, ts) = entries.first().map_or((0, 0), |e| (e.0, e.1));
-    let n = entries.len();
-    let mut o = Out::new(key::DELIVER, 1);
-    o.reserve(CHUNK_HEADER + 1 + data_len);
-    o.u8(id).u8(0x50).u8(0).u16(n as u16).u32(n as u32);
-    o.i64(ts as i64).u64(0).u64(first);
-    let crc_at = o.len();
-    o.u32(0).u32(data_len as u32).u32(0);
-    o.u32(0); // Bloom filter size and reserved
-    let start = o.len();
-    for (_, _, m) in entries {
-        o.u32(m.len() as u32 & 0x7fff_ffff);
-        o.raw(m);
+/// A Deliver (v1) frame being built: subscription id and one osiris chunk
+/// (header, then each entry as a simple entry: a 0 bit, its 31-bit size,
+/// its bytes), the entries written straight into the frame.
+struct Deliver {
+    out: Out,
+    /// Where the chunk header starts.
+    header: usize,
+    count: usize,
+    data_len: usize,
+}
+
+impl Deliver {
+    fn new(id: u8, capacity: usize) -> Deliver {
+        let mut out = Out::new(key::DELIVER, 1);
+        out.reserve(CHUNK_HEADER + 1 + capacity);
+        out.u8(id);
+        let header = out.len();
+        out.raw(&[0; CHUNK_HEADER]);
+        Deliver {
+            out,
+            header,
+            count: 0,
+            data_len: 0,
+        }
     }
-    let crc = crc32fast::hash(o.since(start));
-    o.set_u32(crc_at, crc);
-    o.finish()
+
+    /// Adds an entry: the chunk's first entry gives its offset and
+    /// timestamp.
+    fn push(&mut self, offset: u64, timestamp: u64, msg: &[u8]) {
+        if self.count == 0 {
+            let h = self.header;
+            self.out.set(h + 8, &(timestamp as i64).to_be_bytes());
+            self.out.set(h + 24, &offset.to_be_bytes());
+        }
+        self.out.u32(msg.len() as u32 & 0x7fff_ffff).raw(msg);
+        self.count += 1;
+        self.data_len += 4 + msg.len();
+    }
+
+    /// The frame: magic and version 0x50, type 0 (user), entry and record
+    /// counts, timestamp, epoch 0, first offset, CRC-32 of the data, data
+    /// length, no trailer, no Bloom filter.
+    fn finish(mut self) -> Bytes {
+        let h = self.header;
+        let crc = crc32fast::hash(self.out.since(h + CHUNK_HEADER));
+        let n = self.count as u16;
+        self.out.set(h, &[0x50, 0]);
+        self.out.set(h + 2, &n.to_be_bytes());
+        self.out.set(h + 4, &(n as u32).to_be_bytes());
+        self.out.set(h + 32, &crc.to_be_bytes());
+        self.out.set(h + 36, &(self.data_len as u32).to_be_bytes());
+        self.out.finish()
+    }
+}
+
+/// A Deliver frame for `entries` (offset, timestamp, message), in order.
+#[cfg(test)]
+fn deliver_frame(id: u8, entries: &[(u64, u64, Bytes)]) -> Bytes {
+    let mut d = Deliver::new(id, 0);
+    for (offset, ts, m) in entries {
+        d.push(*offset, *ts, m);
+    }
+    d.finish()
 }
 
 #[cfg(test)]

@@ -610,21 +610,22 @@ fn decode_10(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
 /// An entry's message as AMQP 1.0 (what stream-protocol consumers get):
 /// as stored for `FORMAT_AMQP10`, converted for `FORMAT_AMQP091`. None: the
 /// entry does not decode.
-pub fn entry_as_amqp10(data: &Bytes) -> Option<Bytes> {
+pub fn entry_as_amqp10(data: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
     match *data.first()? {
-        FORMAT_AMQP10 => Some(data.slice(1..)),
+        FORMAT_AMQP10 => Some(Cow::Borrowed(&data[1..])),
         FORMAT_AMQP091 => {
             let e = Entry {
                 offset: 0,
                 timestamp: 0,
-                data: data.clone(),
+                data: Bytes::copy_from_slice(data),
             };
             let (q, _) = decode_091_parts(&e)?;
             let props = q.msg.properties()?;
             let m = crate::protocol::amqp10_map::from_091(&props, q.msg.body_bytes());
             let mut out = Vec::with_capacity(data.len() + 64);
             m.encode(&mut out);
-            Some(out.into())
+            Some(Cow::Owned(out))
         }
         _ => None,
     }

@@ -888,3 +888,75 @@ fn many_writers_split_chunks_and_reads_never_see_trailers() {
     }
     log.close();
 }
+
+#[test]
+fn chunk_reads_return_whole_chunks_read_at_once_into_reused_memory_and_refuse_corruption() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("stream");
+    let log = StreamLog::open(
+        Arc::new(RealDisk),
+        dir.clone(),
+        StreamOptions {
+            tail_cache_bytes: 0,
+            ..StreamOptions::default()
+        },
+        Arc::new(|| {}),
+    )
+    .expect("open");
+    for k in 0..10 {
+        append_range(&log, 50 * k, 50 * (k + 1));
+        wait_durable(&log, 50 * (k + 1));
+    }
+    let all = log.chunk_firsts();
+    assert!(all.len() >= 10, "{all:?}");
+
+    // The whole log, with one read of the segment.
+    let before = log.disk_reads();
+    let whole = log.read_chunks(0, 1 << 20, None, None).expect("read");
+    assert_eq!(log.disk_reads() - before, 1, "one read for the run");
+    assert_eq!(whole.chunks.len(), all.len());
+    assert_eq!(whole.scanned, 500);
+
+    // Once its chunks are gone, its buffer is read into again.
+    let buffer = whole.buffer.expect("read from disk");
+    drop(whole.chunks);
+    let reuse = buffer.try_into_mut().expect("no chunk holds it");
+    let at = reuse.as_ptr();
+
+    // From the middle of a chunk: that whole chunk first, then the ones
+    // after it.
+    let read = log
+        .read_chunks(120, 20_000, None, Some(reuse))
+        .expect("read");
+    assert_eq!(read.buffer.as_ref().map(|b| b.as_ptr()), Some(at));
+    let firsts: Vec<u64> = read.chunks.iter().map(|c| c.first).collect();
+    let holding = all.iter().rposition(|&f| f <= 120).unwrap();
+    assert_eq!(firsts[..], all[holding..holding + firsts.len()]);
+    assert!(firsts.len() > 1 && read.scanned < 500, "{firsts:?}");
+    assert_eq!(read.scanned, read.chunks.last().unwrap().end());
+    let mut got = Vec::new();
+    for c in &read.chunks {
+        c.entries_from(120, |offset, ts, data| {
+            got.push(Entry {
+                offset,
+                timestamp: ts,
+                data: Bytes::copy_from_slice(data),
+            });
+            true
+        })
+        .expect("entries");
+    }
+    check_entries(&got, 120, read.scanned);
+
+    // A byte changed on disk: the read fails rather than return it.
+    let seg = dir.join(format!("{:020}.seg", 0));
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&seg, bytes).expect("write");
+    let err = log
+        .read_chunks(0, 1 << 20, None, None)
+        .expect_err("corrupt");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    log.close();
+}
