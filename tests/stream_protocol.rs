@@ -925,3 +925,77 @@ async fn sigkill_under_a_deduplicating_publisher_keeps_every_confirmed_message_a
 fn confirmed_len(v: &std::sync::Mutex<Vec<u64>>) -> u64 {
     v.lock().unwrap().len() as u64
 }
+
+/// Readers of the same chunks share the work of building them (a rendering
+/// per chunk, kept by the stream): each subscription still gets every
+/// message once, in order, in Deliver frames carrying its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_reading_the_same_chunks_each_get_every_message_under_their_own_id() {
+    use rabbitmq_stream_client::types::{MessageResult, ResponseKind};
+    const N: usize = 20_000;
+    let w = Warren::start();
+    let e = env(&w).await;
+    create(&e, "shared").await;
+    publish(&e, "shared", 0..N).await;
+
+    let client = raw_client(&w).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    client
+        .set_handler(move |m: MessageResult| {
+            let tx = tx.clone();
+            async move {
+                if let Some(Ok(r)) = m
+                    && let ResponseKind::Deliver(d) = r.kind()
+                {
+                    let bodies: Vec<String> = d
+                        .messages
+                        .iter()
+                        .map(|m| String::from_utf8_lossy(m.data().unwrap_or_default()).into_owned())
+                        .collect();
+                    let _ = tx.send((d.subscription_id, d.chunk_first_offset, bodies));
+                }
+                Ok(())
+            }
+        })
+        .await;
+    for id in [3u8, 7] {
+        let r = within(
+            "subscribe",
+            client.subscribe(
+                id,
+                "shared",
+                OffsetSpecification::First,
+                1,
+                Default::default(),
+            ),
+        )
+        .await
+        .expect("subscribe");
+        assert!(r.is_ok(), "subscribe {id}: {:?}", r.code());
+    }
+    let mut got: std::collections::HashMap<u8, Vec<(u64, String)>> = Default::default();
+    while got.values().map(Vec::len).sum::<usize>() < 2 * N {
+        let (id, first, bodies) = within("a chunk", rx.recv()).await.expect("handler");
+        assert!(id == 3 || id == 7, "delivered under subscription id {id}");
+        let mine = got.entry(id).or_default();
+        mine.extend(
+            bodies
+                .into_iter()
+                .enumerate()
+                .map(|(k, b)| (first + k as u64, b)),
+        );
+        within("credit", client.credit(id, 1))
+            .await
+            .expect("credit");
+    }
+    for id in [3u8, 7] {
+        let mine = &got[&id];
+        assert_eq!(mine.len(), N, "subscription {id}");
+        for (i, (offset, body)) in mine.iter().enumerate() {
+            assert_eq!(
+                (*offset, body.as_str()),
+                (i as u64, format!("m{i}").as_str())
+            );
+        }
+    }
+}

@@ -1025,6 +1025,19 @@ pub struct StreamLog {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Writer sequences recovery found in the chunk trailers.
     recovered_writers: std::collections::HashMap<String, u64>,
+    /// Readers' renderings of whole chunks, by first offset (see
+    /// `rendering`).
+    renderings: Mutex<Renderings>,
+}
+
+/// Bytes of chunk renderings a log keeps for its readers.
+const RENDERINGS_MAX: usize = 4 << 20;
+
+/// A bounded set of chunk renderings, oldest put first out.
+#[derive(Debug, Default)]
+struct Renderings {
+    items: VecDeque<(u64, Bytes)>,
+    bytes: usize,
 }
 
 impl std::fmt::Debug for StreamLog {
@@ -1069,6 +1082,7 @@ impl StreamLog {
             cache_max: opts.tail_cache_bytes,
             on_fatal: opts.on_fatal,
             on_durable,
+            renderings: Mutex::default(),
             pending: Mutex::new(Pending {
                 next: rec.next,
                 ..Pending::default()
@@ -1280,8 +1294,8 @@ impl StreamLog {
             }
             let file = self.reader(p.segment)?;
             let len = (end - p.chunk.pos) as usize;
+            // (What it held is read over: only new room is zeroed.)
             let mut buf = reuse.take().unwrap_or_default();
-            buf.clear();
             buf.resize(len, 0);
             file.read_exact_at(&mut buf, p.chunk.pos)?;
             self.disk_reads.fetch_add(1, Ordering::Relaxed);
@@ -1300,6 +1314,35 @@ impl StreamLog {
             i = j;
         }
         Ok((out, first_buffer))
+    }
+
+    /// What a reader made of the whole chunk at `first` and shared with
+    /// `keep_rendering` (a stream-protocol reader keeps the chunk as it
+    /// sends it): readers of the same chunks share that work and memory.
+    pub fn rendering(&self, first: u64) -> Option<Bytes> {
+        let r = self.renderings.lock();
+        r.items
+            .iter()
+            .rev()
+            .find(|i| i.0 == first)
+            .map(|i| i.1.clone())
+    }
+
+    /// Shares a rendering of the whole chunk at `first` (chunks never
+    /// change, so it stays right); the oldest go beyond a bound.
+    pub fn keep_rendering(&self, first: u64, b: Bytes) {
+        let mut r = self.renderings.lock();
+        if b.len() > RENDERINGS_MAX || r.items.iter().any(|i| i.0 == first) {
+            return;
+        }
+        r.bytes += b.len();
+        r.items.push_back((first, b));
+        while r.bytes > RENDERINGS_MAX {
+            let Some((_, old)) = r.items.pop_front() else {
+                break;
+            };
+            r.bytes -= old.len();
+        }
     }
 
     /// Plans a read and runs `read` on the plan, again if retention deleted

@@ -163,11 +163,28 @@ pub struct Out {
 impl Out {
     /// A frame with `key` and `version`.
     pub fn new(key: u16, version: u16) -> Out {
-        let mut buf = BytesMut::with_capacity(64);
+        Out::within(BytesMut::with_capacity(64), key, version)
+    }
+
+    /// A frame with `key` and `version`, built in `buf` (emptied first;
+    /// `into_inner` gives it back).
+    pub fn within(mut buf: BytesMut, key: u16, version: u16) -> Out {
+        buf.clear();
         buf.put_u32(0);
         buf.put_u16(key);
         buf.put_u16(version);
         Out { buf }
+    }
+
+    /// The frame, its size set, in the memory it was built in.
+    pub fn into_inner(mut self) -> BytesMut {
+        self.set_size();
+        self.buf
+    }
+
+    fn set_size(&mut self) {
+        let size = (self.buf.len() - 4) as u32;
+        self.buf[..4].copy_from_slice(&size.to_be_bytes());
     }
 
     /// A response: key with the response bit, version 1, correlation id
@@ -257,10 +274,8 @@ impl Out {
 
     /// The frame, its size set.
     pub fn finish(&mut self) -> Bytes {
-        let mut buf = std::mem::take(&mut self.buf);
-        let size = (buf.len() - 4) as u32;
-        buf[..4].copy_from_slice(&size.to_be_bytes());
-        buf.freeze()
+        self.set_size();
+        std::mem::take(&mut self.buf).freeze()
     }
 }
 

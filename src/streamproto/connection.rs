@@ -95,6 +95,8 @@ pub struct Conn {
     pub last_read: Instant,
     pub publishers: HashMap<u8, Publisher>,
     pub subs: HashMap<u8, Subscription>,
+    /// Memory Deliver frames are built in, kept between them.
+    pub deliver_buf: bytes::BytesMut,
     pub reads_tx: mpsc::UnboundedSender<ReadDone>,
     /// Where other connections tell this one a subscription became active.
     pub sac_tx: mpsc::UnboundedSender<super::sac::Update>,
@@ -217,6 +219,7 @@ async fn serve<R: AsyncRead + Unpin + Send + 'static>(
         last_read: Instant::now(),
         publishers: HashMap::new(),
         subs: HashMap::new(),
+        deliver_buf: bytes::BytesMut::new(),
         reads_tx,
         sac_tx,
         correlation: 0,

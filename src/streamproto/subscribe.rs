@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::codec::{Fields, Out};
 use super::connection::{Conn, End, Res};
@@ -198,11 +198,47 @@ impl Conn {
                 start_read(sub, id, &self.reads_tx);
             }
             if sub.pending.is_empty() {
+                // Caught up: the frame memory goes until there is more.
+                self.deliver_buf = BytesMut::new();
                 return Ok(());
             }
-            if let Some(frame) = next_chunk(sub, id, limit) {
+            // A whole chunk: as another reader of the stream sent it, or
+            // sent and shared for the others.
+            let whole = sub
+                .pending
+                .front()
+                .filter(|c| c.first == sub.next)
+                .map(|c| (c.first, c.end()));
+            if let Some((first, end)) = whole
+                && let Some(body) = sub.log.rendering(first)
+            {
+                sub.pending.pop_front();
+                sub.next = end;
                 sub.credit -= 1;
-                self.send(&frame).await?;
+                self.send(&deliver_head(id, body.len())).await?;
+                self.send(&body).await?;
+                continue;
+            }
+            let buf = match whole {
+                Some(_) => BytesMut::new(),
+                None => std::mem::take(&mut self.deliver_buf),
+            };
+            let frame = next_chunk(sub, id, limit, buf);
+            if frame.len() <= DELIVER_HEAD {
+                self.deliver_buf = frame;
+                continue;
+            }
+            sub.credit -= 1;
+            match whole {
+                Some((first, end)) if sub.next == end => {
+                    let frame = frame.freeze();
+                    sub.log.keep_rendering(first, frame.slice(DELIVER_HEAD..));
+                    self.send(&frame).await?;
+                }
+                _ => {
+                    self.send(&frame).await?;
+                    self.deliver_buf = frame;
+                }
             }
         }
     }
@@ -409,14 +445,32 @@ fn start_read(sub: &mut Subscription, id: u8, tx: &tokio::sync::mpsc::UnboundedS
     });
 }
 
-/// Builds the Deliver frame for the entries of the first pending chunk
-/// from the subscription's next offset on (within `frame_limit`; what does
-/// not fit goes in the next one) and moves past them. None if that chunk
+/// Bytes of a Deliver frame before its chunk: size, key, version and
+/// subscription id.
+const DELIVER_HEAD: usize = 9;
+
+/// The start of a Deliver frame for subscription `id` whose chunk takes
+/// `chunk_len` bytes.
+fn deliver_head(id: u8, chunk_len: usize) -> [u8; DELIVER_HEAD] {
+    let mut h = [0; DELIVER_HEAD];
+    h[..4].copy_from_slice(&((DELIVER_HEAD - 4 + chunk_len) as u32).to_be_bytes());
+    h[4..6].copy_from_slice(&key::DELIVER.to_be_bytes());
+    h[6..8].copy_from_slice(&1u16.to_be_bytes());
+    h[8] = id;
+    h
+}
+
+/// Builds, in `buf`, the Deliver frame for the entries of the first
+/// pending chunk from the subscription's next offset on (within
+/// `frame_limit`; what does not fit goes in the next one) and moves past
+/// them. The frame has no more than `DELIVER_HEAD` bytes if that chunk
 /// held nothing left to send.
-fn next_chunk(sub: &mut Subscription, id: u8, frame_limit: usize) -> Option<Bytes> {
+fn next_chunk(sub: &mut Subscription, id: u8, frame_limit: usize, buf: BytesMut) -> BytesMut {
     let budget = CHUNK_BYTES.min(frame_limit.saturating_sub(CHUNK_HEADER + 16));
-    let chunk = sub.pending.front()?;
-    let mut d = Deliver::new(id, chunk.data_len());
+    let Some(chunk) = sub.pending.front() else {
+        return Out::within(buf, key::DELIVER, 1).into_inner();
+    };
+    let mut d = Deliver::new(buf, id, chunk.data_len());
     let mut next = sub.next;
     let walked = chunk.entries_from(sub.next, |offset, ts, data| {
         let msg = crate::queue::stream::entry_as_amqp10(data).unwrap_or_else(|| {
@@ -438,7 +492,10 @@ fn next_chunk(sub: &mut Subscription, id: u8, frame_limit: usize) -> Option<Byte
         sub.pending.pop_front();
     }
     sub.next = next;
-    (d.count > 0).then(|| d.finish())
+    if d.count == 0 {
+        return Out::within(d.out.into_inner(), key::DELIVER, 1).into_inner();
+    }
+    d.finish()
 }
 
 /// A Deliver (v1) frame being built: subscription id and one osiris chunk
@@ -453,8 +510,8 @@ struct Deliver {
 }
 
 impl Deliver {
-    fn new(id: u8, capacity: usize) -> Deliver {
-        let mut out = Out::new(key::DELIVER, 1);
+    fn new(buf: BytesMut, id: u8, capacity: usize) -> Deliver {
+        let mut out = Out::within(buf, key::DELIVER, 1);
         out.reserve(CHUNK_HEADER + 1 + capacity);
         out.u8(id);
         let header = out.len();
@@ -469,6 +526,7 @@ impl Deliver {
 
     /// Adds an entry: the chunk's first entry gives its offset and
     /// timestamp.
+    #[inline]
     fn push(&mut self, offset: u64, timestamp: u64, msg: &[u8]) {
         if self.count == 0 {
             let h = self.header;
@@ -483,7 +541,7 @@ impl Deliver {
     /// The frame: magic and version 0x50, type 0 (user), entry and record
     /// counts, timestamp, epoch 0, first offset, CRC-32 of the data, data
     /// length, no trailer, no Bloom filter.
-    fn finish(mut self) -> Bytes {
+    fn finish(mut self) -> BytesMut {
         let h = self.header;
         let crc = crc32fast::hash(self.out.since(h + CHUNK_HEADER));
         let n = self.count as u16;
@@ -492,18 +550,18 @@ impl Deliver {
         self.out.set(h + 4, &(n as u32).to_be_bytes());
         self.out.set(h + 32, &crc.to_be_bytes());
         self.out.set(h + 36, &(self.data_len as u32).to_be_bytes());
-        self.out.finish()
+        self.out.into_inner()
     }
 }
 
 /// A Deliver frame for `entries` (offset, timestamp, message), in order.
 #[cfg(test)]
 fn deliver_frame(id: u8, entries: &[(u64, u64, Bytes)]) -> Bytes {
-    let mut d = Deliver::new(id, 0);
+    let mut d = Deliver::new(BytesMut::new(), id, 0);
     for (offset, ts, m) in entries {
         d.push(*offset, *ts, m);
     }
-    d.finish()
+    d.finish().freeze()
 }
 
 #[cfg(test)]

@@ -610,25 +610,29 @@ fn decode_10(e: &Entry) -> Option<(QueuedMessage, Option<String>)> {
 /// An entry's message as AMQP 1.0 (what stream-protocol consumers get):
 /// as stored for `FORMAT_AMQP10`, converted for `FORMAT_AMQP091`. None: the
 /// entry does not decode.
+#[inline]
 pub fn entry_as_amqp10(data: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-    use std::borrow::Cow;
     match *data.first()? {
-        FORMAT_AMQP10 => Some(Cow::Borrowed(&data[1..])),
-        FORMAT_AMQP091 => {
-            let e = Entry {
-                offset: 0,
-                timestamp: 0,
-                data: Bytes::copy_from_slice(data),
-            };
-            let (q, _) = decode_091_parts(&e)?;
-            let props = q.msg.properties()?;
-            let m = crate::protocol::amqp10_map::from_091(&props, q.msg.body_bytes());
-            let mut out = Vec::with_capacity(data.len() + 64);
-            m.encode(&mut out);
-            Some(Cow::Owned(out))
-        }
+        FORMAT_AMQP10 => Some(std::borrow::Cow::Borrowed(&data[1..])),
+        FORMAT_AMQP091 => amqp091_as_amqp10(data).map(std::borrow::Cow::Owned),
         _ => None,
     }
+}
+
+/// An AMQP 0-9-1 entry converted to AMQP 1.0.
+#[cold]
+fn amqp091_as_amqp10(data: &[u8]) -> Option<Vec<u8>> {
+    let e = Entry {
+        offset: 0,
+        timestamp: 0,
+        data: Bytes::copy_from_slice(data),
+    };
+    let (q, _) = decode_091_parts(&e)?;
+    let props = q.msg.properties()?;
+    let m = crate::protocol::amqp10_map::from_091(&props, q.msg.body_bytes());
+    let mut out = Vec::with_capacity(data.len() + 64);
+    m.encode(&mut out);
+    Some(out)
 }
 
 /// Where an AMQP 0-9-1 entry's exchange, routing key and content header
