@@ -401,3 +401,208 @@ async fn transient_messages_in_a_quorum_queue_survive_a_crash() {
     assert_eq!(got, want);
     assert!(get(&ch, "classic").await.is_none());
 }
+
+/// The queue's HTTP listing as JSON.
+fn queue_info(w: &Warren, name: &str) -> serde_json::Value {
+    let (status, _, body) = http(
+        &w.http_url(),
+        Some(("guest", "guest")),
+        "GET",
+        &format!("/api/queues/%2F/{name}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// At-least-once dead-lettering, as RabbitMQ 3.10.8 does it (probed:
+/// RABBITMQ_BEHAVIOUR.md, "At-least-once dead-lettering"): with
+/// x-dead-letter-strategy at-least-once and x-overflow reject-publish, a
+/// rejected or expired message that no queue takes stays with its queue
+/// (not ready: declare-ok does not count it; `messages_dlx` does) until a
+/// queue takes it; without reject-publish the strategy falls back to at
+/// most once and such a message is dropped.
+#[tokio::test]
+async fn at_least_once_dead_letters_wait_for_a_queue_to_take_them() {
+    let w = Warren::start();
+    let conn = w.connect().await;
+    let ch = confirm_channel(&conn).await;
+    within(
+        "exchange.declare",
+        ch.exchange_declare(
+            "alo.dlx".into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let dlx = |extra: &[(&str, AMQPValue)]| {
+        let mut a = vec![
+            ("x-dead-letter-exchange", s("alo.dlx")),
+            ("x-dead-letter-strategy", s("at-least-once")),
+        ];
+        a.extend(extra.iter().cloned());
+        qq(&a)
+    };
+    let reject_publish = ("x-overflow", s("reject-publish"));
+    declare(
+        &ch,
+        "alo.src",
+        durable(),
+        dlx(std::slice::from_ref(&reject_publish)),
+    )
+    .await
+    .unwrap();
+    declare(
+        &ch,
+        "alo.ttl",
+        durable(),
+        dlx(&[reject_publish, ("x-message-ttl", AMQPValue::LongInt(50))]),
+    )
+    .await
+    .unwrap();
+    declare(&ch, "amo.src", durable(), dlx(&[])).await.unwrap();
+    for q in ["alo.src", "amo.src"] {
+        for i in 0..3 {
+            publish_with(
+                &ch,
+                q,
+                format!("{q}-{i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
+        }
+        for _ in 0..3 {
+            let m = get_eventually(&ch, q).await;
+            m.delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .unwrap();
+        }
+    }
+    publish_with(&ch, "alo.ttl", b"alo.ttl-0", BasicProperties::default()).await;
+
+    // Nowhere to go: held by the at-least-once queues, gone from the other.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (a, t) = (queue_info(&w, "alo.src"), queue_info(&w, "alo.ttl"));
+        if a["messages_dlx"] == 3 && t["messages_dlx"] == 1 {
+            assert_eq!(a["messages"], 3);
+            assert_eq!(a["messages_ready"], 0);
+            assert_eq!(a["message_bytes_dlx"], 3 * "alo.src-0".len());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "held: {a} {t}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..durable()
+    };
+    let q = declare(&ch, "alo.src", passive, FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0, "held messages are not ready");
+    assert_eq!(queue_info(&w, "amo.src")["messages"], 0);
+
+    // A queue appears: the held messages reach it, once each, with their
+    // x-death, and leave their queue.
+    declare(&ch, "alo.dlq", durable(), FieldTable::default())
+        .await
+        .unwrap();
+    within(
+        "queue.bind",
+        ch.queue_bind(
+            "alo.dlq".into(),
+            "alo.dlx".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let m = get_eventually(&ch, "alo.dlq").await;
+        let h = m.delivery.properties.headers().clone().unwrap();
+        got.push((
+            String::from_utf8(m.delivery.data.clone()).unwrap(),
+            h.inner().get("x-first-death-reason").cloned(),
+        ));
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(String, Option<AMQPValue>)> = ["alo.src-0", "alo.src-1", "alo.src-2"]
+        .iter()
+        .map(|b| (b.to_string(), Some(s("rejected"))))
+        .chain([("alo.ttl-0".to_string(), Some(s("expired")))])
+        .collect();
+    assert_eq!(got, want);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(get(&ch, "alo.dlq").await.is_none(), "each once");
+    for q in ["alo.src", "alo.ttl"] {
+        let i = queue_info(&w, q);
+        assert_eq!(
+            (i["messages"].clone(), i["messages_dlx"].clone()),
+            (0.into(), 0.into()),
+            "{q}"
+        );
+    }
+}
+
+/// Held dead letters are on disk with their queue: a crash loses none.
+/// (After a restart they are the queue's ready messages again, delivered
+/// with redelivered set; RabbitMQ would keep them held.)
+#[tokio::test]
+async fn held_dead_letters_survive_a_crash() {
+    let mut w = Warren::start();
+    {
+        let conn = w.connect().await;
+        let ch = confirm_channel(&conn).await;
+        let args = qq(&[
+            ("x-dead-letter-exchange", s("nowhere")),
+            ("x-dead-letter-strategy", s("at-least-once")),
+            ("x-overflow", s("reject-publish")),
+        ]);
+        declare(&ch, "held", durable(), args).await.unwrap();
+        for i in 0..5 {
+            publish_with(
+                &ch,
+                "held",
+                format!("m{i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
+        }
+        for _ in 0..5 {
+            let m = get_eventually(&ch, "held").await;
+            m.delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while queue_info(&w, "held")["messages_dlx"] != 5 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                queue_info(&w, "held")
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    w.kill();
+    w.restart();
+    let conn = w.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = get(&ch, "held").await {
+        got.push(String::from_utf8(m.delivery.data.clone()).unwrap());
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    got.sort();
+    assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
+}

@@ -54,6 +54,9 @@ pub struct QueueArgs {
     /// x-delivery-limit (quorum queues): returns a message may have before
     /// it is dead-lettered or dropped.
     pub delivery_limit: Option<u64>,
+    /// x-dead-letter-strategy at-least-once (quorum queues; it applies
+    /// only with x-overflow reject-publish, as in RabbitMQ).
+    pub dead_letter_at_least_once: bool,
 }
 
 /// Integer value of an AMQP field, if it is an integer type (what RabbitMQ
@@ -85,6 +88,11 @@ impl QueueArgs {
             max_length_bytes: r.non_negative("x-max-length-bytes", true)?,
             consumer_timeout: r.non_negative("x-consumer-timeout", false)?,
             delivery_limit: crate::queue::quorum::delivery_limit(args),
+            dead_letter_at_least_once: args
+                .inner()
+                .get("x-dead-letter-strategy")
+                .and_then(string)
+                .is_some_and(|s| s == "at-least-once"),
             ..Default::default()
         };
         if let Some(overflow) = r.overflow()? {
@@ -138,6 +146,7 @@ impl QueueArgs {
                 a.single_active |= p.single_active;
                 a.consumer_timeout = a.consumer_timeout.or(p.consumer_timeout);
                 a.delivery_limit = a.delivery_limit.or(p.delivery_limit);
+                a.dead_letter_at_least_once |= p.dead_letter_at_least_once;
             }
         }
         a
@@ -145,7 +154,8 @@ impl QueueArgs {
 
     /// Fills what the arguments leave unset from a policy definition
     /// (`message-ttl`, `expires`, `max-length`, `max-length-bytes`,
-    /// `overflow`, `dead-letter-exchange`, `dead-letter-routing-key`).
+    /// `overflow`, `dead-letter-exchange`, `dead-letter-routing-key`,
+    /// `dead-letter-strategy`).
     /// Queue arguments win, except that for TTL and length limits the
     /// lower of the two applies, as RabbitMQ does.
     pub fn with_policy(mut self, def: &serde_json::Map<String, serde_json::Value>) -> QueueArgs {
@@ -174,6 +184,11 @@ impl QueueArgs {
                     .and_then(|v| v.as_str())
                     .map(str::to_owned);
             }
+        }
+        if let Some(strategy) = def.get("dead-letter-strategy").and_then(|v| v.as_str())
+            && !self.dead_letter_at_least_once
+        {
+            self.dead_letter_at_least_once = strategy == "at-least-once";
         }
         if let Some(o) = def
             .get("overflow")

@@ -45,6 +45,10 @@ pub const FLOW_HIGH: usize = 32 * 1024;
 /// See `FLOW_HIGH`.
 pub const FLOW_LOW: usize = FLOW_HIGH / 2;
 
+/// How often a queue tries again to dead-letter the messages it holds
+/// because no queue took them (at least once; RabbitMQ 3.10 waits minutes).
+const HELD_RETRY_MS: u64 = 1_000;
+
 #[derive(Debug, Default)]
 struct QueueState {
     /// A publisher is waiting for the backlog to drain.
@@ -64,6 +68,13 @@ struct QueueState {
     dropped: Vec<(Option<u64>, Reason)>,
     /// When the armed message timer fires (0: none armed).
     timer_at: u64,
+    /// Dead-lettered messages of an at-least-once queue that no queue has
+    /// taken yet, with their store ids (kept on disk until one has).
+    held: std::collections::VecDeque<(Message, Reason, Option<u64>)>,
+    /// Body bytes of `held`.
+    held_bytes: u64,
+    /// A retry of `held` is scheduled.
+    held_retry: bool,
 }
 
 /// A queue's declared properties.
@@ -147,6 +158,8 @@ pub struct Enqueued {
     pub pressured: Option<Arc<Queue>>,
     /// A queue refused it (x-overflow reject-publish): confirm with a nack.
     pub rejected: bool,
+    /// Queues that took it.
+    pub accepted: usize,
     /// Streams it was appended to, with its offset in each: a confirm
     /// waits until each stream has made that offset durable.
     pub streams: Vec<(Arc<stream::Stream>, u64)>,
@@ -182,7 +195,14 @@ impl Reason {
 pub trait QueueOwner: Send + Sync {
     /// Dead-letters messages that left `queue` (their store records already
     /// settled), per the queue's dead-letter arguments.
-    fn dead_letter(&self, queue: &Arc<Queue>, items: Vec<(Message, Reason)>);
+    /// Returns, for each, whether a queue took it. `retry`: these were
+    /// dead-lettered before and held (at least once).
+    fn dead_letter(
+        &self,
+        queue: &Arc<Queue>,
+        items: Vec<(Message, Reason)>,
+        retry: bool,
+    ) -> Vec<bool>;
 
     /// Removes `queue`, unused past its x-expires, the way every queue is
     /// removed; false if it was no longer registered.
@@ -349,6 +369,15 @@ impl Queue {
             return;
         }
         match kind {
+            Kind::DeadLetterRetry => {
+                let held = {
+                    let mut st = self.state.lock();
+                    st.held_retry = false;
+                    st.held_bytes = 0;
+                    std::mem::take(&mut st.held)
+                };
+                self.try_dead_letter(held.into(), true);
+            }
             Kind::StreamOffsets => {
                 if let Some(s) = &self.stream {
                     s.flush_offsets();
@@ -479,11 +508,7 @@ impl Queue {
             self.drained.notify_waiters();
         }
         drop(st);
-        let ids: Vec<u64> = dead
-            .iter()
-            .filter_map(|(r, _)| r.stored)
-            .chain(dropped.iter().filter_map(|(id, _)| *id))
-            .collect();
+        let ids: Vec<u64> = dropped.iter().filter_map(|(id, _)| *id).collect();
         self.store_ack(&ids);
         let expired = dead
             .iter()
@@ -494,7 +519,11 @@ impl Queue {
         self.stats
             .expired
             .fetch_add(expired as u64, Ordering::Relaxed);
-        self.dead_letter(dead.into_iter().map(|(r, why)| (r.msg, why)).collect());
+        self.dead_letter_stored(
+            dead.into_iter()
+                .map(|(r, why)| (r.msg, why, r.stored))
+                .collect(),
+        );
     }
 
     /// Whether it is a quorum queue.
@@ -520,20 +549,99 @@ impl Queue {
     }
 
     /// Dead-letters messages that left this queue (their store records
-    /// already settled).
-    pub fn dead_letter(self: &Arc<Self>, mut items: Vec<(Message, Reason)>) {
+    /// already settled): at most once.
+    pub fn dead_letter(self: &Arc<Self>, items: Vec<(Message, Reason)>) {
         if items.is_empty() {
             return;
         }
+        let items = items
+            .into_iter()
+            .map(|(m, r)| (self.as_dead(m), r))
+            .collect();
+        if let Some(owner) = self.owner.upgrade() {
+            owner.dead_letter(self, items, false);
+        }
+    }
+
+    /// The message as it is dead-lettered: RabbitMQ drops a quorum
+    /// queue's delivery count.
+    fn as_dead(&self, m: Message) -> Message {
         if self.quorum {
-            // RabbitMQ dead-letters without the delivery count.
-            for (m, _) in &mut items {
-                *m = quorum::with_delivery_count(m, None);
+            quorum::with_delivery_count(&m, None)
+        } else {
+            m
+        }
+    }
+
+    /// Whether messages leaving the queue are dead-lettered at least once:
+    /// a quorum queue with x-dead-letter-strategy at-least-once,
+    /// x-overflow reject-publish and a dead-letter exchange (RabbitMQ's
+    /// conditions; otherwise at most once).
+    fn at_least_once(&self, args: &QueueArgs) -> bool {
+        self.quorum
+            && args.dead_letter_at_least_once
+            && args.overflow == Overflow::RejectPublish
+            && args.dlx.is_some()
+    }
+
+    /// Dead-letters messages that left this queue, with their store ids.
+    /// At most once, the records are settled first. At least once, each
+    /// record is settled only once a queue has taken the message (that
+    /// queue's record is written to the store before the settle, so a
+    /// crash in between leaves a copy in both, never in neither); what no
+    /// queue takes is held and tried again every `HELD_RETRY_MS`.
+    pub fn dead_letter_stored(self: &Arc<Self>, items: Vec<(Message, Reason, Option<u64>)>) {
+        if items.is_empty() {
+            return;
+        }
+        if !self.at_least_once(&self.state.lock().args) {
+            let ids: Vec<u64> = items.iter().filter_map(|i| i.2).collect();
+            self.store_ack(&ids);
+            self.dead_letter(items.into_iter().map(|(m, r, _)| (m, r)).collect());
+            return;
+        }
+        let items = items
+            .into_iter()
+            .map(|(m, r, id)| (self.as_dead(m), r, id))
+            .collect();
+        self.try_dead_letter(items, false);
+    }
+
+    /// One attempt at dead-lettering held (or newly dead) messages at
+    /// least once.
+    fn try_dead_letter(self: &Arc<Self>, items: Vec<(Message, Reason, Option<u64>)>, retry: bool) {
+        let Some(owner) = self.owner.upgrade() else {
+            return;
+        };
+        let msgs = items.iter().map(|(m, r, _)| (m.clone(), *r)).collect();
+        let taken = owner.dead_letter(self, msgs, retry);
+        let mut ids = Vec::new();
+        let mut st = self.state.lock();
+        for ((m, r, id), taken) in items.into_iter().zip(taken) {
+            if taken || self.is_deleted() {
+                ids.extend(id);
+            } else {
+                st.held_bytes += m.body_len() as u64;
+                st.held.push_back((m, r, id));
             }
         }
-        if let Some(owner) = self.owner.upgrade() {
-            owner.dead_letter(self, items);
+        if !st.held.is_empty() && !st.held_retry {
+            st.held_retry = true;
+            timers::schedule(
+                now_ms() + HELD_RETRY_MS,
+                Kind::DeadLetterRetry,
+                Arc::downgrade(self),
+            );
         }
+        drop(st);
+        self.store_ack(&ids);
+    }
+
+    /// Dead-lettered messages held until a queue takes them (at least
+    /// once), and their body bytes.
+    pub fn held_dead_letters(&self) -> (u64, u64) {
+        let st = self.state.lock();
+        (st.held.len() as u64, st.held_bytes)
     }
 
     /// Whether the queue has been deleted.
@@ -1009,10 +1117,13 @@ impl Queue {
         self.drained.notify_waiters();
         let message_count = st.ready.len() as u32;
         if let Some(store) = &self.store {
-            let ids = st.ready.stored_ids();
+            let mut ids = st.ready.stored_ids();
+            ids.extend(st.held.iter().filter_map(|h| h.2));
             store.drop_queue(&self.vhost, &self.name, &ids);
         }
         st.ready.clear();
+        st.held.clear();
+        st.held_bytes = 0;
         let consumers = std::mem::take(&mut st.consumers);
         Deleted {
             message_count,
@@ -1149,6 +1260,7 @@ pub fn enqueue_routed(
         let e = q.publish(msg.clone(), id, ttl);
         out.streams.extend(e.streams);
         out.rejected |= e.rejected;
+        out.accepted += usize::from(!e.rejected);
         if e.pressured.is_some() {
             out.pressured = e.pressured;
         }

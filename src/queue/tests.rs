@@ -74,9 +74,10 @@ struct Owner {
 }
 
 impl QueueOwner for Owner {
-    fn dead_letter(&self, _: &Arc<Queue>, items: Vec<(Message, Reason)>) {
+    fn dead_letter(&self, _: &Arc<Queue>, items: Vec<(Message, Reason)>, _: bool) -> Vec<bool> {
         let mut dead = self.dead.lock();
         dead.extend(items.iter().map(|(m, why)| (text(m), *why)));
+        vec![true; items.len()]
     }
 
     fn remove_expired(&self, queue: &Arc<Queue>) -> bool {

@@ -23,6 +23,8 @@ pub enum Kind {
     QueueExpiry,
     /// A stream's tracked consumer offsets are due to be written.
     StreamOffsets,
+    /// Held dead-lettered messages are tried again (at least once).
+    DeadLetterRetry,
 }
 
 struct Timer {

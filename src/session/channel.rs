@@ -612,11 +612,12 @@ impl Channel {
         }
         if outcome == Outcome::Requeue {
             requeue(settled);
+        } else if outcome == Outcome::Discard {
+            // Their store records are settled as their queue dead-letters
+            // them (after a queue took each, at least once).
+            dead_letter_rejected(settled);
         } else {
             store_ack(&settled);
-            if outcome == Outcome::Discard {
-                dead_letter_rejected(settled);
-            }
         }
         let redispatch_all = {
             let mut st = self.shared.state.lock();
@@ -816,8 +817,8 @@ pub fn requeue(items: Vec<Unacked>) {
 
 /// Dead-letters rejected deliveries (nack/reject with requeue=false).
 fn dead_letter_rejected(items: Vec<Unacked>) {
-    for (q, msgs) in by_queue(items, |u| Some((u.msg, Reason::Rejected))) {
-        q.dead_letter(msgs);
+    for (q, msgs) in by_queue(items, |u| Some((u.msg, Reason::Rejected, u.stored))) {
+        q.dead_letter_stored(msgs);
     }
 }
 

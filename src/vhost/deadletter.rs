@@ -191,22 +191,33 @@ fn is_cycle(queue: &str, deaths: &[(String, String)]) -> bool {
 }
 
 /// Dead-letters messages that left `from`: republishes each to the queue's
-/// dead-letter exchange, if it has one that exists. Messages without one
-/// are dropped (their store records are the caller's business).
-pub fn dead_letter(vhost: &VHost, from: &Arc<Queue>, items: Vec<(Message, Reason)>) {
+/// dead-letter exchange, if it has one that exists. Returns, for each,
+/// whether a queue took it; one that cannot be copied (its properties do
+/// not decode) counts as taken, since no attempt would ever place it.
+/// `retry`: these were counted as dead-lettered at their first attempt.
+pub fn dead_letter(
+    vhost: &VHost,
+    from: &Arc<Queue>,
+    items: Vec<(Message, Reason)>,
+    retry: bool,
+) -> Vec<bool> {
+    let mut taken = vec![false; items.len()];
     let Some((dlx, dlrk)) = from.dead_letter_target() else {
-        return;
+        return taken;
     };
     let Some(x) = vhost.exchange(&dlx) else {
-        return;
+        return taken;
     };
     let store = vhost.store();
     let mut queues = Vec::new();
-    for (msg, reason) in items {
+    for (i, (msg, reason)) in items.into_iter().enumerate() {
         let Some(c) = copy(&msg, &from.name, reason, &dlx, dlrk.as_deref()) else {
+            taken[i] = true;
             continue;
         };
-        from.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        if !retry {
+            from.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
         queues.clear();
         let rk = String::from_utf8_lossy(c.msg.routing_key()).into_owned();
         let mut headers = || c.msg.properties().and_then(|p| p.headers().clone());
@@ -217,9 +228,10 @@ pub fn dead_letter(vhost: &VHost, from: &Arc<Queue>, items: Vec<(Message, Reason
         if queues.is_empty() {
             continue;
         }
-        let msg = c.msg;
-        crate::queue::enqueue_routed(&queues, &msg, store.as_ref(), None);
+        let e = crate::queue::enqueue_routed(&queues, &c.msg, store.as_ref(), None);
+        taken[i] = e.accepted > 0;
     }
+    taken
 }
 
 #[cfg(test)]

@@ -1024,8 +1024,13 @@ fn unknown_or_invalid(kind: &str) -> &'static str {
     if atom_like { "invalid" } else { "unknown" }
 }
 impl QueueOwner for VHost {
-    fn dead_letter(&self, queue: &Arc<Queue>, items: Vec<(Message, Reason)>) {
-        deadletter::dead_letter(self, queue, items);
+    fn dead_letter(
+        &self,
+        queue: &Arc<Queue>,
+        items: Vec<(Message, Reason)>,
+        retry: bool,
+    ) -> Vec<bool> {
+        deadletter::dead_letter(self, queue, items, retry)
     }
 
     fn remove_expired(&self, queue: &Arc<Queue>) -> bool {

@@ -61,6 +61,9 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
         m.insert("leader".into(), s.node.clone().into());
         m.insert("members".into(), json!([s.node.clone()]));
         m.insert("online".into(), json!([s.node.clone()]));
+        let (held, held_bytes) = q.held_dead_letters();
+        m.insert("messages_dlx".into(), held.into());
+        m.insert("message_bytes_dlx".into(), held_bytes.into());
         "quorum"
     } else {
         "classic"
@@ -335,16 +338,15 @@ fn fetched_message_json(r: &QueuedMessage, remaining: usize, req: &GetRequest) -
 fn settle_fetched(q: &Arc<Queue>, taken: Vec<QueuedMessage>, req: &GetRequest) {
     if req.requeue {
         q.requeue(taken);
+    } else if req.ackmode == "reject_requeue_false" {
+        q.dead_letter_stored(
+            taken
+                .into_iter()
+                .map(|r| (r.msg, crate::vhost::deadletter::Reason::Rejected, r.stored))
+                .collect(),
+        );
     } else {
         let ids: Vec<u64> = taken.iter().filter_map(|r| r.stored).collect();
         q.store_ack(&ids);
-        if req.ackmode == "reject_requeue_false" {
-            q.dead_letter(
-                taken
-                    .into_iter()
-                    .map(|r| (r.msg, crate::vhost::deadletter::Reason::Rejected))
-                    .collect(),
-            );
-        }
     }
 }

@@ -229,7 +229,10 @@ pub fn add_depth(total: &mut [u64; 3], d: [u64; 3]) {
 pub fn queue_depth(q: &crate::queue::Queue) -> [u64; 3] {
     let ready = q.message_count() as u64;
     let unacked = q.stats.unacked();
-    [ready + unacked, ready, unacked]
+    // Held dead letters (at least once) are still the queue's, as in
+    // RabbitMQ's `messages`.
+    let (held, _) = q.held_dead_letters();
+    [ready + unacked + held, ready, unacked]
 }
 
 /// The broker's totals: publishes counted by connections (closed ones
