@@ -606,3 +606,67 @@ async fn held_dead_letters_survive_a_crash() {
     got.sort();
     assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
 }
+
+/// The delivery count is kept on disk: after a crash a returned message
+/// comes back with its count (and redelivered), and the delivery limit
+/// goes on counting from there, as RabbitMQ's Raft log keeps it.
+#[tokio::test]
+async fn the_delivery_count_survives_a_crash_and_the_limit_counts_on() {
+    let mut w = Warren::start();
+    let args = || {
+        qq(&[
+            ("x-delivery-limit", AMQPValue::LongInt(2)),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s("counted.dlq")),
+        ])
+    };
+    {
+        let conn = w.connect().await;
+        let ch = confirm_channel(&conn).await;
+        declare(&ch, "counted.dlq", durable(), FieldTable::default())
+            .await
+            .unwrap();
+        declare(&ch, "counted", durable(), args()).await.unwrap();
+        publish_with(&ch, "counted", b"c", BasicProperties::default()).await;
+        publish_with(&ch, "counted", b"fresh", BasicProperties::default()).await;
+        for n in 0..2 {
+            let m = get_eventually(&ch, "counted").await;
+            assert_eq!(m.delivery.data, b"c");
+            assert_eq!(delivery_count(&m.delivery.properties), Some(n));
+            m.delivery
+                .reject(BasicRejectOptions { requeue: true })
+                .await
+                .unwrap();
+            // The returned message goes behind "fresh": take that one
+            // round too, with an ack.
+            if n == 0 {
+                let f = get_eventually(&ch, "counted").await;
+                assert_eq!(f.delivery.data, b"fresh");
+                f.delivery.ack(BasicAckOptions::default()).await.unwrap();
+            }
+        }
+        // A confirmed publish after the returns: the store's log is one
+        // ordered file, so its confirm means the returns are on disk.
+        declare(&ch, "counted.marker", durable(), FieldTable::default())
+            .await
+            .unwrap();
+        let props = BasicProperties::default().with_delivery_mode(2);
+        publish_with(&ch, "counted.marker", b"m", props).await;
+    }
+    w.kill();
+    w.restart();
+    let conn = w.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let m = get_eventually(&ch, "counted").await;
+    assert_eq!(m.delivery.data, b"c");
+    assert_eq!(delivery_count(&m.delivery.properties), Some(2));
+    assert!(m.delivery.redelivered);
+    // A third return passes the limit of 2: dead-lettered.
+    m.delivery
+        .reject(BasicRejectOptions { requeue: true })
+        .await
+        .unwrap();
+    let dead = get_eventually(&ch, "counted.dlq").await;
+    assert_eq!(dead.delivery.data, b"c");
+    assert!(get(&ch, "counted").await.is_none());
+}

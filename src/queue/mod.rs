@@ -936,6 +936,7 @@ impl Queue {
     fn return_to_back(&self, st: &mut QueueState, mut items: Vec<QueuedMessage>) {
         items.sort_unstable_by_key(|r| r.seq);
         let limit = st.args.delivery_limit;
+        let mut returned = Vec::new();
         for mut r in items {
             let count = quorum::delivery_count(&r.msg) + 1;
             if limit.is_some_and(|l| count > l) {
@@ -946,7 +947,12 @@ impl Queue {
             r.redelivered = true;
             r.seq = st.next_seq;
             st.next_seq += 1;
+            returned.extend(r.stored);
             st.ready.push_back(r);
+        }
+        // The count survives a restart: recovery counts these records.
+        if let (Some(store), false) = (&self.store, returned.is_empty()) {
+            store.returned(&self.vhost, &self.name, &returned);
         }
         if st.ready.front_deadline() != 0 {
             self.expire_head(st, now_ms(), true);
@@ -1180,11 +1186,43 @@ impl Queue {
                 (a, b) => a.or(b),
             };
             let deadline = ttl.map_or(0, |t| now.saturating_add(t));
+            // A quorum queue's message returned before the stop is read
+            // now, to carry its delivery count.
+            if self.quorum
+                && m.returns > 0
+                && let Some(msg) = self.read_recovered(&store, &m)
+            {
+                st.ready.push_back(QueuedMessage {
+                    msg: quorum::with_delivery_count(&msg, Some(u64::from(m.returns))),
+                    seq,
+                    redelivered: true,
+                    stored: Some(m.id),
+                    deadline,
+                });
+                continue;
+            }
             st.ready
                 .push_stored(&store, m.loc, m.priority, seq, m.id, m.delivered, deadline);
         }
         self.enforce_limits(&mut st, now_ms());
         self.finish(st);
+    }
+
+    /// A recovered message read back from the store now (None, logged, if
+    /// it cannot be: it is then left to be read when the queue reaches it).
+    fn read_recovered(&self, store: &MessageStore, m: &RecoveredMessage) -> Option<Message> {
+        let got = store
+            .read_span(m.loc.seg, m.loc.offset, m.loc.len as usize)
+            .ok()
+            .and_then(|d| paging::io::decode_message(&d));
+        if got.is_none() {
+            tracing::warn!(
+                queue = %self.name.escape_debug(),
+                "cannot read back stored message {} at recovery; its delivery count starts again",
+                m.id
+            );
+        }
+        got
     }
 
     /// Whether this queue stores a message (persistent or not) in the

@@ -114,6 +114,9 @@ pub(super) struct Live {
     pub(super) current: u64,
     /// Messages below this id are written to a segment.
     pub(super) placed: u64,
+    /// Messages returned to their queue (`MessageStore::returned`): the
+    /// queue and how often. Compaction writes the count with the copy.
+    pub(super) returns: HashMap<u64, (super::record::QueueKey, u32)>,
 }
 
 const OTHER: u8 = u8::MAX;
@@ -176,6 +179,9 @@ impl Live {
         }
         if !self.born.is_empty() {
             self.born.remove(&id);
+        }
+        if !self.returns.is_empty() {
+            self.returns.remove(&id);
         }
         if id < self.placed {
             let seg = match self.strays.remove(&id) {

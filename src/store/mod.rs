@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use crate::message::Message;
 use disk::{Disk, ReadFile};
 use live::Live;
-use record::{ACK, DELIVERED, DROP_QUEUE, QueueKey};
+use record::{ACK, DELIVERED, DROP_QUEUE, QueueKey, RETURNED};
 
 /// Bytes waiting for the writer beyond which publishers pause.
 const BACKLOG_MAX: usize = 32 * 1024 * 1024;
@@ -108,6 +108,9 @@ pub struct RecoveredMessage {
     /// Its expiration property, in milliseconds: per-message TTL runs
     /// again from the restart (the store keeps no enqueue time).
     pub expiration: Option<u64>,
+    /// Times it was returned to its queue (`returned`): a quorum queue's
+    /// delivery count.
+    pub returns: u32,
 }
 
 /// What recovery found: each durable queue's messages, in order.
@@ -313,6 +316,34 @@ impl MessageStore {
     /// Records that messages were delivered (for redelivered=true after a restart).
     pub fn delivered(&self, vhost: &str, queue: &str, ids: &[u64]) -> u64 {
         self.append_op(DELIVERED, vhost, queue, ids, &[], ids)
+    }
+
+    /// Records that messages went back to their queue once more (a quorum
+    /// queue's delivery count, recovered as `RecoveredMessage::returns`).
+    /// The live set keeps the count too, so that compaction writes it again
+    /// with a copy it makes (under the same lock: no copy misses one).
+    pub fn returned(&self, vhost: &str, queue: &str, ids: &[u64]) -> u64 {
+        let mut p = self.pending.lock();
+        if ids.is_empty() {
+            return p.seq;
+        }
+        let seq = self.append_op_locked(&mut p, RETURNED, vhost, queue, ids, &[], ids);
+        let mut live = self.live.lock();
+        for &id in ids {
+            if live.is_live(id) {
+                let e = live.returns.entry(id).or_insert_with(|| {
+                    (
+                        QueueKey {
+                            vhost: vhost.to_owned(),
+                            queue: queue.to_owned(),
+                        },
+                        0,
+                    )
+                });
+                e.1 = e.1.saturating_add(1);
+            }
+        }
+        seq
     }
 
     /// Records that a queue was deleted: all its stored messages up to now

@@ -127,8 +127,21 @@ impl MessageStore {
                         && live.refs_of(id) == queues.len() as u32
                         && live.location(id) == Some(seg)
                     {
+                        let returns = live.returns.get(&id).cloned();
                         drop(live);
                         p.copies.extend_from_slice(&data[at..at + n]);
+                        // Its delivery count goes with it: the records
+                        // that counted it may go with the old segments.
+                        if let Some((q, count)) = returns {
+                            let ids = vec![id; count as usize];
+                            record::encode_queue_op(
+                                &mut p.copies,
+                                record::RETURNS,
+                                &q.vhost,
+                                &q.queue,
+                                &ids,
+                            );
+                        }
                         p.moved.push((id, seg));
                         copied += 1;
                     }

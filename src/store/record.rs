@@ -19,6 +19,13 @@ pub const DROP_QUEUE: u8 = 4;
 /// An ENQUEUE whose queue count is a u32: a message routed to more than
 /// 65,535 durable queues.
 pub const ENQUEUE_WIDE: u8 = 5;
+/// Messages returned to one queue (a quorum queue's delivery count goes up
+/// by one for each record: it survives a restart).
+pub const RETURNED: u8 = 6;
+/// How often messages were returned to one queue, as a total: each id
+/// appears that many times. Written by compaction after the copy of a
+/// message it moves; recovery keeps the larger of this and what it counted.
+pub const RETURNS: u8 = 7;
 
 /// Bytes before a record body.
 pub const HEADER_LEN: usize = 8;
@@ -226,7 +233,7 @@ fn decode_body(mut b: Bytes) -> Option<Record> {
                 body,
             })
         }
-        ACK | DELIVERED | DROP_QUEUE => {
+        ACK | DELIVERED | DROP_QUEUE | RETURNED | RETURNS => {
             let queue = QueueKey {
                 vhost: get_string(&mut b)?,
                 queue: get_string(&mut b)?,

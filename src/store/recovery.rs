@@ -15,26 +15,47 @@ use bytes::Bytes;
 
 use super::disk::Disk;
 use super::live::{Live, Seg};
-use super::record::{self, ACK, DELIVERED, Next, QueueKey, Record};
+use super::record::{self, ACK, DELIVERED, Next, QueueKey, RETURNED, RETURNS, Record};
 use super::{Loc, Recovered, RecoveredMessage, list_segments, segment_path, wall_ms};
 
 /// One queue's messages during recovery, in id order: (id, location,
 /// delivered, acked, priority, expiration).
 #[derive(Default)]
 struct QueueScan {
-    msgs: Vec<(u64, Loc, bool, bool, u8, Option<u64>)>,
+    msgs: Vec<Scanned>,
     sorted: bool,
     /// Acked entries still in `msgs`.
     acked: usize,
 }
 
+/// A message of a queue, as the scan has replayed it so far.
+#[derive(Debug, Clone, Copy)]
+struct Scanned {
+    id: u64,
+    loc: Loc,
+    delivered: bool,
+    acked: bool,
+    priority: u8,
+    expiration: Option<u64>,
+    /// RETURNED records: times it went back to its queue.
+    returns: u32,
+}
+
+/// DELIVERED and RETURNED records for a message the scan has not seen
+/// (its enqueue's segment is gone; compaction copied it further on).
+#[derive(Debug, Clone, Copy, Default)]
+struct Early {
+    delivered: bool,
+    returns: u32,
+}
+
 impl QueueScan {
     fn find(&mut self, id: u64) -> Option<usize> {
         if !self.sorted {
-            self.msgs.sort_unstable_by_key(|m| m.0);
+            self.msgs.sort_unstable_by_key(|m| m.id);
             self.sorted = true;
         }
-        self.msgs.binary_search_by_key(&id, |m| m.0).ok()
+        self.msgs.binary_search_by_key(&id, |m| m.id).ok()
     }
 
     /// The queue was deleted: its messages below `upto` are gone (those
@@ -43,16 +64,16 @@ impl QueueScan {
         self.find(0);
         let mut dropped = Vec::new();
         self.msgs.retain(|m| {
-            if m.0 < upto {
-                if !m.3 {
-                    dropped.push(m.0);
+            if m.id < upto {
+                if !m.acked {
+                    dropped.push(m.id);
                 }
                 false
             } else {
                 true
             }
         });
-        self.acked = self.msgs.iter().filter(|m| m.3).count();
+        self.acked = self.msgs.iter().filter(|m| m.acked).count();
         for id in dropped {
             msgs.release(id);
         }
@@ -114,6 +135,8 @@ struct Scan {
     first_ids: HashMap<u64, u64>,
     /// Enqueue records in each segment.
     totals: HashMap<u64, u64>,
+    /// DELIVERED and RETURNED records that came before their message.
+    early: HashMap<QueueKey, HashMap<u64, Early>>,
 }
 
 /// The store's state after recovery.
@@ -140,6 +163,12 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> std::io::Result<Recovery> 
     let recovered = recovered_lists(std::mem::take(&mut scan.queues));
     let max_id = scan.max_id;
     let mut live = live_set(disk, dir, &segments, scan);
+    // Delivery counts go on with the messages (compaction writes them).
+    for (key, msgs) in &recovered {
+        for m in msgs.iter().filter(|m| m.returns > 0) {
+            live.returns.insert(m.id, (key.clone(), m.returns));
+        }
+    }
     reclaim_leading(disk, dir, &mut live)?;
     live.current = last.map_or(1, |l| l + 1);
     live.segments.insert(live.current, Seg::new());
@@ -255,19 +284,74 @@ impl Scan {
         let expiration = crate::message::header_expiration(header).and_then(Result::ok);
         self.msgs.push(id, loc.seg, qs.len() as u32);
         for k in qs {
+            let early = self
+                .early
+                .get_mut(&k)
+                .and_then(|e| e.remove(&id))
+                .unwrap_or_default();
             let q = self.queues.entry(k).or_insert_with(|| QueueScan {
                 sorted: true,
                 ..Default::default()
             });
-            if q.msgs.last().is_some_and(|l| l.0 > id) {
+            if q.msgs.last().is_some_and(|l| l.id > id) {
                 q.sorted = false;
             }
-            q.msgs.push((id, loc, false, false, priority, expiration));
+            q.msgs.push(Scanned {
+                id,
+                loc,
+                delivered: early.delivered,
+                acked: false,
+                priority,
+                expiration,
+                returns: early.returns,
+            });
+        }
+    }
+
+    /// A DELIVERED, RETURNED or RETURNS record: the message was delivered
+    /// (and returned once more, or this many times in all). One the scan
+    /// has not seen yet is noted for when it comes (compaction copied it
+    /// past this record).
+    fn delivered(&mut self, kind: u8, queue: &QueueKey, ids: Vec<u64>) {
+        let mut counted: Vec<(u64, u32)> = Vec::new();
+        for id in ids {
+            match counted.last_mut() {
+                Some((last, n)) if *last == id => *n += 1,
+                _ => counted.push((id, 1)),
+            }
+        }
+        for (id, n) in counted {
+            let apply = |delivered: &mut bool, returns: &mut u32| {
+                *delivered = true;
+                match kind {
+                    RETURNED => *returns = returns.saturating_add(n),
+                    RETURNS => *returns = (*returns).max(n),
+                    _ => {}
+                }
+            };
+            if let Some(q) = self.queues.get_mut(queue)
+                && let Some(i) = q.find(id)
+            {
+                let m = &mut q.msgs[i];
+                apply(&mut m.delivered, &mut m.returns);
+                continue;
+            }
+            let e = self
+                .early
+                .entry(queue.clone())
+                .or_default()
+                .entry(id)
+                .or_default();
+            apply(&mut e.delivered, &mut e.returns);
         }
     }
 
     /// An ack, delivery or drop record for `queue`.
     fn queue_op(&mut self, kind: u8, queue: &QueueKey, ids: Vec<u64>) {
+        if matches!(kind, DELIVERED | RETURNED | RETURNS) {
+            self.delivered(kind, queue, ids);
+            return;
+        }
         let Some(q) = self.queues.get_mut(queue) else {
             return;
         };
@@ -276,28 +360,22 @@ impl Scan {
             ACK => {
                 for id in ids {
                     if let Some(i) = q.find(id)
-                        && !q.msgs[i].3
+                        && !q.msgs[i].acked
                     {
-                        q.msgs[i].3 = true;
+                        q.msgs[i].acked = true;
                         q.acked += 1;
                         msgs.release(id);
                     }
                 }
             }
-            DELIVERED => {
-                for id in ids {
-                    if let Some(i) = q.find(id) {
-                        q.msgs[i].2 = true;
-                    }
-                }
-            }
+
             // DROP_QUEUE, the only other kind a record decodes with.
             _ => q.drop_below(ids.first().copied().unwrap_or(0), msgs),
         }
         // Acked entries are dropped once they are half the list, so a
         // long log of publishes and acks does not pile up.
         if q.acked > 1024 && q.acked > q.msgs.len() / 2 {
-            q.msgs.retain(|m| !m.3);
+            q.msgs.retain(|m| !m.acked);
             q.acked = 0;
         }
     }
@@ -311,16 +389,15 @@ fn recovered_lists(queues: HashMap<QueueKey, QueueScan>) -> Recovered {
         let list: Vec<RecoveredMessage> = q
             .msgs
             .into_iter()
-            .filter(|m| !m.3)
-            .map(
-                |(id, loc, delivered, _, priority, expiration)| RecoveredMessage {
-                    id,
-                    loc,
-                    delivered,
-                    priority,
-                    expiration,
-                },
-            )
+            .filter(|m| !m.acked)
+            .map(|m| RecoveredMessage {
+                id: m.id,
+                loc: m.loc,
+                delivered: m.delivered,
+                priority: m.priority,
+                expiration: m.expiration,
+                returns: m.returns,
+            })
             .collect();
         if !list.is_empty() {
             recovered.insert(key, list);
