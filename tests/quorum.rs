@@ -553,11 +553,11 @@ async fn at_least_once_dead_letters_wait_for_a_queue_to_take_them() {
     }
 }
 
-/// Held dead letters are on disk with their queue: a crash loses none.
-/// (After a restart they are the queue's ready messages again, delivered
-/// with redelivered set; RabbitMQ would keep them held.)
+/// Held dead letters are on disk with their queue: after a crash they are
+/// still held (not delivered to the queue's consumers), and reach a queue
+/// once one is bound, as RabbitMQ keeps them in its Raft log.
 #[tokio::test]
-async fn held_dead_letters_survive_a_crash() {
+async fn held_dead_letters_stay_held_across_a_crash() {
     let mut w = Warren::start();
     {
         let conn = w.connect().await;
@@ -577,12 +577,23 @@ async fn held_dead_letters_survive_a_crash() {
             )
             .await;
         }
-        for _ in 0..5 {
+        for i in 0..5 {
             let m = get_eventually(&ch, "held").await;
-            m.delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .unwrap();
+            if i == 4 {
+                // basic.nack without requeue: rejected too.
+                m.delivery
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            } else {
+                m.delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+                    .unwrap();
+            }
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while queue_info(&w, "held")["messages_dlx"] != 5 {
@@ -593,18 +604,66 @@ async fn held_dead_letters_survive_a_crash() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        // A confirmed publish after them: their records are on disk.
+        declare(&ch, "held.marker", durable(), FieldTable::default())
+            .await
+            .unwrap();
+        publish_with(
+            &ch,
+            "held.marker",
+            b"m",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
     }
     w.kill();
     w.restart();
     let conn = w.connect().await;
     let ch = conn.create_channel().await.unwrap();
+    assert!(get(&ch, "held").await.is_none(), "still held, not ready");
+    let info = queue_info(&w, "held");
+    assert_eq!(
+        (info["messages_dlx"].clone(), info["messages"].clone()),
+        (5.into(), 5.into())
+    );
+    within(
+        "exchange.declare",
+        ch.exchange_declare(
+            "nowhere".into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    declare(&ch, "held.dlq", durable(), FieldTable::default())
+        .await
+        .unwrap();
+    within(
+        "queue.bind",
+        ch.queue_bind(
+            "held.dlq".into(),
+            "nowhere".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
     let mut got = Vec::new();
-    while let Some(m) = get(&ch, "held").await {
+    for _ in 0..5 {
+        let m = get_eventually(&ch, "held.dlq").await;
+        let h = m.delivery.properties.headers().clone().unwrap();
+        assert_eq!(h.inner().get("x-first-death-reason"), Some(&s("rejected")));
         got.push(String::from_utf8(m.delivery.data.clone()).unwrap());
         m.delivery.ack(BasicAckOptions::default()).await.unwrap();
     }
     got.sort();
     assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(queue_info(&w, "held")["messages"], 0);
 }
 
 /// The delivery count is kept on disk: after a crash a returned message

@@ -179,6 +179,26 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Its code in the message store's records.
+    pub fn code(self) -> u8 {
+        match self {
+            Reason::Rejected => 0,
+            Reason::Expired => 1,
+            Reason::Maxlen => 2,
+            Reason::DeliveryLimit => 3,
+        }
+    }
+
+    /// The reason with this store code (an unknown one reads as rejected).
+    pub fn from_code(code: u8) -> Reason {
+        match code {
+            1 => Reason::Expired,
+            2 => Reason::Maxlen,
+            3 => Reason::DeliveryLimit,
+            _ => Reason::Rejected,
+        }
+    }
+
     /// RabbitMQ's name for the reason.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -616,14 +636,23 @@ impl Queue {
         let msgs = items.iter().map(|(m, r, _)| (m.clone(), *r)).collect();
         let taken = owner.dead_letter(self, msgs, retry);
         let mut ids = Vec::new();
+        let mut newly_held = Vec::new();
         let mut st = self.state.lock();
         for ((m, r, id), taken) in items.into_iter().zip(taken) {
             if taken || self.is_deleted() {
                 ids.extend(id);
             } else {
+                if !retry && let Some(id) = id {
+                    newly_held.push((id, r.code()));
+                }
                 st.held_bytes += m.body_len() as u64;
                 st.held.push_back((m, r, id));
             }
+        }
+        // Held across a restart too (the record goes in while the queue's
+        // lock keeps the messages from being settled before it).
+        if let (Some(store), false) = (&self.store, newly_held.is_empty()) {
+            store.discarded(&self.vhost, &self.name, &newly_held);
         }
         if !st.held.is_empty() && !st.held_retry {
             st.held_retry = true;
@@ -1186,6 +1215,15 @@ impl Queue {
                 (a, b) => a.or(b),
             };
             let deadline = ttl.map_or(0, |t| now.saturating_add(t));
+            // A dead letter held before the stop is held again.
+            if let Some(code) = m.discarded
+                && let Some(msg) = self.read_recovered(&store, &m)
+            {
+                st.held_bytes += msg.body_len() as u64;
+                st.held
+                    .push_back((msg, Reason::from_code(code), Some(m.id)));
+                continue;
+            }
             // A quorum queue's message returned before the stop is read
             // now, to carry its delivery count.
             if self.quorum
@@ -1203,6 +1241,10 @@ impl Queue {
             }
             st.ready
                 .push_stored(&store, m.loc, m.priority, seq, m.id, m.delivered, deadline);
+        }
+        if !st.held.is_empty() && !st.held_retry {
+            st.held_retry = true;
+            timers::schedule(now_ms(), Kind::DeadLetterRetry, Arc::downgrade(self));
         }
         self.enforce_limits(&mut st, now_ms());
         self.finish(st);

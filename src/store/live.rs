@@ -117,6 +117,9 @@ pub(super) struct Live {
     /// Messages returned to their queue (`MessageStore::returned`): the
     /// queue and how often. Compaction writes the count with the copy.
     pub(super) returns: HashMap<u64, (super::record::QueueKey, u32)>,
+    /// Messages held as dead letters (`MessageStore::discarded`): the
+    /// queue and the reason's code. Compaction writes them with the copy.
+    pub(super) discarded: HashMap<u64, (super::record::QueueKey, u8)>,
 }
 
 const OTHER: u8 = u8::MAX;
@@ -182,6 +185,9 @@ impl Live {
         }
         if !self.returns.is_empty() {
             self.returns.remove(&id);
+        }
+        if !self.discarded.is_empty() {
+            self.discarded.remove(&id);
         }
         if id < self.placed {
             let seg = match self.strays.remove(&id) {

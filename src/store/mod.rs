@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use crate::message::Message;
 use disk::{Disk, ReadFile};
 use live::Live;
-use record::{ACK, DELIVERED, DROP_QUEUE, QueueKey, RETURNED};
+use record::{ACK, DELIVERED, DISCARDED, DROP_QUEUE, QueueKey, RETURNED};
 
 /// Bytes waiting for the writer beyond which publishers pause.
 const BACKLOG_MAX: usize = 32 * 1024 * 1024;
@@ -111,6 +111,9 @@ pub struct RecoveredMessage {
     /// Times it was returned to its queue (`returned`): a quorum queue's
     /// delivery count.
     pub returns: u32,
+    /// Held as a dead letter no queue took yet (`discarded`): the reason's
+    /// code.
+    pub discarded: Option<u8>,
 }
 
 /// What recovery found: each durable queue's messages, in order.
@@ -316,6 +319,33 @@ impl MessageStore {
     /// Records that messages were delivered (for redelivered=true after a restart).
     pub fn delivered(&self, vhost: &str, queue: &str, ids: &[u64]) -> u64 {
         self.append_op(DELIVERED, vhost, queue, ids, &[], ids)
+    }
+
+    /// Records that messages of `queue` were dead-lettered at least once
+    /// and that no queue took them: (id, the reason's code). They come back
+    /// held (`RecoveredMessage::discarded`) until acked.
+    pub fn discarded(&self, vhost: &str, queue: &str, items: &[(u64, u8)]) -> u64 {
+        let mut p = self.pending.lock();
+        if items.is_empty() {
+            return p.seq;
+        }
+        let ids: Vec<u64> = items.iter().map(|i| i.0).collect();
+        let pairs: Vec<u64> = items
+            .iter()
+            .flat_map(|&(id, r)| [id, u64::from(r)])
+            .collect();
+        let seq = self.append_op_locked(&mut p, DISCARDED, vhost, queue, &pairs, &[], &ids);
+        let mut live = self.live.lock();
+        for &(id, reason) in items {
+            if live.is_live(id) {
+                let key = QueueKey {
+                    vhost: vhost.to_owned(),
+                    queue: queue.to_owned(),
+                };
+                live.discarded.insert(id, (key, reason));
+            }
+        }
+        seq
     }
 
     /// Records that messages went back to their queue once more (a quorum

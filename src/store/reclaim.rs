@@ -128,6 +128,7 @@ impl MessageStore {
                         && live.location(id) == Some(seg)
                     {
                         let returns = live.returns.get(&id).cloned();
+                        let discarded = live.discarded.get(&id).cloned();
                         drop(live);
                         p.copies.extend_from_slice(&data[at..at + n]);
                         // Its delivery count goes with it: the records
@@ -140,6 +141,15 @@ impl MessageStore {
                                 &q.vhost,
                                 &q.queue,
                                 &ids,
+                            );
+                        }
+                        if let Some((q, reason)) = discarded {
+                            record::encode_queue_op(
+                                &mut p.copies,
+                                record::DISCARDED,
+                                &q.vhost,
+                                &q.queue,
+                                &[id, u64::from(reason)],
                             );
                         }
                         p.moved.push((id, seg));

@@ -26,6 +26,10 @@ pub const RETURNED: u8 = 6;
 /// appears that many times. Written by compaction after the copy of a
 /// message it moves; recovery keeps the larger of this and what it counted.
 pub const RETURNS: u8 = 7;
+/// Messages dead-lettered at least once that no queue has taken yet: they
+/// stay held by their queue (not ready). The ids come in pairs: id, then
+/// the dead-letter reason's code.
+pub const DISCARDED: u8 = 8;
 
 /// Bytes before a record body.
 pub const HEADER_LEN: usize = 8;
@@ -233,7 +237,7 @@ fn decode_body(mut b: Bytes) -> Option<Record> {
                 body,
             })
         }
-        ACK | DELIVERED | DROP_QUEUE | RETURNED | RETURNS => {
+        ACK | DELIVERED | DROP_QUEUE | RETURNED | RETURNS | DISCARDED => {
             let queue = QueueKey {
                 vhost: get_string(&mut b)?,
                 queue: get_string(&mut b)?,

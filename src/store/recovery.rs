@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::disk::Disk;
 use super::live::{Live, Seg};
-use super::record::{self, ACK, DELIVERED, Next, QueueKey, RETURNED, RETURNS, Record};
+use super::record::{self, ACK, DELIVERED, DISCARDED, Next, QueueKey, RETURNED, RETURNS, Record};
 use super::{Loc, Recovered, RecoveredMessage, list_segments, segment_path, wall_ms};
 
 /// One queue's messages during recovery, in id order: (id, location,
@@ -39,6 +39,8 @@ struct Scanned {
     expiration: Option<u64>,
     /// RETURNED records: times it went back to its queue.
     returns: u32,
+    /// A DISCARDED record: held as a dead letter (the reason's code).
+    discarded: Option<u8>,
 }
 
 /// DELIVERED and RETURNED records for a message the scan has not seen
@@ -47,6 +49,7 @@ struct Scanned {
 struct Early {
     delivered: bool,
     returns: u32,
+    discarded: Option<u8>,
 }
 
 impl QueueScan {
@@ -163,10 +166,16 @@ pub(super) fn recover(disk: &dyn Disk, dir: &Path) -> std::io::Result<Recovery> 
     let recovered = recovered_lists(std::mem::take(&mut scan.queues));
     let max_id = scan.max_id;
     let mut live = live_set(disk, dir, &segments, scan);
-    // Delivery counts go on with the messages (compaction writes them).
+    // Delivery counts and held dead letters go on with the messages
+    // (compaction writes them).
     for (key, msgs) in &recovered {
-        for m in msgs.iter().filter(|m| m.returns > 0) {
-            live.returns.insert(m.id, (key.clone(), m.returns));
+        for m in msgs {
+            if m.returns > 0 {
+                live.returns.insert(m.id, (key.clone(), m.returns));
+            }
+            if let Some(reason) = m.discarded {
+                live.discarded.insert(m.id, (key.clone(), reason));
+            }
         }
     }
     reclaim_leading(disk, dir, &mut live)?;
@@ -304,6 +313,7 @@ impl Scan {
                 priority,
                 expiration,
                 returns: early.returns,
+                discarded: early.discarded,
             });
         }
     }
@@ -352,6 +362,20 @@ impl Scan {
             self.delivered(kind, queue, ids);
             return;
         }
+        if kind == DISCARDED {
+            for pair in ids.chunks_exact(2) {
+                let (id, reason) = (pair[0], pair[1] as u8);
+                if let Some(q) = self.queues.get_mut(queue)
+                    && let Some(i) = q.find(id)
+                {
+                    q.msgs[i].discarded = Some(reason);
+                    continue;
+                }
+                let e = self.early.entry(queue.clone()).or_default();
+                e.entry(id).or_default().discarded = Some(reason);
+            }
+            return;
+        }
         let Some(q) = self.queues.get_mut(queue) else {
             return;
         };
@@ -397,6 +421,7 @@ fn recovered_lists(queues: HashMap<QueueKey, QueueScan>) -> Recovered {
                 priority: m.priority,
                 expiration: m.expiration,
                 returns: m.returns,
+                discarded: m.discarded,
             })
             .collect();
         if !list.is_empty() {

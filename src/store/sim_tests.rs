@@ -621,12 +621,13 @@ fn a_disk_filled_by_the_store_itself_frees_acked_segments_and_confirms_again_wit
 }
 
 #[test]
-fn a_returned_messages_count_survives_compaction_and_crashes() {
+fn a_returned_messages_count_and_held_state_survive_compaction_and_crashes() {
     let run = Run::new(17);
     let (store, _) = run.open();
     let (pinned, _) = publish_to(&store, "q0", 0);
     store.returned("/", "q0", &[pinned]);
     store.returned("/", "q0", &[pinned]);
+    store.discarded("/", "q0", &[(pinned, 3)]);
     // 4 MiB through another queue, acked as it goes: compaction copies the
     // returned message forward and the segments holding its records go.
     let mut written = 0u64;
@@ -649,10 +650,13 @@ fn a_returned_messages_count_survives_compaction_and_crashes() {
         std::thread::sleep(Duration::from_millis(5));
     }
     wait_durable(&store, last, "the acks");
-    let returns_of = |recovered: &Recovered| -> Vec<(u64, u32, bool)> {
+    let returns_of = |recovered: &Recovered| -> Vec<(u64, u32, bool, Option<u8>)> {
         recovered
             .values()
-            .flat_map(|v| v.iter().map(|m| (m.id, m.returns, m.delivered)))
+            .flat_map(|v| {
+                v.iter()
+                    .map(|m| (m.id, m.returns, m.delivered, m.discarded))
+            })
             .collect()
     };
     run.disk.crash(false);
@@ -660,7 +664,7 @@ fn a_returned_messages_count_survives_compaction_and_crashes() {
     drop(store);
     run.disk.restart();
     let (store, recovered) = run.open();
-    assert_eq!(returns_of(&recovered), vec![(pinned, 2, true)]);
+    assert_eq!(returns_of(&recovered), vec![(pinned, 2, true, Some(3))]);
 
     // Once more after the restart, then another crash.
     let seq = store.returned("/", "q0", &[pinned]);
@@ -670,6 +674,6 @@ fn a_returned_messages_count_survives_compaction_and_crashes() {
     drop(store);
     run.disk.restart();
     let (store, recovered) = run.open();
-    assert_eq!(returns_of(&recovered), vec![(pinned, 3, true)]);
+    assert_eq!(returns_of(&recovered), vec![(pinned, 3, true, Some(3))]);
     store.close();
 }
