@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod message;
 pub mod ops;
 pub mod protocol;

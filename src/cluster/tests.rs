@@ -1,0 +1,244 @@
+//! The log and state machine against openraft's own storage test suite,
+//! and against crashes, torn writes and failed writes on the simulated
+//! disk.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, RaftLogReader, Vote};
+
+use super::log::RaftLog;
+use super::machine::{Machine, StateMachine};
+use super::{LogId, StorageError, TypeConfig};
+use crate::store::disk::sim::{Op, SimDisk};
+use crate::store::disk::{Disk, RealDisk};
+
+/// A machine for the tests: `key=value` commands into a map; the reply
+/// is the value replaced.
+#[derive(Default)]
+struct Kv(BTreeMap<String, String>);
+
+impl Machine for Kv {
+    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        let c = String::from_utf8_lossy(command);
+        let (k, v) = c.split_once('=').unwrap_or((&c, ""));
+        self.0
+            .insert(k.to_owned(), v.to_owned())
+            .unwrap_or_default()
+            .into_bytes()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.0).unwrap()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> std::io::Result<()> {
+        self.0 = serde_json::from_slice(snapshot).map_err(std::io::Error::other)?;
+        Ok(())
+    }
+}
+
+struct OnRealDisk;
+
+impl StoreBuilder<TypeConfig, RaftLog, StateMachine<Kv>, tempfile::TempDir> for OnRealDisk {
+    async fn build(&self) -> Result<(tempfile::TempDir, RaftLog, StateMachine<Kv>), StorageError> {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk: Arc<dyn Disk> = Arc::new(RealDisk);
+        let log = RaftLog::open(disk.clone(), tmp.path()).unwrap();
+        let sm = StateMachine::open(disk, tmp.path(), Kv::default()).unwrap();
+        Ok((tmp, log, sm))
+    }
+}
+
+#[test]
+fn the_log_and_state_machine_pass_openrafts_storage_suite() {
+    Suite::test_all(OnRealDisk).unwrap();
+}
+
+fn id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn entry(term: u64, index: u64, cmd: &str) -> Entry<TypeConfig> {
+    Entry {
+        log_id: id(term, index),
+        payload: EntryPayload::Normal(cmd.as_bytes().to_vec()),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from("/sim/raft")
+}
+
+async fn all(log: &mut RaftLog) -> Vec<(u64, u64, Vec<u8>)> {
+    log.try_get_log_entries(..)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let EntryPayload::Normal(c) = e.payload else {
+                panic!("not a normal entry")
+            };
+            (e.log_id.leader_id.term, e.log_id.index, c)
+        })
+        .collect()
+}
+
+#[test]
+fn acknowledged_writes_survive_a_crash_and_a_torn_tail_is_cut() {
+    runtime().block_on(async {
+        let disk = SimDisk::new(3);
+        let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+        let mut log = RaftLog::open(shared.clone(), &dir()).unwrap();
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        log.blocking_append((1..=5).map(|i| entry(2, i, &format!("k{i}=v"))))
+            .await
+            .unwrap();
+        log.truncate(id(2, 4)).await.unwrap();
+        log.blocking_append([entry(3, 4, "k4=w")]).await.unwrap();
+        log.save_committed(Some(id(3, 4))).await.unwrap();
+        // A write that never synced, torn by the crash.
+        disk.fail(Op::Sync, 1);
+        assert!(log.blocking_append([entry(3, 5, "lost")]).await.is_err());
+        disk.crash(true);
+        drop(log);
+        disk.restart();
+
+        let mut log = RaftLog::open(shared.clone(), &dir()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+        assert_eq!(log.read_committed().await.unwrap(), Some(id(3, 4)));
+        let want: Vec<(u64, u64, Vec<u8>)> = vec![
+            (2, 1, b"k1=v".to_vec()),
+            (2, 2, b"k2=v".to_vec()),
+            (2, 3, b"k3=v".to_vec()),
+            (3, 4, b"k4=w".to_vec()),
+        ];
+        assert_eq!(all(&mut log).await, want);
+        // It goes on from there.
+        log.blocking_append([entry(3, 5, "k5=x")]).await.unwrap();
+        drop(log);
+        let mut log = RaftLog::open(shared, &dir()).unwrap();
+        assert_eq!(all(&mut log).await.last().unwrap().1, 5);
+    });
+}
+
+#[test]
+fn a_failed_write_is_refused_and_leaves_nothing_behind() {
+    runtime().block_on(async {
+        let disk = SimDisk::new(5);
+        let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+        let mut log = RaftLog::open(shared.clone(), &dir()).unwrap();
+        log.blocking_append([entry(1, 1, "a=1")]).await.unwrap();
+        disk.fail(Op::Write, 1);
+        assert!(log.blocking_append([entry(1, 2, "b=2")]).await.is_err());
+        assert_eq!(all(&mut log).await.len(), 1, "not in memory either");
+        log.blocking_append([entry(1, 2, "b=3")]).await.unwrap();
+        drop(log);
+        let mut log = RaftLog::open(shared, &dir()).unwrap();
+        let got = all(&mut log).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].2, b"b=3");
+    });
+}
+
+#[test]
+fn a_purged_log_is_rewritten_and_a_crash_mid_rewrite_keeps_the_old_one() {
+    runtime().block_on(async {
+        let disk = SimDisk::new(7);
+        let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+        let mut log = RaftLog::open(shared.clone(), &dir()).unwrap();
+        let big = "x".repeat(2000);
+        for i in 1..=1000u64 {
+            log.blocking_append([entry(1, i, &format!("k{i}={big}"))])
+                .await
+                .unwrap();
+        }
+        log.purge(id(1, 990)).await.unwrap();
+        assert_eq!(log.generation(), 1, "rewritten once purged");
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(id(1, 990)));
+        assert_eq!(state.last_log_id, Some(id(1, 1000)));
+
+        // The next rewrite dies before its file is durable: the purge
+        // itself is done, the crash takes the new file, and generation 1
+        // (with the purge record) is what comes back.
+        for i in 1001..=2000u64 {
+            log.blocking_append([entry(1, i, &format!("k{i}={big}"))])
+                .await
+                .unwrap();
+        }
+        disk.fail(Op::SyncDir, 1);
+        log.purge(id(1, 1990)).await.unwrap();
+        assert_eq!(log.generation(), 1, "the rewrite failed");
+        disk.crash(true);
+        drop(log);
+        disk.restart();
+        let mut log = RaftLog::open(shared.clone(), &dir()).unwrap();
+        assert_eq!(log.generation(), 1);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(id(1, 1990)));
+        assert_eq!(state.last_log_id, Some(id(1, 2000)));
+        let got = all(&mut log).await;
+        assert_eq!(got.first().map(|e| e.1), Some(1991));
+        assert_eq!(got.len(), 10);
+        // A later purge rewrites it.
+        log.purge(id(1, 1995)).await.unwrap();
+        assert_eq!(log.generation(), 2);
+        drop(log);
+        let mut log = RaftLog::open(shared, &dir()).unwrap();
+        assert_eq!(all(&mut log).await.len(), 5);
+    });
+}
+
+#[test]
+fn the_state_machine_comes_back_from_its_newest_complete_snapshot() {
+    use openraft::RaftSnapshotBuilder;
+    runtime().block_on(async {
+        let disk = SimDisk::new(9);
+        let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+        let mut sm = StateMachine::open(shared.clone(), &dir(), Kv::default()).unwrap();
+        let replies = sm
+            .apply([entry(1, 1, "a=1"), entry(1, 2, "a=2"), entry(1, 3, "b=1")])
+            .await
+            .unwrap();
+        assert_eq!(replies, vec![b"".to_vec(), b"1".to_vec(), b"".to_vec()]);
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snap.meta.last_log_id, Some(id(1, 3)));
+        sm.apply([entry(1, 4, "c=1")]).await.unwrap();
+        // A second snapshot whose write fails halfway: the first stays.
+        disk.fail(Op::Sync, 1);
+        assert!(
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .is_err()
+        );
+        disk.crash(true);
+        drop(sm);
+        disk.restart();
+        let mut sm = StateMachine::open(shared, &dir(), Kv::default()).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(id(1, 3)));
+        let state = sm.with(|kv| kv.0.clone());
+        let want: BTreeMap<String, String> = [
+            ("a".to_string(), "2".to_string()),
+            ("b".to_string(), "1".to_string()),
+        ]
+        .into();
+        assert_eq!(state, want);
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+    });
+}
