@@ -706,8 +706,23 @@ async fn a_tracked_consumer_resumes_after_its_last_ack_across_restarts() {
     let conn = w.connect().await;
     let (_cch, mut c) = tracked_consumer(&conn, "tracked", "by-flag", false).await;
     assert_eq!(take_acked(&mut c, 2).await, expected(7..9));
-    let (_cch, mut c) = tracked_consumer(&conn, "tracked", "other", false).await;
+    let (cch, mut c) = tracked_consumer(&conn, "tracked", "other", false).await;
     assert_eq!(take_acked(&mut c, 1).await, expected(1..2));
+    // A method after the ack on the same channel: once it is answered the
+    // broker has handled the ack (a stop could otherwise beat it).
+    within(
+        "queue.declare-ok",
+        cch.queue_declare(
+            "tracked".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("passive declare");
     // A clean stop writes what is pending at once.
     drop(c);
     w.terminate();

@@ -11,13 +11,17 @@
 //!   before openraft is told it is done.
 //! - `snapshot-<n>.bin`: the newest complete snapshot of the machine.
 //!
-//! Not here yet (issue 16): the network between nodes, membership
-//! commands, and the groups themselves (definitions, quorum queues).
+//! Nodes talk over TCP (`net`): openraft's RPCs as framed JSON, on
+//! connections that prove the cluster's shared secret first.
+//!
+//! Not here yet (issue 16): cluster configuration and membership commands,
+//! and the groups themselves (definitions, quorum queues).
 //!
 //! May use `store` (its `Disk`), `ops` and `protocol`.
 
 pub mod log;
 pub mod machine;
+pub mod net;
 
 use std::io::Cursor;
 

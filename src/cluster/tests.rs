@@ -242,3 +242,186 @@ fn the_state_machine_comes_back_from_its_newest_complete_snapshot() {
         assert!(sm.get_current_snapshot().await.unwrap().is_some());
     });
 }
+
+/// One node of a test group: its Raft, its machine, its server task.
+struct TestNode {
+    raft: openraft::Raft<TypeConfig>,
+    sm: StateMachine<Kv>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn raft_config() -> Arc<openraft::Config> {
+    Arc::new(
+        openraft::Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    )
+}
+
+async fn start_node(
+    id: u64,
+    dir: &std::path::Path,
+    listener: tokio::net::TcpListener,
+    secret: &[u8],
+) -> TestNode {
+    let disk: Arc<dyn Disk> = Arc::new(RealDisk);
+    let log = RaftLog::open(disk.clone(), dir).unwrap();
+    let sm = StateMachine::open(disk, dir, Kv::default()).unwrap();
+    let secret = Arc::new(secret.to_vec());
+    let raft = openraft::Raft::new(
+        id,
+        raft_config(),
+        super::net::Network::new(secret.clone()),
+        log,
+        sm.clone(),
+    )
+    .await
+    .unwrap();
+    let server = tokio::spawn(super::net::serve(listener, raft.clone(), secret));
+    TestNode { raft, sm, server }
+}
+
+async fn wait_for<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn value(n: &TestNode, k: &str) -> Option<String> {
+    n.sm.with(|kv| kv.0.get(k).cloned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_replicate_fail_over_and_catch_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = b"cluster secret";
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(
+            id,
+            openraft::BasicNode::new(l.local_addr().unwrap().to_string()),
+        );
+        listeners.push(l);
+    }
+    let mut nodes: BTreeMap<u64, TestNode> = BTreeMap::new();
+    for (id, l) in (1..=3u64).zip(listeners) {
+        let dir = tmp.path().join(format!("n{id}"));
+        nodes.insert(id, start_node(id, &dir, l, secret).await);
+    }
+    nodes[&1].raft.initialize(members.clone()).await.unwrap();
+    let limit = std::time::Duration::from_secs(10);
+    let leader_of = |nodes: &BTreeMap<u64, TestNode>| {
+        nodes
+            .values()
+            .find_map(|n| n.raft.metrics().borrow().current_leader)
+            .filter(|l| nodes.contains_key(l))
+    };
+    let leader = wait_for("a leader", limit, || leader_of(&nodes)).await;
+
+    // A committed command reaches every machine.
+    let reply = nodes[&leader]
+        .raft
+        .client_write(b"a=1".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(reply.data, b"".to_vec());
+    wait_for("a=1 everywhere", limit, || {
+        nodes
+            .values()
+            .all(|n| value(n, "a").as_deref() == Some("1"))
+            .then_some(())
+    })
+    .await;
+
+    // The leader goes: the other two elect one and go on.
+    let old = nodes.remove(&leader).unwrap();
+    let addr = members[&leader].addr.clone();
+    old.raft.shutdown().await.unwrap();
+    old.server.abort();
+    let _ = old.server.await;
+    drop(old.sm);
+    let stopped = std::time::Instant::now();
+    let new_leader = wait_for("a new leader", limit, || {
+        nodes
+            .values()
+            .find_map(|n| n.raft.metrics().borrow().current_leader)
+            .filter(|l| *l != leader && nodes.contains_key(l))
+    })
+    .await;
+    eprintln!("new leader {new_leader} after {:?}", stopped.elapsed());
+    nodes[&new_leader]
+        .raft
+        .client_write(b"b=2".to_vec())
+        .await
+        .unwrap();
+
+    // The old leader comes back from its files and catches up.
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let dir = tmp.path().join(format!("n{leader}"));
+    nodes.insert(leader, start_node(leader, &dir, listener, secret).await);
+    wait_for("the returning node to catch up", limit, || {
+        let n = &nodes[&leader];
+        (value(n, "a").as_deref() == Some("1") && value(n, "b").as_deref() == Some("2"))
+            .then_some(())
+    })
+    .await;
+    for n in nodes.values() {
+        n.raft.shutdown().await.unwrap();
+        n.server.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_peer_without_the_secret_is_not_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let node = start_node(1, tmp.path(), l, b"right").await;
+    // A vote request, as a peer sends it.
+    let vote = openraft::raft::VoteRequest::new(Vote::new(1, 9), None);
+    let body = format!("{{\"Vote\":{}}}", serde_json::to_string(&vote).unwrap());
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body.as_bytes());
+    let ask = |secret: &'static [u8]| {
+        let frame = frame.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut challenge = [0u8; 16];
+            s.read_exact(&mut challenge).await.unwrap();
+            let mut h = <sha2::Sha256 as sha2::Digest>::new();
+            sha2::Digest::update(&mut h, secret);
+            sha2::Digest::update(&mut h, challenge);
+            s.write_all(&sha2::Digest::finalize(h)).await.unwrap();
+            s.write_all(&frame).await.unwrap();
+            let mut buf = [0u8; 4];
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0)
+        }
+    };
+    assert!(ask(b"right").await > 0, "answered with the secret");
+    assert_eq!(ask(b"wrong").await, 0, "closed without a reply");
+    node.raft.shutdown().await.unwrap();
+    node.server.abort();
+}
