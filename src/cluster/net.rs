@@ -75,22 +75,30 @@ async fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Serves openraft's RPCs for `raft` on `listener` until the task is
-/// aborted; only peers that prove they know `secret` are answered.
+/// Serves openraft's RPCs for `raft` on `listener` until this future is
+/// dropped (its task aborted), which also closes every connection it
+/// accepted: a stopped node leaves no connection answering for it. Only
+/// peers that prove they know `secret` are answered.
 pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, secret: Arc<Vec<u8>>) {
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let (raft, secret) = (raft.clone(), secret.clone());
-        tokio::spawn(async move {
-            if let Err(e) = answer(stream, raft, &secret).await
-                && e.kind() != io::ErrorKind::UnexpectedEof
-            {
-                tracing::debug!("inter-node connection from {peer} ended: {e}");
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let (raft, secret) = (raft.clone(), secret.clone());
+                conns.spawn(async move {
+                    if let Err(e) = answer(stream, raft, &secret).await
+                        && e.kind() != io::ErrorKind::UnexpectedEof
+                    {
+                        tracing::debug!("inter-node connection from {peer} ended: {e}");
+                    }
+                });
             }
-        });
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
     }
 }
 

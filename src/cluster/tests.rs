@@ -425,3 +425,172 @@ async fn a_peer_without_the_secret_is_not_answered() {
     node.raft.shutdown().await.unwrap();
     node.server.abort();
 }
+
+/// Stops node `id` of a test group (its Raft and its server).
+async fn stop(nodes: &mut BTreeMap<u64, TestNode>, id: u64) {
+    if let Some(n) = nodes.remove(&id) {
+        n.raft.shutdown().await.unwrap();
+        n.server.abort();
+        let _ = n.server.await;
+    }
+}
+
+/// Writes `cmd` through the group's current leader among `nodes`: Some
+/// once committed, None if no leader committed it within `limit`.
+async fn write(
+    nodes: &BTreeMap<u64, TestNode>,
+    cmd: &str,
+    limit: std::time::Duration,
+) -> Option<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        let leader = nodes
+            .values()
+            .find_map(|n| n.raft.metrics().borrow().current_leader)
+            .filter(|l| nodes.contains_key(l));
+        if let Some(l) = leader {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(left, nodes[&l].raft.client_write(cmd.as_bytes().to_vec()))
+                    .await
+            {
+                return Some(());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Nodes stop and come back at random (seeded; the seed is printed, and
+/// WARREN_RAFT_SEED replays one) while commands are written through
+/// whichever node leads. Every command the group acknowledged is on every
+/// node at the end; with two of three nodes down nothing is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_commands_survive_nodes_stopping_and_returning_at_random() {
+    let seed: u64 = std::env::var("WARREN_RAFT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("WARREN_RAFT_SEED={seed}");
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = b"s";
+    let mut addrs = BTreeMap::new();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.insert(id, l.local_addr().unwrap().to_string());
+        nodes.insert(
+            id,
+            start_node(id, &tmp.path().join(format!("n{id}")), l, secret).await,
+        );
+    }
+    let members: BTreeMap<u64, openraft::BasicNode> = addrs
+        .iter()
+        .map(|(id, a)| (*id, openraft::BasicNode::new(a.clone())))
+        .collect();
+    nodes[&1].raft.initialize(members).await.unwrap();
+    let limit = std::time::Duration::from_secs(10);
+    let mut acked = Vec::new();
+    let mut k = 0;
+    for round in 0..5 {
+        let victim = 1 + next(3);
+        stop(&mut nodes, victim).await;
+        for _ in 0..1 + next(5) {
+            k += 1;
+            let cmd = format!("k{k}=r{round}");
+            let t = std::time::Instant::now();
+            let ok = write(&nodes, &cmd, limit).await.is_some();
+            eprintln!(
+                "round {round}: node {victim} stopped; {cmd} acknowledged {ok} in {:?}",
+                t.elapsed()
+            );
+            if ok {
+                acked.push(k);
+            }
+        }
+        let l = tokio::net::TcpListener::bind(&addrs[&victim])
+            .await
+            .unwrap();
+        let dir = tmp.path().join(format!("n{victim}"));
+        nodes.insert(victim, start_node(victim, &dir, l, secret).await);
+    }
+    assert!(acked.len() >= 5, "seed {seed}: only {acked:?} acknowledged");
+
+    // Two of three down: no majority, nothing acknowledged.
+    let alone = 1 + next(3);
+    for id in 1..=3 {
+        if id != alone {
+            stop(&mut nodes, id).await;
+        }
+    }
+    let short = std::time::Duration::from_secs(2);
+    assert!(
+        write(&nodes, "minority=1", short).await.is_none(),
+        "seed {seed}: a write was acknowledged without a majority"
+    );
+    for id in 1..=3 {
+        if id != alone {
+            let l = tokio::net::TcpListener::bind(&addrs[&id]).await.unwrap();
+            let dir = tmp.path().join(format!("n{id}"));
+            nodes.insert(id, start_node(id, &dir, l, secret).await);
+        }
+    }
+    k += 1;
+    write(&nodes, &format!("k{k}=last"), limit)
+        .await
+        .expect("a write once the majority is back");
+    acked.push(k);
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(60);
+    loop {
+        let missing: Vec<(u64, Vec<u64>)> = nodes
+            .iter()
+            .map(|(id, n)| {
+                let m = acked
+                    .iter()
+                    .copied()
+                    .filter(|k| value(n, &format!("k{k}")).is_none())
+                    .collect();
+                (*id, m)
+            })
+            .filter(|(_, m): &(u64, Vec<u64>)| !m.is_empty())
+            .collect();
+        if missing.is_empty() {
+            eprintln!(
+                "every node has every acknowledged command after {:?}",
+                started.elapsed()
+            );
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let states: Vec<String> = nodes
+                .iter()
+                .map(|(id, n)| {
+                    let m = n.raft.metrics().borrow().clone();
+                    format!(
+                        "node {id}: {:?} leader {:?} applied {:?} last log {:?}",
+                        m.state, m.current_leader, m.last_applied, m.last_log_index
+                    )
+                })
+                .collect();
+            panic!("seed {seed}: acknowledged commands missing {missing:?}; {states:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for n in nodes.values() {
+        n.raft.shutdown().await.unwrap();
+        n.server.abort();
+    }
+}
