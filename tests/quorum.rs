@@ -402,6 +402,25 @@ async fn transient_messages_in_a_quorum_queue_survive_a_crash() {
     assert!(get(&ch, "classic").await.is_none());
 }
 
+/// Declares durable queue `queue` and binds it to `exchange`.
+async fn declare_bound(ch: &Channel, queue: &str, exchange: &str) {
+    declare(ch, queue, durable(), FieldTable::default())
+        .await
+        .unwrap();
+    within(
+        "queue.bind",
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+}
+
 /// The queue's HTTP listing as JSON.
 fn queue_info(w: &Warren, name: &str) -> serde_json::Value {
     let (status, _, body) = http(
@@ -509,21 +528,7 @@ async fn at_least_once_dead_letters_wait_for_a_queue_to_take_them() {
 
     // A queue appears: the held messages reach it, once each, with their
     // x-death, and leave their queue.
-    declare(&ch, "alo.dlq", durable(), FieldTable::default())
-        .await
-        .unwrap();
-    within(
-        "queue.bind",
-        ch.queue_bind(
-            "alo.dlq".into(),
-            "alo.dlx".into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap();
+    declare_bound(&ch, "alo.dlq", "alo.dlx").await;
     let mut got = Vec::new();
     for _ in 0..4 {
         let m = get_eventually(&ch, "alo.dlq").await;
@@ -637,21 +642,7 @@ async fn held_dead_letters_stay_held_across_a_crash() {
     )
     .await
     .unwrap();
-    declare(&ch, "held.dlq", durable(), FieldTable::default())
-        .await
-        .unwrap();
-    within(
-        "queue.bind",
-        ch.queue_bind(
-            "held.dlq".into(),
-            "nowhere".into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .unwrap();
+    declare_bound(&ch, "held.dlq", "nowhere").await;
     let mut got = Vec::new();
     for _ in 0..5 {
         let m = get_eventually(&ch, "held.dlq").await;
