@@ -555,9 +555,8 @@ struct State {
     segments: VecDeque<Segment>,
     /// Every durable chunk, oldest first.
     index: VecDeque<ChunkIdx>,
-    /// The data of the most recent chunks, by first offset.
-    cache: VecDeque<(u64, Bytes)>,
-    cache_bytes: usize,
+    /// The data of the most recent chunks, by first offset (in order).
+    cache: ChunkCache,
     /// Bytes in all segments.
     bytes: u64,
     /// The newest timestamp written so far.
@@ -576,22 +575,9 @@ impl State {
     }
 
     fn cached(&self, first: u64) -> Option<Bytes> {
-        let i = self.cache.binary_search_by_key(&first, |c| c.0).ok()?;
-        Some(self.cache[i].1.clone())
-    }
-
-    fn cache_put(&mut self, first: u64, data: Bytes, max: usize) {
-        if data.len() > max {
-            return;
-        }
-        self.cache_bytes += data.len();
-        self.cache.push_back((first, data));
-        while self.cache_bytes > max {
-            let Some((_, d)) = self.cache.pop_front() else {
-                break;
-            };
-            self.cache_bytes -= d.len();
-        }
+        let c = &self.cache.items;
+        let i = c.binary_search_by_key(&first, |c| c.0).ok()?;
+        Some(c[i].1.clone())
     }
 
     /// Whether retention wants the oldest segment gone. The one being
@@ -618,10 +604,8 @@ impl State {
         while self.index.front().is_some_and(|c| c.first < keep_from) {
             self.index.pop_front();
         }
-        while self.cache.front().is_some_and(|c| c.0 < keep_from) {
-            if let Some((_, d)) = self.cache.pop_front() {
-                self.cache_bytes -= d.len();
-            }
+        while self.cache.items.front().is_some_and(|c| c.0 < keep_from) {
+            self.cache.pop_oldest();
         }
         Some(gone.base)
     }
@@ -1027,17 +1011,39 @@ pub struct StreamLog {
     recovered_writers: std::collections::HashMap<String, u64>,
     /// Readers' renderings of whole chunks, by first offset (see
     /// `rendering`).
-    renderings: Mutex<Renderings>,
+    renderings: Mutex<ChunkCache>,
 }
 
 /// Bytes of chunk renderings a log keeps for its readers.
 const RENDERINGS_MAX: usize = 4 << 20;
 
-/// A bounded set of chunk renderings, oldest put first out.
+/// Bytes kept by a chunk's first offset, bounded in total: the oldest put
+/// goes first (the tail cache and the readers' renderings).
 #[derive(Debug, Default)]
-struct Renderings {
+struct ChunkCache {
     items: VecDeque<(u64, Bytes)>,
     bytes: usize,
+}
+
+impl ChunkCache {
+    /// Keeps `data` unless it alone is over `max`, then drops the oldest
+    /// until the total is within `max`.
+    fn put(&mut self, first: u64, data: Bytes, max: usize) {
+        if data.len() > max {
+            return;
+        }
+        self.bytes += data.len();
+        self.items.push_back((first, data));
+        while self.bytes > max {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, d)) = self.items.pop_front() {
+            self.bytes -= d.len();
+        }
+    }
 }
 
 impl std::fmt::Debug for StreamLog {
@@ -1332,16 +1338,8 @@ impl StreamLog {
     /// change, so it stays right); the oldest go beyond a bound.
     pub fn keep_rendering(&self, first: u64, b: Bytes) {
         let mut r = self.renderings.lock();
-        if b.len() > RENDERINGS_MAX || r.items.iter().any(|i| i.0 == first) {
-            return;
-        }
-        r.bytes += b.len();
-        r.items.push_back((first, b));
-        while r.bytes > RENDERINGS_MAX {
-            let Some((_, old)) = r.items.pop_front() else {
-                break;
-            };
-            r.bytes -= old.len();
+        if !r.items.iter().any(|i| i.0 == first) {
+            r.put(first, b, RENDERINGS_MAX);
         }
     }
 
@@ -1718,7 +1716,7 @@ impl StreamLog {
             if batch.len() - c.at <= self.cache_max {
                 let data_end = c.at + c.len - c.trailer_len as usize;
                 let data = Bytes::copy_from_slice(&batch[c.at + CHUNK_HEADER_LEN..data_end]);
-                st.cache_put(c.first, data, self.cache_max);
+                st.cache.put(c.first, data, self.cache_max);
             }
         }
         let newest = st.newest_ts;
