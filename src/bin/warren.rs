@@ -119,7 +119,16 @@ fn overrides(args: Args) -> Overrides {
 /// Logs to stderr at the configured level (info if it does not parse),
 /// coloured only on a terminal.
 fn init_logging(log_level: &str) {
-    let filter = EnvFilter::try_new(log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // openraft reports every failed heartbeat to an unreachable peer; warren
+    // logs what an operator needs (leader changes) itself. Name openraft in
+    // the filter to see its own lines.
+    let log_level = if log_level.contains("openraft") {
+        log_level.to_owned()
+    } else {
+        format!("{log_level},openraft=off")
+    };
+    let filter =
+        EnvFilter::try_new(&log_level).unwrap_or_else(|_| EnvFilter::new("info,openraft=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -130,7 +139,12 @@ fn init_logging(log_level: &str) {
 /// Opens the broker, binds every listener and serves until a signal, then
 /// shuts down.
 async fn run(config: Config, tls: Option<TlsAcceptor>) -> ExitCode {
-    let broker = match warren::Broker::open(config) {
+    let opened = if config.cluster.enabled() {
+        warren::Broker::open_clustered(config, std::time::Duration::from_secs(10)).await
+    } else {
+        warren::Broker::open(config)
+    };
+    let broker = match opened {
         Ok(b) => b,
         Err(e) => {
             tracing::error!("{e}");

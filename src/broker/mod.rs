@@ -6,6 +6,7 @@
 //! (`definitions`). May use every layer below it; `session` and `admin`
 //! sit on top of it.
 
+pub mod cluster;
 pub mod definitions;
 
 use std::collections::HashMap;
@@ -47,6 +48,10 @@ pub struct Broker {
     pub failed_logins: crate::auth::login_limit::FailedLogins,
     /// Connections accepted and not yet opened (`server::HandshakeSlot`).
     pub handshaking: std::sync::atomic::AtomicU32,
+    /// This node's cluster (`[cluster]`), once joined.
+    cluster: std::sync::OnceLock<cluster::Clustered>,
+    /// The cluster's definitions have their defaults (cluster::Command::Init).
+    cluster_initialized: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -111,6 +116,29 @@ impl Broker {
                 started.elapsed().as_secs_f64()
             );
         }
+        Ok(broker)
+    }
+
+    /// `open` for a node of a cluster (`[cluster]`): the definitions come
+    /// from the cluster's definitions group (see `cluster`) instead of the
+    /// node-local definitions log; the node waits (up to `catch_up`) to
+    /// hear from the group's leader and apply what it missed before stored
+    /// messages go back in their queues.
+    pub async fn open_clustered(
+        config: Config,
+        catch_up: std::time::Duration,
+    ) -> Result<Arc<Broker>, String> {
+        let dir = config.data_dir.clone();
+        make_private_dir(&dir)?;
+        let broker = Arc::new(Self::empty(config));
+        let (store, recovered) = broker.open_store(&dir, Arc::new(crate::store::disk::RealDisk))?;
+        broker.join_cluster().await?;
+        if !recovered.is_empty() {
+            broker.wait_caught_up(catch_up).await;
+        }
+        broker.remove_stream_orphans();
+        let count = broker.restore_messages(&store, recovered);
+        tracing::info!("recovered {count} persistent message(s)");
         Ok(broker)
     }
 
@@ -184,6 +212,16 @@ impl Broker {
                     count += msgs.len();
                     q.recover(msgs);
                 }
+                None if self.cluster().is_some() => {
+                    // The cluster may not have told this node of the queue
+                    // yet: the messages stay stored for the next start.
+                    tracing::warn!(
+                        "{} stored message(s) for queue '{}' in vhost '{}', which this node does not know (yet), kept on disk",
+                        msgs.len(),
+                        key.queue.escape_debug(),
+                        key.vhost.escape_debug()
+                    );
+                }
                 None => {
                     tracing::warn!(
                         "{} stored message(s) for queue '{}' in vhost '{}', which no longer exists, dropped",
@@ -249,7 +287,18 @@ impl Broker {
             started_at: std::time::SystemTime::now(),
             alarms: Arc::new(tokio::sync::watch::Sender::new(Default::default())),
             handshaking: std::sync::atomic::AtomicU32::new(0),
+            cluster: std::sync::OnceLock::new(),
+            cluster_initialized: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the cluster's definitions have their defaults.
+    pub fn cluster_initialized(&self) -> bool {
+        self.cluster_initialized.load(Ordering::Acquire)
+    }
+
+    fn set_cluster_initialized(&self) {
+        self.cluster_initialized.store(true, Ordering::Release);
     }
 
     /// Looks up a vhost.

@@ -22,6 +22,7 @@
 pub mod log;
 pub mod machine;
 pub mod net;
+pub mod node;
 
 use std::io::Cursor;
 

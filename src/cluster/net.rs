@@ -1,7 +1,9 @@
-//! The links between the nodes of a Raft group: openraft's RPCs (append
-//! entries, vote, install snapshot) over TCP.
+//! The links between the nodes of a cluster: openraft's RPCs (append
+//! entries, vote, install snapshot) for every Raft group the node runs,
+//! and proposals forwarded to a group's leader, over TCP.
 //!
-//! Each node listens on its inter-node address (`serve`). A link is one
+//! Each node listens on its inter-node address (`serve`) and answers for
+//! the groups registered in its `Groups`, each request naming its group. A link is one
 //! TCP connection per openraft client, opened on first use and again after
 //! any error. A connection starts with a challenge: the server sends 16
 //! random bytes, the client answers SHA-256(secret ‖ those bytes), and a
@@ -10,6 +12,7 @@
 //! (`[u32 length][JSON]`) answered by one frame. Frames over `FRAME_MAX`
 //! close the connection.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Raft};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,11 +38,39 @@ const FRAME_MAX: usize = 64 << 20;
 /// How long a link waits to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The Raft groups a node runs, by name (`meta` for the definitions).
+#[derive(Clone, Default)]
+pub struct Groups(Arc<RwLock<HashMap<String, Raft<TypeConfig>>>>);
+
+impl Groups {
+    /// Registers (or replaces) group `name`.
+    pub fn insert(&self, name: &str, raft: Raft<TypeConfig>) {
+        self.0.write().insert(name.to_owned(), raft);
+    }
+
+    /// Unregisters group `name`.
+    pub fn remove(&self, name: &str) -> Option<Raft<TypeConfig>> {
+        self.0.write().remove(name)
+    }
+
+    /// The names of the groups registered.
+    pub fn names(&self) -> Vec<String> {
+        self.0.read().keys().cloned().collect()
+    }
+
+    /// Group `name`, if this node runs it.
+    pub fn get(&self, name: &str) -> Option<Raft<TypeConfig>> {
+        self.0.read().get(name).cloned()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 enum Request {
-    Append(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<u64>),
-    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    Append(String, AppendEntriesRequest<TypeConfig>),
+    Vote(String, VoteRequest<u64>),
+    Snapshot(String, InstallSnapshotRequest<TypeConfig>),
+    /// A command for the group, to be written if this node leads it.
+    Propose(String, Vec<u8>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -46,6 +78,32 @@ enum Reply {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    Propose(Proposal),
+    /// The node does not run the group named.
+    NoGroup,
+}
+
+/// What became of a proposal.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Proposal {
+    /// Committed and applied at this log index, with the machine's reply.
+    Applied(u64, Vec<u8>),
+    /// This node does not lead the group; the leader it knows of, if any.
+    NotLeader(Option<(u64, String)>),
+    /// The group refused it (shutting down, a storage failure).
+    Failed(String),
+}
+
+/// Writes `cmd` to `raft` if it leads: the proposal's outcome.
+pub async fn propose_here(raft: &Raft<TypeConfig>, cmd: Vec<u8>) -> Proposal {
+    use openraft::error::ClientWriteError;
+    match raft.client_write(cmd).await {
+        Ok(r) => Proposal::Applied(r.log_id.index, r.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Proposal::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr)))
+        }
+        Err(e) => Proposal::Failed(e.to_string()),
+    }
 }
 
 fn proof(secret: &[u8], challenge: &[u8]) -> Vec<u8> {
@@ -79,7 +137,7 @@ async fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
 /// dropped (its task aborted), which also closes every connection it
 /// accepted: a stopped node leaves no connection answering for it. Only
 /// peers that prove they know `secret` are answered.
-pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, secret: Arc<Vec<u8>>) {
+pub async fn serve(listener: TcpListener, groups: Groups, secret: Arc<Vec<u8>>) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -88,9 +146,9 @@ pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, secret: Arc<Ve
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let (raft, secret) = (raft.clone(), secret.clone());
+                let (groups, secret) = (groups.clone(), secret.clone());
                 conns.spawn(async move {
-                    if let Err(e) = answer(stream, raft, &secret).await
+                    if let Err(e) = answer(stream, groups, &secret).await
                         && e.kind() != io::ErrorKind::UnexpectedEof
                     {
                         tracing::debug!("inter-node connection from {peer} ended: {e}");
@@ -102,7 +160,7 @@ pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, secret: Arc<Ve
     }
 }
 
-async fn answer(mut s: TcpStream, raft: Raft<TypeConfig>, secret: &[u8]) -> io::Result<()> {
+async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<()> {
     s.set_nodelay(true)?;
     let mut challenge = [0u8; 16];
     getrandom::fill(&mut challenge).map_err(io::Error::other)?;
@@ -118,10 +176,22 @@ async fn answer(mut s: TcpStream, raft: Raft<TypeConfig>, secret: &[u8]) -> io::
     loop {
         let req: Request = serde_json::from_slice(&read_frame(&mut s).await?)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let reply = match req {
-            Request::Append(r) => Reply::Append(raft.append_entries(r).await),
-            Request::Vote(r) => Reply::Vote(raft.vote(r).await),
-            Request::Snapshot(r) => Reply::Snapshot(raft.install_snapshot(r).await),
+        let group = match &req {
+            Request::Append(g, _)
+            | Request::Vote(g, _)
+            | Request::Snapshot(g, _)
+            | Request::Propose(g, _) => groups.get(g),
+        };
+        let reply = match (group, req) {
+            (None, _) => Reply::NoGroup,
+            (Some(raft), Request::Append(_, r)) => Reply::Append(raft.append_entries(r).await),
+            (Some(raft), Request::Vote(_, r)) => Reply::Vote(raft.vote(r).await),
+            (Some(raft), Request::Snapshot(_, r)) => {
+                Reply::Snapshot(raft.install_snapshot(r).await)
+            }
+            (Some(raft), Request::Propose(_, cmd)) => {
+                Reply::Propose(propose_here(&raft, cmd).await)
+            }
         };
         write_frame(
             &mut s,
@@ -135,12 +205,16 @@ async fn answer(mut s: TcpStream, raft: Raft<TypeConfig>, secret: &[u8]) -> io::
 #[derive(Clone)]
 pub struct Network {
     secret: Arc<Vec<u8>>,
+    group: String,
 }
 
 impl Network {
-    /// Links that prove `secret` to their peers.
-    pub fn new(secret: Arc<Vec<u8>>) -> Network {
-        Network { secret }
+    /// Links for group `group` that prove `secret` to their peers.
+    pub fn new(secret: Arc<Vec<u8>>, group: &str) -> Network {
+        Network {
+            secret,
+            group: group.to_owned(),
+        }
     }
 }
 
@@ -148,24 +222,46 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Link;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Link {
-        Link {
-            target,
-            addr: node.addr.clone(),
-            secret: self.secret.clone(),
-            conn: None,
-        }
+        Link::new(target, &node.addr, self.secret.clone(), &self.group)
     }
 }
 
-/// One link to one peer.
+/// One link to one peer, for one group.
 pub struct Link {
     target: u64,
     addr: String,
     secret: Arc<Vec<u8>>,
+    group: String,
     conn: Option<TcpStream>,
 }
 
 impl Link {
+    /// A link to node `target` at `addr` for `group` (it connects on first use).
+    pub fn new(target: u64, addr: &str, secret: Arc<Vec<u8>>, group: &str) -> Link {
+        Link {
+            target,
+            addr: addr.to_owned(),
+            secret,
+            group: group.to_owned(),
+            conn: None,
+        }
+    }
+
+    /// Asks the peer to write `cmd` to the group if it leads it.
+    pub async fn propose(&mut self, cmd: Vec<u8>, ttl: Duration) -> io::Result<Proposal> {
+        match self
+            .call(&Request::Propose(self.group.clone(), cmd), ttl)
+            .await?
+        {
+            Reply::Propose(p) => Ok(p),
+            Reply::NoGroup => Ok(Proposal::NotLeader(None)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer answered another request",
+            )),
+        }
+    }
+
     /// Sends one request and reads its reply, connecting first if needed;
     /// any failure drops the connection (the next call connects again).
     async fn call(&mut self, req: &Request, ttl: Duration) -> io::Result<Reply> {
@@ -219,10 +315,17 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call(&Request::Append(rpc), option.hard_ttl()).await {
+        match self
+            .call(&Request::Append(self.group.clone(), rpc), option.hard_ttl())
+            .await
+        {
             Ok(Reply::Append(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
+            Ok(Reply::NoGroup) => Err(Self::unreachable(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the peer does not run group {}", self.group),
+            ))),
             Ok(_) => Err(Self::mismatch()),
             Err(e) => Err(Self::unreachable(e)),
         }
@@ -236,10 +339,20 @@ impl RaftNetwork<TypeConfig> for Link {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        match self.call(&Request::Snapshot(rpc), option.hard_ttl()).await {
+        match self
+            .call(
+                &Request::Snapshot(self.group.clone(), rpc),
+                option.hard_ttl(),
+            )
+            .await
+        {
             Ok(Reply::Snapshot(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
+            Ok(Reply::NoGroup) => Err(Self::unreachable(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the peer does not run group {}", self.group),
+            ))),
             Ok(_) => Err(Self::mismatch()),
             Err(e) => Err(Self::unreachable(e)),
         }
@@ -250,10 +363,17 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call(&Request::Vote(rpc), option.hard_ttl()).await {
+        match self
+            .call(&Request::Vote(self.group.clone(), rpc), option.hard_ttl())
+            .await
+        {
             Ok(Reply::Vote(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
+            Ok(Reply::NoGroup) => Err(Self::unreachable(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the peer does not run group {}", self.group),
+            ))),
             Ok(_) => Err(Self::mismatch()),
             Err(e) => Err(Self::unreachable(e)),
         }

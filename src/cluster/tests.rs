@@ -276,13 +276,15 @@ async fn start_node(
     let raft = openraft::Raft::new(
         id,
         raft_config(),
-        super::net::Network::new(secret.clone()),
+        super::net::Network::new(secret.clone(), "test"),
         log,
         sm.clone(),
     )
     .await
     .unwrap();
-    let server = tokio::spawn(super::net::serve(listener, raft.clone(), secret));
+    let groups = super::net::Groups::default();
+    groups.insert("test", raft.clone());
+    let server = tokio::spawn(super::net::serve(listener, groups, secret));
     TestNode { raft, sm, server }
 }
 
@@ -404,7 +406,10 @@ async fn a_peer_without_the_secret_is_not_answered() {
     let node = start_node(1, tmp.path(), l, b"right").await;
     // A vote request, as a peer sends it.
     let vote = openraft::raft::VoteRequest::new(Vote::new(1, 9), None);
-    let body = format!("{{\"Vote\":{}}}", serde_json::to_string(&vote).unwrap());
+    let body = format!(
+        "{{\"Vote\":[\"test\",{}]}}",
+        serde_json::to_string(&vote).unwrap()
+    );
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(body.as_bytes());
     let ask = |secret: &'static [u8]| {

@@ -53,6 +53,73 @@ pub struct Config {
     pub http: HttpConfig,
     /// The RabbitMQ Stream protocol listener.
     pub stream: StreamConfig,
+    /// Clustering (off unless `node_id` is set).
+    pub cluster: ClusterConfig,
+}
+
+/// A cluster of warren nodes (see docs/operations.md, "Clustering").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id in `nodes` (0: not clustered).
+    pub node_id: u64,
+    /// Every node of the cluster, this one included, as
+    /// "ID@HOST:PORT" (the node's inter-node address; it listens there).
+    pub nodes: Vec<String>,
+    /// The secret every node shares (proved on each inter-node connection).
+    pub secret: Option<String>,
+    /// A file holding the secret instead (its first line).
+    pub secret_file: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    /// Whether this node is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        self.node_id != 0
+    }
+
+    /// The nodes, by id, with their inter-node addresses.
+    pub fn members(&self) -> Result<Vec<(u64, String)>, String> {
+        let mut out: Vec<(u64, String)> = Vec::new();
+        for n in &self.nodes {
+            let (id, addr) = n
+                .split_once('@')
+                .ok_or_else(|| format!("[cluster] nodes: '{n}' is not of the form ID@HOST:PORT"))?;
+            let id: u64 = id.trim().parse().ok().filter(|i| *i > 0).ok_or_else(|| {
+                format!("[cluster] nodes: '{id}' in '{n}' is not a node id (1, 2, ...)")
+            })?;
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!("[cluster] nodes: '{addr}' in '{n}' has no port"));
+            }
+            if out.iter().any(|(i, _)| *i == id) {
+                return Err(format!("[cluster] nodes: node id {id} is listed twice"));
+            }
+            out.push((id, addr.trim().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Where this node listens for its peers: its own address in `nodes`.
+    pub fn listen_addr(&self, own: &str) -> Result<String, String> {
+        Ok(own.to_owned())
+    }
+
+    /// The shared secret.
+    pub fn secret(&self) -> Result<String, String> {
+        if let Some(s) = &self.secret {
+            return Ok(s.clone());
+        }
+        if let Some(p) = &self.secret_file {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("[cluster] secret_file {}: {e}", p.display()))?;
+            return Ok(text.lines().next().unwrap_or_default().to_owned());
+        }
+        Err("[cluster] needs a secret (secret or secret_file) shared by every node".into())
+    }
 }
 
 /// The RabbitMQ Stream protocol listener (RabbitMQ's `stream.*` settings).
@@ -339,6 +406,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
             stream: StreamConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

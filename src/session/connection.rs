@@ -359,7 +359,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             _ => self.hold(),
         };
         self.retry_get();
-        while hold.is_none() && self.ctx.get_wait.is_none() {
+        if let Err(e) = self.finish_define() {
+            return Err(End::Error(e));
+        }
+        while hold.is_none() && self.ctx.get_wait.is_none() && self.ctx.define_wait.is_none() {
             match self.reader.next_buffered() {
                 Ok(Some(frame)) => match self.handle_frame_gated(frame) {
                     Ok(true) => {}
@@ -372,6 +375,32 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             *hold = self.hold();
         }
         Ok(())
+    }
+
+    /// A definitions change the cluster has made: its channel goes on
+    /// (replies, or ends in the change's error).
+    fn finish_define(&mut self) -> AmqpResult<bool> {
+        if self
+            .ctx
+            .define_wait
+            .as_ref()
+            .is_none_or(|p| p.done.is_none())
+        {
+            return Ok(true);
+        }
+        let Some(p) = self.ctx.define_wait.take() else {
+            return Ok(true);
+        };
+        let outcome = p.done.unwrap_or(Ok(0));
+        let result = match self.channels.get_mut(&p.channel).filter(|ch| !ch.closing) {
+            Some(ch) => (p.then)(ch, &mut self.ctx, outcome),
+            None => Ok(()),
+        };
+        let result = match p.method {
+            Some(m) => result.map_err(|e| e.in_method(m)),
+            None => result,
+        };
+        self.after_channel_result(p.channel, result)
     }
 
     /// A basic.get that found its queue's next message being read back
@@ -457,7 +486,10 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                 st.written_while_held = written;
                 st.last_recv = Instant::now();
             }
-        } else if !st.reads(store_held) || self.ctx.get_wait.is_some() {
+        } else if !st.reads(store_held)
+            || self.ctx.get_wait.is_some()
+            || self.ctx.define_wait.is_some()
+        {
             st.last_recv = Instant::now();
         }
     }
@@ -474,9 +506,24 @@ impl<R: AsyncRead + Unpin> Connection<R> {
     ) -> Option<End> {
         let waiting_for_store = !self.ctx.confirms_due.is_empty() && st.durable_rx.is_some();
         let loading = self.ctx.get_wait.as_ref().map(|g| g.queue.clone());
-        let reads = st.reads(store_held) && loading.is_none();
+        let mut define = self.ctx.define_wait.take();
+        let defining = define.as_ref().is_some_and(|p| p.done.is_none());
+        let reads = st.reads(store_held) && loading.is_none() && define.is_none();
         tokio::select! {
             biased;
+            done = async {
+                match define.as_mut() {
+                    Some(p) => (&mut p.rx).await,
+                    None => std::future::pending().await,
+                }
+            }, if defining => {
+                if let Some(p) = define.as_mut() {
+                    p.done = Some(done.unwrap_or_else(|_| Err(AmqpError::connection(
+                        code::INTERNAL_ERROR,
+                        "a definitions change was lost",
+                    ))));
+                }
+            }
             synced = async {
                 match st.durable_rx.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
@@ -534,8 +581,13 @@ impl<R: AsyncRead + Unpin> Connection<R> {
                     return Some(End::Gone);
                 }
             }
-            _ = st.ticker.tick() => return self.heartbeat_tick(st),
+            _ = st.ticker.tick() => {
+                if let Some(end) = self.heartbeat_tick(st) {
+                    return Some(end);
+                }
+            }
         }
+        self.ctx.define_wait = define;
         None
     }
 
@@ -629,6 +681,11 @@ impl<R: AsyncRead + Unpin> Connection<R> {
             Some(ch) => ch.handle_method(&mut self.ctx, method),
             None => Ok(()),
         };
+        if let Some(p) = self.ctx.define_wait.as_mut()
+            && p.method.is_none()
+        {
+            p.method = Some(method_id);
+        }
         self.after_channel_result(channel, result.map_err(|e| e.in_method(method_id)))
     }
 

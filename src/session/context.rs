@@ -18,6 +18,33 @@ use crate::queue::Queue;
 use crate::session::outbound::ConnectionHandle;
 use crate::vhost::VHost;
 
+/// What a channel does once its definitions change is made (the reply,
+/// or the error the change ended in).
+pub type AfterDefine = Box<
+    dyn FnOnce(
+            &mut crate::session::channel::Channel,
+            &mut ConnCtx,
+            AmqpResult<u32>,
+        ) -> AmqpResult<()>
+        + Send,
+>;
+
+/// A definitions change a channel waits for (in a cluster, until the
+/// cluster has committed it): nothing more from the client is handled
+/// until it is done, so replies keep their order.
+pub struct PendingDefine {
+    /// The channel it came on.
+    pub channel: u16,
+    /// The method that asked for it (set by the frame loop).
+    pub method: Option<crate::session::method_ids::MethodId>,
+    /// Its outcome, once made.
+    pub rx: tokio::sync::oneshot::Receiver<AmqpResult<u32>>,
+    /// The outcome, once received.
+    pub done: Option<AmqpResult<u32>>,
+    /// What the channel does with it.
+    pub then: AfterDefine,
+}
+
 /// A basic.get waiting for its queue's head to be read back from disk.
 pub struct PendingGet {
     /// The queue.
@@ -50,6 +77,9 @@ pub struct ConnCtx {
     /// A basic.get whose message is being read back from disk: nothing
     /// more is handled until it is answered.
     pub get_wait: Option<PendingGet>,
+    /// A definitions change being made in the cluster: nothing more is
+    /// handled until it is done.
+    pub define_wait: Option<PendingDefine>,
     /// The connection has published (alarms block only publishers).
     pub published: bool,
     perms: Option<Arc<crate::auth::Permissions>>,
@@ -74,10 +104,45 @@ impl ConnCtx {
             flow_wait: None,
             reply_wait: None,
             get_wait: None,
+            define_wait: None,
             published: false,
             perms: None,
             perms_generation: 0,
         }
+    }
+
+    /// Whether definitions changes go through the cluster (`define`).
+    pub fn clustered(&self) -> bool {
+        self.broker.cluster().is_some()
+    }
+
+    /// Makes a definitions change through the cluster; `then` runs on
+    /// `channel` with its outcome, and nothing more from the client is
+    /// handled before.
+    pub fn define(
+        &mut self,
+        channel: u16,
+        cmd: crate::broker::cluster::Command,
+        then: impl FnOnce(
+            &mut crate::session::channel::Channel,
+            &mut ConnCtx,
+            AmqpResult<u32>,
+        ) -> AmqpResult<()>
+        + Send
+        + 'static,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(broker.define(cmd).await);
+        });
+        self.define_wait = Some(PendingDefine {
+            channel,
+            method: None,
+            rx,
+            done: None,
+            then: Box::new(then),
+        });
     }
 
     /// The connection id.

@@ -57,6 +57,9 @@ pub struct VHost {
     pub name: Arc<str>,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// In a cluster, the durable queues that live on another node, by name:
+    /// their node's id (see broker/cluster.rs).
+    remote_homes: RwLock<HashMap<String, u64>>,
     policies: RwLock<std::collections::BTreeMap<String, Policy>>,
     definitions: Mutex<()>,
     durability: Arc<Durability>,
@@ -250,6 +253,7 @@ impl VHost {
             name: name.into(),
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
+            remote_homes: RwLock::new(HashMap::new()),
             policies: RwLock::new(Default::default()),
             definitions: Mutex::new(()),
             durability,
@@ -257,6 +261,31 @@ impl VHost {
             replies: Default::default(),
             retired: Default::default(),
         })
+    }
+
+    /// In a cluster, records that queue `name` lives on node `home`
+    /// (0: on this node, or gone).
+    pub fn set_remote_home(&self, name: &str, home: u64) {
+        let mut h = self.remote_homes.write();
+        if home == 0 {
+            h.remove(name);
+        } else {
+            h.insert(name.to_owned(), home);
+        }
+    }
+
+    /// The node queue `name` lives on, if that is another node.
+    pub fn remote_home(&self, name: &str) -> Option<u64> {
+        self.remote_homes.read().get(name).copied()
+    }
+
+    /// The queues that live on other nodes, with their nodes.
+    pub fn remote_homes(&self) -> Vec<(String, u64)> {
+        self.remote_homes
+            .read()
+            .iter()
+            .map(|(n, h)| (n.clone(), *h))
+            .collect()
     }
 
     /// Looks up an exchange.

@@ -4,9 +4,11 @@
 use amq_protocol::protocol::{AMQPClass, queue};
 
 use crate::auth::{Access, Resource};
+use crate::broker::cluster::Command;
 use crate::protocol::error::{AmqpError, AmqpResult, code};
 use crate::queue::QueueConfig;
 use crate::queue::stream::args::{self as stream_args, QueueType};
+use crate::schema::{BindingDef, QueueDef};
 use crate::session::channel::Channel;
 use crate::session::context::ConnCtx;
 use crate::session::handlers::{generated_name, not_from_client, queue_name};
@@ -65,6 +67,34 @@ fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult
             ));
         }
     }
+    if ctx.clustered()
+        && !d.passive
+        && d.durable
+        && !d.exclusive
+        && ctx.vhost.queue(&name).is_none()
+    {
+        // A new durable queue is the cluster's to make; it lives here.
+        let home = ctx.broker.cluster().map_or(0, |c| c.node.id);
+        let def = QueueDef {
+            name: name.clone(),
+            vhost: ctx.vhost.name.to_string(),
+            durable: true,
+            auto_delete: d.auto_delete,
+            arguments: crate::protocol::fields::table_to_json(&d.arguments),
+        };
+        let nowait = d.nowait;
+        ctx.define(
+            ch.id,
+            Command::DeclareQueue { def, home },
+            move |ch, ctx, r| {
+                r?;
+                let q = ctx.vhost.queue_or_404(&name)?;
+                declare_ok(ch, ctx, name, &q, nowait);
+                Ok(())
+            },
+        );
+        return Ok(());
+    }
     let config = QueueConfig {
         durable: d.durable,
         exclusive_owner: d.exclusive.then_some(ctx.id()),
@@ -77,8 +107,20 @@ fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult
     if created && q.config.exclusive_owner.is_some() {
         ctx.exclusive_queues.push(q.clone());
     }
+    declare_ok(ch, ctx, name, &q, d.nowait);
+    Ok(())
+}
+
+/// queue.declare-ok (unless nowait), and the channel's last queue.
+fn declare_ok(
+    ch: &mut Channel,
+    ctx: &ConnCtx,
+    name: String,
+    q: &crate::queue::Queue,
+    nowait: bool,
+) {
     ch.last_queue = Some(name.clone());
-    if !d.nowait {
+    if !nowait {
         ctx.send(
             ch.id,
             AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
@@ -93,7 +135,6 @@ fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult
             })),
         );
     }
-    Ok(())
 }
 
 /// The name a queue.declare declares: its own, the channel's last queue
@@ -124,6 +165,20 @@ fn bind(ch: &mut Channel, ctx: &mut ConnCtx, b: queue::Bind) -> AmqpResult<()> {
     } else {
         b.routing_key.as_str().to_owned()
     };
+    if let Some(def) = replicated_binding(ctx, b.exchange.as_str(), &name, &rk, &b.arguments) {
+        let nowait = b.nowait;
+        ctx.define(ch.id, Command::Bind(def), move |ch, ctx, r| {
+            r?;
+            if !nowait {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                );
+            }
+            Ok(())
+        });
+        return Ok(());
+    }
     ctx.vhost.bind(
         b.exchange.as_str(),
         DestName::Queue(&name),
@@ -144,6 +199,23 @@ fn bind(ch: &mut Channel, ctx: &mut ConnCtx, b: queue::Bind) -> AmqpResult<()> {
 fn unbind(ch: &mut Channel, ctx: &mut ConnCtx, b: queue::Unbind) -> AmqpResult<()> {
     let name = queue_name(ch, b.queue.as_str())?;
     check_bind_queue(ctx, b.exchange.as_str(), &name)?;
+    if let Some(def) = replicated_binding(
+        ctx,
+        b.exchange.as_str(),
+        &name,
+        b.routing_key.as_str(),
+        &b.arguments,
+    ) {
+        ctx.define(ch.id, Command::Unbind(def), move |ch, ctx, r| {
+            r?;
+            ctx.send(
+                ch.id,
+                AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+            );
+            Ok(())
+        });
+        return Ok(());
+    }
     ctx.vhost.unbind(
         b.exchange.as_str(),
         DestName::Queue(&name),
@@ -191,6 +263,28 @@ fn purge(ch: &mut Channel, ctx: &mut ConnCtx, p: queue::Purge) -> AmqpResult<()>
 fn delete(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Delete) -> AmqpResult<()> {
     let name = queue_name(ch, d.queue.as_str())?;
     ctx.check(Access::Configure, Resource::Queue(&name))?;
+    if ctx.clustered() && ctx.vhost.queue(&name).is_some_and(|q| replicated_queue(&q)) {
+        let cmd = Command::DeleteQueue {
+            vhost: ctx.vhost.name.to_string(),
+            name,
+            if_unused: d.if_unused,
+            if_empty: d.if_empty,
+        };
+        let nowait = d.nowait;
+        ctx.define(ch.id, cmd, move |ch, ctx, r| {
+            let message_count = r?;
+            if !nowait {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count,
+                    })),
+                );
+            }
+            Ok(())
+        });
+        return Ok(());
+    }
     let deleted = ctx
         .vhost
         .delete_queue(&name, d.if_unused, d.if_empty, ctx.id())?;
@@ -205,4 +299,32 @@ fn delete(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Delete) -> AmqpResult<(
         );
     }
     Ok(())
+}
+
+/// A queue the cluster replicates: durable and not exclusive.
+fn replicated_queue(q: &crate::queue::Queue) -> bool {
+    q.config.durable && q.config.exclusive_owner.is_none()
+}
+
+/// In a cluster, a binding from a durable exchange (not the default one)
+/// to a replicated queue is the cluster's to make: its definition.
+/// Otherwise (or when an end is missing: the local path gives the error)
+/// None.
+fn replicated_binding(
+    ctx: &ConnCtx,
+    exchange: &str,
+    queue: &str,
+    routing_key: &str,
+    arguments: &amq_protocol::types::FieldTable,
+) -> Option<BindingDef> {
+    let durable_x = !exchange.is_empty() && ctx.vhost.exchange(exchange).is_some_and(|x| x.durable);
+    let durable_q = ctx.vhost.queue(queue).is_some_and(|q| replicated_queue(&q));
+    (ctx.clustered() && durable_x && durable_q).then(|| BindingDef {
+        source: exchange.to_owned(),
+        vhost: ctx.vhost.name.to_string(),
+        destination: queue.to_owned(),
+        destination_type: "queue".into(),
+        routing_key: routing_key.to_owned(),
+        arguments: crate::protocol::fields::table_to_json(arguments),
+    })
 }

@@ -1,0 +1,516 @@
+//! The broker in a cluster: its definitions are the state machine of one
+//! Raft group, `meta`, run by every node (see docs/architecture.md,
+//! "Clustering").
+//!
+//! A change of definitions (a vhost, user, permission, policy, durable
+//! exchange or queue, or a binding between durable ends) is not made where
+//! it is asked for: it is
+//! proposed to the group as a `Command`, and every node, the one that asked
+//! among them, makes it when the group has committed it, in the group's
+//! order, through the same code a single node runs. The node that asked
+//! answers its client with the outcome its own machine computed, so two
+//! clients on two nodes declaring the same queue at once see what they
+//! would on one node: one creates it, the other finds it.
+//!
+//! A durable queue belongs to the node that declared it (its home), as in
+//! RabbitMQ; the other nodes know it by name. Exclusive and non-durable
+//! queues, non-durable exchanges and bindings to or from them are not
+//! replicated yet: they live and die with their node and its connections.
+//!
+//! In a cluster the group's log and snapshots are the durable record of the
+//! definitions, so the node-local definitions log is not kept.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Broker;
+use super::definitions;
+use crate::cluster::machine::Machine;
+use crate::cluster::node::{Node, ProposeError};
+use crate::protocol::error::{AmqpError, AmqpResult, Scope, code};
+use crate::protocol::fields::table_from_json;
+use crate::queue::QueueConfig;
+use crate::schema::{BindingDef, Definitions, ExchangeDef, QueueDef};
+use crate::store::meta::MetaOp;
+use crate::vhost::{DestName, ExchangeDeclare};
+
+/// The definitions group's name.
+pub const META: &str = "meta";
+
+/// How long a change waits for the group to commit it.
+const PROPOSE_LIMIT: Duration = Duration::from_secs(10);
+
+/// A change of definitions, as the group's log holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates the default vhost and user, once in the group's life.
+    Init {
+        /// Default vhost.
+        vhost: String,
+        /// Default user.
+        user: String,
+        /// Its password hash.
+        password_hash: String,
+    },
+    /// A user, vhost, permission or policy change (applied as is).
+    Op(MetaOp),
+    /// exchange.declare (not passive).
+    DeclareExchange(ExchangeDef),
+    /// exchange.delete.
+    DeleteExchange {
+        /// Vhost.
+        vhost: String,
+        /// Name.
+        name: String,
+        /// Only if it has no bindings.
+        if_unused: bool,
+    },
+    /// queue.declare of a durable, non-exclusive queue (not passive).
+    DeclareQueue {
+        /// The queue.
+        def: QueueDef,
+        /// The node it lives on.
+        home: u64,
+    },
+    /// queue.delete.
+    DeleteQueue {
+        /// Vhost.
+        vhost: String,
+        /// Name.
+        name: String,
+        /// Only without consumers.
+        if_unused: bool,
+        /// Only without messages.
+        if_empty: bool,
+    },
+    /// queue.bind / exchange.bind.
+    Bind(BindingDef),
+    /// queue.unbind / exchange.unbind.
+    Unbind(BindingDef),
+    /// A definitions import.
+    Import(Definitions),
+}
+
+/// What a command did: a count (messages deleted with a queue) or the
+/// error a client gets, with its scope.
+pub type Outcome = Result<u32, (bool, u16, String)>;
+
+fn refusal(e: AmqpError) -> (bool, u16, String) {
+    (e.scope == Scope::Connection, e.code, e.text)
+}
+
+/// The client's error for a refused outcome.
+pub fn outcome_error((connection, code, text): (bool, u16, String)) -> AmqpError {
+    let mut e = if connection {
+        AmqpError::connection(code, "")
+    } else {
+        AmqpError::channel(code, "")
+    };
+    e.text = text;
+    e
+}
+
+/// Makes `cmd` on this node's broker (every node does, in log order).
+pub fn apply(broker: &Broker, node: u64, cmd: Command) -> Outcome {
+    let vhost = |v: &str| {
+        broker.vhost(v).ok_or_else(|| {
+            refusal(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!("vhost '{v}' not found"),
+            ))
+        })
+    };
+    match cmd {
+        Command::Init {
+            vhost: v,
+            user,
+            password_hash,
+        } => {
+            if broker.cluster_initialized() {
+                return Ok(0);
+            }
+            broker.add_vhost(&v);
+            broker.put_user(crate::auth::User {
+                name: user.clone(),
+                password_hash,
+                tags: vec!["administrator".into()],
+            });
+            broker.set_permissions(&user, &v, crate::auth::Permissions::all());
+            broker.set_cluster_initialized();
+            Ok(0)
+        }
+        Command::Op(op) => {
+            definitions::apply_logged(broker, op);
+            Ok(0)
+        }
+        Command::DeclareExchange(x) => {
+            let arguments = table_from_json(&x.arguments)
+                .map_err(|e| refusal(AmqpError::channel(code::PRECONDITION_FAILED, e)))?;
+            vhost(&x.vhost)?
+                .declare_exchange(&ExchangeDeclare {
+                    name: x.name,
+                    kind: x.kind,
+                    passive: false,
+                    durable: x.durable,
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments,
+                })
+                .map_err(refusal)?;
+            Ok(0)
+        }
+        Command::DeleteExchange {
+            vhost: v,
+            name,
+            if_unused,
+        } => {
+            vhost(&v)?
+                .delete_exchange(&name, if_unused)
+                .map_err(refusal)?;
+            Ok(0)
+        }
+        Command::DeclareQueue { def, home } => {
+            let vh = vhost(&def.vhost)?;
+            let arguments = table_from_json(&def.arguments)
+                .map_err(|e| refusal(AmqpError::channel(code::PRECONDITION_FAILED, e)))?;
+            let config = QueueConfig {
+                durable: def.durable,
+                exclusive_owner: None,
+                auto_delete: def.auto_delete,
+                arguments,
+            };
+            let (_, created) = vh
+                .declare_queue(&def.name, false, false, config, 0)
+                .map_err(refusal)?;
+            if created && home != node {
+                vh.set_remote_home(&def.name, home);
+            }
+            Ok(0)
+        }
+        Command::DeleteQueue {
+            vhost: v,
+            name,
+            if_unused,
+            if_empty,
+        } => {
+            let vh = vhost(&v)?;
+            let deleted = vh
+                .delete_queue(&name, if_unused, if_empty, 0)
+                .map_err(refusal)?;
+            vh.set_remote_home(&name, 0);
+            Ok(deleted.map_or(0, |d| d.message_count))
+        }
+        Command::Bind(b) => {
+            let args = table_from_json(&b.arguments)
+                .map_err(|e| refusal(AmqpError::channel(code::PRECONDITION_FAILED, e)))?;
+            vhost(&b.vhost)?
+                .bind(&b.source, dest(&b), &b.routing_key, &args, 0)
+                .map_err(refusal)?;
+            Ok(0)
+        }
+        Command::Unbind(b) => {
+            let args = table_from_json(&b.arguments)
+                .map_err(|e| refusal(AmqpError::channel(code::PRECONDITION_FAILED, e)))?;
+            vhost(&b.vhost)?
+                .unbind(&b.source, dest(&b), &b.routing_key, &args, 0)
+                .map_err(refusal)?;
+            Ok(0)
+        }
+        Command::Import(d) => {
+            let problems = definitions::import(broker, &d);
+            if problems.is_empty() {
+                Ok(0)
+            } else {
+                Err((false, 400, problems.join("; ")))
+            }
+        }
+    }
+}
+
+fn dest(b: &BindingDef) -> DestName<'_> {
+    if b.destination_type == "exchange" {
+        DestName::Exchange(&b.destination)
+    } else {
+        DestName::Queue(&b.destination)
+    }
+}
+
+/// The definitions group's machine: the broker's definitions.
+pub struct MetaMachine {
+    broker: Weak<Broker>,
+    node: u64,
+}
+
+/// A snapshot of the definitions group.
+#[derive(Serialize, Deserialize)]
+struct MetaSnapshot {
+    initialized: bool,
+    definitions: Definitions,
+    /// Durable queues by home node (vhost, name, home).
+    homes: Vec<(String, String, u64)>,
+}
+
+impl Machine for MetaMachine {
+    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        let Some(broker) = self.broker.upgrade() else {
+            return Vec::new();
+        };
+        let outcome: Outcome = match serde_json::from_slice::<Command>(command) {
+            Ok(cmd) => apply(&broker, self.node, cmd),
+            Err(e) => Err((
+                false,
+                code::INTERNAL_ERROR,
+                format!("unreadable command: {e}"),
+            )),
+        };
+        serde_json::to_vec(&outcome).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let Some(broker) = self.broker.upgrade() else {
+            return Vec::new();
+        };
+        let mut homes = Vec::new();
+        for vh in broker.vhosts() {
+            for (name, home) in vh.remote_homes() {
+                homes.push((vh.name.to_string(), name, home));
+            }
+        }
+        let snap = MetaSnapshot {
+            initialized: broker.cluster_initialized(),
+            definitions: replicated(&broker),
+            homes,
+        };
+        serde_json::to_vec(&snap).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> std::io::Result<()> {
+        let Some(broker) = self.broker.upgrade() else {
+            return Ok(());
+        };
+        let snap: MetaSnapshot = serde_json::from_slice(snapshot).map_err(std::io::Error::other)?;
+        replace_definitions(&broker, &snap.definitions);
+        for (v, name, home) in snap.homes {
+            if let Some(vh) = broker.vhost(&v)
+                && home != self.node
+            {
+                vh.set_remote_home(&name, home);
+            }
+        }
+        if snap.initialized {
+            broker.set_cluster_initialized();
+        }
+        Ok(())
+    }
+}
+
+/// The definitions the group replicates: what an export holds (users,
+/// vhosts, permissions, policies, durable exchanges and queues, bindings
+/// between durable ends).
+fn replicated(broker: &Broker) -> Definitions {
+    definitions::export(broker)
+}
+
+/// Makes the broker's replicated definitions exactly `d` (a snapshot
+/// installed from the leader): what `d` lacks goes, the rest is imported.
+fn replace_definitions(broker: &Broker, d: &Definitions) {
+    let now = replicated(broker);
+    let keep_vhosts: Vec<&str> = d.vhosts.iter().map(|v| v.name.as_str()).collect();
+    for v in &now.vhosts {
+        if !keep_vhosts.contains(&v.name.as_str()) {
+            broker.delete_vhost(&v.name);
+        }
+    }
+    for u in &now.users {
+        if !d.users.iter().any(|k| k.name == u.name) {
+            broker.delete_user(&u.name);
+        }
+    }
+    for b in &now.bindings {
+        if !d.bindings.contains(b) {
+            definitions::apply_logged(broker, MetaOp::Unbind(b.clone()));
+        }
+    }
+    for q in &now.queues {
+        if !d
+            .queues
+            .iter()
+            .any(|k| k.vhost == q.vhost && k.name == q.name)
+        {
+            definitions::apply_logged(broker, MetaOp::DeleteQueue(q.vhost.clone(), q.name.clone()));
+        }
+    }
+    for x in &now.exchanges {
+        if !d
+            .exchanges
+            .iter()
+            .any(|k| k.vhost == x.vhost && k.name == x.name)
+        {
+            definitions::apply_logged(
+                broker,
+                MetaOp::DeleteExchange(x.vhost.clone(), x.name.clone()),
+            );
+        }
+    }
+    for p in definitions::restore(broker, d) {
+        tracing::warn!("installing the cluster's definitions: {}", p.escape_debug());
+    }
+}
+
+/// This node's part in its cluster.
+#[derive(Debug)]
+pub struct Clustered {
+    /// The node.
+    pub node: Node,
+}
+
+impl Broker {
+    /// Joins the cluster `[cluster]` describes: starts the inter-node
+    /// listener and the definitions group (whose committed changes, on disk
+    /// from an earlier run, are applied before this returns), and makes
+    /// sure the defaults exist once the group has a leader.
+    pub async fn join_cluster(self: &Arc<Self>) -> Result<(), String> {
+        let c = &self.config.cluster;
+        let members: BTreeMap<u64, openraft::BasicNode> = c
+            .members()?
+            .into_iter()
+            .map(|(id, addr)| (id, openraft::BasicNode::new(addr)))
+            .collect();
+        let me = members.get(&c.node_id).ok_or_else(|| {
+            format!(
+                "[cluster] node_id {} is not one of the nodes listed",
+                c.node_id
+            )
+        })?;
+        let listen = c.listen_addr(&me.addr)?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| format!("cannot listen for cluster peers on {listen}: {e}"))?;
+        let node = Node::start(
+            c.node_id,
+            members,
+            c.secret()?.into_bytes(),
+            listener,
+            Arc::new(crate::store::disk::RealDisk),
+        );
+        let dir = self.config.data_dir.join("cluster").join(META);
+        let machine = MetaMachine {
+            broker: Arc::downgrade(self),
+            node: c.node_id,
+        };
+        node.open_group(META, Path::new(&dir), machine)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot open the cluster's definitions in {}: {e}",
+                    dir.display()
+                )
+            })?;
+        if let Some(raft) = node.group(META) {
+            tokio::spawn(log_leaders(raft));
+        }
+        let _ = self.cluster.set(Clustered { node });
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let d = broker.config.defaults.clone();
+            let init = Command::Init {
+                vhost: d.vhost,
+                user: d.user,
+                password_hash: crate::auth::hash_password(&d.password),
+            };
+            while !broker.cluster_initialized() {
+                if broker.define(init.clone()).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits (up to `limit`) until the definitions group has a leader and
+    /// this node has applied every entry it holds: it has caught up with
+    /// what the cluster decided while it was away.
+    pub async fn wait_caught_up(&self, limit: Duration) {
+        let Some(raft) = self.cluster().and_then(|c| c.node.group(META)) else {
+            return;
+        };
+        let caught_up = raft
+            .wait(Some(limit))
+            .metrics(
+                |m| {
+                    m.current_leader.is_some()
+                        && m.last_applied.map(|l| l.index) >= m.last_log_index
+                },
+                "the definitions to catch up",
+            )
+            .await;
+        if caught_up.is_err() {
+            tracing::warn!(
+                "no leader of the cluster's definitions within {} s: starting with what this node has",
+                limit.as_secs()
+            );
+        }
+    }
+
+    /// This node's cluster, if it is in one.
+    pub fn cluster(&self) -> Option<&Clustered> {
+        self.cluster.get()
+    }
+
+    /// Makes a change of definitions: at once on a single node, through
+    /// the definitions group in a cluster (waiting until it is committed
+    /// and made here).
+    pub async fn define(&self, cmd: Command) -> AmqpResult<u32> {
+        let outcome = match self.cluster() {
+            None => apply(self, 0, cmd),
+            Some(c) => {
+                let bytes = serde_json::to_vec(&cmd).map_err(|e| {
+                    AmqpError::connection(code::INTERNAL_ERROR, format!("encoding a change: {e}"))
+                })?;
+                let reply = c
+                    .node
+                    .propose(META, bytes, PROPOSE_LIMIT)
+                    .await
+                    .map_err(no_quorum)?;
+                serde_json::from_slice(&reply).map_err(|e| {
+                    AmqpError::connection(
+                        code::INTERNAL_ERROR,
+                        format!("reading the cluster's answer: {e}"),
+                    )
+                })?
+            }
+        };
+        outcome.map_err(outcome_error)
+    }
+}
+
+/// Logs each change of the definitions group's leader.
+async fn log_leaders(raft: openraft::Raft<crate::cluster::TypeConfig>) {
+    let mut metrics = raft.metrics();
+    let mut last = None;
+    loop {
+        let (leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if leader != last {
+            match leader {
+                Some(l) => tracing::info!("cluster: node {l} leads the definitions (term {term})"),
+                None => tracing::warn!("cluster: the definitions have no leader (term {term})"),
+            }
+            last = leader;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn no_quorum(e: ProposeError) -> AmqpError {
+    AmqpError::channel(code::RESOURCE_ERROR, e)
+}

@@ -1,0 +1,253 @@
+//! One node of a cluster: its identity, its peers, the inter-node listener
+//! and the Raft groups it runs, and the one way to change a group's state,
+//! `propose`, which works on any node (a follower forwards the command to
+//! the leader it knows of and then waits until its own machine has applied
+//! it, so what it says next reflects the change).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, Raft};
+use parking_lot::Mutex;
+
+use super::TypeConfig;
+use super::log::RaftLog;
+use super::machine::{Machine, StateMachine};
+use super::net::{Groups, Link, Network, Proposal, propose_here, serve};
+use crate::store::disk::Disk;
+
+/// Raft timings of every group. A leader heartbeats every 250 ms; a
+/// follower that hears none for 1.5–3 s stands for election, so a dead
+/// leader is replaced within about 3.5 s while a busy machine (two cores
+/// shared by three nodes in the tests) does not start needless elections.
+pub fn raft_config() -> Arc<openraft::Config> {
+    Arc::new(
+        openraft::Config {
+            cluster_name: "warren".into(),
+            heartbeat_interval: 250,
+            election_timeout_min: 1500,
+            election_timeout_max: 3000,
+            ..Default::default()
+        }
+        .validate()
+        .expect("the Raft timings are consistent"),
+    )
+}
+
+/// Why a proposal did not take effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// No leader answered in time (no majority reachable, or an election
+    /// that did not end).
+    NoQuorum(String),
+    /// This node does not run the group.
+    NoGroup(String),
+    /// The group refused it.
+    Failed(String),
+}
+
+impl std::fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposeError::NoQuorum(g) => write!(
+                f,
+                "no leader of {g} could be reached in time: a majority of the cluster's nodes is unavailable"
+            ),
+            ProposeError::NoGroup(g) => write!(f, "this node does not run {g}"),
+            ProposeError::Failed(e) => write!(f, "the cluster refused the change: {e}"),
+        }
+    }
+}
+
+/// Links used to forward proposals, by group and leader.
+type Links = Mutex<HashMap<(String, u64), Arc<tokio::sync::Mutex<Link>>>>;
+
+/// A running node.
+pub struct Node {
+    /// This node's id.
+    pub id: u64,
+    /// Every node of the cluster (this one too), by id.
+    pub members: BTreeMap<u64, BasicNode>,
+    secret: Arc<Vec<u8>>,
+    groups: Groups,
+    disk: Arc<dyn Disk>,
+    links: Links,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("members", &self.members)
+            .finish()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Node {
+    /// Starts node `id` of the cluster whose nodes are `members`, answering
+    /// its peers on `listener`.
+    pub fn start(
+        id: u64,
+        members: BTreeMap<u64, BasicNode>,
+        secret: Vec<u8>,
+        listener: tokio::net::TcpListener,
+        disk: Arc<dyn Disk>,
+    ) -> Node {
+        let secret = Arc::new(secret);
+        let groups = Groups::default();
+        let server = tokio::spawn(serve(listener, groups.clone(), secret.clone()));
+        Node {
+            id,
+            members,
+            secret,
+            groups,
+            disk,
+            links: Mutex::default(),
+            server,
+        }
+    }
+
+    /// Opens group `name` with its files in `dir` and `machine` as its
+    /// state, and registers it with the listener. Committed entries on disk
+    /// are applied to the machine before this returns. The lowest-numbered
+    /// node creates the group (with every member as a voter) the first time.
+    pub async fn open_group<M: Machine>(
+        &self,
+        name: &str,
+        dir: &Path,
+        machine: M,
+    ) -> io::Result<(Raft<TypeConfig>, StateMachine<M>)> {
+        let log = RaftLog::open(self.disk.clone(), dir)?;
+        let sm = StateMachine::open(self.disk.clone(), dir, machine)?;
+        let raft = Raft::new(
+            self.id,
+            raft_config(),
+            Network::new(self.secret.clone(), name),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(io::Error::other)?;
+        self.groups.insert(name, raft.clone());
+        let fresh = raft
+            .is_initialized()
+            .await
+            .map(|i| !i)
+            .map_err(io::Error::other)?;
+        if fresh && self.members.keys().next() == Some(&self.id) {
+            // Refused when another start already did it: that is fine.
+            if let Err(e) = raft.initialize(self.members.clone()).await {
+                tracing::debug!("group {name} not initialized here: {e}");
+            }
+        }
+        Ok((raft, sm))
+    }
+
+    /// Group `name`, if this node runs it.
+    pub fn group(&self, name: &str) -> Option<Raft<TypeConfig>> {
+        self.groups.get(name)
+    }
+
+    /// Writes `cmd` to group `name` through its leader, wherever it is,
+    /// and waits until this node's machine has applied it: the machine's
+    /// reply. Gives up after `limit` without a leader.
+    ///
+    /// A forwarded proposal whose answer is lost is sent again, so a
+    /// command may be applied twice: commands must be idempotent.
+    pub async fn propose(
+        &self,
+        name: &str,
+        cmd: Vec<u8>,
+        limit: Duration,
+    ) -> Result<Vec<u8>, ProposeError> {
+        let raft = self
+            .groups
+            .get(name)
+            .ok_or_else(|| ProposeError::NoGroup(name.to_owned()))?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ProposeError::NoQuorum(name.to_owned()));
+            }
+            let leader = raft.metrics().borrow().current_leader;
+            let outcome = match leader {
+                Some(l) if l == self.id => {
+                    tokio::time::timeout(left, propose_here(&raft, cmd.clone()))
+                        .await
+                        .unwrap_or(Proposal::NotLeader(None))
+                }
+                Some(l) => match self.members.get(&l) {
+                    Some(node) => self.forward(name, l, &node.addr, cmd.clone(), left).await,
+                    None => Proposal::NotLeader(None),
+                },
+                None => Proposal::NotLeader(None),
+            };
+            match outcome {
+                Proposal::Applied(index, reply) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    raft.wait(Some(left.max(Duration::from_secs(1))))
+                        .applied_index_at_least(Some(index), "a proposal to apply here")
+                        .await
+                        .map_err(|_| ProposeError::NoQuorum(name.to_owned()))?;
+                    return Ok(reply);
+                }
+                Proposal::Failed(e) => return Err(ProposeError::Failed(e)),
+                Proposal::NotLeader(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        name: &str,
+        leader: u64,
+        addr: &str,
+        cmd: Vec<u8>,
+        ttl: Duration,
+    ) -> Proposal {
+        let link = self
+            .links
+            .lock()
+            .entry((name.to_owned(), leader))
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Link::new(
+                    leader,
+                    addr,
+                    self.secret.clone(),
+                    name,
+                )))
+            })
+            .clone();
+        let mut link = link.lock().await;
+        match link.propose(cmd, ttl).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("forwarding a proposal for {name} to node {leader}: {e}");
+                Proposal::NotLeader(None)
+            }
+        }
+    }
+
+    /// Stops every group this node runs.
+    pub async fn shutdown(&self) {
+        for name in self.groups.names() {
+            if let Some(raft) = self.groups.remove(&name) {
+                let _ = raft.shutdown().await;
+            }
+        }
+        self.server.abort();
+    }
+}

@@ -1,0 +1,172 @@
+//! A cluster of three real warren processes on loopback: the definitions
+//! are one Raft group on every node, so what is declared on one node is
+//! there on the others, survives the loss of one node, and reaches a node
+//! that was away when it comes back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Warren, free_port, reply_code};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+
+/// Starts nodes 1..=n of a cluster on free loopback ports.
+fn start_cluster(n: u64) -> Vec<Warren> {
+    let peers: Vec<String> = (1..=n)
+        .map(|id| format!("\"{id}@127.0.0.1:{}\"", free_port()))
+        .collect();
+    (1..=n)
+        .map(|id| {
+            Warren::start_with(&format!(
+                "[cluster]\nnode_id = {id}\nnodes = [{}]\nsecret = \"test secret\"\n",
+                peers.join(", ")
+            ))
+        })
+        .collect()
+}
+
+/// A connection to `w` once the cluster has made its default user
+/// (right after the first leader is elected).
+async fn connect(w: &Warren) -> Connection {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Connection::connect(&w.url(), ConnectionProperties::default()).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot connect to node on port {}: {e}", w.port),
+        }
+    }
+}
+
+/// Whether queue `q` exists on `w` (a passive declare).
+async fn has_queue(w: &Warren, q: &str) -> bool {
+    let c = connect(w).await;
+    let ch = c.create_channel().await.unwrap();
+    let found = ch
+        .queue_declare(
+            q.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let _ = c.close(200, "".into()).await;
+    found
+}
+
+/// Waits until `f` holds, for at most `limit`.
+async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn args(pairs: &[(&str, i64)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), AMQPValue::LongLongInt(*v));
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_made_on_one_node_are_on_every_node_and_survive_a_node_loss() {
+    let mut nodes = start_cluster(3);
+
+    // Declared on node 1: a durable exchange, a durable queue, a binding.
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    ch1.exchange_declare(
+        "orders".into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch1.queue_declare("work".into(), durable, args(&[("x-max-length", 100)]))
+        .await
+        .unwrap();
+    ch1.queue_bind(
+        "work".into(),
+        "orders".into(),
+        "order.*".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    // Seen on nodes 2 and 3, bindings included.
+    for w in &nodes[1..] {
+        assert!(has_queue(w, "work").await, "queue on node port {}", w.port);
+        let (status, bindings) = w.api("GET", "/api/queues/%2f/work/bindings", None);
+        assert_eq!(status, 200);
+        assert!(
+            bindings
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["source"] == "orders" && b["routing_key"] == "order.*"),
+            "binding on node port {}: {bindings}",
+            w.port
+        );
+    }
+
+    // A declaration on another node is checked against the cluster's queue.
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    let e = ch2
+        .queue_declare("work".into(), durable, args(&[("x-max-length", 5)]))
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&e), Some(406), "{e}");
+    let _ = c2.close(200, "".into()).await;
+
+    // Node 3 goes: the other two go on declaring.
+    nodes[2].kill();
+    ch1.queue_declare("while-away".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    assert!(has_queue(&nodes[1], "while-away").await);
+
+    // It comes back and catches up.
+    nodes[2].restart();
+    let back = &nodes[2];
+    eventually("node 3 to catch up", Duration::from_secs(30), async || {
+        has_queue(back, "while-away").await
+    })
+    .await;
+    assert!(has_queue(back, "work").await);
+
+    // Deleted on node 3: gone everywhere.
+    let c3 = connect(&nodes[2]).await;
+    let ch3 = c3.create_channel().await.unwrap();
+    ch3.queue_delete("while-away".into(), Default::default())
+        .await
+        .unwrap();
+    for w in &nodes {
+        assert!(
+            !has_queue(w, "while-away").await,
+            "deleted on port {}",
+            w.port
+        );
+    }
+}
