@@ -170,3 +170,77 @@ async fn definitions_made_on_one_node_are_on_every_node_and_survive_a_node_loss(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_changes_reach_every_node_and_a_full_cluster_restart_keeps_them() {
+    let mut nodes = start_cluster(3);
+    connect(&nodes[0])
+        .await
+        .close(200, "".into())
+        .await
+        .unwrap();
+
+    // A user, its permissions and a policy made through node 2's API.
+    let (status, _) = nodes[1].api(
+        "PUT",
+        "/api/users/alice",
+        Some(&serde_json::json!({"password": "secret", "tags": ""})),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = nodes[1].api(
+        "PUT",
+        "/api/permissions/%2f/alice",
+        Some(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = nodes[1].api(
+        "PUT",
+        "/api/policies/%2f/short",
+        Some(&serde_json::json!({"pattern": "^short\\.", "definition": {"message-ttl": 1000}})),
+    );
+    assert_eq!(status, 201);
+    // A queue made through node 1's API.
+    let (status, _) = nodes[0].api(
+        "PUT",
+        "/api/queues/%2f/from-http",
+        Some(&serde_json::json!({"durable": true})),
+    );
+    assert_eq!(status, 201);
+
+    let alice = |w: &Warren| format!("amqp://alice:secret@127.0.0.1:{}/%2f", w.port);
+    for w in &nodes {
+        let c = Connection::connect(&alice(w), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("alice on port {}: {e}", w.port));
+        let _ = c.close(200, "".into()).await;
+        let (_, policies) = w.api("GET", "/api/policies/%2f", None);
+        assert_eq!(policies[0]["name"], "short", "port {}", w.port);
+        assert!(has_queue(w, "from-http").await, "port {}", w.port);
+    }
+
+    // Every node stops; they come back with all of it.
+    for w in nodes.iter_mut() {
+        w.kill();
+    }
+    for w in nodes.iter_mut() {
+        w.restart();
+    }
+    for w in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Connection::connect(&alice(w), ConnectionProperties::default()).await {
+                Ok(c) => {
+                    let _ = c.close(200, "".into()).await;
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "alice after restart: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        assert!(has_queue(w, "from-http").await, "port {}", w.port);
+        let (_, policies) = w.api("GET", "/api/policies/%2f", None);
+        assert_eq!(policies[0]["name"], "short", "port {}", w.port);
+    }
+}

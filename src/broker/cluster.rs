@@ -93,6 +93,14 @@ pub enum Command {
     Unbind(BindingDef),
     /// A definitions import.
     Import(Definitions),
+    /// Changes already made on node `from` alone (the HTTP API, the stream
+    /// protocol, queues deleting themselves), in the order it made them.
+    Ops {
+        /// The node that made them (home of the queues they declare).
+        from: u64,
+        /// The changes.
+        ops: Vec<MetaOp>,
+    },
 }
 
 /// What a command did: a count (messages deleted with a queue) or the
@@ -220,6 +228,26 @@ pub fn apply(broker: &Broker, node: u64, cmd: Command) -> Outcome {
                 .map_err(refusal)?;
             Ok(0)
         }
+        Command::Ops { from, ops } => {
+            for op in ops {
+                let home = match &op {
+                    MetaOp::DeclareQueue(q) => Some((q.vhost.clone(), q.name.clone(), from)),
+                    MetaOp::DeleteQueue(v, n) => Some((v.clone(), n.clone(), 0)),
+                    _ => None,
+                };
+                let fresh = home.as_ref().is_some_and(|(v, n, _)| {
+                    broker.vhost(v).is_none_or(|vh| vh.queue(n).is_none())
+                });
+                definitions::apply_logged(broker, op);
+                if let Some((v, n, home)) = home
+                    && let Some(vh) = broker.vhost(&v)
+                    && (home == 0 || (fresh && home != node))
+                {
+                    vh.set_remote_home(&n, home);
+                }
+            }
+            Ok(0)
+        }
         Command::Import(d) => {
             let problems = definitions::import(broker, &d);
             if problems.is_empty() {
@@ -260,7 +288,9 @@ impl Machine for MetaMachine {
             return Vec::new();
         };
         let outcome: Outcome = match serde_json::from_slice::<Command>(command) {
-            Ok(cmd) => apply(&broker, self.node, cmd),
+            Ok(cmd) => {
+                crate::vhost::Durability::applying_committed(|| apply(&broker, self.node, cmd))
+            }
             Err(e) => Err((
                 false,
                 code::INTERNAL_ERROR,
@@ -293,7 +323,9 @@ impl Machine for MetaMachine {
             return Ok(());
         };
         let snap: MetaSnapshot = serde_json::from_slice(snapshot).map_err(std::io::Error::other)?;
-        replace_definitions(&broker, &snap.definitions);
+        crate::vhost::Durability::applying_committed(|| {
+            replace_definitions(&broker, &snap.definitions)
+        });
         for (v, name, home) in snap.homes {
             if let Some(vh) = broker.vhost(&v)
                 && home != self.node
@@ -366,6 +398,76 @@ fn replace_definitions(broker: &Broker, d: &Definitions) {
 pub struct Clustered {
     /// The node.
     pub node: Node,
+    /// Changes made on this node alone, queued for the cluster.
+    replicator: Replicator,
+}
+
+/// Hands changes made on this node alone (not proposed first: the HTTP
+/// API, the stream protocol, queues that delete themselves) to the cluster,
+/// in order, batched: each batch is one `Command::Ops`.
+#[derive(Debug)]
+struct Replicator {
+    /// Changes queued so far.
+    queued: Arc<std::sync::atomic::AtomicU64>,
+    /// Changes the cluster has committed so far.
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Clustered {
+    /// Waits (up to `limit`) until every change queued for the cluster so
+    /// far is committed; false if they are not.
+    pub async fn replicated(&self, limit: Duration) -> bool {
+        let target = self
+            .replicator
+            .queued
+            .load(std::sync::atomic::Ordering::Acquire);
+        let mut rx = self.replicator.committed.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|c| *c >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Proposes queued changes, as many at once as are waiting, until the
+/// broker goes.
+async fn replicate(
+    broker: Weak<Broker>,
+    from: u64,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<MetaOp>,
+    committed: tokio::sync::watch::Sender<u64>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut ops = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        let n = ops.len() as u64;
+        let cmd = Command::Ops { from, ops };
+        loop {
+            let Some(b) = broker.upgrade() else {
+                return;
+            };
+            match b.define(cmd.clone()).await {
+                Ok(_) => break,
+                Err(e) if e.code == code::RESOURCE_ERROR => {
+                    tracing::warn!(
+                        "cluster: changes made on this node wait to be replicated: {}",
+                        e.text
+                    );
+                    drop(b);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cluster: a change made on this node was refused: {}",
+                        e.text
+                    );
+                    break;
+                }
+            }
+        }
+        committed.send_modify(|c| *c += n);
+    }
 }
 
 impl Broker {
@@ -413,7 +515,28 @@ impl Broker {
         if let Some(raft) = node.group(META) {
             tokio::spawn(log_leaders(raft));
         }
-        let _ = self.cluster.set(Clustered { node });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let committed = tokio::sync::watch::Sender::new(0);
+        tokio::spawn(replicate(
+            Arc::downgrade(self),
+            c.node_id,
+            rx,
+            committed.clone(),
+        ));
+        let hook_tx = tx;
+        let hook_queued = queued.clone();
+        let _ = self
+            .durability
+            .replicate
+            .set(crate::vhost::ReplicateHook(Box::new(move |op| {
+                hook_queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let _ = hook_tx.send(op);
+            })));
+        let _ = self.cluster.set(Clustered {
+            node,
+            replicator: Replicator { queued, committed },
+        });
         let broker = self.clone();
         tokio::spawn(async move {
             let d = broker.config.defaults.clone();

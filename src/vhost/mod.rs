@@ -1080,6 +1080,24 @@ pub struct Durability {
     pub paging: std::sync::OnceLock<PagingConfig>,
     /// Where streams keep their logs.
     pub streams: std::sync::OnceLock<Streams>,
+    /// In a cluster, where changes made on this node alone go to be
+    /// replicated (see broker/cluster.rs).
+    pub replicate: std::sync::OnceLock<ReplicateHook>,
+}
+
+/// Takes a definitions change made on this node alone, for the cluster.
+pub struct ReplicateHook(pub Box<dyn Fn(MetaOp) + Send + Sync>);
+
+impl std::fmt::Debug for ReplicateHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplicateHook")
+    }
+}
+
+thread_local! {
+    /// Set while this thread makes a change the cluster committed: that
+    /// change is already replicated.
+    static APPLYING_COMMITTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Durability {
@@ -1093,7 +1111,20 @@ impl Durability {
     pub fn record_replacing(&self, op: MetaOp, prior: Option<MetaOp>) {
         if let Some(m) = self.meta.get() {
             m.record_replacing(op, prior);
+        } else if let Some(r) = self.replicate.get()
+            && !APPLYING_COMMITTED.get()
+        {
+            (r.0)(op);
         }
+    }
+
+    /// Runs `f`, which makes changes the cluster has committed (they are
+    /// not handed to `replicate` again).
+    pub fn applying_committed<T>(f: impl FnOnce() -> T) -> T {
+        let was = APPLYING_COMMITTED.replace(true);
+        let out = f();
+        APPLYING_COMMITTED.set(was);
+        out
     }
 
     /// The message store, if any.

@@ -134,6 +134,21 @@ async fn durable_before_reply(
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
     );
+    if changes && let Some(c) = state.broker.cluster() {
+        // In a cluster the change is made here and replicated after: the
+        // answer waits until the cluster has committed it.
+        let resp = next.run(req).await;
+        if !c.replicated(std::time::Duration::from_secs(10)).await {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                "the change is made on this node but a majority of the cluster's nodes did not \
+                 commit it within 10 s; it is replicated once they are reachable",
+            )
+            .into_response();
+        }
+        return resp;
+    }
     let meta = state.broker.durability.meta.get().filter(|_| changes);
     let Some(m) = meta else {
         return next.run(req).await;
