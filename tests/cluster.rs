@@ -138,6 +138,58 @@ async fn definitions_made_on_one_node_are_on_every_node_and_survive_a_node_loss(
         .await
         .unwrap_err();
     assert_eq!(reply_code(&e), Some(406), "{e}");
+
+    // The queue lives on node 1: node 1 delivers; node 2 says plainly that
+    // it does not reach queues of other nodes yet, and nacks a publish that
+    // only such a queue would take.
+    let ch1c = c1.create_channel().await.unwrap();
+    ch1c.confirm_select(Default::default()).await.unwrap();
+    let confirm = ch1c
+        .basic_publish(
+            "orders".into(),
+            "order.1".into(),
+            Default::default(),
+            b"one",
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    let got = ch1c
+        .basic_get("work".into(), Default::default())
+        .await
+        .unwrap()
+        .expect("the message, on its queue's node");
+    assert_eq!(got.delivery.data, b"one");
+    let ch2 = c2.create_channel().await.unwrap();
+    let e = ch2
+        .basic_consume(
+            "work".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&e), Some(540), "{e}");
+    assert!(common::reply_text(&e).contains("node 1"), "{e}");
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(Default::default()).await.unwrap();
+    let confirm = ch2
+        .basic_publish(
+            "orders".into(),
+            "order.2".into(),
+            Default::default(),
+            b"two",
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_nack(), "refused, not lost silently: {confirm:?}");
     let _ = c2.close(200, "".into()).await;
 
     // Node 3 goes: the other two go on declaring.

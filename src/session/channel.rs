@@ -453,14 +453,16 @@ impl Channel {
         queues.clear();
         route(ctx, x, &msg, &rk, cc, &mut queues);
         let mut sync_seq = None;
-        let mut refused = false;
+        let mut refused = ctx.vhost.drop_remote(&mut queues);
         let mut streams = Vec::new();
-        if queues.is_empty() {
+        if queues.is_empty() && refused {
+            // Only queues of other nodes: refused (nacked), not unroutable.
+        } else if queues.is_empty() {
             self.unroutable(ctx, &msg, &rk, mandatory);
         } else {
             let e = crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store(), ttl);
             sync_seq = e.sync_seq;
-            refused = e.rejected;
+            refused |= e.rejected;
             streams = e.streams;
             if e.pressured.is_some() {
                 ctx.flow_wait = e.pressured;

@@ -60,6 +60,8 @@ pub struct VHost {
     /// In a cluster, the durable queues that live on another node, by name:
     /// their node's id (see broker/cluster.rs).
     remote_homes: RwLock<HashMap<String, u64>>,
+    /// A publish to a queue of another node was logged.
+    warned_remote: std::sync::atomic::AtomicBool,
     policies: RwLock<std::collections::BTreeMap<String, Policy>>,
     definitions: Mutex<()>,
     durability: Arc<Durability>,
@@ -254,6 +256,7 @@ impl VHost {
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
             remote_homes: RwLock::new(HashMap::new()),
+            warned_remote: Default::default(),
             policies: RwLock::new(Default::default()),
             definitions: Mutex::new(()),
             durability,
@@ -277,6 +280,47 @@ impl VHost {
     /// The node queue `name` lives on, if that is another node.
     pub fn remote_home(&self, name: &str) -> Option<u64> {
         self.remote_homes.read().get(name).copied()
+    }
+
+    /// 540 NOT_IMPLEMENTED for `what` on queue `name` when it lives on
+    /// another node of the cluster: this node does not reach queues on
+    /// other nodes yet.
+    pub fn check_local(&self, name: &str, what: &str) -> AmqpResult<()> {
+        match self.remote_home(name) {
+            None => Ok(()),
+            Some(home) => Err(AmqpError::channel(
+                code::NOT_IMPLEMENTED,
+                format!(
+                    "queue '{name}' in vhost '{}' lives on cluster node {home}; {what} on a queue \
+                     of another node is not supported yet: connect to node {home}",
+                    self.name
+                ),
+            )),
+        }
+    }
+
+    /// Takes the queues of other nodes out of a route: true if there were
+    /// any (the publish is refused for them: a confirm-mode publisher gets
+    /// basic.nack).
+    pub fn drop_remote(&self, queues: &mut Vec<Arc<Queue>>) -> bool {
+        let homes = self.remote_homes.read();
+        if homes.is_empty() {
+            return false;
+        }
+        let before = queues.len();
+        queues.retain(|q| !homes.contains_key(&q.name));
+        let dropped = queues.len() != before;
+        if dropped
+            && !self
+                .warned_remote
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "vhost '{}': a message was routed to a queue on another cluster node; this node does not deliver to other nodes yet, so it is refused (nack) for that queue",
+                self.name
+            );
+        }
+        dropped
     }
 
     /// The queues that live on other nodes, with their nodes.

@@ -94,6 +94,7 @@ fn get(ch: &mut Channel, ctx: &mut ConnCtx, g: basic::Get) -> AmqpResult<()> {
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
+    ctx.vhost.check_local(&name, "basic.get")?;
     if q.stream().is_some() {
         return Err(stream_args::not_supported(
             "basic.get",
@@ -172,6 +173,7 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
+    ctx.vhost.check_local(&name, "basic.consume")?;
     let tag_str = consumer_tag(&c);
     let tag = Bytes::from(tag_str.clone().into_bytes());
     check_new_consumer(ch, ctx, &tag, &tag_str)?;
