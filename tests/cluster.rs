@@ -192,8 +192,33 @@ async fn definitions_made_on_one_node_are_on_every_node_and_survive_a_node_loss(
     assert!(confirm.is_nack(), "refused, not lost silently: {confirm:?}");
     let _ = c2.close(200, "".into()).await;
 
-    // Node 3 goes: the other two go on declaring.
+    // Node 3 goes: the others see it down, and go on declaring.
     nodes[2].kill();
+    let (status, listed) = nodes[0].api("GET", "/api/nodes", None);
+    assert_eq!(status, 200);
+    let listed = listed.as_array().unwrap().clone();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let by_id = |id: u64| listed.iter().find(|n| n["cluster_node_id"] == id).unwrap();
+    assert_eq!(by_id(1)["name"], "warren-1@127.0.0.1");
+    assert_eq!(by_id(1)["running"], true);
+    assert_eq!(by_id(3)["running"], false);
+    assert!(by_id(1)["mem_used"].is_u64(), "this node's full object");
+    let leaders = listed
+        .iter()
+        .filter(|n| n["definitions_leader"] == true)
+        .count();
+    assert!(leaders <= 1, "{listed:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+        .args(["--url", &nodes[1].http_url(), "cluster", "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("warren-3@127.0.0.1") && l.contains("false")),
+        "{text}"
+    );
     ch1.queue_declare("while-away".into(), durable, FieldTable::default())
         .await
         .unwrap();

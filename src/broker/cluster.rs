@@ -413,7 +413,74 @@ struct Replicator {
     committed: tokio::sync::watch::Sender<u64>,
 }
 
+/// One node of the cluster as this node sees it.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    /// Its id.
+    pub id: u64,
+    /// Its name: `warren-ID@HOST` (HOST from its inter-node address).
+    pub name: String,
+    /// Its inter-node address.
+    pub address: String,
+    /// It is this node.
+    pub this: bool,
+    /// It answered a connection on its inter-node address just now.
+    pub running: bool,
+    /// It leads the definitions group (as far as this node knows).
+    pub leader: bool,
+}
+
+/// A node's name: `warren-ID@HOST`.
+pub fn node_name(id: u64, address: &str) -> String {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    format!(
+        "warren-{id}@{}",
+        host.trim_start_matches('[').trim_end_matches(']')
+    )
+}
+
 impl Clustered {
+    /// This node's name (`node_name`).
+    pub fn name(&self) -> String {
+        let addr = self
+            .node
+            .members
+            .get(&self.node.id)
+            .map_or("", |n| n.addr.as_str());
+        node_name(self.node.id, addr)
+    }
+
+    /// Every node of the cluster, probed now (a connection to each other
+    /// node's inter-node address, 300 ms at most).
+    pub async fn members(&self) -> Vec<MemberStatus> {
+        let leader = self
+            .node
+            .group(META)
+            .and_then(|r| r.metrics().borrow().current_leader);
+        let mut out = Vec::new();
+        for (&id, n) in &self.node.members {
+            let this = id == self.node.id;
+            let running = this
+                || matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(300),
+                        tokio::net::TcpStream::connect(&n.addr)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                );
+            out.push(MemberStatus {
+                id,
+                name: node_name(id, &n.addr),
+                address: n.addr.clone(),
+                this,
+                running,
+                leader: leader == Some(id),
+            });
+        }
+        out
+    }
+
     /// Waits (up to `limit`) until every change queued for the cluster so
     /// far is committed; false if they are not.
     pub async fn replicated(&self, limit: Duration) -> bool {

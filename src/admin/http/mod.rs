@@ -74,9 +74,12 @@ impl AppState {
     /// State for a broker.
     pub fn new(broker: Arc<Broker>) -> Arc<AppState> {
         Arc::new(AppState {
-            broker,
             rates: rates::Rates::default(),
-            node: format!("warren@{}", system::hostname()),
+            node: match broker.cluster() {
+                Some(c) => c.name(),
+                None => format!("warren@{}", system::hostname()),
+            },
+            broker,
         })
     }
 }

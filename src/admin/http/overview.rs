@@ -197,17 +197,43 @@ async fn nodes(axum::extract::State(s): St, auth: Auth) -> ApiResult {
     if !auth.sees_all() {
         return Err(ApiError::unauthorised("Not monitor user"));
     }
-    ok(json!([node_json(&s)]))
+    ok(Value::Array(all_nodes(&s).await))
+}
+
+/// This node's object, and in a cluster one for each other node: what this
+/// node knows of it (whether it answers on its inter-node address), with
+/// warren's cluster fields on each (`cluster_node_id`, `cluster_address`,
+/// `definitions_leader`).
+async fn all_nodes(s: &AppState) -> Vec<Value> {
+    let Some(c) = s.broker.cluster() else {
+        return vec![node_json(s)];
+    };
+    let mut out = Vec::new();
+    for m in c.members().await {
+        let mut v = if m.this {
+            node_json(s)
+        } else {
+            json!({"name": m.name, "type": "disc", "running": m.running, "partitions": []})
+        };
+        if let Value::Object(o) = &mut v {
+            o.insert("cluster_node_id".into(), m.id.into());
+            o.insert("cluster_address".into(), m.address.into());
+            o.insert("definitions_leader".into(), m.leader.into());
+        }
+        out.push(v);
+    }
+    out
 }
 
 async fn node(axum::extract::State(s): St, auth: Auth, Path(name): Path<String>) -> ApiResult {
     if !auth.sees_all() {
         return Err(ApiError::unauthorised("Not monitor user"));
     }
-    if name != s.node {
-        return Err(ApiError::not_found());
-    }
-    ok(node_json(&s))
+    all_nodes(&s)
+        .await
+        .into_iter()
+        .find(|n| n["name"] == name.as_str())
+        .map_or_else(|| Err(ApiError::not_found()), ok)
 }
 
 fn failed(reason: &str, mut extra: Map<String, Value>) -> ApiResult {

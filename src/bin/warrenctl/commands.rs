@@ -177,6 +177,9 @@ pub fn run(s: &Settings, cmd: Command) -> Result<(), Failure> {
         Command::Delete { what } => delete(s, what),
         Command::Close { name, reason } => close(s, &name, &reason),
         Command::Purge { queue } => purge(s, &queue),
+        Command::Cluster {
+            what: Cluster::Status,
+        } => cluster_status(s),
         Command::Publish {
             exchange,
             routing_key,
@@ -192,6 +195,40 @@ pub fn run(s: &Settings, cmd: Command) -> Result<(), Failure> {
         Command::Export { file, vhost_only } => export(s, file, vhost_only),
         Command::Import { file, vhost_only } => import(s, &file, vhost_only),
     }
+}
+
+/// `warrenctl cluster ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum Cluster {
+    /// Every node of the cluster: id, name, inter-node address, whether it
+    /// answers, which one leads the definitions (RabbitMQ's cluster_status).
+    Status,
+}
+
+/// `warrenctl cluster status`: /api/nodes as a table.
+fn cluster_status(s: &Settings) -> Result<(), Failure> {
+    let nodes = s.client.call("GET", "/api/nodes", None)?;
+    if s.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&nodes).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    print!(
+        "{}",
+        table::of(
+            &nodes,
+            &[
+                ("id", "cluster_node_id"),
+                ("name", "name"),
+                ("address", "cluster_address"),
+                ("running", "running"),
+                ("leader", "definitions_leader"),
+            ],
+        )
+    );
+    Ok(())
 }
 
 /// Closes a client connection by name, checking first that it exists.

@@ -93,6 +93,11 @@ pub enum Command {
         #[arg(long, default_value = "Closed via warrenctl")]
         reason: String,
     },
+    /// The cluster this node is part of.
+    Cluster {
+        #[command(subcommand)]
+        what: commands::Cluster,
+    },
     /// Drop every ready message of a queue.
     Purge {
         /// Queue name.
