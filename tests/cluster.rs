@@ -321,3 +321,63 @@ async fn http_api_changes_reach_every_node_and_a_full_cluster_restart_keeps_them
         assert_eq!(policies[0]["name"], "short", "port {}", w.port);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_declarations_on_two_nodes_make_one_queue_and_no_majority_refuses_changes() {
+    let mut nodes = start_cluster(3);
+    let (c1, c2) = (connect(&nodes[0]).await, connect(&nodes[1]).await);
+    let (ch1, ch2) = (
+        c1.create_channel().await.unwrap(),
+        c2.create_channel().await.unwrap(),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    // The same queue declared on two nodes at once, 20 times over: each
+    // pair makes one queue, on one node, and every node agrees which.
+    for i in 0..20 {
+        let q = format!("race-{i}");
+        let (a, b) = tokio::join!(
+            ch1.queue_declare(q.as_str().into(), durable, FieldTable::default()),
+            ch2.queue_declare(q.as_str().into(), durable, FieldTable::default()),
+        );
+        a.unwrap();
+        b.unwrap();
+    }
+    let homes = |w: &Warren| {
+        let (_, qs) = w.api("GET", "/api/queues/%2f", None);
+        let mut v: Vec<(String, String)> = qs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| {
+                (
+                    q["name"].as_str().unwrap().to_owned(),
+                    q["node"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let first = homes(&nodes[0]);
+    assert_eq!(first.len(), 20, "{first:?}");
+    for w in &nodes[1..] {
+        assert_eq!(homes(w), first, "port {}", w.port);
+    }
+
+    // With two of three nodes gone, a change is refused, not made unsafely.
+    nodes[1].kill();
+    nodes[2].kill();
+    let started = Instant::now();
+    let e = ch1
+        .queue_declare("lonely".into(), durable, FieldTable::default())
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&e), Some(506), "{e}");
+    assert!(common::reply_text(&e).contains("majority"), "{e}");
+    eprintln!("refused after {:?}", started.elapsed());
+    let (status, body) = nodes[0].api("PUT", "/api/vhosts/lonely", None);
+    assert_eq!(status, 503, "{body}");
+}

@@ -442,12 +442,13 @@ pub fn node_name(id: u64, address: &str) -> String {
 impl Clustered {
     /// This node's name (`node_name`).
     pub fn name(&self) -> String {
-        let addr = self
-            .node
-            .members
-            .get(&self.node.id)
-            .map_or("", |n| n.addr.as_str());
-        node_name(self.node.id, addr)
+        self.member_name(self.node.id)
+    }
+
+    /// The name of node `id` (`node_name`).
+    pub fn member_name(&self, id: u64) -> String {
+        let addr = self.node.members.get(&id).map_or("", |n| n.addr.as_str());
+        node_name(id, addr)
     }
 
     /// Every node of the cluster, probed now (a connection to each other

@@ -52,15 +52,22 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
         "arguments".into(),
         Value::Object(table_to_json(&q.config.arguments)),
     );
-    m.insert("node".into(), s.node.clone().into());
+    // In a cluster, a queue of another node is listed with that node.
+    let node = s
+        .broker
+        .vhost(&q.vhost)
+        .and_then(|v| v.remote_home(&q.name))
+        .and_then(|home| Some(s.broker.cluster()?.member_name(home)))
+        .unwrap_or_else(|| s.node.clone());
+    m.insert("node".into(), node.clone().into());
     m.insert("state".into(), "running".into());
     let kind = if q.stream().is_some() {
         "stream"
     } else if q.is_quorum() {
-        // One node holds every quorum queue so far: it leads, alone.
-        m.insert("leader".into(), s.node.clone().into());
-        m.insert("members".into(), json!([s.node.clone()]));
-        m.insert("online".into(), json!([s.node.clone()]));
+        // A quorum queue is not replicated yet: its node leads, alone.
+        m.insert("leader".into(), node.clone().into());
+        m.insert("members".into(), json!([node.clone()]));
+        m.insert("online".into(), json!([node]));
         let (held, held_bytes) = q.held_dead_letters();
         m.insert("messages_dlx".into(), held.into());
         m.insert("message_bytes_dlx".into(), held_bytes.into());
