@@ -139,32 +139,30 @@ async fn definitions_made_on_one_node_are_on_every_node_and_survive_a_node_loss(
         .unwrap_err();
     assert_eq!(reply_code(&e), Some(406), "{e}");
 
-    // The queue lives on node 1: node 1 delivers; node 2 says plainly that
-    // it does not reach queues of other nodes yet, and nacks a publish that
-    // only such a queue would take.
-    let ch1c = c1.create_channel().await.unwrap();
-    ch1c.confirm_select(Default::default()).await.unwrap();
-    let confirm = ch1c
-        .basic_publish(
-            "orders".into(),
-            "order.1".into(),
-            Default::default(),
-            b"one",
-            Default::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
-    let got = ch1c
-        .basic_get("work".into(), Default::default())
-        .await
-        .unwrap()
-        .expect("the message, on its queue's node");
-    assert_eq!(got.delivery.data, b"one");
+    // The queue lives on node 1; node 2 publishes to it (confirmed once
+    // node 1 has it) and consumes from it.
     let ch2 = c2.create_channel().await.unwrap();
-    let e = ch2
+    ch2.confirm_select(Default::default()).await.unwrap();
+    for i in 0..50 {
+        let confirm = ch2
+            .basic_publish(
+                "orders".into(),
+                format!("order.{i}").as_str().into(),
+                Default::default(),
+                format!("m{i}").as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "publish {i} through node 2: {confirm:?}");
+    }
+    let (_, q) = nodes[0].api("GET", "/api/queues/%2f/work", None);
+    assert_eq!(q["messages"], 50, "on node 1: {q}");
+    let consumer_ch = c2.create_channel().await.unwrap();
+    consumer_ch.basic_qos(10, Default::default()).await.unwrap();
+    let mut consumer = consumer_ch
         .basic_consume(
             "work".into(),
             "".into(),
@@ -172,24 +170,30 @@ async fn definitions_made_on_one_node_are_on_every_node_and_survive_a_node_loss(
             FieldTable::default(),
         )
         .await
-        .unwrap_err();
-    assert_eq!(reply_code(&e), Some(540), "{e}");
-    assert!(common::reply_text(&e).contains("node 1"), "{e}");
-    let ch2 = c2.create_channel().await.unwrap();
-    ch2.confirm_select(Default::default()).await.unwrap();
-    let confirm = ch2
-        .basic_publish(
-            "orders".into(),
-            "order.2".into(),
-            Default::default(),
-            b"two",
-            Default::default(),
-        )
-        .await
-        .unwrap()
-        .await
         .unwrap();
-    assert!(confirm.is_nack(), "refused, not lost silently: {confirm:?}");
+    use futures_lite::StreamExt;
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery from node 1 through node 2")
+            .unwrap()
+            .unwrap();
+        got.push(String::from_utf8(d.data.clone()).unwrap());
+        d.ack(Default::default()).await.unwrap();
+    }
+    let want: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want, "in order, each once");
+    eventually(
+        "node 1 to have them acked",
+        Duration::from_secs(10),
+        async || {
+            let (_, q) = nodes[0].api("GET", "/api/queues/%2f/work", None);
+            q["messages"] == 0
+        },
+    )
+    .await;
+    consumer_ch.close(200, "".into()).await.unwrap();
     let _ = c2.close(200, "".into()).await;
 
     // Node 3 goes: the others see it down, and go on declaring.
@@ -380,4 +384,73 @@ async fn concurrent_declarations_on_two_nodes_make_one_queue_and_no_majority_ref
     eprintln!("refused after {:?}", started.elapsed());
     let (status, body) = nodes[0].api("PUT", "/api/vhosts/lonely", None);
     assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_confirmed_through_another_node_survive_the_queues_node_crashing() {
+    let mut nodes = start_cluster(3);
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch1.queue_declare("safe".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(Default::default()).await.unwrap();
+    // Node 1 (the queue's) is killed part way through; node 2 confirms
+    // only what node 1 made durable, and nacks the rest.
+    let (mut acked, mut nacked) = (Vec::new(), 0);
+    for i in 0..600u32 {
+        if i == 300 {
+            nodes[0].kill();
+        }
+        let confirm = ch2
+            .basic_publish(
+                "".into(),
+                "safe".into(),
+                Default::default(),
+                &i.to_be_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        if confirm.is_ack() {
+            acked.push(i);
+        } else {
+            nacked += 1;
+        }
+    }
+    eprintln!("{} acked, {nacked} nacked", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "everything before the crash is confirmed"
+    );
+    assert!(
+        nacked > 0,
+        "publishes while the queue's node is down are refused"
+    );
+    nodes[0].restart();
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    let mut present = std::collections::BTreeSet::new();
+    while let Some(m) = ch1
+        .basic_get("safe".into(), Default::default())
+        .await
+        .unwrap()
+    {
+        present.insert(u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap()));
+        m.ack(Default::default()).await.unwrap();
+    }
+    let lost: Vec<u32> = acked
+        .iter()
+        .copied()
+        .filter(|i| !present.contains(i))
+        .collect();
+    assert!(lost.is_empty(), "confirmed and lost: {lost:?}");
 }

@@ -195,7 +195,7 @@ pub fn apply(broker: &Broker, node: u64, cmd: Command) -> Outcome {
                 .declare_queue(&def.name, false, false, config, 0)
                 .map_err(refusal)?;
             if created && home != node {
-                vh.set_remote_home(&def.name, home);
+                broker.mark_remote(&vh, &def.name, home);
             }
             Ok(0)
         }
@@ -241,9 +241,12 @@ pub fn apply(broker: &Broker, node: u64, cmd: Command) -> Outcome {
                 definitions::apply_logged(broker, op);
                 if let Some((v, n, home)) = home
                     && let Some(vh) = broker.vhost(&v)
-                    && (home == 0 || (fresh && home != node))
                 {
-                    vh.set_remote_home(&n, home);
+                    if home == 0 {
+                        vh.set_remote_home(&n, 0);
+                    } else if fresh && home != node {
+                        broker.mark_remote(&vh, &n, home);
+                    }
                 }
             }
             Ok(0)
@@ -330,7 +333,7 @@ impl Machine for MetaMachine {
             if let Some(vh) = broker.vhost(&v)
                 && home != self.node
             {
-                vh.set_remote_home(&name, home);
+                broker.mark_remote(&vh, &name, home);
             }
         }
         if snap.initialized {
@@ -560,6 +563,10 @@ impl Broker {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| format!("cannot listen for cluster peers on {listen}: {e}"))?;
+        let addrs = members
+            .iter()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
         let node = Node::start(
             c.node_id,
             members,
@@ -567,6 +574,11 @@ impl Broker {
             listener,
             Arc::new(crate::store::disk::RealDisk),
         );
+        let links = super::link::Links::new(c.node_id, addrs, node.secret(), Arc::downgrade(self));
+        let _ = self.links.set(links.clone());
+        node.set_data_handler(Arc::new(move |stream, from| {
+            Box::pin(links.clone().serve(stream, from))
+        }));
         let dir = self.config.data_dir.join("cluster").join(META);
         let machine = MetaMachine {
             broker: Arc::downgrade(self),
@@ -645,6 +657,15 @@ impl Broker {
                 "no leader of the cluster's definitions within {} s: starting with what this node has",
                 limit.as_secs()
             );
+        }
+    }
+
+    /// Makes queue `name` of `vh` the stub of the queue that lives on
+    /// node `home`.
+    fn mark_remote(&self, vh: &crate::vhost::VHost, name: &str, home: u64) {
+        vh.set_remote_home(name, home);
+        if let (Some(q), Some(links)) = (vh.queue(name), self.links.get()) {
+            q.set_remote(links.stub(home, &vh.name, name, &q));
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod definitions;
+pub mod link;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct Broker {
     cluster: std::sync::OnceLock<cluster::Clustered>,
     /// The cluster's definitions have their defaults (cluster::Command::Init).
     cluster_initialized: std::sync::atomic::AtomicBool,
+    /// In a cluster, the data links to the other nodes (`link`).
+    links: std::sync::OnceLock<Arc<link::Links>>,
 }
 
 impl Broker {
@@ -289,6 +292,7 @@ impl Broker {
             handshaking: std::sync::atomic::AtomicU32::new(0),
             cluster: std::sync::OnceLock::new(),
             cluster_initialized: std::sync::atomic::AtomicBool::new(false),
+            links: std::sync::OnceLock::new(),
         }
     }
 

@@ -38,29 +38,46 @@ const FRAME_MAX: usize = 64 << 20;
 /// How long a link waits to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The Raft groups a node runs, by name (`meta` for the definitions).
+/// Takes over a data connection from node `from` (after the challenge):
+/// the broker's message links (see broker/link.rs).
+pub type DataHandler = Arc<
+    dyn Fn(TcpStream, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The Raft groups a node runs, by name (`meta` for the definitions), and
+/// who takes its data connections.
 #[derive(Clone, Default)]
-pub struct Groups(Arc<RwLock<HashMap<String, Raft<TypeConfig>>>>);
+pub struct Groups {
+    rafts: Arc<RwLock<HashMap<String, Raft<TypeConfig>>>>,
+    data: Arc<std::sync::OnceLock<DataHandler>>,
+}
 
 impl Groups {
     /// Registers (or replaces) group `name`.
     pub fn insert(&self, name: &str, raft: Raft<TypeConfig>) {
-        self.0.write().insert(name.to_owned(), raft);
+        self.rafts.write().insert(name.to_owned(), raft);
     }
 
     /// Unregisters group `name`.
     pub fn remove(&self, name: &str) -> Option<Raft<TypeConfig>> {
-        self.0.write().remove(name)
+        self.rafts.write().remove(name)
     }
 
     /// The names of the groups registered.
     pub fn names(&self) -> Vec<String> {
-        self.0.read().keys().cloned().collect()
+        self.rafts.read().keys().cloned().collect()
     }
 
     /// Group `name`, if this node runs it.
     pub fn get(&self, name: &str) -> Option<Raft<TypeConfig>> {
-        self.0.read().get(name).cloned()
+        self.rafts.read().get(name).cloned()
+    }
+
+    /// Sets who takes data connections (once).
+    pub fn set_data_handler(&self, h: DataHandler) {
+        let _ = self.data.set(h);
     }
 }
 
@@ -71,6 +88,8 @@ enum Request {
     Snapshot(String, InstallSnapshotRequest<TypeConfig>),
     /// A command for the group, to be written if this node leads it.
     Propose(String, Vec<u8>),
+    /// The connection becomes a data link from this node (no reply).
+    Data(u64),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -176,11 +195,24 @@ async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<(
     loop {
         let req: Request = serde_json::from_slice(&read_frame(&mut s).await?)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if let Request::Data(from) = req {
+            return match groups.data.get() {
+                Some(h) => {
+                    h(s, from).await;
+                    Ok(())
+                }
+                None => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this node takes no data connections",
+                )),
+            };
+        }
         let group = match &req {
             Request::Append(g, _)
             | Request::Vote(g, _)
             | Request::Snapshot(g, _)
             | Request::Propose(g, _) => groups.get(g),
+            Request::Data(_) => None,
         };
         let reply = match (group, req) {
             (None, _) => Reply::NoGroup,
@@ -192,6 +224,7 @@ async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<(
             (Some(raft), Request::Propose(_, cmd)) => {
                 Reply::Propose(propose_here(&raft, cmd).await)
             }
+            (Some(_), Request::Data(_)) => Reply::NoGroup,
         };
         write_frame(
             &mut s,
@@ -199,6 +232,21 @@ async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<(
         )
         .await?;
     }
+}
+
+/// Opens a data connection to the node at `addr` as node `from`: the
+/// challenge answered, the connection is the caller's (broker/link.rs).
+pub async fn connect_data(addr: &str, secret: &[u8], from: u64) -> io::Result<TcpStream> {
+    let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    s.set_nodelay(true)?;
+    let mut challenge = [0u8; 16];
+    s.read_exact(&mut challenge).await?;
+    s.write_all(&proof(secret, &challenge)).await?;
+    let hello = serde_json::to_vec(&Request::Data(from)).map_err(io::Error::other)?;
+    write_frame(&mut s, &hello).await?;
+    Ok(s)
 }
 
 /// Makes links to the other nodes of a group.

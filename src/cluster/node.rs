@@ -153,6 +153,16 @@ impl Node {
         Ok((raft, sm))
     }
 
+    /// Sets who takes data connections from other nodes.
+    pub fn set_data_handler(&self, h: super::net::DataHandler) {
+        self.groups.set_data_handler(h);
+    }
+
+    /// The secret the nodes share.
+    pub fn secret(&self) -> Arc<Vec<u8>> {
+        self.secret.clone()
+    }
+
     /// Group `name`, if this node runs it.
     pub fn group(&self, name: &str) -> Option<Raft<TypeConfig>> {
         self.groups.get(name)

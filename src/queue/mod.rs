@@ -16,6 +16,7 @@ pub mod consumer;
 pub mod paging;
 pub mod quorum;
 pub mod ready;
+pub mod remote;
 pub mod stream;
 pub mod timers;
 
@@ -125,6 +126,9 @@ pub struct Queue {
     /// returned messages go to the back (or past x-delivery-limit, out),
     /// and every message is stored whatever its delivery mode.
     quorum: bool,
+    /// Set when the queue lives on another node of the cluster: this is
+    /// its stub here (see `remote`).
+    remote: std::sync::OnceLock<Arc<dyn remote::RemoteQueue>>,
 }
 
 /// The shortest x-consumer-timeout any queue was ever given (ms; 0: none):
@@ -163,6 +167,9 @@ pub struct Enqueued {
     /// Streams it was appended to, with its offset in each: a confirm
     /// waits until each stream has made that offset durable.
     pub streams: Vec<(Arc<stream::Stream>, u64)>,
+    /// Queues of other nodes it was sent to: a confirm waits for each
+    /// ticket (a nack if one is refused).
+    pub remote: Vec<Arc<remote::Ticket>>,
 }
 
 /// Why a message was dead-lettered (the `reason` of its x-death entry).
@@ -324,6 +331,7 @@ impl Queue {
                 unacked_budget,
                 stream,
                 quorum,
+                remote: std::sync::OnceLock::new(),
             }
         });
         if let Some(s) = &q.stream {
@@ -385,7 +393,8 @@ impl Queue {
 
     /// A timer set by this queue fell due.
     pub fn on_timer(self: &Arc<Self>, kind: Kind) {
-        if self.is_deleted() {
+        // A stub's queue expires, and expires messages, on its own node.
+        if self.is_deleted() || self.is_remote() {
             return;
         }
         match kind {
@@ -691,6 +700,16 @@ impl Queue {
         stored: Option<u64>,
         ttl: Option<u64>,
     ) -> Enqueued {
+        if let Some(r) = self.remote.get() {
+            if self.is_deleted() {
+                return Enqueued::default();
+            }
+            self.stats.publish.fetch_add(1, Ordering::Relaxed);
+            return Enqueued {
+                remote: vec![r.forward(msg)],
+                ..Enqueued::default()
+            };
+        }
         if let Some(s) = &self.stream {
             if self.is_deleted() {
                 return Enqueued::default();
@@ -926,6 +945,11 @@ impl Queue {
     /// Puts messages back at their original positions, flagged redelivered,
     /// and delivers again.
     pub fn requeue(self: &Arc<Self>, mut items: Vec<QueuedMessage>) {
+        if let Some(r) = self.remote.get() {
+            // They go back to the queue on its node.
+            r.settle(Vec::new(), items.iter().filter_map(|i| i.stored).collect());
+            return;
+        }
         if items.is_empty() || self.stream.is_some() {
             // A stream keeps every message: nothing goes back.
             return;
@@ -1036,9 +1060,13 @@ impl Queue {
         };
         st.consumers.insert(at, consumer);
         st.had_consumers = true;
+        let count = st.consumers.len();
         self.dispatch_locked(&mut st);
         self.finish(st);
         self.touch();
+        if let Some(r) = self.remote.get() {
+            r.consumers_changed(count);
+        }
         Ok(())
     }
 
@@ -1056,11 +1084,56 @@ impl Queue {
         if removed && st.consumers.is_empty() {
             self.touch();
         }
+        if let Some(r) = self.remote.get().filter(|_| removed) {
+            let count = st.consumers.len();
+            drop(st);
+            r.consumers_changed(count);
+            // The queue's own node deletes it when auto-delete says so.
+            return false;
+        }
         removed && self.config.auto_delete && st.consumers.is_empty() && st.had_consumers
+    }
+
+    /// Makes this queue the stub of a queue that lives on another node:
+    /// from now on its publishes, settlements and consumers go to `link`.
+    pub fn set_remote(&self, link: Arc<dyn remote::RemoteQueue>) {
+        let _ = self.remote.set(link);
+    }
+
+    /// Whether this queue lives on another node (this is its stub).
+    pub fn is_remote(&self) -> bool {
+        self.remote.get().is_some()
+    }
+
+    /// A message the queue's node delivered for this stub's consumers:
+    /// it waits in the ready list with `tag` (the home node's delivery
+    /// tag) where a local message keeps its store id.
+    pub fn push_from_home(self: &Arc<Self>, msg: Message, tag: u64, redelivered: bool) -> bool {
+        let mut st = self.state.lock();
+        if self.is_deleted() {
+            return false;
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.ready.push_back(QueuedMessage {
+            msg,
+            seq,
+            redelivered,
+            stored: Some(tag),
+            deadline: 0,
+        });
+        self.dispatch_locked(&mut st);
+        self.finish(st);
+        true
     }
 
     /// Drops all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
+        if self.is_remote() {
+            // What waits here is on its way to consumers; the queue's own
+            // node purges its ready messages.
+            return 0;
+        }
         let mut st = self.state.lock();
         let n = st.ready.len() as u32;
         let ids = st.ready.stored_ids();
@@ -1178,6 +1251,12 @@ impl Queue {
 
     /// Records that this queue is done with stored messages.
     pub fn store_ack(&self, ids: &[u64]) {
+        if let Some(r) = self.remote.get() {
+            if !ids.is_empty() {
+                r.settle(ids.to_vec(), Vec::new());
+            }
+            return;
+        }
         if let (Some(store), false) = (&self.store, ids.is_empty()) {
             store.ack(&self.vhost, &self.name, ids);
         }
@@ -1185,6 +1264,12 @@ impl Queue {
 
     /// Records a delivery of a stored message (an ack right away for no-ack).
     pub fn store_delivered(&self, id: u64, no_ack: bool, redelivered: bool) {
+        if let Some(r) = self.remote.get() {
+            if no_ack {
+                r.settle(vec![id], Vec::new());
+            }
+            return;
+        }
         if let Some(store) = &self.store {
             if no_ack {
                 store.ack(&self.vhost, &self.name, &[id]);
@@ -1270,7 +1355,10 @@ impl Queue {
     /// Whether this queue stores a message (persistent or not) in the
     /// message store.
     fn keeps_on_disk(&self, persistent: bool) -> bool {
-        self.is_persistent() && self.stream.is_none() && (persistent || self.quorum)
+        self.is_persistent()
+            && self.stream.is_none()
+            && self.remote.get().is_none()
+            && (persistent || self.quorum)
     }
 
     /// Whether `conn` may use this queue (exclusive queues belong to one connection).
@@ -1339,6 +1427,7 @@ pub fn enqueue_routed(
         };
         let e = q.publish(msg.clone(), id, ttl);
         out.streams.extend(e.streams);
+        out.remote.extend(e.remote);
         out.rejected |= e.rejected;
         out.accepted += usize::from(!e.rejected);
         if e.pressured.is_some() {

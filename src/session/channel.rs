@@ -56,6 +56,8 @@ struct Unsynced {
     store: u64,
     /// The stream offsets it waits for.
     streams: StreamWaits,
+    /// Its sends to queues of other nodes, each waiting for its answer.
+    remote: Vec<Arc<crate::queue::remote::Ticket>>,
 }
 
 /// What a settled delivery becomes.
@@ -396,17 +398,18 @@ impl Channel {
             tx.publishes.push((x, msg, ttl, p.mandatory, cc));
             return tx.hold(n);
         }
-        let (stored, refused, streams) =
+        let (stored, refused, streams, remote) =
             self.route_and_enqueue(ctx, &x, msg, ttl, p.mandatory, &cc);
         if self.confirm {
             self.publish_seq += 1;
-            if stored.is_some() || !streams.is_empty() {
+            if stored.is_some() || !streams.is_empty() || !remote.is_empty() {
                 // Confirmed only once the store (and each stream's log)
                 // has synced it.
                 self.unsynced.push_back(Unsynced {
                     publish: self.publish_seq,
                     store: stored.unwrap_or(0),
                     streams,
+                    remote,
                 });
             }
             if refused {
@@ -433,7 +436,12 @@ impl Channel {
         ttl: Option<u64>,
         mandatory: bool,
         cc: &[String],
-    ) -> (Option<u64>, bool, StreamWaits) {
+    ) -> (
+        Option<u64>,
+        bool,
+        StreamWaits,
+        Vec<Arc<crate::queue::remote::Ticket>>,
+    ) {
         let rk = String::from_utf8_lossy(msg.routing_key());
         if x.name.is_empty()
             && rk.starts_with(direct_reply::PREFIX)
@@ -447,30 +455,30 @@ impl Channel {
             {
                 ctx.reply_wait = Some(target.conn.clone());
             }
-            return (None, false, Vec::new());
+            return (None, false, Vec::new(), Vec::new());
         }
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         route(ctx, x, &msg, &rk, cc, &mut queues);
         let mut sync_seq = None;
-        let mut refused = ctx.vhost.drop_remote(&mut queues);
+        let mut refused = false;
         let mut streams = Vec::new();
-        if queues.is_empty() && refused {
-            // Only queues of other nodes: refused (nacked), not unroutable.
-        } else if queues.is_empty() {
+        let mut remote = Vec::new();
+        if queues.is_empty() {
             self.unroutable(ctx, &msg, &rk, mandatory);
         } else {
             let e = crate::queue::enqueue_routed(&queues, &msg, ctx.broker.durability.store(), ttl);
             sync_seq = e.sync_seq;
             refused |= e.rejected;
             streams = e.streams;
+            remote = e.remote;
             if e.pressured.is_some() {
                 ctx.flow_wait = e.pressured;
             }
             queues.clear();
         }
         self.route_buf = queues;
-        (sync_seq, refused, streams)
+        (sync_seq, refused, streams, remote)
     }
 
     /// A message no queue takes: counted, and returned to the publisher
@@ -515,9 +523,20 @@ impl Channel {
             .store()
             .map_or(u64::MAX, |s| s.durable_seq());
         while self.unsynced.front().is_some_and(|u| {
-            u.store <= durable && u.streams.iter().all(|(s, offset)| s.is_settled(*offset))
+            u.store <= durable
+                && u.streams.iter().all(|(s, offset)| s.is_settled(*offset))
+                && u.remote.iter().all(|t| t.outcome().is_some())
         }) {
-            self.unsynced.pop_front();
+            if let Some(u) = self.unsynced.pop_front()
+                && u.remote.iter().any(|t| t.outcome() == Some(false))
+            {
+                // A queue of another node refused it (or could not be
+                // reached): nacked in its turn.
+                let at = self.refused.partition_point(|&r| r < u.publish);
+                if self.refused.get(at) != Some(&u.publish) {
+                    self.refused.insert(at, u.publish);
+                }
+            }
         }
         if let Some(at) = self.commit_ok_at
             && at <= durable

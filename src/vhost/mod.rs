@@ -60,8 +60,6 @@ pub struct VHost {
     /// In a cluster, the durable queues that live on another node, by name:
     /// their node's id (see broker/cluster.rs).
     remote_homes: RwLock<HashMap<String, u64>>,
-    /// A publish to a queue of another node was logged.
-    warned_remote: std::sync::atomic::AtomicBool,
     policies: RwLock<std::collections::BTreeMap<String, Policy>>,
     definitions: Mutex<()>,
     durability: Arc<Durability>,
@@ -256,7 +254,6 @@ impl VHost {
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
             remote_homes: RwLock::new(HashMap::new()),
-            warned_remote: Default::default(),
             policies: RwLock::new(Default::default()),
             definitions: Mutex::new(()),
             durability,
@@ -297,30 +294,6 @@ impl VHost {
                 ),
             )),
         }
-    }
-
-    /// Takes the queues of other nodes out of a route: true if there were
-    /// any (the publish is refused for them: a confirm-mode publisher gets
-    /// basic.nack).
-    pub fn drop_remote(&self, queues: &mut Vec<Arc<Queue>>) -> bool {
-        let homes = self.remote_homes.read();
-        if homes.is_empty() {
-            return false;
-        }
-        let before = queues.len();
-        queues.retain(|q| !homes.contains_key(&q.name));
-        let dropped = queues.len() != before;
-        if dropped
-            && !self
-                .warned_remote
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::warn!(
-                "vhost '{}': a message was routed to a queue on another cluster node; this node does not deliver to other nodes yet, so it is refused (nack) for that queue",
-                self.name
-            );
-        }
-        dropped
     }
 
     /// The queues that live on other nodes, with their nodes.

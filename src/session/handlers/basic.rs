@@ -173,7 +173,9 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
-    ctx.vhost.check_local(&name, "basic.consume")?;
+    if q.stream().is_some() {
+        ctx.vhost.check_local(&name, "consuming a stream")?;
+    }
     let tag_str = consumer_tag(&c);
     let tag = Bytes::from(tag_str.clone().into_bytes());
     check_new_consumer(ch, ctx, &tag, &tag_str)?;
