@@ -454,3 +454,125 @@ async fn publishes_confirmed_through_another_node_survive_the_queues_node_crashi
         .collect();
     assert!(lost.is_empty(), "confirmed and lost: {lost:?}");
 }
+
+/// The node that leads quorum queue `q`, as node `w`'s API says.
+fn quorum_leader(w: &Warren, q: &str) -> Option<String> {
+    let (status, v) = w.api("GET", &format!("/api/queues/%2f/{q}"), None);
+    (status == 200).then(|| v["leader"].as_str().map(str::to_owned))?
+}
+
+async fn publish_confirmed(ch: &lapin::Channel, q: &str, body: &[u8]) -> bool {
+    match ch
+        .basic_publish(
+            "".into(),
+            q.into(),
+            Default::default(),
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+    {
+        Ok(c) => c.await.is_ok_and(|c| c.is_ack()),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_is_replicated_and_keeps_what_it_confirmed_when_its_leader_dies() {
+    let mut nodes = start_cluster(3);
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch1.queue_declare(
+        "qq".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    // Published through node 2, confirmed once a majority has each.
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(Default::default()).await.unwrap();
+    let mut confirmed = Vec::new();
+    for i in 0..100u32 {
+        if publish_confirmed(&ch2, "qq", &i.to_be_bytes()).await {
+            confirmed.push(i);
+        }
+    }
+    assert_eq!(confirmed.len(), 100, "a healthy cluster confirms all");
+
+    // Its leader dies; the others elect one and still have every message.
+    let leader = quorum_leader(&nodes[0], "qq").expect("a leader");
+    let at = nodes
+        .iter()
+        .position(|w| {
+            leader.starts_with(&format!(
+                "warren-{}@",
+                1 + nodes.iter().position(|x| x.port == w.port).unwrap()
+            ))
+        })
+        .unwrap_or(0);
+    eprintln!("leader {leader} (node index {at}) killed");
+    nodes[at].kill();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != at).collect();
+    let w = &nodes[alive[0]];
+    let c = connect(w).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let started = Instant::now();
+    let mut first_confirm = None;
+    for i in 100..150u32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if publish_confirmed(&ch, "qq", &i.to_be_bytes()).await {
+                confirmed.push(i);
+                first_confirm.get_or_insert(started.elapsed());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no confirm after the leader died"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "first confirm {:?} after the leader was killed",
+        first_confirm.unwrap()
+    );
+    let consumer_node = &nodes[alive[1]];
+    let cc = connect(consumer_node).await;
+    let cch = cc.create_channel().await.unwrap();
+    cch.basic_qos(50, Default::default()).await.unwrap();
+    let mut consumer = cch
+        .basic_consume(
+            "qq".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    use futures_lite::StreamExt;
+    let mut seen = std::collections::BTreeSet::new();
+    while !confirmed.iter().all(|i| seen.contains(i)) {
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap_or_else(|_| {
+                let missing: Vec<_> = confirmed.iter().filter(|i| !seen.contains(*i)).collect();
+                panic!("confirmed and not delivered: {missing:?}")
+            })
+            .unwrap()
+            .unwrap();
+        seen.insert(u32::from_be_bytes(d.data[..4].try_into().unwrap()));
+        d.ack(Default::default()).await.unwrap();
+    }
+}

@@ -123,7 +123,7 @@ pub fn outcome_error((connection, code, text): (bool, u16, String)) -> AmqpError
 }
 
 /// Makes `cmd` on this node's broker (every node does, in log order).
-pub fn apply(broker: &Broker, node: u64, cmd: Command) -> Outcome {
+pub fn apply(broker: &Broker, index: u64, cmd: Command) -> Outcome {
     let vhost = |v: &str| {
         broker.vhost(v).ok_or_else(|| {
             refusal(AmqpError::connection(
@@ -194,8 +194,8 @@ pub fn apply(broker: &Broker, node: u64, cmd: Command) -> Outcome {
             let (_, created) = vh
                 .declare_queue(&def.name, false, false, config, 0)
                 .map_err(refusal)?;
-            if created && home != node {
-                broker.mark_remote(&vh, &def.name, home);
+            if created {
+                broker.tie_queue(&vh, &def.name, home, index);
             }
             Ok(0)
         }
@@ -210,6 +210,10 @@ pub fn apply(broker: &Broker, node: u64, cmd: Command) -> Outcome {
                 .delete_queue(&name, if_unused, if_empty, 0)
                 .map_err(refusal)?;
             vh.set_remote_home(&name, 0);
+            broker
+                .quorum_groups
+                .lock()
+                .remove(&(v.clone(), name.clone()));
             Ok(deleted.map_or(0, |d| d.message_count))
         }
         Command::Bind(b) => {
@@ -244,8 +248,9 @@ pub fn apply(broker: &Broker, node: u64, cmd: Command) -> Outcome {
                 {
                     if home == 0 {
                         vh.set_remote_home(&n, 0);
-                    } else if fresh && home != node {
-                        broker.mark_remote(&vh, &n, home);
+                        broker.quorum_groups.lock().remove(&(v.clone(), n.clone()));
+                    } else if fresh {
+                        broker.tie_queue(&vh, &n, home, index);
                     }
                 }
             }
@@ -283,17 +288,18 @@ struct MetaSnapshot {
     definitions: Definitions,
     /// Durable queues by home node (vhost, name, home).
     homes: Vec<(String, String, u64)>,
+    /// Quorum queues with the definitions entry that declared them.
+    #[serde(default)]
+    quorum: Vec<(String, String, u64)>,
 }
 
 impl Machine for MetaMachine {
-    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
         let Some(broker) = self.broker.upgrade() else {
             return Vec::new();
         };
         let outcome: Outcome = match serde_json::from_slice::<Command>(command) {
-            Ok(cmd) => {
-                crate::vhost::Durability::applying_committed(|| apply(&broker, self.node, cmd))
-            }
+            Ok(cmd) => crate::vhost::Durability::applying_committed(|| apply(&broker, index, cmd)),
             Err(e) => Err((
                 false,
                 code::INTERNAL_ERROR,
@@ -313,10 +319,17 @@ impl Machine for MetaMachine {
                 homes.push((vh.name.to_string(), name, home));
             }
         }
+        let quorum = broker
+            .quorum_groups
+            .lock()
+            .iter()
+            .map(|((v, n), i)| (v.clone(), n.clone(), *i))
+            .collect();
         let snap = MetaSnapshot {
             initialized: broker.cluster_initialized(),
             definitions: replicated(&broker),
             homes,
+            quorum,
         };
         serde_json::to_vec(&snap).unwrap_or_default()
     }
@@ -332,8 +345,16 @@ impl Machine for MetaMachine {
         for (v, name, home) in snap.homes {
             if let Some(vh) = broker.vhost(&v)
                 && home != self.node
+                && vh.queue(&name).is_some_and(|q| !q.is_linked())
             {
                 broker.mark_remote(&vh, &name, home);
+            }
+        }
+        for (v, name, index) in snap.quorum {
+            if let Some(vh) = broker.vhost(&v)
+                && vh.queue(&name).is_some_and(|q| !q.is_linked())
+            {
+                broker.tie_queue(&vh, &name, 0, index);
             }
         }
         if snap.initialized {
@@ -666,6 +687,21 @@ impl Broker {
         vh.set_remote_home(name, home);
         if let (Some(q), Some(links)) = (vh.queue(name), self.links.get()) {
             q.set_remote(links.stub(home, &vh.name, name, &q));
+        }
+    }
+
+    /// Ties a queue the cluster just declared (definitions entry `index`)
+    /// to where it lives: a quorum queue to its Raft group, any other
+    /// queue of another node to its node.
+    fn tie_queue(&self, vh: &crate::vhost::VHost, name: &str, home: u64, index: u64) {
+        let Some(q) = vh.queue(name) else { return };
+        if q.is_quorum() && self.links.get().is_some() {
+            self.quorum_groups
+                .lock()
+                .insert((vh.name.to_string(), name.to_owned()), index);
+            super::quorum::attach(self, &vh.name, &q, index);
+        } else if home != self.config.cluster.node_id {
+            self.mark_remote(vh, name, home);
         }
     }
 

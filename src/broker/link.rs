@@ -273,6 +273,11 @@ impl Links {
         p
     }
 
+    /// The broker the links serve.
+    pub fn broker(&self) -> Weak<Broker> {
+        self.broker.clone()
+    }
+
     /// Takes over a data connection from node `from`.
     pub async fn serve(self: Arc<Self>, stream: TcpStream, from: u64) {
         let Some(broker) = self.broker.upgrade() else {
@@ -532,8 +537,10 @@ struct Delivered {
 }
 
 /// Delivery tags of home nodes: unique in the process, so a settlement
-/// from a connection that is gone never matches a newer delivery.
-static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
+/// from a connection that is gone never matches a newer delivery; from
+/// 2^63 up, so they never equal a replicated quorum queue's message ids
+/// (below 2^63), which travel in the same place.
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1 << 63);
 
 async fn serve_peer(broker: Arc<Broker>, stream: TcpStream, from: u64) {
     let (mut rd, wr) = stream.into_split();
@@ -601,10 +608,12 @@ fn take_publish(
     let e = crate::queue::enqueue_routed(&[q], &msg, store.as_ref(), ttl);
     let taken = e.accepted > 0 && !e.rejected;
     let tx = session.tx.clone();
+    let answer_tx = tx.clone();
     let answer = move || {
+        let tx = answer_tx;
         let _ = tx.send(frame(&Wire::Published { id, taken }, None));
     };
-    if e.sync_seq.is_none() && e.streams.is_empty() {
+    if e.sync_seq.is_none() && e.streams.is_empty() && e.remote.is_empty() {
         answer();
         return;
     }
@@ -617,11 +626,19 @@ fn take_publish(
                 }
             }
         }
+        // Streams, and replicated queues (their Raft group committing it),
+        // tell the same watch.
         let mut rx = crate::queue::stream::durable_watch();
-        while !e.streams.iter().all(|(s, o)| s.is_settled(*o)) {
+        while !e.streams.iter().all(|(s, o)| s.is_settled(*o))
+            || e.remote.iter().any(|t| t.outcome().is_none())
+        {
             if rx.changed().await.is_err() {
                 return;
             }
+        }
+        if e.remote.iter().any(|t| t.outcome() == Some(false)) {
+            let _ = tx.send(frame(&Wire::Published { id, taken: false }, None));
+            return;
         }
         answer();
     });

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod definitions;
 pub mod link;
+pub mod quorum;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +56,9 @@ pub struct Broker {
     cluster_initialized: std::sync::atomic::AtomicBool,
     /// In a cluster, the data links to the other nodes (`link`).
     links: std::sync::OnceLock<Arc<link::Links>>,
+    /// In a cluster, each quorum queue's group: the definitions entry
+    /// that declared it, by (vhost, name).
+    quorum_groups: Mutex<HashMap<(String, String), u64>>,
 }
 
 impl Broker {
@@ -293,6 +297,7 @@ impl Broker {
             cluster: std::sync::OnceLock::new(),
             cluster_initialized: std::sync::atomic::AtomicBool::new(false),
             links: std::sync::OnceLock::new(),
+            quorum_groups: Mutex::default(),
         }
     }
 

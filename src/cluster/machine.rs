@@ -26,8 +26,9 @@ use crate::store::disk::Disk;
 
 /// What a group does with its committed commands.
 pub trait Machine: Send + Sync + 'static {
-    /// Applies a committed command; returns the reply for its proposer.
-    fn apply(&mut self, command: &[u8]) -> Vec<u8>;
+    /// Applies the committed command at log index `index`; returns the
+    /// reply for its proposer.
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
     /// The whole state as bytes (a snapshot).
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot's.
@@ -136,6 +137,12 @@ impl<M: Machine> StateMachine<M> {
         f(&self.inner.lock().machine)
     }
 
+    /// Changes the machine outside the log (state that is not replicated,
+    /// such as which node serves it), serialised with `apply`.
+    pub fn with_mut<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
+        f(&mut self.inner.lock().machine)
+    }
+
     /// Writes a snapshot as the next file and removes the older ones.
     fn save(&self, n: u64, meta: &Meta, data: &[u8]) -> io::Result<()> {
         let bytes = encode(meta, data)?;
@@ -198,7 +205,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
             i.applied = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => replies.push(Vec::new()),
-                EntryPayload::Normal(cmd) => replies.push(i.machine.apply(&cmd)),
+                EntryPayload::Normal(cmd) => replies.push(i.machine.apply(e.log_id.index, &cmd)),
                 EntryPayload::Membership(m) => {
                     i.membership = StoredMembership::new(Some(e.log_id), m);
                     replies.push(Vec::new());

@@ -251,6 +251,13 @@ impl Node {
         }
     }
 
+    /// Stops group `name` here and forgets it.
+    pub async fn close_group(&self, name: &str) {
+        if let Some(raft) = self.groups.remove(name) {
+            let _ = raft.shutdown().await;
+        }
+    }
+
     /// Stops every group this node runs.
     pub async fn shutdown(&self) {
         for name in self.groups.names() {

@@ -22,7 +22,7 @@ use crate::store::disk::{Disk, RealDisk};
 struct Kv(BTreeMap<String, String>);
 
 impl Machine for Kv {
-    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
         let c = String::from_utf8_lossy(command);
         let (k, v) = c.split_once('=').unwrap_or((&c, ""));
         self.0

@@ -394,7 +394,7 @@ impl Queue {
     /// A timer set by this queue fell due.
     pub fn on_timer(self: &Arc<Self>, kind: Kind) {
         // A stub's queue expires, and expires messages, on its own node.
-        if self.is_deleted() || self.is_remote() {
+        if self.is_deleted() || self.is_linked() {
             return;
         }
         match kind {
@@ -1102,6 +1102,13 @@ impl Queue {
 
     /// Whether this queue lives on another node (this is its stub).
     pub fn is_remote(&self) -> bool {
+        self.remote.get().is_some_and(|r| !r.serves_here())
+    }
+
+    /// Whether this queue's contents are kept elsewhere (another node, or
+    /// a replicated queue's Raft group): its publishes and settlements go
+    /// through its `RemoteQueue`.
+    pub fn is_linked(&self) -> bool {
         self.remote.get().is_some()
     }
 
@@ -1129,7 +1136,7 @@ impl Queue {
 
     /// Drops all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
-        if self.is_remote() {
+        if self.is_linked() {
             // What waits here is on its way to consumers; the queue's own
             // node purges its ready messages.
             return 0;

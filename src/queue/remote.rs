@@ -54,4 +54,9 @@ pub trait RemoteQueue: Send + Sync + std::fmt::Debug {
     /// The stub's consumers changed: the link starts or stops taking
     /// deliveries from the queue's node for it.
     fn consumers_changed(&self, count: usize);
+    /// Whether this node serves the queue itself (a replicated queue's
+    /// leader): other nodes' links deliver from it here.
+    fn serves_here(&self) -> bool {
+        false
+    }
 }

@@ -279,21 +279,24 @@ impl VHost {
         self.remote_homes.read().get(name).copied()
     }
 
-    /// 540 NOT_IMPLEMENTED for `what` on queue `name` when it lives on
-    /// another node of the cluster: this node does not reach queues on
-    /// other nodes yet.
-    pub fn check_local(&self, name: &str, what: &str) -> AmqpResult<()> {
-        match self.remote_home(name) {
-            None => Ok(()),
-            Some(home) => Err(AmqpError::channel(
-                code::NOT_IMPLEMENTED,
-                format!(
-                    "queue '{name}' in vhost '{}' lives on cluster node {home}; {what} on a queue \
-                     of another node is not supported yet: connect to node {home}",
-                    self.name
-                ),
-            )),
+    /// 540 NOT_IMPLEMENTED for `what` on queue `q` when its contents are
+    /// kept elsewhere (another node of the cluster, or a replicated
+    /// quorum queue's Raft group): not supported there yet.
+    pub fn check_local(&self, q: &Queue, what: &str) -> AmqpResult<()> {
+        if !q.is_linked() {
+            return Ok(());
         }
+        let place = match self.remote_home(&q.name) {
+            Some(home) => format!("lives on cluster node {home}"),
+            None => "is replicated across the cluster".to_owned(),
+        };
+        Err(AmqpError::channel(
+            code::NOT_IMPLEMENTED,
+            format!(
+                "queue '{}' in vhost '{}' {place}; {what} on it is not supported yet",
+                q.name, self.name
+            ),
+        ))
     }
 
     /// The queues that live on other nodes, with their nodes.

@@ -94,7 +94,7 @@ fn get(ch: &mut Channel, ctx: &mut ConnCtx, g: basic::Get) -> AmqpResult<()> {
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
-    ctx.vhost.check_local(&name, "basic.get")?;
+    ctx.vhost.check_local(&q, "basic.get")?;
     if q.stream().is_some() {
         return Err(stream_args::not_supported(
             "basic.get",
@@ -174,7 +174,7 @@ fn consume(ch: &mut Channel, ctx: &mut ConnCtx, c: basic::Consume) -> AmqpResult
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
     if q.stream().is_some() {
-        ctx.vhost.check_local(&name, "consuming a stream")?;
+        ctx.vhost.check_local(&q, "consuming a stream")?;
     }
     let tag_str = consumer_tag(&c);
     let tag = Bytes::from(tag_str.clone().into_bytes());

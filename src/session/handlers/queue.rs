@@ -242,7 +242,7 @@ fn purge(ch: &mut Channel, ctx: &mut ConnCtx, p: queue::Purge) -> AmqpResult<()>
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
-    ctx.vhost.check_local(&name, "queue.purge")?;
+    ctx.vhost.check_local(&q, "queue.purge")?;
     if q.stream().is_some() {
         return Err(stream_args::not_supported(
             "queue.purge",
