@@ -576,3 +576,222 @@ async fn a_quorum_queue_is_replicated_and_keeps_what_it_confirmed_when_its_leade
         d.ack(Default::default()).await.unwrap();
     }
 }
+
+/// A small seeded generator (xorshift), so a failing run can be replayed
+/// with `WARREN_CLUSTER_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Connects to the first node of `ports` (from `from` on) that answers.
+async fn connect_any(ports: &[u16], from: usize) -> (usize, Connection) {
+    loop {
+        for k in 0..ports.len() {
+            let i = (from + k) % ports.len();
+            let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", ports[i]);
+            if let Ok(Ok(c)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                Connection::connect(&url, ConnectionProperties::default()),
+            )
+            .await
+            {
+                return (i, c);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_quorum_queue_leaders_under_load_loses_nothing_confirmed() {
+    use futures_lite::StreamExt;
+    use std::sync::{Arc, Mutex};
+    let seed = std::env::var("WARREN_CLUSTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("WARREN_CLUSTER_SEED={seed}");
+    let mut rng = Rng(seed);
+    let mut nodes = start_cluster(3);
+    let ports: Vec<u16> = nodes.iter().map(|w| w.port).collect();
+    {
+        let c = connect(&nodes[0]).await;
+        let ch = c.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(
+            "chaos".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let confirmed = Arc::new(Mutex::new(Vec::<u64>::new()));
+    // (id, redelivered) in delivery order.
+    let delivered = Arc::new(Mutex::new(Vec::<(u64, bool)>::new()));
+
+    let publisher = {
+        let (ports, stop, confirmed) = (ports.clone(), stop.clone(), confirmed.clone());
+        tokio::spawn(async move {
+            let mut id = 0u64;
+            let mut at = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (i, c) = connect_any(&ports, at).await;
+                at = i;
+                let Ok(ch) = c.create_channel().await else {
+                    continue;
+                };
+                if ch.confirm_select(Default::default()).await.is_err() {
+                    continue;
+                }
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    id += 1;
+                    let p = ch
+                        .basic_publish(
+                            "".into(),
+                            "chaos".into(),
+                            Default::default(),
+                            &id.to_be_bytes(),
+                            lapin::BasicProperties::default().with_delivery_mode(2),
+                        )
+                        .await;
+                    let Ok(p) = p else { break };
+                    match tokio::time::timeout(Duration::from_secs(10), p).await {
+                        Ok(Ok(c)) if c.is_ack() => confirmed.lock().unwrap().push(id),
+                        Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        _ => break,
+                    }
+                }
+                at += 1;
+            }
+        })
+    };
+    let consumer = {
+        let (ports, stop, delivered) = (ports.clone(), stop.clone(), delivered.clone());
+        tokio::spawn(async move {
+            let mut at = 2;
+            loop {
+                let (i, c) = connect_any(&ports, at).await;
+                at = i;
+                let Ok(ch) = c.create_channel().await else {
+                    continue;
+                };
+                let _ = ch.basic_qos(100, Default::default()).await;
+                let Ok(mut stream) = ch
+                    .basic_consume(
+                        "chaos".into(),
+                        "".into(),
+                        Default::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                else {
+                    at += 1;
+                    continue;
+                };
+                loop {
+                    let next = tokio::time::timeout(Duration::from_secs(3), stream.next()).await;
+                    match next {
+                        Ok(Some(Ok(d))) => {
+                            let id = u64::from_be_bytes(d.data[..8].try_into().unwrap());
+                            delivered.lock().unwrap().push((id, d.redelivered));
+                            if d.ack(Default::default()).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => return,
+                        Err(_) => {}
+                    }
+                }
+                at += 1;
+            }
+        })
+    };
+
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
+        let views: Vec<Option<String>> = nodes.iter().map(|w| quorum_leader(w, "chaos")).collect();
+        eprintln!("round {round}: leaders as each node sees it: {views:?}");
+        let leader = views.iter().flatten().next().cloned().expect("a leader");
+        let at = (1..=3)
+            .position(|id| leader.starts_with(&format!("warren-{id}@")))
+            .unwrap();
+        eprintln!("round {round}: killing the leader, node {}", at + 1);
+        nodes[at].kill();
+        let killed = Instant::now();
+        // The survivors elect a leader; the load goes on through it.
+        let survivor = &nodes[(at + 1) % 3];
+        loop {
+            match quorum_leader(survivor, "chaos") {
+                Some(l) if l != leader => {
+                    eprintln!(
+                        "round {round}: {l} leads {:?} after node {} was killed",
+                        killed.elapsed(),
+                        at + 1
+                    );
+                    break;
+                }
+                _ => {
+                    assert!(killed.elapsed() < Duration::from_secs(20), "no new leader");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+        nodes[at].restart();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.unwrap();
+    // The consumer drains what is left, then stops after 3 s of quiet.
+    consumer.await.unwrap();
+
+    let confirmed = confirmed.lock().unwrap().clone();
+    let delivered = delivered.lock().unwrap().clone();
+    let mut seen = std::collections::HashSet::new();
+    let mut twice_unflagged = Vec::new();
+    for (id, redelivered) in &delivered {
+        if !seen.insert(*id) && !redelivered {
+            twice_unflagged.push(*id);
+        }
+    }
+    let lost: Vec<u64> = confirmed
+        .iter()
+        .copied()
+        .filter(|i| !seen.contains(i))
+        .collect();
+    eprintln!(
+        "{} confirmed, {} deliveries of {} messages",
+        confirmed.len(),
+        delivered.len(),
+        seen.len()
+    );
+    assert!(confirmed.len() > 100, "the load went on through the kills");
+    assert!(lost.is_empty(), "confirmed and never delivered: {lost:?}");
+    assert!(
+        twice_unflagged.is_empty(),
+        "delivered again without the redelivered flag: {twice_unflagged:?}"
+    );
+}

@@ -306,6 +306,10 @@ impl RemoteQueue for Handle {
     fn serves_here(&self) -> bool {
         self.leading.load(Ordering::Acquire)
     }
+
+    fn leader(&self) -> Option<u64> {
+        (*self.role.lock()).flatten()
+    }
 }
 
 /// Ties quorum queue `q` of `vhost`, declared by definitions entry

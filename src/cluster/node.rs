@@ -19,17 +19,17 @@ use super::machine::{Machine, StateMachine};
 use super::net::{Groups, Link, Network, Proposal, propose_here, serve};
 use crate::store::disk::Disk;
 
-/// Raft timings of every group. A leader heartbeats every 250 ms; a
-/// follower that hears none for 1.5–3 s stands for election, so a dead
-/// leader is replaced within about 3.5 s while a busy machine (two cores
+/// Raft timings of every group. A leader heartbeats every 200 ms; a
+/// follower that hears none for 1–2 s stands for election, so a dead
+/// leader is usually replaced within 2.5 s while a busy machine (two cores
 /// shared by three nodes in the tests) does not start needless elections.
 pub fn raft_config() -> Arc<openraft::Config> {
     Arc::new(
         openraft::Config {
             cluster_name: "warren".into(),
-            heartbeat_interval: 250,
-            election_timeout_min: 1500,
-            election_timeout_max: 3000,
+            heartbeat_interval: 200,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
             ..Default::default()
         }
         .validate()

@@ -1105,6 +1105,12 @@ impl Queue {
         self.remote.get().is_some_and(|r| !r.serves_here())
     }
 
+    /// A replicated queue's current leader (node id), if it is one and
+    /// has a leader.
+    pub fn replicated_leader(&self) -> Option<u64> {
+        self.remote.get().and_then(|r| r.leader())
+    }
+
     /// Whether this queue's contents are kept elsewhere (another node, or
     /// a replicated queue's Raft group): its publishes and settlements go
     /// through its `RemoteQueue`.

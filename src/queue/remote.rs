@@ -59,4 +59,8 @@ pub trait RemoteQueue: Send + Sync + std::fmt::Debug {
     fn serves_here(&self) -> bool {
         false
     }
+    /// A replicated queue's current leader (node id), if known.
+    fn leader(&self) -> Option<u64> {
+        None
+    }
 }

@@ -64,10 +64,25 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
     let kind = if q.stream().is_some() {
         "stream"
     } else if q.is_quorum() {
-        // A quorum queue is not replicated yet: its node leads, alone.
-        m.insert("leader".into(), node.clone().into());
-        m.insert("members".into(), json!([node.clone()]));
-        m.insert("online".into(), json!([node]));
+        match s.broker.cluster() {
+            // Replicated on every node; one leads.
+            Some(c) => {
+                let leader = q.replicated_leader().map(|l| c.member_name(l));
+                let members: Vec<String> =
+                    c.node.members.keys().map(|id| c.member_name(*id)).collect();
+                m.insert("leader".into(), leader.clone().into());
+                if let Some(l) = leader {
+                    m.insert("node".into(), l.into());
+                }
+                m.insert("members".into(), json!(members));
+            }
+            // On one node, it leads alone.
+            None => {
+                m.insert("leader".into(), node.clone().into());
+                m.insert("members".into(), json!([node.clone()]));
+                m.insert("online".into(), json!([node]));
+            }
+        }
         let (held, held_bytes) = q.held_dead_letters();
         m.insert("messages_dlx".into(), held.into());
         m.insert("message_bytes_dlx".into(), held_bytes.into());
