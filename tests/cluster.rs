@@ -371,9 +371,27 @@ async fn concurrent_declarations_on_two_nodes_make_one_queue_and_no_majority_ref
         assert_eq!(homes(w), first, "port {}", w.port);
     }
 
-    // With two of three nodes gone, a change is refused, not made unsafely.
+    // A quorum queue, for the next step.
+    let mut qq = FieldTable::default();
+    qq.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch1.queue_declare("qq-alone".into(), durable, qq)
+        .await
+        .unwrap();
+    let pub_ch = c1.create_channel().await.unwrap();
+    pub_ch.confirm_select(Default::default()).await.unwrap();
+    assert!(publish_confirmed(&pub_ch, "qq-alone", b"with a majority").await);
+
+    // With two of three nodes gone, a change is refused, not made unsafely,
+    // and so is a publish to the quorum queue (nacked).
     nodes[1].kill();
     nodes[2].kill();
+    assert!(
+        !publish_confirmed(&pub_ch, "qq-alone", b"without one").await,
+        "a quorum queue without a majority refuses publishes"
+    );
     let started = Instant::now();
     let e = ch1
         .queue_declare("lonely".into(), durable, FieldTable::default())

@@ -38,7 +38,9 @@ use crate::message::Message;
 use crate::queue::Queue;
 use crate::queue::remote::{RemoteQueue, Ticket};
 
-/// How long a publish waits for the group to have a leader.
+/// How long a publish waits for the group to have a leader, and then for
+/// a majority to take it, before it is refused (nacked: it may still be
+/// committed later, as with any nack, it is the publisher's to send again).
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// The group of quorum queue `name` in `vhost` declared by the
@@ -215,7 +217,9 @@ impl Handle {
         let raft = self.raft()?;
         let bytes = serde_json::to_vec(cmd).ok()?;
         tokio::spawn(async move {
-            let _ = raft.client_write(bytes).await;
+            // Without a majority the settlement waits, then is given up:
+            // the message is delivered again later (at least once).
+            let _ = tokio::time::timeout(Duration::from_secs(30), raft.client_write(bytes)).await;
         });
         Some(())
     }
@@ -424,7 +428,8 @@ async fn send(
             match raft.client_write_ff(bytes).await {
                 Ok(rx) => {
                     tokio::spawn(async move {
-                        let ok = matches!(rx.await, Ok(Ok(_)));
+                        let ok =
+                            matches!(tokio::time::timeout(LEADER_WAIT, rx).await, Ok(Ok(Ok(_))));
                         for t in &tickets {
                             t.done(ok);
                         }
