@@ -38,6 +38,10 @@ use crate::message::Message;
 use crate::queue::Queue;
 use crate::queue::remote::{RemoteQueue, Ticket};
 
+/// Messages in one `Enqueue` entry at most (entries are held in memory
+/// until a snapshot lets them go).
+const MAX_BATCH: usize = 256;
+
 /// How long a publish waits for the group to have a leader, and then for
 /// a majority to take it, before it is refused (nacked: it may still be
 /// committed later, as with any nack, it is the publisher's to send again).
@@ -121,7 +125,7 @@ pub struct QqMachine {
 
 impl Machine for QqMachine {
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
-        let Ok(cmd) = serde_json::from_slice::<Command>(command) else {
+        let Ok(cmd) = crate::cluster::decode::<Command>(command) else {
             tracing::warn!("quorum queue: an unreadable command at index {index} skipped");
             return Vec::new();
         };
@@ -156,11 +160,11 @@ impl Machine for QqMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.msgs).unwrap_or_default()
+        crate::cluster::encode(&self.msgs).unwrap_or_default()
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> std::io::Result<()> {
-        self.msgs = serde_json::from_slice(snapshot).map_err(std::io::Error::other)?;
+        self.msgs = crate::cluster::decode(snapshot)?;
         Ok(())
     }
 }
@@ -215,7 +219,7 @@ impl Handle {
 
     fn propose(&self, cmd: &Command) -> Option<()> {
         let raft = self.raft()?;
-        let bytes = serde_json::to_vec(cmd).ok()?;
+        let bytes = crate::cluster::encode(cmd).ok()?;
         tokio::spawn(async move {
             // Without a majority the settlement waits, then is given up:
             // the message is delivered again later (at least once).
@@ -387,7 +391,9 @@ async fn run(
             p = publishes.recv() => {
                 let Some(first) = p else { return };
                 let mut batch = vec![first];
-                while let Ok(p) = publishes.try_recv() {
+                while batch.len() < MAX_BATCH
+                    && let Ok(p) = publishes.try_recv()
+                {
                     batch.push(p);
                 }
                 send(&handle, &raft, &mut metrics, batch).await;
@@ -421,7 +427,7 @@ async fn send(
         if leader == Some(handle.me) && handle.leading.load(Ordering::Acquire) {
             let msgs: Vec<Msg> = batch.iter().map(|(m, _)| Msg::of(m)).collect();
             let tickets: Vec<Arc<Ticket>> = batch.into_iter().map(|(_, t)| t).collect();
-            let Ok(bytes) = serde_json::to_vec(&Command::Enqueue(msgs)) else {
+            let Ok(bytes) = crate::cluster::encode(&Command::Enqueue(msgs)) else {
                 refuse(&tickets);
                 return;
             };

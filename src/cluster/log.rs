@@ -124,7 +124,7 @@ fn path(dir: &Path, generation: u64) -> PathBuf {
 }
 
 fn encode(r: &Rec) -> io::Result<Vec<u8>> {
-    Ok(frame(&serde_json::to_vec(r).map_err(io::Error::other)?))
+    Ok(frame(&super::encode(r)?))
 }
 
 impl RaftLog {
@@ -137,10 +137,7 @@ impl RaftLog {
         while let Some(g) = gens.first().copied() {
             let data = disk.read(&path(dir, g))?;
             let (bodies, good) = unframe(&data);
-            let recs: Vec<Rec> = bodies
-                .iter()
-                .map_while(|b| serde_json::from_slice(b).ok())
-                .collect();
+            let recs: Vec<Rec> = bodies.iter().map_while(|b| super::decode(b).ok()).collect();
             let sealed = recs.iter().any(|r| matches!(r, Rec::Sealed));
             // Generation 0 is written record by record from empty; a later
             // one counts only once its rewrite was sealed.

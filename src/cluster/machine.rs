@@ -76,8 +76,7 @@ fn path(dir: &Path, n: u64) -> PathBuf {
 /// A snapshot file's contents: a record of its metadata, then one of the
 /// machine's bytes.
 fn encode(meta: &Meta, data: &[u8]) -> io::Result<Vec<u8>> {
-    let head =
-        serde_json::to_vec(&SnapshotHead { meta: meta.clone() }).map_err(io::Error::other)?;
+    let head = super::encode(&SnapshotHead { meta: meta.clone() })?;
     let mut out = frame(&head);
     out.extend(frame(data));
     Ok(out)
@@ -88,7 +87,7 @@ fn decode(file: &[u8]) -> Option<(Meta, Vec<u8>)> {
     if bodies.len() != 2 || good != file.len() {
         return None;
     }
-    let head: SnapshotHead = serde_json::from_slice(bodies[0]).ok()?;
+    let head: SnapshotHead = super::decode(bodies[0]).ok()?;
     Some((head.meta, bodies[1].to_vec()))
 }
 

@@ -11,7 +11,7 @@
 //!   before openraft is told it is done.
 //! - `snapshot-<n>.bin`: the newest complete snapshot of the machine.
 //!
-//! Nodes talk over TCP (`net`): openraft's RPCs as framed JSON, on
+//! Nodes talk over TCP (`net`): openraft's RPCs as framed bincode, on
 //! connections that prove the cluster's shared secret first.
 //!
 //! Not here yet (issue 16): cluster configuration and membership commands,
@@ -42,6 +42,27 @@ pub type LogId = openraft::LogId<u64>;
 
 /// A storage error of a warren group.
 pub type StorageError = openraft::StorageError<u64>;
+
+/// Encodes a value for the log, snapshots and links: bincode (compact
+/// binary; message bytes stay bytes), at most 1 GiB.
+pub fn encode<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    use bincode::Options;
+    codec().serialize(value).map_err(std::io::Error::other)
+}
+
+/// Decodes what `encode` wrote (lengths beyond the limit are refused
+/// before anything is allocated for them).
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
+    use bincode::Options;
+    codec()
+        .deserialize(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn codec() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_limit(1 << 30)
+}
 
 /// One checksummed record: `[u32 length][u32 crc32 of body][body]`.
 fn frame(body: &[u8]) -> Vec<u8> {

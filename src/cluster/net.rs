@@ -9,7 +9,7 @@
 //! random bytes, the client answers SHA-256(secret ‖ those bytes), and a
 //! wrong answer closes the connection, so only nodes that share the
 //! cluster's secret take part. Then each request is one frame
-//! (`[u32 length][JSON]`) answered by one frame. Frames over `FRAME_MAX`
+//! (`[u32 length][bincode]`) answered by one frame. Frames over `FRAME_MAX`
 //! close the connection.
 
 use std::collections::HashMap;
@@ -82,7 +82,7 @@ impl Groups {
 }
 
 #[derive(Serialize, Deserialize)]
-enum Request {
+pub(super) enum Request {
     Append(String, AppendEntriesRequest<TypeConfig>),
     Vote(String, VoteRequest<u64>),
     Snapshot(String, InstallSnapshotRequest<TypeConfig>),
@@ -193,8 +193,7 @@ async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<(
         ));
     }
     loop {
-        let req: Request = serde_json::from_slice(&read_frame(&mut s).await?)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let req: Request = super::decode(&read_frame(&mut s).await?)?;
         if let Request::Data(from) = req {
             return match groups.data.get() {
                 Some(h) => {
@@ -226,11 +225,7 @@ async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<(
             }
             (Some(_), Request::Data(_)) => Reply::NoGroup,
         };
-        write_frame(
-            &mut s,
-            &serde_json::to_vec(&reply).map_err(io::Error::other)?,
-        )
-        .await?;
+        write_frame(&mut s, &super::encode(&reply)?).await?;
     }
 }
 
@@ -244,7 +239,7 @@ pub async fn connect_data(addr: &str, secret: &[u8], from: u64) -> io::Result<Tc
     let mut challenge = [0u8; 16];
     s.read_exact(&mut challenge).await?;
     s.write_all(&proof(secret, &challenge)).await?;
-    let hello = serde_json::to_vec(&Request::Data(from)).map_err(io::Error::other)?;
+    let hello = super::encode(&Request::Data(from))?;
     write_frame(&mut s, &hello).await?;
     Ok(s)
 }
@@ -313,7 +308,7 @@ impl Link {
     /// Sends one request and reads its reply, connecting first if needed;
     /// any failure drops the connection (the next call connects again).
     async fn call(&mut self, req: &Request, ttl: Duration) -> io::Result<Reply> {
-        let body = serde_json::to_vec(req).map_err(io::Error::other)?;
+        let body = super::encode(req)?;
         let result = tokio::time::timeout(ttl, async {
             if self.conn.is_none() {
                 self.conn = Some(self.connect().await?);
@@ -325,8 +320,7 @@ impl Link {
         .await
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no reply in time")));
         match result {
-            Ok(reply) => serde_json::from_slice(&reply)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Ok(reply) => super::decode(&reply),
             Err(e) => {
                 self.conn = None;
                 Err(e)

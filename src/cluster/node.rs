@@ -30,6 +30,11 @@ pub fn raft_config() -> Arc<openraft::Config> {
             heartbeat_interval: 200,
             election_timeout_min: 1000,
             election_timeout_max: 2000,
+            // Entries are held in memory until a snapshot lets them go
+            // (an entry can be a batch of messages): snapshot often, keep
+            // few behind it.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(300),
+            max_in_snapshot_log_to_keep: 50,
             ..Default::default()
         }
         .validate()

@@ -406,12 +406,9 @@ async fn a_peer_without_the_secret_is_not_answered() {
     let node = start_node(1, tmp.path(), l, b"right").await;
     // A vote request, as a peer sends it.
     let vote = openraft::raft::VoteRequest::new(Vote::new(1, 9), None);
-    let body = format!(
-        "{{\"Vote\":[\"test\",{}]}}",
-        serde_json::to_string(&vote).unwrap()
-    );
+    let body = super::encode(&super::net::Request::Vote("test".into(), vote)).unwrap();
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(body.as_bytes());
+    frame.extend_from_slice(&body);
     let ask = |secret: &'static [u8]| {
         let frame = frame.clone();
         async move {
