@@ -750,6 +750,38 @@ fn settle(session: &Session, acked: &[u64], requeued: &[u64]) {
     }
 }
 
+/// Detaches the other nodes' links from queue `q` (this node stopped
+/// serving it: a replicated queue whose leadership moved). Each is told
+/// its consumption ended; what they had not settled is forgotten here (the
+/// new leader delivers it again).
+pub fn detach_links(q: &Arc<Queue>) {
+    for c in q.consumers() {
+        let Some(sink) = c.channel.as_any().downcast_ref::<Sink>() else {
+            continue;
+        };
+        c.deactivate();
+        q.remove_consumer(&c);
+        if let Some(session) = sink.session.upgrade() {
+            session
+                .consumers
+                .lock()
+                .remove(&(sink.vhost.clone(), sink.queue.clone()));
+            let mut u = session.unacked.lock();
+            let mine: Vec<u64> = u
+                .iter()
+                .filter(|(_, d)| Arc::ptr_eq(&d.consumer, &c))
+                .map(|(t, _)| *t)
+                .collect();
+            for t in mine {
+                if let Some(d) = u.remove(&t) {
+                    d.queue.stats.settled();
+                }
+            }
+        }
+        sink.notify_cancel(&c.tag);
+    }
+}
+
 /// Where a home node's queue delivers the link's messages.
 #[derive(Debug)]
 struct Sink {
