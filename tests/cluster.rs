@@ -813,3 +813,81 @@ async fn killing_quorum_queue_leaders_under_load_loses_nothing_confirmed() {
         "delivered again without the redelivered flag: {twice_unflagged:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_data_directory_is_lost_rejoins_and_carries_the_quorum() {
+    let mut nodes = start_cluster(3);
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch1.queue_declare(
+        "kept".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch1.confirm_select(Default::default()).await.unwrap();
+    for i in 0..100u32 {
+        assert!(publish_confirmed(&ch1, "kept", &i.to_be_bytes()).await);
+    }
+    drop(ch1);
+    let _ = c1.close(200, "".into()).await;
+
+    // Node 3 loses its data directory (its config stays) and comes back
+    // empty; it catches up from the others.
+    nodes[2].kill();
+    for e in std::fs::read_dir(nodes[2].dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            continue;
+        }
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    nodes[2].restart();
+    let back = &nodes[2];
+    eventually(
+        "node 3 to learn the definitions again",
+        Duration::from_secs(30),
+        async || has_queue(back, "kept").await,
+    )
+    .await;
+    // Give its queue's group time to catch up, then take node 1 away: the
+    // majority is now nodes 2 and 3, so node 3's copy counts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nodes[0].kill();
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.basic_qos(200, Default::default()).await.unwrap();
+    let mut consumer = ch2
+        .basic_consume(
+            "kept".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    use futures_lite::StreamExt;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 100 {
+        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 100 after node 1 went", seen.len()))
+            .unwrap()
+            .unwrap();
+        seen.insert(u32::from_be_bytes(d.data[..4].try_into().unwrap()));
+        d.ack(Default::default()).await.unwrap();
+    }
+}
