@@ -891,3 +891,156 @@ async fn a_node_whose_data_directory_is_lost_rejoins_and_carries_the_quorum() {
         d.ack(Default::default()).await.unwrap();
     }
 }
+
+/// A TCP proxy on loopback to `to`, which `cut` makes drop every
+/// connection through it and refuse new ones (a network partition).
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn proxy(to: u16) -> Proxy {
+    use std::sync::atomic::Ordering::Relaxed;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = l.accept().await {
+            if c.load(Relaxed) {
+                continue;
+            }
+            let c = c.clone();
+            tokio::spawn(async move {
+                let Ok(mut b) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                    _ = async {
+                        while !c.load(Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    } => {}
+                }
+            });
+        }
+    });
+    Proxy { port, cut }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_confirms_nothing_and_the_majority_goes_on() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Every node reaches every other through a proxy of its own, so one
+    // node can be cut off in both directions.
+    let real: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut via = std::collections::HashMap::new();
+    for i in 0..3 {
+        for (j, port) in real.iter().enumerate() {
+            if i != j {
+                via.insert((i, j), proxy(*port).await);
+            }
+        }
+    }
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let list: Vec<String> = (0..3)
+            .map(|j| {
+                let port = if i == j { real[j] } else { via[&(i, j)].port };
+                format!("\"{}@127.0.0.1:{port}\"", j + 1)
+            })
+            .collect();
+        nodes.push(Warren::start_with(&format!(
+            "[cluster]\nnode_id = {}\nnodes = [{}]\nsecret = \"test secret\"\n",
+            i + 1,
+            list.join(", ")
+        )));
+    }
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch1.queue_declare(
+        "split".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch1.confirm_select(Default::default()).await.unwrap();
+    assert!(publish_confirmed(&ch1, "split", b"before").await);
+    let leader = quorum_leader(&nodes[0], "split").expect("a leader");
+    let l = (0..3)
+        .find(|i| leader.starts_with(&format!("warren-{}@", i + 1)))
+        .unwrap();
+    // Cut the leader off.
+    for ((i, j), p) in &via {
+        if *i == l || *j == l {
+            p.cut.store(true, Relaxed);
+        }
+    }
+    let cut_at = Instant::now();
+    // (The proxies drop their connections within 20 ms.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // On the leader's side: nothing is confirmed.
+    let cl = connect(&nodes[l]).await;
+    let chl = cl.create_channel().await.unwrap();
+    chl.confirm_select(Default::default()).await.unwrap();
+    assert!(
+        !publish_confirmed(&chl, "split", b"minority").await,
+        "the cut-off leader confirmed a publish"
+    );
+    // On the majority's side: a new leader, and confirms.
+    let other = (l + 1) % 3;
+    let co = connect(&nodes[other]).await;
+    let cho = co.create_channel().await.unwrap();
+    cho.confirm_select(Default::default()).await.unwrap();
+    let mut confirmed = vec![b"before".to_vec()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    while confirmed.len() < 21 {
+        assert!(Instant::now() < deadline, "the majority confirms nothing");
+        let body = format!("majority-{n}").into_bytes();
+        n += 1;
+        if publish_confirmed(&cho, "split", &body).await {
+            confirmed.push(body);
+        }
+    }
+    eprintln!(
+        "the majority confirmed again {:?} after the cut",
+        cut_at.elapsed()
+    );
+    // Healed: everything confirmed is there, once, and nothing from the
+    // minority side beyond what it was told.
+    for p in via.values() {
+        p.cut.store(false, Relaxed);
+    }
+    let mut consumer = cho
+        .basic_consume(
+            "split".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    use futures_lite::StreamExt;
+    let mut got = std::collections::BTreeSet::new();
+    while !confirmed.iter().all(|b| got.contains(b)) {
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .expect("every confirmed message")
+            .unwrap()
+            .unwrap();
+        got.insert(d.data.clone());
+        d.ack(Default::default()).await.unwrap();
+    }
+    drop(nodes);
+}

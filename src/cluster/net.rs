@@ -249,14 +249,27 @@ pub async fn connect_data(addr: &str, secret: &[u8], from: u64) -> io::Result<Tc
 pub struct Network {
     secret: Arc<Vec<u8>>,
     group: String,
+    /// Where this node reaches each node (its own config), which wins over
+    /// the address in the group's membership (another node's view).
+    addrs: Arc<HashMap<u64, String>>,
 }
 
 impl Network {
     /// Links for group `group` that prove `secret` to their peers.
     pub fn new(secret: Arc<Vec<u8>>, group: &str) -> Network {
+        Self::with_addrs(secret, group, Arc::default())
+    }
+
+    /// `new`, reaching nodes at `addrs` where it has them.
+    pub fn with_addrs(
+        secret: Arc<Vec<u8>>,
+        group: &str,
+        addrs: Arc<HashMap<u64, String>>,
+    ) -> Network {
         Network {
             secret,
             group: group.to_owned(),
+            addrs,
         }
     }
 }
@@ -265,7 +278,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Link;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Link {
-        Link::new(target, &node.addr, self.secret.clone(), &self.group)
+        let addr = self.addrs.get(&target).unwrap_or(&node.addr);
+        Link::new(target, addr, self.secret.clone(), &self.group)
     }
 }
 

@@ -137,7 +137,16 @@ impl Node {
         let raft = Raft::new(
             self.id,
             raft_config(),
-            Network::new(self.secret.clone(), name),
+            Network::with_addrs(
+                self.secret.clone(),
+                name,
+                Arc::new(
+                    self.members
+                        .iter()
+                        .map(|(id, n)| (*id, n.addr.clone()))
+                        .collect(),
+                ),
+            ),
             log,
             sm.clone(),
         )
