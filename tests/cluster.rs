@@ -62,6 +62,21 @@ async fn has_queue(w: &Warren, q: &str) -> bool {
     found
 }
 
+/// Publishes one persistent message with a confirm: whether it was acked.
+async fn confirm_one(ch: &lapin::Channel, x: &str, rk: &str, body: &[u8]) -> bool {
+    ch.basic_publish(
+        x.into(),
+        rk.into(),
+        Default::default(),
+        body,
+        lapin::BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .unwrap()
+    .await
+    .is_ok_and(|c| c.is_ack())
+}
+
 /// Waits until `f` holds, for at most `limit`.
 async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -194,6 +209,32 @@ async fn definitions_made_on_one_node_are_on_every_node_and_survive_a_node_loss(
     )
     .await;
     consumer_ch.close(200, "".into()).await.unwrap();
+
+    // basic.get through node 2 too: a message, then get-empty.
+    assert!(confirm_one(&ch2, "orders", "order.get", b"got").await);
+    let ch2g = c2.create_channel().await.unwrap();
+    let got = ch2g
+        .basic_get("work".into(), Default::default())
+        .await
+        .unwrap()
+        .expect("a message fetched from node 1");
+    assert_eq!(got.delivery.data, b"got");
+    got.ack(Default::default()).await.unwrap();
+    assert!(
+        ch2g.basic_get("work".into(), Default::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    eventually(
+        "node 1 to have it acked",
+        Duration::from_secs(10),
+        async || {
+            let (_, q) = nodes[0].api("GET", "/api/queues/%2f/work", None);
+            q["messages"] == 0
+        },
+    )
+    .await;
     let _ = c2.close(200, "".into()).await;
 
     // Node 3 goes: the others see it down, and go on declaring.

@@ -94,6 +94,10 @@ enum Wire {
     },
     /// The home node ended a consumption (the queue is gone).
     Cancelled { vhost: String, queue: String },
+    /// One message for a basic.get (sent as a `Deliver`), or `GetEmpty`.
+    Get { vhost: String, queue: String },
+    /// No message for a `Get`.
+    GetEmpty { vhost: String, queue: String },
 }
 
 fn frame(w: &Wire, msg: Option<&Message>) -> Vec<u8> {
@@ -421,6 +425,16 @@ async fn read_home(links: Weak<Links>, peer: Arc<Peer>, mut rd: tokio::net::tcp:
             Wire::Cancelled { vhost, queue } => {
                 peer.consuming.lock().remove(&(vhost, queue));
             }
+            Wire::GetEmpty { vhost, queue } => {
+                if let Some(q) = links
+                    .upgrade()
+                    .and_then(|l| l.broker.upgrade())
+                    .and_then(|b| b.vhost(&vhost))
+                    .and_then(|v| v.queue(&queue))
+                {
+                    q.fetched_empty();
+                }
+            }
             other => tracing::debug!("data link from node {}: unexpected {other:?}", peer.id),
         }
     }
@@ -476,6 +490,31 @@ impl RemoteQueue for Stub {
             },
             None,
         );
+    }
+
+    fn fetch(&self) {
+        let sent = self.peer.down_until.load(Ordering::Acquire) <= crate::ops::clock::now_ms()
+            && self.peer.send(
+                &Wire::Get {
+                    vhost: self.vhost.clone(),
+                    queue: self.name.clone(),
+                },
+                None,
+            );
+        let queue = self.queue.clone();
+        if !sent {
+            if let Some(q) = queue.upgrade() {
+                q.fetched_empty();
+            }
+            return;
+        }
+        // A node that does not answer: the get ends empty.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Some(q) = queue.upgrade() {
+                q.fetched_empty();
+            }
+        });
     }
 
     fn consumers_changed(&self, count: usize) {
@@ -574,6 +613,9 @@ async fn serve_peer(broker: Arc<Broker>, stream: TcpStream, from: u64) {
             Wire::Settle {
                 acked, requeued, ..
             } => settle(&session, &acked, &requeued),
+            Wire::Get { vhost, queue } => {
+                tokio::spawn(give_one(broker.clone(), session.clone(), vhost, queue));
+            }
             other => tracing::debug!("data link from node {from}: unexpected {other:?}"),
         }
     }
@@ -581,6 +623,9 @@ async fn serve_peer(broker: Arc<Broker>, stream: TcpStream, from: u64) {
     for (q, c) in &consumers {
         end_consumer(&broker, &session, q, c);
     }
+    // What was fetched for basic.get and not settled goes back too.
+    let rest: Vec<u64> = session.unacked.lock().keys().copied().collect();
+    settle(&session, &[], &rest);
     writer.abort();
 }
 
@@ -642,6 +687,61 @@ fn take_publish(
         }
         answer();
     });
+}
+
+/// Answers a `Get`: one message of the queue, kept until settled, or
+/// `GetEmpty`.
+async fn give_one(broker: Arc<Broker>, session: Arc<Session>, vhost: String, queue: String) {
+    let q = broker
+        .vhost(&vhost)
+        .and_then(|v| v.queue(&queue))
+        .filter(|q| !q.is_remote() && q.stream().is_none());
+    let m = match &q {
+        Some(q) => q.take_loaded(1, Duration::from_secs(2)).await.pop(),
+        None => None,
+    };
+    let (Some(q), Some(mut m)) = (q, m) else {
+        let _ = session
+            .tx
+            .send(frame(&Wire::GetEmpty { vhost, queue }, None));
+        return;
+    };
+    m.msg = q.for_delivery(m.msg);
+    if let Some(id) = m.stored {
+        q.store_delivered(id, false, m.redelivered);
+    }
+    q.stats.delivered(true, false, m.redelivered);
+    let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
+    let w = Wire::Deliver {
+        vhost,
+        queue,
+        tag,
+        redelivered: m.redelivered,
+        lens: lens(&m.msg),
+    };
+    let bytes = frame(&w, Some(&m.msg));
+    // A consumer of its own, attached to no queue, so settling finds it.
+    let getter = Consumer::new(
+        Bytes::from_static(b"basic.get"),
+        Arc::new(Sink {
+            session: Arc::downgrade(&session),
+            vhost: String::new(),
+            queue: String::new(),
+        }),
+        false,
+        false,
+        0,
+    );
+    getter.unacked.fetch_add(1, Ordering::Relaxed);
+    session.unacked.lock().insert(
+        tag,
+        Delivered {
+            queue: q,
+            consumer: getter,
+            msg: m,
+        },
+    );
+    let _ = session.tx.send(bytes);
 }
 
 /// Starts delivering queue `queue` to the link.

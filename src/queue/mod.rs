@@ -129,7 +129,13 @@ pub struct Queue {
     /// Set when the queue lives on another node of the cluster: this is
     /// its stub here (see `remote`).
     remote: std::sync::OnceLock<Arc<dyn remote::RemoteQueue>>,
+    /// A stub's basic.get asking the queue's node: `FETCH_*`.
+    fetch: std::sync::atomic::AtomicU8,
 }
+
+const FETCH_IDLE: u8 = 0;
+const FETCH_WAITING: u8 = 1;
+const FETCH_EMPTY: u8 = 2;
 
 /// The shortest x-consumer-timeout any queue was ever given (ms; 0: none):
 /// channels look only at deliveries older than this or the default.
@@ -332,6 +338,7 @@ impl Queue {
                 stream,
                 quorum,
                 remote: std::sync::OnceLock::new(),
+                fetch: std::sync::atomic::AtomicU8::new(FETCH_IDLE),
             }
         });
         if let Some(s) = &q.stream {
@@ -488,7 +495,7 @@ impl Queue {
 
     /// Whether the next message is being read back from disk.
     pub fn is_loading(&self) -> bool {
-        self.state.lock().ready.is_loading()
+        self.fetch.load(Ordering::Acquire) == FETCH_WAITING || self.state.lock().ready.is_loading()
     }
 
     /// Drops (or dead-letters) head messages beyond x-max-length and
@@ -913,6 +920,23 @@ impl Queue {
     /// the queue empty, or finds its next message being read back from
     /// disk (`Loading`: try again when `loaded` fires).
     pub fn get(self: &Arc<Self>, channel: &dyn ConsumerChannel, no_ack: bool) -> Got {
+        if self.is_remote() && self.state.lock().ready.is_empty() {
+            // A stub asks the queue's node for one.
+            return match self.fetch.swap(FETCH_WAITING, Ordering::AcqRel) {
+                FETCH_EMPTY => {
+                    self.fetch.store(FETCH_IDLE, Ordering::Release);
+                    self.stats.get_empty.fetch_add(1, Ordering::Relaxed);
+                    Got::Empty
+                }
+                FETCH_WAITING => Got::Loading,
+                _ => {
+                    if let Some(r) = self.remote.get() {
+                        r.fetch();
+                    }
+                    Got::Loading
+                }
+            };
+        }
         let mut st = self.state.lock();
         if st.args.expires.is_some() {
             self.touch();
@@ -1137,7 +1161,35 @@ impl Queue {
         });
         self.dispatch_locked(&mut st);
         self.finish(st);
+        if self
+            .fetch
+            .compare_exchange(
+                FETCH_WAITING,
+                FETCH_IDLE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.loaded.notify_waiters();
+        }
         true
+    }
+
+    /// The queue's node had no message for this stub's basic.get.
+    pub fn fetched_empty(&self) {
+        if self
+            .fetch
+            .compare_exchange(
+                FETCH_WAITING,
+                FETCH_EMPTY,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.loaded.notify_waiters();
+        }
     }
 
     /// Drops all ready messages; returns how many.

@@ -59,6 +59,10 @@ pub trait RemoteQueue: Send + Sync + std::fmt::Debug {
     fn serves_here(&self) -> bool {
         false
     }
+    /// Asks the queue's node for one message for a basic.get here: it
+    /// arrives in the stub's ready list (`Queue::push_from_home`), or the
+    /// node says it has none (`Queue::fetched_empty`).
+    fn fetch(&self) {}
     /// A replicated queue's current leader (node id), if known.
     fn leader(&self) -> Option<u64> {
         None

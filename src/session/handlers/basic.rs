@@ -94,7 +94,6 @@ fn get(ch: &mut Channel, ctx: &mut ConnCtx, g: basic::Get) -> AmqpResult<()> {
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
-    ctx.vhost.check_local(&q, "basic.get")?;
     if q.stream().is_some() {
         return Err(stream_args::not_supported(
             "basic.get",
