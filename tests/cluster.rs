@@ -226,6 +226,15 @@ async fn definitions_made_on_one_node_are_on_every_node_and_survive_a_node_loss(
             .unwrap()
             .is_none()
     );
+    // queue.purge through node 2 empties the queue on node 1.
+    for i in 0..3 {
+        assert!(confirm_one(&ch2, "orders", &format!("order.p{i}"), b"purged").await);
+    }
+    let purged = ch2g
+        .queue_purge("work".into(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(purged, 3);
     eventually(
         "node 1 to have it acked",
         Duration::from_secs(10),

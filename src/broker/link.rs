@@ -98,6 +98,14 @@ enum Wire {
     Get { vhost: String, queue: String },
     /// No message for a `Get`.
     GetEmpty { vhost: String, queue: String },
+    /// Purge the queue; answered by `Purged` with the same id.
+    Purge {
+        id: u64,
+        vhost: String,
+        queue: String,
+    },
+    /// How many ready messages a `Purge` removed.
+    Purged { id: u64, count: u32 },
 }
 
 fn frame(w: &Wire, msg: Option<&Message>) -> Vec<u8> {
@@ -194,6 +202,9 @@ impl std::fmt::Debug for Links {
     }
 }
 
+/// What a purge's answer goes to.
+type PurgeDone = Box<dyn FnOnce(Option<u32>) + Send>;
+
 /// The link to one other node.
 struct Peer {
     id: u64,
@@ -203,6 +214,8 @@ struct Peer {
     next_id: AtomicU64,
     /// Stubs consuming from this node, by (vhost, queue).
     consuming: Mutex<HashMap<(String, String), Weak<Queue>>>,
+    /// Purges waiting for their answer, by id.
+    purges: Mutex<HashMap<u64, PurgeDone>>,
     /// Until when (`clock::now_ms`) the node counts as unreachable: the
     /// last connection attempt failed, and publishes are refused at once.
     down_until: AtomicU64,
@@ -213,8 +226,13 @@ impl Peer {
         self.tx.send(frame(w, msg)).is_ok()
     }
 
-    /// Refuses every publish waiting for an answer.
+    /// Refuses every publish waiting for an answer (and ends the purges
+    /// waiting, unanswered).
     fn fail_pending(&self) {
+        let purges: Vec<PurgeDone> = self.purges.lock().drain().map(|(_, d)| d).collect();
+        for d in purges {
+            d(None);
+        }
         let waiting: Vec<Arc<Ticket>> = self.pending.lock().drain().map(|(_, t)| t).collect();
         for t in &waiting {
             t.done(false);
@@ -270,6 +288,7 @@ impl Links {
             pending: Mutex::default(),
             next_id: AtomicU64::new(1),
             consuming: Mutex::default(),
+            purges: Mutex::default(),
             down_until: AtomicU64::new(0),
         });
         peers.insert(id, p.clone());
@@ -425,6 +444,11 @@ async fn read_home(links: Weak<Links>, peer: Arc<Peer>, mut rd: tokio::net::tcp:
             Wire::Cancelled { vhost, queue } => {
                 peer.consuming.lock().remove(&(vhost, queue));
             }
+            Wire::Purged { id, count } => {
+                if let Some(d) = peer.purges.lock().remove(&id) {
+                    d(Some(count));
+                }
+            }
             Wire::GetEmpty { vhost, queue } => {
                 if let Some(q) = links
                     .upgrade()
@@ -515,6 +539,22 @@ impl RemoteQueue for Stub {
                 q.fetched_empty();
             }
         });
+    }
+
+    fn purge(&self, done: PurgeDone) {
+        let id = self.peer.next_id.fetch_add(1, Ordering::Relaxed);
+        self.peer.purges.lock().insert(id, done);
+        let w = Wire::Purge {
+            id,
+            vhost: self.vhost.clone(),
+            queue: self.name.clone(),
+        };
+        let up = self.peer.down_until.load(Ordering::Acquire) <= crate::ops::clock::now_ms();
+        if !up || !self.peer.send(&w, None) {
+            if let Some(d) = self.peer.purges.lock().remove(&id) {
+                d(None);
+            }
+        }
     }
 
     fn consumers_changed(&self, count: usize) {
@@ -615,6 +655,14 @@ async fn serve_peer(broker: Arc<Broker>, stream: TcpStream, from: u64) {
             } => settle(&session, &acked, &requeued),
             Wire::Get { vhost, queue } => {
                 tokio::spawn(give_one(broker.clone(), session.clone(), vhost, queue));
+            }
+            Wire::Purge { id, vhost, queue } => {
+                let count = broker
+                    .vhost(&vhost)
+                    .and_then(|v| v.queue(&queue))
+                    .filter(|q| !q.is_linked())
+                    .map_or(0, |q| q.purge());
+                let _ = session.tx.send(frame(&Wire::Purged { id, count }, None));
             }
             other => tracing::debug!("data link from node {from}: unexpected {other:?}"),
         }

@@ -63,6 +63,11 @@ pub trait RemoteQueue: Send + Sync + std::fmt::Debug {
     /// arrives in the stub's ready list (`Queue::push_from_home`), or the
     /// node says it has none (`Queue::fetched_empty`).
     fn fetch(&self) {}
+    /// Purges the queue on its node; `done` gets how many ready messages
+    /// went (None: the node did not answer).
+    fn purge(&self, done: Box<dyn FnOnce(Option<u32>) + Send>) {
+        done(None);
+    }
     /// A replicated queue's current leader (node id), if known.
     fn leader(&self) -> Option<u64> {
         None

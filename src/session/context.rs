@@ -131,10 +131,28 @@ impl ConnCtx {
         + Send
         + 'static,
     ) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let broker = self.broker.clone();
+        self.wait_on(channel, async move { broker.define(cmd).await }, then);
+    }
+
+    /// Runs `work` (something another node or the cluster answers); `then`
+    /// runs on `channel` with its outcome, and nothing more from the client
+    /// is handled before.
+    pub fn wait_on(
+        &mut self,
+        channel: u16,
+        work: impl std::future::Future<Output = AmqpResult<u32>> + Send + 'static,
+        then: impl FnOnce(
+            &mut crate::session::channel::Channel,
+            &mut ConnCtx,
+            AmqpResult<u32>,
+        ) -> AmqpResult<()>
+        + Send
+        + 'static,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let _ = tx.send(broker.define(cmd).await);
+            let _ = tx.send(work.await);
         });
         self.define_wait = Some(PendingDefine {
             channel,

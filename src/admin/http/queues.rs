@@ -238,6 +238,26 @@ async fn purge(State(s): St, auth: Auth, Path((vhost, name)): Path<(String, Stri
     let q = lookup(&s, &auth, &vhost, &name)?;
     auth.check(&s.broker, &vhost, Access::Read, Resource::Queue(&name))?;
     check_not_exclusive(&q)?;
+    if let Some(at_home) = q.purge_at_home() {
+        // A queue of another node: purged there.
+        return match at_home.await {
+            Some(_) => no_content(),
+            None => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                format!("queue '{name}': its node did not answer the purge"),
+            )),
+        };
+    }
+    if q.is_linked() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            format!(
+                "queue '{name}' is replicated across the cluster; purging it is not supported yet"
+            ),
+        ));
+    }
     q.purge();
     no_content()
 }

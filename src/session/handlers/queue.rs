@@ -242,6 +242,34 @@ fn purge(ch: &mut Channel, ctx: &mut ConnCtx, p: queue::Purge) -> AmqpResult<()>
     ctx.check(Access::Read, Resource::Queue(&name))?;
     let q = ctx.vhost.queue_or_404(&name)?;
     q.check_exclusive(ctx.id())?;
+    if let Some(at_home) = q.purge_at_home() {
+        // A queue of another node: purged there.
+        let (nowait, what) = (p.nowait, name.clone());
+        ctx.wait_on(
+            ch.id,
+            async move {
+                at_home.await.ok_or_else(|| {
+                    AmqpError::channel(
+                        code::RESOURCE_ERROR,
+                        format!("queue '{what}': its node did not answer the purge"),
+                    )
+                })
+            },
+            move |ch, ctx, r| {
+                let message_count = r?;
+                if !nowait {
+                    ctx.send(
+                        ch.id,
+                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                            message_count,
+                        })),
+                    );
+                }
+                Ok(())
+            },
+        );
+        return Ok(());
+    }
     ctx.vhost.check_local(&q, "queue.purge")?;
     if q.stream().is_some() {
         return Err(stream_args::not_supported(
