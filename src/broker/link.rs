@@ -550,10 +550,10 @@ impl RemoteQueue for Stub {
             queue: self.name.clone(),
         };
         let up = self.peer.down_until.load(Ordering::Acquire) <= crate::ops::clock::now_ms();
-        if !up || !self.peer.send(&w, None) {
-            if let Some(d) = self.peer.purges.lock().remove(&id) {
-                d(None);
-            }
+        if (!up || !self.peer.send(&w, None))
+            && let Some(d) = self.peer.purges.lock().remove(&id)
+        {
+            d(None);
         }
     }
 
