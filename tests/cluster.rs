@@ -1094,3 +1094,99 @@ async fn a_partitioned_leader_confirms_nothing_and_the_majority_goes_on() {
     }
     drop(nodes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_quorum_queue_dead_letters_past_its_delivery_limit() {
+    let nodes = start_cluster(3);
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch1.queue_declare("dlq".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("dlq".into()),
+    );
+    ch1.queue_declare("limited".into(), durable, args)
+        .await
+        .unwrap();
+    ch1.confirm_select(Default::default()).await.unwrap();
+    assert!(publish_confirmed(&ch1, "limited", b"poison").await);
+    // Returned twice through node 2: the second return is past the limit.
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    for round in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let m = loop {
+            if let Some(m) = ch2
+                .basic_get("limited".into(), Default::default())
+                .await
+                .unwrap()
+            {
+                break m;
+            }
+            assert!(Instant::now() < deadline, "no message in round {round}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(m.delivery.data, b"poison");
+        m.nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        if let Some(m) = ch2
+            .basic_get("dlq".into(), Default::default())
+            .await
+            .unwrap()
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.delivery.data, b"poison");
+    let headers = dead
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    let reason = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => match a.as_slice().first() {
+            Some(AMQPValue::FieldTable(t)) => match t.inner().get("reason") {
+                Some(AMQPValue::LongString(r)) => {
+                    String::from_utf8_lossy(r.as_bytes()).into_owned()
+                }
+                other => format!("{other:?}"),
+            },
+            other => format!("{other:?}"),
+        },
+        other => format!("{other:?}"),
+    };
+    assert_eq!(reason, "delivery_limit");
+    assert!(
+        ch2.basic_get("limited".into(), Default::default())
+            .await
+            .unwrap()
+            .is_none(),
+        "gone from the quorum queue"
+    );
+}

@@ -17,9 +17,10 @@
 //! redelivered. A delivery made by the old leader and acked after the
 //! change is delivered again (at least once, never lost).
 //!
-//! Not replicated yet: x-delivery-limit, length limits, TTLs and
-//! dead-lettering of replicated quorum queues; basic.get and queue.purge on
-//! them (540).
+//! A return past x-delivery-limit leaves the machine on every member and
+//! is dead-lettered (reason `delivery_limit`) by the leader. Not yet on
+//! replicated quorum queues: length limits, TTLs, other dead-lettering
+//! (rejects are dead-lettered where they happen), queue.purge (540).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,8 +36,8 @@ use super::Broker;
 use crate::cluster::TypeConfig;
 use crate::cluster::machine::{Machine, StateMachine};
 use crate::message::Message;
-use crate::queue::Queue;
 use crate::queue::remote::{RemoteQueue, Ticket};
+use crate::queue::{Queue, Reason};
 
 /// Messages in one `Enqueue` entry at most (entries are held in memory
 /// until a snapshot lets them go).
@@ -119,6 +120,8 @@ struct Kept {
 /// A quorum queue's machine: its messages not settled, by id.
 pub struct QqMachine {
     msgs: BTreeMap<u64, Kept>,
+    /// The queue object here (for its x-delivery-limit).
+    queue: Weak<Queue>,
     /// While this node leads: the queue object its applies fill.
     live: Option<Weak<Queue>>,
 }
@@ -146,13 +149,27 @@ impl Machine for QqMachine {
                 }
             }
             Command::Return(ids) => {
+                let limit = self.queue.upgrade().and_then(|q| q.args().delivery_limit);
+                let mut dead = Vec::new();
                 for id in ids {
-                    if let Some(k) = self.msgs.get_mut(&id) {
-                        k.count += 1;
-                        if let Some(q) = &live {
-                            q.push_from_home(k.msg.message(k.count), id, true);
+                    let Some(k) = self.msgs.get_mut(&id) else {
+                        continue;
+                    };
+                    k.count += 1;
+                    if limit.is_some_and(|l| u64::from(k.count) > l) {
+                        // Past x-delivery-limit: out of the queue on every
+                        // member, dead-lettered by the leader.
+                        if let Some(k) = self.msgs.remove(&id) {
+                            dead.push((k.msg.message(k.count), Reason::DeliveryLimit));
                         }
+                        continue;
                     }
+                    if let Some(q) = &live {
+                        q.push_from_home(k.msg.message(k.count), id, true);
+                    }
+                }
+                if let (Some(q), false) = (&live, dead.is_empty()) {
+                    q.dead_letter(dead);
                 }
             }
         }
@@ -303,6 +320,17 @@ impl RemoteQueue for Handle {
         }
     }
 
+    fn fetch(&self) {
+        match self.follower.lock().clone() {
+            Some(f) => f.fetch(),
+            None => {
+                if let Some(q) = self.queue.upgrade() {
+                    q.fetched_empty();
+                }
+            }
+        }
+    }
+
     fn consumers_changed(&self, count: usize) {
         if !self.leading.load(Ordering::Acquire)
             && let Some(f) = self.follower.lock().clone()
@@ -362,6 +390,7 @@ async fn run(
             let dir = group_dir(&b, &group);
             let machine = QqMachine {
                 msgs: BTreeMap::new(),
+                queue: handle.queue.clone(),
                 live: None,
             };
             match c.node.open_group(&group, &dir, machine).await {

@@ -1180,7 +1180,12 @@ impl Queue {
     /// went (None: the node did not answer in 5 s). None for a queue that
     /// is not a stub.
     pub fn purge_at_home(&self) -> Option<impl std::future::Future<Output = Option<u32>> + use<>> {
-        let r = self.remote.get().filter(|r| !r.serves_here())?.clone();
+        // (A replicated quorum queue is not purged yet.)
+        let r = self
+            .remote
+            .get()
+            .filter(|r| !r.serves_here() && !self.quorum)?
+            .clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         r.purge(Box::new(move |n| {
             let _ = tx.send(n);
