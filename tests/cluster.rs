@@ -422,14 +422,7 @@ async fn concurrent_declarations_on_two_nodes_make_one_queue_and_no_majority_ref
     }
 
     // A quorum queue, for the next step.
-    let mut qq = FieldTable::default();
-    qq.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    ch1.queue_declare("qq-alone".into(), durable, qq)
-        .await
-        .unwrap();
+    declare_quorum(&ch1, "qq-alone", FieldTable::default()).await;
     let pub_ch = c1.create_channel().await.unwrap();
     pub_ch.confirm_select(Default::default()).await.unwrap();
     assert!(publish_confirmed(&pub_ch, "qq-alone", b"with a majority").await);
@@ -523,6 +516,24 @@ async fn publishes_confirmed_through_another_node_survive_the_queues_node_crashi
     assert!(lost.is_empty(), "confirmed and lost: {lost:?}");
 }
 
+/// Declares durable quorum queue `name` with `args` besides its type.
+async fn declare_quorum(ch: &lapin::Channel, name: &str, mut args: FieldTable) {
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+}
+
 /// The node that leads quorum queue `q`, as node `w`'s API says.
 fn quorum_leader(w: &Warren, q: &str) -> Option<String> {
     let (status, v) = w.api("GET", &format!("/api/queues/%2f/{q}"), None);
@@ -550,21 +561,7 @@ async fn a_quorum_queue_is_replicated_and_keeps_what_it_confirmed_when_its_leade
     let mut nodes = start_cluster(3);
     let c1 = connect(&nodes[0]).await;
     let ch1 = c1.create_channel().await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    ch1.queue_declare(
-        "qq".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
+    declare_quorum(&ch1, "qq", FieldTable::default()).await;
     // Published through node 2, confirmed once a majority has each.
     let c2 = connect(&nodes[1]).await;
     let ch2 = c2.create_channel().await.unwrap();
@@ -698,21 +695,7 @@ async fn killing_quorum_queue_leaders_under_load_loses_nothing_confirmed() {
     {
         let c = connect(&nodes[0]).await;
         let ch = c.create_channel().await.unwrap();
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        ch.queue_declare(
-            "chaos".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+        declare_quorum(&ch, "chaos", FieldTable::default()).await;
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let confirmed = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -869,21 +852,7 @@ async fn a_node_whose_data_directory_is_lost_rejoins_and_carries_the_quorum() {
     let mut nodes = start_cluster(3);
     let c1 = connect(&nodes[0]).await;
     let ch1 = c1.create_channel().await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    ch1.queue_declare(
-        "kept".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
+    declare_quorum(&ch1, "kept", FieldTable::default()).await;
     ch1.confirm_select(Default::default()).await.unwrap();
     for i in 0..100u32 {
         assert!(publish_confirmed(&ch1, "kept", &i.to_be_bytes()).await);
@@ -1009,21 +978,7 @@ async fn a_partitioned_leader_confirms_nothing_and_the_majority_goes_on() {
     }
     let c1 = connect(&nodes[0]).await;
     let ch1 = c1.create_channel().await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    ch1.queue_declare(
-        "split".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
+    declare_quorum(&ch1, "split", FieldTable::default()).await;
     ch1.confirm_select(Default::default()).await.unwrap();
     assert!(publish_confirmed(&ch1, "split", b"before").await);
     let leader = quorum_leader(&nodes[0], "split").expect("a leader");
@@ -1108,10 +1063,6 @@ async fn a_replicated_quorum_queue_dead_letters_past_its_delivery_limit() {
         .await
         .unwrap();
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
     args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1));
     args.insert(
         "x-dead-letter-exchange".into(),
@@ -1121,9 +1072,7 @@ async fn a_replicated_quorum_queue_dead_letters_past_its_delivery_limit() {
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString("dlq".into()),
     );
-    ch1.queue_declare("limited".into(), durable, args)
-        .await
-        .unwrap();
+    declare_quorum(&ch1, "limited", args).await;
     ch1.confirm_select(Default::default()).await.unwrap();
     assert!(publish_confirmed(&ch1, "limited", b"poison").await);
     // Returned twice through node 2: the second return is past the limit.

@@ -45,6 +45,26 @@ pub struct PendingDefine {
     pub then: AfterDefine,
 }
 
+/// What a channel does with the outcome of work it waited for
+/// (`ConnCtx::wait_on`).
+pub trait Then:
+    FnOnce(&mut crate::session::channel::Channel, &mut ConnCtx, AmqpResult<u32>) -> AmqpResult<()>
+    + Send
+    + 'static
+{
+}
+
+impl<F> Then for F where
+    F: FnOnce(
+            &mut crate::session::channel::Channel,
+            &mut ConnCtx,
+            AmqpResult<u32>,
+        ) -> AmqpResult<()>
+        + Send
+        + 'static
+{
+}
+
 /// A basic.get waiting for its queue's head to be read back from disk.
 pub struct PendingGet {
     /// The queue.
@@ -119,18 +139,7 @@ impl ConnCtx {
     /// Makes a definitions change through the cluster; `then` runs on
     /// `channel` with its outcome, and nothing more from the client is
     /// handled before.
-    pub fn define(
-        &mut self,
-        channel: u16,
-        cmd: crate::broker::cluster::Command,
-        then: impl FnOnce(
-            &mut crate::session::channel::Channel,
-            &mut ConnCtx,
-            AmqpResult<u32>,
-        ) -> AmqpResult<()>
-        + Send
-        + 'static,
-    ) {
+    pub fn define(&mut self, channel: u16, cmd: crate::broker::cluster::Command, then: impl Then) {
         let broker = self.broker.clone();
         self.wait_on(channel, async move { broker.define(cmd).await }, then);
     }
@@ -142,13 +151,7 @@ impl ConnCtx {
         &mut self,
         channel: u16,
         work: impl std::future::Future<Output = AmqpResult<u32>> + Send + 'static,
-        then: impl FnOnce(
-            &mut crate::session::channel::Channel,
-            &mut ConnCtx,
-            AmqpResult<u32>,
-        ) -> AmqpResult<()>
-        + Send
-        + 'static,
+        then: impl Then,
     ) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
