@@ -14,17 +14,40 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
 /// Starts nodes 1..=n of a cluster on free loopback ports.
 fn start_cluster(n: u64) -> Vec<Warren> {
-    let peers: Vec<String> = (1..=n)
-        .map(|id| format!("\"{id}@127.0.0.1:{}\"", free_port()))
-        .collect();
+    let peers = cluster_peers(n);
+    (1..=n).map(|id| start_node(id, &peers)).collect()
+}
+
+/// Inter-node addresses for nodes 1..=n (`"ID@127.0.0.1:PORT"`).
+fn cluster_peers(n: u64) -> Vec<String> {
     (1..=n)
-        .map(|id| {
-            Warren::start_with(&format!(
-                "[cluster]\nnode_id = {id}\nnodes = [{}]\nsecret = \"test secret\"\n",
-                peers.join(", ")
-            ))
-        })
+        .map(|id| format!("{id}@127.0.0.1:{}", free_port()))
         .collect()
+}
+
+/// Starts node `id` whose config lists `peers`.
+fn start_node(id: u64, peers: &[String]) -> Warren {
+    let listed: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    Warren::start_with(&format!(
+        "[cluster]\nnode_id = {id}\nnodes = [{}]\nsecret = \"test secret\"\n",
+        listed.join(", ")
+    ))
+}
+
+/// The ids of the nodes `w`'s /api/nodes lists.
+fn node_ids(w: &Warren) -> Vec<u64> {
+    let (status, v) = w.api("GET", "/api/nodes", None);
+    if status != 200 {
+        return Vec::new();
+    }
+    let mut ids: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["cluster_node_id"].as_u64())
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// A connection to `w` once the cluster has made its default user
@@ -1138,4 +1161,119 @@ async fn a_replicated_quorum_queue_dead_letters_past_its_delivery_limit() {
             .is_none(),
         "gone from the quorum queue"
     );
+}
+
+/// A fourth node joins a running cluster from its config (it lists the
+/// others and did not form the cluster), catches up with the definitions
+/// and serves the cluster's queues; then a node is removed (forgotten) and
+/// the cluster of the remaining three keeps a majority without node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_a_running_cluster_and_a_node_is_forgotten() {
+    use futures_lite::StreamExt;
+    let peers = cluster_peers(4);
+    let mut nodes: Vec<Warren> = (1..=3).map(|id| start_node(id, &peers[..3])).collect();
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    ch1.confirm_select(Default::default()).await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch1.queue_declare("before".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        assert!(confirm_one(&ch1, "", "before", format!("b{i}").as_bytes()).await);
+    }
+    // A queue that lives on node 3, to be forgotten with it.
+    let c3 = connect(&nodes[2]).await;
+    let ch3 = c3.create_channel().await.unwrap();
+    ch3.queue_declare("on-three".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let _ = c3.close(200, "".into()).await;
+
+    // Node 4 starts with a config that lists every node.
+    nodes.push(start_node(4, &peers));
+    eventually(
+        "node 4 in node 1's /api/nodes",
+        Duration::from_secs(60),
+        async || node_ids(&nodes[0]) == [1, 2, 3, 4],
+    )
+    .await;
+    eventually(
+        "node 4 to know the queues",
+        Duration::from_secs(30),
+        async || has_queue(&nodes[3], "before").await && has_queue(&nodes[3], "on-three").await,
+    )
+    .await;
+    let (_, q) = nodes[3].api("GET", "/api/queues/%2f/before", None);
+    assert_eq!(
+        q["node"],
+        nodes[0].api("GET", "/api/overview", None).1["node"],
+        "{q}"
+    );
+    // Through node 4: a declaration every node sees, and the messages of
+    // node 1's queue.
+    let c4 = connect(&nodes[3]).await;
+    let ch4 = c4.create_channel().await.unwrap();
+    ch4.queue_declare("after".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    assert!(has_queue(&nodes[1], "after").await);
+    ch4.basic_qos(10, Default::default()).await.unwrap();
+    let mut consumer = ch4
+        .basic_consume(
+            "before".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery from node 1 through node 4")
+            .unwrap()
+            .unwrap();
+        got.push(String::from_utf8(d.data.clone()).unwrap());
+        d.ack(Default::default()).await.unwrap();
+    }
+    assert_eq!(got, (0..10).map(|i| format!("b{i}")).collect::<Vec<_>>());
+
+    // Node 3 is stopped and forgotten: it leaves the listing, and its
+    // queue goes with it.
+    nodes[2].kill();
+    let (status, body) = nodes[1].api("DELETE", &format!("/api/cluster/nodes/{}", 3), None);
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(node_ids(&nodes[0]), [1, 2, 4]);
+    eventually(
+        "node 3's queue to go",
+        Duration::from_secs(10),
+        async || !has_queue(&nodes[3], "on-three").await,
+    )
+    .await;
+    // Forgetting it again is a 404; forgetting the last nodes is refused
+    // further down by the majority rule of the group itself.
+    let (status, _) = nodes[1].api("DELETE", "/api/cluster/nodes/3", None);
+    assert_eq!(status, 404);
+
+    // With node 1 gone too, nodes 2 and 4 are a majority of {1, 2, 4}.
+    nodes[0].kill();
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.queue_declare("last".into(), durable, FieldTable::default())
+        .await
+        .expect("a declaration with nodes 2 and 4 of 1, 2, 4");
+    assert!(has_queue(&nodes[3], "last").await);
+
+    // A node that already belongs to a cluster refuses to join another.
+    let (status, body) = nodes[3].api(
+        "POST",
+        "/api/cluster/join",
+        Some(&serde_json::json!({"node": peers[1]})),
+    );
+    assert_eq!(status, 400, "{body}");
 }

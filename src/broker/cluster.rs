@@ -44,6 +44,9 @@ pub const META: &str = "meta";
 /// How long a change waits for the group to commit it.
 const PROPOSE_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long adding a node may take (it catches up first).
+const JOIN_LIMIT: Duration = Duration::from_secs(60);
+
 /// A change of definitions, as the group's log holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
@@ -100,6 +103,13 @@ pub enum Command {
         from: u64,
         /// The changes.
         ops: Vec<MetaOp>,
+    },
+    /// Node `node` is leaving the cluster: the queues that live on it
+    /// (classic queues and streams) go with it, as with RabbitMQ's
+    /// forget_cluster_node.
+    Forget {
+        /// The node.
+        node: u64,
     },
 }
 
@@ -256,6 +266,33 @@ pub fn apply(broker: &Broker, index: u64, cmd: Command) -> Outcome {
             }
             Ok(0)
         }
+        Command::Forget { node } => {
+            let me = broker.config.cluster.node_id;
+            let mut gone = 0;
+            for vh in broker.vhosts() {
+                let names: Vec<String> = vh
+                    .queues()
+                    .iter()
+                    .filter(|q| {
+                        !q.is_quorum()
+                            && q.config.durable
+                            && q.config.exclusive_owner.is_none()
+                            && match vh.remote_home(&q.name) {
+                                Some(home) => home == node,
+                                None => node == me,
+                            }
+                    })
+                    .map(|q| q.name.clone())
+                    .collect();
+                for name in names {
+                    if let Ok(d) = vh.delete_queue(&name, false, false, 0) {
+                        gone += d.map_or(0, |d| d.message_count);
+                    }
+                    vh.set_remote_home(&name, 0);
+                }
+            }
+            Ok(gone)
+        }
         Command::Import(d) => {
             let problems = definitions::import(broker, &d);
             if problems.is_empty() {
@@ -317,6 +354,17 @@ impl Machine for MetaMachine {
         for vh in broker.vhosts() {
             for (name, home) in vh.remote_homes() {
                 homes.push((vh.name.to_string(), name, home));
+            }
+            // This node's own queues: a node restoring the snapshot must
+            // know they live here, not take them for its own.
+            for q in vh.queues() {
+                if q.config.durable
+                    && q.config.exclusive_owner.is_none()
+                    && !q.is_quorum()
+                    && vh.remote_home(&q.name).is_none()
+                {
+                    homes.push((vh.name.to_string(), q.name.clone(), self.node));
+                }
             }
         }
         let quorum = broker
@@ -471,8 +519,49 @@ impl Clustered {
 
     /// The name of node `id` (`node_name`).
     pub fn member_name(&self, id: u64) -> String {
-        let addr = self.node.members.get(&id).map_or("", |n| n.addr.as_str());
-        node_name(id, addr)
+        node_name(id, &self.node.book.get(id).unwrap_or_default())
+    }
+
+    /// The nodes of the cluster by id, with their addresses: the members
+    /// (voters and learners) of the definitions group, or the configured
+    /// nodes before it has any.
+    pub fn nodes(&self) -> BTreeMap<u64, String> {
+        let from_group: BTreeMap<u64, String> = self
+            .node
+            .group(META)
+            .map(|r| {
+                r.metrics()
+                    .borrow()
+                    .membership_config
+                    .nodes()
+                    .map(|(id, n)| (*id, self.node.book.get(*id).unwrap_or(n.addr.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if from_group.is_empty() {
+            self.node
+                .configured
+                .iter()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        } else {
+            from_group
+        }
+    }
+
+    /// The voters of the definitions group (every node that has joined).
+    pub fn voters(&self) -> Vec<u64> {
+        self.node
+            .group(META)
+            .map(|r| {
+                r.metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every node of the cluster, probed now (a connection to each other
@@ -483,27 +572,92 @@ impl Clustered {
             .group(META)
             .and_then(|r| r.metrics().borrow().current_leader);
         let mut out = Vec::new();
-        for (&id, n) in &self.node.members {
+        for (id, addr) in self.nodes() {
             let this = id == self.node.id;
             let running = this
                 || matches!(
                     tokio::time::timeout(
                         Duration::from_millis(300),
-                        tokio::net::TcpStream::connect(&n.addr)
+                        tokio::net::TcpStream::connect(&addr)
                     )
                     .await,
                     Ok(Ok(_))
                 );
             out.push(MemberStatus {
                 id,
-                name: node_name(id, &n.addr),
-                address: n.addr.clone(),
+                name: node_name(id, &addr),
+                address: addr,
                 this,
                 running,
                 leader: leader == Some(id),
             });
         }
         out
+    }
+
+    /// Adds node `id`, reached at `addr`, to the cluster: the definitions
+    /// group takes it as a learner, sends it everything, then makes it a
+    /// voter. Quorum queues do not grow onto it by themselves (as in
+    /// RabbitMQ: `warrenctl queues grow`).
+    pub async fn add_node(&self, id: u64, addr: &str) -> Result<(), ProposeError> {
+        self.node
+            .change_members(
+                META,
+                crate::cluster::net::MemberChange::Add(id, addr.to_owned()),
+                JOIN_LIMIT,
+            )
+            .await
+    }
+
+    /// The id of the node named `name`: `warren-ID@HOST` or the id alone.
+    pub fn node_id_of(&self, name: &str) -> Option<u64> {
+        let id = name
+            .strip_prefix("warren-")
+            .and_then(|r| r.split_once('@'))
+            .map_or(name, |(id, _)| id)
+            .parse::<u64>()
+            .ok()?;
+        self.nodes().contains_key(&id).then_some(id)
+    }
+
+    /// Whether this node is a voter of the definitions group.
+    pub fn is_member(&self) -> bool {
+        self.voters().contains(&self.node.id)
+    }
+
+    /// Joins the cluster node `id` at `addr` belongs to (a node that has
+    /// not joined or formed one yet).
+    pub async fn join_via(&self, id: u64, addr: &str) -> Result<(), String> {
+        if !self.nodes_in_group().is_empty() {
+            return Err(format!(
+                "this node is already a member of a cluster of {} node(s); to join another, stop it and empty its data directory first",
+                self.nodes_in_group().len()
+            ));
+        }
+        if id == self.node.id {
+            return Err(format!("node {id} is this node"));
+        }
+        self.node.book.learn(id, addr);
+        let me = self.node.book.get(self.node.id).unwrap_or_default();
+        self.add_node(self.node.id, &me)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The members of the definitions group (empty before this node has
+    /// joined or formed a cluster).
+    fn nodes_in_group(&self) -> Vec<u64> {
+        self.node
+            .group(META)
+            .map(|r| {
+                r.metrics()
+                    .borrow()
+                    .membership_config
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Waits (up to `limit`) until every change queued for the cluster so
@@ -584,10 +738,6 @@ impl Broker {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| format!("cannot listen for cluster peers on {listen}: {e}"))?;
-        let addrs = members
-            .iter()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
         let node = Node::start(
             c.node_id,
             members,
@@ -595,7 +745,12 @@ impl Broker {
             listener,
             Arc::new(crate::store::disk::RealDisk),
         );
-        let links = super::link::Links::new(c.node_id, addrs, node.secret(), Arc::downgrade(self));
+        let links = super::link::Links::new(
+            c.node_id,
+            node.book.clone(),
+            node.secret(),
+            Arc::downgrade(self),
+        );
         let _ = self.links.set(links.clone());
         node.set_data_handler(Arc::new(move |stream, from| {
             Box::pin(links.clone().serve(stream, from))
@@ -605,7 +760,8 @@ impl Broker {
             broker: Arc::downgrade(self),
             node: c.node_id,
         };
-        node.open_group(META, Path::new(&dir), machine)
+        let initial = node.configured.clone();
+        node.open_group(META, Path::new(&dir), machine, &initial)
             .await
             .map_err(|e| {
                 format!(
@@ -614,7 +770,8 @@ impl Broker {
                 )
             })?;
         if let Some(raft) = node.group(META) {
-            tokio::spawn(log_leaders(raft));
+            tokio::spawn(log_leaders(raft.clone()));
+            tokio::spawn(watch_members(Arc::downgrade(self), raft));
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -705,6 +862,53 @@ impl Broker {
         }
     }
 
+    /// Removes node `id` from the cluster (RabbitMQ's forget_cluster_node):
+    /// from every quorum queue's group this node knows, then the queues
+    /// that live on it go (`Command::Forget`), then it leaves the
+    /// definitions group. The node may be down; if it is this node, it
+    /// stops taking part.
+    pub async fn forget_node(&self, id: u64) -> Result<(), String> {
+        let Some(c) = self.cluster() else {
+            return Err("this node is not in a cluster".into());
+        };
+        if !c.nodes().contains_key(&id) {
+            return Err(format!("node {id} is not a member of the cluster"));
+        }
+        if c.voters() == [id] {
+            return Err(format!("node {id} is the cluster's last node"));
+        }
+        let groups: Vec<String> = self
+            .quorum_groups
+            .lock()
+            .iter()
+            .map(|((v, n), i)| super::quorum::group_name(v, n, *i))
+            .collect();
+        for g in groups {
+            if let Err(e) = c
+                .node
+                .change_members(
+                    &g,
+                    crate::cluster::net::MemberChange::Remove(id),
+                    PROPOSE_LIMIT,
+                )
+                .await
+            {
+                return Err(format!("removing node {id} from {g}: {e}"));
+            }
+        }
+        self.define(Command::Forget { node: id })
+            .await
+            .map_err(|e| e.text)?;
+        c.node
+            .change_members(
+                META,
+                crate::cluster::net::MemberChange::Remove(id),
+                JOIN_LIMIT,
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// This node's cluster, if it is in one.
     pub fn cluster(&self) -> Option<&Clustered> {
         self.cluster.get()
@@ -734,6 +938,63 @@ impl Broker {
             }
         };
         outcome.map_err(outcome_error)
+    }
+}
+
+/// Follows the definitions group's membership: learns the addresses of
+/// nodes that joined, asks to join if this node is not a member yet (its
+/// config names other nodes and it did not form the cluster), and says so
+/// when this node has been removed.
+async fn watch_members(broker: Weak<Broker>, raft: openraft::Raft<crate::cluster::TypeConfig>) {
+    let mut metrics = raft.metrics();
+    let mut was_member = false;
+    let mut next_join = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let Some(b) = broker.upgrade() else { return };
+        let Some(c) = b.cluster() else { return };
+        let me = c.node.id;
+        let (member, nodes) = {
+            let m = metrics.borrow_and_update();
+            let nodes: Vec<(u64, String)> = m
+                .membership_config
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect();
+            let member = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == me);
+            (member, nodes)
+        };
+        for (id, addr) in &nodes {
+            c.node.book.learn(*id, addr);
+        }
+        let listed = nodes.iter().any(|(id, _)| *id == me);
+        if member {
+            was_member = true;
+        } else if !nodes.is_empty() && !listed {
+            if was_member {
+                tracing::warn!(
+                    "cluster: this node was removed from the cluster; stop it and empty its data directory before it joins again"
+                );
+            }
+            was_member = false;
+        } else if nodes.is_empty() && tokio::time::Instant::now() >= next_join {
+            // A fresh node that did not form the cluster: ask the nodes
+            // it knows of to add it.
+            let addr = c.node.book.get(me).unwrap_or_default();
+            match c.add_node(me, &addr).await {
+                Ok(()) => tracing::info!("cluster: this node joined the cluster"),
+                Err(e) => tracing::info!("cluster: waiting to join: {e}"),
+            }
+            next_join = tokio::time::Instant::now() + Duration::from_secs(2);
+        }
+        drop(b);
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -191,7 +191,7 @@ async fn write_frames(
 pub struct Links {
     me: u64,
     secret: Arc<Vec<u8>>,
-    addrs: HashMap<u64, String>,
+    addrs: crate::cluster::net::AddressBook,
     broker: Weak<Broker>,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
 }
@@ -247,7 +247,7 @@ impl Links {
     /// The links of node `me`, whose peers are at `addrs` and share `secret`.
     pub fn new(
         me: u64,
-        addrs: HashMap<u64, String>,
+        addrs: crate::cluster::net::AddressBook,
         secret: Arc<Vec<u8>>,
         broker: Weak<Broker>,
     ) -> Arc<Links> {
@@ -324,7 +324,7 @@ async fn run_peer(links: Weak<Links>, peer: Arc<Peer>, mut rx: mpsc::UnboundedRe
         }
         let Some(l) = links.upgrade() else { return };
         let (addr, secret, me) = (
-            l.addrs.get(&peer.id).cloned().unwrap_or_default(),
+            l.addrs.get(peer.id).unwrap_or_default(),
             l.secret.clone(),
             l.me,
         );

@@ -393,7 +393,8 @@ async fn run(
                 queue: handle.queue.clone(),
                 live: None,
             };
-            match c.node.open_group(&group, &dir, machine).await {
+            let initial = c.node.configured.clone();
+            match c.node.open_group(&group, &dir, machine, &initial).await {
                 Ok(g) => break g,
                 Err(e) => {
                     tracing::error!("quorum queue group {group}: {e}");

@@ -12,7 +12,7 @@
 //! (`[u32 length][bincode]`) answered by one frame. Frames over `FRAME_MAX`
 //! close the connection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +81,116 @@ impl Groups {
     }
 }
 
+/// Where each node of the cluster is reached: the addresses in this node's
+/// config, then those learnt from the definitions group's membership (a
+/// node that joined later). Shared by every group's links and the data
+/// links.
+#[derive(Clone, Debug, Default)]
+pub struct AddressBook(Arc<RwLock<BTreeMap<u64, (String, bool)>>>);
+
+impl AddressBook {
+    /// A book holding the configured addresses.
+    pub fn configured(nodes: impl IntoIterator<Item = (u64, String)>) -> AddressBook {
+        AddressBook(Arc::new(RwLock::new(
+            nodes.into_iter().map(|(id, a)| (id, (a, true))).collect(),
+        )))
+    }
+
+    /// Where node `id` is reached.
+    pub fn get(&self, id: u64) -> Option<String> {
+        self.0.read().get(&id).map(|(a, _)| a.clone())
+    }
+
+    /// Learns node `id`'s address from a membership (a configured address
+    /// wins over it).
+    pub fn learn(&self, id: u64, addr: &str) {
+        let mut book = self.0.write();
+        match book.get(&id) {
+            Some((_, true)) => {}
+            Some((a, false)) if a == addr => {}
+            _ => {
+                book.insert(id, (addr.to_owned(), false));
+            }
+        }
+    }
+
+    /// Every node's address, by id.
+    pub fn all(&self) -> BTreeMap<u64, String> {
+        self.0
+            .read()
+            .iter()
+            .map(|(id, (a, _))| (*id, a.clone()))
+            .collect()
+    }
+}
+
+/// A change of a group's members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Adds node `id` at `addr` as a voter (first as a learner, until it
+    /// has caught up).
+    Add(u64, String),
+    /// Removes node `id`.
+    Remove(u64),
+}
+
+/// Makes `change` to `raft` if this node leads it.
+pub async fn change_here(raft: &Raft<TypeConfig>, change: MemberChange) -> Proposal {
+    use openraft::ChangeMembers;
+    use openraft::error::ClientWriteError;
+    let leader = {
+        let m = raft.metrics().borrow().clone();
+        if m.current_leader != Some(m.id) {
+            let hint = m.current_leader.and_then(|l| {
+                m.membership_config
+                    .nodes()
+                    .find(|(id, _)| **id == l)
+                    .map(|(_, n)| (l, n.addr.clone()))
+            });
+            return Proposal::NotLeader(hint);
+        }
+        m
+    };
+    let voters: BTreeSet<u64> = leader.membership_config.membership().voter_ids().collect();
+    let result = match change {
+        MemberChange::Add(id, addr) => {
+            if voters.contains(&id) {
+                return Proposal::Applied(0, Vec::new());
+            }
+            match raft.add_learner(id, BasicNode::new(addr), true).await {
+                Ok(_) => {
+                    raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        MemberChange::Remove(id) => {
+            let known = leader.membership_config.nodes().any(|(n, _)| *n == id);
+            if !known {
+                return Proposal::Applied(0, Vec::new());
+            }
+            if voters.contains(&id) {
+                if voters.len() == 1 {
+                    return Proposal::Failed(format!("node {id} is the group's last member"));
+                }
+                raft.change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                    .await
+            } else {
+                raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+                    .await
+            }
+        }
+    };
+    match result {
+        Ok(r) => Proposal::Applied(r.log_id.index, Vec::new()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Proposal::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr)))
+        }
+        Err(e) => Proposal::Failed(e.to_string()),
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub(super) enum Request {
     Append(String, AppendEntriesRequest<TypeConfig>),
@@ -90,6 +200,10 @@ pub(super) enum Request {
     Propose(String, Vec<u8>),
     /// The connection becomes a data link from this node (no reply).
     Data(u64),
+    /// A change of the group's members, to be made if this node leads it.
+    Members(String, MemberChange),
+    /// Which node leads the group, as far as this node knows.
+    Leader(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -100,6 +214,8 @@ enum Reply {
     Propose(Proposal),
     /// The node does not run the group named.
     NoGroup,
+    /// The leader this node knows of.
+    Leader(Option<u64>),
 }
 
 /// What became of a proposal.
@@ -210,7 +326,9 @@ async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<(
             Request::Append(g, _)
             | Request::Vote(g, _)
             | Request::Snapshot(g, _)
-            | Request::Propose(g, _) => groups.get(g),
+            | Request::Propose(g, _)
+            | Request::Members(g, _)
+            | Request::Leader(g) => groups.get(g),
             Request::Data(_) => None,
         };
         let reply = match (group, req) {
@@ -222,6 +340,12 @@ async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<(
             }
             (Some(raft), Request::Propose(_, cmd)) => {
                 Reply::Propose(propose_here(&raft, cmd).await)
+            }
+            (Some(raft), Request::Members(_, change)) => {
+                Reply::Propose(change_here(&raft, change).await)
+            }
+            (Some(raft), Request::Leader(_)) => {
+                Reply::Leader(raft.metrics().borrow().current_leader)
             }
             (Some(_), Request::Data(_)) => Reply::NoGroup,
         };
@@ -249,23 +373,19 @@ pub async fn connect_data(addr: &str, secret: &[u8], from: u64) -> io::Result<Tc
 pub struct Network {
     secret: Arc<Vec<u8>>,
     group: String,
-    /// Where this node reaches each node (its own config), which wins over
-    /// the address in the group's membership (another node's view).
-    addrs: Arc<HashMap<u64, String>>,
+    /// Where this node reaches each node, which wins over the address in
+    /// the group's membership (another node's view).
+    addrs: AddressBook,
 }
 
 impl Network {
     /// Links for group `group` that prove `secret` to their peers.
     pub fn new(secret: Arc<Vec<u8>>, group: &str) -> Network {
-        Self::with_addrs(secret, group, Arc::default())
+        Self::with_addrs(secret, group, AddressBook::default())
     }
 
     /// `new`, reaching nodes at `addrs` where it has them.
-    pub fn with_addrs(
-        secret: Arc<Vec<u8>>,
-        group: &str,
-        addrs: Arc<HashMap<u64, String>>,
-    ) -> Network {
+    pub fn with_addrs(secret: Arc<Vec<u8>>, group: &str, addrs: AddressBook) -> Network {
         Network {
             secret,
             group: group.to_owned(),
@@ -278,8 +398,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Link;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Link {
-        let addr = self.addrs.get(&target).unwrap_or(&node.addr);
-        Link::new(target, addr, self.secret.clone(), &self.group)
+        let addr = self.addrs.get(target).unwrap_or_else(|| node.addr.clone());
+        Link::new(target, &addr, self.secret.clone(), &self.group)
     }
 }
 
@@ -312,6 +432,38 @@ impl Link {
         {
             Reply::Propose(p) => Ok(p),
             Reply::NoGroup => Ok(Proposal::NotLeader(None)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer answered another request",
+            )),
+        }
+    }
+
+    /// Asks the peer to make `change` to the group if it leads it.
+    pub async fn change_members(
+        &mut self,
+        change: MemberChange,
+        ttl: Duration,
+    ) -> io::Result<Proposal> {
+        match self
+            .call(&Request::Members(self.group.clone(), change), ttl)
+            .await?
+        {
+            Reply::Propose(p) => Ok(p),
+            Reply::NoGroup => Ok(Proposal::NotLeader(None)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer answered another request",
+            )),
+        }
+    }
+
+    /// Asks the peer which node leads the group (None: it knows of none,
+    /// or does not run the group).
+    pub async fn leader(&mut self, ttl: Duration) -> io::Result<Option<u64>> {
+        match self.call(&Request::Leader(self.group.clone()), ttl).await? {
+            Reply::Leader(l) => Ok(l),
+            Reply::NoGroup => Ok(None),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the peer answered another request",

@@ -16,7 +16,9 @@ use parking_lot::Mutex;
 use super::TypeConfig;
 use super::log::RaftLog;
 use super::machine::{Machine, StateMachine};
-use super::net::{Groups, Link, Network, Proposal, propose_here, serve};
+use super::net::{
+    AddressBook, Groups, Link, MemberChange, Network, Proposal, change_here, propose_here, serve,
+};
 use crate::store::disk::Disk;
 
 /// Raft timings of every group. A leader heartbeats every 200 ms; a
@@ -74,8 +76,11 @@ type Links = Mutex<HashMap<(String, u64), Arc<tokio::sync::Mutex<Link>>>>;
 pub struct Node {
     /// This node's id.
     pub id: u64,
-    /// Every node of the cluster (this one too), by id.
-    pub members: BTreeMap<u64, BasicNode>,
+    /// The nodes of this node's config (this one too), by id: they form
+    /// the cluster the first time.
+    pub configured: BTreeMap<u64, BasicNode>,
+    /// Where each node is reached.
+    pub book: AddressBook,
     secret: Arc<Vec<u8>>,
     groups: Groups,
     disk: Arc<dyn Disk>,
@@ -87,7 +92,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("id", &self.id)
-            .field("members", &self.members)
+            .field("configured", &self.configured)
             .finish()
     }
 }
@@ -99,11 +104,11 @@ impl Drop for Node {
 }
 
 impl Node {
-    /// Starts node `id` of the cluster whose nodes are `members`, answering
-    /// its peers on `listener`.
+    /// Starts node `id` whose config lists `configured` (itself among
+    /// them), answering its peers on `listener`.
     pub fn start(
         id: u64,
-        members: BTreeMap<u64, BasicNode>,
+        configured: BTreeMap<u64, BasicNode>,
         secret: Vec<u8>,
         listener: tokio::net::TcpListener,
         disk: Arc<dyn Disk>,
@@ -111,9 +116,11 @@ impl Node {
         let secret = Arc::new(secret);
         let groups = Groups::default();
         let server = tokio::spawn(serve(listener, groups.clone(), secret.clone()));
+        let book = AddressBook::configured(configured.iter().map(|(i, n)| (*i, n.addr.clone())));
         Node {
             id,
-            members,
+            configured,
+            book,
             secret,
             groups,
             disk,
@@ -124,29 +131,23 @@ impl Node {
 
     /// Opens group `name` with its files in `dir` and `machine` as its
     /// state, and registers it with the listener. Committed entries on disk
-    /// are applied to the machine before this returns. The lowest-numbered
-    /// node creates the group (with every member as a voter) the first time.
+    /// are applied to the machine before this returns. The first time, the
+    /// lowest-numbered of `initial` creates the group with `initial` as its
+    /// voters; a node not among them (or with `initial` empty) waits to be
+    /// added by the group's leader.
     pub async fn open_group<M: Machine>(
         &self,
         name: &str,
         dir: &Path,
         machine: M,
+        initial: &BTreeMap<u64, BasicNode>,
     ) -> io::Result<(Raft<TypeConfig>, StateMachine<M>)> {
         let log = RaftLog::open(self.disk.clone(), dir)?;
         let sm = StateMachine::open(self.disk.clone(), dir, machine)?;
         let raft = Raft::new(
             self.id,
             raft_config(),
-            Network::with_addrs(
-                self.secret.clone(),
-                name,
-                Arc::new(
-                    self.members
-                        .iter()
-                        .map(|(id, n)| (*id, n.addr.clone()))
-                        .collect(),
-                ),
-            ),
+            Network::with_addrs(self.secret.clone(), name, self.book.clone()),
             log,
             sm.clone(),
         )
@@ -158,9 +159,9 @@ impl Node {
             .await
             .map(|i| !i)
             .map_err(io::Error::other)?;
-        if fresh && self.members.keys().next() == Some(&self.id) {
+        if fresh && initial.keys().next() == Some(&self.id) {
             // Refused when another start already did it: that is fine.
-            if let Err(e) = raft.initialize(self.members.clone()).await {
+            if let Err(e) = raft.initialize(initial.clone()).await {
                 tracing::debug!("group {name} not initialized here: {e}");
             }
         }
@@ -211,8 +212,8 @@ impl Node {
                         .await
                         .unwrap_or(Proposal::NotLeader(None))
                 }
-                Some(l) => match self.members.get(&l) {
-                    Some(node) => self.forward(name, l, &node.addr, cmd.clone(), left).await,
+                Some(l) => match self.address(&raft, l) {
+                    Some(addr) => self.forward(name, l, &addr, cmd.clone(), left).await,
                     None => Proposal::NotLeader(None),
                 },
                 None => Proposal::NotLeader(None),
@@ -234,6 +235,131 @@ impl Node {
         }
     }
 
+    /// Where node `id` is reached: the address book, else the group's
+    /// membership.
+    fn address(&self, raft: &Raft<TypeConfig>, id: u64) -> Option<String> {
+        self.book.get(id).or_else(|| {
+            raft.metrics()
+                .borrow()
+                .membership_config
+                .nodes()
+                .find(|(n, _)| **n == id)
+                .map(|(_, n)| n.addr.clone())
+        })
+    }
+
+    /// The link for group `name` to node `to` at `addr`.
+    fn link(&self, name: &str, to: u64, addr: &str) -> Arc<tokio::sync::Mutex<Link>> {
+        self.links
+            .lock()
+            .entry((name.to_owned(), to))
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Link::new(
+                    to,
+                    addr,
+                    self.secret.clone(),
+                    name,
+                )))
+            })
+            .clone()
+    }
+
+    /// Makes `change` to group `name`'s members through its leader: the
+    /// one this node knows of, else whichever node of the address book
+    /// names it (so a node that does not run the group, or has not joined
+    /// it yet, can ask). Gives up after `limit`.
+    pub async fn change_members(
+        &self,
+        name: &str,
+        change: MemberChange,
+        limit: Duration,
+    ) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + limit;
+        let mut hint: Option<(u64, String)> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ProposeError::NoQuorum(name.to_owned()));
+            }
+            let local = self.groups.get(name);
+            let leader = local
+                .as_ref()
+                .and_then(|r| r.metrics().borrow().current_leader);
+            let mut outcome = Proposal::NotLeader(None);
+            if leader == Some(self.id)
+                && let Some(raft) = &local
+            {
+                outcome = tokio::time::timeout(left, change_here(raft, change.clone()))
+                    .await
+                    .unwrap_or(Proposal::NotLeader(None));
+            } else {
+                let mut targets: Vec<(u64, String)> = Vec::new();
+                if let Some(h) = hint.take() {
+                    targets.push(h);
+                }
+                if let (Some(l), Some(raft)) = (leader, &local)
+                    && let Some(addr) = self.address(raft, l)
+                {
+                    targets.push((l, addr));
+                }
+                for (id, addr) in self.book.all() {
+                    if id != self.id && !targets.iter().any(|(t, _)| *t == id) {
+                        targets.push((id, addr));
+                    }
+                }
+                for (id, addr) in targets {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let link = self.link(name, id, &addr);
+                    let mut link = link.lock().await;
+                    match link.change_members(change.clone(), left).await {
+                        Ok(Proposal::NotLeader(Some(h))) => {
+                            hint = Some(h);
+                            break;
+                        }
+                        Ok(Proposal::NotLeader(None)) | Err(_) => continue,
+                        Ok(p) => {
+                            outcome = p;
+                            break;
+                        }
+                    }
+                }
+            }
+            match outcome {
+                Proposal::Applied(..) => return Ok(()),
+                Proposal::Failed(e) => return Err(ProposeError::Failed(e)),
+                Proposal::NotLeader(_) => {
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Which node leads group `name`: as this node's own copy of the group
+    /// knows, else as the first of `members` that answers says.
+    pub async fn leader_of(&self, name: &str, members: &[u64]) -> Option<u64> {
+        if let Some(raft) = self.groups.get(name)
+            && let Some(l) = raft.metrics().borrow().current_leader
+        {
+            return Some(l);
+        }
+        for &id in members {
+            if id == self.id {
+                continue;
+            }
+            let Some(addr) = self.book.get(id) else {
+                continue;
+            };
+            let link = self.link(name, id, &addr);
+            let mut link = link.lock().await;
+            if let Ok(Some(l)) = link.leader(Duration::from_millis(500)).await {
+                return Some(l);
+            }
+        }
+        None
+    }
+
     async fn forward(
         &self,
         name: &str,
@@ -242,19 +368,7 @@ impl Node {
         cmd: Vec<u8>,
         ttl: Duration,
     ) -> Proposal {
-        let link = self
-            .links
-            .lock()
-            .entry((name.to_owned(), leader))
-            .or_insert_with(|| {
-                Arc::new(tokio::sync::Mutex::new(Link::new(
-                    leader,
-                    addr,
-                    self.secret.clone(),
-                    name,
-                )))
-            })
-            .clone();
+        let link = self.link(name, leader, addr);
         let mut link = link.lock().await;
         match link.propose(cmd, ttl).await {
             Ok(p) => p,

@@ -37,6 +37,7 @@ use crate::protocol::error::{AmqpError, code};
 
 mod bindings;
 mod body;
+mod cluster;
 mod connections;
 mod definitions;
 mod exchanges;
@@ -105,6 +106,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(connections::routes())
         .merge(definitions::routes())
         .merge(metrics::routes())
+        .merge(cluster::routes())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -177,9 +177,12 @@ pub fn run(s: &Settings, cmd: Command) -> Result<(), Failure> {
         Command::Delete { what } => delete(s, what),
         Command::Close { name, reason } => close(s, &name, &reason),
         Command::Purge { queue } => purge(s, &queue),
-        Command::Cluster {
-            what: Cluster::Status,
-        } => cluster_status(s),
+        Command::Cluster { what } => match what {
+            Cluster::Status => cluster_status(s),
+            Cluster::Join { node } => cluster_join(s, &node),
+            Cluster::Leave => cluster_leave(s),
+            Cluster::Forget { node } => cluster_forget(s, &node),
+        },
         Command::Publish {
             exchange,
             routing_key,
@@ -203,6 +206,54 @@ pub enum Cluster {
     /// Every node of the cluster: id, name, inter-node address, whether it
     /// answers, which one leads the definitions (RabbitMQ's cluster_status).
     Status,
+    /// Make this node (fresh: it has not formed or joined a cluster) join
+    /// the cluster of NODE (RabbitMQ's join_cluster).
+    Join {
+        /// A node of the cluster: ID@HOST:PORT, its id and inter-node
+        /// address.
+        node: String,
+    },
+    /// Take this node out of its cluster: its quorum queue replicas move
+    /// away and the queues that live on it are deleted.
+    Leave,
+    /// Remove another node from the cluster, running or not (RabbitMQ's
+    /// forget_cluster_node).
+    Forget {
+        /// The node: its name (warren-ID@HOST) or id.
+        node: String,
+    },
+}
+
+/// `warrenctl cluster join ID@HOST:PORT`.
+fn cluster_join(s: &Settings, node: &str) -> Result<(), Failure> {
+    s.client.call(
+        "POST",
+        "/api/cluster/join",
+        Some(&serde_json::json!({ "node": node })),
+    )?;
+    done(s, format!("joined the cluster of node {node}"));
+    Ok(())
+}
+
+/// `warrenctl cluster leave`: forgets the node the command talks to.
+fn cluster_leave(s: &Settings) -> Result<(), Failure> {
+    let me = s.client.call("GET", "/api/overview", None)?;
+    let name = me["node"].as_str().unwrap_or_default().to_owned();
+    s.client.call(
+        "DELETE",
+        &format!("/api/cluster/nodes/{}", seg(&name)),
+        None,
+    )?;
+    done(s, format!("node {name} left the cluster"));
+    Ok(())
+}
+
+/// `warrenctl cluster forget NODE`.
+fn cluster_forget(s: &Settings, node: &str) -> Result<(), Failure> {
+    s.client
+        .call("DELETE", &format!("/api/cluster/nodes/{}", seg(node)), None)?;
+    done(s, format!("removed node {node} from the cluster"));
+    Ok(())
 }
 
 /// `warrenctl cluster status`: /api/nodes as a table.
