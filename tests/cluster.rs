@@ -1170,8 +1170,8 @@ async fn a_replicated_quorum_queue_dead_letters_past_its_delivery_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_a_running_cluster_and_a_node_is_forgotten() {
     use futures_lite::StreamExt;
-    let peers = cluster_peers(4);
-    let mut nodes: Vec<Warren> = (1..=3).map(|id| start_node(id, &peers[..3])).collect();
+    let mut peers = cluster_peers(3);
+    let mut nodes: Vec<Warren> = (1..=3).map(|id| start_node(id, &peers)).collect();
     let c1 = connect(&nodes[0]).await;
     let ch1 = c1.create_channel().await.unwrap();
     ch1.confirm_select(Default::default()).await.unwrap();
@@ -1193,7 +1193,9 @@ async fn a_node_joins_a_running_cluster_and_a_node_is_forgotten() {
         .unwrap();
     let _ = c3.close(200, "".into()).await;
 
-    // Node 4 starts with a config that lists every node.
+    // Node 4 starts with a config that lists every node (its inter-node
+    // port picked only now: a port picked early may be taken meanwhile).
+    peers.push(format!("4@127.0.0.1:{}", free_port()));
     nodes.push(start_node(4, &peers));
     eventually(
         "node 4 in node 1's /api/nodes",
@@ -1276,4 +1278,147 @@ async fn a_node_joins_a_running_cluster_and_a_node_is_forgotten() {
         Some(&serde_json::json!({"node": peers[1]})),
     );
     assert_eq!(status, 400, "{body}");
+}
+
+/// The members of quorum queue `q` as node `w`'s API lists them (sorted
+/// names).
+fn quorum_members(w: &Warren, q: &str) -> Vec<String> {
+    let (_, v) = w.api("GET", &format!("/api/queues/%2f/{q}"), None);
+    let mut m: Vec<String> = v["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    m.sort();
+    m
+}
+
+/// Reads `n` messages from `q` through `w` with basic.get (acked).
+async fn get_n(w: &Warren, q: &str, n: usize) -> Vec<Vec<u8>> {
+    let c = connect(w).await;
+    let ch = c.create_channel().await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} from {q}",
+            got.len()
+        );
+        match ch.basic_get(q.into(), Default::default()).await {
+            Ok(Some(m)) => {
+                got.push(m.delivery.data.clone());
+                m.delivery.ack(Default::default()).await.unwrap();
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let _ = c.close(200, "".into()).await;
+    got
+}
+
+/// x-quorum-initial-group-size places a quorum queue on fewer nodes than
+/// the cluster has; a node without a replica still publishes to it and
+/// reads from it; replicas are added and removed over RabbitMQ's HTTP
+/// paths, and what the queue confirmed survives its first members going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queue_replicas_are_placed_added_and_removed() {
+    let mut nodes = start_cluster(3);
+    for w in &nodes {
+        let _ = connect(w).await.close(200, "".into()).await;
+    }
+    let name = |i: usize| {
+        nodes[i].api("GET", "/api/overview", None).1["node"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (n1, n2, n3) = (name(0), name(1), name(2));
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    declare_quorum(&ch1, "placed", args(&[("x-quorum-initial-group-size", 2)])).await;
+    assert_eq!(
+        quorum_members(&nodes[2], "placed"),
+        [n1.clone(), n2.clone()]
+    );
+
+    // Node 3 has no replica: its publishes and gets reach the leader.
+    let c3 = connect(&nodes[2]).await;
+    let ch3 = c3.create_channel().await.unwrap();
+    ch3.confirm_select(Default::default()).await.unwrap();
+    for i in 0..20u32 {
+        assert!(
+            publish_confirmed(&ch3, "placed", &i.to_be_bytes()).await,
+            "publish {i} through a node without a replica"
+        );
+    }
+    let first = get_n(&nodes[2], "placed", 5).await;
+    assert_eq!(
+        first,
+        (0..5u32)
+            .map(|i| i.to_be_bytes().to_vec())
+            .collect::<Vec<_>>()
+    );
+
+    // A replica on node 3, then none on node 1 (RabbitMQ's paths and codes).
+    let (status, body) = nodes[1].api(
+        "POST",
+        "/api/queues/quorum/%2f/placed/replicas/add",
+        Some(&serde_json::json!({ "node": n3 })),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        quorum_members(&nodes[0], "placed"),
+        [n1.clone(), n2.clone(), n3.clone()]
+    );
+    let (status, body) = nodes[1].api(
+        "DELETE",
+        "/api/queues/quorum/%2f/placed/replicas/delete",
+        Some(&serde_json::json!({ "node": n1 })),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        quorum_members(&nodes[1], "placed"),
+        [n2.clone(), n3.clone()]
+    );
+
+    // Node 1 goes: nodes 2 and 3 are the queue's members and have all 15.
+    nodes[0].kill();
+    let rest = get_n(&nodes[1], "placed", 15).await;
+    assert_eq!(
+        rest,
+        (5..20u32)
+            .map(|i| i.to_be_bytes().to_vec())
+            .collect::<Vec<_>>()
+    );
+
+    // Shrinking node 3 leaves node 2 alone; growing puts it back.
+    let (status, body) = nodes[1].api(
+        "DELETE",
+        &format!("/api/queues/quorum/replicas/on/{n3}/shrink"),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        quorum_members(&nodes[1], "placed"),
+        std::slice::from_ref(&n2)
+    );
+    let (status, body) = nodes[1].api(
+        "POST",
+        &format!("/api/queues/quorum/replicas/on/{n3}/grow"),
+        Some(&serde_json::json!({"strategy": "all", "queue_pattern": "^placed$", "vhost_pattern": ".*"})),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        quorum_members(&nodes[1], "placed"),
+        [n2.clone(), n3.clone()]
+    );
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(Default::default()).await.unwrap();
+    assert!(publish_confirmed(&ch2, "placed", b"after").await);
+    assert_eq!(get_n(&nodes[2], "placed", 1).await, [b"after".to_vec()]);
 }

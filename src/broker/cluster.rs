@@ -33,7 +33,7 @@ use crate::cluster::machine::Machine;
 use crate::cluster::node::{Node, ProposeError};
 use crate::protocol::error::{AmqpError, AmqpResult, Scope, code};
 use crate::protocol::fields::table_from_json;
-use crate::queue::QueueConfig;
+use crate::queue::{Queue, QueueConfig};
 use crate::schema::{BindingDef, Definitions, ExchangeDef, QueueDef};
 use crate::store::meta::MetaOp;
 use crate::vhost::{DestName, ExchangeDeclare};
@@ -78,6 +78,12 @@ pub enum Command {
         def: QueueDef,
         /// The node it lives on.
         home: u64,
+        /// The cluster's nodes when it was proposed: a quorum queue's
+        /// members are chosen among them (`quorum::choose_members`).
+        /// Empty in logs written before members were chosen: every
+        /// configured node.
+        #[serde(default)]
+        voters: Vec<u64>,
     },
     /// queue.delete.
     DeleteQueue {
@@ -103,6 +109,18 @@ pub enum Command {
         from: u64,
         /// The changes.
         ops: Vec<MetaOp>,
+        /// The cluster's nodes when they were proposed (see `DeclareQueue`).
+        #[serde(default)]
+        voters: Vec<u64>,
+    },
+    /// The members of a quorum queue's group are now `members`.
+    QuorumMembers {
+        /// Vhost.
+        vhost: String,
+        /// Queue.
+        name: String,
+        /// Its members.
+        members: Vec<u64>,
     },
     /// Node `node` is leaving the cluster: the queues that live on it
     /// (classic queues and streams) go with it, as with RabbitMQ's
@@ -191,7 +209,7 @@ pub fn apply(broker: &Broker, index: u64, cmd: Command) -> Outcome {
                 .map_err(refusal)?;
             Ok(0)
         }
-        Command::DeclareQueue { def, home } => {
+        Command::DeclareQueue { def, home, voters } => {
             let vh = vhost(&def.vhost)?;
             let arguments = table_from_json(&def.arguments)
                 .map_err(|e| refusal(AmqpError::channel(code::PRECONDITION_FAILED, e)))?;
@@ -205,7 +223,7 @@ pub fn apply(broker: &Broker, index: u64, cmd: Command) -> Outcome {
                 .declare_queue(&def.name, false, false, config, 0)
                 .map_err(refusal)?;
             if created {
-                broker.tie_queue(&vh, &def.name, home, index);
+                broker.tie_queue(&vh, &def.name, home, index, Members::Among(&voters));
             }
             Ok(0)
         }
@@ -242,7 +260,7 @@ pub fn apply(broker: &Broker, index: u64, cmd: Command) -> Outcome {
                 .map_err(refusal)?;
             Ok(0)
         }
-        Command::Ops { from, ops } => {
+        Command::Ops { from, ops, voters } => {
             for op in ops {
                 let home = match &op {
                     MetaOp::DeclareQueue(q) => Some((q.vhost.clone(), q.name.clone(), from)),
@@ -260,8 +278,21 @@ pub fn apply(broker: &Broker, index: u64, cmd: Command) -> Outcome {
                         vh.set_remote_home(&n, 0);
                         broker.quorum_groups.lock().remove(&(v.clone(), n.clone()));
                     } else if fresh {
-                        broker.tie_queue(&vh, &n, home, index);
+                        broker.tie_queue(&vh, &n, home, index, Members::Among(&voters));
                     }
+                }
+            }
+            Ok(0)
+        }
+        Command::QuorumMembers {
+            vhost,
+            name,
+            members,
+        } => {
+            if let Some(p) = broker.quorum_groups.lock().get_mut(&(vhost, name)) {
+                p.members = members.clone();
+                if let Some(h) = &p.handle {
+                    h.set_members(members);
                 }
             }
             Ok(0)
@@ -270,17 +301,25 @@ pub fn apply(broker: &Broker, index: u64, cmd: Command) -> Outcome {
             let me = broker.config.cluster.node_id;
             let mut gone = 0;
             for vh in broker.vhosts() {
+                let only_on_it = |q: &Queue| {
+                    broker
+                        .quorum_groups
+                        .lock()
+                        .get(&(vh.name.to_string(), q.name.clone()))
+                        .is_some_and(|p| p.members == [node])
+                };
                 let names: Vec<String> = vh
                     .queues()
                     .iter()
                     .filter(|q| {
-                        !q.is_quorum()
-                            && q.config.durable
-                            && q.config.exclusive_owner.is_none()
-                            && match vh.remote_home(&q.name) {
-                                Some(home) => home == node,
-                                None => node == me,
-                            }
+                        only_on_it(q)
+                            || !q.is_quorum()
+                                && q.config.durable
+                                && q.config.exclusive_owner.is_none()
+                                && match vh.remote_home(&q.name) {
+                                    Some(home) => home == node,
+                                    None => node == me,
+                                }
                     })
                     .map(|q| q.name.clone())
                     .collect();
@@ -289,6 +328,10 @@ pub fn apply(broker: &Broker, index: u64, cmd: Command) -> Outcome {
                         gone += d.map_or(0, |d| d.message_count);
                     }
                     vh.set_remote_home(&name, 0);
+                    broker
+                        .quorum_groups
+                        .lock()
+                        .remove(&(vh.name.to_string(), name.clone()));
                 }
             }
             Ok(gone)
@@ -312,6 +355,15 @@ fn dest(b: &BindingDef) -> DestName<'_> {
     }
 }
 
+/// How a quorum queue's members are known when it is tied to its group.
+#[derive(Clone, Copy)]
+enum Members<'a> {
+    /// Chosen among these nodes (`quorum::choose_members`).
+    Among(&'a [u64]),
+    /// These.
+    Exactly(&'a [u64]),
+}
+
 /// The definitions group's machine: the broker's definitions.
 pub struct MetaMachine {
     broker: Weak<Broker>,
@@ -328,6 +380,9 @@ struct MetaSnapshot {
     /// Quorum queues with the definitions entry that declared them.
     #[serde(default)]
     quorum: Vec<(String, String, u64)>,
+    /// Quorum queues with their members.
+    #[serde(default)]
+    quorum_members: Vec<(String, String, Vec<u64>)>,
 }
 
 impl Machine for MetaMachine {
@@ -367,17 +422,23 @@ impl Machine for MetaMachine {
                 }
             }
         }
-        let quorum = broker
+        let (quorum, quorum_members) = broker
             .quorum_groups
             .lock()
             .iter()
-            .map(|((v, n), i)| (v.clone(), n.clone(), *i))
-            .collect();
+            .map(|((v, n), p)| {
+                (
+                    (v.clone(), n.clone(), p.index),
+                    (v.clone(), n.clone(), p.members.clone()),
+                )
+            })
+            .unzip();
         let snap = MetaSnapshot {
             initialized: broker.cluster_initialized(),
             definitions: replicated(&broker),
             homes,
             quorum,
+            quorum_members,
         };
         serde_json::to_vec(&snap).unwrap_or_default()
     }
@@ -398,11 +459,21 @@ impl Machine for MetaMachine {
                 broker.mark_remote(&vh, &name, home);
             }
         }
+        let mut members: std::collections::HashMap<(String, String), Vec<u64>> = snap
+            .quorum_members
+            .into_iter()
+            .map(|(v, n, m)| ((v, n), m))
+            .collect();
         for (v, name, index) in snap.quorum {
+            let chosen = members.remove(&(v.clone(), name.clone()));
             if let Some(vh) = broker.vhost(&v)
                 && vh.queue(&name).is_some_and(|q| !q.is_linked())
             {
-                broker.tie_queue(&vh, &name, 0, index);
+                let m = match &chosen {
+                    Some(m) => Members::Exactly(m),
+                    None => Members::Among(&[]),
+                };
+                broker.tie_queue(&vh, &name, 0, index, m);
             }
         }
         if snap.initialized {
@@ -688,7 +759,11 @@ async fn replicate(
             ops.push(op);
         }
         let n = ops.len() as u64;
-        let cmd = Command::Ops { from, ops };
+        let voters = broker
+            .upgrade()
+            .and_then(|b| b.cluster().map(Clustered::voters))
+            .unwrap_or_default();
+        let cmd = Command::Ops { from, ops, voters };
         loop {
             let Some(b) = broker.upgrade() else {
                 return;
@@ -770,8 +845,7 @@ impl Broker {
                 )
             })?;
         if let Some(raft) = node.group(META) {
-            tokio::spawn(log_leaders(raft.clone()));
-            tokio::spawn(watch_members(Arc::downgrade(self), raft));
+            tokio::spawn(log_leaders(raft));
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -791,10 +865,14 @@ impl Broker {
                 hook_queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 let _ = hook_tx.send(op);
             })));
+        let meta = node.group(META);
         let _ = self.cluster.set(Clustered {
             node,
             replicator: Replicator { queued, committed },
         });
+        if let Some(raft) = meta {
+            tokio::spawn(watch_members(Arc::downgrade(self), raft));
+        }
         let broker = self.clone();
         tokio::spawn(async move {
             let d = broker.config.defaults.clone();
@@ -850,13 +928,43 @@ impl Broker {
     /// Ties a queue the cluster just declared (definitions entry `index`)
     /// to where it lives: a quorum queue to its Raft group, any other
     /// queue of another node to its node.
-    fn tie_queue(&self, vh: &crate::vhost::VHost, name: &str, home: u64, index: u64) {
+    fn tie_queue(
+        &self,
+        vh: &crate::vhost::VHost,
+        name: &str,
+        home: u64,
+        index: u64,
+        members: Members<'_>,
+    ) {
         let Some(q) = vh.queue(name) else { return };
         if q.is_quorum() && self.links.get().is_some() {
-            self.quorum_groups
-                .lock()
-                .insert((vh.name.to_string(), name.to_owned()), index);
-            super::quorum::attach(self, &vh.name, &q, index);
+            let members = match members {
+                Members::Exactly(m) => m.to_vec(),
+                // Logs from before members were chosen: every node.
+                Members::Among([]) => self
+                    .cluster()
+                    .map(|c| c.node.configured.keys().copied().collect())
+                    .unwrap_or_default(),
+                Members::Among(voters) => super::quorum::choose_members(
+                    voters,
+                    home,
+                    q.config
+                        .arguments
+                        .inner()
+                        .get("x-quorum-initial-group-size")
+                        .and_then(crate::queue::args::integer)
+                        .map(|v| v.clamp(0, i64::MAX as i128) as i64),
+                ),
+            };
+            let handle = super::quorum::attach(self, &vh.name, &q, index, members.clone());
+            self.quorum_groups.lock().insert(
+                (vh.name.to_string(), name.to_owned()),
+                super::quorum::Placement {
+                    index,
+                    members,
+                    handle,
+                },
+            );
         } else if home != self.config.cluster.node_id {
             self.mark_remote(vh, name, home);
         }
@@ -877,24 +985,17 @@ impl Broker {
         if c.voters() == [id] {
             return Err(format!("node {id} is the cluster's last node"));
         }
-        let groups: Vec<String> = self
+        let replicated: Vec<(String, String)> = self
             .quorum_groups
             .lock()
             .iter()
-            .map(|((v, n), i)| super::quorum::group_name(v, n, *i))
+            .filter(|(_, p)| p.members.contains(&id) && p.members.len() > 1)
+            .map(|(k, _)| k.clone())
             .collect();
-        for g in groups {
-            if let Err(e) = c
-                .node
-                .change_members(
-                    &g,
-                    crate::cluster::net::MemberChange::Remove(id),
-                    PROPOSE_LIMIT,
-                )
-                .await
-            {
-                return Err(format!("removing node {id} from {g}: {e}"));
-            }
+        for (v, n) in replicated {
+            self.quorum_delete_member(&v, &n, id).await.map_err(|e| {
+                format!("removing node {id} from quorum queue '{n}' in vhost '{v}': {e}")
+            })?;
         }
         self.define(Command::Forget { node: id })
             .await
@@ -907,6 +1008,108 @@ impl Broker {
             )
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Quorum queue `name` of `vhost`: its group's name and members.
+    pub fn quorum_placement(&self, vhost: &str, name: &str) -> Option<(String, Vec<u64>)> {
+        self.quorum_groups
+            .lock()
+            .get(&(vhost.to_owned(), name.to_owned()))
+            .map(|p| {
+                (
+                    super::quorum::group_name(vhost, name, p.index),
+                    p.members.clone(),
+                )
+            })
+    }
+
+    /// Every replicated quorum queue: (vhost, name, members).
+    pub fn quorum_queues(&self) -> Vec<(String, String, Vec<u64>)> {
+        let mut all: Vec<_> = self
+            .quorum_groups
+            .lock()
+            .iter()
+            .map(|((v, n), p)| (v.clone(), n.clone(), p.members.clone()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Adds node `node` to quorum queue `name`'s members (RabbitMQ's
+    /// add_member): the definitions name it first, so it opens the group,
+    /// then the group's leader takes it as a learner and, once it has
+    /// caught up, as a voter.
+    pub async fn quorum_add_member(
+        &self,
+        vhost: &str,
+        name: &str,
+        node: u64,
+    ) -> Result<(), String> {
+        let c = self.cluster().ok_or("this node is not in a cluster")?;
+        let (group, members) = self
+            .quorum_placement(vhost, name)
+            .ok_or_else(|| format!("no quorum queue '{name}' in vhost '{vhost}'"))?;
+        if !c.voters().contains(&node) {
+            return Err(format!("node {node} is not a member of the cluster"));
+        }
+        if !members.contains(&node) {
+            let mut grown = members;
+            grown.push(node);
+            grown.sort_unstable();
+            self.define(Command::QuorumMembers {
+                vhost: vhost.to_owned(),
+                name: name.to_owned(),
+                members: grown,
+            })
+            .await
+            .map_err(|e| e.text)?;
+        }
+        let addr = c.node.book.get(node).unwrap_or_default();
+        c.node
+            .change_members(
+                &group,
+                crate::cluster::net::MemberChange::Add(node, addr),
+                JOIN_LIMIT,
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Removes node `node` from quorum queue `name`'s members (RabbitMQ's
+    /// delete_member): the group lets it go first, then the definitions,
+    /// and the node closes its copy.
+    pub async fn quorum_delete_member(
+        &self,
+        vhost: &str,
+        name: &str,
+        node: u64,
+    ) -> Result<(), String> {
+        let c = self.cluster().ok_or("this node is not in a cluster")?;
+        let (group, members) = self
+            .quorum_placement(vhost, name)
+            .ok_or_else(|| format!("no quorum queue '{name}' in vhost '{vhost}'"))?;
+        if !members.contains(&node) {
+            return Ok(());
+        }
+        if members.len() == 1 {
+            return Err(format!("node {node} is the queue's only member"));
+        }
+        c.node
+            .change_members(
+                &group,
+                crate::cluster::net::MemberChange::Remove(node),
+                PROPOSE_LIMIT,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        self.define(Command::QuorumMembers {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            members: members.into_iter().filter(|m| *m != node).collect(),
+        })
+        .await
+        .map_err(|e| e.text)?;
+        Ok(())
     }
 
     /// This node's cluster, if it is in one.

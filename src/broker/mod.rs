@@ -58,7 +58,7 @@ pub struct Broker {
     links: std::sync::OnceLock<Arc<link::Links>>,
     /// In a cluster, each quorum queue's group: the definitions entry
     /// that declared it, by (vhost, name).
-    quorum_groups: Mutex<HashMap<(String, String), u64>>,
+    quorum_groups: Mutex<HashMap<(String, String), quorum::Placement>>,
 }
 
 impl Broker {

@@ -202,6 +202,47 @@ pub struct Handle {
     follower: Mutex<Option<Arc<dyn RemoteQueue>>>,
     /// Publishes, in order, for the proposer.
     publishes: mpsc::UnboundedSender<(Message, Arc<Ticket>)>,
+    /// The nodes that run the group (from the definitions).
+    members: Mutex<Vec<u64>>,
+    /// Set when `members` changes.
+    members_changed: tokio::sync::Notify,
+    /// On a node that does not run the group: the leader the members name.
+    remote_leader: Mutex<Option<u64>>,
+}
+
+/// Where a quorum queue's group runs: the definitions entry that declared
+/// it (its group's name) and its members.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The declaring definitions entry.
+    pub index: u64,
+    /// The nodes that run the group.
+    pub members: Vec<u64>,
+    /// The queue's handle on this node.
+    pub(super) handle: Option<Arc<Handle>>,
+}
+
+/// Replicas a quorum queue gets when declared without
+/// x-quorum-initial-group-size (RabbitMQ's quorum_cluster_size).
+pub const DEFAULT_GROUP_SIZE: usize = 3;
+
+/// The members of a new quorum queue: its declaring node `home` first,
+/// then the nodes after it by id, `size` (or `DEFAULT_GROUP_SIZE`) of
+/// `voters` at most.
+pub fn choose_members(voters: &[u64], home: u64, size: Option<i64>) -> Vec<u64> {
+    let mut v: Vec<u64> = voters.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    if v.is_empty() {
+        return v;
+    }
+    let start = v.iter().position(|n| *n >= home).unwrap_or(0);
+    v.rotate_left(start);
+    let n = size
+        .map_or(DEFAULT_GROUP_SIZE, |s| s.max(1) as usize)
+        .min(v.len());
+    v.truncate(n);
+    v
 }
 
 impl std::fmt::Debug for Handle {
@@ -214,6 +255,41 @@ impl std::fmt::Debug for Handle {
 }
 
 impl Handle {
+    /// The group's members changed (the definitions say so).
+    pub fn set_members(&self, members: Vec<u64>) {
+        *self.members.lock() = members;
+        self.members_changed.notify_one();
+    }
+
+    fn is_member(&self) -> bool {
+        self.members.lock().contains(&self.me)
+    }
+
+    /// The leader as this node knows it: its own copy of the group, else
+    /// what a member last said.
+    fn known_leader(&self) -> Option<u64> {
+        self.raft()
+            .and_then(|r| r.metrics().borrow().current_leader)
+            .or(*self.remote_leader.lock())
+    }
+
+    /// Asks the members which node leads (on a node that does not run
+    /// the group).
+    async fn ask_leader(&self, broker: &Weak<Broker>) {
+        if self
+            .raft()
+            .is_some_and(|r| r.metrics().borrow().current_leader.is_some())
+        {
+            *self.remote_leader.lock() = None;
+            return;
+        }
+        let members = self.members.lock().clone();
+        let Some(b) = broker.upgrade() else { return };
+        let Some(c) = b.cluster() else { return };
+        let leader = c.node.leader_of(&self.group_name, &members).await;
+        *self.remote_leader.lock() = leader;
+    }
+
     /// Ties the queue object to `leader`, unless it already is.
     fn observe(&self, leader: Option<u64>) {
         {
@@ -351,10 +427,14 @@ impl RemoteQueue for Handle {
 /// Ties quorum queue `q` of `vhost`, declared by definitions entry
 /// `index`, to its group (opened in the background; publishes wait for it
 /// and for a leader).
-pub fn attach(broker: &Broker, vhost: &str, q: &Arc<Queue>, index: u64) {
-    let Some(links) = broker.links.get().cloned() else {
-        return;
-    };
+pub fn attach(
+    broker: &Broker,
+    vhost: &str,
+    q: &Arc<Queue>,
+    index: u64,
+    members: Vec<u64>,
+) -> Option<Arc<Handle>> {
+    let links = broker.links.get().cloned()?;
     let me = broker.config.cluster.node_id;
     let (tx, rx) = mpsc::unbounded_channel();
     let weak = links.broker();
@@ -370,54 +450,67 @@ pub fn attach(broker: &Broker, vhost: &str, q: &Arc<Queue>, index: u64) {
         leading: AtomicBool::new(false),
         follower: Mutex::new(None),
         publishes: tx,
+        members: Mutex::new(members),
+        members_changed: tokio::sync::Notify::new(),
+        remote_leader: Mutex::new(None),
     });
     q.set_remote(handle.clone());
-    tokio::spawn(run(weak, handle, rx));
+    tokio::spawn(run(weak, handle.clone(), rx));
+    Some(handle)
 }
 
-/// Opens the group, then follows its leader and proposes publishes.
+/// Runs the queue's part on this node until it is deleted: the group (on
+/// a member) or the leader the members name (elsewhere) is followed, and
+/// publishes are proposed or forwarded. A change of members opens or
+/// closes the group here.
 async fn run(
     broker: Weak<Broker>,
     handle: Arc<Handle>,
     mut publishes: mpsc::UnboundedReceiver<(Message, Arc<Ticket>)>,
 ) {
-    let group = handle.group_name.clone();
     // The node is set once the definitions are open (this may run while
     // they are replayed at start).
-    let (raft, sm) = loop {
+    loop {
         let Some(b) = broker.upgrade() else { return };
-        if let Some(c) = b.cluster() {
-            let dir = group_dir(&b, &group);
-            let machine = QqMachine {
-                msgs: BTreeMap::new(),
-                queue: handle.queue.clone(),
-                live: None,
-            };
-            let initial = c.node.configured.clone();
-            match c.node.open_group(&group, &dir, machine, &initial).await {
-                Ok(g) => break g,
-                Err(e) => {
-                    tracing::error!("quorum queue group {group}: {e}");
-                    return;
-                }
-            }
+        if b.cluster().is_some() {
+            break;
         }
         drop(b);
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    *handle.group.lock() = Some((raft.clone(), sm));
-    let mut metrics = raft.metrics();
+    }
+    let mut metrics: Option<tokio::sync::watch::Receiver<_>> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let now = metrics.borrow_and_update().current_leader;
-        handle.observe(now);
+        let member = handle.is_member();
+        if member && metrics.is_none() {
+            match open(&broker, &handle).await {
+                Some(raft) => metrics = Some(raft.metrics()),
+                None => return,
+            }
+        } else if !member && metrics.is_some() {
+            metrics = None;
+            close(&broker, &handle).await;
+            handle.ask_leader(&broker).await;
+        }
+        if let Some(m) = &mut metrics {
+            m.borrow_and_update();
+        }
+        handle.observe(handle.known_leader());
         tokio::select! {
-            changed = metrics.changed() => {
-                if changed.is_err() {
+            () = handle.members_changed.notified() => {}
+            changed = async {
+                match &mut metrics {
+                    Some(m) => m.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if !changed {
                     return;
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                handle.ask_leader(&broker).await;
+            }
             p = publishes.recv() => {
                 let Some(first) = p else { return };
                 let mut batch = vec![first];
@@ -426,18 +519,60 @@ async fn run(
                 {
                     batch.push(p);
                 }
-                send(&handle, &raft, &mut metrics, batch).await;
+                send(&broker, &handle, batch).await;
             }
         }
         if handle.queue.upgrade().is_none_or(|q| q.is_deleted()) {
             // The queue is gone: so is its group, here.
-            if let Some(b) = broker.upgrade()
-                && let Some(c) = b.cluster()
-            {
-                c.node.close_group(&group).await;
-                let _ = std::fs::remove_dir_all(group_dir(&b, &group));
-            }
+            close(&broker, &handle).await;
             return;
+        }
+    }
+}
+
+/// Opens the group on this node (a member): created by the lowest member
+/// the first time, else it waits for the leader to reach it.
+async fn open(broker: &Weak<Broker>, handle: &Handle) -> Option<openraft::Raft<TypeConfig>> {
+    let b = broker.upgrade()?;
+    let c = b.cluster()?;
+    let group = &handle.group_name;
+    let dir = group_dir(&b, group);
+    let machine = QqMachine {
+        msgs: BTreeMap::new(),
+        queue: handle.queue.clone(),
+        live: None,
+    };
+    let initial: BTreeMap<u64, openraft::BasicNode> = handle
+        .members
+        .lock()
+        .iter()
+        .map(|id| {
+            let addr = c.node.book.get(*id).unwrap_or_default();
+            (*id, openraft::BasicNode::new(addr))
+        })
+        .collect();
+    match c.node.open_group(group, &dir, machine, &initial).await {
+        Ok((raft, sm)) => {
+            *handle.group.lock() = Some((raft.clone(), sm));
+            Some(raft)
+        }
+        Err(e) => {
+            tracing::error!("quorum queue group {group}: {e}");
+            None
+        }
+    }
+}
+
+/// Stops the group here and removes its files (the queue is gone, or this
+/// node is no longer a member).
+async fn close(broker: &Weak<Broker>, handle: &Handle) {
+    let had = handle.group.lock().take().is_some();
+    if let Some(b) = broker.upgrade()
+        && let Some(c) = b.cluster()
+    {
+        c.node.close_group(&handle.group_name).await;
+        if had {
+            let _ = std::fs::remove_dir_all(group_dir(&b, &handle.group_name));
         }
     }
 }
@@ -445,16 +580,14 @@ async fn run(
 /// Sends publishes where the queue is served: proposed here if this node
 /// leads, else forwarded to the leader (waiting for one, up to
 /// `LEADER_WAIT`).
-async fn send(
-    handle: &Handle,
-    raft: &openraft::Raft<TypeConfig>,
-    metrics: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
-    batch: Vec<(Message, Arc<Ticket>)>,
-) {
+async fn send(broker: &Weak<Broker>, handle: &Handle, batch: Vec<(Message, Arc<Ticket>)>) {
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     loop {
-        let leader = metrics.borrow().current_leader;
-        if leader == Some(handle.me) && handle.leading.load(Ordering::Acquire) {
+        let leader = handle.known_leader();
+        if let Some(raft) = handle.raft()
+            && leader == Some(handle.me)
+            && handle.leading.load(Ordering::Acquire)
+        {
             let msgs: Vec<Msg> = batch.iter().map(|(m, _)| Msg::of(m)).collect();
             let tickets: Vec<Arc<Ticket>> = batch.into_iter().map(|(_, t)| t).collect();
             let Ok(bytes) = crate::cluster::encode(&Command::Enqueue(msgs)) else {
@@ -499,16 +632,16 @@ async fn send(
             }
             return;
         }
-        if tokio::time::timeout_at(deadline, metrics.changed())
-            .await
-            .is_err()
-        {
+        if tokio::time::Instant::now() >= deadline {
             let tickets: Vec<Arc<Ticket>> = batch.into_iter().map(|(_, t)| t).collect();
             refuse(&tickets);
             return;
         }
-        let now = metrics.borrow().current_leader;
-        handle.observe(now);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if leader.is_none() {
+            handle.ask_leader(broker).await;
+        }
+        handle.observe(handle.known_leader());
     }
 }
 

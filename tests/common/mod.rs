@@ -359,6 +359,16 @@ pub fn http(
         )
     });
     let resp = match method {
+        "DELETE" if body.is_some() => {
+            // RabbitMQ's replicas/delete takes a body with DELETE.
+            let mut r = agent.delete(&url).force_send_body();
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            let text = body.map_or_else(String::new, |b| b.to_string());
+            r.header("Content-Type", "application/json")
+                .send(text.as_str())
+        }
         "GET" | "DELETE" => {
             let mut r = if method == "GET" {
                 agent.get(&url)

@@ -68,7 +68,14 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
             // Replicated on every node; one leads.
             Some(c) => {
                 let leader = q.replicated_leader().map(|l| c.member_name(l));
-                let members: Vec<String> = c.voters().iter().map(|id| c.member_name(*id)).collect();
+                let members: Vec<String> = s
+                    .broker
+                    .quorum_placement(&q.vhost, &q.name)
+                    .map(|(_, m)| m)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|id| c.member_name(*id))
+                    .collect();
                 m.insert("leader".into(), leader.clone().into());
                 if let Some(l) = leader {
                     m.insert("node".into(), l.into());

@@ -102,7 +102,14 @@ impl Client {
                 .get(&url)
                 .header("Authorization", &self.auth)
                 .call(),
-            ("DELETE", _) => self
+            ("DELETE", Some(t)) => self
+                .agent
+                .delete(&url)
+                .force_send_body()
+                .header("Authorization", &self.auth)
+                .header("Content-Type", "application/json")
+                .send(t.as_str()),
+            ("DELETE", None) => self
                 .agent
                 .delete(&url)
                 .header("Authorization", &self.auth)

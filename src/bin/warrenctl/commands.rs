@@ -183,6 +183,7 @@ pub fn run(s: &Settings, cmd: Command) -> Result<(), Failure> {
             Cluster::Leave => cluster_leave(s),
             Cluster::Forget { node } => cluster_forget(s, &node),
         },
+        Command::Quorum { what } => quorum(s, what),
         Command::Publish {
             exchange,
             routing_key,
@@ -222,6 +223,93 @@ pub enum Cluster {
         /// The node: its name (warren-ID@HOST) or id.
         node: String,
     },
+}
+
+/// `warrenctl quorum ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum Quorum {
+    /// Add a replica of a quorum queue (of the vhost given with --vhost)
+    /// on NODE.
+    AddMember {
+        /// Queue name.
+        queue: String,
+        /// Node name (warren-ID@HOST) or id.
+        node: String,
+    },
+    /// Remove the replica of a quorum queue on NODE.
+    DeleteMember {
+        /// Queue name.
+        queue: String,
+        /// Node name (warren-ID@HOST) or id.
+        node: String,
+    },
+    /// Add a replica on NODE to every matching quorum queue.
+    Grow {
+        /// Node name (warren-ID@HOST) or id.
+        node: String,
+        /// all, or even: only queues with an even number of replicas.
+        #[arg(long, default_value = "all")]
+        strategy: String,
+        /// Vhosts to grow (a regular expression).
+        #[arg(long, default_value = ".*")]
+        vhost_pattern: String,
+        /// Queues to grow (a regular expression).
+        #[arg(long, default_value = ".*")]
+        queue_pattern: String,
+    },
+    /// Remove NODE's replica from every quorum queue that has others.
+    Shrink {
+        /// Node name (warren-ID@HOST) or id.
+        node: String,
+    },
+}
+
+fn quorum(s: &Settings, what: Quorum) -> Result<(), Failure> {
+    let vh = seg(&s.vhost);
+    match what {
+        Quorum::AddMember { queue, node } => {
+            s.client.call(
+                "POST",
+                &format!("/api/queues/quorum/{vh}/{}/replicas/add", seg(&queue)),
+                Some(&serde_json::json!({ "node": node })),
+            )?;
+            done(s, format!("added a replica of {queue} on {node}"));
+        }
+        Quorum::DeleteMember { queue, node } => {
+            s.client.call(
+                "DELETE",
+                &format!("/api/queues/quorum/{vh}/{}/replicas/delete", seg(&queue)),
+                Some(&serde_json::json!({ "node": node })),
+            )?;
+            done(s, format!("removed the replica of {queue} on {node}"));
+        }
+        Quorum::Grow {
+            node,
+            strategy,
+            vhost_pattern,
+            queue_pattern,
+        } => {
+            s.client.call(
+                "POST",
+                &format!("/api/queues/quorum/replicas/on/{}/grow", seg(&node)),
+                Some(&serde_json::json!({
+                    "strategy": strategy,
+                    "vhost_pattern": vhost_pattern,
+                    "queue_pattern": queue_pattern,
+                })),
+            )?;
+            done(s, format!("grew quorum queues onto {node}"));
+        }
+        Quorum::Shrink { node } => {
+            s.client.call(
+                "DELETE",
+                &format!("/api/queues/quorum/replicas/on/{}/shrink", seg(&node)),
+                None,
+            )?;
+            done(s, format!("removed quorum queue replicas from {node}"));
+        }
+    }
+    Ok(())
 }
 
 /// `warrenctl cluster join ID@HOST:PORT`.

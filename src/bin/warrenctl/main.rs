@@ -98,6 +98,11 @@ pub enum Command {
         #[command(subcommand)]
         what: commands::Cluster,
     },
+    /// Replicas of quorum queues in a cluster (RabbitMQ's rabbitmq-queues).
+    Quorum {
+        #[command(subcommand)]
+        what: commands::Quorum,
+    },
     /// Drop every ready message of a queue.
     Purge {
         /// Queue name.

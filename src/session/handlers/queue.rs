@@ -85,7 +85,11 @@ fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult
         let nowait = d.nowait;
         ctx.define(
             ch.id,
-            Command::DeclareQueue { def, home },
+            Command::DeclareQueue {
+                def,
+                home,
+                voters: ctx.broker.cluster().map(|c| c.voters()).unwrap_or_default(),
+            },
             move |ch, ctx, r| {
                 r?;
                 let q = ctx.vhost.queue_or_404(&name)?;
