@@ -1422,3 +1422,52 @@ async fn quorum_queue_replicas_are_placed_added_and_removed() {
     assert!(publish_confirmed(&ch2, "placed", b"after").await);
     assert_eq!(get_n(&nodes[2], "placed", 1).await, [b"after".to_vec()]);
 }
+
+/// queue.purge of a replicated quorum queue, from any node, empties it on
+/// every member: a new leader after the old one dies has nothing back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_a_replicated_quorum_queue_holds_across_a_leader_change() {
+    let mut nodes = start_cluster(3);
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    declare_quorum(&ch1, "purged", FieldTable::default()).await;
+    ch1.confirm_select(Default::default()).await.unwrap();
+    for i in 0..10u32 {
+        assert!(publish_confirmed(&ch1, "purged", &i.to_be_bytes()).await);
+    }
+    let leader = quorum_leader(&nodes[0], "purged").expect("a leader");
+    let names: Vec<String> = nodes
+        .iter()
+        .map(|w| {
+            w.api("GET", "/api/overview", None).1["node"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let li = names.iter().position(|n| *n == leader).unwrap();
+    // Purged through a node that does not lead it.
+    let other = (li + 1) % 3;
+    let c = connect(&nodes[other]).await;
+    let ch = c.create_channel().await.unwrap();
+    let n = ch
+        .queue_purge("purged".into(), Default::default())
+        .await
+        .expect("queue.purge of a replicated quorum queue");
+    assert_eq!(n, 10);
+    assert!(publish_confirmed(&ch1, "purged", b"kept").await);
+    // The leader dies; the next one serves only what came after the purge.
+    let _ = c.close(200, "".into()).await;
+    let _ = c1.close(200, "".into()).await;
+    nodes[li].kill();
+    let survivor = (li + 2) % 3;
+    let got = get_n(&nodes[survivor], "purged", 1).await;
+    assert_eq!(got, [b"kept".to_vec()]);
+    let c = connect(&nodes[survivor]).await;
+    let ch = c.create_channel().await.unwrap();
+    let left = ch
+        .basic_get("purged".into(), Default::default())
+        .await
+        .unwrap();
+    assert!(left.is_none(), "a purged message came back: {left:?}");
+}

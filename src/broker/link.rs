@@ -660,7 +660,7 @@ async fn serve_peer(broker: Arc<Broker>, stream: TcpStream, from: u64) {
                 let count = broker
                     .vhost(&vhost)
                     .and_then(|v| v.queue(&queue))
-                    .filter(|q| !q.is_linked())
+                    .filter(|q| q.served_here())
                     .map_or(0, |q| q.purge());
                 let _ = session.tx.send(frame(&Wire::Purged { id, count }, None));
             }

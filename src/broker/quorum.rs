@@ -18,9 +18,10 @@
 //! change is delivered again (at least once, never lost).
 //!
 //! A return past x-delivery-limit leaves the machine on every member and
-//! is dead-lettered (reason `delivery_limit`) by the leader. Not yet on
-//! replicated quorum queues: length limits, TTLs, other dead-lettering
-//! (rejects are dead-lettered where they happen), queue.purge (540).
+//! is dead-lettered (reason `delivery_limit`) by the leader. queue.purge
+//! is done by the leader: its ready messages are settled in one entry.
+//! Not yet on replicated quorum queues: length limits, TTLs, other
+//! dead-lettering (rejects are dead-lettered where they happen).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -417,6 +418,18 @@ impl RemoteQueue for Handle {
 
     fn serves_here(&self) -> bool {
         self.leading.load(Ordering::Acquire)
+    }
+
+    fn purge(&self, done: Box<dyn FnOnce(Option<u32>) + Send>) {
+        if self.leading.load(Ordering::Acquire) {
+            // The ready messages leave the queue object here and the
+            // group (one Settle).
+            done(self.queue.upgrade().map(|q| q.purge()));
+        } else if let Some(f) = self.follower.lock().clone() {
+            f.purge(done);
+        } else {
+            done(None);
+        }
     }
 
     fn leader(&self) -> Option<u64> {

@@ -1142,6 +1142,13 @@ impl Queue {
         self.remote.get().is_some()
     }
 
+    /// Its messages are served by this node: a local queue, or a
+    /// replicated quorum queue this node leads (whose settlements go to
+    /// its group).
+    pub fn served_here(&self) -> bool {
+        self.remote.get().is_none_or(|r| r.serves_here())
+    }
+
     /// A message the queue's node delivered for this stub's consumers:
     /// it waits in the ready list with `tag` (the home node's delivery
     /// tag) where a local message keeps its store id.
@@ -1180,12 +1187,7 @@ impl Queue {
     /// went (None: the node did not answer in 5 s). None for a queue that
     /// is not a stub.
     pub fn purge_at_home(&self) -> Option<impl std::future::Future<Output = Option<u32>> + use<>> {
-        // (A replicated quorum queue is not purged yet.)
-        let r = self
-            .remote
-            .get()
-            .filter(|r| !r.serves_here() && !self.quorum)?
-            .clone();
+        let r = self.remote.get().filter(|r| !r.serves_here())?.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         r.purge(Box::new(move |n| {
             let _ = tx.send(n);
@@ -1217,7 +1219,7 @@ impl Queue {
 
     /// Drops all ready messages; returns how many.
     pub fn purge(&self) -> u32 {
-        if self.is_linked() {
+        if !self.served_here() {
             // What waits here is on its way to consumers; the queue's own
             // node purges its ready messages.
             return 0;

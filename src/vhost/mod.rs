@@ -283,7 +283,7 @@ impl VHost {
     /// kept elsewhere (another node of the cluster, or a replicated
     /// quorum queue's Raft group): not supported there yet.
     pub fn check_local(&self, q: &Queue, what: &str) -> AmqpResult<()> {
-        if !q.is_linked() {
+        if q.served_here() {
             return Ok(());
         }
         let place = match self.remote_home(&q.name) {

@@ -255,7 +255,7 @@ async fn purge(State(s): St, auth: Auth, Path((vhost, name)): Path<(String, Stri
             )),
         };
     }
-    if q.is_linked() {
+    if !q.served_here() {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_IMPLEMENTED,
             "not_implemented",
