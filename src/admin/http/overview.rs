@@ -84,7 +84,11 @@ fn listeners(s: &AppState) -> Value {
     Value::Array(l)
 }
 
-async fn overview(axum::extract::State(s): St, auth: Auth) -> ApiResult {
+async fn overview(
+    axum::extract::State(s): St,
+    auth: Auth,
+    axum::extract::Query(query): super::Q,
+) -> ApiResult {
     let b = &s.broker;
     let visible: Vec<_> = b
         .vhosts()
@@ -122,6 +126,22 @@ async fn overview(axum::extract::State(s): St, auth: Auth) -> ApiResult {
         .stats
         .connections_opened
         .load(std::sync::atomic::Ordering::Relaxed);
+    let mut message_stats = rates::message_stats(&rates::global_totals(b), &r, ALL_FIELDS);
+    let mut queue_totals = Value::Object(queue_totals);
+    let mut samples = rates::SampleQuery::parse(&query);
+    if !auth.sees_all() {
+        // The broker's queue lengths are not theirs to see.
+        samples.lengths = None;
+    }
+    if samples.any() {
+        // (The broker's samples: for a user who sees only some vhosts too,
+        // as the counts above are the broker's.)
+        samples.add(
+            &s.rates.global_history(),
+            &mut message_stats,
+            &mut queue_totals,
+        );
+    }
     ok(json!({
         "management_version": RABBITMQ_COMPAT_VERSION,
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
@@ -133,7 +153,7 @@ async fn overview(axum::extract::State(s): St, auth: Auth) -> ApiResult {
         "exchange_types": exchange_types(),
         "cluster_name": s.node,
         "node": s.node,
-        "message_stats": rates::message_stats(&rates::global_totals(b), &r, ALL_FIELDS),
+        "message_stats": message_stats,
         "churn_rates": {"connection_created": started},
         "queue_totals": queue_totals,
         "object_totals": {
