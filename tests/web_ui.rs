@@ -539,3 +539,163 @@ fn the_queues_page_with_10000_queues_loads_and_filters_quickly() {
         load_ms, v["ms"]
     );
 }
+
+#[test]
+fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
+    let w = Warren::start();
+    let Some(b) = Browser::start() else { return };
+    login(&b, &w, "guest", "guest");
+
+    open(&b, &w, "exchanges", "Exchanges");
+    b.fill_css("#declare-exchange input[name=name]", "ui-events");
+    b.choose("#declare-exchange select[name=type]", "topic");
+    let ae = b.find_text("#declare-exchange .arg-add button", "alternate-exchange");
+    b.click(&ae);
+    b.fill_css("#declare-exchange .arg-value", "amq.fanout");
+    b.click_css("#declare-exchange button[type=submit]");
+    eventually("the exchange", || {
+        let (s, v) = w.api("GET", "/api/exchanges/%2F/ui-events", None);
+        s == 200 && v["type"] == "topic" && v["arguments"]["alternate-exchange"] == "amq.fanout"
+    });
+
+    open(&b, &w, "vhosts", "Virtual hosts");
+    b.fill_css("#add-vhost input[name=name]", "ui-shop");
+    b.click_css("#add-vhost button[type=submit]");
+    eventually("the vhost", || {
+        w.api("GET", "/api/vhosts/ui-shop", None).0 == 200
+    });
+    b.find_text("table.list", "ui-shop");
+
+    open(&b, &w, "users", "Users");
+    b.fill_css("#add-user input[name=username]", "ui-ops");
+    b.fill_css("#add-user input[name=password]", "s3cret");
+    let tag = b.find_text("#add-user button", "policymaker");
+    b.click(&tag);
+    b.click_css("#add-user button[type=submit]");
+    eventually("the user", || {
+        w.api("GET", "/api/users/ui-ops", None).1["tags"] == json!(["policymaker"])
+    });
+    // Its permissions, in the new vhost (the select lists it once reloaded).
+    open(&b, &w, "users", "Users");
+    b.fill_css("#set-permission input[name=user]", "ui-ops");
+    b.choose("#set-permission select[name=vhost]", "ui-shop");
+    b.fill_css("#set-permission input[name=write]", "^orders");
+    b.click_css("#set-permission button[type=submit]");
+    eventually("the permissions", || {
+        let (s, v) = w.api("GET", "/api/permissions/ui-shop/ui-ops", None);
+        s == 200 && v["write"] == "^orders" && v["read"] == ".*"
+    });
+    // The new user logs in to the API it was given.
+    assert_eq!(
+        w.api_as("ui-ops", "s3cret", "GET", "/api/whoami", None).0,
+        200
+    );
+
+    open(&b, &w, "policies", "Policies");
+    b.choose("#add-policy select[name=vhost]", "ui-shop");
+    b.fill_css("#add-policy input[name=name]", "cap-orders");
+    b.fill_css("#add-policy input[name=pattern]", "^orders");
+    b.fill_css(
+        "#add-policy textarea[name=definition]",
+        r#"{"max-length": 50}"#,
+    );
+    b.click_css("#add-policy button[type=submit]");
+    eventually("the policy", || {
+        let (s, v) = w.api("GET", "/api/policies/ui-shop/cap-orders", None);
+        s == 200 && v["definition"] == json!({"max-length": 50})
+    });
+    b.find_text("table.list", "cap-orders");
+    // A mistake is shown as the API's refusal, not swallowed.
+    b.fill_css("#add-policy input[name=pattern]", "(");
+    b.click_css("#add-policy button[type=submit]");
+    b.find_text("#notice .error", "Refused (400)");
+}
+
+#[test]
+fn an_active_alarm_is_shown_on_every_page() {
+    // A watermark far below what any process uses: the memory alarm is on
+    // from the start.
+    let w = Warren::start_with(
+        "[alarms]\nmemory_high_watermark_bytes = 1000000\ncheck_interval_ms = 50",
+    );
+    let Some(b) = Browser::start() else { return };
+    login(&b, &w, "guest", "guest");
+    b.find_text("#alarms .alarm", "memory");
+    b.find_text(".node-figs", "Memory (ALARM)");
+    b.screenshot("alarm");
+    open(&b, &w, "queues", "Queues");
+    b.find_text("#alarms .alarm", "memory");
+}
+
+/// Makes docs/ui-overview.png (the README's screenshot): a minute and a
+/// half of traffic (publishers at a changing rate, a consumer acking some),
+/// then the overview. Run by hand:
+/// `cargo nextest run --test web_ui --run-ignored only docs_screenshot`.
+#[test]
+#[ignore = "makes the README's screenshot; takes 90 s"]
+fn docs_screenshot() {
+    let w = Warren::start();
+    let Some(b) = Browser::start_sized(1280, 900, 1.0) else {
+        return;
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let url = w.url();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let c = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+                    .await
+                    .unwrap();
+                let ch = c.create_channel().await.unwrap();
+                support::declare(&ch, "orders").await;
+                support::declare(&ch, "invoices").await;
+                let consumer_ch = c.create_channel().await.unwrap();
+                consumer_ch.basic_qos(50, Default::default()).await.unwrap();
+                let mut consumer = support::consume(&consumer_ch, "orders", false).await;
+                tokio::spawn(async move {
+                    use futures_lite::StreamExt;
+                    let mut n = 0u64;
+                    while let Some(Ok(d)) = consumer.next().await {
+                        n += 1;
+                        // Slower than the publisher at times: a backlog grows.
+                        tokio::time::sleep(Duration::from_millis(12)).await;
+                        if n % 10 == 0 {
+                            let _ = d
+                                .nack(lapin::options::BasicNackOptions {
+                                    requeue: true,
+                                    ..Default::default()
+                                })
+                                .await;
+                        } else {
+                            let _ = d.ack(Default::default()).await;
+                        }
+                    }
+                });
+                let start = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let secs = start.elapsed().as_secs_f64();
+                    let pause = 8.0 + 6.0 * (secs / 12.0).sin();
+                    support::publish(&ch, "", "orders", b"order").await;
+                    if (secs as u64) % 3 == 0 {
+                        support::publish(&ch, "", "invoices", b"invoice").await;
+                    }
+                    tokio::time::sleep(Duration::from_secs_f64(pause / 1000.0)).await;
+                }
+            });
+        })
+    };
+    std::thread::sleep(Duration::from_secs(90));
+    login(&b, &w, "guest", "guest");
+    b.find_text(".node-figs", "Memory");
+    std::thread::sleep(Duration::from_secs(1));
+    let png = b.screenshot("docs-overview");
+    std::fs::copy(
+        &png,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ui-overview.png"),
+    )
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().unwrap();
+}

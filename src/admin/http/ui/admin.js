@@ -77,21 +77,20 @@ export async function vhostsPage(main) {
   const l = listing(list, {
     key: "vhosts", label: "virtual hosts", path: "/api/vhosts",
     columns: [
-      { key: "name", label: "Name" }, { key: "description", label: "Description" },
+      { key: "name", label: "Name" },
       { key: "messages_ready", label: "Ready" }, { key: "messages_unacknowledged", label: "Unacked" },
       can.admin && { key: "actions", label: "", sort: false, render: (v) => deleteButton(`virtual host ${v.name}`, `/api/vhosts/${seg(v.name)}`, () => l.refresh()) },
     ].filter(Boolean),
   });
   if (!can.admin) return;
   const name = h("input", { name: "name", required: true });
-  const desc = h("input", { name: "description" });
   main.append(section("Add a virtual host", h("form", {
     class: "stack", id: "add-vhost",
     onsubmit: async (e) => {
       e.preventDefault();
-      if (await act(`Virtual host ${name.value} added`, () => put(`/api/vhosts/${seg(name.value)}`, { description: desc.value }))) l.refresh();
+      if (await act(`Virtual host ${name.value} added`, () => put(`/api/vhosts/${seg(name.value)}`, {}))) l.refresh();
     },
-  }, field("Name", name), field("Description", desc), h("button", { type: "submit" }, "Add virtual host"))));
+  }, field("Name", name), h("button", { type: "submit" }, "Add virtual host"))));
 }
 
 export async function policiesPage(main) {

@@ -34,9 +34,12 @@ export function valuesOf(details) {
  * A chart: series is [{key, label, points: [[t, v]]}], unit is appended to
  * values ("/s" or ""). The figure carries data-latest-<key> attributes.
  */
-export function lineChart(title, series, unit, spanMs = 600000) {
+export function lineChart(title, series, unit, maxSpanMs = 600000) {
   const all = series.flatMap((x) => x.points);
   const tMax = all.length ? Math.max(...all.map((p) => p[0])) : Date.now();
+  const tFirst = all.length ? Math.min(...all.map((p) => p[0])) : tMax;
+  // The span shown grows with the history kept: one minute at first, up to ten.
+  const spanMs = Math.min(maxSpanMs, Math.max(60000, tMax - tFirst));
   const tMin = tMax - spanMs;
   const vMax = Math.max(1, ...all.map((p) => p[1]));
   const x = (t) => PAD + ((t - tMin) / spanMs) * (W - 2 * PAD);
@@ -47,10 +50,12 @@ export function lineChart(title, series, unit, spanMs = 600000) {
     const pts = se.points.filter((p) => p[0] >= tMin);
     if (pts.length) {
       svg.append(s("polyline", { points: pts.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "), class: `line s${i}`, "vector-effect": "non-scaling-stroke" }));
+      const [lt, lv] = pts[pts.length - 1];
+      svg.append(s("rect", { x: (x(lt) - 4).toFixed(1), y: (y(lv) - 3).toFixed(1), width: 5, height: 6, class: `dot f${i}` }));
     }
   });
   const fig = h("figure", { class: "chart-box" },
-    h("figcaption", {}, title, h("span", { class: "scale" }, ` (max ${fmtNum(vMax)}${unit}, last ${Math.round(spanMs / 60000)} min)`)));
+    h("figcaption", {}, title, h("span", { class: "scale" }, ` (top ${fmtNum(vMax)}${unit}, last ${spanMs < 120000 ? `${Math.round(spanMs / 1000)} s` : `${Math.round(spanMs / 60000)} min`})`)));
   fig.append(svg);
   fig.append(h("ul", { class: "legend" }, series.map((se, i) => {
     const last = se.points.length ? se.points[se.points.length - 1][1] : 0;
