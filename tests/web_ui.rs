@@ -661,7 +661,7 @@ fn docs_screenshot() {
                         n += 1;
                         // Slower than the publisher at times: a backlog grows.
                         tokio::time::sleep(Duration::from_millis(12)).await;
-                        if n % 10 == 0 {
+                        if n.is_multiple_of(10) {
                             let _ = d
                                 .nack(lapin::options::BasicNackOptions {
                                     requeue: true,
@@ -678,7 +678,7 @@ fn docs_screenshot() {
                     let secs = start.elapsed().as_secs_f64();
                     let pause = 8.0 + 6.0 * (secs / 12.0).sin();
                     support::publish(&ch, "", "orders", b"order").await;
-                    if (secs as u64) % 3 == 0 {
+                    if (secs as u64).is_multiple_of(3) {
                         support::publish(&ch, "", "invoices", b"invoice").await;
                     }
                     tokio::time::sleep(Duration::from_secs_f64(pause / 1000.0)).await;
