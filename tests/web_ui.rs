@@ -57,6 +57,20 @@ fn queue(w: &Warren, name: &str) -> (u16, Value) {
     w.api("GET", &format!("/api/queues/%2F/{name}"), None)
 }
 
+/// Asserts that every form control of the page has a label (or an
+/// aria-label) and every button a name, as keyboard and screen-reader
+/// users need.
+fn all_labelled(b: &Browser, page: &str) {
+    let bad = b.js(
+        "return [...document.querySelectorAll('input, select, textarea, button')].filter(e => \
+           e.tagName === 'BUTTON' ? !(e.textContent.trim() || e.getAttribute('aria-label')) \
+           : !((e.labels && e.labels.length) || e.getAttribute('aria-label'))) \
+         .map(e => e.outerHTML.slice(0, 120));",
+        vec![],
+    );
+    assert_eq!(bad, json!([]), "unlabelled controls on {page}");
+}
+
 /// Clicks the listing's Name column header and waits for the rows sorted
 /// in `order` ("ascending" or "descending").
 fn sort_by_name(b: &Browser, order: &str) {
@@ -101,6 +115,7 @@ fn logs_in_by_keyboard_declares_binds_publishes_gets_moves_purges_and_deletes() 
     b.fill_css("#declare-queue input[name=name]", "ui-orders");
     let offered = b.find_text("#declare-queue .arg-add button", "x-max-length");
     b.click(&offered);
+    all_labelled(&b, "queues");
     b.fill_css("#declare-queue .arg-value", "100");
     b.click_css("#declare-queue button[type=submit]");
     eventually("the queue to be declared", || {
@@ -176,6 +191,7 @@ fn logs_in_by_keyboard_declares_binds_publishes_gets_moves_purges_and_deletes() 
     b.click_css("#get-messages button[type=submit]");
     b.find_text("#got-messages", "hello from the queue page");
     b.find_text("#got-messages", "hello from the exchange page");
+    all_labelled(&b, "a queue");
     b.screenshot("queue");
     eventually("the messages requeued", || {
         queue(&w, "ui-orders").1["messages_ready"] == 2
@@ -311,10 +327,36 @@ fn imports_a_definitions_file_and_shows_its_queues() {
     });
     b.find_text("table.list", "imported-invoices");
     b.find_text("table.list", "imported-refunds");
-    // And the export button answers with the definitions.
+    // The export button downloads the definitions, imported ones included.
+    let downloads = tempfile::tempdir().unwrap();
+    b.allow_downloads(downloads.path());
     open(&b, &w, "definitions", "Definitions");
     b.click_css("#export");
     b.find_text("#notice", "Definitions exported");
+    let exported: Value = b.wait_for("the downloaded file", || {
+        let entry = std::fs::read_dir(downloads.path())
+            .ok()?
+            .flatten()
+            .find(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("warren-definitions-") && n.ends_with(".json")
+            })?;
+        serde_json::from_str(&std::fs::read_to_string(entry.path()).ok()?).ok()
+    });
+    let names: Vec<&str> = exported["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["imported-invoices", "imported-refunds"]);
+    assert!(
+        exported["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "guest")
+    );
 }
 
 #[test]
@@ -552,6 +594,7 @@ fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
     let ae = b.find_text("#declare-exchange .arg-add button", "alternate-exchange");
     b.click(&ae);
     b.fill_css("#declare-exchange .arg-value", "amq.fanout");
+    all_labelled(&b, "exchanges");
     b.click_css("#declare-exchange button[type=submit]");
     eventually("the exchange", || {
         let (s, v) = w.api("GET", "/api/exchanges/%2F/ui-events", None);
@@ -567,6 +610,8 @@ fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
     b.find_text("table.list", "ui-shop");
 
     open(&b, &w, "users", "Users");
+    b.find("#set-permission");
+    all_labelled(&b, "users");
     b.fill_css("#add-user input[name=username]", "ui-ops");
     b.fill_css("#add-user input[name=password]", "s3cret");
     let tag = b.find_text("#add-user button", "policymaker");
@@ -592,6 +637,7 @@ fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
     );
 
     open(&b, &w, "policies", "Policies");
+    all_labelled(&b, "policies");
     b.choose("#add-policy select[name=vhost]", "ui-shop");
     b.fill_css("#add-policy input[name=name]", "cap-orders");
     b.fill_css("#add-policy input[name=pattern]", "^orders");

@@ -308,6 +308,17 @@ impl Browser {
         .to_owned()
     }
 
+    /// Lets the page download files, into `dir` (Chromium's DevTools
+    /// protocol through chromedriver).
+    pub fn allow_downloads(&self, dir: &std::path::Path) {
+        self.ok(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Browser.setDownloadBehavior", "params": {
+                "behavior": "allow", "downloadPath": dir.to_str().unwrap(), "eventsEnabled": true}})),
+        );
+    }
+
     /// Saves a PNG screenshot of the window as target/ui-screenshots/<name>.png.
     pub fn screenshot(&self, name: &str) -> std::path::PathBuf {
         use base64::Engine;
