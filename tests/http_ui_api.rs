@@ -416,3 +416,59 @@ fn messages_are_moved_with_rabbitmqs_move_shovel() {
         401
     );
 }
+
+#[test]
+fn a_management_user_charts_the_lengths_of_its_own_vhosts() {
+    let w = Warren::start();
+    assert_eq!(w.api("PUT", "/api/vhosts/shop", Some(&json!({}))).0, 201);
+    assert_eq!(
+        w.api(
+            "PUT",
+            "/api/users/mgr",
+            Some(&json!({"password": "pw", "tags": "management"}))
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        w.api(
+            "PUT",
+            "/api/permissions/shop/mgr",
+            Some(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
+        )
+        .0,
+        201
+    );
+    for (vhost, q, n) in [("shop", "orders", 2), ("%2F", "secret", 5)] {
+        assert_eq!(
+            w.api("PUT", &format!("/api/queues/{vhost}/{q}"), Some(&json!({})))
+                .0,
+            201
+        );
+        for _ in 0..n {
+            let (s, _) = w.api(
+                "POST",
+                &format!("/api/exchanges/{vhost}/amq.default/publish"),
+                Some(&json!({"routing_key": q, "payload": "x", "properties": {}})),
+            );
+            assert_eq!(s, 200);
+        }
+    }
+    let path = "/api/overview?lengths_age=60&lengths_incr=5";
+    let newest = |user: &str| -> Value {
+        let (_, v) = w.api_as(
+            user,
+            if user == "guest" { "guest" } else { "pw" },
+            "GET",
+            path,
+            None,
+        );
+        v["queue_totals"]["messages_ready_details"]["samples"][0]["sample"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while newest("guest") != json!(7) {
+        assert!(Instant::now() < deadline, "no sample of 7 ready messages");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(newest("mgr"), json!(2));
+}

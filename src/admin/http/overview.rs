@@ -128,19 +128,34 @@ async fn overview(
         .load(std::sync::atomic::Ordering::Relaxed);
     let mut message_stats = rates::message_stats(&rates::global_totals(b), &r, ALL_FIELDS);
     let mut queue_totals = Value::Object(queue_totals);
-    let mut samples = rates::SampleQuery::parse(&query);
-    if !auth.sees_all() {
-        // The broker's queue lengths are not theirs to see.
-        samples.lengths = None;
-    }
+    let samples = rates::SampleQuery::parse(&query);
     if samples.any() {
-        // (The broker's samples: for a user who sees only some vhosts too,
-        // as the counts above are the broker's.)
-        samples.add(
-            &s.rates.global_history(),
-            &mut message_stats,
-            &mut queue_totals,
-        );
+        if auth.sees_all() {
+            let history = s.rates.global_history();
+            samples.add(&history, &mut message_stats, &mut queue_totals);
+        } else {
+            // Rates stay the broker's (as `message_stats` above); queue
+            // lengths are those of the user's vhosts.
+            let names: Vec<&str> = visible.iter().map(|v| &*v.name).collect();
+            let lengths = rates::SampleQuery {
+                rates: None,
+                ..samples
+            };
+            let rates_only = rates::SampleQuery {
+                lengths: None,
+                ..samples
+            };
+            rates_only.add(
+                &s.rates.global_history(),
+                &mut message_stats,
+                &mut Value::Null,
+            );
+            lengths.add(
+                &s.rates.vhosts_history(&names),
+                &mut Value::Null,
+                &mut queue_totals,
+            );
+        }
     }
     ok(json!({
         "management_version": RABBITMQ_COMPAT_VERSION,

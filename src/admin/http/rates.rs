@@ -48,6 +48,8 @@ type Series = VecDeque<Point>;
 #[derive(Debug, Default)]
 struct History {
     global: Series,
+    /// By vhost name (for users who see only some vhosts).
+    vhosts: HashMap<String, Series>,
     /// By queue address, for watched queues.
     queues: HashMap<usize, Series>,
     /// Watched queues (by address) and when they were last asked for.
@@ -219,6 +221,35 @@ impl Rates {
         self.history.read().global.iter().copied().collect()
     }
 
+    /// The kept samples of some vhosts, summed (oldest first): what a user
+    /// who sees only those vhosts is shown. A vhost created since has fewer
+    /// samples; the series are aligned on their newest.
+    pub fn vhosts_history(&self, names: &[&str]) -> Vec<Point> {
+        let h = self.history.read();
+        let Some(len) = names
+            .iter()
+            .filter_map(|n| h.vhosts.get(*n))
+            .map(VecDeque::len)
+            .max()
+        else {
+            return Vec::new();
+        };
+        let mut out: Vec<Option<Point>> = vec![None; len];
+        for series in names.iter().filter_map(|n| h.vhosts.get(*n)) {
+            let skip = len - series.len();
+            for (slot, p) in out[skip..].iter_mut().zip(series) {
+                let sum = slot.get_or_insert(Point {
+                    at_ms: p.at_ms,
+                    totals: MsgTotals::default(),
+                    depth: [0; 3],
+                });
+                sum.totals.add(&p.totals);
+                add_depth(&mut sum.depth, p.depth);
+            }
+        }
+        out.into_iter().flatten().collect()
+    }
+
     /// A watched queue's kept samples, oldest first.
     pub fn queue_history(&self, q: &Arc<crate::queue::Queue>) -> Vec<Point> {
         self.history
@@ -268,7 +299,7 @@ impl Rates {
             conns.insert(c.id, step(s.conns.get(&c.id), c.stats.snapshot(), [0; 3]));
         }
         let global = step(Some(&s.global), global_totals(b), g_depth);
-        self.keep(&global, &queues);
+        self.keep(&global, &vhosts, &queues);
         *s = Samples {
             at: Some(now),
             global,
@@ -282,7 +313,12 @@ impl Rates {
 impl Rates {
     /// Appends this sample to the kept ones (the broker's and the watched
     /// queues'), forgetting what is older than `HISTORY`.
-    fn keep(&self, global: &Sample, queues: &HashMap<usize, Sample>) {
+    fn keep(
+        &self,
+        global: &Sample,
+        vhosts: &HashMap<String, Sample>,
+        queues: &HashMap<usize, Sample>,
+    ) {
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -299,6 +335,15 @@ impl Rates {
         };
         let mut h = self.history.write();
         push(&mut h.global, point(global));
+        h.vhosts.retain(|k, _| vhosts.contains_key(k));
+        for (k, v) in vhosts {
+            match h.vhosts.get_mut(k) {
+                Some(series) => push(series, point(v)),
+                None => {
+                    h.vhosts.insert(k.clone(), [point(v)].into());
+                }
+            }
+        }
         h.watched
             .retain(|k, since| since.elapsed() < HISTORY && queues.contains_key(k));
         let History {

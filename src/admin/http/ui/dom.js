@@ -79,7 +79,7 @@ export function fmtValue(v) {
 /** A definition list of key/value pairs. */
 export function facts(pairs) {
   return h("dl", { class: "facts" },
-    pairs.filter(Boolean).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v instanceof Node ? v : fmtValue(v))]));
+    pairs.filter(Boolean).map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v instanceof Node ? v : fmtValue(v)))));
 }
 
 /** A key/value table of an object (arguments, client properties...). */

@@ -40,7 +40,7 @@ export async function connectionPage(main, [name]) {
       ["Auth mechanism", c.auth_mechanism], ["Heartbeat", `${c.timeout} s`], ["Frame max", fmtNum(c.frame_max)],
       ["Channel max", fmtNum(c.channel_max)], ["Connected at", new Date(c.connected_at).toLocaleString()],
       ["Publish rate", rate(c, "publish")]]));
-    fill(props, kvTable(c.client_properties, "Client properties"));
+    fill(props, kvTable(c.client_properties, "Sent by the client when it connected"));
     try {
       const cs = await get(`/api/connections/${seg(name)}/channels`);
       fill(chans, channelTable(cs));
