@@ -745,3 +745,59 @@ fn docs_screenshot() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     traffic.join().unwrap();
 }
+
+#[test]
+fn a_refusal_by_the_api_is_shown_and_logging_out_forgets_the_login() {
+    let w = Warren::start();
+    // A management user who may configure only queues named mine*.
+    assert_eq!(
+        w.api(
+            "PUT",
+            "/api/users/mgr",
+            Some(&json!({"password": "pw", "tags": "management"}))
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        w.api(
+            "PUT",
+            "/api/permissions/%2F/mgr",
+            Some(&json!({"configure": "^mine", "write": ".*", "read": ".*"}))
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        w.api("PUT", "/api/queues/%2F/theirs", Some(&json!({}))).0,
+        201
+    );
+    let Some(b) = Browser::start() else { return };
+    login(&b, &w, "mgr", "pw");
+    open(&b, &w, "queues/%2F/theirs", "theirs");
+    b.click_css("#delete-queue");
+    confirm(&b);
+    let notice = b.find_text("#notice .error", "Refused (401)");
+    assert!(b.text(&notice).contains("theirs"), "{}", b.text(&notice));
+    // In view, though the button was at the bottom of a long page.
+    let in_view = b.js(
+        "const r = document.querySelector('#notice .error').getBoundingClientRect(); \
+         return r.top >= 0 && r.bottom <= window.innerHeight && window.scrollY > 0;",
+        vec![],
+    );
+    assert_eq!(in_view, json!(true));
+    assert_eq!(queue(&w, "theirs").0, 200);
+    b.screenshot("refused");
+
+    b.click_css("#logout");
+    b.find("#login");
+    // Reloading the page does not log in again.
+    b.go(&format!("{}/#/queues", w.http_url()));
+    b.find("#login input[name=username]");
+    assert!(b.all("#logout").is_empty());
+    // A wrong password is answered in the page, without a browser dialog.
+    b.fill_css("#login input[name=username]", "mgr");
+    b.fill_css("#login input[name=password]", "wrong");
+    b.click_css("#login button[type=submit]");
+    b.find_text("#login [role=alert]", "Login failed");
+}

@@ -93,7 +93,8 @@ export function kvTable(obj, caption) {
 /** Shows a message in the status area (kind: "ok" or "error"). */
 export function notify(text, kind = "ok") {
   const n = document.getElementById("notice");
-  fill(n, h("p", { class: `msg ${kind}`, role: kind === "error" ? "alert" : null }, text));
+  fill(n, h("p", { class: `msg ${kind}`, role: kind === "error" ? "alert" : null }, h("span", {}, text),
+    h("button", { type: "button", class: "small link", "aria-label": "Dismiss", onclick: () => fill(n) }, "✕")));
   clearTimeout(notify.timer);
   if (kind === "ok") notify.timer = setTimeout(() => fill(n), 8000);
 }
