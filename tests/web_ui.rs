@@ -801,3 +801,76 @@ fn a_refusal_by_the_api_is_shown_and_logging_out_forgets_the_login() {
     b.click_css("#login button[type=submit]");
     b.find_text("#login [role=alert]", "Login failed");
 }
+
+#[test]
+fn the_pages_work_from_the_keyboard_with_visible_focus() {
+    let w = Warren::start();
+    for i in 0..3 {
+        w.api("PUT", &format!("/api/queues/%2F/kb-{i}"), Some(&json!({})));
+    }
+    let Some(b) = Browser::start() else { return };
+    login(&b, &w, "guest", "guest");
+    b.find_text("main h1", "Overview");
+    // The first Tab reaches the skip link; Enter moves the focus to the
+    // page's content.
+    b.js("window.beforeReload = true; location.reload()", vec![]);
+    b.wait_for("the reloaded page", || {
+        let v = b.js(
+            "return !window.beforeReload && document.readyState === 'complete' && !!document.querySelector('main h1')",
+            vec![],
+        );
+        (v == json!(true)).then_some(())
+    });
+    b.keys(key::TAB);
+    assert!(b.focused().starts_with("a#skip"), "{}", b.focused());
+    b.keys(key::ENTER);
+    assert!(b.focused().starts_with("main#main"), "{}", b.focused());
+    // Then Tab goes through the page's links and buttons in order; the
+    // focused one is outlined.
+    b.keys(key::TAB);
+    let outline = b.js(
+        "return getComputedStyle(document.activeElement).outlineStyle",
+        vec![],
+    );
+    assert_ne!(
+        outline,
+        json!("none"),
+        "no focus outline on {}",
+        b.focused()
+    );
+    // The navigation's links are links: focused and Enter, they navigate.
+    b.js(
+        "document.querySelector(\"nav a[href='#/queues']\").focus()",
+        vec![],
+    );
+    b.keys(key::ENTER);
+    b.find_text("main h1", "Queues");
+    listed(&b);
+    // Column headers sort from the keyboard (buttons: Enter).
+    b.js(
+        "[...document.querySelectorAll('table.list th button.sort')].find(x => x.textContent.startsWith('Name')).focus()",
+        vec![],
+    );
+    b.keys(key::ENTER);
+    b.wait_for("the sorted rows", || {
+        let th = b.all("table.list th[aria-sort=ascending]");
+        (!th.is_empty() && listed(&b)["rows"] == 3).then_some(())
+    });
+    // A queue's link, then its purge button and the dialog's buttons, all
+    // by keyboard; Escape cancels the dialog.
+    b.js(
+        "document.querySelector(\"table.list a[href$='kb-1']\").focus()",
+        vec![],
+    );
+    b.keys(key::ENTER);
+    b.find_text("main h1", "kb-1");
+    b.js("document.querySelector('#purge').focus()", vec![]);
+    b.keys(key::ENTER);
+    b.find("dialog[open]");
+    assert!(b.focused().starts_with("button#"), "{}", b.focused());
+    b.keys("\u{E00C}"); // Escape
+    b.wait_for("the dialog to close", || {
+        b.all("dialog[open]").is_empty().then_some(())
+    });
+    assert!(b.focused().starts_with("button#purge"), "{}", b.focused());
+}
