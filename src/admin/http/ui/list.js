@@ -12,10 +12,11 @@ const states = new Map();
  * Renders a listing into `root`.
  *  key: the listing's name (for its kept state);
  *  path: the API path; columns: [{key, label, sort?, render?(item)}];
- *  columnsParam: the API's `columns` (fields to fetch), optional.
+ *  columnsParam: the API's `columns` (fields to fetch), optional;
+ *  filterLabel: the filter's label, if not "Filter <label> by name".
  * Returns {refresh()}.
  */
-export function listing(root, { key, path, columns, columnsParam, label }) {
+export function listing(root, { key, path, columns, columnsParam, label, filterLabel }) {
   const st = states.get(key) || { name: "", regex: false, sort: "", reverse: false, page: 1, size: 100 };
   states.set(key, st);
   const filterId = uid("filter");
@@ -35,7 +36,7 @@ export function listing(root, { key, path, columns, columnsParam, label }) {
 
   fill(root,
     h("form", { class: "filter", role: "search", onsubmit: (e) => { e.preventDefault(); apply(); } },
-      h("label", { for: filterId }, `Filter ${label} by name`), input,
+      h("label", { for: filterId }, filterLabel || `Filter ${label} by name`), input,
       h("span", { class: "check" }, regex, h("label", { for: regex.id }, "Regex")),
       h("label", { for: size.id }, "Rows"), size),
     status, h("div", { class: "table-wrap" }, table), pager);

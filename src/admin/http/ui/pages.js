@@ -88,7 +88,7 @@ export async function consumersPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Consumers"), list);
   listing(list, {
-    key: "consumers", label: "consumers (by queue name)", path: "/api/consumers",
+    key: "consumers", label: "consumers", filterLabel: "Filter consumers by queue name", path: "/api/consumers",
     columns: [
       { key: "queue.name", label: "Queue", render: (c) => link(`#/queues/${seg(c.queue.vhost)}/${seg(c.queue.name)}`, c.queue.name) },
       { key: "queue.vhost", label: "Virtual host" }, { key: "consumer_tag", label: "Consumer tag" },
