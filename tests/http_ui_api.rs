@@ -472,3 +472,36 @@ fn a_management_user_charts_the_lengths_of_its_own_vhosts() {
     }
     assert_eq!(newest("mgr"), json!(2));
 }
+
+#[test]
+fn samples_are_kept_for_at_most_100_watched_queues() {
+    let w = Warren::start();
+    let queues: Vec<Value> = (0..101)
+        .map(|i| json!({"name": format!("w-{i:03}"), "vhost": "/", "durable": false, "auto_delete": false, "arguments": {}}))
+        .collect();
+    assert_eq!(
+        w.api("POST", "/api/definitions", Some(&json!({"queues": queues})))
+            .0,
+        204
+    );
+    let samples = |i: usize| -> usize {
+        let (_, v) = w.api(
+            "GET",
+            &format!("/api/queues/%2F/w-{i:03}?lengths_age=60&lengths_incr=5"),
+            None,
+        );
+        v["messages_details"]["samples"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while samples(0) == 0 {
+        assert!(Instant::now() < deadline, "w-000 never got a sample");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // 100 more watched: the least recently asked for (w-000) is forgotten.
+    for i in 1..=100 {
+        samples(i);
+    }
+    assert_eq!(samples(0), 0, "w-000's samples were kept");
+}

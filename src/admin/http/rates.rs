@@ -10,8 +10,8 @@
 //! them: `?msg_rates_age=600&msg_rates_incr=5` adds `samples` (counter
 //! values with millisecond timestamps, newest first), `avg` and `avg_rate`
 //! to each `*_details`, `lengths_age`/`lengths_incr` the same for queue
-//! lengths. Keeping them only for watched queues keeps 10,000 idle queues
-//! from costing ten minutes of samples each.
+//! lengths. Keeping them only for watched queues (at most `MAX_WATCHED`)
+//! keeps 10,000 idle queues from costing ten minutes of samples each.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,6 +29,9 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long samples are kept for charts (and a queue stays watched).
 pub const HISTORY: Duration = Duration::from_secs(600);
+
+/// Most queues whose samples are kept at once (see `Rates::watch`).
+pub const MAX_WATCHED: usize = 100;
 
 /// Samples kept: `HISTORY` at one per `SAMPLE_INTERVAL`.
 const HISTORY_LEN: usize = (HISTORY.as_secs() / SAMPLE_INTERVAL.as_secs()) as usize + 1;
@@ -208,12 +211,21 @@ impl Rates {
             .unwrap_or_default()
     }
 
-    /// Keeps samples of `q` for charts from now on (for `HISTORY`).
+    /// Keeps samples of `q` for charts from now on (for `HISTORY`). At
+    /// most `MAX_WATCHED` queues are watched: beyond, the one asked for
+    /// least recently is forgotten, so no client can make every queue
+    /// keep ten minutes of samples.
     pub fn watch(&self, q: &Arc<crate::queue::Queue>) {
-        self.history
-            .write()
-            .watched
-            .insert(Arc::as_ptr(q) as usize, Instant::now());
+        let mut h = self.history.write();
+        let key = Arc::as_ptr(q) as usize;
+        if !h.watched.contains_key(&key)
+            && h.watched.len() >= MAX_WATCHED
+            && let Some(oldest) = h.watched.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
+        {
+            h.watched.remove(&oldest);
+            h.queues.remove(&oldest);
+        }
+        h.watched.insert(key, Instant::now());
     }
 
     /// The broker's kept samples, oldest first.
