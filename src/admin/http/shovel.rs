@@ -147,6 +147,9 @@ async fn declare(
             acked.extend(r.stored);
         }
         from.store_ack(&acked);
+        // A long queue moves in batches without holding the runtime's
+        // thread from AMQP connections.
+        tokio::task::yield_now().await;
     }
     created()
 }
