@@ -505,3 +505,57 @@ fn samples_are_kept_for_at_most_100_watched_queues() {
     }
     assert_eq!(samples(0), 0, "w-000's samples were kept");
 }
+
+#[test]
+fn a_long_queue_is_moved_in_batches_in_order() {
+    let w = Warren::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for q in ["big-from", "big-to"] {
+        assert_eq!(
+            w.api("PUT", &format!("/api/queues/%2F/{q}"), Some(&json!({})))
+                .0,
+            201
+        );
+    }
+    rt.block_on(async {
+        let (_c, ch) = w.channel().await;
+        ch.confirm_select(Default::default()).await.unwrap();
+        for i in 0..2500u32 {
+            ch.basic_publish(
+                "".into(),
+                "big-from".into(),
+                Default::default(),
+                i.to_string().as_bytes(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        }
+        ch.wait_for_confirms().await.unwrap();
+    });
+    let (s, v) = w.api(
+        "PUT",
+        "/api/parameters/shovel/%2F/Move%20from%20big-from",
+        Some(&shovel("big-from", "big-to")),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (_, q) = w.api("GET", "/api/queues/%2F/big-to", None);
+    assert_eq!(q["messages_ready"], 2500);
+    let (_, from) = w.api("GET", "/api/queues/%2F/big-from", None);
+    assert_eq!(
+        (&from["messages"], &from["message_stats"]["ack"]),
+        (&json!(0), &json!(2500))
+    );
+    let (_, got) = w.api(
+        "POST",
+        "/api/queues/%2F/big-to/get",
+        Some(&json!({"count": 2500, "ackmode": "ack_requeue_false", "encoding": "auto"})),
+    );
+    let bodies: Vec<u32> = got
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(bodies, (0..2500).collect::<Vec<_>>());
+}
