@@ -16,7 +16,9 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::rates::{self, PUBLISHER_FIELDS};
-use super::{ApiError, ApiResult, AppState, Auth, Q, St, list, no_content, ok, vhost_or_404};
+use super::{
+    ApiError, ApiResult, AppState, Auth, Q, St, list, list_by, no_content, ok, vhost_or_404,
+};
 use crate::broker::Broker;
 use crate::protocol::fields::{table_to_json, value_to_json};
 use crate::queue::Queue;
@@ -350,7 +352,7 @@ fn consumer_list(s: &AppState, auth: &Auth, only: Option<&str>) -> Vec<Value> {
 }
 
 async fn consumers(State(s): St, auth: Auth, Query(q): Q) -> ApiResult {
-    list(consumer_list(&s, &auth, None), &q)
+    list_by(consumer_list(&s, &auth, None), &q, "queue.name")
 }
 
 async fn vhost_consumers(
@@ -361,5 +363,5 @@ async fn vhost_consumers(
 ) -> ApiResult {
     vhost_or_404(&s.broker, &vhost)?;
     auth.check_see_vhost(&s.broker, &vhost)?;
-    list(consumer_list(&s, &auth, Some(&vhost)), &q)
+    list_by(consumer_list(&s, &auth, Some(&vhost)), &q, "queue.name")
 }

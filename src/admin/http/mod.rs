@@ -16,7 +16,8 @@
 //! checks), `vhosts_users` (vhosts, users, permissions, policies),
 //! `exchanges`, `queues`, `bindings`, `connections` (connections, channels,
 //! consumers), `definitions`, `metrics`; `rates` samples counters into
-//! message rates.
+//! message rates; `shovel` moves messages between queues (RabbitMQ's
+//! one-off shovel); `ui` serves the web UI (at `/`), a client of this API.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,8 +47,10 @@ mod overview;
 mod queues;
 pub mod rates;
 mod serve;
+mod shovel;
 mod store_age;
 pub mod system;
+pub mod ui;
 mod vhosts_users;
 
 pub use body::RequestBody;
@@ -97,7 +100,7 @@ pub async fn serve(broker: Arc<Broker>, listeners: Vec<tokio::net::TcpListener>)
 /// The whole API.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", axum::routing::get(index))
+        .merge(ui::routes())
         .merge(overview::routes())
         .merge(vhosts_users::routes())
         .merge(exchanges::routes())
@@ -105,6 +108,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(bindings::routes())
         .merge(connections::routes())
         .merge(definitions::routes())
+        .merge(shovel::routes())
         .merge(metrics::routes())
         .merge(cluster::routes())
         .fallback(|| async { ApiError::not_found() })
@@ -116,6 +120,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(same_origin))
+        .layer(axum::middleware::from_fn(ui::no_browser_login_prompt))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             durable_before_reply,
@@ -178,11 +183,6 @@ async fn durable_before_reply(
         .into_response();
     }
     resp
-}
-
-async fn index() -> &'static str {
-    "warren management API: RabbitMQ's HTTP API under /api (try /api/overview), \
-     Prometheus metrics at /metrics. See docs/operations.md.\n"
 }
 
 /// An error in RabbitMQ's JSON shape.
@@ -554,22 +554,16 @@ pub fn vhost_or_404(b: &Broker, name: &str) -> Result<Arc<crate::vhost::VHost>, 
 /// Answers a listing the way RabbitMQ does: `name` (+ `use_regex`) filters,
 /// `sort`/`sort_reverse` order, `columns` picks fields, `page`/`page_size`
 /// pages (and then the answer is a page object instead of an array).
-pub fn list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
+pub fn list(items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
+    list_by(items, q, "name")
+}
+
+/// `list`, with `name` filtering on another (dotted) field, for listings
+/// whose items have no name (consumers: `queue.name`).
+pub fn list_by(mut items: Vec<Value>, q: &HashMap<String, String>, key: &str) -> ApiResult {
     let total = items.len();
-    if let Some(pat) = q.get("name").filter(|p| !p.is_empty()) {
-        let by_regex = q.get("use_regex").is_some_and(|v| v == "true");
-        if by_regex {
-            let re = regex::Regex::new(pat)
-                .map_err(|e| ApiError::bad_request(format!("invalid regex '{pat}': {e}")))?;
-            items.retain(|v| v["name"].as_str().is_some_and(|n| re.is_match(n)));
-        } else {
-            let pat = pat.to_lowercase();
-            items.retain(|v| {
-                v["name"]
-                    .as_str()
-                    .is_some_and(|n| n.to_lowercase().contains(&pat))
-            });
-        }
+    if let Some(keep) = name_filter(q)? {
+        items.retain(|v| pick(v, key).as_str().is_some_and(&keep));
     }
     if let Some(key) = q.get("sort").filter(|k| !k.is_empty()) {
         items.sort_by(|a, b| cmp_json(pick(a, key), pick(b, key)));
@@ -581,8 +575,117 @@ pub fn list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
         let cols: Vec<&str> = cols.split(',').map(str::trim).collect();
         items = items.into_iter().map(|v| keep_columns(&v, &cols)).collect();
     }
-    let Some(page) = q.get("page") else {
+    let Some((page, page_size)) = paging(q)? else {
         return ok(Value::Array(items));
+    };
+    let filtered = items.len();
+    let (skip, page_count) = page_bounds(page, page_size, filtered)?;
+    let chunk: Vec<Value> = items.into_iter().skip(skip).take(page_size).collect();
+    ok(page_json(
+        chunk, page, page_count, page_size, filtered, total,
+    ))
+}
+
+/// `list` for items already in their default order (vhost, then name),
+/// which become JSON only if shown: without `sort`, a page of 10,000
+/// queues turns only its 100 into JSON. `name_of` is what `name` filters.
+pub fn list_lazy<T>(
+    mut items: Vec<T>,
+    q: &HashMap<String, String>,
+    name_of: impl Fn(&T) -> &str,
+    to_json: impl Fn(&T) -> Value,
+) -> ApiResult {
+    let total = items.len();
+    if let Some(keep) = name_filter(q)? {
+        items.retain(|t| keep(name_of(t)));
+    }
+    let sorted = q.get("sort").is_some_and(|k| !k.is_empty());
+    let paged = paging(q)?;
+    let Some((page, page_size)) = paged.filter(|_| !sorted) else {
+        // Sorting (or no paging) needs every item's JSON.
+        let all = json_items(&items, &to_json, q);
+        let Some((page, page_size)) = paged else {
+            return ok(Value::Array(all));
+        };
+        let filtered = all.len();
+        let (skip, page_count) = page_bounds(page, page_size, filtered)?;
+        let chunk = all.into_iter().skip(skip).take(page_size).collect();
+        return ok(page_json(
+            chunk, page, page_count, page_size, filtered, total,
+        ));
+    };
+    if q.get("sort_reverse").is_some_and(|v| v == "true") {
+        items.reverse();
+    }
+    let filtered = items.len();
+    let (skip, page_count) = page_bounds(page, page_size, filtered)?;
+    let cols: Option<Vec<&str>> = q
+        .get("columns")
+        .filter(|c| !c.is_empty())
+        .map(|c| c.split(',').map(str::trim).collect());
+    let chunk: Vec<Value> = items
+        .iter()
+        .skip(skip)
+        .take(page_size)
+        .map(|t| {
+            let v = to_json(t);
+            match &cols {
+                Some(c) => keep_columns(&v, c),
+                None => v,
+            }
+        })
+        .collect();
+    ok(page_json(
+        chunk, page, page_count, page_size, filtered, total,
+    ))
+}
+
+/// Every item's JSON, sorted and with columns picked as `q` asks (no
+/// paging).
+fn json_items<T>(
+    items: &[T],
+    to_json: impl Fn(&T) -> Value,
+    q: &HashMap<String, String>,
+) -> Vec<Value> {
+    let mut all = items.iter().map(to_json).collect::<Vec<_>>();
+    if let Some(key) = q.get("sort").filter(|k| !k.is_empty()) {
+        all.sort_by(|a, b| cmp_json(pick(a, key), pick(b, key)));
+    }
+    if q.get("sort_reverse").is_some_and(|v| v == "true") {
+        all.reverse();
+    }
+    if let Some(cols) = q.get("columns").filter(|c| !c.is_empty()) {
+        let cols: Vec<&str> = cols.split(',').map(str::trim).collect();
+        all = all.into_iter().map(|v| keep_columns(&v, &cols)).collect();
+    }
+    all
+}
+
+/// Whether a name passes a listing's filter.
+type NameFilter = Box<dyn Fn(&str) -> bool>;
+
+/// The `name` filter of a listing: a regex with `use_regex=true`, else a
+/// case-insensitive substring; `None` without one.
+fn name_filter(q: &HashMap<String, String>) -> Result<Option<NameFilter>, ApiError> {
+    let Some(pat) = q.get("name").filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    if q.get("use_regex").is_some_and(|v| v == "true") {
+        let re = regex::Regex::new(pat)
+            .map_err(|e| ApiError::bad_request(format!("invalid regex '{pat}': {e}")))?;
+        Ok(Some(Box::new(move |n: &str| re.is_match(n))))
+    } else {
+        let pat = pat.to_lowercase();
+        Ok(Some(Box::new(move |n: &str| {
+            n.to_lowercase().contains(&pat)
+        })))
+    }
+}
+
+/// `page` and `page_size` (default 100, at most 500), if paged.
+fn paging(q: &HashMap<String, String>) -> Result<Option<(usize, usize)>, ApiError> {
+    let Some(page) = q.get("page") else {
+        return Ok(None);
     };
     let page: usize = page
         .parse()
@@ -597,19 +700,29 @@ pub fn list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
             .filter(|n| (1..=500).contains(n))
             .ok_or_else(|| ApiError::bad_request("page_size must be between 1 and 500"))?,
     };
-    let filtered = items.len();
+    Ok(Some((page, page_size)))
+}
+
+/// Items to skip and the page count, or 400 for a page past the end.
+fn page_bounds(page: usize, page_size: usize, filtered: usize) -> Result<(usize, usize), ApiError> {
     let page_count = filtered.div_ceil(page_size).max(1);
     if page > page_count {
         return Err(ApiError::bad_request(format!(
             "page out of range: page {page} of {page_count}"
         )));
     }
-    let chunk: Vec<Value> = items
-        .into_iter()
-        .skip((page - 1) * page_size)
-        .take(page_size)
-        .collect();
-    ok(json!({
+    Ok(((page - 1) * page_size, page_count))
+}
+
+fn page_json(
+    chunk: Vec<Value>,
+    page: usize,
+    page_count: usize,
+    page_size: usize,
+    filtered: usize,
+    total: usize,
+) -> Value {
+    json!({
         "filtered_count": filtered,
         "item_count": chunk.len(),
         "items": chunk,
@@ -617,7 +730,7 @@ pub fn list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult {
         "page_count": page_count,
         "page_size": page_size,
         "total_count": total,
-    }))
+    })
 }
 
 fn pick<'a>(v: &'a Value, dotted: &str) -> &'a Value {

@@ -84,7 +84,11 @@ fn listeners(s: &AppState) -> Value {
     Value::Array(l)
 }
 
-async fn overview(axum::extract::State(s): St, auth: Auth) -> ApiResult {
+async fn overview(
+    axum::extract::State(s): St,
+    auth: Auth,
+    axum::extract::Query(query): super::Q,
+) -> ApiResult {
     let b = &s.broker;
     let visible: Vec<_> = b
         .vhosts()
@@ -122,6 +126,37 @@ async fn overview(axum::extract::State(s): St, auth: Auth) -> ApiResult {
         .stats
         .connections_opened
         .load(std::sync::atomic::Ordering::Relaxed);
+    let mut message_stats = rates::message_stats(&rates::global_totals(b), &r, ALL_FIELDS);
+    let mut queue_totals = Value::Object(queue_totals);
+    let samples = rates::SampleQuery::parse(&query);
+    if samples.any() {
+        if auth.sees_all() {
+            let history = s.rates.global_history();
+            samples.add(&history, &mut message_stats, &mut queue_totals);
+        } else {
+            // Rates stay the broker's (as `message_stats` above); queue
+            // lengths are those of the user's vhosts.
+            let names: Vec<&str> = visible.iter().map(|v| &*v.name).collect();
+            let lengths = rates::SampleQuery {
+                rates: None,
+                ..samples
+            };
+            let rates_only = rates::SampleQuery {
+                lengths: None,
+                ..samples
+            };
+            rates_only.add(
+                &s.rates.global_history(),
+                &mut message_stats,
+                &mut Value::Null,
+            );
+            lengths.add(
+                &s.rates.vhosts_history(&names),
+                &mut Value::Null,
+                &mut queue_totals,
+            );
+        }
+    }
     ok(json!({
         "management_version": RABBITMQ_COMPAT_VERSION,
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
@@ -133,7 +168,7 @@ async fn overview(axum::extract::State(s): St, auth: Auth) -> ApiResult {
         "exchange_types": exchange_types(),
         "cluster_name": s.node,
         "node": s.node,
-        "message_stats": rates::message_stats(&rates::global_totals(b), &r, ALL_FIELDS),
+        "message_stats": message_stats,
         "churn_rates": {"connection_created": started},
         "queue_totals": queue_totals,
         "object_totals": {

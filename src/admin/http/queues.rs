@@ -2,6 +2,7 @@
 //! `/api/queues/{vhost}/{name}/contents` (purge) and
 //! `/api/queues/{vhost}/{name}/get` (fetch messages for debugging).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,8 +15,8 @@ use super::connections::{conn_name, consumer_json};
 use super::rates::{self, QUEUE_FIELDS};
 use super::store_age::StoreAges;
 use super::{
-    ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, bool_field, created_or_updated, list,
-    no_content, ok, short_string, str_field, table_field, vhost_or_404,
+    ApiError, ApiResult, AppState, Auth, Q, RequestBody, St, bool_field, created_or_updated,
+    list_lazy, no_content, ok, short_string, str_field, table_field, vhost_or_404,
 };
 use crate::auth::{Access, Resource};
 use crate::protocol::fields::table_to_json;
@@ -36,7 +37,12 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 
 /// A queue as RabbitMQ lists it, with live counts and sampled rates, and
 /// warren's `oldest_stored_message_age_seconds`.
-pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
+pub fn queue_json(
+    s: &AppState,
+    q: &Arc<Queue>,
+    ages: &StoreAges,
+    policies: &QueuePolicies,
+) -> Value {
     let r = s.rates.queue(q);
     let consumers = q.consumer_count();
     let mut m = Map::new();
@@ -102,9 +108,20 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
         "consumer_utilisation".into(),
         if consumers > 0 { 1.0 } else { 0.0 }.into(),
     );
-    m.insert("policy".into(), Value::Null);
+    match policies.for_queue(&q.name) {
+        Some(p) => {
+            m.insert("policy".into(), p.name.clone().into());
+            m.insert(
+                "effective_policy_definition".into(),
+                Value::Object(p.definition.clone()),
+            );
+        }
+        None => {
+            m.insert("policy".into(), Value::Null);
+            m.insert("effective_policy_definition".into(), json!({}));
+        }
+    }
     m.insert("exclusive_consumer_tag".into(), Value::Null);
-    m.insert("effective_policy_definition".into(), json!({}));
     if let Some(owner) = q.config.exclusive_owner
         && let Some(c) = s
             .broker
@@ -128,30 +145,87 @@ pub fn queue_json(s: &AppState, q: &Arc<Queue>, ages: &StoreAges) -> Value {
     Value::Object(m)
 }
 
-fn queues(s: &AppState, auth: &Auth, only: Option<&str>) -> Vec<Value> {
+/// A vhost's policies that may apply to queues, their patterns compiled
+/// once for a whole listing.
+pub struct QueuePolicies(Vec<(regex::Regex, crate::vhost::Policy)>);
+
+impl QueuePolicies {
+    /// The policies of `vh`.
+    pub fn of(vh: &crate::vhost::VHost) -> QueuePolicies {
+        let mut ps: Vec<_> = vh
+            .policies()
+            .into_iter()
+            .filter(|p| p.apply_to != "exchanges")
+            .filter_map(|p| Some((regex::Regex::new(&p.pattern).ok()?, p)))
+            .collect();
+        ps.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        QueuePolicies(ps)
+    }
+
+    /// The policy in effect for queue `name`, picked as the vhost picks it
+    /// (`VHost::queue_policy`): the matching one of highest priority, ties
+    /// to the first by name.
+    pub fn for_queue(&self, name: &str) -> Option<&crate::vhost::Policy> {
+        let mut best: Option<&crate::vhost::Policy> = None;
+        for (re, p) in &self.0 {
+            if re.is_match(name) && best.is_none_or(|b| p.priority > b.priority) {
+                best = Some(p);
+            }
+        }
+        best
+    }
+}
+
+/// The queues of the vhosts the user sees (or of `only`), with each
+/// vhost's policies, in RabbitMQ's order (vhost, then name).
+fn queues(
+    s: &AppState,
+    auth: &Auth,
+    only: Option<&str>,
+) -> (Vec<Arc<Queue>>, HashMap<String, QueuePolicies>) {
     let b = &s.broker;
     let mut all = Vec::new();
+    let mut policies = HashMap::new();
     for vh in b.vhosts() {
         if only.is_some_and(|o| o != &*vh.name) || !auth.can_see_vhost(b, &vh.name) {
             continue;
         }
         all.extend(vh.queues());
+        policies.insert(vh.name.to_string(), QueuePolicies::of(&vh));
     }
     // Sorted before they become JSON: comparing names is cheap, looking
     // them up in 10,000 JSON objects is not.
     all.sort_unstable_by(|a, b| (&*a.vhost, &a.name).cmp(&(&*b.vhost, &b.name)));
-    let ages = StoreAges::collect(b);
-    all.iter().map(|q| queue_json(s, q, &ages)).collect()
+    (all, policies)
+}
+
+/// Lists queues; only those on the page asked for become JSON (unless
+/// sorted by a field).
+fn list_queues(
+    s: &AppState,
+    auth: &Auth,
+    only: Option<&str>,
+    q: &HashMap<String, String>,
+) -> ApiResult {
+    let (all, policies) = queues(s, auth, only);
+    let ages = StoreAges::collect(&s.broker);
+    let none = QueuePolicies(Vec::new());
+    list_lazy(
+        all,
+        q,
+        |q| q.name.as_str(),
+        |q| queue_json(s, q, &ages, policies.get(&*q.vhost).unwrap_or(&none)),
+    )
 }
 
 async fn all(State(s): St, auth: Auth, Query(q): Q) -> ApiResult {
-    list(queues(&s, &auth, None), &q)
+    list_queues(&s, &auth, None, &q)
 }
 
 async fn in_vhost(State(s): St, auth: Auth, Path(vhost): Path<String>, Query(q): Q) -> ApiResult {
     vhost_or_404(&s.broker, &vhost)?;
     auth.check_see_vhost(&s.broker, &vhost)?;
-    list(queues(&s, &auth, Some(&vhost)), &q)
+    list_queues(&s, &auth, Some(&vhost), &q)
 }
 
 /// The queue a path names, for a user who may see its vhost: as RabbitMQ,
@@ -181,9 +255,26 @@ fn check_not_exclusive(q: &Queue) -> Result<(), crate::protocol::error::AmqpErro
     Ok(())
 }
 
-async fn one(State(s): St, auth: Auth, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+async fn one(
+    State(s): St,
+    auth: Auth,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Q,
+) -> ApiResult {
     let q = lookup(&s, &auth, &vhost, &name)?;
-    let mut v = queue_json(&s, &q, &StoreAges::collect(&s.broker));
+    let policies = s
+        .broker
+        .vhost(&vhost)
+        .map_or(QueuePolicies(Vec::new()), |vh| QueuePolicies::of(&vh));
+    let mut v = queue_json(&s, &q, &StoreAges::collect(&s.broker), &policies);
+    let samples = rates::SampleQuery::parse(&query);
+    if samples.any() {
+        // Kept from now on, for charts of this queue.
+        s.rates.watch(&q);
+        let mut stats = v["message_stats"].take();
+        samples.add(&s.rates.queue_history(&q), &mut stats, &mut v);
+        v["message_stats"] = stats;
+    }
     let details: Vec<Value> = q
         .consumers()
         .iter()

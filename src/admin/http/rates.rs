@@ -3,8 +3,17 @@
 //! 5 s) and keeps, per queue, per vhost, per connection and for the broker,
 //! the rate of each counter over the last interval. Counts in the JSON are
 //! always read live; only the `*_details.rate` figures come from samples.
+//!
+//! For charts, the samples of the last `HISTORY` are kept for the broker
+//! and for queues someone watches (asked for with `msg_rates_age` or
+//! `lengths_age` within the last `HISTORY`), and listed as RabbitMQ lists
+//! them: `?msg_rates_age=600&msg_rates_incr=5` adds `samples` (counter
+//! values with millisecond timestamps, newest first), `avg` and `avg_rate`
+//! to each `*_details`, `lengths_age`/`lengths_incr` the same for queue
+//! lengths. Keeping them only for watched queues (at most `MAX_WATCHED`)
+//! keeps 10,000 idle queues from costing ten minutes of samples each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +26,38 @@ use crate::ops::stats::MsgTotals;
 
 /// How often counters are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long samples are kept for charts (and a queue stays watched).
+pub const HISTORY: Duration = Duration::from_secs(600);
+
+/// Most queues whose samples are kept at once (see `Rates::watch`).
+pub const MAX_WATCHED: usize = 100;
+
+/// Samples kept: `HISTORY` at one per `SAMPLE_INTERVAL`.
+const HISTORY_LEN: usize = (HISTORY.as_secs() / SAMPLE_INTERVAL.as_secs()) as usize + 1;
+
+/// One kept sample: the counters and queue lengths at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct Point {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    totals: MsgTotals,
+    depth: [u64; 3],
+}
+
+/// Kept samples, oldest first.
+type Series = VecDeque<Point>;
+
+#[derive(Debug, Default)]
+struct History {
+    global: Series,
+    /// By vhost name (for users who see only some vhosts).
+    vhosts: HashMap<String, Series>,
+    /// By queue address, for watched queues.
+    queues: HashMap<usize, Series>,
+    /// Watched queues (by address) and when they were last asked for.
+    watched: HashMap<usize, Instant>,
+}
 
 /// Counter names in `message_stats` and their values.
 pub fn fields(t: &MsgTotals) -> [(&'static str, u64); 12] {
@@ -131,6 +172,7 @@ struct Samples {
 #[derive(Debug, Default)]
 pub struct Rates {
     inner: RwLock<Samples>,
+    history: RwLock<History>,
 }
 
 impl Rates {
@@ -166,6 +208,67 @@ impl Rates {
             .conns
             .get(&id)
             .map(|s| s.rates)
+            .unwrap_or_default()
+    }
+
+    /// Keeps samples of `q` for charts from now on (for `HISTORY`). At
+    /// most `MAX_WATCHED` queues are watched: beyond, the one asked for
+    /// least recently is forgotten, so no client can make every queue
+    /// keep ten minutes of samples.
+    pub fn watch(&self, q: &Arc<crate::queue::Queue>) {
+        let mut h = self.history.write();
+        let key = Arc::as_ptr(q) as usize;
+        if !h.watched.contains_key(&key)
+            && h.watched.len() >= MAX_WATCHED
+            && let Some(oldest) = h.watched.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
+        {
+            h.watched.remove(&oldest);
+            h.queues.remove(&oldest);
+        }
+        h.watched.insert(key, Instant::now());
+    }
+
+    /// The broker's kept samples, oldest first.
+    pub fn global_history(&self) -> Vec<Point> {
+        self.history.read().global.iter().copied().collect()
+    }
+
+    /// The kept samples of some vhosts, summed (oldest first): what a user
+    /// who sees only those vhosts is shown. A vhost created since has fewer
+    /// samples; the series are aligned on their newest.
+    pub fn vhosts_history(&self, names: &[&str]) -> Vec<Point> {
+        let h = self.history.read();
+        let Some(len) = names
+            .iter()
+            .filter_map(|n| h.vhosts.get(*n))
+            .map(VecDeque::len)
+            .max()
+        else {
+            return Vec::new();
+        };
+        let mut out: Vec<Option<Point>> = vec![None; len];
+        for series in names.iter().filter_map(|n| h.vhosts.get(*n)) {
+            let skip = len - series.len();
+            for (slot, p) in out[skip..].iter_mut().zip(series) {
+                let sum = slot.get_or_insert(Point {
+                    at_ms: p.at_ms,
+                    totals: MsgTotals::default(),
+                    depth: [0; 3],
+                });
+                sum.totals.add(&p.totals);
+                add_depth(&mut sum.depth, p.depth);
+            }
+        }
+        out.into_iter().flatten().collect()
+    }
+
+    /// A watched queue's kept samples, oldest first.
+    pub fn queue_history(&self, q: &Arc<crate::queue::Queue>) -> Vec<Point> {
+        self.history
+            .read()
+            .queues
+            .get(&(Arc::as_ptr(q) as usize))
+            .map(|s| s.iter().copied().collect())
             .unwrap_or_default()
     }
 
@@ -208,6 +311,7 @@ impl Rates {
             conns.insert(c.id, step(s.conns.get(&c.id), c.stats.snapshot(), [0; 3]));
         }
         let global = step(Some(&s.global), global_totals(b), g_depth);
+        self.keep(&global, &vhosts, &queues);
         *s = Samples {
             at: Some(now),
             global,
@@ -216,6 +320,168 @@ impl Rates {
             conns,
         };
     }
+}
+
+impl Rates {
+    /// Appends this sample to the kept ones (the broker's and the watched
+    /// queues'), forgetting what is older than `HISTORY`.
+    fn keep(
+        &self,
+        global: &Sample,
+        vhosts: &HashMap<String, Sample>,
+        queues: &HashMap<usize, Sample>,
+    ) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let point = |s: &Sample| Point {
+            at_ms,
+            totals: s.totals,
+            depth: s.depth,
+        };
+        let push = |series: &mut Series, p: Point| {
+            if series.len() >= HISTORY_LEN {
+                series.pop_front();
+            }
+            series.push_back(p);
+        };
+        let mut h = self.history.write();
+        push(&mut h.global, point(global));
+        h.vhosts.retain(|k, _| vhosts.contains_key(k));
+        for (k, v) in vhosts {
+            match h.vhosts.get_mut(k) {
+                Some(series) => push(series, point(v)),
+                None => {
+                    h.vhosts.insert(k.clone(), [point(v)].into());
+                }
+            }
+        }
+        h.watched
+            .retain(|k, since| since.elapsed() < HISTORY && queues.contains_key(k));
+        let History {
+            queues: series,
+            watched,
+            ..
+        } = &mut *h;
+        series.retain(|k, _| watched.contains_key(k));
+        for k in watched.keys() {
+            if let Some(s) = queues.get(k) {
+                push(series.entry(*k).or_default(), point(s));
+            }
+        }
+    }
+}
+
+/// What a request asks of kept samples: `msg_rates_age`/`msg_rates_incr`
+/// and `lengths_age`/`lengths_incr`, in seconds, as in RabbitMQ.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SampleQuery {
+    /// (age, increment) of message rate samples, if asked for.
+    pub rates: Option<(u64, u64)>,
+    /// (age, increment) of queue length samples, if asked for.
+    pub lengths: Option<(u64, u64)>,
+}
+
+impl SampleQuery {
+    /// Reads the query string.
+    pub fn parse(q: &HashMap<String, String>) -> SampleQuery {
+        let pair = |age: &str, incr: &str| {
+            let age: u64 = q.get(age)?.parse().ok()?;
+            let incr = q
+                .get(incr)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(SAMPLE_INTERVAL.as_secs());
+            Some((age.min(HISTORY.as_secs()), incr.max(1)))
+        };
+        SampleQuery {
+            rates: pair("msg_rates_age", "msg_rates_incr"),
+            lengths: pair("lengths_age", "lengths_incr"),
+        }
+    }
+
+    /// Whether any samples are asked for.
+    pub fn any(&self) -> bool {
+        self.rates.is_some() || self.lengths.is_some()
+    }
+
+    /// Adds `samples`, `avg` and `avg_rate` to the `*_details` of a
+    /// `message_stats` object (`stats`) and of an object with queue lengths
+    /// (`lengths`: `queue_totals`, or a queue), from `history` (oldest
+    /// first).
+    pub fn add(&self, history: &[Point], stats: &mut Value, lengths: &mut Value) {
+        let now_ms = history.last().map_or(0, |p| p.at_ms);
+        let pick = |(age, incr): (u64, u64)| -> Vec<&Point> {
+            let mut out: Vec<&Point> = Vec::new();
+            for p in history.iter().rev() {
+                if now_ms.saturating_sub(p.at_ms) > age * 1000 {
+                    break;
+                }
+                // One sample per increment, newest first.
+                if out
+                    .last()
+                    .is_none_or(|l| l.at_ms.saturating_sub(p.at_ms) + 500 >= incr * 1000)
+                {
+                    out.push(p);
+                }
+            }
+            out
+        };
+        if let (Some(r), Value::Object(m)) = (self.rates, &mut *stats) {
+            let points = pick(r);
+            for (i, (name, details)) in NAMES.iter().enumerate() {
+                if !m.contains_key(*name) {
+                    continue;
+                }
+                let series: Vec<(u64, u64)> = points
+                    .iter()
+                    .map(|p| (p.at_ms, fields(&p.totals)[i].1))
+                    .collect();
+                if let Some(Value::Object(d)) = m.get_mut(*details) {
+                    put_samples(d, &series);
+                }
+            }
+        }
+        if let (Some(r), Value::Object(m)) = (self.lengths, lengths) {
+            let points = pick(r);
+            for (i, details) in [
+                "messages_details",
+                "messages_ready_details",
+                "messages_unacknowledged_details",
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let series: Vec<(u64, u64)> =
+                    points.iter().map(|p| (p.at_ms, p.depth[i])).collect();
+                if let Some(Value::Object(d)) = m.get_mut(details) {
+                    put_samples(d, &series);
+                }
+            }
+        }
+    }
+}
+
+/// `samples` (newest first), `avg` (of the samples) and `avg_rate` (change
+/// per second from the oldest to the newest) of one series.
+fn put_samples(d: &mut Map<String, Value>, series: &[(u64, u64)]) {
+    let samples: Vec<Value> = series
+        .iter()
+        .map(|(at, v)| serde_json::json!({"sample": v, "timestamp": at}))
+        .collect();
+    let avg = if series.is_empty() {
+        0.0
+    } else {
+        series.iter().map(|(_, v)| *v as f64).sum::<f64>() / series.len() as f64
+    };
+    let avg_rate = match (series.first(), series.last()) {
+        (Some((t1, v1)), Some((t0, v0))) if t1 > t0 => {
+            (*v1 as f64 - *v0 as f64) / ((t1 - t0) as f64 / 1000.0)
+        }
+        _ => 0.0,
+    };
+    d.insert("samples".into(), Value::Array(samples));
+    d.insert("avg".into(), ((avg * 10.0).round() / 10.0).into());
+    d.insert("avg_rate".into(), ((avg_rate * 10.0).round() / 10.0).into());
 }
 
 /// Adds one depth triple to another.

@@ -1,0 +1,147 @@
+// Small DOM helpers: element building, formatting, messages, dialogs.
+
+/** Builds an element: h("a", {href: "#/"}, "text", child, ...). Attributes
+ * starting with "on" are listeners; false/null attributes are left out. */
+export function h(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === false || v === null || v === undefined) continue;
+    if (k.startsWith("on") && typeof v === "function") e.addEventListener(k.slice(2), v);
+    else if (k === "class") e.className = v;
+    else if (k === "dataset") Object.assign(e.dataset, v);
+    else if (k in e && typeof v !== "string") e[k] = v;
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  append(e, children);
+  return e;
+}
+
+function append(e, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : String(c));
+  }
+}
+
+/** Replaces an element's children. */
+export function fill(e, ...children) {
+  e.replaceChildren();
+  append(e, children);
+  return e;
+}
+
+let ids = 0;
+/** A unique element id. */
+export const uid = (p = "f") => `${p}-${++ids}`;
+
+/** A labelled form field: label + input (or select/textarea). */
+export function field(label, input, hint) {
+  if (!input.id) input.id = uid();
+  const hintEl = hint ? h("span", { class: "hint", id: uid("hint") }, hint) : null;
+  if (hintEl) input.setAttribute("aria-describedby", hintEl.id);
+  return h("div", { class: "field" }, h("label", { for: input.id }, label), input, hintEl);
+}
+
+/** A select with options [[value, label]] or [value]. */
+export function select(name, options, value) {
+  return h("select", { name },
+    options.map((o) => {
+      const [v, l] = Array.isArray(o) ? o : [o, o];
+      return h("option", { value: v, selected: v === value }, l);
+    }));
+}
+
+export function fmtNum(n) {
+  if (n === undefined || n === null || n === "") return "–";
+  if (typeof n !== "number") return String(n);
+  return n.toLocaleString("en", { maximumFractionDigits: 1 });
+}
+
+export function fmtRate(r) {
+  return r === undefined || r === null ? "–" : `${fmtNum(r)}/s`;
+}
+
+export function fmtBytes(n) {
+  if (typeof n !== "number") return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+/** A value of arbitrary JSON, readable. */
+export function fmtValue(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+/** A definition list of key/value pairs. */
+export function facts(pairs) {
+  return h("dl", { class: "facts" },
+    pairs.filter(Boolean).map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v instanceof Node ? v : fmtValue(v)))));
+}
+
+/** A key/value table of an object (arguments, client properties...). */
+export function kvTable(obj, caption) {
+  const entries = Object.entries(obj || {});
+  if (!entries.length) return h("p", { class: "muted" }, `No ${caption.toLowerCase()}.`);
+  return h("table", { class: "kv" }, h("caption", {}, caption),
+    h("tbody", {}, entries.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, fmtValue(v))))));
+}
+
+/** Shows a message in the status area (kind: "ok" or "error"). */
+export function notify(text, kind = "ok") {
+  const n = document.getElementById("notice");
+  fill(n, h("p", { class: `msg ${kind}`, role: kind === "error" ? "alert" : null }, h("span", {}, text),
+    h("button", { type: "button", class: "small link", "aria-label": "Dismiss", onclick: () => fill(n) }, "✕")));
+  clearTimeout(notify.timer);
+  if (kind === "ok") notify.timer = setTimeout(() => fill(n), 8000);
+}
+
+/** Runs an action, reporting success or the API's refusal. */
+export async function act(what, f) {
+  try {
+    const r = await f();
+    notify(what);
+    return r ?? true;
+  } catch (e) {
+    notify(`${e.status ? `Refused (${e.status}): ` : ""}${e.message}`, "error");
+    return false;
+  }
+}
+
+/** Asks to confirm in a modal dialog; resolves to true or false. */
+export function confirmDialog(text, yes = "Delete") {
+  return new Promise((resolve) => {
+    const d = h("dialog", { class: "confirm", "aria-labelledby": "confirm-text" },
+      h("p", { id: "confirm-text" }, text),
+      h("div", { class: "buttons" },
+        h("button", { type: "button", class: "danger", onclick: () => { d.close(); resolve(true); } }, yes),
+        h("button", { type: "button", onclick: () => { d.close(); resolve(false); } }, "Cancel")));
+    d.addEventListener("close", () => { d.remove(); resolve(false); });
+    document.body.append(d);
+    d.showModal();
+  });
+}
+
+/** A collapsible section. */
+export function section(title, ...content) {
+  return h("section", { class: "panel" }, h("h2", {}, title), ...content);
+}
+
+/** A link to a hash route. */
+export const link = (href, text) => h("a", { href }, text);
+
+// Timers of the page shown; cleared when another is shown.
+let timers = [];
+/** Runs f now and every ms while the page is shown (not while hidden). */
+export function every(ms, f) {
+  f();
+  timers.push(setInterval(() => { if (!document.hidden) f(); }, ms));
+}
+/** Stops the shown page's timers. */
+export function clearTimers() {
+  timers.forEach(clearInterval);
+  timers = [];
+}
