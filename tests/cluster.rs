@@ -1471,3 +1471,97 @@ async fn purging_a_replicated_quorum_queue_holds_across_a_leader_change() {
         .unwrap();
     assert!(left.is_none(), "a purged message came back: {left:?}");
 }
+
+/// A CA's certificate and, for each node, a certificate for 127.0.0.1
+/// good as server and as client, written to `dir`; returns the `[tls]`
+/// section of node `i` (`ca` names the CA file to trust).
+fn node_pki(dir: &std::path::Path, ca_name: &str, nodes: usize) -> Vec<String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, ca_name);
+    ca.distinguished_name = dn;
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let ca_path = dir.join(format!("{ca_name}.pem"));
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    (0..nodes)
+        .map(|i| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, format!("node{i}"));
+            p.distinguished_name = dn;
+            p.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            let (c, k) = (
+                dir.join(format!("{ca_name}-node{i}.pem")),
+                dir.join(format!("{ca_name}-node{i}.key")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            format!("[tls]\ncert = {c:?}\nkey = {k:?}\nca = {ca_path:?}\n")
+        })
+        .collect()
+}
+
+/// With `[cluster] tls`, the nodes talk over TLS with certificates of the
+/// cluster's CA: definitions and messages cross as before, and a node
+/// whose certificate another CA issued (the secret right) is kept out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inter_node_links_over_tls_admit_only_the_clusters_certificates() {
+    let pki = tempfile::tempdir().unwrap();
+    let good = node_pki(pki.path(), "cluster-ca", 3);
+    let foreign = node_pki(pki.path(), "other-ca", 1);
+    let peers = cluster_peers(3);
+    let listed: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    let start = |id: usize, tls: &str| {
+        Warren::start_tls(&format!(
+            "{tls}[cluster]\nnode_id = {id}\nnodes = [{}]\nsecret = \"test secret\"\ntls = true\n",
+            listed.join(", ")
+        ))
+    };
+    let nodes = [
+        start(1, &good[0]),
+        start(2, &good[1]),
+        start(3, &foreign[0]),
+    ];
+    // Nodes 1 and 2 are a majority of three: they form the cluster.
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch1.queue_declare("over-tls".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    assert!(has_queue(&nodes[1], "over-tls").await);
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(Default::default()).await.unwrap();
+    assert!(confirm_one(&ch2, "", "over-tls", b"sealed").await);
+    let (_, q) = nodes[0].api("GET", "/api/queues/%2f/over-tls", None);
+    assert_eq!(q["messages"], 1, "{q}");
+    // Node 3 never gets in: no default user, no definitions.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let shut_out = Connection::connect(&nodes[2].url(), ConnectionProperties::default()).await;
+    assert!(shut_out.is_err(), "node 3 (another CA) joined the cluster");
+}

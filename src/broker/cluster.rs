@@ -816,7 +816,14 @@ impl Broker {
         let node = Node::start(
             c.node_id,
             members,
-            c.secret()?.into_bytes(),
+            crate::cluster::net::Peering {
+                secret: c.secret()?.into_bytes(),
+                tls: if c.tls {
+                    Some(crate::cluster::tls::Tls::from_config(&self.config.tls)?)
+                } else {
+                    None
+                },
+            },
             listener,
             Arc::new(crate::store::disk::RealDisk),
         );

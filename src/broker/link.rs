@@ -38,7 +38,6 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::Broker;
@@ -190,7 +189,7 @@ async fn write_frames(
 /// This node's data links to the other nodes.
 pub struct Links {
     me: u64,
-    secret: Arc<Vec<u8>>,
+    secret: Arc<crate::cluster::net::Peering>,
     addrs: crate::cluster::net::AddressBook,
     broker: Weak<Broker>,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
@@ -248,7 +247,7 @@ impl Links {
     pub fn new(
         me: u64,
         addrs: crate::cluster::net::AddressBook,
-        secret: Arc<Vec<u8>>,
+        secret: Arc<crate::cluster::net::Peering>,
         broker: Weak<Broker>,
     ) -> Arc<Links> {
         Arc::new(Links {
@@ -302,7 +301,7 @@ impl Links {
     }
 
     /// Takes over a data connection from node `from`.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, from: u64) {
+    pub async fn serve(self: Arc<Self>, stream: crate::cluster::net::Conn, from: u64) {
         let Some(broker) = self.broker.upgrade() else {
             return;
         };
@@ -345,7 +344,7 @@ async fn run_peer(links: Weak<Links>, peer: Arc<Peer>, mut rx: mpsc::UnboundedRe
             }
         };
         peer.down_until.store(0, Ordering::Release);
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = tokio::io::split(stream);
         // Consumption survives a lost connection: ask again.
         let consuming: Vec<(String, String)> = peer.consuming.lock().keys().cloned().collect();
         let mut hello = Vec::new();
@@ -400,7 +399,11 @@ async fn run_peer(links: Weak<Links>, peer: Arc<Peer>, mut rx: mpsc::UnboundedRe
 }
 
 /// Reads what a home node sends: answers to publishes, deliveries.
-async fn read_home(links: Weak<Links>, peer: Arc<Peer>, mut rd: tokio::net::tcp::OwnedReadHalf) {
+async fn read_home(
+    links: Weak<Links>,
+    peer: Arc<Peer>,
+    mut rd: tokio::io::ReadHalf<crate::cluster::net::Conn>,
+) {
     loop {
         let Ok((w, raw)) = read_frame(&mut rd).await else {
             return;
@@ -621,8 +624,8 @@ struct Delivered {
 /// (below 2^63), which travel in the same place.
 static NEXT_TAG: AtomicU64 = AtomicU64::new(1 << 63);
 
-async fn serve_peer(broker: Arc<Broker>, stream: TcpStream, from: u64) {
-    let (mut rd, wr) = stream.into_split();
+async fn serve_peer(broker: Arc<Broker>, stream: crate::cluster::net::Conn, from: u64) {
+    let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_frames(wr, rx));
     let session = Arc::new(Session {

@@ -23,6 +23,7 @@ pub mod log;
 pub mod machine;
 pub mod net;
 pub mod node;
+pub mod tls;
 
 use std::io::Cursor;
 

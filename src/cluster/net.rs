@@ -27,7 +27,7 @@ use openraft::{BasicNode, Raft};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::TypeConfig;
@@ -38,10 +38,34 @@ const FRAME_MAX: usize = 64 << 20;
 /// How long a link waits to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a node proves to its peers: the cluster's secret, over TLS when
+/// `[cluster] tls` is on.
+#[derive(Debug)]
+pub struct Peering {
+    /// The shared secret.
+    pub secret: Vec<u8>,
+    /// TLS for every inter-node connection.
+    pub tls: Option<super::tls::Tls>,
+}
+
+impl Peering {
+    /// The secret alone, over plain TCP.
+    pub fn plain(secret: Vec<u8>) -> Peering {
+        Peering { secret, tls: None }
+    }
+}
+
+/// A byte stream between two nodes (TCP, or TLS over TCP).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
+
+/// An inter-node connection, its challenge passed.
+pub type Conn = Box<dyn Io>;
+
 /// Takes over a data connection from node `from` (after the challenge):
 /// the broker's message links (see broker/link.rs).
 pub type DataHandler = Arc<
-    dyn Fn(TcpStream, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    dyn Fn(Conn, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
         + Send
         + Sync,
 >;
@@ -248,14 +272,14 @@ fn proof(secret: &[u8], challenge: &[u8]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-async fn write_frame(s: &mut TcpStream, body: &[u8]) -> io::Result<()> {
+async fn write_frame<S: AsyncWrite + Unpin + ?Sized>(s: &mut S, body: &[u8]) -> io::Result<()> {
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
     buf.extend_from_slice(body);
     s.write_all(&buf).await
 }
 
-async fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+async fn read_frame<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> io::Result<Vec<u8>> {
     let len = s.read_u32().await? as usize;
     if len > FRAME_MAX {
         return Err(io::Error::new(
@@ -272,7 +296,7 @@ async fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
 /// dropped (its task aborted), which also closes every connection it
 /// accepted: a stopped node leaves no connection answering for it. Only
 /// peers that prove they know `secret` are answered.
-pub async fn serve(listener: TcpListener, groups: Groups, secret: Arc<Vec<u8>>) {
+pub async fn serve(listener: TcpListener, groups: Groups, secret: Arc<Peering>) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -295,8 +319,19 @@ pub async fn serve(listener: TcpListener, groups: Groups, secret: Arc<Vec<u8>>) 
     }
 }
 
-async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<()> {
+async fn answer(s: TcpStream, groups: Groups, peering: &Peering) -> io::Result<()> {
     s.set_nodelay(true)?;
+    let mut s: Conn = match &peering.tls {
+        Some(tls) => Box::new(
+            tokio::time::timeout(CONNECT_TIMEOUT, tls.acceptor.accept(s))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??,
+        ),
+        None => Box::new(s),
+    };
+    let secret = &peering.secret[..];
     let mut challenge = [0u8; 16];
     getrandom::fill(&mut challenge).map_err(io::Error::other)?;
     s.write_all(&challenge).await?;
@@ -355,23 +390,43 @@ async fn answer(mut s: TcpStream, groups: Groups, secret: &[u8]) -> io::Result<(
 
 /// Opens a data connection to the node at `addr` as node `from`: the
 /// challenge answered, the connection is the caller's (broker/link.rs).
-pub async fn connect_data(addr: &str, secret: &[u8], from: u64) -> io::Result<TcpStream> {
-    let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.set_nodelay(true)?;
-    let mut challenge = [0u8; 16];
-    s.read_exact(&mut challenge).await?;
-    s.write_all(&proof(secret, &challenge)).await?;
+pub async fn connect_data(addr: &str, peering: &Peering, from: u64) -> io::Result<Conn> {
+    let mut s = dial(addr, peering).await?;
     let hello = super::encode(&Request::Data(from))?;
     write_frame(&mut s, &hello).await?;
+    Ok(s)
+}
+
+/// Connects to the node at `addr`: TCP, TLS if the cluster uses it, then
+/// the challenge answered with the secret.
+async fn dial(addr: &str, peering: &Peering) -> io::Result<Conn> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    let mut s: Conn = match &peering.tls {
+        Some(tls) => {
+            let name = super::tls::Tls::server_name(addr)?;
+            Box::new(
+                tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??,
+            )
+        }
+        None => Box::new(tcp),
+    };
+    let mut challenge = [0u8; 16];
+    s.read_exact(&mut challenge).await?;
+    s.write_all(&proof(&peering.secret, &challenge)).await?;
     Ok(s)
 }
 
 /// Makes links to the other nodes of a group.
 #[derive(Clone)]
 pub struct Network {
-    secret: Arc<Vec<u8>>,
+    secret: Arc<Peering>,
     group: String,
     /// Where this node reaches each node, which wins over the address in
     /// the group's membership (another node's view).
@@ -380,12 +435,12 @@ pub struct Network {
 
 impl Network {
     /// Links for group `group` that prove `secret` to their peers.
-    pub fn new(secret: Arc<Vec<u8>>, group: &str) -> Network {
+    pub fn new(secret: Arc<Peering>, group: &str) -> Network {
         Self::with_addrs(secret, group, AddressBook::default())
     }
 
     /// `new`, reaching nodes at `addrs` where it has them.
-    pub fn with_addrs(secret: Arc<Vec<u8>>, group: &str, addrs: AddressBook) -> Network {
+    pub fn with_addrs(secret: Arc<Peering>, group: &str, addrs: AddressBook) -> Network {
         Network {
             secret,
             group: group.to_owned(),
@@ -407,14 +462,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Link {
     target: u64,
     addr: String,
-    secret: Arc<Vec<u8>>,
+    secret: Arc<Peering>,
     group: String,
-    conn: Option<TcpStream>,
+    conn: Option<Conn>,
 }
 
 impl Link {
     /// A link to node `target` at `addr` for `group` (it connects on first use).
-    pub fn new(target: u64, addr: &str, secret: Arc<Vec<u8>>, group: &str) -> Link {
+    pub fn new(target: u64, addr: &str, secret: Arc<Peering>, group: &str) -> Link {
         Link {
             target,
             addr: addr.to_owned(),
@@ -494,15 +549,8 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> io::Result<TcpStream> {
-        let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        s.set_nodelay(true)?;
-        let mut challenge = [0u8; 16];
-        s.read_exact(&mut challenge).await?;
-        s.write_all(&proof(&self.secret, &challenge)).await?;
-        Ok(s)
+    async fn connect(&self) -> io::Result<Conn> {
+        dial(&self.addr, &self.secret).await
     }
 
     fn unreachable<E: std::error::Error>(e: io::Error) -> RPCError<u64, BasicNode, E> {

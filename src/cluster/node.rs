@@ -81,7 +81,7 @@ pub struct Node {
     pub configured: BTreeMap<u64, BasicNode>,
     /// Where each node is reached.
     pub book: AddressBook,
-    secret: Arc<Vec<u8>>,
+    secret: Arc<super::net::Peering>,
     groups: Groups,
     disk: Arc<dyn Disk>,
     links: Links,
@@ -109,7 +109,7 @@ impl Node {
     pub fn start(
         id: u64,
         configured: BTreeMap<u64, BasicNode>,
-        secret: Vec<u8>,
+        secret: super::net::Peering,
         listener: tokio::net::TcpListener,
         disk: Arc<dyn Disk>,
     ) -> Node {
@@ -174,7 +174,7 @@ impl Node {
     }
 
     /// The secret the nodes share.
-    pub fn secret(&self) -> Arc<Vec<u8>> {
+    pub fn secret(&self) -> Arc<super::net::Peering> {
         self.secret.clone()
     }
 

@@ -272,7 +272,7 @@ async fn start_node(
     let disk: Arc<dyn Disk> = Arc::new(RealDisk);
     let log = RaftLog::open(disk.clone(), dir).unwrap();
     let sm = StateMachine::open(disk, dir, Kv::default()).unwrap();
-    let secret = Arc::new(secret.to_vec());
+    let secret = Arc::new(super::net::Peering::plain(secret.to_vec()));
     let raft = openraft::Raft::new(
         id,
         raft_config(),

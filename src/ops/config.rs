@@ -70,6 +70,9 @@ pub struct ClusterConfig {
     pub secret: Option<String>,
     /// A file holding the secret instead (its first line).
     pub secret_file: Option<PathBuf>,
+    /// Inter-node connections use TLS with `[tls]`'s certificate and key,
+    /// each side verifying the other's certificate against `[tls] ca`.
+    pub tls: bool,
 }
 
 impl ClusterConfig {

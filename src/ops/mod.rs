@@ -6,4 +6,5 @@
 pub mod alarms;
 pub mod clock;
 pub mod config;
+pub mod pem;
 pub mod stats;

@@ -3,16 +3,14 @@
 //! `ssl_options`: `verify_peer`, `fail_if_no_peer_cert`). rustls with the
 //! aws-lc-rs provider; TLS 1.2 and 1.3.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig, ServerConnection};
 
 use crate::ops::config::TlsConfig;
+use crate::ops::pem::{read_certs, read_key};
 
 /// What a TLS connection negotiated, for the management API and EXTERNAL.
 #[derive(Debug, Clone, Default)]
@@ -86,34 +84,6 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
         )
     })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
-}
-
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read_file(path, what)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{what} {}: invalid PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{what} {}: no PEM certificate (BEGIN CERTIFICATE) found",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = read_file(path, "tls.key")?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        format!(
-            "tls.key {}: no usable PEM private key (PKCS#8, RSA or EC): {e}",
-            path.display()
-        )
-    })
 }
 
 /// What the handshake negotiated, including the client certificate's names.
