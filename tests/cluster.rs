@@ -1565,3 +1565,87 @@ async fn inter_node_links_over_tls_admit_only_the_clusters_certificates() {
     let shut_out = Connection::connect(&nodes[2].url(), ConnectionProperties::default()).await;
     assert!(shut_out.is_err(), "node 3 (another CA) joined the cluster");
 }
+
+/// A replicated quorum queue keeps RabbitMQ's limits as one node does:
+/// drop-head keeps the newest x-max-length messages (the dropped ones
+/// settled in the group, so a new leader does not bring them back),
+/// reject-publish takes one message over the limit then nacks, and
+/// x-message-ttl expires messages into the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_quorum_queues_keep_length_limits_and_ttls() {
+    let mut nodes = start_cluster(3);
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    declare_quorum(&ch1, "capped", args(&[("x-max-length", 5)])).await;
+    let mut reject = args(&[("x-max-length", 2)]);
+    reject.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    declare_quorum(&ch1, "refusing", reject).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch1.queue_declare("expired".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let mut ttl = args(&[("x-message-ttl", 300)]);
+    ttl.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    ttl.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("expired".into()),
+    );
+    declare_quorum(&ch1, "short-lived", ttl).await;
+
+    // Published through node 2 (whichever node leads).
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(Default::default()).await.unwrap();
+    for i in 0..10u32 {
+        assert!(publish_confirmed(&ch2, "capped", &i.to_be_bytes()).await);
+    }
+    let mut acks = Vec::new();
+    for i in 0..5u32 {
+        acks.push(publish_confirmed(&ch2, "refusing", &i.to_be_bytes()).await);
+    }
+    assert_eq!(acks, [true, true, true, false, false]);
+    assert!(publish_confirmed(&ch2, "short-lived", b"soon gone").await);
+
+    let expired = get_n(&nodes[2], "expired", 1).await;
+    assert_eq!(expired, [b"soon gone".to_vec()]);
+
+    // The leader of "capped" dies; the next one has the newest five only.
+    let leader = quorum_leader(&nodes[0], "capped").expect("a leader");
+    let names: Vec<String> = nodes
+        .iter()
+        .map(|w| {
+            w.api("GET", "/api/overview", None).1["node"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let li = names.iter().position(|n| *n == leader).unwrap();
+    let _ = c1.close(200, "".into()).await;
+    let _ = c2.close(200, "".into()).await;
+    nodes[li].kill();
+    let survivor = (li + 1) % 3;
+    let got = get_n(&nodes[survivor], "capped", 5).await;
+    assert_eq!(
+        got,
+        (5..10u32)
+            .map(|i| i.to_be_bytes().to_vec())
+            .collect::<Vec<_>>()
+    );
+    let c = connect(&nodes[survivor]).await;
+    let ch = c.create_channel().await.unwrap();
+    let more = ch
+        .basic_get("capped".into(), Default::default())
+        .await
+        .unwrap();
+    assert!(more.is_none(), "a dropped message came back: {more:?}");
+}

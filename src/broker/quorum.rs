@@ -20,8 +20,11 @@
 //! A return past x-delivery-limit leaves the machine on every member and
 //! is dead-lettered (reason `delivery_limit`) by the leader. queue.purge
 //! is done by the leader: its ready messages are settled in one entry.
-//! Not yet on replicated quorum queues: length limits, TTLs, other
-//! dead-lettering (rejects are dead-lettered where they happen).
+//! Length limits and TTLs are the leader's queue object's, as on one node:
+//! drop-head and expiry take ready messages from the head (dead-lettered,
+//! then settled in the group), reject-publish refuses a publish while the
+//! queue is over a limit. TTLs count from when the leader took the message
+//! (`Msg::at`), so a new leader expires on the same schedule.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +75,9 @@ struct Msg {
     routing_key: Vec<u8>,
     header: Vec<u8>,
     body: Vec<u8>,
+    /// When the leader took it (wall clock, ms since the epoch): TTLs
+    /// count from here, on whichever node leads later.
+    at: u64,
 }
 
 impl Msg {
@@ -81,6 +87,7 @@ impl Msg {
             routing_key: m.routing_key().to_vec(),
             header: m.header().to_vec(),
             body: m.body_bytes().to_vec(),
+            at: crate::ops::clock::wall_ms(),
         }
     }
 
@@ -139,7 +146,7 @@ impl Machine for QqMachine {
                 for (n, msg) in batch.into_iter().enumerate() {
                     let id = (index << 16) | n as u64;
                     if let Some(q) = &live {
-                        q.push_from_home(msg.message(0), id, false);
+                        q.push_replicated(msg.message(0), id, false, msg.at);
                     }
                     self.msgs.insert(id, Kept { msg, count: 0 });
                 }
@@ -166,7 +173,7 @@ impl Machine for QqMachine {
                         continue;
                     }
                     if let Some(q) = &live {
-                        q.push_from_home(k.msg.message(k.count), id, true);
+                        q.push_replicated(k.msg.message(k.count), id, true, k.msg.at);
                     }
                 }
                 if let (Some(q), false) = (&live, dead.is_empty()) {
@@ -209,6 +216,9 @@ pub struct Handle {
     members_changed: tokio::sync::Notify,
     /// On a node that does not run the group: the leader the members name.
     remote_leader: Mutex<Option<u64>>,
+    /// The runtime its work runs on (settlements can come from the timer
+    /// thread: TTL expiry).
+    rt: tokio::runtime::Handle,
 }
 
 /// Where a quorum queue's group runs: the definitions entry that declared
@@ -314,7 +324,7 @@ impl Handle {
     fn propose(&self, cmd: &Command) -> Option<()> {
         let raft = self.raft()?;
         let bytes = crate::cluster::encode(cmd).ok()?;
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             // Without a majority the settlement waits, then is given up:
             // the message is delivered again later (at least once).
             let _ = tokio::time::timeout(Duration::from_secs(30), raft.client_write(bytes)).await;
@@ -339,7 +349,7 @@ impl Handle {
             self.leading.store(true, Ordering::Release);
             for (id, k) in &m.msgs {
                 // Delivered before or not, nobody here can say: flagged.
-                q.push_from_home(k.msg.message(k.count), *id, true);
+                q.push_replicated(k.msg.message(k.count), *id, true, k.msg.at);
             }
         });
         tracing::info!(
@@ -466,6 +476,7 @@ pub fn attach(
         members: Mutex::new(members),
         members_changed: tokio::sync::Notify::new(),
         remote_leader: Mutex::new(None),
+        rt: tokio::runtime::Handle::current(),
     });
     q.set_remote(handle.clone());
     tokio::spawn(run(weak, handle.clone(), rx));
@@ -601,6 +612,24 @@ async fn send(broker: &Weak<Broker>, handle: &Handle, batch: Vec<(Message, Arc<T
             && leader == Some(handle.me)
             && handle.leading.load(Ordering::Acquire)
         {
+            // x-overflow reject-publish: a queue over its limit refuses.
+            let batch: Vec<(Message, Arc<Ticket>)> = match handle.queue.upgrade() {
+                Some(q) => batch
+                    .into_iter()
+                    .filter(|(m, t)| {
+                        let refused = q.refuses_replicated(m);
+                        if refused {
+                            t.done(false);
+                        }
+                        !refused
+                    })
+                    .collect(),
+                None => batch,
+            };
+            if batch.is_empty() {
+                crate::queue::stream::note_durable();
+                return;
+            }
             let msgs: Vec<Msg> = batch.iter().map(|(m, _)| Msg::of(m)).collect();
             let tickets: Vec<Arc<Ticket>> = batch.into_iter().map(|(_, t)| t).collect();
             let Ok(bytes) = crate::cluster::encode(&Command::Enqueue(msgs)) else {

@@ -34,3 +34,17 @@ pub fn coarse_ms() -> u64 {
     });
     c.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Milliseconds since the Unix epoch (wall clock): for times other nodes
+/// read, such as when a replicated message was enqueued.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `now_ms` time at which wall-clock time `wall` (ms since the epoch)
+/// falls (now, if it has passed).
+pub fn local_of_wall(wall: u64) -> u64 {
+    now_ms().saturating_add(wall.saturating_sub(wall_ms()))
+}

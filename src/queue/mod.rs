@@ -400,8 +400,9 @@ impl Queue {
 
     /// A timer set by this queue fell due.
     pub fn on_timer(self: &Arc<Self>, kind: Kind) {
-        // A stub's queue expires, and expires messages, on its own node.
-        if self.is_deleted() || self.is_linked() {
+        // A stub's queue expires, and expires messages, on its own node
+        // (a replicated quorum queue: on its leader).
+        if self.is_deleted() || !self.served_here() {
             return;
         }
         match kind {
@@ -1179,6 +1180,65 @@ impl Queue {
             .is_ok()
         {
             self.loaded.notify_waiters();
+        }
+        true
+    }
+
+    /// A message of a replicated quorum queue this node leads, put in the
+    /// ready list as its group applies it (`tag`: its id in the group;
+    /// `enqueued_at`: when the leader took it, wall clock, for TTLs). The queue's
+    /// length limits (drop-head) and TTLs apply as to a local queue: what
+    /// leaves is settled in the group (and dead-lettered) through the
+    /// handle.
+    pub fn push_replicated(
+        self: &Arc<Self>,
+        msg: Message,
+        tag: u64,
+        redelivered: bool,
+        enqueued_at: u64,
+    ) -> bool {
+        let mut st = self.state.lock();
+        if self.is_deleted() {
+            return false;
+        }
+        let own = msg.expiration().and_then(Result::ok);
+        let ttl = match (st.args.message_ttl, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.ready.push_back(QueuedMessage {
+            msg,
+            seq,
+            redelivered,
+            stored: Some(tag),
+            deadline: ttl.map_or(0, |t| {
+                crate::ops::clock::local_of_wall(enqueued_at.saturating_add(t))
+            }),
+        });
+        let limited =
+            st.args.max_length.is_some() || st.args.max_length_bytes.is_some() || ttl.is_some();
+        if limited {
+            self.enforce_limits(&mut st, now_ms());
+        }
+        self.dispatch_locked(&mut st);
+        self.finish(st);
+        true
+    }
+
+    /// Whether a replicated quorum queue this node leads refuses `msg`
+    /// (x-overflow reject-publish, already over a limit); with
+    /// reject-publish-dlx the message is dead-lettered.
+    pub fn refuses_replicated(self: &Arc<Self>, msg: &Message) -> bool {
+        let st = self.state.lock();
+        if st.args.overflow == Overflow::DropHead || !self.is_full(&st, msg) {
+            return false;
+        }
+        let dlx = st.args.overflow == Overflow::RejectPublishDlx;
+        drop(st);
+        if dlx {
+            self.dead_letter(vec![(msg.clone(), Reason::Maxlen)]);
         }
         true
     }
