@@ -1216,9 +1216,21 @@ async fn a_node_joins_a_running_cluster_and_a_node_is_forgotten() {
         "{q}"
     );
     // Through node 4: a declaration every node sees, and the messages of
-    // node 1's queue.
+    // node 1's queue (its declare-ok counts them).
     let c4 = connect(&nodes[3]).await;
     let ch4 = c4.create_channel().await.unwrap();
+    let ok = ch4
+        .queue_declare(
+            "before".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..durable
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.message_count(), 10);
     ch4.queue_declare("after".into(), durable, FieldTable::default())
         .await
         .unwrap();
@@ -1355,6 +1367,17 @@ async fn quorum_queue_replicas_are_placed_added_and_removed() {
             "publish {i} through a node without a replica"
         );
     }
+    // queue.declare-ok on a node without a replica counts the leader's.
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
+    let ok = ch3
+        .queue_declare("placed".into(), passive, FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(ok.message_count(), 20);
     let first = get_n(&nodes[2], "placed", 5).await;
     assert_eq!(
         first,

@@ -105,6 +105,13 @@ enum Wire {
     },
     /// How many ready messages a `Purge` removed.
     Purged { id: u64, count: u32 },
+    /// How many ready messages the queue has; answered by `Purged` with
+    /// the same id (a count either way).
+    Count {
+        id: u64,
+        vhost: String,
+        queue: String,
+    },
 }
 
 fn frame(w: &Wire, msg: Option<&Message>) -> Vec<u8> {
@@ -482,6 +489,19 @@ impl std::fmt::Debug for Peer {
     }
 }
 
+impl Stub {
+    /// Sends request `w` (id `id`, its answer awaited in `purges`); a
+    /// node that is down, or a link that is gone, answers None at once.
+    fn ask(&self, id: u64, w: &Wire) {
+        let up = self.peer.down_until.load(Ordering::Acquire) <= crate::ops::clock::now_ms();
+        if (!up || !self.peer.send(w, None))
+            && let Some(d) = self.peer.purges.lock().remove(&id)
+        {
+            d(None);
+        }
+    }
+}
+
 impl RemoteQueue for Stub {
     fn forward(&self, msg: Message) -> Arc<Ticket> {
         let t = Ticket::new();
@@ -552,12 +572,18 @@ impl RemoteQueue for Stub {
             vhost: self.vhost.clone(),
             queue: self.name.clone(),
         };
-        let up = self.peer.down_until.load(Ordering::Acquire) <= crate::ops::clock::now_ms();
-        if (!up || !self.peer.send(&w, None))
-            && let Some(d) = self.peer.purges.lock().remove(&id)
-        {
-            d(None);
-        }
+        self.ask(id, &w);
+    }
+
+    fn count(&self, done: PurgeDone) {
+        let id = self.peer.next_id.fetch_add(1, Ordering::Relaxed);
+        self.peer.purges.lock().insert(id, done);
+        let w = Wire::Count {
+            id,
+            vhost: self.vhost.clone(),
+            queue: self.name.clone(),
+        };
+        self.ask(id, &w);
     }
 
     fn consumers_changed(&self, count: usize) {
@@ -665,6 +691,14 @@ async fn serve_peer(broker: Arc<Broker>, stream: crate::cluster::net::Conn, from
                     .and_then(|v| v.queue(&queue))
                     .filter(|q| q.served_here())
                     .map_or(0, |q| q.purge());
+                let _ = session.tx.send(frame(&Wire::Purged { id, count }, None));
+            }
+            Wire::Count { id, vhost, queue } => {
+                let count = broker
+                    .vhost(&vhost)
+                    .and_then(|v| v.queue(&queue))
+                    .filter(|q| q.served_here())
+                    .map_or(0, |q| q.message_count());
                 let _ = session.tx.send(frame(&Wire::Purged { id, count }, None));
             }
             other => tracing::debug!("data link from node {from}: unexpected {other:?}"),

@@ -430,6 +430,16 @@ impl RemoteQueue for Handle {
         self.leading.load(Ordering::Acquire)
     }
 
+    fn count(&self, done: Box<dyn FnOnce(Option<u32>) + Send>) {
+        if self.leading.load(Ordering::Acquire) {
+            done(self.queue.upgrade().map(|q| q.message_count()));
+        } else if let Some(f) = self.follower.lock().clone() {
+            f.count(done);
+        } else {
+            done(None);
+        }
+    }
+
     fn purge(&self, done: Box<dyn FnOnce(Option<u32>) + Send>) {
         if self.leading.load(Ordering::Acquire) {
             // The ready messages leave the queue object here and the

@@ -1243,6 +1243,23 @@ impl Queue {
         true
     }
 
+    /// A stub's ready-message count, asked of the queue's node (None if it
+    /// did not answer in 5 s). None for a queue that is not a stub.
+    pub fn count_at_home(&self) -> Option<impl std::future::Future<Output = Option<u32>> + use<>> {
+        let r = self.remote.get().filter(|r| !r.serves_here())?.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        r.count(Box::new(move |n| {
+            let _ = tx.send(n);
+        }));
+        Some(async move {
+            tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+        })
+    }
+
     /// A stub's purge, done on the queue's node: how many ready messages
     /// went (None: the node did not answer in 5 s). None for a queue that
     /// is not a stub.

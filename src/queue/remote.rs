@@ -68,6 +68,11 @@ pub trait RemoteQueue: Send + Sync + std::fmt::Debug {
     fn purge(&self, done: Box<dyn FnOnce(Option<u32>) + Send>) {
         done(None);
     }
+    /// Asks the queue's node how many ready messages it has; `done` gets
+    /// the count (None: the node did not answer).
+    fn count(&self, done: Box<dyn FnOnce(Option<u32>) + Send>) {
+        done(None);
+    }
     /// A replicated queue's current leader (node id), if known.
     fn leader(&self) -> Option<u64> {
         None

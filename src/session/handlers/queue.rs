@@ -118,13 +118,37 @@ fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: queue::Declare) -> AmqpResult
 /// queue.declare-ok (unless nowait), and the channel's last queue.
 fn declare_ok(
     ch: &mut Channel,
-    ctx: &ConnCtx,
+    ctx: &mut ConnCtx,
     name: String,
     q: &crate::queue::Queue,
     nowait: bool,
 ) {
     ch.last_queue = Some(name.clone());
-    if !nowait {
+    if nowait {
+        return;
+    }
+    if let Some(at_home) = q.count_at_home() {
+        // A queue of another node (or a replicated queue led elsewhere):
+        // its count is the leader's. Unanswered, the stub's own (0).
+        let consumers = q.consumer_count();
+        ctx.wait_on(
+            ch.id,
+            async move { Ok(at_home.await.unwrap_or(0)) },
+            move |ch: &mut Channel, ctx: &mut ConnCtx, r: AmqpResult<u32>| {
+                ctx.send(
+                    ch.id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: name.into(),
+                        message_count: r?,
+                        consumer_count: consumers,
+                    })),
+                );
+                Ok(())
+            },
+        );
+        return;
+    }
+    {
         ctx.send(
             ch.id,
             AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
