@@ -1672,3 +1672,60 @@ async fn replicated_quorum_queues_keep_length_limits_and_ttls() {
         .unwrap();
     assert!(more.is_none(), "a dropped message came back: {more:?}");
 }
+
+/// As in RabbitMQ, a non-durable exchange is the cluster's: declared on
+/// one node, bound on another, published to on a third, deleted anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_durable_exchanges_are_on_every_node() {
+    let nodes = start_cluster(3);
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    ch1.exchange_declare(
+        "fleeting".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch2.queue_declare("fan-in".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch2.queue_bind(
+        "fan-in".into(),
+        "fleeting".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("binding to a non-durable exchange declared on another node");
+    let c3 = connect(&nodes[2]).await;
+    let ch3 = c3.create_channel().await.unwrap();
+    ch3.confirm_select(Default::default()).await.unwrap();
+    assert!(confirm_one(&ch3, "fleeting", "any", b"fanned").await);
+    assert_eq!(get_n(&nodes[0], "fan-in", 1).await, [b"fanned".to_vec()]);
+    ch3.exchange_delete("fleeting".into(), Default::default())
+        .await
+        .unwrap();
+    let ch1 = c1.create_channel().await.unwrap();
+    let e = ch1
+        .exchange_declare(
+            "fleeting".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&e), Some(404), "{e}");
+}

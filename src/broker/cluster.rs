@@ -383,6 +383,12 @@ struct MetaSnapshot {
     /// Quorum queues with their members.
     #[serde(default)]
     quorum_members: Vec<(String, String, Vec<u64>)>,
+    /// Non-durable exchanges (replicated, as in RabbitMQ).
+    #[serde(default)]
+    transient_exchanges: Vec<ExchangeDef>,
+    /// Bindings with a non-durable exchange at one end.
+    #[serde(default)]
+    transient_bindings: Vec<BindingDef>,
 }
 
 impl Machine for MetaMachine {
@@ -433,12 +439,15 @@ impl Machine for MetaMachine {
                 )
             })
             .unzip();
+        let (transient_exchanges, transient_bindings) = definitions::export_transient(&broker);
         let snap = MetaSnapshot {
             initialized: broker.cluster_initialized(),
             definitions: replicated(&broker),
             homes,
             quorum,
             quorum_members,
+            transient_exchanges,
+            transient_bindings,
         };
         serde_json::to_vec(&snap).unwrap_or_default()
     }
@@ -449,7 +458,8 @@ impl Machine for MetaMachine {
         };
         let snap: MetaSnapshot = serde_json::from_slice(snapshot).map_err(std::io::Error::other)?;
         crate::vhost::Durability::applying_committed(|| {
-            replace_definitions(&broker, &snap.definitions)
+            replace_definitions(&broker, &snap.definitions);
+            replace_transient(&broker, &snap.transient_exchanges, &snap.transient_bindings);
         });
         for (v, name, home) in snap.homes {
             if let Some(vh) = broker.vhost(&v)
@@ -533,6 +543,46 @@ fn replace_definitions(broker: &Broker, d: &Definitions) {
     }
     for p in definitions::restore(broker, d) {
         tracing::warn!("installing the cluster's definitions: {}", p.escape_debug());
+    }
+}
+
+/// Makes the broker's non-durable exchanges those of a snapshot, with its
+/// bindings that have one at either end.
+fn replace_transient(broker: &Broker, exchanges: &[ExchangeDef], bindings: &[BindingDef]) {
+    for vh in broker.vhosts() {
+        for x in vh.exchanges() {
+            let keep = x.durable
+                || x.name.is_empty()
+                || x.name.starts_with("amq.")
+                || exchanges
+                    .iter()
+                    .any(|k| k.vhost == *vh.name && k.name == x.name);
+            if !keep {
+                let _ = vh.delete_exchange(&x.name, false);
+            }
+        }
+    }
+    for x in exchanges {
+        let Some(vh) = broker.vhost(&x.vhost) else {
+            continue;
+        };
+        let Ok(arguments) = table_from_json(&x.arguments) else {
+            continue;
+        };
+        let _ = vh.declare_exchange(&ExchangeDeclare {
+            name: x.name.clone(),
+            kind: x.kind.clone(),
+            passive: false,
+            durable: false,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments,
+        });
+    }
+    for b in bindings {
+        if let (Some(vh), Ok(args)) = (broker.vhost(&b.vhost), table_from_json(&b.arguments)) {
+            let _ = vh.bind(&b.source, dest(b), &b.routing_key, &args, 0);
+        }
     }
 }
 

@@ -70,15 +70,48 @@ fn export_vhost(vh: &VHost, d: &mut Definitions) {
     }
 }
 
+/// What a cluster replicates beyond an export: its non-durable exchanges
+/// (not the default or amq.* ones) and the bindings that have one at
+/// either end and a replicated destination (a durable non-exclusive queue,
+/// or an exchange).
+pub fn export_transient(broker: &Broker) -> (Vec<ExchangeDef>, Vec<BindingDef>) {
+    let (mut exchanges, mut bindings) = (Vec::new(), Vec::new());
+    for vh in broker.vhosts() {
+        let v = vh.name.to_string();
+        for x in vh.exchanges() {
+            if x.name.is_empty() {
+                continue;
+            }
+            if !x.durable && !x.name.starts_with("amq.") {
+                exchanges.push(vh.exchange_def(&x));
+            }
+            let mut all = Vec::new();
+            collect_bindings(&x, &v, &mut all, true);
+            bindings.extend(all.into_iter().filter(|b| {
+                !x.durable
+                    || (b.destination_type == "exchange"
+                        && vh.exchange(&b.destination).is_some_and(|d| !d.durable))
+            }));
+        }
+    }
+    (exchanges, bindings)
+}
+
 /// The bindings from one durable exchange whose destination is durable
 /// too (and, for a queue, not exclusive).
 fn export_bindings(x: &Exchange, vhost: &str, bindings: &mut Vec<BindingDef>) {
+    collect_bindings(x, vhost, bindings, false);
+}
+
+/// The bindings from `x` to durable non-exclusive queues and to durable
+/// exchanges (to any exchange with `any_exchange`).
+fn collect_bindings(x: &Exchange, vhost: &str, bindings: &mut Vec<BindingDef>, any_exchange: bool) {
     for (dest, b) in x.bindings() {
         let (destination, destination_type) = match &dest {
             Dest::Queue(q) if q.config.durable && q.config.exclusive_owner.is_none() => {
                 (q.name.clone(), "queue")
             }
-            Dest::Exchange(x2) if x2.durable => (x2.name.clone(), "exchange"),
+            Dest::Exchange(x2) if x2.durable || any_exchange => (x2.name.clone(), "exchange"),
             _ => continue,
         };
         bindings.push(BindingDef {

@@ -44,17 +44,17 @@ fn declare(ch: &mut Channel, ctx: &mut ConnCtx, d: exchange::Declare) -> AmqpRes
     let name = d.exchange.as_str();
     if ctx.clustered()
         && !d.passive
-        && d.durable
         && !name.is_empty()
         && !name.starts_with("amq.")
         && ctx.vhost.exchange(name).is_none()
     {
-        // A new durable exchange is the cluster's to make.
+        // A new exchange is the cluster's to make (as in RabbitMQ, a
+        // non-durable one too: it is on every node).
         let def = ExchangeDef {
             name: name.to_owned(),
             vhost: ctx.vhost.name.to_string(),
             kind: d.kind.as_str().to_owned(),
-            durable: true,
+            durable: d.durable,
             auto_delete: d.auto_delete,
             internal: d.internal,
             arguments: crate::protocol::fields::table_to_json(&d.arguments),
@@ -99,7 +99,7 @@ fn delete(ch: &mut Channel, ctx: &mut ConnCtx, d: exchange::Delete) -> AmqpResul
         && ctx
             .vhost
             .exchange(d.exchange.as_str())
-            .is_some_and(|x| x.durable && !x.name.is_empty() && !x.name.starts_with("amq."))
+            .is_some_and(|x| !x.name.is_empty() && !x.name.starts_with("amq."))
     {
         let cmd = Command::DeleteExchange {
             vhost: ctx.vhost.name.to_string(),
@@ -217,15 +217,13 @@ fn replicated_binding(
     routing_key: &amq_protocol::types::ShortString,
     arguments: &amq_protocol::types::FieldTable,
 ) -> Option<BindingDef> {
-    let durable = |n: &str| !n.is_empty() && ctx.vhost.exchange(n).is_some_and(|x| x.durable);
-    (ctx.clustered() && durable(source.as_str()) && durable(destination.as_str())).then(|| {
-        BindingDef {
-            source: source.as_str().to_owned(),
-            vhost: ctx.vhost.name.to_string(),
-            destination: destination.as_str().to_owned(),
-            destination_type: "exchange".into(),
-            routing_key: routing_key.as_str().to_owned(),
-            arguments: crate::protocol::fields::table_to_json(arguments),
-        }
+    let known = |n: &str| !n.is_empty() && ctx.vhost.exchange(n).is_some();
+    (ctx.clustered() && known(source.as_str()) && known(destination.as_str())).then(|| BindingDef {
+        source: source.as_str().to_owned(),
+        vhost: ctx.vhost.name.to_string(),
+        destination: destination.as_str().to_owned(),
+        destination_type: "exchange".into(),
+        routing_key: routing_key.as_str().to_owned(),
+        arguments: crate::protocol::fields::table_to_json(arguments),
     })
 }

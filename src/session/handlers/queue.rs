@@ -374,7 +374,7 @@ fn replicated_binding(
     routing_key: &str,
     arguments: &amq_protocol::types::FieldTable,
 ) -> Option<BindingDef> {
-    let durable_x = !exchange.is_empty() && ctx.vhost.exchange(exchange).is_some_and(|x| x.durable);
+    let durable_x = !exchange.is_empty() && ctx.vhost.exchange(exchange).is_some();
     let durable_q = ctx.vhost.queue(queue).is_some_and(|q| replicated_queue(&q));
     (ctx.clustered() && durable_x && durable_q).then(|| BindingDef {
         source: exchange.to_owned(),
