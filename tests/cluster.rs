@@ -1215,6 +1215,16 @@ async fn a_node_joins_a_running_cluster_and_a_node_is_forgotten() {
         nodes[0].api("GET", "/api/overview", None).1["node"],
         "{q}"
     );
+    // Its counts, as node 1 reports them (every 5 s), in node 4's API.
+    eventually(
+        "node 4's listing to count node 1's queue",
+        Duration::from_secs(15),
+        async || {
+            let (_, q) = nodes[3].api("GET", "/api/queues/%2f/before", None);
+            q["messages"] == 10 && q["messages_ready"] == 10
+        },
+    )
+    .await;
     // Through node 4: a declaration every node sees, and the messages of
     // node 1's queue (its declare-ok counts them).
     let c4 = connect(&nodes[3]).await;
@@ -1728,4 +1738,47 @@ async fn non_durable_exchanges_are_on_every_node() {
         .await
         .unwrap_err();
     assert_eq!(reply_code(&e), Some(404), "{e}");
+}
+
+/// A queue declared on one node is there on the others when the
+/// declaration is answered (as RabbitMQ's metadata is): a publish through
+/// another node right after the declare-ok reaches it, never dropped as
+/// unroutable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declaration_is_on_every_node_when_it_is_answered() {
+    let nodes = start_cluster(3);
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(Default::default()).await.unwrap();
+    let c3 = connect(&nodes[2]).await;
+    let ch3 = c3.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for i in 0..20 {
+        let q = format!("fresh-{i}");
+        ch1.queue_declare(q.as_str().into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+        // Published through node 2 the moment node 1 answered.
+        assert!(confirm_one(&ch2, "", &q, b"first").await);
+        // Seen at once by a passive declare on node 3.
+        ch3.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..durable
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue {q} not on node 3 yet: {e}"));
+    }
+    for i in 0..20 {
+        let (_, v) = nodes[0].api("GET", &format!("/api/queues/%2f/fresh-{i}"), None);
+        assert_eq!(v["messages"], 1, "fresh-{i}: {v}");
+    }
 }

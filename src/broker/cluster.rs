@@ -44,6 +44,9 @@ pub const META: &str = "meta";
 /// How long a change waits for the group to commit it.
 const PROPOSE_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long a change waits for the other nodes to have applied it.
+const APPLIED_WAIT: Duration = Duration::from_secs(2);
+
 /// How long adding a node may take (it catches up first).
 const JOIN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -884,6 +887,7 @@ impl Broker {
             Arc::downgrade(self),
         );
         let _ = self.links.set(links.clone());
+        links.poll_stats();
         node.set_data_handler(Arc::new(move |stream, from| {
             Box::pin(links.clone().serve(stream, from))
         }));
@@ -1184,11 +1188,17 @@ impl Broker {
                 let bytes = serde_json::to_vec(&cmd).map_err(|e| {
                     AmqpError::connection(code::INTERNAL_ERROR, format!("encoding a change: {e}"))
                 })?;
-                let reply = c
+                let (index, reply) = c
                     .node
-                    .propose(META, bytes, PROPOSE_LIMIT)
+                    .propose_at(META, bytes, PROPOSE_LIMIT)
                     .await
                     .map_err(no_quorum)?;
+                // As RabbitMQ's, a change is on every running node when
+                // answered: a client declaring on one node and publishing
+                // on another finds what it declared.
+                c.node
+                    .await_applied_everywhere(META, index, APPLIED_WAIT)
+                    .await;
                 serde_json::from_slice(&reply).map_err(|e| {
                     AmqpError::connection(
                         code::INTERNAL_ERROR,

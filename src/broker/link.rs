@@ -112,7 +112,17 @@ enum Wire {
         vhost: String,
         queue: String,
     },
+    /// The counts of every queue the node serves; answered by `StatsOf`.
+    Stats,
+    /// (vhost, queue, ready, unacked, consumers) of each queue served there.
+    StatsOf {
+        queues: Vec<(String, String, u32, u32, u32)>,
+    },
 }
+
+/// How often a node asks the others for the counts of their queues (for
+/// its listings of their stubs; RabbitMQ's statistics interval).
+const STATS_EVERY: Duration = Duration::from_secs(5);
 
 fn frame(w: &Wire, msg: Option<&Message>) -> Vec<u8> {
     let json = serde_json::to_vec(w).unwrap_or_default();
@@ -302,6 +312,25 @@ impl Links {
         p
     }
 
+    /// Asks every other node for the counts of its queues, every
+    /// `STATS_EVERY`, until the links go.
+    pub fn poll_stats(self: &Arc<Self>) {
+        let links = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATS_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(l) = links.upgrade() else { return };
+                for id in l.addrs.all().into_keys().filter(|id| *id != l.me) {
+                    let peer = l.peer(id);
+                    if peer.down_until.load(Ordering::Acquire) <= crate::ops::clock::now_ms() {
+                        peer.send(&Wire::Stats, None);
+                    }
+                }
+            }
+        });
+    }
+
     /// The broker the links serve.
     pub fn broker(&self) -> Weak<Broker> {
         self.broker.clone()
@@ -457,6 +486,18 @@ async fn read_home(
             Wire::Purged { id, count } => {
                 if let Some(d) = peer.purges.lock().remove(&id) {
                     d(Some(count));
+                }
+            }
+            Wire::StatsOf { queues } => {
+                let Some(b) = links.upgrade().and_then(|l| l.broker.upgrade()) else {
+                    continue;
+                };
+                for (v, n, ready, unacked, consumers) in queues {
+                    if let Some(q) = b.vhost(&v).and_then(|vh| vh.queue(&n))
+                        && !q.served_here()
+                    {
+                        q.set_reported([ready, unacked, consumers]);
+                    }
                 }
             }
             Wire::GetEmpty { vhost, queue } => {
@@ -692,6 +733,26 @@ async fn serve_peer(broker: Arc<Broker>, stream: crate::cluster::net::Conn, from
                     .filter(|q| q.served_here())
                     .map_or(0, |q| q.purge());
                 let _ = session.tx.send(frame(&Wire::Purged { id, count }, None));
+            }
+            Wire::Stats => {
+                let mut queues = Vec::new();
+                for vh in broker.vhosts() {
+                    for q in vh.queues() {
+                        if q.served_here() && q.config.durable && q.config.exclusive_owner.is_none()
+                        {
+                            let [ready, unacked, consumers] = q.listing_counts();
+                            let n = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+                            queues.push((
+                                vh.name.to_string(),
+                                q.name.clone(),
+                                n(ready),
+                                n(unacked),
+                                n(consumers),
+                            ));
+                        }
+                    }
+                }
+                let _ = session.tx.send(frame(&Wire::StatsOf { queues }, None));
             }
             Wire::Count { id, vhost, queue } => {
                 let count = broker

@@ -228,6 +228,9 @@ pub(super) enum Request {
     Members(String, MemberChange),
     /// Which node leads the group, as far as this node knows.
     Leader(String),
+    /// Answer once this node has applied the group's log up to the index
+    /// (or after the milliseconds given): whether it has.
+    Applied(String, u64, u64),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -240,6 +243,8 @@ enum Reply {
     NoGroup,
     /// The leader this node knows of.
     Leader(Option<u64>),
+    /// Whether the node has applied up to the index asked.
+    Applied(bool),
 }
 
 /// What became of a proposal.
@@ -363,7 +368,8 @@ async fn answer(s: TcpStream, groups: Groups, peering: &Peering) -> io::Result<(
             | Request::Snapshot(g, _)
             | Request::Propose(g, _)
             | Request::Members(g, _)
-            | Request::Leader(g) => groups.get(g),
+            | Request::Leader(g)
+            | Request::Applied(g, _, _) => groups.get(g),
             Request::Data(_) => None,
         };
         let reply = match (group, req) {
@@ -382,6 +388,12 @@ async fn answer(s: TcpStream, groups: Groups, peering: &Peering) -> io::Result<(
             (Some(raft), Request::Leader(_)) => {
                 Reply::Leader(raft.metrics().borrow().current_leader)
             }
+            (Some(raft), Request::Applied(_, index, ms)) => Reply::Applied(
+                raft.wait(Some(Duration::from_millis(ms)))
+                    .applied_index_at_least(Some(index), "a change to be applied")
+                    .await
+                    .is_ok(),
+            ),
             (Some(_), Request::Data(_)) => Reply::NoGroup,
         };
         write_frame(&mut s, &super::encode(&reply)?).await?;
@@ -506,6 +518,20 @@ impl Link {
         {
             Reply::Propose(p) => Ok(p),
             Reply::NoGroup => Ok(Proposal::NotLeader(None)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer answered another request",
+            )),
+        }
+    }
+
+    /// Asks the peer to answer once it has applied the group's log up to
+    /// `index` (waiting `wait` at most): whether it has.
+    pub async fn applied(&mut self, index: u64, wait: Duration) -> io::Result<bool> {
+        let req = Request::Applied(self.group.clone(), index, wait.as_millis() as u64);
+        match self.call(&req, wait + Duration::from_millis(500)).await? {
+            Reply::Applied(done) => Ok(done),
+            Reply::NoGroup => Ok(false),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the peer answered another request",

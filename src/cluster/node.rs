@@ -85,6 +85,9 @@ pub struct Node {
     groups: Groups,
     disk: Arc<dyn Disk>,
     links: Links,
+    /// Nodes that did not answer `await_applied_everywhere`, and until when
+    /// they are not asked again.
+    unanswered: Mutex<HashMap<u64, Instant>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -125,6 +128,7 @@ impl Node {
             groups,
             disk,
             links: Mutex::default(),
+            unanswered: Mutex::default(),
             server,
         }
     }
@@ -195,6 +199,16 @@ impl Node {
         cmd: Vec<u8>,
         limit: Duration,
     ) -> Result<Vec<u8>, ProposeError> {
+        self.propose_at(name, cmd, limit).await.map(|(_, r)| r)
+    }
+
+    /// `propose`, with the log index the command was applied at.
+    pub async fn propose_at(
+        &self,
+        name: &str,
+        cmd: Vec<u8>,
+        limit: Duration,
+    ) -> Result<(u64, Vec<u8>), ProposeError> {
         let raft = self
             .groups
             .get(name)
@@ -225,7 +239,7 @@ impl Node {
                         .applied_index_at_least(Some(index), "a proposal to apply here")
                         .await
                         .map_err(|_| ProposeError::NoQuorum(name.to_owned()))?;
-                    return Ok(reply);
+                    return Ok((index, reply));
                 }
                 Proposal::Failed(e) => return Err(ProposeError::Failed(e)),
                 Proposal::NotLeader(_) => {
@@ -334,6 +348,69 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Waits (up to `limit`) until every other voter of group `name` that
+    /// answers has applied its log up to `index`, so what a client was
+    /// just told is done is seen on whichever node it uses next (as
+    /// RabbitMQ's metadata changes are on every running node when
+    /// answered). A node that does not answer is left out, and for a
+    /// while after not asked again.
+    pub async fn await_applied_everywhere(&self, name: &str, index: u64, limit: Duration) {
+        let Some(raft) = self.groups.get(name) else {
+            return;
+        };
+        let voters: Vec<u64> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != self.id)
+            .collect();
+        let now = Instant::now();
+        let mut waits = tokio::task::JoinSet::new();
+        for id in voters {
+            if self
+                .unanswered
+                .lock()
+                .get(&id)
+                .is_some_and(|until| *until > now)
+            {
+                continue;
+            }
+            let Some(addr) = self.address(&raft, id) else {
+                continue;
+            };
+            // Its own link: a wait must not hold up forwarded proposals.
+            let link = self
+                .links
+                .lock()
+                .entry((format!("{name}#applied"), id))
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Mutex::new(Link::new(
+                        id,
+                        &addr,
+                        self.secret.clone(),
+                        name,
+                    )))
+                })
+                .clone();
+            waits.spawn(async move {
+                let mut link = link.lock().await;
+                (id, matches!(link.applied(index, limit).await, Ok(true)))
+            });
+        }
+        let deadline = tokio::time::Instant::now() + limit + Duration::from_millis(600);
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, waits.join_next()).await {
+            if let Ok((id, false)) = done {
+                self.unanswered
+                    .lock()
+                    .insert(id, Instant::now() + Duration::from_secs(30));
+            }
+        }
+        // Those still waiting did not answer in time.
+        waits.abort_all();
     }
 
     /// Which node leads group `name`: as this node's own copy of the group

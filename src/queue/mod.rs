@@ -129,6 +129,9 @@ pub struct Queue {
     /// Set when the queue lives on another node of the cluster: this is
     /// its stub here (see `remote`).
     remote: std::sync::OnceLock<Arc<dyn remote::RemoteQueue>>,
+    /// For a stub: the queue's ready, unacked and consumer counts as its
+    /// node last reported them (every 5 s), for listings.
+    reported: parking_lot::Mutex<Option<[u32; 3]>>,
     /// A stub's basic.get asking the queue's node: `FETCH_*`.
     fetch: std::sync::atomic::AtomicU8,
 }
@@ -338,6 +341,7 @@ impl Queue {
                 stream,
                 quorum,
                 remote: std::sync::OnceLock::new(),
+                reported: parking_lot::Mutex::new(None),
                 fetch: std::sync::atomic::AtomicU8::new(FETCH_IDLE),
             }
         });
@@ -1241,6 +1245,28 @@ impl Queue {
             self.dead_letter(vec![(msg.clone(), Reason::Maxlen)]);
         }
         true
+    }
+
+    /// Records what the queue's node reported of it (a stub): ready,
+    /// unacked, consumers.
+    pub fn set_reported(&self, counts: [u32; 3]) {
+        *self.reported.lock() = Some(counts);
+    }
+
+    /// Ready and unacked messages and consumers as listings show them: a
+    /// stub's as its node last reported them (its own until then), else
+    /// its own.
+    pub fn listing_counts(&self) -> [u64; 3] {
+        if !self.served_here()
+            && let Some([ready, unacked, consumers]) = *self.reported.lock()
+        {
+            return [ready.into(), unacked.into(), consumers.into()];
+        }
+        [
+            self.message_count().into(),
+            self.stats.unacked(),
+            self.consumer_count().into(),
+        ]
     }
 
     /// A stub's ready-message count, asked of the queue's node (None if it

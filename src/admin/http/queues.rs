@@ -44,7 +44,7 @@ pub fn queue_json(
     policies: &QueuePolicies,
 ) -> Value {
     let r = s.rates.queue(q);
-    let consumers = q.consumer_count();
+    let consumers = q.listing_counts()[2];
     let mut m = Map::new();
     m.insert("name".into(), q.name.clone().into());
     m.insert("vhost".into(), q.vhost.to_string().into());

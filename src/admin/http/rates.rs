@@ -493,8 +493,8 @@ pub fn add_depth(total: &mut [u64; 3], d: [u64; 3]) {
 
 /// messages, messages_ready, messages_unacknowledged of a queue.
 pub fn queue_depth(q: &crate::queue::Queue) -> [u64; 3] {
-    let ready = q.message_count() as u64;
-    let unacked = q.stats.unacked();
+    // A queue of another node: as that node last reported it.
+    let [ready, unacked, _] = q.listing_counts();
     // Held dead letters (at least once) are still the queue's, as in
     // RabbitMQ's `messages`.
     let (held, _) = q.held_dead_letters();
