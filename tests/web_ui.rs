@@ -874,3 +874,48 @@ fn the_pages_work_from_the_keyboard_with_visible_focus() {
     });
     assert!(b.focused().starts_with("button#purge"), "{}", b.focused());
 }
+
+#[test]
+fn the_lists_narrow_to_the_virtual_host_chosen_in_the_header() {
+    let w = Warren::start();
+    assert_eq!(w.api("PUT", "/api/vhosts/shop", Some(&json!({}))).0, 201);
+    for (vhost, q) in [("%2F", "root-q"), ("shop", "shop-q")] {
+        assert_eq!(
+            w.api("PUT", &format!("/api/queues/{vhost}/{q}"), Some(&json!({})))
+                .0,
+            201
+        );
+    }
+    let Some(b) = Browser::start() else { return };
+    login(&b, &w, "guest", "guest");
+    open(&b, &w, "queues", "Queues");
+    b.wait_for("both queues", || {
+        (listed(&b)["filtered"] == 2).then_some(())
+    });
+    b.find("#vhost-choice option[value=shop]");
+    b.choose("#vhost-choice", "shop");
+    b.wait_for("shop's queue only", || {
+        let v = listed(&b);
+        (v["filtered"] == 1).then_some(())
+    });
+    b.find_text("table.list", "shop-q");
+    // The declare form starts in the chosen vhost; the choice stays while
+    // moving between pages.
+    let chosen = b.js(
+        "return document.querySelector('#declare-queue select[name=vhost]').value",
+        vec![],
+    );
+    assert_eq!(chosen, json!("shop"));
+    open(&b, &w, "exchanges", "Exchanges");
+    listed(&b);
+    let vhosts = b.js(
+        "return [...new Set([...document.querySelectorAll('table.list tbody tr td:nth-child(2)')].map(td => td.textContent))]",
+        vec![],
+    );
+    assert_eq!(vhosts, json!(["shop"]));
+    b.choose("#vhost-choice", "");
+    open(&b, &w, "queues", "Queues");
+    b.wait_for("both queues again", || {
+        (listed(&b)["filtered"] == 2).then_some(())
+    });
+}

@@ -1,6 +1,6 @@
 // Users, permissions, virtual hosts, policies and definitions.
 
-import { get, put, post, del, seg, can } from "./api.js";
+import { get, put, post, del, seg, can, inVhost, chosenVhost } from "./api.js";
 import { h, fill, field, select, act, confirmDialog, section, link } from "./dom.js";
 import { listing } from "./list.js";
 import { vhostNames } from "./forms.js";
@@ -59,7 +59,7 @@ async function permissionsSection() {
   };
   await refresh();
   const user = h("input", { name: "user", required: true });
-  const vhost = select("vhost", await vhostNames(), "/");
+  const vhost = select("vhost", await vhostNames(), chosenVhost.get() || "/");
   const [c, w, r] = ["configure", "write", "read"].map((n) => h("input", { name: n, value: ".*" }));
   return section("Permissions", table, h("form", {
     class: "stack", id: "set-permission",
@@ -97,7 +97,7 @@ export async function policiesPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Policies"), list);
   const l = listing(list, {
-    key: "policies", label: "policies", path: "/api/policies",
+    key: "policies", label: "policies", path: inVhost("/api/policies", (v) => `/api/policies/${v}`),
     columns: [
       { key: "name", label: "Name" }, { key: "vhost", label: "Virtual host" }, { key: "pattern", label: "Pattern" },
       { key: "apply-to", label: "Apply to" }, { key: "definition", label: "Definition" }, { key: "priority", label: "Priority" },
@@ -105,7 +105,7 @@ export async function policiesPage(main) {
     ].filter(Boolean),
   });
   if (!can.policies) return;
-  const vhost = select("vhost", await vhostNames(), "/");
+  const vhost = select("vhost", await vhostNames(), chosenVhost.get() || "/");
   const name = h("input", { name: "name", required: true });
   const pattern = h("input", { name: "pattern", required: true, placeholder: "^orders\\." });
   const apply = select("apply-to", [["queues", "Queues"], ["exchanges", "Exchanges"], ["all", "Exchanges and queues"]], "queues");

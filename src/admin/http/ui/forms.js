@@ -2,7 +2,7 @@
 // offers them), publishing a message, declaring exchanges, queues and
 // bindings.
 
-import { put, post, get, seg, can } from "./api.js";
+import { put, post, get, seg, can, chosenVhost } from "./api.js";
 import { h, field, select, act, uid, section } from "./dom.js";
 
 /** Queue arguments RabbitMQ's UI offers by name: [name, type, hint]. */
@@ -96,7 +96,7 @@ export async function vhostNames() {
 
 /** The form declaring a queue. */
 export async function declareQueueForm(done) {
-  const vhost = select("vhost", await vhostNames(), "/");
+  const vhost = select("vhost", await vhostNames(), chosenVhost.get() || "/");
   const type = select("type", [["classic", "Classic"], ["quorum", "Quorum"], ["stream", "Stream"]], "classic");
   const name = h("input", { name: "name", required: true, autocomplete: "off" });
   const durable = select("durable", [["true", "Durable"], ["false", "Transient"]], "true");
@@ -119,7 +119,7 @@ export async function declareQueueForm(done) {
 
 /** The form declaring an exchange. */
 export async function declareExchangeForm(done) {
-  const vhost = select("vhost", await vhostNames(), "/");
+  const vhost = select("vhost", await vhostNames(), chosenVhost.get() || "/");
   const name = h("input", { name: "name", required: true, autocomplete: "off" });
   const type = select("type", ["direct", "fanout", "topic", "headers"], "direct");
   const durable = select("durable", [["true", "Durable"], ["false", "Transient"]], "true");

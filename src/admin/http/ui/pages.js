@@ -1,6 +1,6 @@
 // Connections, channels, consumers and exchanges: lists and details.
 
-import { get, del, api, seg, can } from "./api.js";
+import { get, del, api, seg, can, inVhost } from "./api.js";
 import { h, fill, field, facts, kvTable, act, confirmDialog, section, every, fmtNum, fmtRate, fmtBytes, link } from "./dom.js";
 import { listing } from "./list.js";
 import { declareExchangeForm, publishForm, bindingForm } from "./forms.js";
@@ -13,7 +13,7 @@ export async function connectionsPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Connections"), list);
   listing(list, {
-    key: "connections", label: "connections", path: "/api/connections",
+    key: "connections", label: "connections", path: inVhost("/api/connections", (v) => `/api/vhosts/${v}/connections`),
     columns: [
       { key: "name", label: "Name", render: (c) => link(connHref(c.name), c.user_provided_name ? `${c.name} (${c.user_provided_name})` : c.name) },
       { key: "vhost", label: "Virtual host" }, { key: "user", label: "User" }, { key: "state", label: "State" },
@@ -73,7 +73,7 @@ export async function channelsPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Channels"), list);
   listing(list, {
-    key: "channels", label: "channels", path: "/api/channels",
+    key: "channels", label: "channels", path: inVhost("/api/channels", (v) => `/api/vhosts/${v}/channels`),
     columns: [
       { key: "name", label: "Channel", render: (c) => link(connHref(c.connection_details?.name ?? ""), c.name) },
       { key: "vhost", label: "Virtual host" }, { key: "user", label: "User" },
@@ -88,7 +88,7 @@ export async function consumersPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Consumers"), list);
   listing(list, {
-    key: "consumers", label: "consumers", filterLabel: "Filter consumers by queue name", path: "/api/consumers",
+    key: "consumers", label: "consumers", filterLabel: "Filter consumers by queue name", path: inVhost("/api/consumers", (v) => `/api/consumers/${v}`),
     columns: [
       { key: "queue.name", label: "Queue", render: (c) => link(`#/queues/${seg(c.queue.vhost)}/${seg(c.queue.name)}`, c.queue.name) },
       { key: "queue.vhost", label: "Virtual host" }, { key: "consumer_tag", label: "Consumer tag" },
@@ -104,7 +104,7 @@ export async function exchangesPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Exchanges"), list);
   const l = listing(list, {
-    key: "exchanges", label: "exchanges", path: "/api/exchanges",
+    key: "exchanges", label: "exchanges", path: inVhost("/api/exchanges", (v) => `/api/exchanges/${v}`),
     columns: [
       { key: "name", label: "Name", render: (x) => link(exHref(x), x.name || "(AMQP default)") },
       { key: "vhost", label: "Virtual host" }, { key: "type", label: "Type" },

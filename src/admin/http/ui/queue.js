@@ -2,7 +2,7 @@
 // charts, consumers, bindings, arguments and policy, and its actions
 // (publish, get, move, purge, delete).
 
-import { get, post, put, del, seg, query, can } from "./api.js";
+import { get, post, put, del, seg, query, can, inVhost } from "./api.js";
 import { h, fill, field, select, facts, kvTable, act, confirmDialog, section, every, fmtNum, fmtRate, fmtBytes, link } from "./dom.js";
 import { listing } from "./list.js";
 import { messageCharts } from "./chart.js";
@@ -14,7 +14,7 @@ export async function queuesPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Queues"), list);
   const l = listing(list, {
-    key: "queues", label: "queues", path: "/api/queues",
+    key: "queues", label: "queues", path: inVhost("/api/queues", (v) => `/api/queues/${v}`),
     columnsParam: "name,vhost,type,durable,auto_delete,exclusive,policy,state,consumers,messages_ready,messages_unacknowledged,messages,message_stats.publish_details.rate,message_stats.deliver_get_details.rate,message_stats.ack_details.rate",
     columns: [
       { key: "name", label: "Name", render: (q) => link(queueHref(q), q.name) },
