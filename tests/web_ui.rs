@@ -243,7 +243,7 @@ fn logs_in_by_keyboard_declares_binds_publishes_gets_moves_purges_and_deletes() 
 }
 
 #[test]
-fn overview_chart_moves_while_a_publisher_runs() {
+fn overview_and_queue_charts_move_while_a_publisher_runs() {
     let w = Warren::start();
     let Some(b) = Browser::start() else { return };
     login(&b, &w, "guest", "guest");
@@ -290,12 +290,21 @@ fn overview_chart_moves_while_a_publisher_runs() {
     let samples = latest("samplesPublish");
     assert!(samples >= 1.0, "{samples}");
     b.find_text(".cards", "Queues");
-    b.screenshot("overview");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    publisher.join().unwrap();
     // Node figures are shown to an administrator.
     b.find_text(".node-figs", "Memory");
     b.find_text(".node-figs", "File descriptors");
+    b.screenshot("overview");
+    // The queue's own page charts it too (its samples are kept from the
+    // first time the page asks for them).
+    open(&b, &w, "queues/%2F/busy", "busy");
+    b.wait_for_within(
+        "the queue's charts to show its publish rate and growth",
+        Duration::from_secs(40),
+        &mut || (latest("latestPublish") > 0.0 && latest("samplesReady") >= 2.0).then_some(()),
+    );
+    b.screenshot("queue-charts");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.join().unwrap();
 }
 
 #[test]
