@@ -927,4 +927,11 @@ fn the_lists_narrow_to_the_virtual_host_chosen_in_the_header() {
     b.wait_for("both queues again", || {
         (listed(&b)["filtered"] == 2).then_some(())
     });
+    // The list keeps itself current (every 10 s).
+    b.js("document.activeElement.blur()", vec![]);
+    assert_eq!(
+        w.api("PUT", "/api/queues/%2F/late-q", Some(&json!({}))).0,
+        201
+    );
+    b.find_text("table.list", "late-q");
 }

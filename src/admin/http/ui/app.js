@@ -69,9 +69,7 @@ function loginPage(main, message) {
       e.preventDefault();
       try {
         await login(user.value, pass.value);
-        // Alarms are shown on every page, checked every 10 s.
-setInterval(() => { if (!document.hidden && sessionStorage.length) refreshAlarms(); }, 10000);
-show();
+        show();
       } catch (x) {
         err.hidden = false;
         err.textContent = x.status === 401 ? `Login failed: ${x.message}` : `Cannot log in: ${x.message}`;

@@ -135,9 +135,10 @@ export const link = (href, text) => h("a", { href }, text);
 
 // Timers of the page shown; cleared when another is shown.
 let timers = [];
-/** Runs f now and every ms while the page is shown (not while hidden). */
-export function every(ms, f) {
-  f();
+/** Runs f now (unless later is set) and every ms while the page is shown
+ * (not while the tab is hidden). */
+export function every(ms, f, later = false) {
+  if (!later) f();
   timers.push(setInterval(() => { if (!document.hidden) f(); }, ms));
 }
 /** Stops the shown page's timers. */
