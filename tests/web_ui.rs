@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use webdriver::{Browser, key};
+use webdriver::{Browser, ELEMENT_KEY, key};
 
 /// Logs in through the form.
 fn login(b: &Browser, w: &Warren, user: &str, password: &str) {
@@ -873,6 +873,21 @@ fn the_pages_work_from_the_keyboard_with_visible_focus() {
     );
     b.keys(key::ENTER);
     b.find_text("main h1", "kb-1");
+    // The page refreshes itself every 5 s without taking the focus from
+    // a button in what it refreshes.
+    let (s, _) = w.api(
+        "POST",
+        "/api/bindings/%2F/e/amq.direct/q/kb-1",
+        Some(&json!({"routing_key": "kb"})),
+    );
+    assert_eq!(s, 201);
+    let unbind = b.find_text("table.bindings button", "Unbind");
+    b.js(
+        "arguments[0].focus()",
+        vec![json!({ELEMENT_KEY: unbind.id()})],
+    );
+    std::thread::sleep(Duration::from_millis(6000));
+    assert!(b.focused().contains("Unbind"), "{}", b.focused());
     b.js("document.querySelector('#purge').focus()", vec![]);
     b.keys(key::ENTER);
     b.find("dialog[open]");

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// The key naming an element in WebDriver's JSON (for script arguments).
+pub const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+const ELEMENT: &str = ELEMENT_KEY;
 
 /// A chromedriver process and one headless Chromium session.
 pub struct Browser {
@@ -23,6 +25,13 @@ pub struct Browser {
 /// An element of the page.
 #[derive(Clone)]
 pub struct El(String);
+
+impl El {
+    /// Its WebDriver id.
+    pub fn id(&self) -> &str {
+        &self.0
+    }
+}
 
 fn which(name: &str) -> Option<String> {
     std::env::var_os("PATH")?

@@ -30,6 +30,16 @@ export function fill(e, ...children) {
   return e;
 }
 
+/** Fills `el` with make(data), unless it already shows this data: a
+ * periodic refresh then leaves its buttons and links (and the keyboard
+ * focus on them) alone. */
+export function update(el, data, make) {
+  const sig = JSON.stringify(data);
+  if (el.dataset.sig === sig) return;
+  el.dataset.sig = sig;
+  fill(el, make(data));
+}
+
 let ids = 0;
 /** A unique element id. */
 export const uid = (p = "f") => `${p}-${++ids}`;

@@ -1,7 +1,7 @@
 // Connections, channels, consumers and exchanges: lists and details.
 
 import { get, del, api, seg, can, inVhost } from "./api.js";
-import { h, fill, field, facts, kvTable, act, confirmDialog, section, every, fmtNum, fmtRate, fmtBytes, link } from "./dom.js";
+import { h, fill, field, facts, kvTable, act, confirmDialog, section, every, update, fmtNum, fmtRate, fmtBytes, link } from "./dom.js";
 import { listing } from "./list.js";
 import { declareExchangeForm, publishForm, bindingForm } from "./forms.js";
 import { bindingTable } from "./queue.js";
@@ -40,11 +40,11 @@ export async function connectionPage(main, [name]) {
       ["Auth mechanism", c.auth_mechanism], ["Heartbeat", `${c.timeout} s`], ["Frame max", fmtNum(c.frame_max)],
       ["Channel max", fmtNum(c.channel_max)], ["Connected at", new Date(c.connected_at).toLocaleString()],
       ["Publish rate", rate(c, "publish")]]));
-    fill(props, kvTable(c.client_properties, "Sent by the client when it connected"));
+    update(props, c.client_properties, (p) => kvTable(p, "Sent by the client when it connected"));
     try {
       const cs = await get(`/api/connections/${seg(name)}/channels`);
-      fill(chans, channelTable(cs));
-    } catch (e) { fill(chans, h("p", { class: "msg error" }, e.message)); }
+      update(chans, cs, channelTable);
+    } catch (e) { update(chans, { error: e.message }, (x) => h("p", { class: "msg error" }, x.error)); }
   });
   // Administrators close any connection, others their own (the API checks).
   if (can.change) {
@@ -131,9 +131,9 @@ export async function exchangePage(main, [vhost, name]) {
     } catch (e) { fill(info, h("p", { class: "msg error" }, e.status === 404 ? "This exchange does not exist (any more)." : e.message)); return; }
     if (!shown) { fill(out, h("p", { class: "muted" }, "The default exchange routes to the queue named by the routing key.")); return; }
     try {
-      fill(out, bindingTable(vhost, await get(`${path}/bindings/source`), refresh));
-      fill(into, bindingTable(vhost, await get(`${path}/bindings/destination`), refresh));
-    } catch (e) { fill(out, h("p", { class: "msg error" }, e.message)); }
+      update(out, await get(`${path}/bindings/source`), (bs) => bindingTable(vhost, bs, refresh));
+      update(into, await get(`${path}/bindings/destination`), (bs) => bindingTable(vhost, bs, refresh));
+    } catch (e) { update(out, { error: e.message }, (x) => h("p", { class: "msg error" }, x.error)); }
   };
   every(5000, refresh);
   if (!can.change) return;
