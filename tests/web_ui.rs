@@ -644,6 +644,17 @@ fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
         w.api_as("ui-ops", "s3cret", "GET", "/api/whoami", None).0,
         200
     );
+    // Changing its tags with the password left empty keeps the password.
+    b.fill_css("#add-user input[name=username]", "ui-ops");
+    b.fill_css("#add-user input[name=tags]", "policymaker, monitoring");
+    b.click_css("#add-user button[type=submit]");
+    eventually("the new tags", || {
+        w.api("GET", "/api/users/ui-ops", None).1["tags"] == json!(["policymaker", "monitoring"])
+    });
+    assert_eq!(
+        w.api_as("ui-ops", "s3cret", "GET", "/api/whoami", None).0,
+        200
+    );
 
     open(&b, &w, "policies", "Policies");
     all_labelled(&b, "policies");

@@ -40,10 +40,10 @@ export async function usersPage(main) {
     onsubmit: async (e) => {
       e.preventDefault();
       const body = { tags: tags.value };
-      if (pass.value) body.password = pass.value; else body.password_hash = "";
+      if (pass.value) body.password = pass.value;
       if (await act(`User ${name.value} saved`, () => put(`/api/users/${seg(name.value)}`, body))) l.refresh();
     },
-  }, field("Username", name), field("Password", pass, "Empty: the user cannot log in with a password"),
+  }, field("Username", name), field("Password", pass, "Empty: an existing user keeps its password; a new one has none (no password login)"),
   field("Tags", tags), h("p", {}, "Set: ", tagButtons), h("button", { type: "submit" }, "Save user"))));
   main.append(await permissionsSection());
 }
