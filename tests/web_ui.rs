@@ -116,6 +116,11 @@ fn logs_in_by_keyboard_declares_binds_publishes_gets_moves_purges_and_deletes() 
     let offered = b.find_text("#declare-queue .arg-add button", "x-max-length");
     b.click(&offered);
     all_labelled(&b, "queues");
+    // A value that is not a number is refused before anything is sent.
+    b.fill_css("#declare-queue .arg-value", "lots");
+    b.click_css("#declare-queue button[type=submit]");
+    b.find_text("#notice .error", "x-max-length must be a number");
+    assert_eq!(queue(&w, "ui-orders").0, 404);
     b.fill_css("#declare-queue .arg-value", "100");
     b.click_css("#declare-queue button[type=submit]");
     eventually("the queue to be declared", || {

@@ -116,10 +116,13 @@ export async function policiesPage(main) {
     class: "stack", id: "add-policy",
     onsubmit: async (e) => {
       e.preventDefault();
-      let d;
-      try { d = JSON.parse(def.value); } catch { await act("", () => { throw new Error("The definition is not JSON."); }); return; }
-      if (await act(`Policy ${name.value} saved`, () => put(`/api/policies/${seg(vhost.value)}/${seg(name.value)}`,
-        { pattern: pattern.value, "apply-to": apply.value, priority: Number(prio.value), definition: d }))) l.refresh();
+      const saved = await act(`Policy ${name.value} saved`, () => {
+        let d;
+        try { d = JSON.parse(def.value); } catch { throw new Error("The definition is not JSON."); }
+        return put(`/api/policies/${seg(vhost.value)}/${seg(name.value)}`,
+          { pattern: pattern.value, "apply-to": apply.value, priority: Number(prio.value), definition: d });
+      });
+      if (saved) l.refresh();
     },
   }, field("Virtual host", vhost), field("Name", name), field("Pattern (regex)", pattern), field("Apply to", apply), field("Priority", prio),
   field("Definition (JSON)", def), h("p", {}, "Add key: ", keys.map((k) => h("button", {

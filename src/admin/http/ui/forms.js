@@ -52,7 +52,10 @@ export function argumentsEditor(known, legend = "Arguments") {
       const t = r.querySelector("select").value;
       if (!n.value) continue;
       let val = v.value;
-      if (t === "number") val = Number(val);
+      if (t === "number") {
+        val = Number(val);
+        if (v.value.trim() === "" || Number.isNaN(val)) throw new Error(`${n.value} must be a number`);
+      }
       else if (t === "boolean") val = val === "true" || val === "1" || val === "yes";
       else if (t === "list") val = JSON.parse(val || "[]");
       out[n.value] = val;
@@ -74,13 +77,15 @@ export function publishForm(vhost, exchange, defaultKey = "", done) {
     class: "stack", "aria-label": "Publish message",
     onsubmit: async (e) => {
       e.preventDefault();
-      let properties = {};
-      try { properties = props.value.trim() ? JSON.parse(props.value) : {}; } catch { result.textContent = "Properties are not JSON."; return; }
-      properties.delivery_mode = Number(mode.value);
-      const hd = headers.value();
-      if (Object.keys(hd).length) properties.headers = hd;
-      const r = await act("Message published", () => post(`/api/exchanges/${seg(vhost)}/${seg(exchange)}/publish`,
-        { routing_key: key.value, payload: payload.value, payload_encoding: "string", properties }));
+      const r = await act("Message published", () => {
+        let properties;
+        try { properties = props.value.trim() ? JSON.parse(props.value) : {}; } catch { throw new Error("The properties are not JSON."); }
+        properties.delivery_mode = Number(mode.value);
+        const hd = headers.value();
+        if (Object.keys(hd).length) properties.headers = hd;
+        return post(`/api/exchanges/${seg(vhost)}/${seg(exchange)}/publish`,
+          { routing_key: key.value, payload: payload.value, payload_encoding: "string", properties });
+      });
       if (r) result.textContent = r.routed ? "Message published and routed." : "Message published, but not routed to any queue.";
       if (r && done) done();
     },
@@ -106,11 +111,12 @@ export async function declareQueueForm(done) {
     class: "stack", id: "declare-queue",
     onsubmit: async (e) => {
       e.preventDefault();
-      let a;
-      try { a = args.value(); } catch (x) { act("", () => { throw x; }); return; }
-      if (type.value !== "classic") a["x-queue-type"] = type.value;
-      const ok = await act(`Queue ${name.value} declared`, () => put(`/api/queues/${seg(vhost.value)}/${seg(name.value)}`,
-        { durable: durable.value === "true", auto_delete: autoDel.value === "true", arguments: a }));
+      const ok = await act(`Queue ${name.value} declared`, () => {
+        const a = args.value();
+        if (type.value !== "classic") a["x-queue-type"] = type.value;
+        return put(`/api/queues/${seg(vhost.value)}/${seg(name.value)}`,
+          { durable: durable.value === "true", auto_delete: autoDel.value === "true", arguments: a });
+      });
       if (ok && done) done();
     },
   }, field("Virtual host", vhost), field("Type", type), field("Name", name), field("Durability", durable),
