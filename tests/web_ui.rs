@@ -460,6 +460,11 @@ fn every_list_page_renders_and_a_connection_is_closed_with_a_reason() {
         b.find_text("table.list", expect);
         b.screenshot(route);
     }
+    // A page that does not exist (or a broken address) says so.
+    b.go(&format!("{}/#/nothing-here", w.http_url()));
+    b.find_text("main h1", "Not found");
+    b.go(&format!("{}/#/queues/%E0%A4%A/x", w.http_url()));
+    b.find_text("main p", "No page queues/%E0%A4%A/x");
     // Sorting is offered on column headers, as buttons.
     open(&b, &w, "exchanges", "Exchanges");
     listed(&b);

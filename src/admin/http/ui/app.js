@@ -88,18 +88,20 @@ async function show() {
   if (!me) return loginPage(main);
   vhostChooser().then((c) => { const slot = document.querySelector(".vhost-slot"); if (slot) fill(slot, c); });
   refreshAlarms();
-  const path = decodeURIComponent(location.hash.replace(/^#\/?/, "").split("?")[0]);
   const raw = location.hash.replace(/^#\/?/, "").split("?")[0];
   for (const [re, page, title] of routes) {
     const m = raw.match(re);
-    if (m) {
+    let params;
+    try { params = m && m.slice(1).map(decodeURIComponent); } catch { break; }
+    if (params) {
       document.title = `${title} · warren`;
       fill(main);
-      await page(main, m.slice(1).map(decodeURIComponent));
+      await page(main, params);
       return;
     }
   }
-  fill(main, h("h1", {}, "Not found"), h("p", {}, `No page ${path}.`));
+  document.title = "Not found · warren";
+  fill(main, h("h1", {}, "Not found"), h("p", {}, `No page ${raw}.`), h("p", {}, h("a", { href: "#/" }, "Overview")));
 }
 
 whenLoggedOut(() => show().then(() => loginPage(document.getElementById("main"), "Your login is no longer accepted; log in again.")));
