@@ -245,6 +245,7 @@ fn logs_in_by_keyboard_declares_binds_publishes_gets_moves_purges_and_deletes() 
     confirm(&b);
     eventually("the queue deleted", || queue(&w, "ui-orders").0 == 404);
     b.find_text("main h1", "Queues");
+    b.assert_no_script_errors();
 }
 
 #[test]
@@ -308,6 +309,7 @@ fn overview_and_queue_charts_move_while_a_publisher_runs() {
         &mut || (latest("latestPublish") > 0.0 && latest("samplesReady") >= 2.0).then_some(()),
     );
     b.screenshot("queue-charts");
+    b.assert_no_script_errors();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     publisher.join().unwrap();
 }
@@ -472,6 +474,7 @@ fn every_list_page_renders_and_a_connection_is_closed_with_a_reason() {
     sort_by_name(&b, "descending");
     let first = b.find("table.list tbody tr th");
     assert_eq!(b.text(&first), "amq.topic");
+    b.assert_no_script_errors();
 
     // The queue's effective policy is shown.
     open(&b, &w, "queues/%2F/consumed", "consumed");
@@ -681,6 +684,7 @@ fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
         s == 200 && v["definition"] == json!({"max-length": 50})
     });
     b.find_text("table.list", "cap-orders");
+    b.assert_no_script_errors();
     // A mistake is shown as the API's refusal, not swallowed.
     b.fill_css("#add-policy input[name=pattern]", "(");
     b.click_css("#add-policy button[type=submit]");
