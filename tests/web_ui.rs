@@ -119,7 +119,7 @@ fn logs_in_by_keyboard_declares_binds_publishes_gets_moves_purges_and_deletes() 
     // A value that is not a number is refused before anything is sent.
     b.fill_css("#declare-queue .arg-value", "lots");
     b.click_css("#declare-queue button[type=submit]");
-    b.find_text("#notice .error", "x-max-length must be a number");
+    b.find_text("main .msg.error", "x-max-length must be a number");
     assert_eq!(queue(&w, "ui-orders").0, 404);
     b.fill_css("#declare-queue .arg-value", "100");
     b.click_css("#declare-queue button[type=submit]");
@@ -333,7 +333,7 @@ fn imports_a_definitions_file_and_shows_its_queues() {
     let input = b.find("#import input[type=file]");
     b.type_into(&input, file.to_str().unwrap());
     b.click_css("#import button[type=submit]");
-    b.find_text("#import-result", "Imported definitions.json");
+    b.find_text("#import .msg", "Imported definitions.json");
     b.screenshot("definitions");
     open(&b, &w, "queues", "Queues");
     b.fill_css(".filter input[type=search]", "imported-");
@@ -348,7 +348,7 @@ fn imports_a_definitions_file_and_shows_its_queues() {
     b.allow_downloads(downloads.path());
     open(&b, &w, "definitions", "Definitions");
     b.click_css("#export");
-    b.find_text("#notice", "Definitions exported");
+    b.find_text("main .msg", "Definitions exported");
     let exported: Value = b.wait_for("the downloaded file", || {
         let entry = std::fs::read_dir(downloads.path())
             .ok()?
@@ -688,7 +688,7 @@ fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
     // A mistake is shown as the API's refusal, not swallowed.
     b.fill_css("#add-policy input[name=pattern]", "(");
     b.click_css("#add-policy button[type=submit]");
-    b.find_text("#notice .error", "Refused (400)");
+    b.find_text("main .msg.error", "Refused (400)");
 }
 
 #[test]
@@ -811,11 +811,11 @@ fn a_refusal_by_the_api_is_shown_and_logging_out_forgets_the_login() {
     open(&b, &w, "queues/%2F/theirs", "theirs");
     b.click_css("#delete-queue");
     confirm(&b);
-    let notice = b.find_text("#notice .error", "Refused (401)");
+    let notice = b.find_text("main .msg.error", "Refused (401)");
     assert!(b.text(&notice).contains("theirs"), "{}", b.text(&notice));
-    // In view, though the button was at the bottom of a long page.
+    // Next to the button, in view, though it is at the bottom of a long page.
     let in_view = b.js(
-        "const r = document.querySelector('#notice .error').getBoundingClientRect(); \
+        "const r = document.querySelector('main .msg.error').getBoundingClientRect(); \
          return r.top >= 0 && r.bottom <= window.innerHeight && window.scrollY > 0;",
         vec![],
     );

@@ -132,7 +132,6 @@ export async function policiesPage(main) {
 }
 
 export async function definitionsPage(main) {
-  const result = h("p", { role: "status", id: "import-result" });
   const file = h("input", { type: "file", name: "file", accept: "application/json,.json", required: true });
   const vhost = select("vhost", [["", "All (whole broker)"], ...(await vhostNames()).map((v) => [v, v])], "");
   fill(main, h("h1", {}, "Definitions"),
@@ -155,10 +154,9 @@ export async function definitionsPage(main) {
         const f = file.files[0];
         if (!f) return;
         const text = await f.text();
-        const ok = await act(`Imported ${f.name}`, () => post(vhost.value ? `/api/definitions/${seg(vhost.value)}` : "/api/definitions", text));
-        result.textContent = ok ? `Imported ${f.name}. See the queues page for its queues.` : "Import failed.";
+        await act(`Imported ${f.name}: see the queues page for its queues.`, () => post(vhost.value ? `/api/definitions/${seg(vhost.value)}` : "/api/definitions", text));
       },
-    }, field("Definitions file (JSON)", file), field("Into", vhost), h("button", { type: "submit" }, "Upload and import"), result)));
+    }, field("Definitions file (JSON)", file), field("Into", vhost), h("button", { type: "submit" }, "Upload and import"))));
 }
 
 export { link };

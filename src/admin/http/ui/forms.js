@@ -3,7 +3,7 @@
 // bindings.
 
 import { put, post, get, seg, can, chosenVhost } from "./api.js";
-import { h, field, select, act, uid, section } from "./dom.js";
+import { h, field, select, act, notify, uid, section } from "./dom.js";
 
 /** Queue arguments RabbitMQ's UI offers by name: [name, type, hint]. */
 export const QUEUE_ARGS = [
@@ -72,11 +72,11 @@ export function publishForm(vhost, exchange, defaultKey = "", done) {
   const headers = argumentsEditor([], "Headers");
   const props = h("textarea", { name: "properties", rows: 2, placeholder: '{"content_type": "text/plain"}' });
   const payload = h("textarea", { name: "payload", rows: 4, required: true });
-  const result = h("p", { role: "status" });
   return h("form", {
     class: "stack", "aria-label": "Publish message",
     onsubmit: async (e) => {
       e.preventDefault();
+      const form = e.currentTarget;
       const r = await act("Message published", () => {
         let properties;
         try { properties = props.value.trim() ? JSON.parse(props.value) : {}; } catch { throw new Error("The properties are not JSON."); }
@@ -86,12 +86,13 @@ export function publishForm(vhost, exchange, defaultKey = "", done) {
         return post(`/api/exchanges/${seg(vhost)}/${seg(exchange)}/publish`,
           { routing_key: key.value, payload: payload.value, payload_encoding: "string", properties });
       });
-      if (r) result.textContent = r.routed ? "Message published and routed." : "Message published, but not routed to any queue.";
-      if (r && done) done();
+      if (!r) return;
+      notify(r.routed ? "Message published and routed." : "Message published, but not routed to any queue.", "ok", form);
+      if (done) done();
     },
   }, field("Routing key", key), field("Delivery mode", mode), headers,
   field("Other properties (JSON)", props), field("Payload", payload),
-  h("button", { type: "submit" }, "Publish message"), result);
+  h("button", { type: "submit" }, "Publish message"));
 }
 
 /** Vhost names the user may see, for selects. */

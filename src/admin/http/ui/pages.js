@@ -54,7 +54,7 @@ export async function connectionPage(main, [name]) {
       onsubmit: async (e) => {
         e.preventDefault();
         if (!(await confirmDialog(`Close connection ${name}?`, "Close"))) return;
-        const ok = await act("Connection closed", () => api("DELETE", `/api/connections/${seg(name)}`, undefined, undefined, { "X-Reason": reason.value }));
+        const ok = await act("Connection closed", () => api("DELETE", `/api/connections/${seg(name)}`, undefined, undefined, { "X-Reason": reason.value }), { leaves: true });
         if (ok) location.hash = "#/connections";
       },
     }, field("Reason", reason), h("button", { type: "submit", class: "danger" }, "Force close"))));
@@ -144,7 +144,7 @@ export async function exchangePage(main, [vhost, name]) {
       type: "button", class: "danger", id: "delete-exchange",
       onclick: async () => {
         if (await confirmDialog(`Delete exchange ${shown}?`)) {
-          if (await act(`Exchange ${shown} deleted`, () => del(path))) location.hash = "#/exchanges";
+          if (await act(`Exchange ${shown} deleted`, () => del(path), { leaves: true })) location.hash = "#/exchanges";
         }
       },
     }, "Delete exchange")));

@@ -96,7 +96,7 @@ export async function queuePage(main, [vhost, name]) {
       type: "button", id: "delete-queue", class: "danger",
       onclick: async () => {
         if (await confirmDialog(`Delete queue ${name} and its messages?`)) {
-          if (await act(`Queue ${name} deleted`, () => del(base))) location.hash = "#/queues";
+          if (await act(`Queue ${name} deleted`, () => del(base), { leaves: true })) location.hash = "#/queues";
         }
       },
     }, "Delete queue")));
