@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use webdriver::{Browser, key};
+use webdriver::{Browser, ELEMENT_KEY, key};
 
 /// Logs in through the form.
 fn login(b: &Browser, w: &Warren, user: &str, password: &str) {
@@ -116,6 +116,11 @@ fn logs_in_by_keyboard_declares_binds_publishes_gets_moves_purges_and_deletes() 
     let offered = b.find_text("#declare-queue .arg-add button", "x-max-length");
     b.click(&offered);
     all_labelled(&b, "queues");
+    // A value that is not a number is refused before anything is sent.
+    b.fill_css("#declare-queue .arg-value", "lots");
+    b.click_css("#declare-queue button[type=submit]");
+    b.find_text("main .msg.error", "x-max-length must be a number");
+    assert_eq!(queue(&w, "ui-orders").0, 404);
     b.fill_css("#declare-queue .arg-value", "100");
     b.click_css("#declare-queue button[type=submit]");
     eventually("the queue to be declared", || {
@@ -240,10 +245,11 @@ fn logs_in_by_keyboard_declares_binds_publishes_gets_moves_purges_and_deletes() 
     confirm(&b);
     eventually("the queue deleted", || queue(&w, "ui-orders").0 == 404);
     b.find_text("main h1", "Queues");
+    b.assert_no_script_errors();
 }
 
 #[test]
-fn overview_chart_moves_while_a_publisher_runs() {
+fn overview_and_queue_charts_move_while_a_publisher_runs() {
     let w = Warren::start();
     let Some(b) = Browser::start() else { return };
     login(&b, &w, "guest", "guest");
@@ -290,12 +296,22 @@ fn overview_chart_moves_while_a_publisher_runs() {
     let samples = latest("samplesPublish");
     assert!(samples >= 1.0, "{samples}");
     b.find_text(".cards", "Queues");
-    b.screenshot("overview");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    publisher.join().unwrap();
     // Node figures are shown to an administrator.
     b.find_text(".node-figs", "Memory");
     b.find_text(".node-figs", "File descriptors");
+    b.screenshot("overview");
+    // The queue's own page charts it too (its samples are kept from the
+    // first time the page asks for them).
+    open(&b, &w, "queues/%2F/busy", "busy");
+    b.wait_for_within(
+        "the queue's charts to show its publish rate and growth",
+        Duration::from_secs(40),
+        &mut || (latest("latestPublish") > 0.0 && latest("samplesReady") >= 2.0).then_some(()),
+    );
+    b.screenshot("queue-charts");
+    b.assert_no_script_errors();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.join().unwrap();
 }
 
 #[test]
@@ -317,7 +333,7 @@ fn imports_a_definitions_file_and_shows_its_queues() {
     let input = b.find("#import input[type=file]");
     b.type_into(&input, file.to_str().unwrap());
     b.click_css("#import button[type=submit]");
-    b.find_text("#import-result", "Imported definitions.json");
+    b.find_text("#import .msg", "Imported definitions.json");
     b.screenshot("definitions");
     open(&b, &w, "queues", "Queues");
     b.fill_css(".filter input[type=search]", "imported-");
@@ -332,7 +348,7 @@ fn imports_a_definitions_file_and_shows_its_queues() {
     b.allow_downloads(downloads.path());
     open(&b, &w, "definitions", "Definitions");
     b.click_css("#export");
-    b.find_text("#notice", "Definitions exported");
+    b.find_text("main .msg", "Definitions exported");
     let exported: Value = b.wait_for("the downloaded file", || {
         let entry = std::fs::read_dir(downloads.path())
             .ok()?
@@ -446,6 +462,11 @@ fn every_list_page_renders_and_a_connection_is_closed_with_a_reason() {
         b.find_text("table.list", expect);
         b.screenshot(route);
     }
+    // A page that does not exist (or a broken address) says so.
+    b.go(&format!("{}/#/nothing-here", w.http_url()));
+    b.find_text("main h1", "Not found");
+    b.go(&format!("{}/#/queues/%E0%A4%A/x", w.http_url()));
+    b.find_text("main p", "No page queues/%E0%A4%A/x");
     // Sorting is offered on column headers, as buttons.
     open(&b, &w, "exchanges", "Exchanges");
     listed(&b);
@@ -453,6 +474,7 @@ fn every_list_page_renders_and_a_connection_is_closed_with_a_reason() {
     sort_by_name(&b, "descending");
     let first = b.find("table.list tbody tr th");
     assert_eq!(b.text(&first), "amq.topic");
+    b.assert_no_script_errors();
 
     // The queue's effective policy is shown.
     open(&b, &w, "queues/%2F/consumed", "consumed");
@@ -635,6 +657,17 @@ fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
         w.api_as("ui-ops", "s3cret", "GET", "/api/whoami", None).0,
         200
     );
+    // Changing its tags with the password left empty keeps the password.
+    b.fill_css("#add-user input[name=username]", "ui-ops");
+    b.fill_css("#add-user input[name=tags]", "policymaker, monitoring");
+    b.click_css("#add-user button[type=submit]");
+    eventually("the new tags", || {
+        w.api("GET", "/api/users/ui-ops", None).1["tags"] == json!(["policymaker", "monitoring"])
+    });
+    assert_eq!(
+        w.api_as("ui-ops", "s3cret", "GET", "/api/whoami", None).0,
+        200
+    );
 
     open(&b, &w, "policies", "Policies");
     all_labelled(&b, "policies");
@@ -651,10 +684,11 @@ fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
         s == 200 && v["definition"] == json!({"max-length": 50})
     });
     b.find_text("table.list", "cap-orders");
+    b.assert_no_script_errors();
     // A mistake is shown as the API's refusal, not swallowed.
     b.fill_css("#add-policy input[name=pattern]", "(");
     b.click_css("#add-policy button[type=submit]");
-    b.find_text("#notice .error", "Refused (400)");
+    b.find_text("main .msg.error", "Refused (400)");
 }
 
 #[test]
@@ -777,11 +811,11 @@ fn a_refusal_by_the_api_is_shown_and_logging_out_forgets_the_login() {
     open(&b, &w, "queues/%2F/theirs", "theirs");
     b.click_css("#delete-queue");
     confirm(&b);
-    let notice = b.find_text("#notice .error", "Refused (401)");
+    let notice = b.find_text("main .msg.error", "Refused (401)");
     assert!(b.text(&notice).contains("theirs"), "{}", b.text(&notice));
-    // In view, though the button was at the bottom of a long page.
+    // Next to the button, in view, though it is at the bottom of a long page.
     let in_view = b.js(
-        "const r = document.querySelector('#notice .error').getBoundingClientRect(); \
+        "const r = document.querySelector('main .msg.error').getBoundingClientRect(); \
          return r.top >= 0 && r.bottom <= window.innerHeight && window.scrollY > 0;",
         vec![],
     );
@@ -864,6 +898,21 @@ fn the_pages_work_from_the_keyboard_with_visible_focus() {
     );
     b.keys(key::ENTER);
     b.find_text("main h1", "kb-1");
+    // The page refreshes itself every 5 s without taking the focus from
+    // a button in what it refreshes.
+    let (s, _) = w.api(
+        "POST",
+        "/api/bindings/%2F/e/amq.direct/q/kb-1",
+        Some(&json!({"routing_key": "kb"})),
+    );
+    assert_eq!(s, 201);
+    let unbind = b.find_text("table.bindings button", "Unbind");
+    b.js(
+        "arguments[0].focus()",
+        vec![json!({ELEMENT_KEY: unbind.id()})],
+    );
+    std::thread::sleep(Duration::from_millis(6000));
+    assert!(b.focused().contains("Unbind"), "{}", b.focused());
     b.js("document.querySelector('#purge').focus()", vec![]);
     b.keys(key::ENTER);
     b.find("dialog[open]");
@@ -873,4 +922,56 @@ fn the_pages_work_from_the_keyboard_with_visible_focus() {
         b.all("dialog[open]").is_empty().then_some(())
     });
     assert!(b.focused().starts_with("button#purge"), "{}", b.focused());
+}
+
+#[test]
+fn the_lists_narrow_to_the_virtual_host_chosen_in_the_header() {
+    let w = Warren::start();
+    assert_eq!(w.api("PUT", "/api/vhosts/shop", Some(&json!({}))).0, 201);
+    for (vhost, q) in [("%2F", "root-q"), ("shop", "shop-q")] {
+        assert_eq!(
+            w.api("PUT", &format!("/api/queues/{vhost}/{q}"), Some(&json!({})))
+                .0,
+            201
+        );
+    }
+    let Some(b) = Browser::start() else { return };
+    login(&b, &w, "guest", "guest");
+    open(&b, &w, "queues", "Queues");
+    b.wait_for("both queues", || {
+        (listed(&b)["filtered"] == 2).then_some(())
+    });
+    b.find("#vhost-choice option[value=shop]");
+    b.choose("#vhost-choice", "shop");
+    b.wait_for("shop's queue only", || {
+        let v = listed(&b);
+        (v["filtered"] == 1).then_some(())
+    });
+    b.find_text("table.list", "shop-q");
+    // The declare form starts in the chosen vhost; the choice stays while
+    // moving between pages.
+    let chosen = b.js(
+        "return document.querySelector('#declare-queue select[name=vhost]').value",
+        vec![],
+    );
+    assert_eq!(chosen, json!("shop"));
+    open(&b, &w, "exchanges", "Exchanges");
+    listed(&b);
+    let vhosts = b.js(
+        "return [...new Set([...document.querySelectorAll('table.list tbody tr td:nth-child(2)')].map(td => td.textContent))]",
+        vec![],
+    );
+    assert_eq!(vhosts, json!(["shop"]));
+    b.choose("#vhost-choice", "");
+    open(&b, &w, "queues", "Queues");
+    b.wait_for("both queues again", || {
+        (listed(&b)["filtered"] == 2).then_some(())
+    });
+    // The list keeps itself current (every 10 s).
+    b.js("document.activeElement.blur()", vec![]);
+    assert_eq!(
+        w.api("PUT", "/api/queues/%2F/late-q", Some(&json!({}))).0,
+        201
+    );
+    b.find_text("table.list", "late-q");
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// The key naming an element in WebDriver's JSON (for script arguments).
+pub const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+const ELEMENT: &str = ELEMENT_KEY;
 
 /// A chromedriver process and one headless Chromium session.
 pub struct Browser {
@@ -23,6 +25,13 @@ pub struct Browser {
 /// An element of the page.
 #[derive(Clone)]
 pub struct El(String);
+
+impl El {
+    /// Its WebDriver id.
+    pub fn id(&self) -> &str {
+        &self.0
+    }
+}
 
 fn which(name: &str) -> Option<String> {
     std::env::var_os("PATH")?
@@ -87,6 +96,7 @@ impl Browser {
         };
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chrome,
                 "args": [
@@ -317,6 +327,22 @@ impl Browser {
             Some(json!({"cmd": "Browser.setDownloadBehavior", "params": {
                 "behavior": "allow", "downloadPath": dir.to_str().unwrap(), "eventsEnabled": true}})),
         );
+    }
+
+    /// Fails if the page logged a script error or a Content-Security-Policy
+    /// violation since the last call (refused API calls, which the browser
+    /// logs as failed loads, are expected and left out).
+    pub fn assert_no_script_errors(&self) {
+        let v = self.ok("POST", "/se/log", Some(json!({"type": "browser"})));
+        let errors: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or("").to_owned())
+            .filter(|m| !m.contains("Failed to load resource"))
+            .collect();
+        assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
     }
 
     /// Saves a PNG screenshot of the window as target/ui-screenshots/<name>.png.

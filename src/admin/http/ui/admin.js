@@ -1,6 +1,6 @@
 // Users, permissions, virtual hosts, policies and definitions.
 
-import { get, put, post, del, seg, can } from "./api.js";
+import { get, put, post, del, seg, can, inVhost, chosenVhost } from "./api.js";
 import { h, fill, field, select, act, confirmDialog, section, link } from "./dom.js";
 import { listing } from "./list.js";
 import { vhostNames } from "./forms.js";
@@ -40,10 +40,10 @@ export async function usersPage(main) {
     onsubmit: async (e) => {
       e.preventDefault();
       const body = { tags: tags.value };
-      if (pass.value) body.password = pass.value; else body.password_hash = "";
+      if (pass.value) body.password = pass.value;
       if (await act(`User ${name.value} saved`, () => put(`/api/users/${seg(name.value)}`, body))) l.refresh();
     },
-  }, field("Username", name), field("Password", pass, "Empty: the user cannot log in with a password"),
+  }, field("Username", name), field("Password", pass, "Empty: an existing user keeps its password; a new one has none (no password login)"),
   field("Tags", tags), h("p", {}, "Set: ", tagButtons), h("button", { type: "submit" }, "Save user"))));
   main.append(await permissionsSection());
 }
@@ -59,7 +59,7 @@ async function permissionsSection() {
   };
   await refresh();
   const user = h("input", { name: "user", required: true });
-  const vhost = select("vhost", await vhostNames(), "/");
+  const vhost = select("vhost", await vhostNames(), chosenVhost.get() || "/");
   const [c, w, r] = ["configure", "write", "read"].map((n) => h("input", { name: n, value: ".*" }));
   return section("Permissions", table, h("form", {
     class: "stack", id: "set-permission",
@@ -97,7 +97,7 @@ export async function policiesPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Policies"), list);
   const l = listing(list, {
-    key: "policies", label: "policies", path: "/api/policies",
+    key: "policies", label: "policies", path: inVhost("/api/policies", (v) => `/api/policies/${v}`),
     columns: [
       { key: "name", label: "Name" }, { key: "vhost", label: "Virtual host" }, { key: "pattern", label: "Pattern" },
       { key: "apply-to", label: "Apply to" }, { key: "definition", label: "Definition" }, { key: "priority", label: "Priority" },
@@ -105,7 +105,7 @@ export async function policiesPage(main) {
     ].filter(Boolean),
   });
   if (!can.policies) return;
-  const vhost = select("vhost", await vhostNames(), "/");
+  const vhost = select("vhost", await vhostNames(), chosenVhost.get() || "/");
   const name = h("input", { name: "name", required: true });
   const pattern = h("input", { name: "pattern", required: true, placeholder: "^orders\\." });
   const apply = select("apply-to", [["queues", "Queues"], ["exchanges", "Exchanges"], ["all", "Exchanges and queues"]], "queues");
@@ -116,10 +116,13 @@ export async function policiesPage(main) {
     class: "stack", id: "add-policy",
     onsubmit: async (e) => {
       e.preventDefault();
-      let d;
-      try { d = JSON.parse(def.value); } catch { await act("", () => { throw new Error("The definition is not JSON."); }); return; }
-      if (await act(`Policy ${name.value} saved`, () => put(`/api/policies/${seg(vhost.value)}/${seg(name.value)}`,
-        { pattern: pattern.value, "apply-to": apply.value, priority: Number(prio.value), definition: d }))) l.refresh();
+      const saved = await act(`Policy ${name.value} saved`, () => {
+        let d;
+        try { d = JSON.parse(def.value); } catch { throw new Error("The definition is not JSON."); }
+        return put(`/api/policies/${seg(vhost.value)}/${seg(name.value)}`,
+          { pattern: pattern.value, "apply-to": apply.value, priority: Number(prio.value), definition: d });
+      });
+      if (saved) l.refresh();
     },
   }, field("Virtual host", vhost), field("Name", name), field("Pattern (regex)", pattern), field("Apply to", apply), field("Priority", prio),
   field("Definition (JSON)", def), h("p", {}, "Add key: ", keys.map((k) => h("button", {
@@ -129,7 +132,6 @@ export async function policiesPage(main) {
 }
 
 export async function definitionsPage(main) {
-  const result = h("p", { role: "status", id: "import-result" });
   const file = h("input", { type: "file", name: "file", accept: "application/json,.json", required: true });
   const vhost = select("vhost", [["", "All (whole broker)"], ...(await vhostNames()).map((v) => [v, v])], "");
   fill(main, h("h1", {}, "Definitions"),
@@ -152,10 +154,9 @@ export async function definitionsPage(main) {
         const f = file.files[0];
         if (!f) return;
         const text = await f.text();
-        const ok = await act(`Imported ${f.name}`, () => post(vhost.value ? `/api/definitions/${seg(vhost.value)}` : "/api/definitions", text));
-        result.textContent = ok ? `Imported ${f.name}. See the queues page for its queues.` : "Import failed.";
+        await act(`Imported ${f.name}: see the queues page for its queues.`, () => post(vhost.value ? `/api/definitions/${seg(vhost.value)}` : "/api/definitions", text));
       },
-    }, field("Definitions file (JSON)", file), field("Into", vhost), h("button", { type: "submit" }, "Upload and import"), result)));
+    }, field("Definitions file (JSON)", file), field("Into", vhost), h("button", { type: "submit" }, "Upload and import"))));
 }
 
 export { link };

@@ -68,6 +68,18 @@ export function query(o) {
 
 let me = null;
 
+/** The virtual host the lists are narrowed to ("" for all), kept per tab. */
+export const chosenVhost = {
+  get: () => sessionStorage.getItem("warren.vhost") || "",
+  set: (v) => (v ? sessionStorage.setItem("warren.vhost", v) : sessionStorage.removeItem("warren.vhost")),
+};
+
+/** A listing's path: `all` for every vhost, else `one(vhost)`. */
+export function inVhost(all, one) {
+  const v = chosenVhost.get();
+  return v ? one(seg(v)) : all;
+}
+
 /** Logs in: checks the credentials with /api/whoami and keeps them. */
 export async function login(user, password) {
   const auth = b64(`${user}:${password}`);

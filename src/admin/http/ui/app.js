@@ -2,8 +2,9 @@
 // (#/queues, #/queues/<vhost>/<name>, ...). Each page is a function
 // (main element, route parameters) in its own module.
 
-import { login, logout, whoami, can, whenLoggedOut } from "./api.js";
-import { h, fill, field, clearTimers } from "./dom.js";
+import { login, logout, whoami, can, whenLoggedOut, chosenVhost } from "./api.js";
+import { h, fill, field, select, clearTimers } from "./dom.js";
+import { vhostNames } from "./forms.js";
 import { overviewPage, refreshAlarms } from "./overview.js";
 import { connectionsPage, connectionPage, channelsPage, consumersPage, exchangesPage, exchangePage } from "./pages.js";
 import { queuesPage, queuePage } from "./queue.js";
@@ -32,6 +33,16 @@ const nav = () => [
   ["#/policies", "Policies"], can.admin && ["#/definitions", "Definitions"],
 ].filter(Boolean);
 
+/** The header's choice of virtual host, narrowing the lists. */
+async function vhostChooser() {
+  const names = await vhostNames();
+  if (chosenVhost.get() && !names.includes(chosenVhost.get())) chosenVhost.set("");
+  const s = select("vhost", [["", "All"], ...names.map((n) => [n, n])], chosenVhost.get());
+  s.id = "vhost-choice";
+  s.addEventListener("change", () => { chosenVhost.set(s.value); show(); });
+  return h("div", { class: "vhost-choice" }, h("label", { for: s.id }, "Virtual host"), s);
+}
+
 function header(me) {
   const top = document.getElementById("top");
   if (!me) { fill(top, h("div", { class: "brand" }, "warren")); return; }
@@ -42,6 +53,7 @@ function header(me) {
       const cur = href.slice(2) === here;
       return h("li", {}, h("a", { href, "aria-current": cur ? "page" : null }, text));
     }))),
+    h("div", { class: "vhost-slot" }),
     h("div", { class: "who" }, h("span", {}, `${me.name} (${[].concat(me.tags).join(", ") || "no tags"})`),
       h("button", { type: "button", id: "logout", onclick: () => { logout(); location.hash = "#/"; show(); } }, "Log out")));
 }
@@ -57,9 +69,7 @@ function loginPage(main, message) {
       e.preventDefault();
       try {
         await login(user.value, pass.value);
-        // Alarms are shown on every page, checked every 10 s.
-setInterval(() => { if (!document.hidden && sessionStorage.length) refreshAlarms(); }, 10000);
-show();
+        show();
       } catch (x) {
         err.hidden = false;
         err.textContent = x.status === 401 ? `Login failed: ${x.message}` : `Cannot log in: ${x.message}`;
@@ -76,19 +86,22 @@ async function show() {
   const me = await whoami();
   header(me);
   if (!me) return loginPage(main);
+  vhostChooser().then((c) => { const slot = document.querySelector(".vhost-slot"); if (slot) fill(slot, c); });
   refreshAlarms();
-  const path = decodeURIComponent(location.hash.replace(/^#\/?/, "").split("?")[0]);
   const raw = location.hash.replace(/^#\/?/, "").split("?")[0];
   for (const [re, page, title] of routes) {
     const m = raw.match(re);
-    if (m) {
+    let params;
+    try { params = m && m.slice(1).map(decodeURIComponent); } catch { break; }
+    if (params) {
       document.title = `${title} · warren`;
       fill(main);
-      await page(main, m.slice(1).map(decodeURIComponent));
+      await page(main, params);
       return;
     }
   }
-  fill(main, h("h1", {}, "Not found"), h("p", {}, `No page ${path}.`));
+  document.title = "Not found · warren";
+  fill(main, h("h1", {}, "Not found"), h("p", {}, `No page ${raw}.`), h("p", {}, h("a", { href: "#/" }, "Overview")));
 }
 
 whenLoggedOut(() => show().then(() => loginPage(document.getElementById("main"), "Your login is no longer accepted; log in again.")));

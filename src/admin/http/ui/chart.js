@@ -34,12 +34,17 @@ export function valuesOf(details) {
  * A chart: series is [{key, label, points: [[t, v]]}], unit is appended to
  * values ("/s" or ""). The figure carries data-latest-<key> attributes.
  */
-export function lineChart(title, series, unit, maxSpanMs = 600000) {
+/** The time frame of some points: the newest time and the span shown,
+ * which grows with the history kept (one minute at first, up to ten). */
+export function frameOf(points, maxSpanMs = 600000) {
+  const tMax = points.length ? Math.max(...points.map((p) => p[0])) : Date.now();
+  const tFirst = points.length ? Math.min(...points.map((p) => p[0])) : tMax;
+  return { tMax, spanMs: Math.min(maxSpanMs, Math.max(60000, tMax - tFirst)) };
+}
+
+export function lineChart(title, series, unit, frame = frameOf(series.flatMap((x) => x.points))) {
   const all = series.flatMap((x) => x.points);
-  const tMax = all.length ? Math.max(...all.map((p) => p[0])) : Date.now();
-  const tFirst = all.length ? Math.min(...all.map((p) => p[0])) : tMax;
-  // The span shown grows with the history kept: one minute at first, up to ten.
-  const spanMs = Math.min(maxSpanMs, Math.max(60000, tMax - tFirst));
+  const { tMax, spanMs } = frame;
   const tMin = tMax - spanMs;
   const vMax = Math.max(1, ...all.map((p) => p[1]));
   const x = (t) => PAD + ((t - tMin) / spanMs) * (W - 2 * PAD);
@@ -69,16 +74,17 @@ export function lineChart(title, series, unit, maxSpanMs = 600000) {
 /** The message rate and queued message charts of an object with samples. */
 export function messageCharts(stats, lengths) {
   const st = stats || {};
-  return [
-    lineChart("Message rates", [
-      { key: "publish", label: "Published", points: ratesOf(st.publish_details) },
-      { key: "deliver", label: "Delivered", points: ratesOf(st.deliver_get_details) },
-      { key: "ack", label: "Acknowledged", points: ratesOf(st.ack_details) },
-      { key: "redeliver", label: "Redelivered", points: ratesOf(st.redeliver_details) },
-    ], "/s"),
-    lineChart("Queued messages", [
-      { key: "ready", label: "Ready", points: valuesOf(lengths.messages_ready_details) },
-      { key: "unacked", label: "Unacknowledged", points: valuesOf(lengths.messages_unacknowledged_details) },
-    ], ""),
+  const rates = [
+    { key: "publish", label: "Published", points: ratesOf(st.publish_details) },
+    { key: "deliver", label: "Delivered", points: ratesOf(st.deliver_get_details) },
+    { key: "ack", label: "Acknowledged", points: ratesOf(st.ack_details) },
+    { key: "redeliver", label: "Redelivered", points: ratesOf(st.redeliver_details) },
   ];
+  const queued = [
+    { key: "ready", label: "Ready", points: valuesOf(lengths.messages_ready_details) },
+    { key: "unacked", label: "Unacknowledged", points: valuesOf(lengths.messages_unacknowledged_details) },
+  ];
+  // One time frame for both, so that they line up.
+  const frame = frameOf([...rates, ...queued].flatMap((x) => x.points));
+  return [lineChart("Message rates", rates, "/s", frame), lineChart("Queued messages", queued, "", frame)];
 }

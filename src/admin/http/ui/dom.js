@@ -30,6 +30,16 @@ export function fill(e, ...children) {
   return e;
 }
 
+/** Fills `el` with make(data), unless it already shows this data: a
+ * periodic refresh then leaves its buttons and links (and the keyboard
+ * focus on them) alone. */
+export function update(el, data, make) {
+  const sig = JSON.stringify(data);
+  if (el.dataset.sig === sig) return;
+  el.dataset.sig = sig;
+  fill(el, make(data));
+}
+
 let ids = 0;
 /** A unique element id. */
 export const uid = (p = "f") => `${p}-${++ids}`;
@@ -90,8 +100,20 @@ export function kvTable(obj, caption) {
     h("tbody", {}, entries.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, fmtValue(v))))));
 }
 
-/** Shows a message in the status area (kind: "ok" or "error"). */
-export function notify(text, kind = "ok") {
+/**
+ * Shows the result of an action (kind: "ok" or "error"): at the end of
+ * `near` (the form or panel the action was started from), where the person
+ * is looking and where it covers nothing; else in the status area at the
+ * bottom of the window.
+ */
+export function notify(text, kind = "ok", near = null) {
+  if (near && near.isConnected) {
+    const old = near.querySelector(":scope > .inline-msg");
+    const m = h("p", { class: `msg ${kind} inline-msg`, role: kind === "error" ? "alert" : "status" }, text);
+    if (old) old.replaceWith(m); else near.append(m);
+    m.scrollIntoView({ block: "nearest" });
+    return;
+  }
   const n = document.getElementById("notice");
   fill(n, h("p", { class: `msg ${kind}`, role: kind === "error" ? "alert" : null }, h("span", {}, text),
     h("button", { type: "button", class: "small link", "aria-label": "Dismiss", onclick: () => fill(n) }, "✕")));
@@ -99,14 +121,20 @@ export function notify(text, kind = "ok") {
   if (kind === "ok") notify.timer = setTimeout(() => fill(n), 8000);
 }
 
-/** Runs an action, reporting success or the API's refusal. */
-export async function act(what, f) {
+/**
+ * Runs an action, reporting success or the API's refusal next to the form
+ * or panel it was started from (which has the keyboard focus). With
+ * `leaves`, success is reported in the window's status area instead, as
+ * the action leaves the page (a deletion).
+ */
+export async function act(what, f, { leaves = false } = {}) {
+  const near = document.activeElement && document.activeElement.closest("form, .panel");
   try {
     const r = await f();
-    notify(what);
+    notify(what, "ok", leaves ? null : near);
     return r ?? true;
   } catch (e) {
-    notify(`${e.status ? `Refused (${e.status}): ` : ""}${e.message}`, "error");
+    notify(`${e.status ? `Refused (${e.status}): ` : ""}${e.message}`, "error", near);
     return false;
   }
 }
@@ -135,9 +163,10 @@ export const link = (href, text) => h("a", { href }, text);
 
 // Timers of the page shown; cleared when another is shown.
 let timers = [];
-/** Runs f now and every ms while the page is shown (not while hidden). */
-export function every(ms, f) {
-  f();
+/** Runs f now (unless later is set) and every ms while the page is shown
+ * (not while the tab is hidden). */
+export function every(ms, f, later = false) {
+  if (!later) f();
   timers.push(setInterval(() => { if (!document.hidden) f(); }, ms));
 }
 /** Stops the shown page's timers. */

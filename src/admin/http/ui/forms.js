@@ -2,8 +2,8 @@
 // offers them), publishing a message, declaring exchanges, queues and
 // bindings.
 
-import { put, post, get, seg, can } from "./api.js";
-import { h, field, select, act, uid, section } from "./dom.js";
+import { put, post, get, seg, can, chosenVhost } from "./api.js";
+import { h, field, select, act, notify, uid, section } from "./dom.js";
 
 /** Queue arguments RabbitMQ's UI offers by name: [name, type, hint]. */
 export const QUEUE_ARGS = [
@@ -52,7 +52,10 @@ export function argumentsEditor(known, legend = "Arguments") {
       const t = r.querySelector("select").value;
       if (!n.value) continue;
       let val = v.value;
-      if (t === "number") val = Number(val);
+      if (t === "number") {
+        val = Number(val);
+        if (v.value.trim() === "" || Number.isNaN(val)) throw new Error(`${n.value} must be a number`);
+      }
       else if (t === "boolean") val = val === "true" || val === "1" || val === "yes";
       else if (t === "list") val = JSON.parse(val || "[]");
       out[n.value] = val;
@@ -69,24 +72,27 @@ export function publishForm(vhost, exchange, defaultKey = "", done) {
   const headers = argumentsEditor([], "Headers");
   const props = h("textarea", { name: "properties", rows: 2, placeholder: '{"content_type": "text/plain"}' });
   const payload = h("textarea", { name: "payload", rows: 4, required: true });
-  const result = h("p", { role: "status" });
   return h("form", {
     class: "stack", "aria-label": "Publish message",
     onsubmit: async (e) => {
       e.preventDefault();
-      let properties = {};
-      try { properties = props.value.trim() ? JSON.parse(props.value) : {}; } catch { result.textContent = "Properties are not JSON."; return; }
-      properties.delivery_mode = Number(mode.value);
-      const hd = headers.value();
-      if (Object.keys(hd).length) properties.headers = hd;
-      const r = await act("Message published", () => post(`/api/exchanges/${seg(vhost)}/${seg(exchange)}/publish`,
-        { routing_key: key.value, payload: payload.value, payload_encoding: "string", properties }));
-      if (r) result.textContent = r.routed ? "Message published and routed." : "Message published, but not routed to any queue.";
-      if (r && done) done();
+      const form = e.currentTarget;
+      const r = await act("Message published", () => {
+        let properties;
+        try { properties = props.value.trim() ? JSON.parse(props.value) : {}; } catch { throw new Error("The properties are not JSON."); }
+        properties.delivery_mode = Number(mode.value);
+        const hd = headers.value();
+        if (Object.keys(hd).length) properties.headers = hd;
+        return post(`/api/exchanges/${seg(vhost)}/${seg(exchange)}/publish`,
+          { routing_key: key.value, payload: payload.value, payload_encoding: "string", properties });
+      });
+      if (!r) return;
+      notify(r.routed ? "Message published and routed." : "Message published, but not routed to any queue.", "ok", form);
+      if (done) done();
     },
   }, field("Routing key", key), field("Delivery mode", mode), headers,
   field("Other properties (JSON)", props), field("Payload", payload),
-  h("button", { type: "submit" }, "Publish message"), result);
+  h("button", { type: "submit" }, "Publish message"));
 }
 
 /** Vhost names the user may see, for selects. */
@@ -96,7 +102,7 @@ export async function vhostNames() {
 
 /** The form declaring a queue. */
 export async function declareQueueForm(done) {
-  const vhost = select("vhost", await vhostNames(), "/");
+  const vhost = select("vhost", await vhostNames(), chosenVhost.get() || "/");
   const type = select("type", [["classic", "Classic"], ["quorum", "Quorum"], ["stream", "Stream"]], "classic");
   const name = h("input", { name: "name", required: true, autocomplete: "off" });
   const durable = select("durable", [["true", "Durable"], ["false", "Transient"]], "true");
@@ -106,11 +112,12 @@ export async function declareQueueForm(done) {
     class: "stack", id: "declare-queue",
     onsubmit: async (e) => {
       e.preventDefault();
-      let a;
-      try { a = args.value(); } catch (x) { act("", () => { throw x; }); return; }
-      if (type.value !== "classic") a["x-queue-type"] = type.value;
-      const ok = await act(`Queue ${name.value} declared`, () => put(`/api/queues/${seg(vhost.value)}/${seg(name.value)}`,
-        { durable: durable.value === "true", auto_delete: autoDel.value === "true", arguments: a }));
+      const ok = await act(`Queue ${name.value} declared`, () => {
+        const a = args.value();
+        if (type.value !== "classic") a["x-queue-type"] = type.value;
+        return put(`/api/queues/${seg(vhost.value)}/${seg(name.value)}`,
+          { durable: durable.value === "true", auto_delete: autoDel.value === "true", arguments: a });
+      });
       if (ok && done) done();
     },
   }, field("Virtual host", vhost), field("Type", type), field("Name", name), field("Durability", durable),
@@ -119,7 +126,7 @@ export async function declareQueueForm(done) {
 
 /** The form declaring an exchange. */
 export async function declareExchangeForm(done) {
-  const vhost = select("vhost", await vhostNames(), "/");
+  const vhost = select("vhost", await vhostNames(), chosenVhost.get() || "/");
   const name = h("input", { name: "name", required: true, autocomplete: "off" });
   const type = select("type", ["direct", "fanout", "topic", "headers"], "direct");
   const durable = select("durable", [["true", "Durable"], ["false", "Transient"]], "true");

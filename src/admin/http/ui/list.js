@@ -3,7 +3,7 @@
 // so 10,000 queues cost the browser one page of rows.
 
 import { get, query } from "./api.js";
-import { h, fill, uid, fmtNum } from "./dom.js";
+import { h, fill, uid, fmtNum, every } from "./dom.js";
 
 // Filter, sort and page of each listing, kept while the tab is open.
 const states = new Map();
@@ -42,10 +42,11 @@ export function listing(root, { key, path, columns, columnsParam, label, filterL
     status, h("div", { class: "table-wrap" }, table), pager);
 
   let seq = 0;
-  async function refresh() {
+  let shown = "";
+  async function refresh(background = false) {
     const mine = ++seq;
     const started = performance.now();
-    table.dataset.state = "loading";
+    if (!background) table.dataset.state = "loading";
     let v;
     try {
       v = await get(path + query({
@@ -60,6 +61,10 @@ export function listing(root, { key, path, columns, columnsParam, label, filterL
       return;
     }
     if (mine !== seq) return;
+    // A background refresh re-renders only what changed.
+    const text = JSON.stringify(v);
+    if (background && text === shown) return;
+    shown = text;
     render(v);
     const ms = performance.now() - started;
     table.dataset.state = "ready";
@@ -101,7 +106,10 @@ export function listing(root, { key, path, columns, columnsParam, label, filterL
   }
 
   refresh();
-  return { refresh };
+  // Kept current every 10 s, but not while the keyboard focus is in the
+  // listing (re-rendering would take it away).
+  every(10000, () => { if (!root.contains(document.activeElement)) refresh(true); }, true);
+  return { refresh: () => refresh() };
 }
 
 function pick(o, dotted) {

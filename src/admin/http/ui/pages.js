@@ -1,7 +1,7 @@
 // Connections, channels, consumers and exchanges: lists and details.
 
-import { get, del, api, seg, can } from "./api.js";
-import { h, fill, field, facts, kvTable, act, confirmDialog, section, every, fmtNum, fmtRate, fmtBytes, link } from "./dom.js";
+import { get, del, api, seg, can, inVhost } from "./api.js";
+import { h, fill, field, facts, kvTable, act, confirmDialog, section, every, update, fmtNum, fmtRate, fmtBytes, link } from "./dom.js";
 import { listing } from "./list.js";
 import { declareExchangeForm, publishForm, bindingForm } from "./forms.js";
 import { bindingTable } from "./queue.js";
@@ -13,7 +13,7 @@ export async function connectionsPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Connections"), list);
   listing(list, {
-    key: "connections", label: "connections", path: "/api/connections",
+    key: "connections", label: "connections", path: inVhost("/api/connections", (v) => `/api/vhosts/${v}/connections`),
     columns: [
       { key: "name", label: "Name", render: (c) => link(connHref(c.name), c.user_provided_name ? `${c.name} (${c.user_provided_name})` : c.name) },
       { key: "vhost", label: "Virtual host" }, { key: "user", label: "User" }, { key: "state", label: "State" },
@@ -40,11 +40,11 @@ export async function connectionPage(main, [name]) {
       ["Auth mechanism", c.auth_mechanism], ["Heartbeat", `${c.timeout} s`], ["Frame max", fmtNum(c.frame_max)],
       ["Channel max", fmtNum(c.channel_max)], ["Connected at", new Date(c.connected_at).toLocaleString()],
       ["Publish rate", rate(c, "publish")]]));
-    fill(props, kvTable(c.client_properties, "Sent by the client when it connected"));
+    update(props, c.client_properties, (p) => kvTable(p, "Sent by the client when it connected"));
     try {
       const cs = await get(`/api/connections/${seg(name)}/channels`);
-      fill(chans, channelTable(cs));
-    } catch (e) { fill(chans, h("p", { class: "msg error" }, e.message)); }
+      update(chans, cs, channelTable);
+    } catch (e) { update(chans, { error: e.message }, (x) => h("p", { class: "msg error" }, x.error)); }
   });
   // Administrators close any connection, others their own (the API checks).
   if (can.change) {
@@ -54,7 +54,7 @@ export async function connectionPage(main, [name]) {
       onsubmit: async (e) => {
         e.preventDefault();
         if (!(await confirmDialog(`Close connection ${name}?`, "Close"))) return;
-        const ok = await act("Connection closed", () => api("DELETE", `/api/connections/${seg(name)}`, undefined, undefined, { "X-Reason": reason.value }));
+        const ok = await act("Connection closed", () => api("DELETE", `/api/connections/${seg(name)}`, undefined, undefined, { "X-Reason": reason.value }), { leaves: true });
         if (ok) location.hash = "#/connections";
       },
     }, field("Reason", reason), h("button", { type: "submit", class: "danger" }, "Force close"))));
@@ -73,7 +73,7 @@ export async function channelsPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Channels"), list);
   listing(list, {
-    key: "channels", label: "channels", path: "/api/channels",
+    key: "channels", label: "channels", path: inVhost("/api/channels", (v) => `/api/vhosts/${v}/channels`),
     columns: [
       { key: "name", label: "Channel", render: (c) => link(connHref(c.connection_details?.name ?? ""), c.name) },
       { key: "vhost", label: "Virtual host" }, { key: "user", label: "User" },
@@ -88,7 +88,7 @@ export async function consumersPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Consumers"), list);
   listing(list, {
-    key: "consumers", label: "consumers", filterLabel: "Filter consumers by queue name", path: "/api/consumers",
+    key: "consumers", label: "consumers", filterLabel: "Filter consumers by queue name", path: inVhost("/api/consumers", (v) => `/api/consumers/${v}`),
     columns: [
       { key: "queue.name", label: "Queue", render: (c) => link(`#/queues/${seg(c.queue.vhost)}/${seg(c.queue.name)}`, c.queue.name) },
       { key: "queue.vhost", label: "Virtual host" }, { key: "consumer_tag", label: "Consumer tag" },
@@ -104,7 +104,7 @@ export async function exchangesPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Exchanges"), list);
   const l = listing(list, {
-    key: "exchanges", label: "exchanges", path: "/api/exchanges",
+    key: "exchanges", label: "exchanges", path: inVhost("/api/exchanges", (v) => `/api/exchanges/${v}`),
     columns: [
       { key: "name", label: "Name", render: (x) => link(exHref(x), x.name || "(AMQP default)") },
       { key: "vhost", label: "Virtual host" }, { key: "type", label: "Type" },
@@ -131,9 +131,9 @@ export async function exchangePage(main, [vhost, name]) {
     } catch (e) { fill(info, h("p", { class: "msg error" }, e.status === 404 ? "This exchange does not exist (any more)." : e.message)); return; }
     if (!shown) { fill(out, h("p", { class: "muted" }, "The default exchange routes to the queue named by the routing key.")); return; }
     try {
-      fill(out, bindingTable(vhost, await get(`${path}/bindings/source`), refresh));
-      fill(into, bindingTable(vhost, await get(`${path}/bindings/destination`), refresh));
-    } catch (e) { fill(out, h("p", { class: "msg error" }, e.message)); }
+      update(out, await get(`${path}/bindings/source`), (bs) => bindingTable(vhost, bs, refresh));
+      update(into, await get(`${path}/bindings/destination`), (bs) => bindingTable(vhost, bs, refresh));
+    } catch (e) { update(out, { error: e.message }, (x) => h("p", { class: "msg error" }, x.error)); }
   };
   every(5000, refresh);
   if (!can.change) return;
@@ -144,7 +144,7 @@ export async function exchangePage(main, [vhost, name]) {
       type: "button", class: "danger", id: "delete-exchange",
       onclick: async () => {
         if (await confirmDialog(`Delete exchange ${shown}?`)) {
-          if (await act(`Exchange ${shown} deleted`, () => del(path))) location.hash = "#/exchanges";
+          if (await act(`Exchange ${shown} deleted`, () => del(path), { leaves: true })) location.hash = "#/exchanges";
         }
       },
     }, "Delete exchange")));

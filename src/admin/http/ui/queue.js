@@ -2,8 +2,8 @@
 // charts, consumers, bindings, arguments and policy, and its actions
 // (publish, get, move, purge, delete).
 
-import { get, post, put, del, seg, query, can } from "./api.js";
-import { h, fill, field, select, facts, kvTable, act, confirmDialog, section, every, fmtNum, fmtRate, fmtBytes, link } from "./dom.js";
+import { get, post, put, del, seg, query, can, inVhost } from "./api.js";
+import { h, fill, field, select, facts, kvTable, act, confirmDialog, section, every, update, fmtNum, fmtRate, fmtBytes, link } from "./dom.js";
 import { listing } from "./list.js";
 import { messageCharts } from "./chart.js";
 import { declareQueueForm, publishForm, bindingForm } from "./forms.js";
@@ -14,7 +14,7 @@ export async function queuesPage(main) {
   const list = h("div");
   fill(main, h("h1", {}, "Queues"), list);
   const l = listing(list, {
-    key: "queues", label: "queues", path: "/api/queues",
+    key: "queues", label: "queues", path: inVhost("/api/queues", (v) => `/api/queues/${v}`),
     columnsParam: "name,vhost,type,durable,auto_delete,exclusive,policy,state,consumers,messages_ready,messages_unacknowledged,messages,message_stats.publish_details.rate,message_stats.deliver_get_details.rate,message_stats.ack_details.rate",
     columns: [
       { key: "name", label: "Name", render: (q) => link(queueHref(q), q.name) },
@@ -65,12 +65,12 @@ export async function queuePage(main, [vhost, name]) {
       q.oldest_stored_message_age_seconds !== undefined && ["Oldest stored message", q.oldest_stored_message_age_seconds === null ? "–" : `${fmtNum(q.oldest_stored_message_age_seconds)} s`],
     ]));
     fill(charts, messageCharts(q.message_stats, q));
-    fill(consumers, consumerTable(q.consumer_details || []));
-    fill(args, kvTable(q.arguments, "Arguments"), kvTable(q.effective_policy_definition, "Effective policy definition"));
+    update(consumers, q.consumer_details || [], consumerTable);
+    update(args, [q.arguments, q.effective_policy_definition], ([a, p]) => [kvTable(a, "Arguments"), kvTable(p, "Effective policy definition")]);
     try {
       const bs = await get(`${base}/bindings`);
-      fill(bindings, bindingTable(vhost, bs, refresh));
-    } catch (e) { fill(bindings, h("p", { class: "msg error" }, e.message)); }
+      update(bindings, bs, (x) => bindingTable(vhost, x, refresh));
+    } catch (e) { update(bindings, { error: e.message }, (x) => h("p", { class: "msg error" }, x.error)); }
   };
   every(5000, refresh);
   if (!can.change) {
@@ -96,7 +96,7 @@ export async function queuePage(main, [vhost, name]) {
       type: "button", id: "delete-queue", class: "danger",
       onclick: async () => {
         if (await confirmDialog(`Delete queue ${name} and its messages?`)) {
-          if (await act(`Queue ${name} deleted`, () => del(base))) location.hash = "#/queues";
+          if (await act(`Queue ${name} deleted`, () => del(base), { leaves: true })) location.hash = "#/queues";
         }
       },
     }, "Delete queue")));
