@@ -1782,3 +1782,65 @@ async fn a_declaration_is_on_every_node_when_it_is_answered() {
         assert_eq!(v["messages"], 1, "fresh-{i}: {v}");
     }
 }
+
+/// Consumer priorities hold across nodes: a consumer of higher x-priority
+/// on another node than the queue's is served before one of lower
+/// priority on the queue's own node, as long as it can take messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_priorities_hold_across_nodes() {
+    use futures_lite::StreamExt;
+    let nodes = start_cluster(3);
+    let c1 = connect(&nodes[0]).await;
+    let ch1 = c1.create_channel().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch1.queue_declare("ranked".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    // Low priority, on the queue's node.
+    let mut low = ch1
+        .basic_consume(
+            "ranked".into(),
+            "low".into(),
+            Default::default(),
+            args(&[("x-priority", 0)]),
+        )
+        .await
+        .unwrap();
+    // High priority, on node 2.
+    let c2 = connect(&nodes[1]).await;
+    let ch2 = c2.create_channel().await.unwrap();
+    let mut high = ch2
+        .basic_consume(
+            "ranked".into(),
+            "high".into(),
+            Default::default(),
+            args(&[("x-priority", 10)]),
+        )
+        .await
+        .unwrap();
+    // Let node 1 learn of node 2's consumer and its priority.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pch = c1.create_channel().await.unwrap();
+    pch.confirm_select(Default::default()).await.unwrap();
+    for i in 0..20u32 {
+        assert!(confirm_one(&pch, "", "ranked", &i.to_be_bytes()).await);
+    }
+    let mut got_high = 0;
+    while got_high < 20 {
+        let d = tokio::time::timeout(Duration::from_secs(10), high.next())
+            .await
+            .expect("deliveries to the high-priority consumer")
+            .unwrap()
+            .unwrap();
+        d.ack(Default::default()).await.unwrap();
+        got_high += 1;
+    }
+    let stray = tokio::time::timeout(Duration::from_millis(300), low.next()).await;
+    assert!(
+        stray.is_err(),
+        "the low-priority consumer got a message: {stray:?}"
+    );
+}

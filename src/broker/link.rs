@@ -68,11 +68,15 @@ enum Wire {
     },
     /// The answer to `Publish` `id`.
     Published { id: u64, taken: bool },
-    /// Deliver the queue's messages to the sender, `window` unacked at most.
+    /// Deliver the queue's messages to the sender, `window` unacked at
+    /// most, as a consumer of x-priority `priority` (the highest of the
+    /// sender's consumers; sent again when that changes).
     Consume {
         vhost: String,
         queue: String,
         window: u16,
+        #[serde(default)]
+        priority: i32,
     },
     /// Stop delivering; what was delivered and not settled goes back.
     Cancel { vhost: String, queue: String },
@@ -289,6 +293,7 @@ impl Links {
             vhost: vhost.to_owned(),
             name: name.to_owned(),
             queue: Arc::downgrade(queue),
+            priority: std::sync::atomic::AtomicI32::new(0),
         })
     }
 
@@ -382,14 +387,21 @@ async fn run_peer(links: Weak<Links>, peer: Arc<Peer>, mut rx: mpsc::UnboundedRe
         peer.down_until.store(0, Ordering::Release);
         let (rd, mut wr) = tokio::io::split(stream);
         // Consumption survives a lost connection: ask again.
-        let consuming: Vec<(String, String)> = peer.consuming.lock().keys().cloned().collect();
+        let consuming: Vec<((String, String), Weak<Queue>)> = peer
+            .consuming
+            .lock()
+            .iter()
+            .map(|(k, q)| (k.clone(), q.clone()))
+            .collect();
         let mut hello = Vec::new();
-        for (vhost, queue) in consuming {
+        for ((vhost, queue), q) in consuming {
+            let priority = q.upgrade().map_or(0, |q| q.consumers_top_priority());
             hello.extend(frame(
                 &Wire::Consume {
                     vhost,
                     queue,
                     window: WINDOW,
+                    priority,
                 },
                 None,
             ));
@@ -522,6 +534,8 @@ struct Stub {
     vhost: String,
     name: String,
     queue: Weak<Queue>,
+    /// The priority the queue's node was last told for this link.
+    priority: std::sync::atomic::AtomicI32,
 }
 
 impl std::fmt::Debug for Peer {
@@ -627,7 +641,7 @@ impl RemoteQueue for Stub {
         self.ask(id, &w);
     }
 
-    fn consumers_changed(&self, count: usize) {
+    fn consumers_changed(&self, count: usize, top: i32) {
         let key = (self.vhost.clone(), self.name.clone());
         if count > 0 {
             let new = self
@@ -636,12 +650,16 @@ impl RemoteQueue for Stub {
                 .lock()
                 .insert(key, self.queue.clone())
                 .is_none();
-            if new {
+            // The queue's node serves this link at the priority of its
+            // best consumer here: told again when that changes.
+            let before = self.priority.swap(top, Ordering::AcqRel);
+            if new || before != top {
                 self.peer.send(
                     &Wire::Consume {
                         vhost: self.vhost.clone(),
                         queue: self.name.clone(),
                         window: WINDOW,
+                        priority: top,
                     },
                     None,
                 );
@@ -713,7 +731,8 @@ async fn serve_peer(broker: Arc<Broker>, stream: crate::cluster::net::Conn, from
                 vhost,
                 queue,
                 window,
-            } => consume(&broker, &session, vhost, queue, window),
+                priority,
+            } => consume(&broker, &session, vhost, queue, window, priority),
             Wire::Cancel { vhost, queue } => {
                 let c = session.consumers.lock().remove(&(vhost, queue));
                 if let Some((q, c)) = c {
@@ -897,6 +916,7 @@ fn consume(
     vhost: String,
     queue: String,
     window: u16,
+    priority: i32,
 ) {
     let q = broker
         .vhost(&vhost)
@@ -909,7 +929,10 @@ fn consume(
             .send(frame(&Wire::Cancelled { vhost, queue }, None));
         return;
     };
-    if session.consumers.lock().contains_key(&key) {
+    let existing = session.consumers.lock().get(&key).map(|(_, c)| c.clone());
+    if let Some(c) = existing {
+        // Its consumers there changed: the link's place among ours too.
+        q.reprioritize(&c, priority);
         return;
     }
     let sink = Arc::new(Sink {
@@ -918,7 +941,7 @@ fn consume(
         queue: queue.clone(),
     });
     let tag = Bytes::from(format!("warren-node-{}", session.from));
-    let c = Consumer::new(tag, sink, false, false, window);
+    let c = Consumer::with_priority(tag, sink, false, false, window, priority);
     if q.add_consumer(c.clone()).is_err() {
         let _ = session
             .tx

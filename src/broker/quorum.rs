@@ -336,7 +336,7 @@ impl Handle {
     /// machine and serves it.
     fn lead(&self) {
         if let Some(old) = self.follower.lock().take() {
-            old.consumers_changed(0);
+            old.consumers_changed(0, 0);
         }
         let Some(q) = self.queue.upgrade() else {
             return;
@@ -376,11 +376,11 @@ impl Handle {
         let stub = leader.map(|l| self.links.stub(l, &self.vhost, &self.name, &q));
         let old = std::mem::replace(&mut *self.follower.lock(), stub.clone());
         if let Some(old) = old {
-            old.consumers_changed(0);
+            old.consumers_changed(0, 0);
         }
         let consumers = q.consumer_count() as usize;
         if let (Some(s), true) = (stub, consumers > 0) {
-            s.consumers_changed(consumers);
+            s.consumers_changed(consumers, q.consumers_top_priority());
         }
     }
 }
@@ -418,11 +418,11 @@ impl RemoteQueue for Handle {
         }
     }
 
-    fn consumers_changed(&self, count: usize) {
+    fn consumers_changed(&self, count: usize, top: i32) {
         if !self.leading.load(Ordering::Acquire)
             && let Some(f) = self.follower.lock().clone()
         {
-            f.consumers_changed(count);
+            f.consumers_changed(count, top);
         }
     }
 

@@ -79,8 +79,10 @@ pub struct Consumer {
     pub exclusive: bool,
     /// Per-consumer prefetch (basic.qos global=false at consume time); 0: none.
     pub prefetch: u16,
-    /// x-priority: consumers of higher priority are served first.
-    pub priority: i32,
+    /// x-priority: consumers of higher priority are served first (a link
+    /// from another node takes the highest of its consumers there, which
+    /// may change).
+    priority: std::sync::atomic::AtomicI32,
     /// Its deliveries awaiting ack (kept by its channel, for `prefetch`).
     pub unacked: AtomicU32,
     active: AtomicBool,
@@ -113,10 +115,20 @@ impl Consumer {
             no_ack,
             exclusive,
             prefetch,
-            priority,
+            priority: std::sync::atomic::AtomicI32::new(priority),
             unacked: AtomicU32::new(0),
             active: AtomicBool::new(true),
         })
+    }
+
+    /// Its x-priority.
+    pub fn priority(&self) -> i32 {
+        self.priority.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes its x-priority (the queue re-sorts: `Queue::reprioritize`).
+    pub fn set_priority(&self, p: i32) {
+        self.priority.store(p, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The tag as text, for logs and errors.

@@ -840,7 +840,7 @@ impl Queue {
         if st.args.single_active {
             // Only the first consumer attached (still attached) receives.
             self.dispatch_to(st, 1);
-        } else if st.consumers[0].priority != st.consumers[n - 1].priority {
+        } else if st.consumers[0].priority() != st.consumers[n - 1].priority() {
             self.dispatch_by_priority(st);
         } else {
             self.dispatch_to(st, n);
@@ -877,10 +877,10 @@ impl Queue {
             let mut delivered = false;
             let mut start = 0;
             while start < consumers.len() && !delivered {
-                let p = consumers[start].priority;
+                let p = consumers[start].priority();
                 let len = consumers[start..]
                     .iter()
-                    .take_while(|c| c.priority == p)
+                    .take_while(|c| c.priority() == p)
                     .count();
                 for k in 0..len {
                     let i = start + (*next_consumer + k) % len;
@@ -1085,18 +1085,46 @@ impl Queue {
             st.consumers.len()
         } else {
             st.consumers
-                .partition_point(|c| c.priority >= consumer.priority)
+                .partition_point(|c| c.priority() >= consumer.priority())
         };
         st.consumers.insert(at, consumer);
         st.had_consumers = true;
         let count = st.consumers.len();
+        let top = Self::top_priority(&st);
         self.dispatch_locked(&mut st);
         self.finish(st);
         self.touch();
         if let Some(r) = self.remote.get() {
-            r.consumers_changed(count);
+            r.consumers_changed(count, top);
         }
         Ok(())
+    }
+
+    /// The highest x-priority of the queue's consumers (0 without any).
+    fn top_priority(st: &QueueState) -> i32 {
+        st.consumers.iter().map(|c| c.priority()).max().unwrap_or(0)
+    }
+
+    /// The highest x-priority of its consumers (0 without any).
+    pub fn consumers_top_priority(&self) -> i32 {
+        Self::top_priority(&self.state.lock())
+    }
+
+    /// Gives consumer `c` priority `p` and puts it in its place (a link
+    /// from another node whose consumers there changed).
+    pub fn reprioritize(self: &Arc<Self>, c: &Arc<Consumer>, p: i32) {
+        let mut st = self.state.lock();
+        if c.priority() == p {
+            return;
+        }
+        c.set_priority(p);
+        if !st.args.single_active {
+            // Stable: arrival order within a priority is kept.
+            st.consumers
+                .sort_by_key(|c| std::cmp::Reverse(c.priority()));
+        }
+        self.dispatch_locked(&mut st);
+        self.finish(st);
     }
 
     /// Detaches a consumer. Returns true if the queue is auto-delete and has
@@ -1115,8 +1143,9 @@ impl Queue {
         }
         if let Some(r) = self.remote.get().filter(|_| removed) {
             let count = st.consumers.len();
+            let top = Self::top_priority(&st);
             drop(st);
-            r.consumers_changed(count);
+            r.consumers_changed(count, top);
             // The queue's own node deletes it when auto-delete says so.
             return false;
         }

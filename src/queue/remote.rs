@@ -51,9 +51,10 @@ pub trait RemoteQueue: Send + Sync + std::fmt::Debug {
     /// Settles messages the queue's node delivered here, by its delivery
     /// tags: `acked` are done with, `requeued` go back to the queue.
     fn settle(&self, acked: Vec<u64>, requeued: Vec<u64>);
-    /// The stub's consumers changed: the link starts or stops taking
-    /// deliveries from the queue's node for it.
-    fn consumers_changed(&self, count: usize);
+    /// The stub's consumers changed (`count`, the highest x-priority
+    /// among them `top`): the link starts or stops taking deliveries from
+    /// the queue's node for it, at that priority.
+    fn consumers_changed(&self, count: usize, top: i32);
     /// Whether this node serves the queue itself (a replicated queue's
     /// leader): other nodes' links deliver from it here.
     fn serves_here(&self) -> bool {
