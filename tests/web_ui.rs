@@ -245,6 +245,7 @@ fn logs_in_by_keyboard_declares_binds_publishes_gets_moves_purges_and_deletes() 
     confirm(&b);
     eventually("the queue deleted", || queue(&w, "ui-orders").0 == 404);
     b.find_text("main h1", "Queues");
+    b.find_text("#notice", "Queue ui-orders deleted");
     b.assert_no_script_errors();
 }
 
@@ -668,6 +669,17 @@ fn forms_declare_an_exchange_a_vhost_a_user_permissions_and_a_policy() {
         w.api_as("ui-ops", "s3cret", "GET", "/api/whoami", None).0,
         200
     );
+    // Deleted from its row in the list.
+    b.find_text("table.list tr", "ui-ops");
+    let delete = b.js_element(
+        "return [...document.querySelectorAll('table.list tr')].find(r => r.textContent.includes('ui-ops')).querySelector('button')",
+    );
+    b.click(&delete);
+    confirm(&b);
+    b.find_text(".listing .msg", "Deleted user ui-ops");
+    eventually("the user deleted", || {
+        w.api("GET", "/api/users/ui-ops", None).0 == 404
+    });
 
     open(&b, &w, "policies", "Policies");
     all_labelled(&b, "policies");

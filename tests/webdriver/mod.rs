@@ -169,6 +169,15 @@ impl Browser {
         )
     }
 
+    /// The element a script returns.
+    pub fn js_element(&self, script: &str) -> El {
+        let v = self.js(script, vec![]);
+        El(v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("the script returned no element: {v}"))
+            .to_owned())
+    }
+
     /// The elements matching a CSS selector now.
     pub fn all(&self, css: &str) -> Vec<El> {
         let v = self.call(

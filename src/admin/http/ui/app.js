@@ -106,6 +106,7 @@ async function show() {
 
 whenLoggedOut(() => show().then(() => loginPage(document.getElementById("main"), "Your login is no longer accepted; log in again.")));
 window.addEventListener("hashchange", () => {
+  window.scrollTo(0, 0);
   show().then(() => document.getElementById("main").focus({ preventScroll: true }));
 });
 document.getElementById("skip").addEventListener("click", (e) => {

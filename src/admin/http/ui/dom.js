@@ -102,9 +102,9 @@ export function kvTable(obj, caption) {
 
 /**
  * Shows the result of an action (kind: "ok" or "error"): at the end of
- * `near` (the form or panel the action was started from), where the person
- * is looking and where it covers nothing; else in the status area at the
- * bottom of the window.
+ * `near` (the form, panel or listing the action was started from), where
+ * the person is looking and where it covers nothing; else in the status
+ * area at the top of the page (after an action that left its page).
  */
 export function notify(text, kind = "ok", near = null) {
   if (near && near.isConnected) {
@@ -121,14 +121,22 @@ export function notify(text, kind = "ok", near = null) {
   if (kind === "ok") notify.timer = setTimeout(() => fill(n), 8000);
 }
 
+// What the person last clicked or submitted (outside confirmation
+// dialogs): where an action's result is shown. (Not every browser focuses
+// a clicked button.)
+let lastAction = null;
+document.addEventListener("click", (e) => { if (!e.target.closest("dialog")) lastAction = e.target; }, true);
+document.addEventListener("submit", (e) => { lastAction = e.target; }, true);
+
 /**
- * Runs an action, reporting success or the API's refusal next to the form
- * or panel it was started from (which has the keyboard focus). With
+ * Runs an action, reporting success or the API's refusal next to the form,
+ * panel or listing it was started from. With
  * `leaves`, success is reported in the window's status area instead, as
  * the action leaves the page (a deletion).
  */
 export async function act(what, f, { leaves = false } = {}) {
-  const near = document.activeElement && document.activeElement.closest("form, .panel");
+  const from = lastAction && lastAction.isConnected ? lastAction : document.activeElement;
+  const near = from && from.closest("form, .panel, .listing");
   try {
     const r = await f();
     notify(what, "ok", leaves ? null : near);

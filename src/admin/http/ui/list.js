@@ -34,6 +34,7 @@ export function listing(root, { key, path, columns, columnsParam, label, filterL
   regex.addEventListener("change", apply);
   size.addEventListener("change", () => { st.size = Number(size.value); st.page = 1; refresh(); });
 
+  root.classList.add("listing");
   fill(root,
     h("form", { class: "filter", role: "search", onsubmit: (e) => { e.preventDefault(); apply(); } },
       h("label", { for: filterId }, filterLabel || `Filter ${label} by name`), input,
