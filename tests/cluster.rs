@@ -1738,6 +1738,21 @@ async fn non_durable_exchanges_are_on_every_node() {
         .await
         .unwrap_err();
     assert_eq!(reply_code(&e), Some(404), "{e}");
+
+    // Through the HTTP API too.
+    let (status, body) = nodes[1].api(
+        "PUT",
+        "/api/exchanges/%2f/http-fleeting",
+        Some(&serde_json::json!({"type": "fanout", "durable": false})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, x) = nodes[2].api("GET", "/api/exchanges/%2f/http-fleeting", None);
+    assert_eq!(status, 200, "{x}");
+    assert_eq!(x["durable"], false);
+    let (status, _) = nodes[2].api("DELETE", "/api/exchanges/%2f/http-fleeting", None);
+    assert_eq!(status, 204);
+    let (status, _) = nodes[0].api("GET", "/api/exchanges/%2f/http-fleeting", None);
+    assert_eq!(status, 404);
 }
 
 /// A queue declared on one node is there on the others when the

@@ -123,6 +123,23 @@ async fn declare(
     };
     auth.check_exchange_argument(&s.broker, &vhost, Resource::Exchange(&name), &d.arguments)?;
     let existed = vh.exchange(&name).is_some();
+    if s.broker.cluster().is_some() && !d.durable && !existed {
+        // A non-durable exchange is the cluster's too (a durable one is
+        // replicated as a definitions change once made here).
+        let def = crate::schema::ExchangeDef {
+            name: d.name.clone(),
+            vhost: vhost.clone(),
+            kind: d.kind.clone(),
+            durable: false,
+            auto_delete: d.auto_delete,
+            internal: d.internal,
+            arguments: crate::protocol::fields::table_to_json(&d.arguments),
+        };
+        s.broker
+            .define(crate::broker::cluster::Command::DeclareExchange(def))
+            .await?;
+        return created_or_updated(true);
+    }
     vh.declare_exchange(&d)?;
     created_or_updated(!existed)
 }
@@ -144,6 +161,16 @@ async fn delete(
         return Err(ApiError::not_found());
     }
     let if_unused = q.get("if-unused").is_some_and(|v| v == "true");
+    if s.broker.cluster().is_some() && vh.exchange(&name).is_some_and(|x| !x.durable) {
+        s.broker
+            .define(crate::broker::cluster::Command::DeleteExchange {
+                vhost: vhost.clone(),
+                name: name.clone(),
+                if_unused,
+            })
+            .await?;
+        return no_content();
+    }
     vh.delete_exchange(&name, if_unused)?;
     no_content()
 }
