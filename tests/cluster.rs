@@ -806,9 +806,22 @@ async fn killing_quorum_queue_leaders_under_load_loses_nothing_confirmed() {
 
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
-        let views: Vec<Option<String>> = nodes.iter().map(|w| quorum_leader(w, "chaos")).collect();
+        // The last kill's election may still be going on (two cores shared
+        // by every node of the tests that run at once): wait for its end.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (views, leader) = loop {
+            let views: Vec<Option<String>> =
+                nodes.iter().map(|w| quorum_leader(w, "chaos")).collect();
+            if let Some(l) = views.iter().flatten().next().cloned() {
+                break (views, l);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader of the queue within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         eprintln!("round {round}: leaders as each node sees it: {views:?}");
-        let leader = views.iter().flatten().next().cloned().expect("a leader");
         let at = (1..=3)
             .position(|id| leader.starts_with(&format!("warren-{id}@")))
             .unwrap();
