@@ -1084,6 +1084,20 @@ impl Broker {
             })
     }
 
+    /// This node's cluster and quorum queue `name`'s group and members, for
+    /// a change of its members.
+    fn quorum_target(
+        &self,
+        vhost: &str,
+        name: &str,
+    ) -> Result<(&Clustered, String, Vec<u64>), String> {
+        let c = self.cluster().ok_or("this node is not in a cluster")?;
+        let (group, members) = self
+            .quorum_placement(vhost, name)
+            .ok_or_else(|| format!("no quorum queue '{name}' in vhost '{vhost}'"))?;
+        Ok((c, group, members))
+    }
+
     /// Every replicated quorum queue: (vhost, name, members).
     pub fn quorum_queues(&self) -> Vec<(String, String, Vec<u64>)> {
         let mut all: Vec<_> = self
@@ -1106,10 +1120,7 @@ impl Broker {
         name: &str,
         node: u64,
     ) -> Result<(), String> {
-        let c = self.cluster().ok_or("this node is not in a cluster")?;
-        let (group, members) = self
-            .quorum_placement(vhost, name)
-            .ok_or_else(|| format!("no quorum queue '{name}' in vhost '{vhost}'"))?;
+        let (c, group, members) = self.quorum_target(vhost, name)?;
         if !c.voters().contains(&node) {
             return Err(format!("node {node} is not a member of the cluster"));
         }
@@ -1145,10 +1156,7 @@ impl Broker {
         name: &str,
         node: u64,
     ) -> Result<(), String> {
-        let c = self.cluster().ok_or("this node is not in a cluster")?;
-        let (group, members) = self
-            .quorum_placement(vhost, name)
-            .ok_or_else(|| format!("no quorum queue '{name}' in vhost '{vhost}'"))?;
+        let (c, group, members) = self.quorum_target(vhost, name)?;
         if !members.contains(&node) {
             return Ok(());
         }

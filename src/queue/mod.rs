@@ -1301,29 +1301,30 @@ impl Queue {
     /// A stub's ready-message count, asked of the queue's node (None if it
     /// did not answer in 5 s). None for a queue that is not a stub.
     pub fn count_at_home(&self) -> Option<impl std::future::Future<Output = Option<u32>> + use<>> {
-        let r = self.remote.get().filter(|r| !r.serves_here())?.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        r.count(Box::new(move |n| {
-            let _ = tx.send(n);
-        }));
-        Some(async move {
-            tokio::time::timeout(std::time::Duration::from_secs(5), rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-        })
+        self.ask_home(|r, done| r.count(done))
     }
 
     /// A stub's purge, done on the queue's node: how many ready messages
     /// went (None: the node did not answer in 5 s). None for a queue that
     /// is not a stub.
     pub fn purge_at_home(&self) -> Option<impl std::future::Future<Output = Option<u32>> + use<>> {
+        self.ask_home(|r, done| r.purge(done))
+    }
+
+    /// Asks the queue's node (through `ask`) for a count; None for a queue
+    /// served here.
+    fn ask_home(
+        &self,
+        ask: fn(&dyn remote::RemoteQueue, remote::CountDone),
+    ) -> Option<impl std::future::Future<Output = Option<u32>> + use<>> {
         let r = self.remote.get().filter(|r| !r.serves_here())?.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        r.purge(Box::new(move |n| {
-            let _ = tx.send(n);
-        }));
+        ask(
+            &*r,
+            Box::new(move |n| {
+                let _ = tx.send(n);
+            }),
+        );
         Some(async move {
             tokio::time::timeout(std::time::Duration::from_secs(5), rx)
                 .await

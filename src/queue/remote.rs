@@ -44,6 +44,9 @@ impl Ticket {
     }
 }
 
+/// Where a count asked of a queue's node goes (None: no answer).
+pub type CountDone = Box<dyn FnOnce(Option<u32>) + Send>;
+
 /// The link behind a stub queue.
 pub trait RemoteQueue: Send + Sync + std::fmt::Debug {
     /// Sends a message to the queue on its node.
